@@ -1,0 +1,227 @@
+//! Frames carried inside an encrypted link packet. One packet bundles any number of frames
+//! (of any routes) up to the link MTU; zero bytes after the last frame are padding.
+
+use crate::identity::PUBLIC_KEY_LEN;
+use crate::route::RouteId;
+use crate::wire::DecodeError;
+
+pub const FRAME_PADDING: u8 = 0x00;
+pub const FRAME_PING: u8 = 0x01;
+pub const FRAME_REKEY: u8 = 0x02;
+pub const FRAME_REKEY_ACK: u8 = 0x03;
+pub const FRAME_CLOSE: u8 = 0x04;
+pub const FRAME_ROUTE_DATA: u8 = 0x10;
+pub const FRAME_ROUTE_SETUP: u8 = 0x11;
+pub const FRAME_ROUTE_SETUP_OK: u8 = 0x12;
+pub const FRAME_ROUTE_ERROR: u8 = 0x13;
+pub const FRAME_ROUTE_CLOSE: u8 = 0x14;
+
+/// Length of the key confirmation a hop returns when it joins a route.
+pub const PROOF_LEN: usize = 16;
+/// Bytes a ROUTE_DATA frame adds around its payload (type, route id, length).
+pub const ROUTE_DATA_OVERHEAD: usize = 1 + 4 + 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Ping,
+    /// Start of a rekey: the sender's new ephemeral key for `epoch`.
+    Rekey { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    /// Answer to a rekey: the receiver's new ephemeral key for `epoch`.
+    RekeyAck { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    /// The peer closes the link.
+    Close { reason: u8 },
+    /// Routed bytes for the receiver's route `route`.
+    RouteData { route: RouteId, payload: &'a [u8] },
+    /// Join a route: `route` is the sender's id for it; `ephemeral` keys the hop secret.
+    RouteSetup { route: RouteId, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    /// Joined: `route` is the receiver's id, `hop_route` the sender's, `proof` confirms the key.
+    RouteSetupOk { route: RouteId, hop_route: RouteId, proof: &'a [u8; PROOF_LEN] },
+    /// The receiver's route `route` failed downstream/upstream with `code`.
+    RouteError { route: RouteId, code: u8 },
+    /// Tear down the receiver's route `route`.
+    RouteClose { route: RouteId },
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn route(&mut self) -> Result<RouteId, DecodeError> {
+        RouteId::new(self.u32()?).ok_or(DecodeError::Malformed("route id 0"))
+    }
+    fn array<const N: usize>(&mut self) -> Result<&'a [u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| DecodeError::Truncated)
+    }
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes the next frame from `buf`, advancing it. `Ok(None)` at the end or at padding.
+    pub fn decode(buf: &mut &'a [u8]) -> Result<Option<Frame<'a>>, DecodeError> {
+        let mut r = Reader { buf };
+        let Some(&ty) = r.buf.first() else { return Ok(None) };
+        if ty == FRAME_PADDING {
+            *buf = &[];
+            return Ok(None);
+        }
+        r.take(1)?;
+        let frame = match ty {
+            FRAME_PING => Frame::Ping,
+            FRAME_REKEY => Frame::Rekey { epoch: r.u8()?, ephemeral: r.array()? },
+            FRAME_REKEY_ACK => Frame::RekeyAck { epoch: r.u8()?, ephemeral: r.array()? },
+            FRAME_CLOSE => Frame::Close { reason: r.u8()? },
+            FRAME_ROUTE_DATA => {
+                let route = r.route()?;
+                let len = r.u16()? as usize;
+                Frame::RouteData { route, payload: r.take(len)? }
+            }
+            FRAME_ROUTE_SETUP => Frame::RouteSetup { route: r.route()?, ephemeral: r.array()? },
+            FRAME_ROUTE_SETUP_OK => Frame::RouteSetupOk { route: r.route()?, hop_route: r.route()?, proof: r.array()? },
+            FRAME_ROUTE_ERROR => Frame::RouteError { route: r.route()?, code: r.u8()? },
+            FRAME_ROUTE_CLOSE => Frame::RouteClose { route: r.route()? },
+            t => return Err(DecodeError::UnknownType(t)),
+        };
+        *buf = r.buf;
+        Ok(Some(frame))
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        1 + match self {
+            Frame::Ping => 0,
+            Frame::Rekey { .. } | Frame::RekeyAck { .. } => 1 + PUBLIC_KEY_LEN,
+            Frame::Close { .. } => 1,
+            Frame::RouteData { payload, .. } => 6 + payload.len(),
+            Frame::RouteSetup { .. } => 4 + PUBLIC_KEY_LEN,
+            Frame::RouteSetupOk { .. } => 8 + PROOF_LEN,
+            Frame::RouteError { .. } => 5,
+            Frame::RouteClose { .. } => 4,
+        }
+    }
+
+    /// Appends the encoding. Route payloads longer than `u16::MAX` are a caller bug and are
+    /// prevented by the node's MTU checks.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Ping => out.push(FRAME_PING),
+            Frame::Rekey { epoch, ephemeral } => {
+                out.extend_from_slice(&[FRAME_REKEY, *epoch]);
+                out.extend_from_slice(&ephemeral[..]);
+            }
+            Frame::RekeyAck { epoch, ephemeral } => {
+                out.extend_from_slice(&[FRAME_REKEY_ACK, *epoch]);
+                out.extend_from_slice(&ephemeral[..]);
+            }
+            Frame::Close { reason } => out.extend_from_slice(&[FRAME_CLOSE, *reason]),
+            Frame::RouteData { route, payload } => {
+                debug_assert!(payload.len() <= u16::MAX as usize);
+                out.push(FRAME_ROUTE_DATA);
+                out.extend_from_slice(&route.get().to_be_bytes());
+                out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::RouteSetup { route, ephemeral } => {
+                out.push(FRAME_ROUTE_SETUP);
+                out.extend_from_slice(&route.get().to_be_bytes());
+                out.extend_from_slice(&ephemeral[..]);
+            }
+            Frame::RouteSetupOk { route, hop_route, proof } => {
+                out.push(FRAME_ROUTE_SETUP_OK);
+                out.extend_from_slice(&route.get().to_be_bytes());
+                out.extend_from_slice(&hop_route.get().to_be_bytes());
+                out.extend_from_slice(&proof[..]);
+            }
+            Frame::RouteError { route, code } => {
+                out.push(FRAME_ROUTE_ERROR);
+                out.extend_from_slice(&route.get().to_be_bytes());
+                out.push(*code);
+            }
+            Frame::RouteClose { route } => {
+                out.push(FRAME_ROUTE_CLOSE);
+                out.extend_from_slice(&route.get().to_be_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rid(n: u32) -> RouteId {
+        RouteId::new(n).unwrap()
+    }
+
+    #[test]
+    fn round_trip_every_frame() {
+        let e = [2u8; PUBLIC_KEY_LEN];
+        let p = [9u8; PROOF_LEN];
+        let frames = vec![
+            Frame::Ping,
+            Frame::Rekey { epoch: 3, ephemeral: &e },
+            Frame::RekeyAck { epoch: 4, ephemeral: &e },
+            Frame::Close { reason: 1 },
+            Frame::RouteData { route: rid(7), payload: b"abc" },
+            Frame::RouteSetup { route: rid(8), ephemeral: &e },
+            Frame::RouteSetupOk { route: rid(9), hop_route: rid(10), proof: &p },
+            Frame::RouteError { route: rid(11), code: 2 },
+            Frame::RouteClose { route: rid(12) },
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            let before = buf.len();
+            f.encode(&mut buf);
+            assert_eq!(buf.len() - before, f.encoded_len());
+        }
+        buf.extend_from_slice(&[0u8; 11]);
+        let mut rd: &[u8] = &buf;
+        let mut back = Vec::new();
+        while let Some(f) = Frame::decode(&mut rd).unwrap() {
+            back.push(f);
+        }
+        assert_eq!(back, frames);
+        assert!(rd.is_empty());
+    }
+
+    #[test]
+    fn typed_errors() {
+        let mut rd: &[u8] = &[0x77];
+        assert_eq!(Frame::decode(&mut rd), Err(DecodeError::UnknownType(0x77)));
+        let mut rd: &[u8] = &[FRAME_ROUTE_DATA, 0, 0, 0, 1, 0, 9, 1];
+        assert_eq!(Frame::decode(&mut rd), Err(DecodeError::Truncated));
+        let mut rd: &[u8] = &[FRAME_ROUTE_CLOSE, 0, 0, 0, 0];
+        assert_eq!(Frame::decode(&mut rd), Err(DecodeError::Malformed("route id 0")));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut rd: &[u8] = &bytes;
+            for _ in 0..600 {
+                match Frame::decode(&mut rd) {
+                    Ok(Some(f)) => { let mut v = Vec::new(); f.encode(&mut v); prop_assert_eq!(v.len(), f.encoded_len()); }
+                    _ => break,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Node identity: a secp256k1 key pair; the node address is a hash of the public key.
+//!
+//! Address = first [`ADDRESS_LEN`] bytes of SHA-256 over the 33-byte SEC1 compressed public key
+//! (documented in WIRE.md).
+
+use std::fmt;
+
+use k256::elliptic_curve::sec1::ToEncodedPoint;
+use rand_core::CryptoRngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Length of a compressed secp256k1 public key on the wire.
+pub const PUBLIC_KEY_LEN: usize = 33;
+/// Length of a node address (truncated SHA-256 of the compressed public key).
+pub const ADDRESS_LEN: usize = 20;
+
+const KEY_FILE_HEADER: &str = "skyroute-secret-key-v1";
+
+/// Errors reading or parsing keys.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("not a valid compressed secp256k1 public key")]
+    InvalidPublicKey,
+    #[error("not a valid secp256k1 secret key")]
+    InvalidSecretKey,
+    #[error("key file is malformed: {0}")]
+    MalformedKeyFile(&'static str),
+    #[error("not a valid address (expected {ADDRESS_LEN} bytes of hex)")]
+    InvalidAddress,
+}
+
+/// A node's long-term secret key. Zeroized on drop (k256 does it for the scalar).
+#[derive(Clone)]
+pub struct SecretKey(k256::SecretKey);
+
+impl SecretKey {
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        SecretKey(k256::SecretKey::random(rng))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        k256::SecretKey::from_slice(bytes).map(SecretKey).map_err(|_| KeyError::InvalidSecretKey)
+    }
+
+    /// The 32 secret bytes, in a buffer that is wiped when dropped.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes().into())
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.0.public_key())
+    }
+
+    pub(crate) fn inner(&self) -> &k256::SecretKey {
+        &self.0
+    }
+
+    /// Serialises the key in the key file format (a header line and the hex secret).
+    pub fn to_key_file(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(*self.to_bytes())))
+    }
+
+    /// Parses the key file format written by [`SecretKey::to_key_file`].
+    pub fn from_key_file(text: &str) -> Result<Self, KeyError> {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        if lines.next() != Some(KEY_FILE_HEADER) {
+            return Err(KeyError::MalformedKeyFile("missing header line"));
+        }
+        let hex_key = lines.next().ok_or(KeyError::MalformedKeyFile("missing key line"))?;
+        if lines.next().is_some() {
+            return Err(KeyError::MalformedKeyFile("trailing data"));
+        }
+        let mut raw = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(hex_key, raw.as_mut())
+            .map_err(|_| KeyError::MalformedKeyFile("key is not 64 hex digits"))?;
+        Self::from_bytes(raw.as_ref())
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({})", self.public_key())
+    }
+}
+
+/// A node's public key (secp256k1), compared and hashed by its compressed encoding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(k256::PublicKey);
+
+impl PublicKey {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if bytes.len() != PUBLIC_KEY_LEN {
+            return Err(KeyError::InvalidPublicKey);
+        }
+        k256::PublicKey::from_sec1_bytes(bytes).map(PublicKey).map_err(|_| KeyError::InvalidPublicKey)
+    }
+
+    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+        let mut raw = [0u8; PUBLIC_KEY_LEN];
+        hex::decode_to_slice(s.trim(), &mut raw).map_err(|_| KeyError::InvalidPublicKey)?;
+        Self::from_bytes(&raw)
+    }
+
+    /// The 33-byte SEC1 compressed encoding.
+    pub fn to_bytes(&self) -> [u8; PUBLIC_KEY_LEN] {
+        let point = self.0.to_encoded_point(true);
+        let mut out = [0u8; PUBLIC_KEY_LEN];
+        out.copy_from_slice(point.as_bytes());
+        out
+    }
+
+    pub fn address(&self) -> Address {
+        let digest = Sha256::digest(self.to_bytes());
+        let mut a = [0u8; ADDRESS_LEN];
+        a.copy_from_slice(&digest[..ADDRESS_LEN]);
+        Address(a)
+    }
+
+    pub(crate) fn inner(&self) -> &k256::PublicKey {
+        &self.0
+    }
+
+    pub(crate) fn from_inner(k: k256::PublicKey) -> Self {
+        PublicKey(k)
+    }
+}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.to_bytes().hash(state)
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.to_bytes().cmp(&other.to_bytes())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.to_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({}…)", &hex::encode(self.to_bytes())[..12])
+    }
+}
+
+/// A node address: a hash of its public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address(pub [u8; ADDRESS_LEN]);
+
+impl Address {
+    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+        let mut a = [0u8; ADDRESS_LEN];
+        hex::decode_to_slice(s.trim(), &mut a).map_err(|_| KeyError::InvalidAddress)?;
+        Ok(Address(a))
+    }
+
+    /// Constant-time comparison (addresses are compared against secrets-derived values in places).
+    pub fn ct_eq(&self, other: &Address) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Address({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    #[test]
+    fn key_file_round_trip_and_errors() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let sk = SecretKey::generate(&mut rng);
+        let text = sk.to_key_file();
+        let back = SecretKey::from_key_file(&text).unwrap();
+        assert_eq!(back.public_key(), sk.public_key());
+        assert_eq!(SecretKey::from_key_file("nope").unwrap_err(), KeyError::MalformedKeyFile("missing header line"));
+        assert!(matches!(SecretKey::from_key_file(&format!("{KEY_FILE_HEADER}\nzz\n")), Err(KeyError::MalformedKeyFile(_))));
+        let zero = format!("{KEY_FILE_HEADER}\n{}\n", "00".repeat(32));
+        assert_eq!(SecretKey::from_key_file(&zero).unwrap_err(), KeyError::InvalidSecretKey);
+    }
+
+    #[test]
+    fn public_key_and_address_encoding() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let pk = SecretKey::generate(&mut rng).public_key();
+        assert_eq!(PublicKey::from_hex(&pk.to_string()).unwrap(), pk);
+        let addr = pk.address();
+        assert_eq!(Address::from_hex(&addr.to_string()).unwrap(), addr);
+        assert_eq!(&addr.0[..], &Sha256::digest(pk.to_bytes())[..ADDRESS_LEN]);
+        assert_eq!(PublicKey::from_bytes(&[2u8; 32]), Err(KeyError::InvalidPublicKey));
+        assert_eq!(PublicKey::from_bytes(&[9u8; 33]), Err(KeyError::InvalidPublicKey));
+    }
+}

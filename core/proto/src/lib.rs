@@ -1,0 +1,24 @@
+//! # skyroute-proto
+//!
+//! The sans-IO core of skyroute: no sockets, no threads, no clock reads, no global RNG. State
+//! machines are fed `(now, bytes)` and timer expiries, use an injected RNG, and return datagrams
+//! to send plus the next deadline (the quinn-proto pattern).
+//!
+//! Layers, in the order data flows: [`wire`] (outer packets) -> [`link`] (encrypted neighbour
+//! links) -> [`frame`] (bundled frames) -> [`route`] (source routes, forwarding) -> [`node`]
+//! (the object a driver talks to).
+
+pub mod crypto;
+pub mod frame;
+pub mod identity;
+pub mod link;
+pub mod node;
+pub mod route;
+pub mod stats;
+pub mod wire;
+
+pub use identity::{Address, KeyError, PublicKey, SecretKey};
+pub use link::{DownReason, LinkConfig, LinkId, LinkState};
+pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};
+pub use route::{RouteConfig, RouteError, RouteEvent, RouteId};
+pub use stats::{LinkStats, Reject, RejectCounts};

@@ -1,0 +1,704 @@
+//! One encrypted link to one neighbour: handshake, per-direction keys, rekeying, replay window,
+//! padding, keepalive and dead-peer detection. Sans-IO: fed packets and `now`, it returns
+//! packets to send and the next deadline.
+//!
+//! Rekeying (seed: "link layer encryption"): the side that initiated the handshake starts a
+//! rekey every [`LinkConfig::rekey_interval`] (or after [`LinkConfig::rekey_after_packets`]) by
+//! sending a fresh ephemeral key inside the link; the peer answers with its own; both derive
+//! `ck', k_send', k_recv' = HKDF(ck, ECDH(e_a, e_b))`, so each key is hashed with the previous
+//! chain. The initiator switches its sending key when the answer arrives (the peer confirmed);
+//! the answering side switches when the first packet under the new key arrives. The previous
+//! receive key (and its replay window) stays valid for [`LinkConfig::old_key_grace`].
+
+pub mod handshake;
+pub mod replay;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rand_core::CryptoRngCore;
+
+use crate::crypto::{AeadKey, Ephemeral, Secret32, TAG_LEN};
+use crate::frame::Frame;
+use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
+use crate::stats::{LinkStats, Reject};
+use crate::wire::{DataHeader, HandshakeResp, DATA_HEADER_LEN};
+use handshake::{EpochKeys, Initiator, Responded};
+use replay::ReplayWindow;
+
+/// Stop using a key well before its 64-bit counter could wrap.
+pub const REJECT_AFTER_PACKETS: u64 = 1 << 60;
+
+/// Link timing and framing settings.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Key rotation period. The seed: "once a second or twice the round trip".
+    pub rekey_interval: Duration,
+    /// Rotate earlier after this many packets under one key.
+    pub rekey_after_packets: u64,
+    /// How long the previous receive key is still accepted after a rotation.
+    pub old_key_grace: Duration,
+    /// Resend an unanswered rekey after this long.
+    pub rekey_retry: Duration,
+    /// Send a keepalive when nothing was sent for this long.
+    pub keepalive_interval: Duration,
+    /// Declare the peer dead when nothing authenticated arrived for this long.
+    pub dead_after: Duration,
+    /// First handshake retry delay; doubles up to `handshake_retry_max`.
+    pub handshake_retry: Duration,
+    pub handshake_retry_max: Duration,
+    /// Pad plaintext to a multiple of this (16 or 32).
+    pub pad_to: usize,
+    /// Largest datagram this link sends.
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            rekey_interval: Duration::from_secs(1),
+            // At 1 Gb/s of 1400-byte packets this is about 12 s: time decides on real links.
+            rekey_after_packets: 1 << 20,
+            old_key_grace: Duration::from_secs(2),
+            rekey_retry: Duration::from_millis(300),
+            keepalive_interval: Duration::from_millis(500),
+            dead_after: Duration::from_secs(4),
+            handshake_retry: Duration::from_millis(500),
+            handshake_retry_max: Duration::from_secs(8),
+            pad_to: 16,
+            // Fits a 1500-byte Ethernet MTU under IPv6 + UDP with room for a tunnel header.
+            mtu: 1400,
+        }
+    }
+}
+
+impl LinkConfig {
+    /// Largest plaintext (frames + padding) one packet carries.
+    pub fn max_plaintext(&self) -> usize {
+        let raw = self.mtu.saturating_sub(DATA_HEADER_LEN + TAG_LEN);
+        raw - raw % self.pad_to.max(1)
+    }
+}
+
+/// Stable local handle of a link (one per neighbour key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Up,
+    Down,
+}
+
+/// Why a link went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// Nothing authenticated arrived for `dead_after`.
+    Timeout,
+    /// The peer sent a close.
+    PeerClosed,
+    /// Closed locally.
+    Closed,
+}
+
+/// What a link tells the node after an input or timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    Up,
+    Down(DownReason),
+}
+
+struct KeyEpoch {
+    id: u8,
+    send: AeadKey,
+    send_counter: u64,
+    recv: AeadKey,
+    replay: ReplayWindow,
+    chain: Secret32,
+    started: Instant,
+}
+
+impl KeyEpoch {
+    fn new(id: u8, keys: EpochKeys, now: Instant) -> Self {
+        KeyEpoch {
+            id,
+            send: AeadKey::new(&keys.send),
+            send_counter: 0,
+            recv: AeadKey::new(&keys.recv),
+            replay: ReplayWindow::default(),
+            chain: keys.chain,
+            started: now,
+        }
+    }
+}
+
+struct PendingRekey {
+    epoch: u8,
+    e: Ephemeral,
+    e_pub: [u8; PUBLIC_KEY_LEN],
+    sent: Instant,
+    first_sent: Instant,
+}
+
+/// Keys agreed by one handshake, with their rotations.
+struct Session {
+    local_index: u32,
+    remote_index: u32,
+    /// We started this session's handshake, so we drive its rekeys.
+    initiator: bool,
+    cur: KeyEpoch,
+    prev: Option<(KeyEpoch, Instant)>,
+    /// Answering side: the next epoch, accepted for receiving, used for sending once confirmed.
+    next: Option<(KeyEpoch, [u8; PUBLIC_KEY_LEN])>,
+    rekey: Option<PendingRekey>,
+}
+
+struct OutgoingHandshake {
+    state: Initiator,
+    sent: Instant,
+}
+
+/// One neighbour.
+pub struct Link<A> {
+    pub id: LinkId,
+    pub peer: PublicKey,
+    pub addr: A,
+    config: LinkConfig,
+    /// We dial this peer (static peer): retry handshakes when down.
+    dial: bool,
+    state: LinkState,
+    session: Option<Session>,
+    /// A responder-side session waiting for the initiator's first packet.
+    pending: Option<Session>,
+    handshake: Option<OutgoingHandshake>,
+    handshake_attempts: u32,
+    next_handshake: Option<Instant>,
+    /// A packet that goes out before anything else: a handshake message or a final close.
+    handshake_out: Option<Vec<u8>>,
+    control: VecDeque<Vec<u8>>,
+    data: VecDeque<Vec<u8>>,
+    data_bytes: usize,
+    last_recv: Instant,
+    last_send: Instant,
+    retired: Vec<u32>,
+    /// The peer's counter passed `rekey_after_packets`: rotate at the next chance.
+    force_rekey: bool,
+    pub stats: LinkStats,
+}
+
+/// The link's deadlines, one slot each (derived from state, see [`Link::deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    Handshake,
+    Rekey,
+    Keepalive,
+    Dead,
+    OldKey,
+}
+
+impl Timer {
+    pub const ALL: [Timer; 5] = [Timer::Handshake, Timer::Rekey, Timer::Keepalive, Timer::Dead, Timer::OldKey];
+}
+
+impl<A: Clone> Link<A> {
+    pub fn new(id: LinkId, peer: PublicKey, addr: A, config: LinkConfig, dial: bool, now: Instant) -> Self {
+        Link {
+            id,
+            peer,
+            addr,
+            config,
+            dial,
+            state: if dial { LinkState::Connecting } else { LinkState::Down },
+            session: None,
+            pending: None,
+            handshake: None,
+            handshake_attempts: 0,
+            next_handshake: dial.then_some(now),
+            handshake_out: None,
+            control: VecDeque::new(),
+            data: VecDeque::new(),
+            data_bytes: 0,
+            last_recv: now,
+            last_send: now,
+            retired: Vec::new(),
+            force_rekey: false,
+            stats: LinkStats::default(),
+        }
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state == LinkState::Up
+    }
+
+    pub fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
+    /// Current key epoch (for tests and status).
+    pub fn epoch(&self) -> Option<u8> {
+        self.session.as_ref().map(|s| s.cur.id)
+    }
+
+    /// Bytes of data frames waiting to be sent.
+    pub fn queued_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Local indexes of sessions dropped since the last call (the node unmaps them).
+    pub fn take_retired(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.retired)
+    }
+
+    /// Local indexes in use (for the node's index map).
+    pub fn indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.session.iter().chain(self.pending.iter()).map(|s| s.local_index)
+    }
+
+    /// Whether this link has an outgoing handshake waiting for an answer.
+    pub fn handshake_in_flight(&self) -> bool {
+        self.handshake.is_some()
+    }
+
+    /// Starts (or restarts) a handshake as initiator. The node picks `local_index`.
+    pub fn start_handshake(&mut self, now: Instant, rng: &mut dyn CryptoRngCore, local: &SecretKey, local_index: u32) {
+        if let Some(old) = self.handshake.take() {
+            self.retired.push(old.state.sender_index);
+        }
+        let (state, pkt) = handshake::initiate(&mut RngRef(rng), local, &self.peer, local_index);
+        self.handshake = Some(OutgoingHandshake { state, sent: now });
+        self.handshake_out = Some(pkt);
+        self.handshake_attempts += 1;
+        if self.state == LinkState::Down {
+            self.state = LinkState::Connecting;
+        }
+    }
+
+    /// Local index of the outgoing handshake, if one is in flight.
+    pub fn handshake_index(&self) -> Option<u32> {
+        self.handshake.as_ref().map(|h| h.state.sender_index)
+    }
+
+    /// Completes our handshake with the peer's response.
+    pub fn on_handshake_resp(&mut self, now: Instant, local: &SecretKey, resp: &HandshakeResp<'_>) -> Result<Option<LinkEvent>, Reject> {
+        let Some(hs) = self.handshake.take() else { return Err(Reject::Handshake) };
+        if hs.state.sender_index != resp.receiver_index {
+            self.handshake = Some(hs);
+            return Err(Reject::Handshake);
+        }
+        let sent = hs.sent;
+        let keys = match hs.state.finish(local, resp) {
+            Ok(k) => k,
+            Err(_) => {
+                // Keep waiting: a forged response must not kill a real handshake in flight.
+                return Err(Reject::Handshake);
+            }
+        };
+        let session = Session {
+            local_index: resp.receiver_index,
+            remote_index: resp.sender_index,
+            initiator: true,
+            cur: KeyEpoch::new(0, keys, now),
+            prev: None,
+            next: None,
+            rekey: None,
+        };
+        self.install(session, now);
+        self.stats.rtt = Some(now.saturating_duration_since(sent));
+        // Key confirmation: the responder starts sending once it sees a packet under these keys.
+        self.push_control(Frame::Ping);
+        Ok(self.mark_up())
+    }
+
+    /// Accepts a handshake the peer initiated (already verified by [`handshake::respond`]).
+    /// Returns false when we keep our own crossing handshake instead (tie-break on keys).
+    pub fn on_handshake_init(&mut self, now: Instant, local: &SecretKey, responded: Responded, local_index: u32) -> bool {
+        if self.handshake.is_some() && local.public_key() < self.peer {
+            // Both sides dialled at once: the smaller key's handshake wins.
+            return false;
+        }
+        if let Some(old) = self.handshake.take() {
+            self.retired.push(old.state.sender_index);
+        }
+        let session = Session {
+            local_index,
+            remote_index: responded.initiator_index,
+            initiator: false,
+            cur: KeyEpoch::new(0, responded.keys, now),
+            prev: None,
+            next: None,
+            rekey: None,
+        };
+        if let Some(old) = self.pending.replace(session) {
+            self.retired.push(old.local_index);
+        }
+        self.handshake_out = Some(responded.packet);
+        true
+    }
+
+    fn install(&mut self, session: Session, now: Instant) {
+        if let Some(old) = self.session.replace(session) {
+            self.retired.push(old.local_index);
+        }
+        if let Some(p) = self.pending.take() {
+            self.retired.push(p.local_index);
+        }
+        self.stats.handshakes += 1;
+        self.handshake_attempts = 0;
+        self.next_handshake = None;
+        self.last_recv = now;
+    }
+
+    fn mark_up(&mut self) -> Option<LinkEvent> {
+        if self.state == LinkState::Up {
+            return None;
+        }
+        self.state = LinkState::Up;
+        Some(LinkEvent::Up)
+    }
+
+    /// Authenticates and decrypts a data packet in place. On success the plaintext (frames and
+    /// padding) is `datagram[DATA_HEADER_LEN..DATA_HEADER_LEN + n]`.
+    pub fn open(&mut self, now: Instant, hdr: &DataHeader, datagram: &mut [u8]) -> Result<(usize, Option<LinkEvent>), Reject> {
+        let in_pending = self.pending.as_ref().is_some_and(|p| p.local_index == hdr.receiver_index);
+        let session = if in_pending {
+            self.pending.as_mut()
+        } else {
+            self.session.as_mut().filter(|s| s.local_index == hdr.receiver_index)
+        };
+        let Some(session) = session else { return Err(Reject::UnknownIndex) };
+        enum Which {
+            Cur,
+            Next,
+            Prev,
+        }
+        let which = if session.cur.id == hdr.epoch {
+            Which::Cur
+        } else if session.next.as_ref().is_some_and(|(n, _)| n.id == hdr.epoch) {
+            Which::Next
+        } else if session.prev.as_ref().is_some_and(|(p, exp)| p.id == hdr.epoch && *exp > now) {
+            Which::Prev
+        } else {
+            return Err(Reject::StaleKey);
+        };
+        let epoch = match which {
+            Which::Cur => &mut session.cur,
+            Which::Next => match session.next.as_mut() {
+                Some((n, _)) => n,
+                None => unreachable!("checked above"),
+            },
+            Which::Prev => match session.prev.as_mut() {
+                Some((p, _)) => p,
+                None => unreachable!("checked above"),
+            },
+        };
+        if !epoch.replay.check(hdr.counter) {
+            return Err(Reject::Replayed);
+        }
+        let (aad, body) = datagram.split_at_mut(DATA_HEADER_LEN);
+        let n = epoch.recv.open(hdr.counter, aad, body).map_err(|_| Reject::Decrypt)?;
+        epoch.replay.update(hdr.counter);
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += (DATA_HEADER_LEN + body.len()) as u64;
+        self.last_recv = now;
+        let peer_counter = hdr.counter;
+        if matches!(which, Which::Next) {
+            // The initiator confirmed the new epoch: switch our sending key too.
+            if let Some(s) = if in_pending { self.pending.as_mut() } else { self.session.as_mut() } {
+                if let Some((next, _)) = s.next.take() {
+                    let old = std::mem::replace(&mut s.cur, next);
+                    s.prev = Some((old, now + self.config.old_key_grace));
+                    self.stats.rekeys += 1;
+                }
+            }
+        }
+        let mut event = None;
+        if in_pending {
+            if let Some(p) = self.pending.take() {
+                self.install(p, now);
+            }
+            event = self.mark_up();
+        }
+        // The peer's counter tells the rekeying side when the other direction needs a new key.
+        if let Some(s) = self.session.as_ref() {
+            if s.initiator && s.rekey.is_none() && peer_counter >= self.config.rekey_after_packets {
+                self.force_rekey = true;
+            }
+        }
+        Ok((n, event))
+    }
+}
+
+impl<A: Clone> Link<A> {
+    /// Handles a link-level frame (ping, rekey, close). Route frames go to the router.
+    pub fn on_frame(&mut self, now: Instant, rng: &mut dyn CryptoRngCore, frame: &Frame<'_>) -> Result<Option<LinkEvent>, Reject> {
+        match frame {
+            Frame::Ping => Ok(None),
+            Frame::Close { .. } => Ok(self.go_down(now, DownReason::PeerClosed)),
+            Frame::Rekey { epoch, ephemeral } => {
+                let Some(s) = self.session.as_mut() else { return Err(Reject::StaleKey) };
+                if s.initiator {
+                    // Only the handshake initiator drives rekeys; ignore a confused peer.
+                    return Err(Reject::Malformed);
+                }
+                if let Some((n, ack)) = &s.next {
+                    if n.id == *epoch {
+                        // Our answer was lost: send the same one again.
+                        let ack = *ack;
+                        self.push_control(Frame::RekeyAck { epoch: *epoch, ephemeral: &ack });
+                        return Ok(None);
+                    }
+                }
+                if *epoch != s.cur.id.wrapping_add(1) {
+                    return Err(Reject::StaleKey);
+                }
+                let their = handshake::parse_ephemeral(ephemeral).map_err(|_| Reject::Malformed)?;
+                let e = Ephemeral::generate(&mut RngRef(rng));
+                let keys = handshake::rekey(&s.cur.chain, &e.dh(&their), false);
+                let e_pub = e.public_bytes();
+                s.next = Some((KeyEpoch::new(*epoch, keys, now), e_pub));
+                self.push_control(Frame::RekeyAck { epoch: *epoch, ephemeral: &e_pub });
+                Ok(None)
+            }
+            Frame::RekeyAck { epoch, ephemeral } => {
+                let Some(s) = self.session.as_mut() else { return Err(Reject::StaleKey) };
+                let Some(p) = s.rekey.as_ref().filter(|p| p.epoch == *epoch) else { return Err(Reject::StaleKey) };
+                let their = handshake::parse_ephemeral(ephemeral).map_err(|_| Reject::Malformed)?;
+                let keys = handshake::rekey(&s.cur.chain, &p.e.dh(&their), true);
+                self.stats.rtt = Some(now.saturating_duration_since(p.sent));
+                let new = KeyEpoch::new(*epoch, keys, now);
+                let old = std::mem::replace(&mut s.cur, new);
+                s.prev = Some((old, now + self.config.old_key_grace));
+                s.rekey = None;
+                self.force_rekey = false;
+                self.stats.rekeys += 1;
+                // Confirms the new epoch to the peer, which then switches its sending key.
+                self.push_control(Frame::Ping);
+                Ok(None)
+            }
+            _ => Err(Reject::UnknownType),
+        }
+    }
+
+    fn push_control(&mut self, frame: Frame<'_>) {
+        let mut v = Vec::with_capacity(frame.encoded_len());
+        frame.encode(&mut v);
+        self.control.push_back(v);
+    }
+
+    /// Queues an encoded data frame. The node checks sizes and queue limits before.
+    pub fn push_data(&mut self, encoded: Vec<u8>) {
+        self.data_bytes += encoded.len();
+        self.data.push_back(encoded);
+    }
+
+    /// Closes the link: tells the peer and stops dialling.
+    pub fn close(&mut self, now: Instant) -> Option<LinkEvent> {
+        self.dial = false;
+        if self.can_send() {
+            self.push_control(Frame::Close { reason: 0 });
+        }
+        self.go_down(now, DownReason::Closed)
+    }
+
+    fn go_down(&mut self, now: Instant, reason: DownReason) -> Option<LinkEvent> {
+        // The close frame (if any) is the only thing still sent.
+        let close = if reason == DownReason::Closed { self.seal_control_only(now) } else { None };
+        for s in self.session.take().into_iter().chain(self.pending.take()) {
+            self.retired.push(s.local_index);
+        }
+        if let Some(h) = self.handshake.take() {
+            self.retired.push(h.state.sender_index);
+        }
+        self.control.clear();
+        self.stats.dropped_frames += self.data.len() as u64;
+        self.data.clear();
+        self.data_bytes = 0;
+        self.handshake_out = close;
+        self.force_rekey = false;
+        let was = self.state;
+        self.state = LinkState::Down;
+        if self.dial {
+            self.next_handshake = Some(now + self.retry_delay());
+        }
+        (was != LinkState::Down).then_some(LinkEvent::Down(reason))
+    }
+
+    fn seal_control_only(&mut self, now: Instant) -> Option<Vec<u8>> {
+        self.data.clear();
+        self.build_packet(now)
+    }
+
+    fn retry_delay(&self) -> Duration {
+        let shift = self.handshake_attempts.min(16);
+        self.config.handshake_retry.saturating_mul(1 << shift).min(self.config.handshake_retry_max)
+    }
+
+    fn can_send(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The next packet for this link, if any: a handshake message, or frames bundled up to the
+    /// MTU, padded and sealed.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if let Some(p) = self.handshake_out.take() {
+            self.stats.tx_packets += 1;
+            self.stats.tx_bytes += p.len() as u64;
+            return Some(p);
+        }
+        if !self.can_send() || (self.control.is_empty() && self.data.is_empty()) {
+            return None;
+        }
+        self.build_packet(now)
+    }
+
+    fn build_packet(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let cap = self.config.max_plaintext();
+        let pad = self.config.pad_to.max(1);
+        let mtu = self.config.mtu;
+        let s = self.session.as_mut()?;
+        if s.cur.send_counter >= REJECT_AFTER_PACKETS {
+            return None;
+        }
+        let mut pkt = Vec::with_capacity(mtu);
+        pkt.resize(DATA_HEADER_LEN, 0);
+        for q in [&mut self.control, &mut self.data] {
+            while let Some(f) = q.front() {
+                if pkt.len() - DATA_HEADER_LEN + f.len() > cap {
+                    break;
+                }
+                pkt.extend_from_slice(f);
+                q.pop_front();
+            }
+        }
+        let plain = pkt.len() - DATA_HEADER_LEN;
+        if plain == 0 {
+            return None;
+        }
+        self.data_bytes = self.data.iter().map(Vec::len).sum();
+        let padded = plain.div_ceil(pad) * pad;
+        pkt.resize(DATA_HEADER_LEN + padded, 0);
+        let counter = s.cur.send_counter;
+        s.cur.send_counter += 1;
+        let hdr = DataHeader { epoch: s.cur.id, receiver_index: s.remote_index, counter };
+        let (h, body) = pkt.split_at_mut(DATA_HEADER_LEN);
+        let h: &mut [u8; DATA_HEADER_LEN] = match h.try_into() {
+            Ok(h) => h,
+            Err(_) => unreachable!("split at header length"),
+        };
+        hdr.write(h);
+        let tag = s.cur.send.seal(counter, h, body);
+        pkt.extend_from_slice(&tag);
+        if s.initiator && s.rekey.is_none() && s.cur.send_counter >= self.config.rekey_after_packets {
+            self.force_rekey = true;
+        }
+        self.last_send = now;
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += pkt.len() as u64;
+        Some(pkt)
+    }
+
+    /// When `timer` fires, derived from the current state.
+    pub fn deadline(&self, timer: Timer) -> Option<Instant> {
+        match timer {
+            Timer::Handshake => match &self.handshake {
+                Some(h) => Some(h.sent + self.retry_delay()),
+                None if self.session.is_none() && self.dial => self.next_handshake,
+                None => None,
+            },
+            Timer::Rekey => {
+                let s = self.session.as_ref().filter(|s| s.initiator)?;
+                match &s.rekey {
+                    Some(p) => Some(p.sent + self.config.rekey_retry),
+                    None if self.force_rekey => Some(s.cur.started),
+                    None => Some(s.cur.started + self.config.rekey_interval),
+                }
+            }
+            Timer::Keepalive => self.session.as_ref().map(|_| self.last_send + self.config.keepalive_interval),
+            Timer::Dead => (self.state == LinkState::Up).then(|| self.last_recv + self.config.dead_after),
+            Timer::OldKey => self.session.as_ref().and_then(|s| s.prev.as_ref().map(|(_, exp)| *exp)),
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Timer::ALL.iter().filter_map(|t| self.deadline(*t)).min()
+    }
+
+    /// Runs every expired timer. `new_index` gives a fresh local index when a handshake starts.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+        local: &SecretKey,
+        new_index: &mut dyn FnMut(&mut dyn CryptoRngCore) -> u32,
+    ) -> Option<LinkEvent> {
+        let mut event = None;
+        if self.deadline(Timer::Dead).is_some_and(|d| d <= now) {
+            event = self.go_down(now, DownReason::Timeout);
+        }
+        if self.deadline(Timer::Handshake).is_some_and(|d| d <= now) {
+            let idx = new_index(rng);
+            self.start_handshake(now, rng, local, idx);
+        }
+        if self.deadline(Timer::OldKey).is_some_and(|d| d <= now) {
+            if let Some(s) = self.session.as_mut() {
+                s.prev = None;
+            }
+        }
+        if self.deadline(Timer::Rekey).is_some_and(|d| d <= now) {
+            self.rekey_step(now, rng);
+        }
+        if self.deadline(Timer::Keepalive).is_some_and(|d| d <= now) && self.control.is_empty() && self.data.is_empty() {
+            self.push_control(Frame::Ping);
+            // Counts as sent for scheduling even if the packet goes out a moment later.
+            self.last_send = now;
+        }
+        event
+    }
+
+    fn rekey_step(&mut self, now: Instant, rng: &mut dyn CryptoRngCore) {
+        let Some(s) = self.session.as_mut() else { return };
+        match s.rekey.as_mut() {
+            Some(p) => {
+                if now.saturating_duration_since(p.first_sent) > self.config.dead_after {
+                    // No answer for a long time: dead-peer detection handles it.
+                    return;
+                }
+                p.sent = now;
+                let (epoch, e_pub) = (p.epoch, p.e_pub);
+                self.push_control(Frame::Rekey { epoch, ephemeral: &e_pub });
+            }
+            None => {
+                let e = Ephemeral::generate(&mut RngRef(rng));
+                let e_pub = e.public_bytes();
+                let epoch = s.cur.id.wrapping_add(1);
+                s.rekey = Some(PendingRekey { epoch, e, e_pub, sent: now, first_sent: now });
+                self.push_control(Frame::Rekey { epoch, ephemeral: &e_pub });
+            }
+        }
+    }
+}
+
+/// Adapts `&mut dyn CryptoRngCore` to the `impl CryptoRngCore` that k256 takes.
+pub(crate) struct RngRef<'a>(pub &'a mut dyn CryptoRngCore);
+
+impl rand_core::RngCore for RngRef<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+
+impl rand_core::CryptoRng for RngRef<'_> {}

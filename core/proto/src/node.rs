@@ -1,0 +1,471 @@
+//! The node: one identity, its links to neighbours, and its route table. The only object a
+//! driver (simulator or tokio runtime) talks to, in the quinn-proto style:
+//!
+//! ```text
+//! driver                          Node
+//!   handle_datagram(now, from, bytes) ->
+//!   handle_timeout(now)              ->
+//!   <- poll_transmit(now)  (destination + bytes, until None)
+//!   <- poll_event()        (link up/down, route ready/failed, route data)
+//!   <- poll_timeout()      (arm one timer)
+//! ```
+//! Data flows one way through it: transport bytes -> link (open) -> router (forward or
+//! deliver) -> events; and back: send -> router -> link (seal) -> transmits.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::time::Instant;
+
+use rand_core::CryptoRngCore;
+
+use crate::frame::Frame;
+use crate::identity::{Address, PublicKey, SecretKey};
+use crate::link::{handshake, DownReason, Link, LinkConfig, LinkEvent, LinkId, LinkState, RngRef};
+use crate::route::{RouteConfig, RouteError, RouteEvent, RouteId, Router};
+use crate::stats::{LinkStats, Reject, RejectCounts};
+use crate::wire::{Packet, DATA_HEADER_LEN};
+
+/// Node settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub link: LinkConfig,
+    pub route: RouteConfig,
+    /// Most bytes queued on one link before senders are told `QueueFull` (forwarded frames
+    /// beyond it are dropped and counted). Store-and-forward credits replace this bound.
+    pub link_queue_bytes: usize,
+    /// Accept handshakes from peers we did not dial.
+    pub accept_incoming: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            link: LinkConfig::default(),
+            route: RouteConfig::default(),
+            // About 3000 full packets: a second of 30 Mb/s.
+            link_queue_bytes: 4 << 20,
+            accept_incoming: true,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit<A> {
+    pub dst: A,
+    pub payload: Vec<u8>,
+}
+
+/// What happened, for the application and the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    LinkUp { link: LinkId, peer: PublicKey },
+    LinkDown { link: LinkId, peer: PublicKey, reason: DownReason },
+    Route(RouteEvent),
+}
+
+/// A snapshot of one link for status output.
+#[derive(Debug, Clone)]
+pub struct LinkInfo<A> {
+    pub id: LinkId,
+    pub peer: PublicKey,
+    pub addr: A,
+    pub state: LinkState,
+    pub epoch: Option<u8>,
+    pub stats: LinkStats,
+}
+
+/// Node-wide counters.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    /// Refused packets that could not be tied to a link (unknown source, unknown index).
+    pub rejected: RejectCounts,
+}
+
+pub struct Node<A> {
+    identity: SecretKey,
+    public: PublicKey,
+    config: NodeConfig,
+    rng: Box<dyn CryptoRngCore + Send>,
+    links: BTreeMap<LinkId, Link<A>>,
+    by_peer: BTreeMap<PublicKey, LinkId>,
+    by_index: BTreeMap<u32, LinkId>,
+    by_addr: BTreeMap<A, LinkId>,
+    next_link: u32,
+    router: Router,
+    events: VecDeque<Event>,
+    stats: NodeStats,
+    /// Round-robin position for fairness between links in `poll_transmit`.
+    cursor: u32,
+}
+
+struct LinkTable<'a, A> {
+    links: &'a mut BTreeMap<LinkId, Link<A>>,
+    by_peer: &'a BTreeMap<PublicKey, LinkId>,
+    queue_limit: usize,
+}
+
+impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
+    fn link_to(&self, peer: &PublicKey) -> Option<LinkId> {
+        self.by_peer.get(peer).copied().filter(|id| self.is_up(*id))
+    }
+    fn is_up(&self, link: LinkId) -> bool {
+        self.links.get(&link).is_some_and(|l| l.is_up())
+    }
+    fn send(&mut self, link: LinkId, frame: &Frame<'_>) -> Result<(), RouteError> {
+        let l = self.links.get_mut(&link).filter(|l| l.is_up()).ok_or(RouteError::Broken)?;
+        let len = frame.encoded_len();
+        let is_data = matches!(frame, Frame::RouteData { .. });
+        if is_data && l.queued_bytes() + len > self.queue_limit {
+            l.stats.rejected.add(Reject::QueueFull);
+            return Err(RouteError::QueueFull);
+        }
+        let mut v = Vec::with_capacity(len);
+        frame.encode(&mut v);
+        l.push_data(v);
+        Ok(())
+    }
+}
+
+impl<A: Clone + Ord + Debug> Node<A> {
+    pub fn new(identity: SecretKey, config: NodeConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
+        let public = identity.public_key();
+        let router = Router::new(config.route.clone());
+        Node {
+            identity,
+            public,
+            config,
+            rng,
+            links: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
+            next_link: 1,
+            router,
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+            cursor: 0,
+        }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    pub fn address(&self) -> Address {
+        self.public.address()
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Largest application message one route carries.
+    pub fn route_mtu(&self) -> usize {
+        Router::mtu(self.config.link.max_plaintext())
+    }
+
+    fn table(&mut self) -> (LinkTable<'_, A>, &mut Router, &mut dyn CryptoRngCore, &SecretKey) {
+        (
+            LinkTable { links: &mut self.links, by_peer: &self.by_peer, queue_limit: self.config.link_queue_bytes },
+            &mut self.router,
+            &mut *self.rng,
+            &self.identity,
+        )
+    }
+
+    fn new_index(&mut self) -> u32 {
+        loop {
+            let i = self.rng.next_u32();
+            if i != 0 && !self.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    fn add_link(&mut self, now: Instant, peer: PublicKey, addr: A, dial: bool) -> LinkId {
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        self.links.insert(id, Link::new(id, peer, addr.clone(), self.config.link.clone(), dial, now));
+        self.by_peer.insert(peer, id);
+        self.by_addr.insert(addr, id);
+        id
+    }
+
+    /// Dials a neighbour: starts the handshake now and keeps the link up (redialling when it
+    /// dies). Returns the existing link if there is one to that key.
+    pub fn connect(&mut self, now: Instant, peer: PublicKey, addr: A) -> LinkId {
+        if let Some(&id) = self.by_peer.get(&peer) {
+            self.set_addr(id, addr);
+            return id;
+        }
+        let id = self.add_link(now, peer, addr, true);
+        let idx = self.new_index();
+        self.by_index.insert(idx, id);
+        if let Some(l) = self.links.get_mut(&id) {
+            l.start_handshake(now, &mut *self.rng, &self.identity, idx);
+        }
+        id
+    }
+
+    fn set_addr(&mut self, id: LinkId, addr: A) {
+        let Some(l) = self.links.get_mut(&id) else { return };
+        if l.addr != addr {
+            if self.by_addr.get(&l.addr) == Some(&id) {
+                self.by_addr.remove(&l.addr);
+            }
+            l.addr = addr.clone();
+            self.by_addr.insert(addr, id);
+        }
+    }
+
+    /// Closes a link (tells the peer, breaks routes through it, stops redialling).
+    pub fn close_link(&mut self, now: Instant, id: LinkId) {
+        let ev = self.links.get_mut(&id).and_then(|l| l.close(now));
+        self.after_link(id, ev);
+    }
+
+    /// Feeds one received datagram. `data` is decrypted in place.
+    pub fn handle_datagram(&mut self, now: Instant, from: A, data: &mut [u8]) {
+        if let Err(reason) = self.handle_inner(now, from.clone(), data) {
+            self.count_reject(&from, reason);
+        }
+    }
+
+    fn count_reject(&mut self, from: &A, reason: Reject) {
+        match self.by_addr.get(from).and_then(|id| self.links.get_mut(id)) {
+            Some(l) => l.stats.rejected.add(reason),
+            None => self.stats.rejected.add(reason),
+        }
+    }
+
+    fn handle_inner(&mut self, now: Instant, from: A, data: &mut [u8]) -> Result<(), Reject> {
+        let packet = Packet::parse(data).map_err(Reject::from)?;
+        match packet {
+            Packet::HandshakeInit(init) => {
+                let idx = self.new_index();
+                let responded =
+                    handshake::respond(&mut RngRef(&mut *self.rng), &self.identity, &init, idx).map_err(|_| Reject::Handshake)?;
+                let peer = responded.initiator;
+                let id = match self.by_peer.get(&peer) {
+                    Some(&id) => id,
+                    None if self.config.accept_incoming => self.add_link(now, peer, from.clone(), false),
+                    None => return Err(Reject::Handshake),
+                };
+                let accepted = match self.links.get_mut(&id) {
+                    Some(l) => l.on_handshake_init(now, &self.identity, responded, idx),
+                    None => false,
+                };
+                if accepted {
+                    self.by_index.insert(idx, id);
+                    self.set_addr(id, from);
+                }
+                self.after_link(id, None);
+                Ok(())
+            }
+            Packet::HandshakeResp(resp) => {
+                let id = *self.by_index.get(&resp.receiver_index).ok_or(Reject::UnknownIndex)?;
+                let link = self.links.get_mut(&id).ok_or(Reject::UnknownIndex)?;
+                let ev = link.on_handshake_resp(now, &self.identity, &resp)?;
+                self.set_addr(id, from);
+                self.after_link(id, ev);
+                Ok(())
+            }
+            Packet::Data(hdr) => {
+                let id = *self.by_index.get(&hdr.receiver_index).ok_or(Reject::UnknownIndex)?;
+                let link = self.links.get_mut(&id).ok_or(Reject::UnknownIndex)?;
+                let (n, ev) = link.open(now, &hdr, data)?;
+                // Authenticated: the peer may have moved (roaming); follow it.
+                self.set_addr(id, from);
+                self.after_link(id, ev);
+                self.handle_frames(now, id, &data[DATA_HEADER_LEN..DATA_HEADER_LEN + n]);
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_frames(&mut self, now: Instant, id: LinkId, mut plain: &[u8]) {
+        loop {
+            let frame = match Frame::decode(&mut plain) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    // Authenticated but malformed: the peer is buggy; drop the rest of the packet.
+                    if let Some(l) = self.links.get_mut(&id) {
+                        l.stats.rejected.add(e.into());
+                    }
+                    break;
+                }
+            };
+            let result = match frame {
+                Frame::Ping | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. } => {
+                    let Some(l) = self.links.get_mut(&id) else { break };
+                    let r = l.on_frame(now, &mut *self.rng, &frame);
+                    match r {
+                        Ok(ev) => {
+                            self.after_link(id, ev);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => {
+                    let (mut table, router, rng, identity) = self.table();
+                    let r = router.on_frame(now, rng, identity, &mut table, id, &frame);
+                    self.drain_router();
+                    r
+                }
+            };
+            if let Err(reason) = result {
+                if let Some(l) = self.links.get_mut(&id) {
+                    l.stats.rejected.add(reason);
+                }
+            }
+            if !self.links.get(&id).is_some_and(|l| l.is_up()) {
+                break;
+            }
+        }
+    }
+
+    fn drain_router(&mut self) {
+        while let Some(ev) = self.router.events.pop_front() {
+            self.events.push_back(Event::Route(ev));
+        }
+    }
+
+    /// Bookkeeping after a link changed: index map, events, routes over a dead link.
+    fn after_link(&mut self, id: LinkId, ev: Option<LinkEvent>) {
+        let Some(l) = self.links.get_mut(&id) else { return };
+        for idx in l.take_retired() {
+            if self.by_index.get(&idx) == Some(&id) {
+                self.by_index.remove(&idx);
+            }
+        }
+        let peer = l.peer;
+        match ev {
+            Some(LinkEvent::Up) => self.events.push_back(Event::LinkUp { link: id, peer }),
+            Some(LinkEvent::Down(reason)) => {
+                self.events.push_back(Event::LinkDown { link: id, peer, reason });
+                let (mut table, router, _, _) = self.table();
+                router.on_link_down(&mut table, id);
+                self.drain_router();
+            }
+            None => {}
+        }
+    }
+
+    /// The next datagram to send, links served round robin.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<A>> {
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let start = ids.iter().position(|i| i.0 >= self.cursor).unwrap_or(0);
+        for k in 0..ids.len() {
+            let id = ids[(start + k) % ids.len()];
+            let Some(l) = self.links.get_mut(&id) else { continue };
+            if let Some(payload) = l.poll_transmit(now) {
+                self.cursor = id.0 + 1;
+                return Some(Transmit { dst: l.addr.clone(), payload });
+            }
+        }
+        None
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.links.values().filter_map(|l| l.poll_timeout()).chain(self.router.poll_timeout()).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            let Some(l) = self.links.get_mut(&id) else { continue };
+            if l.poll_timeout().is_some_and(|d| d <= now) {
+                let by_index = &mut self.by_index;
+                let mut alloc = |rng: &mut dyn CryptoRngCore| loop {
+                    let i = rng.next_u32();
+                    if i != 0 && !by_index.contains_key(&i) {
+                        by_index.insert(i, id);
+                        return i;
+                    }
+                };
+                let ev = l.handle_timeout(now, &mut *self.rng, &self.identity, &mut alloc);
+                self.after_link(id, ev);
+            }
+        }
+        if self.router.poll_timeout().is_some_and(|d| d <= now) {
+            let (mut table, router, _, _) = self.table();
+            router.handle_timeout(now, &mut table);
+            self.drain_router();
+        }
+    }
+
+    /// Starts building a source route through `hops` (telescoping). Watch for
+    /// `RouteEvent::Ready` or `RouteEvent::Failed` with the returned id.
+    pub fn open_route(&mut self, now: Instant, hops: &[PublicKey]) -> Result<RouteId, RouteError> {
+        let public = self.public;
+        let (mut table, router, rng, _) = self.table();
+        router.open(now, rng, &public, &mut table, hops)
+    }
+
+    /// Sends application bytes on a route (source to last hop, or last hop back to source).
+    pub fn send(&mut self, now: Instant, route: RouteId, data: &[u8]) -> Result<(), RouteError> {
+        let mtu = self.route_mtu();
+        let (mut table, router, _, _) = self.table();
+        router.send(now, &mut table, route, data, mtu)
+    }
+
+    /// Closes a route held here (as source or last hop).
+    pub fn close_route(&mut self, route: RouteId) -> Result<(), RouteError> {
+        let (mut table, router, _, _) = self.table();
+        router.close(&mut table, route)
+    }
+
+    pub fn route_ready(&self, route: RouteId) -> bool {
+        self.router.is_ready(route)
+    }
+
+    /// Number of entries in the route table (as source, relay or last hop).
+    pub fn route_count(&self) -> usize {
+        self.router.len()
+    }
+
+    /// Bytes waiting in the queue of the link a route of ours starts on.
+    pub fn link_queued_bytes(&self, link: LinkId) -> usize {
+        self.links.get(&link).map_or(0, |l| l.queued_bytes())
+    }
+
+    pub fn link_to(&self, peer: &PublicKey) -> Option<LinkId> {
+        self.by_peer.get(peer).copied()
+    }
+
+    pub fn link(&self, id: LinkId) -> Option<LinkInfo<A>> {
+        self.links.get(&id).map(|l| LinkInfo {
+            id,
+            peer: l.peer,
+            addr: l.addr.clone(),
+            state: l.state(),
+            epoch: l.epoch(),
+            stats: l.stats.clone(),
+        })
+    }
+
+    pub fn links(&self) -> Vec<LinkInfo<A>> {
+        self.links.keys().filter_map(|id| self.link(*id)).collect()
+    }
+
+    /// Room left in the queue of the first link of a route, in bytes.
+    pub fn route_send_room(&self, route: RouteId) -> usize {
+        let Some(hops) = self.router.hops(route) else { return 0 };
+        let Some(id) = self.link_to(&hops[0]) else { return 0 };
+        self.config.link_queue_bytes.saturating_sub(self.link_queued_bytes(id))
+    }
+}

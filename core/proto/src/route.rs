@@ -1,0 +1,675 @@
+//! Source routes (seed: "routing overview"). Each node keeps `route id -> (previous hop, next
+//! hop)` where a hop is `(link, the neighbour's id for this route)`; ids are chosen locally and
+//! at random by each node, so per-packet overhead is a constant 4-byte id whatever the length.
+//!
+//! Telescoping setup: the source joins the first hop with ROUTE_SETUP over their link, then asks
+//! the current last hop, end-to-end encrypted to that hop, to EXTEND to the next one, and so on.
+//! Each hop learns only its previous and next hop. The source keys every hop with a fresh
+//! ephemeral ECDH against the hop's static key; the hop proves it with a key confirmation, so a
+//! hop that lies about who it extended to is caught. Forwarding a data frame is one table lookup
+//! between opening it on the ingress link and sealing it on the egress link.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use rand_core::CryptoRngCore;
+use subtle::ConstantTimeEq;
+
+use crate::crypto::{self, dh_static, hkdf, AeadKey, Ephemeral, TAG_LEN};
+use crate::frame::{Frame, PROOF_LEN};
+use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
+use crate::link::replay::ReplayWindow;
+use crate::link::{LinkId, RngRef};
+use crate::stats::Reject;
+
+/// A node-local route identifier (never 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(NonZeroU32);
+
+impl RouteId {
+    pub fn new(v: u32) -> Option<Self> {
+        NonZeroU32::new(v).map(RouteId)
+    }
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl std::fmt::Display for RouteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+/// Error codes carried in ROUTE_ERROR frames and EXTEND_FAILED messages.
+pub mod code {
+    /// The id in the frame is not a route of the sender (it echoes the id it was sent).
+    pub const UNKNOWN_ROUTE: u8 = 1;
+    /// A hop could not reach the next hop (no link, or the link went down).
+    pub const HOP_UNREACHABLE: u8 = 2;
+    /// A hop refused to join (route table full, policy).
+    pub const REFUSED: u8 = 3;
+    /// A hop's extension got no answer in time.
+    pub const TIMEOUT: u8 = 4;
+}
+
+/// Why a route could not be built or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("a route needs at least one hop and no repeated or local hops")]
+    InvalidHops,
+    #[error("no link is up to the first hop")]
+    NoLink,
+    #[error("hop {hop} could not reach the next hop")]
+    HopUnreachable { hop: usize },
+    #[error("a hop refused the route")]
+    Refused,
+    #[error("route setup timed out after {joined} of {total} hops")]
+    Timeout { joined: usize, total: usize },
+    #[error("a hop failed to prove its key")]
+    BadProof,
+    #[error("route broken: a link on it went down or a hop forgot it")]
+    Broken,
+    #[error("no such route")]
+    UnknownRoute,
+    #[error("route is still being set up")]
+    NotReady,
+    #[error("message of {len} bytes exceeds the route MTU of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("the link queue is full")]
+    QueueFull,
+    #[error("the node holds its maximum number of routes")]
+    TableFull,
+}
+
+/// Route table settings.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Whole telescoping setup must finish within this.
+    pub setup_timeout: Duration,
+    /// A relay forgets a route that carried nothing for this long.
+    pub idle_timeout: Duration,
+    /// Most routes (as source or relay) this node holds.
+    pub max_routes: usize,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            setup_timeout: Duration::from_secs(10),
+            // Long enough for sessions' probes (every few seconds) to keep used routes alive.
+            idle_timeout: Duration::from_secs(120),
+            max_routes: 65_536,
+        }
+    }
+}
+
+// Kinds of end-to-end route messages (inside the hop-sealed payload of ROUTE_DATA).
+const MSG_APP: u8 = 1;
+const MSG_EXTEND: u8 = 2;
+const MSG_EXTENDED: u8 = 3;
+const MSG_EXTEND_FAILED: u8 = 4;
+
+/// Bytes a route message adds to application data: counter, tag, kind.
+pub const ROUTE_MSG_OVERHEAD: usize = 8 + TAG_LEN + 1;
+
+const HOP_SALT_LABEL: &[u8] = b"skyroute route hop v1";
+
+/// Keys a source shares with one hop of one route.
+struct HopKeys {
+    fwd: AeadKey,
+    back: AeadKey,
+}
+
+fn derive_hop(secret: &[u8; 32], e_pub: &[u8; PUBLIC_KEY_LEN], hop: &PublicKey) -> (HopKeys, [u8; PROOF_LEN]) {
+    let salt = crypto::hash(&[HOP_SALT_LABEL]);
+    let mut info = [0u8; 2 * PUBLIC_KEY_LEN];
+    info[..PUBLIC_KEY_LEN].copy_from_slice(e_pub);
+    info[PUBLIC_KEY_LEN..].copy_from_slice(&hop.to_bytes());
+    let [fwd, back, proof_key] = hkdf::<3>(&salt, secret, &info);
+    let mut proof = [0u8; PROOF_LEN];
+    proof.copy_from_slice(&proof_key[..PROOF_LEN]);
+    (HopKeys { fwd: AeadKey::new(&fwd), back: AeadKey::new(&back) }, proof)
+}
+
+fn seal_msg(key: &AeadKey, counter: &mut u64, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ROUTE_MSG_OVERHEAD + body.len());
+    let n = *counter;
+    *counter += 1;
+    out.extend_from_slice(&n.to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(body);
+    let tag = key.seal(n, &[], &mut out[8..]);
+    out.extend_from_slice(&tag);
+    out
+}
+
+fn open_msg(key: &AeadKey, replay: &mut ReplayWindow, payload: &[u8]) -> Result<(u8, Vec<u8>), Reject> {
+    if payload.len() < ROUTE_MSG_OVERHEAD {
+        return Err(Reject::BadRouteMessage);
+    }
+    let n = u64::from_be_bytes(payload[..8].try_into().map_err(|_| Reject::BadRouteMessage)?);
+    if !replay.check(n) {
+        return Err(Reject::Replayed);
+    }
+    let mut buf = payload[8..].to_vec();
+    let len = key.open(n, &[], &mut buf).map_err(|_| Reject::BadRouteMessage)?;
+    replay.update(n);
+    buf.truncate(len);
+    let kind = buf.remove(0);
+    Ok((kind, buf))
+}
+
+struct SourceHop {
+    key: PublicKey,
+    e_pub: [u8; PUBLIC_KEY_LEN],
+    keys: HopKeys,
+    proof: [u8; PROOF_LEN],
+    fwd_counter: u64,
+    back_replay: ReplayWindow,
+}
+
+struct Origin {
+    first_link: LinkId,
+    /// The first hop's id for this route, once it joined.
+    next_id: Option<RouteId>,
+    hops: Vec<SourceHop>,
+    /// How many hops joined so far.
+    joined: usize,
+    deadline: Option<Instant>,
+}
+
+impl Origin {
+    fn ready(&self) -> bool {
+        self.joined == self.hops.len()
+    }
+}
+
+struct Relay {
+    prev: (LinkId, RouteId),
+    next: Option<(LinkId, RouteId)>,
+    /// Waiting for the next hop to answer our ROUTE_SETUP.
+    extending: Option<LinkId>,
+    keys: HopKeys,
+    back_counter: u64,
+    fwd_replay: ReplayWindow,
+    last_active: Instant,
+}
+
+enum Entry {
+    Origin(Origin),
+    Relay(Relay),
+}
+
+/// What the router needs from the node's links.
+pub(crate) trait Links {
+    /// The up link to `peer`, if any.
+    fn link_to(&self, peer: &PublicKey) -> Option<LinkId>;
+    /// Whether `link` is up.
+    fn is_up(&self, link: LinkId) -> bool;
+    /// Queues a frame on `link`.
+    fn send(&mut self, link: LinkId, frame: &Frame<'_>) -> Result<(), RouteError>;
+}
+
+/// What happened to routes, for the node's event queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// Our route reached its last hop.
+    Ready { route: RouteId },
+    /// Our route could not be built or broke.
+    Failed { route: RouteId, error: RouteError },
+    /// Application bytes arrived at an end of a route (source or last hop).
+    Data { route: RouteId, data: Vec<u8> },
+    /// A route ending here was closed by the source or broke.
+    Closed { route: RouteId },
+}
+
+/// Route table and telescoping state of one node.
+pub struct Router {
+    config: RouteConfig,
+    routes: BTreeMap<RouteId, Entry>,
+    pub(crate) events: std::collections::VecDeque<RouteEvent>,
+}
+
+impl Router {
+    pub fn new(config: RouteConfig) -> Self {
+        Router { config, routes: BTreeMap::new(), events: Default::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    fn alloc_id(&self, rng: &mut dyn CryptoRngCore) -> RouteId {
+        loop {
+            if let Some(id) = RouteId::new(rng.next_u32()) {
+                if !self.routes.contains_key(&id) {
+                    return id;
+                }
+            }
+        }
+    }
+
+    /// Whether `route` is one of ours and fully built.
+    pub fn is_ready(&self, route: RouteId) -> bool {
+        matches!(self.routes.get(&route), Some(Entry::Origin(o)) if o.ready())
+    }
+
+    /// The hops a route of ours goes through.
+    pub fn hops(&self, route: RouteId) -> Option<Vec<PublicKey>> {
+        match self.routes.get(&route)? {
+            Entry::Origin(o) => Some(o.hops.iter().map(|h| h.key).collect()),
+            Entry::Relay(_) => None,
+        }
+    }
+
+    /// Starts building a route through `hops` (the first must be a neighbour with an up link).
+    pub(crate) fn open(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+        local: &PublicKey,
+        links: &mut dyn Links,
+        hops: &[PublicKey],
+    ) -> Result<RouteId, RouteError> {
+        if hops.is_empty() || hops.contains(local) || (1..hops.len()).any(|i| hops[..i].contains(&hops[i])) {
+            return Err(RouteError::InvalidHops);
+        }
+        if self.routes.len() >= self.config.max_routes {
+            return Err(RouteError::TableFull);
+        }
+        let first_link = links.link_to(&hops[0]).ok_or(RouteError::NoLink)?;
+        let id = self.alloc_id(rng);
+        let source_hops: Vec<SourceHop> = hops
+            .iter()
+            .map(|h| {
+                let e = Ephemeral::generate(&mut RngRef(rng));
+                let e_pub = e.public_bytes();
+                let (keys, proof) = derive_hop(&e.dh(h), &e_pub, h);
+                SourceHop { key: *h, e_pub, keys, proof, fwd_counter: 0, back_replay: ReplayWindow::default() }
+            })
+            .collect();
+        let e_pub = source_hops[0].e_pub;
+        links.send(first_link, &Frame::RouteSetup { route: id, ephemeral: &e_pub })?;
+        self.routes.insert(
+            id,
+            Entry::Origin(Origin {
+                first_link,
+                next_id: None,
+                hops: source_hops,
+                joined: 0,
+                deadline: Some(now + self.config.setup_timeout),
+            }),
+        );
+        Ok(id)
+    }
+
+    /// Largest application message a route carries, given the link plaintext capacity.
+    pub fn mtu(link_plaintext: usize) -> usize {
+        link_plaintext.saturating_sub(crate::frame::ROUTE_DATA_OVERHEAD + ROUTE_MSG_OVERHEAD)
+    }
+
+    /// Sends application bytes on a route: from the source to the last hop, or back.
+    pub(crate) fn send(&mut self, now: Instant, links: &mut dyn Links, route: RouteId, data: &[u8], mtu: usize) -> Result<(), RouteError> {
+        if data.len() > mtu {
+            return Err(RouteError::TooLarge { len: data.len(), max: mtu });
+        }
+        match self.routes.get_mut(&route).ok_or(RouteError::UnknownRoute)? {
+            Entry::Origin(o) => {
+                if !o.ready() {
+                    return Err(RouteError::NotReady);
+                }
+                let next = o.next_id.ok_or(RouteError::NotReady)?;
+                let last = o.hops.len() - 1;
+                let h = &mut o.hops[last];
+                let msg = seal_msg(&h.keys.fwd, &mut h.fwd_counter, MSG_APP, data);
+                links.send(o.first_link, &Frame::RouteData { route: next, payload: &msg })
+            }
+            Entry::Relay(r) => {
+                if r.next.is_some() {
+                    return Err(RouteError::UnknownRoute);
+                }
+                r.last_active = now;
+                let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_APP, data);
+                links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg })
+            }
+        }
+    }
+
+    /// Tears down a route we hold (as source or last hop).
+    pub(crate) fn close(&mut self, links: &mut dyn Links, route: RouteId) -> Result<(), RouteError> {
+        let entry = self.routes.remove(&route).ok_or(RouteError::UnknownRoute)?;
+        Self::send_closes(links, &entry, None);
+        Ok(())
+    }
+
+    fn send_closes(links: &mut dyn Links, entry: &Entry, except: Option<LinkId>) {
+        let targets: Vec<(LinkId, RouteId)> = match entry {
+            Entry::Origin(o) => o.next_id.map(|n| (o.first_link, n)).into_iter().collect(),
+            Entry::Relay(r) => [Some(r.prev), r.next].into_iter().flatten().collect(),
+        };
+        for (link, id) in targets {
+            if Some(link) != except && links.is_up(link) {
+                let _ = links.send(link, &Frame::RouteClose { route: id });
+            }
+        }
+    }
+
+    /// Handles a route frame that arrived on `from`.
+    pub(crate) fn on_frame(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+        identity: &SecretKey,
+        links: &mut dyn Links,
+        from: LinkId,
+        frame: &Frame<'_>,
+    ) -> Result<(), Reject> {
+        match *frame {
+            Frame::RouteData { route, payload } => self.on_data(now, links, from, route, payload),
+            Frame::RouteSetup { route, ephemeral } => {
+                if self.routes.len() >= self.config.max_routes {
+                    let _ = links.send(from, &Frame::RouteError { route, code: code::REFUSED });
+                    return Ok(());
+                }
+                let e = PublicKey::from_bytes(ephemeral).map_err(|_| Reject::Malformed)?;
+                let (keys, proof) = derive_hop(&dh_static(identity, &e), ephemeral, &identity.public_key());
+                let id = self.alloc_id(rng);
+                self.routes.insert(
+                    id,
+                    Entry::Relay(Relay {
+                        prev: (from, route),
+                        next: None,
+                        extending: None,
+                        keys,
+                        back_counter: 0,
+                        fwd_replay: ReplayWindow::default(),
+                        last_active: now,
+                    }),
+                );
+                let _ = links.send(from, &Frame::RouteSetupOk { route, hop_route: id, proof: &proof });
+                Ok(())
+            }
+            Frame::RouteSetupOk { route, hop_route, proof } => match self.routes.get_mut(&route) {
+                Some(Entry::Origin(o)) if o.joined == 0 && o.first_link == from => {
+                    if !bool::from(o.hops[0].proof.ct_eq(proof)) {
+                        self.fail(links, route, RouteError::BadProof);
+                        return Err(Reject::BadRouteMessage);
+                    }
+                    o.next_id = Some(hop_route);
+                    o.joined = 1;
+                    self.advance(links, route);
+                    Ok(())
+                }
+                Some(Entry::Relay(r)) if r.extending == Some(from) => {
+                    r.extending = None;
+                    r.next = Some((from, hop_route));
+                    r.last_active = now;
+                    let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTENDED, &proof[..]);
+                    let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
+                    Ok(())
+                }
+                _ => Err(Reject::UnknownRoute),
+            },
+            Frame::RouteError { route, code } => {
+                // UNKNOWN_ROUTE echoes the id the peer was sent, i.e. the peer's id: find ours.
+                let local = if code == code::UNKNOWN_ROUTE { self.find_by_neighbour(from, route) } else { Some(route) };
+                let Some(local) = local else { return Err(Reject::UnknownRoute) };
+                if !self.touches(local, from) {
+                    return Err(Reject::UnknownRoute);
+                }
+                let error = match code {
+                    code::REFUSED => RouteError::Refused,
+                    code::HOP_UNREACHABLE => {
+                        let hop = match self.routes.get(&local) {
+                            Some(Entry::Origin(o)) => o.joined,
+                            _ => 0,
+                        };
+                        RouteError::HopUnreachable { hop }
+                    }
+                    _ => RouteError::Broken,
+                };
+                self.break_route(links, local, from, error);
+                Ok(())
+            }
+            Frame::RouteClose { route } => {
+                if !self.touches(route, from) {
+                    return Err(Reject::UnknownRoute);
+                }
+                if let Some(entry) = self.routes.remove(&route) {
+                    Self::send_closes(links, &entry, Some(from));
+                    match entry {
+                        Entry::Origin(_) => self.events.push_back(RouteEvent::Failed { route, error: RouteError::Broken }),
+                        Entry::Relay(r) if r.next.is_none() => self.events.push_back(RouteEvent::Closed { route }),
+                        Entry::Relay(_) => {}
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Reject::UnknownType),
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, links: &mut dyn Links, from: LinkId, route: RouteId, payload: &[u8]) -> Result<(), Reject> {
+        let Some(entry) = self.routes.get_mut(&route) else {
+            // Tell the sender so its side of the route breaks instead of blackholing.
+            let _ = links.send(from, &Frame::RouteError { route, code: code::UNKNOWN_ROUTE });
+            return Err(Reject::UnknownRoute);
+        };
+        match entry {
+            Entry::Relay(r) => {
+                if from == r.prev.0 {
+                    r.last_active = now;
+                    if let Some((link, id)) = r.next {
+                        // The forwarding hot path: one lookup, re-frame, queue on the egress link.
+                        return links.send(link, &Frame::RouteData { route: id, payload }).map_err(|_| Reject::QueueFull);
+                    }
+                    let (kind, body) = open_msg(&r.keys.fwd, &mut r.fwd_replay, payload)?;
+                    self.on_terminal_msg(now, links, route, kind, body)
+                } else if r.next.is_some_and(|(l, _)| l == from) {
+                    r.last_active = now;
+                    let (link, id) = r.prev;
+                    links.send(link, &Frame::RouteData { route: id, payload }).map_err(|_| Reject::QueueFull)
+                } else {
+                    Err(Reject::UnknownRoute)
+                }
+            }
+            Entry::Origin(o) => {
+                if from != o.first_link || o.joined == 0 {
+                    return Err(Reject::UnknownRoute);
+                }
+                // Messages come from the current last hop (the one extending, while building).
+                let h = &mut o.hops[o.joined - 1];
+                let (kind, body) = open_msg(&h.keys.back, &mut h.back_replay, payload)?;
+                match kind {
+                    MSG_APP if o.ready() => {
+                        self.events.push_back(RouteEvent::Data { route, data: body });
+                        Ok(())
+                    }
+                    MSG_EXTENDED if !o.ready() => {
+                        let expected = &o.hops[o.joined].proof;
+                        if body.len() != PROOF_LEN || !bool::from(expected.ct_eq(&body[..])) {
+                            self.fail(links, route, RouteError::BadProof);
+                            return Err(Reject::BadRouteMessage);
+                        }
+                        o.joined += 1;
+                        self.advance(links, route);
+                        Ok(())
+                    }
+                    MSG_EXTEND_FAILED if !o.ready() => {
+                        let hop = o.joined;
+                        let error = match body.first() {
+                            Some(&code::REFUSED) => RouteError::Refused,
+                            _ => RouteError::HopUnreachable { hop },
+                        };
+                        self.fail(links, route, error);
+                        Ok(())
+                    }
+                    _ => Err(Reject::BadRouteMessage),
+                }
+            }
+        }
+    }
+
+    /// A message for us as the last hop of a route.
+    fn on_terminal_msg(&mut self, now: Instant, links: &mut dyn Links, route: RouteId, kind: u8, body: Vec<u8>) -> Result<(), Reject> {
+        match kind {
+            MSG_APP => {
+                self.events.push_back(RouteEvent::Data { route, data: body });
+                Ok(())
+            }
+            MSG_EXTEND => {
+                if body.len() != 2 * PUBLIC_KEY_LEN {
+                    return Err(Reject::BadRouteMessage);
+                }
+                let Some(Entry::Relay(r)) = self.routes.get_mut(&route) else { return Err(Reject::UnknownRoute) };
+                let next = PublicKey::from_bytes(&body[..PUBLIC_KEY_LEN]).ok();
+                let e: &[u8; PUBLIC_KEY_LEN] = body[PUBLIC_KEY_LEN..].try_into().map_err(|_| Reject::BadRouteMessage)?;
+                let link = next.and_then(|k| links.link_to(&k)).filter(|l| *l != r.prev.0);
+                match link {
+                    Some(link) if r.extending.is_none() => {
+                        r.extending = Some(link);
+                        r.last_active = now;
+                        if links.send(link, &Frame::RouteSetup { route, ephemeral: e }).is_err() {
+                            r.extending = None;
+                            let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code::HOP_UNREACHABLE]);
+                            let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
+                        }
+                    }
+                    Some(_) => return Err(Reject::BadRouteMessage),
+                    None => {
+                        let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code::HOP_UNREACHABLE]);
+                        let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Reject::BadRouteMessage),
+        }
+    }
+
+    /// After a hop joined: extend to the next one, or report the route ready.
+    fn advance(&mut self, links: &mut dyn Links, route: RouteId) {
+        let Some(Entry::Origin(o)) = self.routes.get_mut(&route) else { return };
+        if o.ready() {
+            o.deadline = None;
+            self.events.push_back(RouteEvent::Ready { route });
+            return;
+        }
+        let Some(next) = o.next_id else { return };
+        let target = &o.hops[o.joined];
+        let mut body = [0u8; 2 * PUBLIC_KEY_LEN];
+        body[..PUBLIC_KEY_LEN].copy_from_slice(&target.key.to_bytes());
+        body[PUBLIC_KEY_LEN..].copy_from_slice(&target.e_pub);
+        let last = &mut o.hops[o.joined - 1];
+        let msg = seal_msg(&last.keys.fwd, &mut last.fwd_counter, MSG_EXTEND, &body);
+        if links.send(o.first_link, &Frame::RouteData { route: next, payload: &msg }).is_err() {
+            self.fail(links, route, RouteError::QueueFull);
+        }
+    }
+
+    /// Our route failed: report it and tear down what was built.
+    fn fail(&mut self, links: &mut dyn Links, route: RouteId, error: RouteError) {
+        if let Some(entry) = self.routes.remove(&route) {
+            Self::send_closes(links, &entry, None);
+            self.events.push_back(RouteEvent::Failed { route, error });
+        }
+    }
+
+    /// A neighbour on `from` reported the route broken: pass it on towards the source.
+    fn break_route(&mut self, links: &mut dyn Links, route: RouteId, from: LinkId, error: RouteError) {
+        let Some(entry) = self.routes.remove(&route) else { return };
+        match entry {
+            Entry::Origin(_) => self.events.push_back(RouteEvent::Failed { route, error }),
+            Entry::Relay(r) => {
+                let code = match error {
+                    RouteError::Refused => code::REFUSED,
+                    RouteError::HopUnreachable { .. } => code::HOP_UNREACHABLE,
+                    _ => code::UNKNOWN_ROUTE,
+                };
+                if r.prev.0 != from {
+                    if r.next.is_none() && r.extending == Some(from) {
+                        // Our extension was refused or failed: keep the route, tell the source.
+                        let mut r = r;
+                        r.extending = None;
+                        let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code]);
+                        let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
+                        self.routes.insert(route, Entry::Relay(r));
+                        return;
+                    }
+                    let code = if code == code::UNKNOWN_ROUTE { code::HOP_UNREACHABLE } else { code };
+                    let _ = links.send(r.prev.0, &Frame::RouteError { route: r.prev.1, code });
+                } else if let Some((l, id)) = r.next {
+                    let _ = links.send(l, &Frame::RouteClose { route: id });
+                }
+                if r.next.is_none() {
+                    self.events.push_back(RouteEvent::Closed { route });
+                }
+            }
+        }
+    }
+
+    fn find_by_neighbour(&self, link: LinkId, their: RouteId) -> Option<RouteId> {
+        self.routes.iter().find_map(|(id, e)| {
+            let hit = match e {
+                Entry::Origin(o) => o.first_link == link && o.next_id == Some(their),
+                Entry::Relay(r) => r.prev == (link, their) || r.next == Some((link, their)),
+            };
+            hit.then_some(*id)
+        })
+    }
+
+    /// Whether `link` is a neighbour of `route` (only they may close or fail it).
+    fn touches(&self, route: RouteId, link: LinkId) -> bool {
+        match self.routes.get(&route) {
+            Some(Entry::Origin(o)) => o.first_link == link,
+            Some(Entry::Relay(r)) => r.prev.0 == link || r.next.is_some_and(|(l, _)| l == link) || r.extending == Some(link),
+            None => false,
+        }
+    }
+
+    /// A link went down: every route through it breaks.
+    pub(crate) fn on_link_down(&mut self, links: &mut dyn Links, link: LinkId) {
+        let hit: Vec<RouteId> = self.routes.iter().filter(|(id, _)| self.touches(**id, link)).map(|(id, _)| *id).collect();
+        for route in hit {
+            self.break_route(links, route, link, RouteError::HopUnreachable { hop: 0 });
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.routes
+            .values()
+            .filter_map(|e| match e {
+                Entry::Origin(o) => o.deadline,
+                Entry::Relay(r) => Some(r.last_active + self.config.idle_timeout),
+            })
+            .min()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant, links: &mut dyn Links) {
+        let expired: Vec<(RouteId, bool)> = self
+            .routes
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Origin(o) => o.deadline.filter(|d| *d <= now).map(|_| (*id, true)),
+                Entry::Relay(r) => (r.last_active + self.config.idle_timeout <= now).then_some((*id, false)),
+            })
+            .collect();
+        for (route, origin) in expired {
+            if origin {
+                let (joined, total) = match self.routes.get(&route) {
+                    Some(Entry::Origin(o)) => (o.joined, o.hops.len()),
+                    _ => (0, 0),
+                };
+                self.fail(links, route, RouteError::Timeout { joined, total });
+            } else if let Some(entry) = self.routes.remove(&route) {
+                Self::send_closes(links, &entry, None);
+            }
+        }
+    }
+}

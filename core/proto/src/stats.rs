@@ -1,0 +1,122 @@
+//! Counters: what each link carried and what it refused, by reason.
+
+use std::time::Duration;
+
+use crate::wire::DecodeError;
+
+/// Why an input was refused. Every refusal is counted; none panics or disturbs other flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reject {
+    Truncated,
+    Oversized,
+    BadVersion,
+    UnknownType,
+    Malformed,
+    /// A data packet for a link index we do not have.
+    UnknownIndex,
+    /// Authentication failed: forged, corrupted, or sealed with a wrong key.
+    Decrypt,
+    Replayed,
+    /// Sealed under a key epoch we no longer (or not yet) hold.
+    StaleKey,
+    /// A handshake message that did not authenticate or came at the wrong time.
+    Handshake,
+    /// A route frame for a route id we do not have (or not on this link).
+    UnknownRoute,
+    /// A route message that failed end-to-end authentication or was malformed inside.
+    BadRouteMessage,
+    /// Dropped because a queue was full.
+    QueueFull,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 13] = [
+        Reject::Truncated,
+        Reject::Oversized,
+        Reject::BadVersion,
+        Reject::UnknownType,
+        Reject::Malformed,
+        Reject::UnknownIndex,
+        Reject::Decrypt,
+        Reject::Replayed,
+        Reject::StaleKey,
+        Reject::Handshake,
+        Reject::UnknownRoute,
+        Reject::BadRouteMessage,
+        Reject::QueueFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::Truncated => "truncated",
+            Reject::Oversized => "oversized",
+            Reject::BadVersion => "bad_version",
+            Reject::UnknownType => "unknown_type",
+            Reject::Malformed => "malformed",
+            Reject::UnknownIndex => "unknown_index",
+            Reject::Decrypt => "decrypt",
+            Reject::Replayed => "replayed",
+            Reject::StaleKey => "stale_key",
+            Reject::Handshake => "handshake",
+            Reject::UnknownRoute => "unknown_route",
+            Reject::BadRouteMessage => "bad_route_message",
+            Reject::QueueFull => "queue_full",
+        }
+    }
+}
+
+impl From<DecodeError> for Reject {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Truncated => Reject::Truncated,
+            DecodeError::Oversized => Reject::Oversized,
+            DecodeError::BadVersion(_) => Reject::BadVersion,
+            DecodeError::UnknownType(_) => Reject::UnknownType,
+            DecodeError::Malformed(_) => Reject::Malformed,
+        }
+    }
+}
+
+/// Counts of refused inputs by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RejectCounts([u64; Reject::ALL.len()]);
+
+impl RejectCounts {
+    pub fn add(&mut self, r: Reject) {
+        self.0[r as usize] += 1;
+    }
+    pub fn get(&self, r: Reject) -> u64 {
+        self.0[r as usize]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// Non-zero counters, by reason.
+    pub fn iter(&self) -> impl Iterator<Item = (Reject, u64)> + '_ {
+        Reject::ALL.iter().map(|r| (*r, self.get(*r))).filter(|(_, n)| *n > 0)
+    }
+}
+
+/// Per-link counters.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStats {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Completed key rotations (both sides count each one).
+    pub rekeys: u64,
+    /// Completed handshakes.
+    pub handshakes: u64,
+    /// Round trip measured by the last rekey or handshake exchange.
+    pub rtt: Option<Duration>,
+    /// Frames still queued when the link went down (the layer above recovers them).
+    pub dropped_frames: u64,
+    pub rejected: RejectCounts,
+}
+
+impl RejectCounts {
+    pub fn add_n(&mut self, r: Reject, n: u64) {
+        self.0[r as usize] += n;
+    }
+}

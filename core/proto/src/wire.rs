@@ -1,0 +1,191 @@
+//! Outer link packets: what an observer of a link sees. See WIRE.md for the byte layout.
+//!
+//! Every packet starts with one byte `version << 4 | type`. Data packets then carry only the key
+//! epoch, the receiver's link index, the packet counter and padded ciphertext; frame types and
+//! route ids are inside the encryption.
+
+use crate::crypto::TAG_LEN;
+use crate::identity::PUBLIC_KEY_LEN;
+
+/// Wire format version carried in the high nibble of the first byte.
+pub const VERSION: u8 = 1;
+/// Largest datagram a node accepts (jumbo Ethernet frames fit).
+pub const MAX_PACKET_LEN: usize = 9216;
+
+pub const TYPE_HANDSHAKE_INIT: u8 = 1;
+pub const TYPE_HANDSHAKE_RESP: u8 = 2;
+pub const TYPE_DATA: u8 = 3;
+
+/// Data packet header: type/version, epoch, 2 reserved zero bytes, receiver index, counter.
+pub const DATA_HEADER_LEN: usize = 16;
+/// Encrypted static key in the handshake init: compressed point + tag.
+pub const ENC_STATIC_LEN: usize = PUBLIC_KEY_LEN + TAG_LEN;
+pub const HANDSHAKE_INIT_LEN: usize = 8 + PUBLIC_KEY_LEN + ENC_STATIC_LEN + TAG_LEN;
+pub const HANDSHAKE_RESP_LEN: usize = 12 + PUBLIC_KEY_LEN + TAG_LEN;
+
+/// Why a packet or frame could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("packet truncated")]
+    Truncated,
+    #[error("packet larger than {MAX_PACKET_LEN} bytes")]
+    Oversized,
+    #[error("unsupported wire version {0}")]
+    BadVersion(u8),
+    #[error("unknown packet or frame type {0:#04x}")]
+    UnknownType(u8),
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// A parsed outer packet, borrowing from the datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet<'a> {
+    HandshakeInit(HandshakeInit<'a>),
+    HandshakeResp(HandshakeResp<'a>),
+    Data(DataHeader),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct HandshakeInit<'a> {
+    pub sender_index: u32,
+    pub ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    pub enc_static: &'a [u8; ENC_STATIC_LEN],
+    pub enc_payload: &'a [u8; TAG_LEN],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct HandshakeResp<'a> {
+    pub sender_index: u32,
+    pub receiver_index: u32,
+    pub ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    pub enc_payload: &'a [u8; TAG_LEN],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    pub epoch: u8,
+    pub receiver_index: u32,
+    pub counter: u64,
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn arr<const N: usize>(b: &[u8]) -> &[u8; N] {
+    // Callers slice exactly N bytes after checking the packet length.
+    match b.try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("slice length checked by caller"),
+    }
+}
+
+impl<'a> Packet<'a> {
+    /// Parses the outer header. For data packets the ciphertext is `&datagram[DATA_HEADER_LEN..]`.
+    pub fn parse(datagram: &'a [u8]) -> Result<Packet<'a>, DecodeError> {
+        if datagram.len() > MAX_PACKET_LEN {
+            return Err(DecodeError::Oversized);
+        }
+        let first = *datagram.first().ok_or(DecodeError::Truncated)?;
+        if first >> 4 != VERSION {
+            return Err(DecodeError::BadVersion(first >> 4));
+        }
+        let need = |n: usize| if datagram.len() < n { Err(DecodeError::Truncated) } else { Ok(()) };
+        let exact = |n: usize| if datagram.len() > n { Err(DecodeError::Malformed("trailing bytes")) } else { Ok(()) };
+        match first & 0x0f {
+            TYPE_HANDSHAKE_INIT => {
+                need(HANDSHAKE_INIT_LEN)?;
+                exact(HANDSHAKE_INIT_LEN)?;
+                if datagram[1..4] != [0, 0, 0] {
+                    return Err(DecodeError::Malformed("reserved bytes not zero"));
+                }
+                let e_end = 8 + PUBLIC_KEY_LEN;
+                let s_end = e_end + ENC_STATIC_LEN;
+                Ok(Packet::HandshakeInit(HandshakeInit {
+                    sender_index: be32(&datagram[4..8]),
+                    ephemeral: arr(&datagram[8..e_end]),
+                    enc_static: arr(&datagram[e_end..s_end]),
+                    enc_payload: arr(&datagram[s_end..s_end + TAG_LEN]),
+                }))
+            }
+            TYPE_HANDSHAKE_RESP => {
+                need(HANDSHAKE_RESP_LEN)?;
+                exact(HANDSHAKE_RESP_LEN)?;
+                if datagram[1..4] != [0, 0, 0] {
+                    return Err(DecodeError::Malformed("reserved bytes not zero"));
+                }
+                let e_end = 12 + PUBLIC_KEY_LEN;
+                Ok(Packet::HandshakeResp(HandshakeResp {
+                    sender_index: be32(&datagram[4..8]),
+                    receiver_index: be32(&datagram[8..12]),
+                    ephemeral: arr(&datagram[12..e_end]),
+                    enc_payload: arr(&datagram[e_end..e_end + TAG_LEN]),
+                }))
+            }
+            TYPE_DATA => {
+                need(DATA_HEADER_LEN + TAG_LEN)?;
+                if datagram[2..4] != [0, 0] {
+                    return Err(DecodeError::Malformed("reserved bytes not zero"));
+                }
+                if (datagram.len() - DATA_HEADER_LEN - TAG_LEN) % 16 != 0 {
+                    return Err(DecodeError::Malformed("ciphertext not padded to 16 bytes"));
+                }
+                Ok(Packet::Data(DataHeader {
+                    epoch: datagram[1],
+                    receiver_index: be32(&datagram[4..8]),
+                    counter: u64::from_be_bytes(*arr(&datagram[8..16])),
+                }))
+            }
+            t => Err(DecodeError::UnknownType(t)),
+        }
+    }
+}
+
+impl DataHeader {
+    pub fn write(&self, out: &mut [u8; DATA_HEADER_LEN]) {
+        out[0] = VERSION << 4 | TYPE_DATA;
+        out[1] = self.epoch;
+        out[2..4].fill(0);
+        out[4..8].copy_from_slice(&self.receiver_index.to_be_bytes());
+        out[8..16].copy_from_slice(&self.counter.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn data_header_round_trip() {
+        let h = DataHeader { epoch: 7, receiver_index: 0xdead_beef, counter: 42 };
+        let mut buf = vec![0u8; DATA_HEADER_LEN + TAG_LEN + 16];
+        h.write((&mut buf[..DATA_HEADER_LEN]).try_into().unwrap());
+        assert_eq!(Packet::parse(&buf), Ok(Packet::Data(h)));
+        assert_eq!(Packet::parse(&buf[..20]), Err(DecodeError::Truncated));
+        assert_eq!(Packet::parse(&buf[..DATA_HEADER_LEN + TAG_LEN + 5]), Err(DecodeError::Malformed("ciphertext not padded to 16 bytes")));
+        buf[0] = 0x23;
+        assert_eq!(Packet::parse(&buf), Err(DecodeError::BadVersion(2)));
+        buf[0] = 0x1f;
+        assert_eq!(Packet::parse(&buf), Err(DecodeError::UnknownType(0xf)));
+        assert_eq!(Packet::parse(&[]), Err(DecodeError::Truncated));
+        assert_eq!(Packet::parse(&vec![0x13; MAX_PACKET_LEN + 1]), Err(DecodeError::Oversized));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = Packet::parse(&bytes);
+        }
+
+        #[test]
+        fn mutated_handshake_never_panics(pos in 0usize..HANDSHAKE_INIT_LEN, val in any::<u8>(), cut in 0usize..HANDSHAKE_INIT_LEN + 4) {
+            let mut b = vec![0u8; HANDSHAKE_INIT_LEN];
+            b[0] = VERSION << 4 | TYPE_HANDSHAKE_INIT;
+            b[pos] = val;
+            b.resize(cut, 0);
+            let _ = Packet::parse(&b);
+        }
+    }
+}
