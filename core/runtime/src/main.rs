@@ -1,1 +1,6 @@
-fn main(){}
+use clap::Parser;
+
+fn main() {
+    let cli = skyroute::cli::Cli::parse();
+    std::process::exit(skyroute::cli::run(cli));
+}

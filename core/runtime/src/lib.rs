@@ -1,0 +1,6 @@
+//! The skyroute runtime: the deterministic simulator driver and the CLI (the tokio transports
+//! come next). All protocol logic lives in `skyroute-proto`.
+
+pub mod cli;
+pub mod keyfile;
+pub mod sim;

@@ -1,0 +1,294 @@
+//! Deterministic network simulator: many nodes running the real protocol code in one process,
+//! in virtual time. Wires have latency, bandwidth, loss, jitter (reordering), duplication and
+//! down windows. One seed drives every random choice (node keys, node RNGs, impairments), so a
+//! run is reproducible bit for bit; [`World::log_hash`] fingerprints everything that happened.
+//!
+//! Like quinn-proto's test `Pair`, but for many nodes: the world pops the earliest event (a
+//! datagram arriving or a node timer), feeds it to the node, then drains the node's transmits
+//! onto its wires and re-arms its timer.
+
+pub mod scenario;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+use skyroute_proto::{Event, Node, NodeConfig, PublicKey, SecretKey};
+
+/// Properties of one wire between two nodes (the same both ways).
+#[derive(Debug, Clone)]
+pub struct WireSpec {
+    pub latency: Duration,
+    /// Bytes per second each way.
+    pub bandwidth: u64,
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    /// Extra random delay in `0..jitter`, which reorders datagrams.
+    pub jitter: Duration,
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Intervals (from the start of the run) when the wire carries nothing.
+    pub down: Vec<(Duration, Duration)>,
+    /// Datagrams that would wait longer than this for the wire are dropped (a router buffer).
+    pub max_queue_delay: Duration,
+}
+
+impl Default for WireSpec {
+    fn default() -> Self {
+        WireSpec {
+            latency: Duration::from_millis(5),
+            bandwidth: 1_250_000,
+            loss: 0.0,
+            jitter: Duration::ZERO,
+            duplicate: 0.0,
+            down: Vec::new(),
+            max_queue_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Wire {
+    spec: WireSpec,
+    /// Per direction (from the lower node index, from the higher): when the wire is free again.
+    busy_until: [Instant; 2],
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pending {
+    Deliver { to: usize, from: usize, payload: Vec<u8> },
+    Timer { node: usize },
+}
+
+/// Counters of what the wires did.
+#[derive(Debug, Default, Clone)]
+pub struct WireStats {
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub dropped_down: u64,
+    pub dropped_queue: u64,
+    pub duplicated: u64,
+    pub bytes: u64,
+}
+
+pub struct World {
+    start: Instant,
+    now: Instant,
+    nodes: Vec<Node<usize>>,
+    timers: Vec<Option<Instant>>,
+    wires: BTreeMap<(usize, usize), Wire>,
+    queue: BinaryHeap<Reverse<(Instant, u64, Pending)>>,
+    seq: u64,
+    rng: ChaCha20Rng,
+    log: Sha256,
+    pub wire_stats: WireStats,
+    pub steps: u64,
+}
+
+impl World {
+    pub fn new(seed: u64) -> Self {
+        // The one clock read: a base instant. Only differences from it matter, so runs are
+        // reproducible whatever its value.
+        let start = Instant::now();
+        World {
+            start,
+            now: start,
+            nodes: Vec::new(),
+            timers: Vec::new(),
+            wires: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            log: Sha256::new(),
+            wire_stats: WireStats::default(),
+            steps: 0,
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Virtual time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    pub fn add_node(&mut self, config: NodeConfig) -> usize {
+        let key = SecretKey::generate(&mut self.rng);
+        let node_rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+        self.nodes.push(Node::new(key, config, Box::new(node_rng)));
+        self.timers.push(None);
+        self.nodes.len() - 1
+    }
+
+    pub fn key(&self, node: usize) -> PublicKey {
+        self.nodes[node].public_key()
+    }
+
+    pub fn node(&self, i: usize) -> &Node<usize> {
+        &self.nodes[i]
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn add_wire(&mut self, a: usize, b: usize, spec: WireSpec) {
+        let key = (a.min(b), a.max(b));
+        self.wires.insert(key, Wire { spec, busy_until: [self.now; 2] });
+    }
+
+    /// Changes a wire's properties from now on (e.g. to cut or restore it).
+    pub fn wire_mut(&mut self, a: usize, b: usize) -> Option<&mut WireSpec> {
+        self.wires.get_mut(&(a.min(b), a.max(b))).map(|w| &mut w.spec)
+    }
+
+    /// Node `a` dials node `b` over their wire.
+    pub fn connect(&mut self, a: usize, b: usize) {
+        let key = self.key(b);
+        self.act(a, |n, now| {
+            n.connect(now, key, b);
+        });
+    }
+
+    /// Runs `f` on a node (an application action), then sends what it produced.
+    pub fn act<R>(&mut self, node: usize, f: impl FnOnce(&mut Node<usize>, Instant) -> R) -> R {
+        let now = self.now;
+        let r = f(&mut self.nodes[node], now);
+        self.flush(node);
+        r
+    }
+
+    fn push(&mut self, at: Instant, ev: Pending) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, ev)));
+    }
+
+    /// Puts a node's datagrams on the wires and re-arms its timer.
+    fn flush(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(t) = self.nodes[i].poll_transmit(now) {
+            self.transmit(i, t.dst, t.payload);
+        }
+        let next = self.nodes[i].poll_timeout();
+        if next != self.timers[i] {
+            self.timers[i] = next;
+            if let Some(at) = next {
+                self.push(at.max(now), Pending::Timer { node: i });
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: usize, to: usize, payload: Vec<u8>) {
+        let key = (from.min(to), from.max(to));
+        let dir = usize::from(from > to);
+        let now = self.now;
+        let since = now - self.start;
+        self.wire_stats.sent += 1;
+        let Some(wire) = self.wires.get_mut(&key) else {
+            self.wire_stats.dropped_down += 1;
+            return;
+        };
+        if wire.spec.down.iter().any(|(a, b)| since >= *a && since < *b) {
+            self.wire_stats.dropped_down += 1;
+            return;
+        }
+        let start = wire.busy_until[dir].max(now);
+        if start - now > wire.spec.max_queue_delay {
+            self.wire_stats.dropped_queue += 1;
+            return;
+        }
+        let serialise = Duration::from_nanos(payload.len() as u64 * 1_000_000_000 / wire.spec.bandwidth.max(1));
+        wire.busy_until[dir] = start + serialise;
+        let base = start + serialise + wire.spec.latency;
+        let spec = wire.spec.clone();
+        self.wire_stats.bytes += payload.len() as u64;
+        if self.chance(spec.loss) {
+            self.wire_stats.lost += 1;
+            return;
+        }
+        let copies = if self.chance(spec.duplicate) { 2 } else { 1 };
+        self.wire_stats.duplicated += copies - 1;
+        for _ in 0..copies {
+            let jitter = self.jitter(spec.jitter);
+            self.push(base + jitter, Pending::Deliver { to, from, payload: payload.clone() });
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+    }
+
+    fn jitter(&mut self, max: Duration) -> Duration {
+        if max.is_zero() {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.rng.next_u64() % max.as_nanos() as u64)
+    }
+
+    /// Processes the next event. Returns the node events it caused, or `None` when nothing is
+    /// left to do before `deadline`.
+    pub fn step(&mut self, deadline: Instant) -> Option<Vec<(usize, Event)>> {
+        let Reverse((at, _, _)) = self.queue.peek()?;
+        if *at > deadline {
+            return None;
+        }
+        let Some(Reverse((at, _, ev))) = self.queue.pop() else { return None };
+        self.now = self.now.max(at);
+        self.steps += 1;
+        let node = match ev {
+            Pending::Deliver { to, from, mut payload } => {
+                self.wire_stats.delivered += 1;
+                self.log.update((self.now - self.start).as_nanos().to_be_bytes());
+                self.log.update([b'D', to as u8, from as u8]);
+                self.log.update(&payload);
+                let now = self.now;
+                self.nodes[to].handle_datagram(now, from, &mut payload);
+                to
+            }
+            Pending::Timer { node } => {
+                if self.timers[node].is_some_and(|t| t <= self.now) {
+                    self.timers[node] = None;
+                    let now = self.now;
+                    self.nodes[node].handle_timeout(now);
+                }
+                node
+            }
+        };
+        self.flush(node);
+        let mut events = Vec::new();
+        while let Some(e) = self.nodes[node].poll_event() {
+            self.log.update(format!("{:?} {node} {e:?}", self.now - self.start).as_bytes());
+            events.push((node, e));
+        }
+        Some(events)
+    }
+
+    /// Runs until `deadline` (virtual) or until `on_event` returns `false`. Every event is
+    /// passed to `on_event`, which may act on the world.
+    pub fn run_until(&mut self, deadline: Instant, mut on_event: impl FnMut(&mut World, usize, Event) -> bool) -> bool {
+        while let Some(events) = self.step(deadline) {
+            for (node, ev) in events {
+                if !on_event(self, node, ev) {
+                    return true;
+                }
+            }
+        }
+        self.now = self.now.max(deadline);
+        false
+    }
+
+    /// Fingerprint of every datagram delivered and every event raised so far.
+    pub fn log_hash(&self) -> String {
+        hex::encode(self.log.clone().finalize())
+    }
+
+    /// Completed key rotations over all links (each counted once, not once per side).
+    pub fn link_rekeys(&self) -> u64 {
+        self.nodes.iter().flat_map(|n| n.links()).map(|l| l.stats.rekeys).sum::<u64>() / 2
+    }
+}
