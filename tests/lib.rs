@@ -1,0 +1,1 @@
+//! Scenario tests live in the `[[test]]` targets of this package.

@@ -1,0 +1,219 @@
+//! Source routes in the deterministic simulator, through the public API.
+
+use std::time::Duration;
+
+use skyroute::sim::scenario::{eight_hop, payload, send_chunks, Reassembly};
+use skyroute::sim::{WireSpec, World};
+use skyroute_proto::{Event, NodeConfig, Reject, RouteError, RouteEvent, RouteId};
+
+/// A line of `n` nodes, all links up.
+fn line(seed: u64, n: usize, configs: impl Fn(usize) -> NodeConfig, spec: WireSpec) -> World {
+    let mut w = World::new(seed);
+    for i in 0..n {
+        w.add_node(configs(i));
+    }
+    for i in 0..n - 1 {
+        w.add_wire(i, i + 1, spec.clone());
+        w.connect(i, i + 1);
+    }
+    let mut up = 0;
+    let limit = w.now() + Duration::from_secs(5);
+    w.run_until(limit, |_, _, e| {
+        up += matches!(e, Event::LinkUp { .. }) as usize;
+        up < 2 * (n - 1)
+    });
+    assert_eq!(up, 2 * (n - 1), "all links up");
+    w
+}
+
+fn open(w: &mut World, hops: &[usize]) -> (RouteId, Result<(), RouteError>) {
+    let keys: Vec<_> = hops.iter().map(|h| w.key(*h)).collect();
+    let route = w.act(0, |n, now| n.open_route(now, &keys)).expect("first hop linked");
+    let mut outcome = None;
+    let limit = w.now() + Duration::from_secs(30);
+    w.run_until(limit, |_, node, e| {
+        match e {
+            Event::Route(RouteEvent::Ready { route: r }) if node == 0 && r == route => outcome = Some(Ok(())),
+            Event::Route(RouteEvent::Failed { route: r, error }) if node == 0 && r == route => outcome = Some(Err(error)),
+            _ => {}
+        }
+        outcome.is_none()
+    });
+    (route, outcome.expect("route setup ends with Ready or Failed"))
+}
+
+fn settle(w: &mut World, d: Duration) -> Vec<(usize, Event)> {
+    let mut all = Vec::new();
+    let limit = w.now() + d;
+    w.run_until(limit, |_, n, e| {
+        all.push((n, e));
+        true
+    });
+    all
+}
+
+#[test]
+fn eight_hop_delivers_1mib_intact_and_hops_hold_one_entry_each() {
+    let r = eight_hop(1, 1 << 20);
+    assert!(r.intact, "{r:?}");
+    assert_eq!(r.bytes_delivered, 1 << 20);
+    assert!(r.link_rekeys >= 8, "each link rotated its keys at least once: {}", r.link_rekeys);
+
+    let mut w = line(3, 9, |_| NodeConfig::default(), WireSpec::default());
+    let (route, res) = open(&mut w, &(1..9).collect::<Vec<_>>());
+    assert_eq!(res, Ok(()));
+    for i in 0..9 {
+        assert_eq!(w.node(i).route_count(), 1, "node {i} holds exactly one entry for the route");
+    }
+    // Both directions: the last hop answers on the same route.
+    w.act(0, |n, now| n.send(now, route, b"ping")).unwrap();
+    let evs = settle(&mut w, Duration::from_secs(1));
+    let (_, Event::Route(RouteEvent::Data { route: far, data })) = evs.iter().find(|(n, e)| *n == 8 && matches!(e, Event::Route(RouteEvent::Data { .. }))).cloned().unwrap() else { unreachable!() };
+    assert_eq!(data, b"ping");
+    w.act(8, |n, now| n.send(now, far, b"pong")).unwrap();
+    let evs = settle(&mut w, Duration::from_secs(1));
+    assert!(evs.contains(&(0, Event::Route(RouteEvent::Data { route, data: b"pong".to_vec() }))));
+}
+
+#[test]
+fn same_seed_same_log_different_seed_different_log() {
+    let a = eight_hop(42, 64 << 10);
+    let b = eight_hop(42, 64 << 10);
+    let c = eight_hop(43, 64 << 10);
+    assert_eq!(a.event_log_hash, b.event_log_hash);
+    assert_ne!(a.event_log_hash, c.event_log_hash);
+    assert!(a.intact && c.intact);
+    assert!(a.wall_time_ms < a.sim_time_ms, "faster than real time: {a:?}");
+}
+
+#[test]
+fn unreachable_hop_fails_the_setup_and_tears_down() {
+    let mut w = line(4, 4, |_| NodeConfig::default(), WireSpec::default());
+    // Node 1 has no link to node 3.
+    let (_, res) = open(&mut w, &[1, 3]);
+    assert_eq!(res, Err(RouteError::HopUnreachable { hop: 1 }));
+    settle(&mut w, Duration::from_millis(200));
+    for i in 0..4 {
+        assert_eq!(w.node(i).route_count(), 0, "node {i} forgot the failed route");
+    }
+}
+
+#[test]
+fn full_table_refuses() {
+    let mut w = line(
+        5,
+        3,
+        |i| {
+            let mut c = NodeConfig::default();
+            if i == 2 {
+                c.route.max_routes = 0;
+            }
+            c
+        },
+        WireSpec::default(),
+    );
+    let (_, res) = open(&mut w, &[1, 2]);
+    assert_eq!(res, Err(RouteError::Refused));
+    settle(&mut w, Duration::from_millis(200));
+    assert_eq!(w.node(1).route_count(), 0);
+}
+
+#[test]
+fn setup_times_out() {
+    let mut w = line(
+        6,
+        3,
+        |_| {
+            let mut c = NodeConfig::default();
+            c.route.setup_timeout = Duration::from_millis(300);
+            c
+        },
+        WireSpec { latency: Duration::from_millis(100), ..Default::default() },
+    );
+    let (_, res) = open(&mut w, &[1, 2]);
+    assert_eq!(res, Err(RouteError::Timeout { joined: 1, total: 2 }));
+}
+
+#[test]
+fn close_tears_down_every_hop() {
+    let mut w = line(7, 5, |_| NodeConfig::default(), WireSpec::default());
+    let (route, res) = open(&mut w, &[1, 2, 3, 4]);
+    assert_eq!(res, Ok(()));
+    w.act(0, |n, _| n.close_route(route)).unwrap();
+    let evs = settle(&mut w, Duration::from_millis(200));
+    for i in 0..5 {
+        assert_eq!(w.node(i).route_count(), 0, "node {i}");
+    }
+    assert!(evs.iter().any(|(n, e)| *n == 4 && matches!(e, Event::Route(RouteEvent::Closed { .. }))));
+    assert_eq!(w.act(0, |n, now| n.send(now, route, b"x")), Err(RouteError::UnknownRoute));
+}
+
+#[test]
+fn a_link_going_down_breaks_the_route_at_the_source() {
+    let mut w = line(8, 4, |_| NodeConfig::default(), WireSpec::default());
+    let (route, res) = open(&mut w, &[1, 2, 3]);
+    assert_eq!(res, Ok(()));
+    let t = w.elapsed();
+    w.wire_mut(2, 3).unwrap().down.push((t, t + Duration::from_secs(60)));
+    let evs = settle(&mut w, Duration::from_secs(8));
+    assert!(evs.iter().any(|(n, e)| *n == 0 && matches!(e, Event::Route(RouteEvent::Failed { route: r, .. }) if *r == route)));
+    for i in 0..3 {
+        assert_eq!(w.node(i).route_count(), 0, "node {i}");
+    }
+}
+
+#[test]
+fn unknown_route_ids_are_counted_and_reported_back() {
+    let mut w = line(
+        9,
+        3,
+        |i| {
+            let mut c = NodeConfig::default();
+            if i == 2 {
+                // The last hop forgets idle routes quickly.
+                c.route.idle_timeout = Duration::from_millis(500);
+            }
+            c
+        },
+        WireSpec::default(),
+    );
+    let (route, res) = open(&mut w, &[1, 2]);
+    assert_eq!(res, Ok(()));
+    // The close that follows the last hop's idle expiry is lost on the first wire, so node 1
+    // forgets the route while the source still holds it.
+    let t = w.elapsed();
+    w.wire_mut(0, 1).unwrap().down.push((t, t + Duration::from_secs(1)));
+    settle(&mut w, Duration::from_millis(1200));
+    assert_eq!((w.node(0).route_count(), w.node(1).route_count(), w.node(2).route_count()), (1, 0, 0));
+    w.act(0, |n, now| n.send(now, route, b"late")).unwrap();
+    let evs = settle(&mut w, Duration::from_secs(1));
+    let rejected: u64 = w.node(1).links().iter().map(|l| l.stats.rejected.get(Reject::UnknownRoute)).sum();
+    assert!(rejected >= 1);
+    assert!(evs.iter().any(|(n, e)| *n == 0 && matches!(e, Event::Route(RouteEvent::Failed { .. }))));
+}
+
+#[test]
+fn reordering_and_duplication_deliver_each_message_once() {
+    let spec = WireSpec { jitter: Duration::from_millis(20), duplicate: 0.2, ..Default::default() };
+    let mut w = line(10, 5, |_| NodeConfig::default(), spec);
+    let (route, res) = open(&mut w, &[1, 2, 3, 4]);
+    assert_eq!(res, Ok(()));
+    let data = payload(10, 200_000);
+    let chunk = w.node(0).route_mtu() - 8;
+    send_chunks(&mut w, 0, route, &data, chunk);
+    let mut rx = Reassembly::new(data.len(), chunk);
+    let mut count = 0;
+    let limit = w.now() + Duration::from_secs(20);
+    w.run_until(limit, |_, n, e| {
+        if let (4, Event::Route(RouteEvent::Data { data, .. })) = (n, e) {
+            count += 1;
+            rx.accept(&data);
+        }
+        true
+    });
+    assert!(rx.complete());
+    assert_eq!(rx.bytes(), &data[..]);
+    assert_eq!(count, data.len().div_ceil(chunk), "duplicates filtered by the replay windows");
+    let replays: u64 = (0..5).flat_map(|i| w.node(i).links()).map(|l| l.stats.rejected.get(Reject::Replayed)).sum();
+    assert!(replays > 0);
+}
