@@ -120,10 +120,11 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
             l.stats.rejected.add(Reject::QueueFull);
             return Err(RouteError::QueueFull);
         }
-        let mut v = Vec::with_capacity(len);
-        frame.encode(&mut v);
-        l.push_data(v);
-        Ok(())
+        if l.push_frame(frame) {
+            Ok(())
+        } else {
+            Err(RouteError::TooLarge { len, max: l.config().max_plaintext() })
+        }
     }
 }
 
@@ -360,20 +361,33 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     /// The next datagram to send, links served round robin.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<A>> {
-        let ids: Vec<LinkId> = self.links.keys().copied().collect();
-        if ids.is_empty() {
-            return None;
-        }
-        let start = ids.iter().position(|i| i.0 >= self.cursor).unwrap_or(0);
-        for k in 0..ids.len() {
-            let id = ids[(start + k) % ids.len()];
-            let Some(l) = self.links.get_mut(&id) else { continue };
-            if let Some(payload) = l.poll_transmit(now) {
-                self.cursor = id.0 + 1;
-                return Some(Transmit { dst: l.addr.clone(), payload });
+        let mut payload = Vec::new();
+        let dst = self.poll_transmit_into(now, &mut payload)?;
+        Some(Transmit { dst, payload })
+    }
+
+    /// Like [`Node::poll_transmit`], writing the datagram into `buf` (reusing its allocation);
+    /// returns its destination.
+    pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<A> {
+        let cursor = LinkId(self.cursor);
+        let mut found = None;
+        for (id, l) in self.links.range_mut(cursor..) {
+            if l.poll_transmit_into(now, buf) {
+                found = Some((*id, l.addr.clone()));
+                break;
             }
         }
-        None
+        if found.is_none() {
+            for (id, l) in self.links.range_mut(..cursor) {
+                if l.poll_transmit_into(now, buf) {
+                    found = Some((*id, l.addr.clone()));
+                    break;
+                }
+            }
+        }
+        let (id, addr) = found?;
+        self.cursor = id.0 + 1;
+        Some(addr)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

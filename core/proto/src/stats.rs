@@ -110,8 +110,8 @@ pub struct LinkStats {
     pub handshakes: u64,
     /// Round trip measured by the last rekey or handshake exchange.
     pub rtt: Option<Duration>,
-    /// Frames still queued when the link went down (the layer above recovers them).
-    pub dropped_frames: u64,
+    /// Frame bytes still queued when the link went down (the layer above recovers them).
+    pub dropped_bytes: u64,
     pub rejected: RejectCounts,
 }
 

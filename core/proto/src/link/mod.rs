@@ -11,9 +11,9 @@
 //! receive key (and its replay window) stays valid for [`LinkConfig::old_key_grace`].
 
 pub mod handshake;
+pub mod queue;
 pub mod replay;
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rand_core::CryptoRngCore;
@@ -24,6 +24,7 @@ use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
 use crate::stats::{LinkStats, Reject};
 use crate::wire::{DataHeader, HandshakeResp, DATA_HEADER_LEN};
 use handshake::{EpochKeys, Initiator, Responded};
+use queue::{Assembler, FrameQueue};
 use replay::ReplayWindow;
 
 /// Stop using a key well before its 64-bit counter could wrap.
@@ -176,9 +177,8 @@ pub struct Link<A> {
     next_handshake: Option<Instant>,
     /// A packet that goes out before anything else: a handshake message or a final close.
     handshake_out: Option<Vec<u8>>,
-    control: VecDeque<Vec<u8>>,
-    data: VecDeque<Vec<u8>>,
-    data_bytes: usize,
+    control: FrameQueue,
+    data: Assembler,
     last_recv: Instant,
     last_send: Instant,
     retired: Vec<u32>,
@@ -203,6 +203,7 @@ impl Timer {
 
 impl<A: Clone> Link<A> {
     pub fn new(id: LinkId, peer: PublicKey, addr: A, config: LinkConfig, dial: bool, now: Instant) -> Self {
+        let data = Assembler::new(DATA_HEADER_LEN, config.max_plaintext(), config.mtu);
         Link {
             id,
             peer,
@@ -216,9 +217,8 @@ impl<A: Clone> Link<A> {
             handshake_attempts: 0,
             next_handshake: dial.then_some(now),
             handshake_out: None,
-            control: VecDeque::new(),
-            data: VecDeque::new(),
-            data_bytes: 0,
+            control: FrameQueue::default(),
+            data,
             last_recv: now,
             last_send: now,
             retired: Vec::new(),
@@ -246,7 +246,7 @@ impl<A: Clone> Link<A> {
 
     /// Bytes of data frames waiting to be sent.
     pub fn queued_bytes(&self) -> usize {
-        self.data_bytes
+        self.data.bytes()
     }
 
     /// Local indexes of sessions dropped since the last call (the node unmaps them).
@@ -485,15 +485,18 @@ impl<A: Clone> Link<A> {
     }
 
     fn push_control(&mut self, frame: Frame<'_>) {
-        let mut v = Vec::with_capacity(frame.encoded_len());
-        frame.encode(&mut v);
-        self.control.push_back(v);
+        self.control.push(&frame);
     }
 
-    /// Queues an encoded data frame. The node checks sizes and queue limits before.
-    pub fn push_data(&mut self, encoded: Vec<u8>) {
-        self.data_bytes += encoded.len();
-        self.data.push_back(encoded);
+    /// Queues a data frame (bundled with others into packets up to the MTU); false if it is
+    /// larger than a packet can carry. The node checks queue limits before.
+    pub fn push_frame(&mut self, frame: &Frame<'_>) -> bool {
+        self.data.push(frame)
+    }
+
+    /// Queues bytes that are already one encoded frame; false if too large.
+    pub fn push_encoded(&mut self, frame: &[u8]) -> bool {
+        self.data.push_encoded(frame)
     }
 
     /// Closes the link: tells the peer and stops dialling.
@@ -515,9 +518,8 @@ impl<A: Clone> Link<A> {
             self.retired.push(h.state.sender_index);
         }
         self.control.clear();
-        self.stats.dropped_frames += self.data.len() as u64;
+        self.stats.dropped_bytes += self.data.bytes() as u64;
         self.data.clear();
-        self.data_bytes = 0;
         self.handshake_out = close;
         self.force_rekey = false;
         let was = self.state;
@@ -530,7 +532,8 @@ impl<A: Clone> Link<A> {
 
     fn seal_control_only(&mut self, now: Instant) -> Option<Vec<u8>> {
         self.data.clear();
-        self.build_packet(now)
+        let mut pkt = Vec::new();
+        self.build_packet(now, &mut pkt).then_some(pkt)
     }
 
     fn retry_delay(&self) -> Duration {
@@ -545,41 +548,49 @@ impl<A: Clone> Link<A> {
     /// The next packet for this link, if any: a handshake message, or frames bundled up to the
     /// MTU, padded and sealed.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let mut pkt = Vec::new();
+        self.poll_transmit_into(now, &mut pkt).then_some(pkt)
+    }
+
+    /// Like [`Link::poll_transmit`], writing into `pkt` (cleared first) to reuse its allocation.
+    pub fn poll_transmit_into(&mut self, now: Instant, pkt: &mut Vec<u8>) -> bool {
+        pkt.clear();
         if let Some(p) = self.handshake_out.take() {
             self.stats.tx_packets += 1;
             self.stats.tx_bytes += p.len() as u64;
-            return Some(p);
+            *pkt = p;
+            return true;
         }
         if !self.can_send() || (self.control.is_empty() && self.data.is_empty()) {
-            return None;
+            return false;
         }
-        self.build_packet(now)
+        self.build_packet(now, pkt)
     }
 
-    fn build_packet(&mut self, now: Instant) -> Option<Vec<u8>> {
+    fn build_packet(&mut self, now: Instant, pkt: &mut Vec<u8>) -> bool {
         let cap = self.config.max_plaintext();
         let pad = self.config.pad_to.max(1);
-        let mtu = self.config.mtu;
-        let s = self.session.as_mut()?;
+        let Some(s) = self.session.as_mut() else { return false };
         if s.cur.send_counter >= REJECT_AFTER_PACKETS {
-            return None;
+            return false;
         }
-        let mut pkt = Vec::with_capacity(mtu);
-        pkt.resize(DATA_HEADER_LEN, 0);
-        for q in [&mut self.control, &mut self.data] {
-            while let Some(f) = q.front() {
-                if pkt.len() - DATA_HEADER_LEN + f.len() > cap {
-                    break;
-                }
-                pkt.extend_from_slice(f);
-                q.pop_front();
-            }
-        }
+        let assembled = if self.control.is_empty() {
+            // Data frames were encoded straight into this buffer: seal it in place.
+            let Some(mut p) = self.data.take() else { return false };
+            std::mem::swap(pkt, &mut p);
+            self.data.recycle(p);
+            false
+        } else {
+            pkt.clear();
+            pkt.reserve(self.config.mtu);
+            pkt.resize(DATA_HEADER_LEN, 0);
+            self.control.drain_into(pkt, cap);
+            true
+        };
         let plain = pkt.len() - DATA_HEADER_LEN;
-        if plain == 0 {
-            return None;
+        if assembled && plain == 0 {
+            return false;
         }
-        self.data_bytes = self.data.iter().map(Vec::len).sum();
         let padded = plain.div_ceil(pad) * pad;
         pkt.resize(DATA_HEADER_LEN + padded, 0);
         let counter = s.cur.send_counter;
@@ -599,7 +610,7 @@ impl<A: Clone> Link<A> {
         self.last_send = now;
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += pkt.len() as u64;
-        Some(pkt)
+        true
     }
 
     /// When `timer` fires, derived from the current state.
