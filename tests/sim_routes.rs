@@ -34,7 +34,9 @@ fn open(w: &mut World, hops: &[usize]) -> (RouteId, Result<(), RouteError>) {
     w.run_until(limit, |_, node, e| {
         match e {
             Event::Route(RouteEvent::Ready { route: r }) if node == 0 && r == route => outcome = Some(Ok(())),
-            Event::Route(RouteEvent::Failed { route: r, error }) if node == 0 && r == route => outcome = Some(Err(error)),
+            Event::Route(RouteEvent::Failed { route: r, error }) if node == 0 && r == route => {
+                outcome = Some(Err(error))
+            }
             _ => {}
         }
         outcome.is_none()
@@ -68,7 +70,11 @@ fn eight_hop_delivers_1mib_intact_and_hops_hold_one_entry_each() {
     // Both directions: the last hop answers on the same route.
     w.act(0, |n, now| n.send(now, route, b"ping")).unwrap();
     let evs = settle(&mut w, Duration::from_secs(1));
-    let (_, Event::Route(RouteEvent::Data { route: far, data })) = evs.iter().find(|(n, e)| *n == 8 && matches!(e, Event::Route(RouteEvent::Data { .. }))).cloned().unwrap() else { unreachable!() };
+    let (_, Event::Route(RouteEvent::Data { route: far, data })) =
+        evs.iter().find(|(n, e)| *n == 8 && matches!(e, Event::Route(RouteEvent::Data { .. }))).cloned().unwrap()
+    else {
+        unreachable!()
+    };
     assert_eq!(data, b"ping");
     w.act(8, |n, now| n.send(now, far, b"pong")).unwrap();
     let evs = settle(&mut w, Duration::from_secs(1));
@@ -156,7 +162,9 @@ fn a_link_going_down_breaks_the_route_at_the_source() {
     let t = w.elapsed();
     w.wire_mut(2, 3).unwrap().down.push((t, t + Duration::from_secs(60)));
     let evs = settle(&mut w, Duration::from_secs(8));
-    assert!(evs.iter().any(|(n, e)| *n == 0 && matches!(e, Event::Route(RouteEvent::Failed { route: r, .. }) if *r == route)));
+    assert!(evs
+        .iter()
+        .any(|(n, e)| *n == 0 && matches!(e, Event::Route(RouteEvent::Failed { route: r, .. }) if *r == route)));
     for i in 0..3 {
         assert_eq!(w.node(i).route_count(), 0, "node {i}");
     }

@@ -25,21 +25,44 @@ pub const ROUTE_DATA_OVERHEAD: usize = 1 + 4 + 2;
 pub enum Frame<'a> {
     Ping,
     /// Start of a rekey: the sender's new ephemeral key for `epoch`.
-    Rekey { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    Rekey {
+        epoch: u8,
+        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    },
     /// Answer to a rekey: the receiver's new ephemeral key for `epoch`.
-    RekeyAck { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    RekeyAck {
+        epoch: u8,
+        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    },
     /// The peer closes the link.
-    Close { reason: u8 },
+    Close {
+        reason: u8,
+    },
     /// Routed bytes for the receiver's route `route`.
-    RouteData { route: RouteId, payload: &'a [u8] },
+    RouteData {
+        route: RouteId,
+        payload: &'a [u8],
+    },
     /// Join a route: `route` is the sender's id for it; `ephemeral` keys the hop secret.
-    RouteSetup { route: RouteId, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    RouteSetup {
+        route: RouteId,
+        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    },
     /// Joined: `route` is the receiver's id, `hop_route` the sender's, `proof` confirms the key.
-    RouteSetupOk { route: RouteId, hop_route: RouteId, proof: &'a [u8; PROOF_LEN] },
+    RouteSetupOk {
+        route: RouteId,
+        hop_route: RouteId,
+        proof: &'a [u8; PROOF_LEN],
+    },
     /// The receiver's route `route` failed downstream/upstream with `code`.
-    RouteError { route: RouteId, code: u8 },
+    RouteError {
+        route: RouteId,
+        code: u8,
+    },
     /// Tear down the receiver's route `route`.
-    RouteClose { route: RouteId },
+    RouteClose {
+        route: RouteId,
+    },
 }
 
 struct Reader<'a> {

@@ -199,7 +199,10 @@ mod tests {
         let back = SecretKey::from_key_file(&text).unwrap();
         assert_eq!(back.public_key(), sk.public_key());
         assert_eq!(SecretKey::from_key_file("nope").unwrap_err(), KeyError::MalformedKeyFile("missing header line"));
-        assert!(matches!(SecretKey::from_key_file(&format!("{KEY_FILE_HEADER}\nzz\n")), Err(KeyError::MalformedKeyFile(_))));
+        assert!(matches!(
+            SecretKey::from_key_file(&format!("{KEY_FILE_HEADER}\nzz\n")),
+            Err(KeyError::MalformedKeyFile(_))
+        ));
         let zero = format!("{KEY_FILE_HEADER}\n{}\n", "00".repeat(32));
         assert_eq!(SecretKey::from_key_file(&zero).unwrap_err(), KeyError::InvalidSecretKey);
     }

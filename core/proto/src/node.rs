@@ -249,8 +249,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
         match packet {
             Packet::HandshakeInit(init) => {
                 let idx = self.new_index();
-                let responded =
-                    handshake::respond(&mut RngRef(&mut *self.rng), &self.identity, &init, idx).map_err(|_| Reject::Handshake)?;
+                let responded = handshake::respond(&mut RngRef(&mut *self.rng), &self.identity, &init, idx)
+                    .map_err(|_| Reject::Handshake)?;
                 let peer = responded.initiator;
                 let id = match self.by_peer.get(&peer) {
                     Some(&id) => id,

@@ -315,7 +315,14 @@ impl Router {
     }
 
     /// Sends application bytes on a route: from the source to the last hop, or back.
-    pub(crate) fn send(&mut self, now: Instant, links: &mut dyn Links, route: RouteId, data: &[u8], mtu: usize) -> Result<(), RouteError> {
+    pub(crate) fn send(
+        &mut self,
+        now: Instant,
+        links: &mut dyn Links,
+        route: RouteId,
+        data: &[u8],
+        mtu: usize,
+    ) -> Result<(), RouteError> {
         if data.len() > mtu {
             return Err(RouteError::TooLarge { len: data.len(), max: mtu });
         }
@@ -444,7 +451,9 @@ impl Router {
                 if let Some(entry) = self.routes.remove(&route) {
                     Self::send_closes(links, &entry, Some(from));
                     match entry {
-                        Entry::Origin(_) => self.events.push_back(RouteEvent::Failed { route, error: RouteError::Broken }),
+                        Entry::Origin(_) => {
+                            self.events.push_back(RouteEvent::Failed { route, error: RouteError::Broken })
+                        }
                         Entry::Relay(r) if r.next.is_none() => self.events.push_back(RouteEvent::Closed { route }),
                         Entry::Relay(_) => {}
                     }
@@ -455,7 +464,14 @@ impl Router {
         }
     }
 
-    fn on_data(&mut self, now: Instant, links: &mut dyn Links, from: LinkId, route: RouteId, payload: &[u8]) -> Result<(), Reject> {
+    fn on_data(
+        &mut self,
+        now: Instant,
+        links: &mut dyn Links,
+        from: LinkId,
+        route: RouteId,
+        payload: &[u8],
+    ) -> Result<(), Reject> {
         let Some(entry) = self.routes.get_mut(&route) else {
             // Tell the sender so its side of the route breaks instead of blackholing.
             let _ = links.send(from, &Frame::RouteError { route, code: code::UNKNOWN_ROUTE });
@@ -467,7 +483,9 @@ impl Router {
                     r.last_active = now;
                     if let Some((link, id)) = r.next {
                         // The forwarding hot path: one lookup, re-frame, queue on the egress link.
-                        return links.send(link, &Frame::RouteData { route: id, payload }).map_err(|_| Reject::QueueFull);
+                        return links
+                            .send(link, &Frame::RouteData { route: id, payload })
+                            .map_err(|_| Reject::QueueFull);
                     }
                     let (kind, body) = open_msg(&r.keys.fwd, &mut r.fwd_replay, payload)?;
                     self.on_terminal_msg(now, links, route, kind, body)
@@ -517,7 +535,14 @@ impl Router {
     }
 
     /// A message for us as the last hop of a route.
-    fn on_terminal_msg(&mut self, now: Instant, links: &mut dyn Links, route: RouteId, kind: u8, body: Vec<u8>) -> Result<(), Reject> {
+    fn on_terminal_msg(
+        &mut self,
+        now: Instant,
+        links: &mut dyn Links,
+        route: RouteId,
+        kind: u8,
+        body: Vec<u8>,
+    ) -> Result<(), Reject> {
         match kind {
             MSG_APP => {
                 self.events.push_back(RouteEvent::Data { route, data: body });
@@ -529,7 +554,8 @@ impl Router {
                 }
                 let Some(Entry::Relay(r)) = self.routes.get_mut(&route) else { return Err(Reject::UnknownRoute) };
                 let next = PublicKey::from_bytes(&body[..PUBLIC_KEY_LEN]).ok();
-                let e: &[u8; PUBLIC_KEY_LEN] = body[PUBLIC_KEY_LEN..].try_into().map_err(|_| Reject::BadRouteMessage)?;
+                let e: &[u8; PUBLIC_KEY_LEN] =
+                    body[PUBLIC_KEY_LEN..].try_into().map_err(|_| Reject::BadRouteMessage)?;
                 let link = next.and_then(|k| links.link_to(&k)).filter(|l| *l != r.prev.0);
                 match link {
                     Some(link) if r.extending.is_none() => {
@@ -537,13 +563,19 @@ impl Router {
                         r.last_active = now;
                         if links.send(link, &Frame::RouteSetup { route, ephemeral: e }).is_err() {
                             r.extending = None;
-                            let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code::HOP_UNREACHABLE]);
+                            let msg = seal_msg(
+                                &r.keys.back,
+                                &mut r.back_counter,
+                                MSG_EXTEND_FAILED,
+                                &[code::HOP_UNREACHABLE],
+                            );
                             let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
                         }
                     }
                     Some(_) => return Err(Reject::BadRouteMessage),
                     None => {
-                        let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code::HOP_UNREACHABLE]);
+                        let msg =
+                            seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code::HOP_UNREACHABLE]);
                         let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
                     }
                 }
@@ -628,14 +660,17 @@ impl Router {
     fn touches(&self, route: RouteId, link: LinkId) -> bool {
         match self.routes.get(&route) {
             Some(Entry::Origin(o)) => o.first_link == link,
-            Some(Entry::Relay(r)) => r.prev.0 == link || r.next.is_some_and(|(l, _)| l == link) || r.extending == Some(link),
+            Some(Entry::Relay(r)) => {
+                r.prev.0 == link || r.next.is_some_and(|(l, _)| l == link) || r.extending == Some(link)
+            }
             None => false,
         }
     }
 
     /// A link went down: every route through it breaks.
     pub(crate) fn on_link_down(&mut self, links: &mut dyn Links, link: LinkId) {
-        let hit: Vec<RouteId> = self.routes.iter().filter(|(id, _)| self.touches(**id, link)).map(|(id, _)| *id).collect();
+        let hit: Vec<RouteId> =
+            self.routes.iter().filter(|(id, _)| self.touches(**id, link)).map(|(id, _)| *id).collect();
         for route in hit {
             self.break_route(links, route, link, RouteError::HopUnreachable { hop: 0 });
         }

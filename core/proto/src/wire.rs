@@ -164,7 +164,10 @@ mod tests {
         h.write((&mut buf[..DATA_HEADER_LEN]).try_into().unwrap());
         assert_eq!(Packet::parse(&buf), Ok(Packet::Data(h)));
         assert_eq!(Packet::parse(&buf[..20]), Err(DecodeError::Truncated));
-        assert_eq!(Packet::parse(&buf[..DATA_HEADER_LEN + TAG_LEN + 5]), Err(DecodeError::Malformed("ciphertext not padded to 16 bytes")));
+        assert_eq!(
+            Packet::parse(&buf[..DATA_HEADER_LEN + TAG_LEN + 5]),
+            Err(DecodeError::Malformed("ciphertext not padded to 16 bytes"))
+        );
         buf[0] = 0x23;
         assert_eq!(Packet::parse(&buf), Err(DecodeError::BadVersion(2)));
         buf[0] = 0x1f;

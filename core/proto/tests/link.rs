@@ -92,7 +92,8 @@ impl Pair {
     }
 
     fn rejected(&self, i: usize, r: Reject) -> u64 {
-        self.nodes[i].links().iter().map(|l| l.stats.rejected.get(r)).sum::<u64>() + self.nodes[i].stats().rejected.get(r)
+        self.nodes[i].links().iter().map(|l| l.stats.rejected.get(r)).sum::<u64>()
+            + self.nodes[i].stats().rejected.get(r)
     }
 
     fn deliver(&mut self, to: usize, from: u8, mut bytes: Vec<u8>) {
@@ -205,7 +206,10 @@ fn nonces_never_repeat_across_rekeys_and_restarts() {
     // the first packet of each run uses counter 0 under different keys, so the ciphertexts of
     // the same plaintext differ.
     let first_ct = |p: &Pair| {
-        p.sent.iter().find(|(f, b)| *f == 0 && matches!(Packet::parse(b), Ok(Packet::Data(h)) if h.counter == 0)).map(|(_, b)| b[DATA_HEADER_LEN..].to_vec())
+        p.sent
+            .iter()
+            .find(|(f, b)| *f == 0 && matches!(Packet::parse(b), Ok(Packet::Data(h)) if h.counter == 0))
+            .map(|(_, b)| b[DATA_HEADER_LEN..].to_vec())
     };
     let run1 = first_ct(&p).unwrap();
     let mut q = Pair::new(4);
@@ -235,7 +239,14 @@ fn replayed_packets_are_rejected_before_and_after_rekey() {
     let now = p.now;
     p.nodes[0].send(now, r, b"once").unwrap();
     p.drive_for(Duration::from_millis(5));
-    let last_data = p.sent.iter().rev().find(|(f, b)| *f == 0 && matches!(Packet::parse(b), Ok(Packet::Data(_)))).unwrap().1.clone();
+    let last_data = p
+        .sent
+        .iter()
+        .rev()
+        .find(|(f, b)| *f == 0 && matches!(Packet::parse(b), Ok(Packet::Data(_))))
+        .unwrap()
+        .1
+        .clone();
     p.deliver(1, 0, last_data.clone());
     assert_eq!(p.rejected(1, Reject::Replayed), 1);
     // After one rekey the old key is still held (grace): still a replay.
@@ -256,7 +267,14 @@ fn bad_input_is_typed_counted_and_harmless() {
     p.connect();
     p.drive_for(Duration::from_millis(5));
     let r = p.route();
-    let good = p.sent.iter().rev().find(|(f, b)| *f == 0 && matches!(Packet::parse(b), Ok(Packet::Data(_)))).unwrap().1.clone();
+    let good = p
+        .sent
+        .iter()
+        .rev()
+        .find(|(f, b)| *f == 0 && matches!(Packet::parse(b), Ok(Packet::Data(_))))
+        .unwrap()
+        .1
+        .clone();
 
     p.deliver(1, 0, good[..10].to_vec());
     assert_eq!(p.rejected(1, Reject::Truncated), 1);
@@ -287,7 +305,11 @@ fn bad_input_is_typed_counted_and_harmless() {
     assert_eq!(p.nodes[1].stats().rejected.get(Reject::BadVersion), 1);
     // A handshake init sealed to another key.
     let stranger = SecretKey::generate(&mut ChaCha20Rng::seed_from_u64(66)).public_key();
-    let mut other = Node::<u8>::new(SecretKey::generate(&mut ChaCha20Rng::seed_from_u64(67)), NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(68)));
+    let mut other = Node::<u8>::new(
+        SecretKey::generate(&mut ChaCha20Rng::seed_from_u64(67)),
+        NodeConfig::default(),
+        Box::new(ChaCha20Rng::seed_from_u64(68)),
+    );
     let now = p.now;
     other.connect(now, stranger, 1);
     let init = other.poll_transmit(now).unwrap().payload;

@@ -58,6 +58,8 @@ pub fn write(path: &Path, key: &SecretKey, force: bool) -> Result<(), KeyFileErr
 }
 
 pub fn read(path: &Path) -> Result<SecretKey, KeyFileError> {
-    let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyFileError::Io { path: path.to_path_buf(), source })?);
+    let text = zeroize::Zeroizing::new(
+        fs::read_to_string(path).map_err(|source| KeyFileError::Io { path: path.to_path_buf(), source })?,
+    );
     SecretKey::from_key_file(&text).map_err(|source| KeyFileError::Parse { path: path.to_path_buf(), source })
 }

@@ -284,7 +284,12 @@ impl<A: Clone> Link<A> {
     }
 
     /// Completes our handshake with the peer's response.
-    pub fn on_handshake_resp(&mut self, now: Instant, local: &SecretKey, resp: &HandshakeResp<'_>) -> Result<Option<LinkEvent>, Reject> {
+    pub fn on_handshake_resp(
+        &mut self,
+        now: Instant,
+        local: &SecretKey,
+        resp: &HandshakeResp<'_>,
+    ) -> Result<Option<LinkEvent>, Reject> {
         let Some(hs) = self.handshake.take() else { return Err(Reject::Handshake) };
         if hs.state.sender_index != resp.receiver_index {
             self.handshake = Some(hs);
@@ -316,7 +321,13 @@ impl<A: Clone> Link<A> {
 
     /// Accepts a handshake the peer initiated (already verified by [`handshake::respond`]).
     /// Returns false when we keep our own crossing handshake instead (tie-break on keys).
-    pub fn on_handshake_init(&mut self, now: Instant, local: &SecretKey, responded: Responded, local_index: u32) -> bool {
+    pub fn on_handshake_init(
+        &mut self,
+        now: Instant,
+        local: &SecretKey,
+        responded: Responded,
+        local_index: u32,
+    ) -> bool {
         if self.handshake.is_some() && local.public_key() < self.peer {
             // Both sides dialled at once: the smaller key's handshake wins.
             return false;
@@ -363,7 +374,12 @@ impl<A: Clone> Link<A> {
 
     /// Authenticates and decrypts a data packet in place. On success the plaintext (frames and
     /// padding) is `datagram[DATA_HEADER_LEN..DATA_HEADER_LEN + n]`.
-    pub fn open(&mut self, now: Instant, hdr: &DataHeader, datagram: &mut [u8]) -> Result<(usize, Option<LinkEvent>), Reject> {
+    pub fn open(
+        &mut self,
+        now: Instant,
+        hdr: &DataHeader,
+        datagram: &mut [u8],
+    ) -> Result<(usize, Option<LinkEvent>), Reject> {
         let in_pending = self.pending.as_ref().is_some_and(|p| p.local_index == hdr.receiver_index);
         let session = if in_pending {
             self.pending.as_mut()
@@ -399,8 +415,11 @@ impl<A: Clone> Link<A> {
         if !epoch.replay.check(hdr.counter) {
             return Err(Reject::Replayed);
         }
-        let (aad, body) = datagram.split_at_mut(DATA_HEADER_LEN);
-        let n = epoch.recv.open(hdr.counter, aad, body).map_err(|_| Reject::Decrypt)?;
+        // No associated data, as in WireGuard: every header field is bound already. The epoch
+        // and index pick the key and the counter is the nonce, so changing any of them fails
+        // authentication; the type and reserved bytes are checked by the parser.
+        let body = &mut datagram[DATA_HEADER_LEN..];
+        let n = epoch.recv.open(hdr.counter, &[], body).map_err(|_| Reject::Decrypt)?;
         epoch.replay.update(hdr.counter);
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += (DATA_HEADER_LEN + body.len()) as u64;
@@ -435,7 +454,12 @@ impl<A: Clone> Link<A> {
 
 impl<A: Clone> Link<A> {
     /// Handles a link-level frame (ping, rekey, close). Route frames go to the router.
-    pub fn on_frame(&mut self, now: Instant, rng: &mut dyn CryptoRngCore, frame: &Frame<'_>) -> Result<Option<LinkEvent>, Reject> {
+    pub fn on_frame(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+        frame: &Frame<'_>,
+    ) -> Result<Option<LinkEvent>, Reject> {
         match frame {
             Frame::Ping => Ok(None),
             Frame::Close { .. } => Ok(self.go_down(now, DownReason::PeerClosed)),
@@ -602,7 +626,7 @@ impl<A: Clone> Link<A> {
             Err(_) => unreachable!("split at header length"),
         };
         hdr.write(h);
-        let tag = s.cur.send.seal(counter, h, body);
+        let tag = s.cur.send.seal(counter, &[], body);
         pkt.extend_from_slice(&tag);
         if s.initiator && s.rekey.is_none() && s.cur.send_counter >= self.config.rekey_after_packets {
             self.force_rekey = true;
@@ -663,7 +687,8 @@ impl<A: Clone> Link<A> {
         if self.deadline(Timer::Rekey).is_some_and(|d| d <= now) {
             self.rekey_step(now, rng);
         }
-        if self.deadline(Timer::Keepalive).is_some_and(|d| d <= now) && self.control.is_empty() && self.data.is_empty() {
+        if self.deadline(Timer::Keepalive).is_some_and(|d| d <= now) && self.control.is_empty() && self.data.is_empty()
+        {
             self.push_control(Frame::Ping);
             // Counts as sent for scheduling even if the packet goes out a moment later.
             self.last_send = now;

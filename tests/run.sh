@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test of the project. This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== sans-IO rule: the protocol crate has no runtime, sockets or clock =="
+if cargo tree -p skyroute-proto -e normal --prefix none | grep -E '^(tokio|mio|socket2|async-std|smol) '; then
+    echo "skyroute-proto depends on an I/O runtime" >&2
+    exit 1
+fi
+if grep -rn -E 'tokio::|std::net::|Instant::now\(|SystemTime::now\(|thread::sleep|thread::spawn|OsRng|thread_rng' core/proto/src; then
+    echo "skyroute-proto touches I/O, the clock, threads or a global RNG" >&2
+    exit 1
+fi
+
+echo "== formatting =="
+cargo fmt --all -- --check
+
+echo "== tests (ring and pure-Rust AEAD backends both enabled, cross-checked) =="
+cargo test --workspace --all-features
+
+echo "== pure-Rust AEAD backend alone (firmware targets without a C compiler) =="
+cargo test -p skyroute-proto --no-default-features --features soft-aead --lib
+
+echo "== benches compile =="
+cargo bench -p skyroute-proto --no-run
+
+echo "== the demo runs =="
+cargo run --release -q -- sim eight-hop --json
