@@ -2,6 +2,8 @@
 # Runs every test of the project. This is the README's test command; .ci/run calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 echo "== sans-IO rule: the protocol crate has no runtime, sockets or clock =="
 if cargo tree -p skyroute-proto -e normal --prefix none | grep -E '^(tokio|mio|socket2|async-std|smol) '; then
@@ -17,13 +19,17 @@ echo "== formatting =="
 cargo fmt --all -- --check
 
 echo "== tests (ring and pure-Rust AEAD backends both enabled, cross-checked) =="
-cargo test --workspace --all-features
+cargo test --workspace --all-features 2>&1 | tee -a "$log"
 
 echo "== pure-Rust AEAD backend alone (firmware targets without a C compiler) =="
-cargo test -p skyroute-proto --no-default-features --features soft-aead --lib
+cargo test -p skyroute-proto --no-default-features --features soft-aead --lib 2>&1 | tee -a "$log"
 
 echo "== benches compile =="
 cargo bench -p skyroute-proto --no-run
 
 echo "== the demo runs =="
 cargo run --release -q -- sim eight-hop --json
+
+# One closing line with the totals over every test run above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"

@@ -395,3 +395,46 @@ fn padding_hides_lengths_to_16_or_32_bytes() {
         assert_eq!(p.received(1).len(), 5);
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random datagrams and mutations of real ones never panic a node, never take its link
+        /// down, and are all counted; real traffic keeps flowing afterwards.
+        #[test]
+        fn random_and_mutated_datagrams_are_harmless(
+            junk in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1600), 1..20),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<usize>()), 1..40),
+        ) {
+            let mut p = Pair::new(11);
+            p.connect();
+            p.drive_for(Duration::from_millis(5));
+            let r = p.route();
+            let real: Vec<Vec<u8>> = p.sent.iter().filter(|(f, _)| *f == 0).map(|(_, b)| b.clone()).collect();
+            let mut fed = 0u64;
+            for j in junk {
+                p.deliver(1, 0, j);
+                fed += 1;
+            }
+            for (which, val, pos) in flips {
+                let mut b = real[which % real.len()].clone();
+                let i = pos % b.len();
+                b[i] ^= val.max(1);
+                b.truncate(b.len() - (pos % 3) * (pos % b.len() / 2));
+                p.deliver(1, 0, b);
+                fed += 1;
+            }
+            let counted: u64 = p.nodes[1].links().iter().map(|l| l.stats.rejected.total()).sum::<u64>()
+                + p.nodes[1].stats().rejected.total();
+            prop_assert_eq!(counted, fed, "every bad datagram counted once");
+            prop_assert_eq!(p.link_state(1), LinkState::Up);
+            let now = p.now;
+            p.nodes[0].send(now, r, b"after fuzz").unwrap();
+            p.drive_for(Duration::from_millis(5));
+            prop_assert_eq!(p.received(1), vec![b"after fuzz".to_vec()]);
+        }
+    }
+}
