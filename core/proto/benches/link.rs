@@ -32,7 +32,7 @@ fn nonce(n: u64) -> Nonce {
 }
 
 fn link_config() -> LinkConfig {
-    LinkConfig { mtu: 1500, rekey_after_packets: u64::MAX, ..LinkConfig::default() }
+    LinkConfig { mtu: 1472, rekey_after_packets: u64::MAX, ..LinkConfig::default() }
 }
 
 /// Two links with a completed handshake: (sender, receiver).
@@ -44,10 +44,10 @@ fn link_pair() -> (Link<u8>, Link<u8>) {
     let mut a = Link::new(LinkId(1), kb.public_key(), 1u8, link_config(), true, now);
     let mut b = Link::new(LinkId(1), ka.public_key(), 0u8, link_config(), false, now);
     a.start_handshake(now, &mut rng, &ka, 11);
-    let init = a.poll_transmit(now).unwrap();
-    let Ok(Packet::HandshakeInit(init)) = Packet::parse(&init) else { panic!() };
+    let init_bytes = a.poll_transmit(now).unwrap();
+    let Ok(Packet::HandshakeInit(init)) = Packet::parse(&init_bytes) else { panic!() };
     let r = handshake::respond(&mut rng, &kb, &init, 22).unwrap();
-    assert!(b.on_handshake_init(now, &kb, r, 22));
+    assert!(b.on_handshake_init(now, &kb, &init_bytes, r, 22));
     let resp = b.poll_transmit(now).unwrap();
     let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&resp) else { panic!() };
     a.on_handshake_resp(now, &ka, &resp).unwrap();
@@ -111,18 +111,24 @@ fn bench_link(c: &mut Criterion) {
     let (mut a, mut b) = link_pair();
     let now = Instant::now();
     let mut pkt = Vec::with_capacity(2048);
+    // The send path: start the packet, write the frame bytes into it, pad and seal in place.
+    let mut seal = |a: &mut Link<u8>, pkt: &mut Vec<u8>| {
+        a.begin_packet(pkt).unwrap();
+        pkt.extend_from_slice(&payload);
+        a.seal_packet(now, pkt).unwrap();
+    };
     g.bench_function("link_seal", |bch| {
         bch.iter(|| {
-            a.push_encoded(&payload);
-            assert!(a.poll_transmit_into(now, &mut pkt));
+            seal(&mut a, &mut pkt);
             black_box(pkt.len())
         })
     });
     g.bench_function("link_open", |bch| {
         bch.iter_batched_ref(
             || {
-                a.push_encoded(&payload);
-                a.poll_transmit(now).unwrap()
+                let mut p = Vec::with_capacity(2048);
+                seal(&mut a, &mut p);
+                p
             },
             |pkt| black_box(open_link(&mut b, now, pkt)),
             BatchSize::SmallInput,
@@ -130,8 +136,7 @@ fn bench_link(c: &mut Criterion) {
     });
     g.bench_function("link_seal_open", |bch| {
         bch.iter(|| {
-            a.push_encoded(&payload);
-            assert!(a.poll_transmit_into(now, &mut pkt));
+            seal(&mut a, &mut pkt);
             black_box(open_link(&mut b, now, &mut pkt))
         })
     });
@@ -250,6 +255,7 @@ fn bench_forward(c: &mut Criterion) {
         )
     });
     let (mut nodes, route) = three_nodes();
+    let kc = nodes[2].public_key();
     let now = Instant::now();
     let data = vec![0x44u8; nodes[0].route_mtu()];
     let mut probe = Vec::new();
@@ -264,7 +270,8 @@ fn bench_forward(c: &mut Criterion) {
             },
             |pkt| {
                 relay.handle_datagram(now, 0, pkt);
-                assert_eq!(relay.poll_transmit_into(now, &mut out), Some(2));
+                let to_c = relay.link_to(&kc).unwrap();
+                assert_eq!(relay.poll_transmit_on(now, to_c, &mut out), Some(2));
                 if probe.is_empty() {
                     probe = out.clone();
                 }

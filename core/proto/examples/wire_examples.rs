@@ -44,7 +44,12 @@ fn main() {
         ("REKEY", Frame::Rekey { epoch: 5, ephemeral: &e }),
         ("REKEY_ACK", Frame::RekeyAck { epoch: 5, ephemeral: &e }),
         ("CLOSE", Frame::Close { reason: 0 }),
-        ("ROUTE_DATA", Frame::RouteData { route: r(0x1122_3344), payload: b"hello" }),
+        (
+            "ACK",
+            Frame::Ack(skyroute_proto::forward::ack::AckFrame { largest: 1000, delay_us: 250, bitmap: [0xff; 32] }),
+        ),
+        ("ROUTE_DATA", Frame::RouteData { route: r(0x1122_3344), class: 1, offset: 4096, payload: b"hello" }),
+        ("MAX_DATA", Frame::MaxData { route: r(0x1122_3344), class: 1, limit: 1 << 20 }),
         ("ROUTE_SETUP", Frame::RouteSetup { route: r(0x0a0b_0c0d), ephemeral: &e }),
         ("ROUTE_SETUP_OK", Frame::RouteSetupOk { route: r(0x0a0b_0c0d), hop_route: r(0x5566_7788), proof: &proof }),
         ("ROUTE_ERROR", Frame::RouteError { route: r(0x1122_3344), code: 1 }),

@@ -1,6 +1,7 @@
 //! Frames carried inside an encrypted link packet. One packet bundles any number of frames
 //! (of any routes) up to the link MTU; zero bytes after the last frame are padding.
 
+use crate::forward::ack::AckFrame;
 use crate::identity::PUBLIC_KEY_LEN;
 use crate::route::RouteId;
 use crate::wire::DecodeError;
@@ -10,16 +11,18 @@ pub const FRAME_PING: u8 = 0x01;
 pub const FRAME_REKEY: u8 = 0x02;
 pub const FRAME_REKEY_ACK: u8 = 0x03;
 pub const FRAME_CLOSE: u8 = 0x04;
+pub const FRAME_ACK: u8 = 0x05;
 pub const FRAME_ROUTE_DATA: u8 = 0x10;
 pub const FRAME_ROUTE_SETUP: u8 = 0x11;
 pub const FRAME_ROUTE_SETUP_OK: u8 = 0x12;
 pub const FRAME_ROUTE_ERROR: u8 = 0x13;
 pub const FRAME_ROUTE_CLOSE: u8 = 0x14;
+pub const FRAME_MAX_DATA: u8 = 0x15;
 
 /// Length of the key confirmation a hop returns when it joins a route.
 pub const PROOF_LEN: usize = 16;
-/// Bytes a ROUTE_DATA frame adds around its payload (type, route id, length).
-pub const ROUTE_DATA_OVERHEAD: usize = 1 + 4 + 2;
+/// Bytes a ROUTE_DATA frame adds around its payload (type, route id, class, offset, length).
+pub const ROUTE_DATA_OVERHEAD: usize = 1 + 4 + 1 + 8 + 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -38,10 +41,21 @@ pub enum Frame<'a> {
     Close {
         reason: u8,
     },
-    /// Routed bytes for the receiver's route `route`.
+    /// Selective acknowledgement of link datagrams (by counter).
+    Ack(AckFrame),
+    /// A message of the receiver's route `route`: service class, stream offset, bytes.
     RouteData {
         route: RouteId,
+        class: u8,
+        offset: u64,
         payload: &'a [u8],
+    },
+    /// Credit: the sender may have sent up to `limit` bytes of the receiver's route `route`
+    /// in `class` (cumulative).
+    MaxData {
+        route: RouteId,
+        class: u8,
+        limit: u64,
     },
     /// Join a route: `route` is the sender's id for it; `ephemeral` keys the hop secret.
     RouteSetup {
@@ -92,6 +106,16 @@ impl<'a> Reader<'a> {
     fn route(&mut self) -> Result<RouteId, DecodeError> {
         RouteId::new(self.u32()?).ok_or(DecodeError::Malformed("route id 0"))
     }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.array::<8>()?;
+        Ok(u64::from_be_bytes(*b))
+    }
+    fn class(&mut self) -> Result<u8, DecodeError> {
+        match self.u8()? {
+            c @ (0 | 1) => Ok(c),
+            _ => Err(DecodeError::Malformed("unknown service class")),
+        }
+    }
     fn array<const N: usize>(&mut self) -> Result<&'a [u8; N], DecodeError> {
         self.take(N)?.try_into().map_err(|_| DecodeError::Truncated)
     }
@@ -112,11 +136,20 @@ impl<'a> Frame<'a> {
             FRAME_REKEY => Frame::Rekey { epoch: r.u8()?, ephemeral: r.array()? },
             FRAME_REKEY_ACK => Frame::RekeyAck { epoch: r.u8()?, ephemeral: r.array()? },
             FRAME_CLOSE => Frame::Close { reason: r.u8()? },
+            FRAME_ACK => {
+                let largest = r.u64()?;
+                let delay_us = r.u32()?;
+                let bitmap = *r.array::<32>()?;
+                Frame::Ack(AckFrame { largest, delay_us, bitmap })
+            }
             FRAME_ROUTE_DATA => {
                 let route = r.route()?;
+                let class = r.class()?;
+                let offset = r.u64()?;
                 let len = r.u16()? as usize;
-                Frame::RouteData { route, payload: r.take(len)? }
+                Frame::RouteData { route, class, offset, payload: r.take(len)? }
             }
+            FRAME_MAX_DATA => Frame::MaxData { route: r.route()?, class: r.class()?, limit: r.u64()? },
             FRAME_ROUTE_SETUP => Frame::RouteSetup { route: r.route()?, ephemeral: r.array()? },
             FRAME_ROUTE_SETUP_OK => Frame::RouteSetupOk { route: r.route()?, hop_route: r.route()?, proof: r.array()? },
             FRAME_ROUTE_ERROR => Frame::RouteError { route: r.route()?, code: r.u8()? },
@@ -132,7 +165,9 @@ impl<'a> Frame<'a> {
             Frame::Ping => 0,
             Frame::Rekey { .. } | Frame::RekeyAck { .. } => 1 + PUBLIC_KEY_LEN,
             Frame::Close { .. } => 1,
-            Frame::RouteData { payload, .. } => 6 + payload.len(),
+            Frame::Ack(_) => 8 + 4 + 32,
+            Frame::RouteData { payload, .. } => ROUTE_DATA_OVERHEAD - 1 + payload.len(),
+            Frame::MaxData { .. } => 4 + 1 + 8,
             Frame::RouteSetup { .. } => 4 + PUBLIC_KEY_LEN,
             Frame::RouteSetupOk { .. } => 8 + PROOF_LEN,
             Frame::RouteError { .. } => 5,
@@ -154,12 +189,26 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&ephemeral[..]);
             }
             Frame::Close { reason } => out.extend_from_slice(&[FRAME_CLOSE, *reason]),
-            Frame::RouteData { route, payload } => {
+            Frame::Ack(a) => {
+                out.push(FRAME_ACK);
+                out.extend_from_slice(&a.largest.to_be_bytes());
+                out.extend_from_slice(&a.delay_us.to_be_bytes());
+                out.extend_from_slice(&a.bitmap);
+            }
+            Frame::RouteData { route, class, offset, payload } => {
                 debug_assert!(payload.len() <= u16::MAX as usize);
                 out.push(FRAME_ROUTE_DATA);
                 out.extend_from_slice(&route.get().to_be_bytes());
+                out.push(*class);
+                out.extend_from_slice(&offset.to_be_bytes());
                 out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
                 out.extend_from_slice(payload);
+            }
+            Frame::MaxData { route, class, limit } => {
+                out.push(FRAME_MAX_DATA);
+                out.extend_from_slice(&route.get().to_be_bytes());
+                out.push(*class);
+                out.extend_from_slice(&limit.to_be_bytes());
             }
             Frame::RouteSetup { route, ephemeral } => {
                 out.push(FRAME_ROUTE_SETUP);
@@ -198,12 +247,15 @@ mod tests {
     fn round_trip_every_frame() {
         let e = [2u8; PUBLIC_KEY_LEN];
         let p = [9u8; PROOF_LEN];
+        let ack = AckFrame { largest: 77, delay_us: 5, bitmap: [0x55; 32] };
         let frames = vec![
+            Frame::Ack(ack.clone()),
+            Frame::MaxData { route: rid(6), class: 1, limit: 1 << 40 },
             Frame::Ping,
             Frame::Rekey { epoch: 3, ephemeral: &e },
             Frame::RekeyAck { epoch: 4, ephemeral: &e },
             Frame::Close { reason: 1 },
-            Frame::RouteData { route: rid(7), payload: b"abc" },
+            Frame::RouteData { route: rid(7), class: 0, offset: 99, payload: b"abc" },
             Frame::RouteSetup { route: rid(8), ephemeral: &e },
             Frame::RouteSetupOk { route: rid(9), hop_route: rid(10), proof: &p },
             Frame::RouteError { route: rid(11), code: 2 },
@@ -227,12 +279,20 @@ mod tests {
 
     #[test]
     fn typed_errors() {
-        let mut rd: &[u8] = &[0x77];
-        assert_eq!(Frame::decode(&mut rd), Err(DecodeError::UnknownType(0x77)));
-        let mut rd: &[u8] = &[FRAME_ROUTE_DATA, 0, 0, 0, 1, 0, 9, 1];
-        assert_eq!(Frame::decode(&mut rd), Err(DecodeError::Truncated));
-        let mut rd: &[u8] = &[FRAME_ROUTE_CLOSE, 0, 0, 0, 0];
-        assert_eq!(Frame::decode(&mut rd), Err(DecodeError::Malformed("route id 0")));
+        let dec = |b: &[u8]| {
+            let mut rd = b;
+            Frame::decode(&mut rd).map(|f| f.is_some())
+        };
+        assert_eq!(dec(&[0x77]), Err(DecodeError::UnknownType(0x77)));
+        assert_eq!(
+            dec(&[FRAME_ROUTE_DATA, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(dec(&[FRAME_ROUTE_CLOSE, 0, 0, 0, 0]), Err(DecodeError::Malformed("route id 0")));
+        assert_eq!(
+            dec(&[FRAME_MAX_DATA, 0, 0, 0, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::Malformed("unknown service class"))
+        );
     }
 
     proptest! {

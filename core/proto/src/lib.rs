@@ -5,10 +5,12 @@
 //! to send plus the next deadline (the quinn-proto pattern).
 //!
 //! Layers, in the order data flows: [`wire`] (outer packets) -> [`link`] (encrypted neighbour
-//! links) -> [`frame`] (bundled frames) -> [`route`] (source routes, forwarding) -> [`node`]
-//! (the object a driver talks to).
+//! links) -> [`frame`] (bundled frames) -> [`forward`] (store-and-forward: per-route buffers,
+//! per-hop acks and retransmission, credit, QoS) -> [`route`] (source routes, telescoping,
+//! end-to-end route messages) -> [`node`] (the object a driver talks to).
 
 pub mod crypto;
+pub mod forward;
 pub mod frame;
 pub mod identity;
 pub mod link;
@@ -17,6 +19,7 @@ pub mod route;
 pub mod stats;
 pub mod wire;
 
+pub use forward::{Class, Dir, FlowStats, ForwardConfig};
 pub use identity::{Address, KeyError, PublicKey, SecretKey};
 pub use link::{DownReason, LinkConfig, LinkId, LinkState};
 pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};

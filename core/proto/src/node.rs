@@ -1,16 +1,18 @@
-//! The node: one identity, its links to neighbours, and its route table. The only object a
-//! driver (simulator or tokio runtime) talks to, in the quinn-proto style:
+//! The node: one identity, its links to neighbours, its route table and its store-and-forward
+//! buffers. The only object a driver (simulator or tokio runtime) talks to, in the quinn-proto
+//! style:
 //!
 //! ```text
 //! driver                          Node
 //!   handle_datagram(now, from, bytes) ->
 //!   handle_timeout(now)              ->
-//!   <- poll_transmit(now)  (destination + bytes, until None)
-//!   <- poll_event()        (link up/down, route ready/failed, route data)
+//!   <- poll_transmit(now)  (destination + bytes, until None; or per link: poll_transmit_on)
+//!   <- poll_event()        (link up/down, route ready/failed, route data, delivery)
 //!   <- poll_timeout()      (arm one timer)
 //! ```
-//! Data flows one way through it: transport bytes -> link (open) -> router (forward or
-//! deliver) -> events; and back: send -> router -> link (seal) -> transmits.
+//! Data flows one way through it: transport bytes -> link (open) -> forward (buffer, ack,
+//! credit) -> route (deliver) -> events; and back: send -> route (seal end to end) -> forward
+//! (queue) -> link (bundle, pad, seal) -> transmits.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -18,6 +20,7 @@ use std::time::Instant;
 
 use rand_core::CryptoRngCore;
 
+use crate::forward::{Class, Dir, FlowKey, FlowStats, ForwardConfig, Forwarder};
 use crate::frame::Frame;
 use crate::identity::{Address, PublicKey, SecretKey};
 use crate::link::{handshake, DownReason, Link, LinkConfig, LinkEvent, LinkId, LinkState, RngRef};
@@ -30,9 +33,7 @@ use crate::wire::{Packet, DATA_HEADER_LEN};
 pub struct NodeConfig {
     pub link: LinkConfig,
     pub route: RouteConfig,
-    /// Most bytes queued on one link before senders are told `QueueFull` (forwarded frames
-    /// beyond it are dropped and counted). Store-and-forward credits replace this bound.
-    pub link_queue_bytes: usize,
+    pub forward: ForwardConfig,
     /// Accept handshakes from peers we did not dial.
     pub accept_incoming: bool,
 }
@@ -42,8 +43,7 @@ impl Default for NodeConfig {
         NodeConfig {
             link: LinkConfig::default(),
             route: RouteConfig::default(),
-            // About 3000 full packets: a second of 30 Mb/s.
-            link_queue_bytes: 4 << 20,
+            forward: ForwardConfig::default(),
             accept_incoming: true,
         }
     }
@@ -72,6 +72,8 @@ pub struct LinkInfo<A> {
     pub addr: A,
     pub state: LinkState,
     pub epoch: Option<u8>,
+    /// Datagrams sent and not yet acknowledged.
+    pub in_flight: usize,
     pub stats: LinkStats,
 }
 
@@ -93,6 +95,7 @@ pub struct Node<A> {
     by_addr: BTreeMap<A, LinkId>,
     next_link: u32,
     router: Router,
+    fwd: Forwarder,
     events: VecDeque<Event>,
     stats: NodeStats,
     /// Round-robin position for fairness between links in `poll_transmit`.
@@ -100,9 +103,9 @@ pub struct Node<A> {
 }
 
 struct LinkTable<'a, A> {
-    links: &'a mut BTreeMap<LinkId, Link<A>>,
+    links: &'a BTreeMap<LinkId, Link<A>>,
     by_peer: &'a BTreeMap<PublicKey, LinkId>,
-    queue_limit: usize,
+    fwd: &'a mut Forwarder,
 }
 
 impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
@@ -113,25 +116,27 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
         self.links.get(&link).is_some_and(|l| l.is_up())
     }
     fn send(&mut self, link: LinkId, frame: &Frame<'_>) -> Result<(), RouteError> {
-        let l = self.links.get_mut(&link).filter(|l| l.is_up()).ok_or(RouteError::Broken)?;
-        let len = frame.encoded_len();
-        let is_data = matches!(frame, Frame::RouteData { .. });
-        if is_data && l.queued_bytes() + len > self.queue_limit {
-            l.stats.rejected.add(Reject::QueueFull);
-            return Err(RouteError::QueueFull);
+        if !self.is_up(link) {
+            return Err(RouteError::Broken);
         }
-        if l.push_frame(frame) {
-            Ok(())
-        } else {
-            Err(RouteError::TooLarge { len, max: l.config().max_plaintext() })
-        }
+        self.fwd.send_control(link, frame);
+        Ok(())
     }
+    fn fwd(&mut self) -> &mut Forwarder {
+        self.fwd
+    }
+}
+
+/// Whether a received frame asks for a link ack.
+fn eliciting(f: &Frame<'_>) -> bool {
+    !matches!(f, Frame::Ack(_) | Frame::Ping | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. })
 }
 
 impl<A: Clone + Ord + Debug> Node<A> {
     pub fn new(identity: SecretKey, config: NodeConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
         let public = identity.public_key();
         let router = Router::new(config.route.clone());
+        let fwd = Forwarder::new(config.forward.clone());
         Node {
             identity,
             public,
@@ -143,6 +148,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             by_addr: BTreeMap::new(),
             next_link: 1,
             router,
+            fwd,
             events: VecDeque::new(),
             stats: NodeStats::default(),
             cursor: 0,
@@ -172,7 +178,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     fn table(&mut self) -> (LinkTable<'_, A>, &mut Router, &mut dyn CryptoRngCore, &SecretKey) {
         (
-            LinkTable { links: &mut self.links, by_peer: &self.by_peer, queue_limit: self.config.link_queue_bytes },
+            LinkTable { links: &self.links, by_peer: &self.by_peer, fwd: &mut self.fwd },
             &mut self.router,
             &mut *self.rng,
             &self.identity,
@@ -230,6 +236,12 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.after_link(id, ev);
     }
 
+    /// Turns per-hop acknowledgement and retransmission on or off (off only for the
+    /// end-to-end baseline experiment).
+    pub fn set_hop_reliability(&mut self, on: bool) {
+        self.fwd.set_hop_reliability(on);
+    }
+
     /// Feeds one received datagram. `data` is decrypted in place.
     pub fn handle_datagram(&mut self, now: Instant, from: A, data: &mut [u8]) {
         if let Err(reason) = self.handle_inner(now, from.clone(), data) {
@@ -245,6 +257,13 @@ impl<A: Clone + Ord + Debug> Node<A> {
     }
 
     fn handle_inner(&mut self, now: Instant, from: A, data: &mut [u8]) -> Result<(), Reject> {
+        // A duplicate (or retransmission) of an init we answered: same answer, no new session
+        // (a second one would orphan the first, which the initiator already uses).
+        let is_init = data.len() == crate::wire::HANDSHAKE_INIT_LEN;
+        if is_init && self.links.values_mut().any(|l| l.answer_again(data)) {
+            return Ok(());
+        }
+        let init_copy = if is_init { data.to_vec() } else { Vec::new() };
         let packet = Packet::parse(data).map_err(Reject::from)?;
         match packet {
             Packet::HandshakeInit(init) => {
@@ -258,7 +277,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     None => return Err(Reject::Handshake),
                 };
                 let accepted = match self.links.get_mut(&id) {
-                    Some(l) => l.on_handshake_init(now, &self.identity, responded, idx),
+                    Some(l) => l.on_handshake_init(now, &self.identity, &init_copy, responded, idx),
                     None => false,
                 };
                 if accepted {
@@ -283,13 +302,16 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 // Authenticated: the peer may have moved (roaming); follow it.
                 self.set_addr(id, from);
                 self.after_link(id, ev);
-                self.handle_frames(now, id, &data[DATA_HEADER_LEN..DATA_HEADER_LEN + n]);
+                let elicits = self.handle_frames(now, id, &data[DATA_HEADER_LEN..DATA_HEADER_LEN + n]);
+                self.fwd.on_datagram(id, hdr.counter, elicits, now);
                 Ok(())
             }
         }
     }
 
-    fn handle_frames(&mut self, now: Instant, id: LinkId, mut plain: &[u8]) {
+    /// Handles the frames of one packet; returns whether any asks for an ack.
+    fn handle_frames(&mut self, now: Instant, id: LinkId, mut plain: &[u8]) -> bool {
+        let mut elicits = false;
         loop {
             let frame = match Frame::decode(&mut plain) {
                 Ok(Some(f)) => f,
@@ -302,17 +324,29 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     break;
                 }
             };
+            elicits |= eliciting(&frame);
             let result = match frame {
                 Frame::Ping | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. } => {
                     let Some(l) = self.links.get_mut(&id) else { break };
-                    let r = l.on_frame(now, &mut *self.rng, &frame);
-                    match r {
+                    match l.on_frame(now, &mut *self.rng, &frame) {
                         Ok(ev) => {
                             self.after_link(id, ev);
                             Ok(())
                         }
                         Err(e) => Err(e),
                     }
+                }
+                Frame::Ack(ack) => {
+                    let r = self.fwd.on_ack(id, &ack, now);
+                    self.drain_router();
+                    r
+                }
+                Frame::MaxData { route, class, limit } => match Class::from_u8(class) {
+                    Some(class) => self.fwd.on_max_data(id, route, class, limit),
+                    None => Err(Reject::Malformed),
+                },
+                Frame::RouteData { route, class, offset, payload } => {
+                    self.on_route_data(now, id, route, class, offset, payload)
                 }
                 _ => {
                     let (mut table, router, rng, identity) = self.table();
@@ -330,11 +364,43 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 break;
             }
         }
+        elicits
+    }
+
+    fn on_route_data(
+        &mut self,
+        now: Instant,
+        id: LinkId,
+        route: RouteId,
+        class: u8,
+        offset: u64,
+        payload: &[u8],
+    ) -> Result<(), Reject> {
+        let class = Class::from_u8(class).ok_or(Reject::Malformed)?;
+        match self.fwd.on_data(id, route, class, offset, payload) {
+            Ok(delivered) => {
+                self.router.touch(route, now);
+                let Some(msgs) = delivered else { return Ok(()) };
+                let (mut table, router, _, _) = self.table();
+                let r = router.on_delivered(now, &mut table, msgs);
+                self.drain_router();
+                r
+            }
+            Err(Reject::UnknownRoute) => {
+                let (mut table, router, _, _) = self.table();
+                router.unknown_route(&mut table, id, route);
+                Err(Reject::UnknownRoute)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn drain_router(&mut self) {
         while let Some(ev) = self.router.events.pop_front() {
             self.events.push_back(Event::Route(ev));
+        }
+        for key in self.fwd.writable.drain(..) {
+            self.events.push_back(Event::Route(RouteEvent::Writable { route: key.route, class: key.class }));
         }
     }
 
@@ -347,19 +413,29 @@ impl<A: Clone + Ord + Debug> Node<A> {
             }
         }
         let peer = l.peer;
+        let rtt = l.stats.rtt;
         match ev {
-            Some(LinkEvent::Up) => self.events.push_back(Event::LinkUp { link: id, peer }),
+            Some(LinkEvent::Up) => {
+                self.fwd.reset_link(id);
+                if let Some(rtt) = rtt {
+                    self.fwd.seed_rtt(id, rtt);
+                }
+                self.events.push_back(Event::LinkUp { link: id, peer });
+            }
+            Some(LinkEvent::Reset) => self.fwd.reset_link(id),
             Some(LinkEvent::Down(reason)) => {
                 self.events.push_back(Event::LinkDown { link: id, peer, reason });
                 let (mut table, router, _, _) = self.table();
                 router.on_link_down(&mut table, id);
+                self.fwd.reset_link(id);
+                self.fwd.remove_link(id);
                 self.drain_router();
             }
             None => {}
         }
     }
 
-    /// The next datagram to send, links served round robin.
+    /// The next datagram to send on any link, links served round robin.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<A>> {
         let mut payload = Vec::new();
         let dst = self.poll_transmit_into(now, &mut payload)?;
@@ -369,25 +445,52 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// Like [`Node::poll_transmit`], writing the datagram into `buf` (reusing its allocation);
     /// returns its destination.
     pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<A> {
-        let cursor = LinkId(self.cursor);
-        let mut found = None;
-        for (id, l) in self.links.range_mut(cursor..) {
-            if l.poll_transmit_into(now, buf) {
-                found = Some((*id, l.addr.clone()));
-                break;
+        let ids: Vec<LinkId> = self
+            .links
+            .range(LinkId(self.cursor)..)
+            .chain(self.links.range(..LinkId(self.cursor)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(dst) = self.poll_transmit_on(now, id, buf) {
+                self.cursor = id.0 + 1;
+                return Some(dst);
             }
         }
-        if found.is_none() {
-            for (id, l) in self.links.range_mut(..cursor) {
-                if l.poll_transmit_into(now, buf) {
-                    found = Some((*id, l.addr.clone()));
-                    break;
-                }
-            }
+        None
+    }
+
+    /// The next datagram for one link (for drivers that pace each link, e.g. by its wire or
+    /// socket being free): handshake messages first, then link control, acks, route control,
+    /// credit updates, realtime and bulk messages, bundled up to the MTU.
+    pub fn poll_transmit_on(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
+        let l = self.links.get_mut(&id)?;
+        if let Some(p) = l.take_urgent() {
+            *buf = p;
+            return Some(l.addr.clone());
         }
-        let (id, addr) = found?;
-        self.cursor = id.0 + 1;
-        Some(addr)
+        if !l.has_control() && !self.fwd.wants_send(id, now) {
+            return None;
+        }
+        let room = l.begin_packet(buf)?;
+        let filled = self.fwd.fill(id, now, buf, room);
+        let counter = l.seal_packet(now, buf)?;
+        let dst = l.addr.clone();
+        self.fwd.on_sent(id, counter, filled, buf.len(), now);
+        if !self.fwd.writable.is_empty() {
+            self.drain_router();
+        }
+        Some(dst)
+    }
+
+    /// The links of this node (for drivers that poll per link).
+    pub fn link_ids(&self) -> Vec<LinkId> {
+        self.links.keys().copied().collect()
+    }
+
+    /// Where a link's datagrams go.
+    pub fn link_addr(&self, id: LinkId) -> Option<&A> {
+        self.links.get(&id).map(|l| &l.addr)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -395,7 +498,12 @@ impl<A: Clone + Ord + Debug> Node<A> {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.links.values().filter_map(|l| l.poll_timeout()).chain(self.router.poll_timeout()).min()
+        self.links
+            .values()
+            .filter_map(|l| l.poll_timeout())
+            .chain(self.router.poll_timeout())
+            .chain(self.fwd.poll_timeout())
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -420,6 +528,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
             router.handle_timeout(now, &mut table);
             self.drain_router();
         }
+        if self.fwd.poll_timeout().is_some_and(|d| d <= now) {
+            self.fwd.handle_timeout(now);
+            self.drain_router();
+        }
     }
 
     /// Starts building a source route through `hops` (telescoping). Watch for
@@ -430,11 +542,26 @@ impl<A: Clone + Ord + Debug> Node<A> {
         router.open(now, rng, &public, &mut table, hops)
     }
 
-    /// Sends application bytes on a route (source to last hop, or last hop back to source).
+    /// Sends application bytes on a route as bulk (source to last hop, or back).
     pub fn send(&mut self, now: Instant, route: RouteId, data: &[u8]) -> Result<(), RouteError> {
+        self.send_class(now, route, Class::Bulk, data)
+    }
+
+    /// Sends application bytes on a route in a service class. `QueueFull` means the route's
+    /// buffer is full: wait for room ([`Node::send_room`]) — that is the backpressure.
+    pub fn send_class(&mut self, now: Instant, route: RouteId, class: Class, data: &[u8]) -> Result<(), RouteError> {
         let mtu = self.route_mtu();
         let (mut table, router, _, _) = self.table();
-        router.send(now, &mut table, route, data, mtu)
+        router.send(now, &mut table, route, class, data, mtu)
+    }
+
+    /// Application bytes that fit in a route's send buffer now (in messages of up to
+    /// [`Node::route_mtu`]).
+    pub fn send_room(&self, route: RouteId, class: Class) -> usize {
+        let Some(key) = self.router.send_flow(route, class) else { return 0 };
+        let room = self.fwd.room(key);
+        let per_msg = self.route_mtu() + crate::route::ROUTE_MSG_OVERHEAD;
+        (room / per_msg) * self.route_mtu() + (room % per_msg).saturating_sub(crate::route::ROUTE_MSG_OVERHEAD)
     }
 
     /// Closes a route held here (as source or last hop).
@@ -452,9 +579,19 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.router.len()
     }
 
-    /// Bytes waiting in the queue of the link a route of ours starts on.
-    pub fn link_queued_bytes(&self, link: LinkId) -> usize {
-        self.links.get(&link).map_or(0, |l| l.queued_bytes())
+    /// The store-and-forward state of one direction and class of a route at this node.
+    pub fn flow_stats(&self, route: RouteId, dir: Dir, class: Class) -> Option<FlowStats> {
+        self.fwd.flow_stats(FlowKey { route, dir, class })
+    }
+
+    /// Every route id this node holds (as source, relay or last hop).
+    pub fn route_ids(&self) -> Vec<RouteId> {
+        self.router.ids()
+    }
+
+    /// Bytes held in all route buffers now, and reserved for them.
+    pub fn buffered_bytes(&self) -> (usize, usize) {
+        (self.fwd.buffered_bytes(), self.fwd.reserved_bytes())
     }
 
     pub fn link_to(&self, peer: &PublicKey) -> Option<LinkId> {
@@ -462,24 +599,24 @@ impl<A: Clone + Ord + Debug> Node<A> {
     }
 
     pub fn link(&self, id: LinkId) -> Option<LinkInfo<A>> {
-        self.links.get(&id).map(|l| LinkInfo {
-            id,
-            peer: l.peer,
-            addr: l.addr.clone(),
-            state: l.state(),
-            epoch: l.epoch(),
-            stats: l.stats.clone(),
+        self.links.get(&id).map(|l| {
+            let mut stats = l.stats.clone();
+            if let Some(rtt) = self.fwd.link_rtt(id) {
+                stats.rtt = Some(rtt);
+            }
+            LinkInfo {
+                id,
+                peer: l.peer,
+                addr: l.addr.clone(),
+                state: l.state(),
+                epoch: l.epoch(),
+                in_flight: self.fwd.in_flight(id),
+                stats,
+            }
         })
     }
 
     pub fn links(&self) -> Vec<LinkInfo<A>> {
         self.links.keys().filter_map(|id| self.link(*id)).collect()
-    }
-
-    /// Room left in the queue of the first link of a route, in bytes.
-    pub fn route_send_room(&self, route: RouteId) -> usize {
-        let Some(hops) = self.router.hops(route) else { return 0 };
-        let Some(id) = self.link_to(&hops[0]) else { return 0 };
-        self.config.link_queue_bytes.saturating_sub(self.link_queued_bytes(id))
     }
 }

@@ -17,6 +17,7 @@ use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
 
 use crate::crypto::{self, dh_static, hkdf, AeadKey, Ephemeral, TAG_LEN};
+use crate::forward::{Class, Delivered, Dir, FlowKey, Forwarder};
 use crate::frame::{Frame, PROOF_LEN};
 use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
 use crate::link::replay::ReplayWindow;
@@ -110,6 +111,12 @@ const MSG_APP: u8 = 1;
 const MSG_EXTEND: u8 = 2;
 const MSG_EXTENDED: u8 = 3;
 const MSG_EXTEND_FAILED: u8 = 4;
+const MSG_DELIVERED: u8 = 5;
+
+/// The last hop confirms delivery to the source every this many bytes...
+pub const DELIVERY_CONFIRM_BYTES: u64 = 64 * 1024;
+/// ...or this long after the last unconfirmed delivery, whichever comes first.
+pub const DELIVERY_CONFIRM_DELAY: Duration = Duration::from_millis(20);
 
 /// Bytes a route message adds to application data: counter, tag, kind.
 pub const ROUTE_MSG_OVERHEAD: usize = 8 + TAG_LEN + 1;
@@ -133,10 +140,13 @@ fn derive_hop(secret: &[u8; 32], e_pub: &[u8; PUBLIC_KEY_LEN], hop: &PublicKey) 
     (HopKeys { fwd: AeadKey::new(&fwd), back: AeadKey::new(&back) }, proof)
 }
 
-fn seal_msg(key: &AeadKey, counter: &mut u64, kind: u8, body: &[u8]) -> Vec<u8> {
+/// Seals a route message. The counter (nonce) is `seq << 1 | class`, with one sequence per
+/// class, so the receiving end can restore each class's order from the envelope.
+fn seal_msg(key: &AeadKey, seqs: &mut [u64; 2], class: Class, kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ROUTE_MSG_OVERHEAD + body.len());
-    let n = *counter;
-    *counter += 1;
+    let seq = &mut seqs[class as usize];
+    let n = *seq << 1 | class as u64;
+    *seq += 1;
     out.extend_from_slice(&n.to_be_bytes());
     out.push(kind);
     out.extend_from_slice(body);
@@ -145,11 +155,14 @@ fn seal_msg(key: &AeadKey, counter: &mut u64, kind: u8, body: &[u8]) -> Vec<u8> 
     out
 }
 
-fn open_msg(key: &AeadKey, replay: &mut ReplayWindow, payload: &[u8]) -> Result<(u8, Vec<u8>), Reject> {
+/// Opens a route message; one replay window per class (the classes' sequences advance at very
+/// different rates, so one window would push the slow one out).
+fn open_msg(key: &AeadKey, replays: &mut [ReplayWindow; 2], payload: &[u8]) -> Result<(u8, Vec<u8>), Reject> {
     if payload.len() < ROUTE_MSG_OVERHEAD {
         return Err(Reject::BadRouteMessage);
     }
     let n = u64::from_be_bytes(payload[..8].try_into().map_err(|_| Reject::BadRouteMessage)?);
+    let replay = &mut replays[(n & 1) as usize];
     if !replay.check(n) {
         return Err(Reject::Replayed);
     }
@@ -166,8 +179,8 @@ struct SourceHop {
     e_pub: [u8; PUBLIC_KEY_LEN],
     keys: HopKeys,
     proof: [u8; PROOF_LEN],
-    fwd_counter: u64,
-    back_replay: ReplayWindow,
+    fwd_seqs: [u64; 2],
+    back_replay: [ReplayWindow; 2],
 }
 
 struct Origin {
@@ -192,9 +205,16 @@ struct Relay {
     /// Waiting for the next hop to answer our ROUTE_SETUP.
     extending: Option<LinkId>,
     keys: HopKeys,
-    back_counter: u64,
-    fwd_replay: ReplayWindow,
+    back_seqs: [u64; 2],
+    fwd_replay: [ReplayWindow; 2],
     last_active: Instant,
+    /// Our key confirmation, to answer a retransmitted setup.
+    proof: [u8; PROOF_LEN],
+    /// As last hop: application bytes delivered, and last confirmed to the source, per class.
+    delivered: [u64; 2],
+    confirmed: [u64; 2],
+    /// When the unconfirmed rest is confirmed anyway.
+    confirm_at: Option<Instant>,
 }
 
 enum Entry {
@@ -202,14 +222,16 @@ enum Entry {
     Relay(Relay),
 }
 
-/// What the router needs from the node's links.
+/// What the router needs from the node's links and store-and-forward buffers.
 pub(crate) trait Links {
     /// The up link to `peer`, if any.
     fn link_to(&self, peer: &PublicKey) -> Option<LinkId>;
     /// Whether `link` is up.
     fn is_up(&self, link: LinkId) -> bool;
-    /// Queues a frame on `link`.
+    /// Queues a route control frame on `link` (delivered reliably, hop by hop).
     fn send(&mut self, link: LinkId, frame: &Frame<'_>) -> Result<(), RouteError>;
+    /// The store-and-forward buffers.
+    fn fwd(&mut self) -> &mut Forwarder;
 }
 
 /// What happened to routes, for the node's event queue.
@@ -219,8 +241,12 @@ pub enum RouteEvent {
     Ready { route: RouteId },
     /// Our route could not be built or broke.
     Failed { route: RouteId, error: RouteError },
-    /// Application bytes arrived at an end of a route (source or last hop).
-    Data { route: RouteId, data: Vec<u8> },
+    /// Application bytes arrived, in order per class, at an end of a route (source or last hop).
+    Data { route: RouteId, class: Class, data: Vec<u8> },
+    /// The last hop confirmed that `bytes` of `class` were delivered (cumulative).
+    Delivered { route: RouteId, class: Class, bytes: u64 },
+    /// A route buffer that refused a send (`QueueFull`) has room again.
+    Writable { route: RouteId, class: Class },
     /// A route ending here was closed by the source or broke.
     Closed { route: RouteId },
 }
@@ -230,6 +256,11 @@ pub struct Router {
     config: RouteConfig,
     routes: BTreeMap<RouteId, Entry>,
     pub(crate) events: std::collections::VecDeque<RouteEvent>,
+}
+
+/// The flow a route's own messages (extend, confirmations) travel on.
+fn ctl(route: RouteId, dir: Dir) -> FlowKey {
+    FlowKey { route, dir, class: Class::Realtime }
 }
 
 impl Router {
@@ -260,6 +291,16 @@ impl Router {
         matches!(self.routes.get(&route), Some(Entry::Origin(o)) if o.ready())
     }
 
+    /// Every route id held here.
+    pub fn ids(&self) -> Vec<RouteId> {
+        self.routes.keys().copied().collect()
+    }
+
+    /// Whether `route` is one of ours (as source).
+    pub fn is_origin(&self, route: RouteId) -> bool {
+        matches!(self.routes.get(&route), Some(Entry::Origin(_)))
+    }
+
     /// The hops a route of ours goes through.
     pub fn hops(&self, route: RouteId) -> Option<Vec<PublicKey>> {
         match self.routes.get(&route)? {
@@ -285,17 +326,23 @@ impl Router {
         }
         let first_link = links.link_to(&hops[0]).ok_or(RouteError::NoLink)?;
         let id = self.alloc_id(rng);
+        if !links.fwd().add_route(id) {
+            return Err(RouteError::TableFull);
+        }
         let source_hops: Vec<SourceHop> = hops
             .iter()
             .map(|h| {
                 let e = Ephemeral::generate(&mut RngRef(rng));
                 let e_pub = e.public_bytes();
                 let (keys, proof) = derive_hop(&e.dh(h), &e_pub, h);
-                SourceHop { key: *h, e_pub, keys, proof, fwd_counter: 0, back_replay: ReplayWindow::default() }
+                SourceHop { key: *h, e_pub, keys, proof, fwd_seqs: [0; 2], back_replay: Default::default() }
             })
             .collect();
         let e_pub = source_hops[0].e_pub;
-        links.send(first_link, &Frame::RouteSetup { route: id, ephemeral: &e_pub })?;
+        if let Err(e) = links.send(first_link, &Frame::RouteSetup { route: id, ephemeral: &e_pub }) {
+            links.fwd().remove_route(id);
+            return Err(e);
+        }
         self.routes.insert(
             id,
             Entry::Origin(Origin {
@@ -314,45 +361,71 @@ impl Router {
         link_plaintext.saturating_sub(crate::frame::ROUTE_DATA_OVERHEAD + ROUTE_MSG_OVERHEAD)
     }
 
-    /// Sends application bytes on a route: from the source to the last hop, or back.
+    /// The flow application bytes of `class` leave on, from this end of `route`.
+    pub fn send_flow(&self, route: RouteId, class: Class) -> Option<FlowKey> {
+        match self.routes.get(&route)? {
+            Entry::Origin(o) if o.ready() => Some(FlowKey { route, dir: Dir::Fwd, class }),
+            Entry::Relay(r) if r.next.is_none() => Some(FlowKey { route, dir: Dir::Back, class }),
+            _ => None,
+        }
+    }
+
+    /// Queues application bytes on a route: from the source to the last hop, or back.
     pub(crate) fn send(
         &mut self,
         now: Instant,
         links: &mut dyn Links,
         route: RouteId,
+        class: Class,
         data: &[u8],
         mtu: usize,
     ) -> Result<(), RouteError> {
         if data.len() > mtu {
             return Err(RouteError::TooLarge { len: data.len(), max: mtu });
         }
-        match self.routes.get_mut(&route).ok_or(RouteError::UnknownRoute)? {
+        let needed = data.len() + ROUTE_MSG_OVERHEAD;
+        let (key, msg) = match self.routes.get_mut(&route).ok_or(RouteError::UnknownRoute)? {
             Entry::Origin(o) => {
                 if !o.ready() {
                     return Err(RouteError::NotReady);
                 }
-                let next = o.next_id.ok_or(RouteError::NotReady)?;
+                let key = FlowKey { route, dir: Dir::Fwd, class };
+                if links.fwd().room(key) < needed {
+                    links.fwd().mark_blocked(key);
+                    return Err(RouteError::QueueFull);
+                }
                 let last = o.hops.len() - 1;
                 let h = &mut o.hops[last];
-                let msg = seal_msg(&h.keys.fwd, &mut h.fwd_counter, MSG_APP, data);
-                links.send(o.first_link, &Frame::RouteData { route: next, payload: &msg })
+                (key, seal_msg(&h.keys.fwd, &mut h.fwd_seqs, class, MSG_APP, data))
             }
             Entry::Relay(r) => {
                 if r.next.is_some() {
                     return Err(RouteError::UnknownRoute);
                 }
+                let key = FlowKey { route, dir: Dir::Back, class };
+                if links.fwd().room(key) < needed {
+                    links.fwd().mark_blocked(key);
+                    return Err(RouteError::QueueFull);
+                }
                 r.last_active = now;
-                let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_APP, data);
-                links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg })
+                (key, seal_msg(&r.keys.back, &mut r.back_seqs, class, MSG_APP, data))
             }
-        }
+        };
+        links.fwd().push_local(key, msg).map_err(|_| RouteError::QueueFull)
     }
 
     /// Tears down a route we hold (as source or last hop).
     pub(crate) fn close(&mut self, links: &mut dyn Links, route: RouteId) -> Result<(), RouteError> {
         let entry = self.routes.remove(&route).ok_or(RouteError::UnknownRoute)?;
+        links.fwd().remove_route(route);
         Self::send_closes(links, &entry, None);
         Ok(())
+    }
+
+    fn remove(&mut self, links: &mut dyn Links, route: RouteId) -> Option<Entry> {
+        let e = self.routes.remove(&route)?;
+        links.fwd().remove_route(route);
+        Some(e)
     }
 
     fn send_closes(links: &mut dyn Links, entry: &Entry, except: Option<LinkId>) {
@@ -367,7 +440,7 @@ impl Router {
         }
     }
 
-    /// Handles a route frame that arrived on `from`.
+    /// Handles a route control frame that arrived on `from`.
     pub(crate) fn on_frame(
         &mut self,
         now: Instant,
@@ -378,15 +451,28 @@ impl Router {
         frame: &Frame<'_>,
     ) -> Result<(), Reject> {
         match *frame {
-            Frame::RouteData { route, payload } => self.on_data(now, links, from, route, payload),
             Frame::RouteSetup { route, ephemeral } => {
+                // A retransmitted setup (its ack was lost): answer again, never join twice.
+                if let Some((id, r)) = self.routes.iter().find_map(|(id, e)| match e {
+                    Entry::Relay(r) if r.prev == (from, route) => Some((*id, r)),
+                    _ => None,
+                }) {
+                    let proof = r.proof;
+                    let _ = links.send(from, &Frame::RouteSetupOk { route, hop_route: id, proof: &proof });
+                    return Ok(());
+                }
                 if self.routes.len() >= self.config.max_routes {
                     let _ = links.send(from, &Frame::RouteError { route, code: code::REFUSED });
                     return Ok(());
                 }
                 let e = PublicKey::from_bytes(ephemeral).map_err(|_| Reject::Malformed)?;
-                let (keys, proof) = derive_hop(&dh_static(identity, &e), ephemeral, &identity.public_key());
                 let id = self.alloc_id(rng);
+                if !links.fwd().add_route(id) {
+                    // No buffer space left in the node's budget.
+                    let _ = links.send(from, &Frame::RouteError { route, code: code::REFUSED });
+                    return Ok(());
+                }
+                let (keys, proof) = derive_hop(&dh_static(identity, &e), ephemeral, &identity.public_key());
                 self.routes.insert(
                     id,
                     Entry::Relay(Relay {
@@ -394,11 +480,18 @@ impl Router {
                         next: None,
                         extending: None,
                         keys,
-                        back_counter: 0,
-                        fwd_replay: ReplayWindow::default(),
+                        back_seqs: [0; 2],
+                        fwd_replay: Default::default(),
                         last_active: now,
+                        proof,
+                        delivered: [0; 2],
+                        confirmed: [0; 2],
+                        confirm_at: None,
                     }),
                 );
+                let fwd = links.fwd();
+                fwd.wire(id, Dir::Fwd, Some((from, route)), None);
+                fwd.wire(id, Dir::Back, None, Some((from, route)));
                 let _ = links.send(from, &Frame::RouteSetupOk { route, hop_route: id, proof: &proof });
                 Ok(())
             }
@@ -410,6 +503,9 @@ impl Router {
                     }
                     o.next_id = Some(hop_route);
                     o.joined = 1;
+                    let fwd = links.fwd();
+                    fwd.wire(route, Dir::Fwd, None, Some((from, hop_route)));
+                    fwd.wire(route, Dir::Back, Some((from, hop_route)), None);
                     self.advance(links, route);
                     Ok(())
                 }
@@ -417,8 +513,12 @@ impl Router {
                     r.extending = None;
                     r.next = Some((from, hop_route));
                     r.last_active = now;
-                    let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTENDED, &proof[..]);
-                    let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
+                    let prev = r.prev;
+                    let msg = seal_msg(&r.keys.back, &mut r.back_seqs, Class::Realtime, MSG_EXTENDED, &proof[..]);
+                    let fwd = links.fwd();
+                    fwd.wire(route, Dir::Fwd, Some(prev), Some((from, hop_route)));
+                    fwd.wire(route, Dir::Back, Some((from, hop_route)), Some(prev));
+                    let _ = fwd.push_local(ctl(route, Dir::Back), msg);
                     Ok(())
                 }
                 _ => Err(Reject::UnknownRoute),
@@ -448,7 +548,7 @@ impl Router {
                 if !self.touches(route, from) {
                     return Err(Reject::UnknownRoute);
                 }
-                if let Some(entry) = self.routes.remove(&route) {
+                if let Some(entry) = self.remove(links, route) {
                     Self::send_closes(links, &entry, Some(from));
                     match entry {
                         Entry::Origin(_) => {
@@ -464,49 +564,67 @@ impl Router {
         }
     }
 
-    fn on_data(
+    /// A ROUTE_DATA frame for an id we do not have: tell the sender, so its side of the route
+    /// breaks instead of blackholing.
+    pub(crate) fn unknown_route(&mut self, links: &mut dyn Links, from: LinkId, route: RouteId) {
+        if !self.routes.contains_key(&route) {
+            let _ = links.send(from, &Frame::RouteError { route, code: code::UNKNOWN_ROUTE });
+        }
+    }
+
+    /// Messages delivered in order to this end of a route by the store-and-forward layer.
+    pub(crate) fn on_delivered(
         &mut self,
         now: Instant,
         links: &mut dyn Links,
-        from: LinkId,
-        route: RouteId,
-        payload: &[u8],
+        msgs: Vec<Delivered>,
     ) -> Result<(), Reject> {
-        let Some(entry) = self.routes.get_mut(&route) else {
-            // Tell the sender so its side of the route breaks instead of blackholing.
-            let _ = links.send(from, &Frame::RouteError { route, code: code::UNKNOWN_ROUTE });
-            return Err(Reject::UnknownRoute);
-        };
+        let mut result = Ok(());
+        for d in msgs {
+            if let Err(e) = self.on_message(now, links, d) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn on_message(&mut self, now: Instant, links: &mut dyn Links, d: Delivered) -> Result<(), Reject> {
+        let route = d.key.route;
+        let Some(entry) = self.routes.get_mut(&route) else { return Err(Reject::UnknownRoute) };
         match entry {
             Entry::Relay(r) => {
-                if from == r.prev.0 {
-                    r.last_active = now;
-                    if let Some((link, id)) = r.next {
-                        // The forwarding hot path: one lookup, re-frame, queue on the egress link.
-                        return links
-                            .send(link, &Frame::RouteData { route: id, payload })
-                            .map_err(|_| Reject::QueueFull);
-                    }
-                    let (kind, body) = open_msg(&r.keys.fwd, &mut r.fwd_replay, payload)?;
-                    self.on_terminal_msg(now, links, route, kind, body)
-                } else if r.next.is_some_and(|(l, _)| l == from) {
-                    r.last_active = now;
-                    let (link, id) = r.prev;
-                    links.send(link, &Frame::RouteData { route: id, payload }).map_err(|_| Reject::QueueFull)
-                } else {
-                    Err(Reject::UnknownRoute)
+                if d.key.dir != Dir::Fwd || r.next.is_some() {
+                    return Err(Reject::UnknownRoute);
                 }
+                r.last_active = now;
+                let (kind, body) = open_msg(&r.keys.fwd, &mut r.fwd_replay, &d.data)?;
+                if kind == MSG_APP {
+                    let c = d.key.class as usize;
+                    r.delivered[c] += body.len() as u64;
+                    if r.delivered[c] - r.confirmed[c] >= DELIVERY_CONFIRM_BYTES {
+                        Self::confirm(r, links, route);
+                    } else if r.confirm_at.is_none() {
+                        r.confirm_at = Some(now + DELIVERY_CONFIRM_DELAY);
+                    }
+                }
+                self.on_terminal_msg(now, links, route, d.key.class, kind, body)
             }
             Entry::Origin(o) => {
-                if from != o.first_link || o.joined == 0 {
+                if d.key.dir != Dir::Back || o.joined == 0 {
                     return Err(Reject::UnknownRoute);
                 }
                 // Messages come from the current last hop (the one extending, while building).
                 let h = &mut o.hops[o.joined - 1];
-                let (kind, body) = open_msg(&h.keys.back, &mut h.back_replay, payload)?;
+                let (kind, body) = open_msg(&h.keys.back, &mut h.back_replay, &d.data)?;
                 match kind {
                     MSG_APP if o.ready() => {
-                        self.events.push_back(RouteEvent::Data { route, data: body });
+                        self.events.push_back(RouteEvent::Data { route, class: d.key.class, data: body });
+                        Ok(())
+                    }
+                    MSG_DELIVERED if o.ready() && body.len() == 9 => {
+                        let class = Class::from_u8(body[0]).ok_or(Reject::BadRouteMessage)?;
+                        let bytes = u64::from_be_bytes(body[1..9].try_into().map_err(|_| Reject::BadRouteMessage)?);
+                        self.events.push_back(RouteEvent::Delivered { route, class, bytes });
                         Ok(())
                     }
                     MSG_EXTENDED if !o.ready() => {
@@ -516,6 +634,9 @@ impl Router {
                             return Err(Reject::BadRouteMessage);
                         }
                         o.joined += 1;
+                        // Messages now come from the new last hop, whose sequences start at 0.
+                        links.fwd().reset_order(FlowKey { route, dir: Dir::Back, class: Class::Realtime });
+                        links.fwd().reset_order(FlowKey { route, dir: Dir::Back, class: Class::Bulk });
                         self.advance(links, route);
                         Ok(())
                     }
@@ -534,18 +655,43 @@ impl Router {
         }
     }
 
+    /// The seed: "C confirms to A that 512KB were delivered": tells the source how many bytes
+    /// of each class arrived here (cumulative), for every class with news.
+    fn confirm(r: &mut Relay, links: &mut dyn Links, route: RouteId) {
+        r.confirm_at = None;
+        for class in Class::ALL {
+            let c = class as usize;
+            if r.delivered[c] == r.confirmed[c] {
+                continue;
+            }
+            r.confirmed[c] = r.delivered[c];
+            let mut body = [0u8; 9];
+            body[0] = c as u8;
+            body[1..].copy_from_slice(&r.delivered[c].to_be_bytes());
+            let msg = seal_msg(&r.keys.back, &mut r.back_seqs, Class::Realtime, MSG_DELIVERED, &body);
+            let _ = links.fwd().push_local(ctl(route, Dir::Back), msg);
+        }
+    }
+
+    /// Sends the source an EXTEND_FAILED from this (last) hop.
+    fn extend_failed(r: &mut Relay, links: &mut dyn Links, route: RouteId, code: u8) {
+        let msg = seal_msg(&r.keys.back, &mut r.back_seqs, Class::Realtime, MSG_EXTEND_FAILED, &[code]);
+        let _ = links.fwd().push_local(ctl(route, Dir::Back), msg);
+    }
+
     /// A message for us as the last hop of a route.
     fn on_terminal_msg(
         &mut self,
         now: Instant,
         links: &mut dyn Links,
         route: RouteId,
+        class: Class,
         kind: u8,
         body: Vec<u8>,
     ) -> Result<(), Reject> {
         match kind {
             MSG_APP => {
-                self.events.push_back(RouteEvent::Data { route, data: body });
+                self.events.push_back(RouteEvent::Data { route, class, data: body });
                 Ok(())
             }
             MSG_EXTEND => {
@@ -563,21 +709,11 @@ impl Router {
                         r.last_active = now;
                         if links.send(link, &Frame::RouteSetup { route, ephemeral: e }).is_err() {
                             r.extending = None;
-                            let msg = seal_msg(
-                                &r.keys.back,
-                                &mut r.back_counter,
-                                MSG_EXTEND_FAILED,
-                                &[code::HOP_UNREACHABLE],
-                            );
-                            let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
+                            Self::extend_failed(r, links, route, code::HOP_UNREACHABLE);
                         }
                     }
                     Some(_) => return Err(Reject::BadRouteMessage),
-                    None => {
-                        let msg =
-                            seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code::HOP_UNREACHABLE]);
-                        let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
-                    }
+                    None => Self::extend_failed(r, links, route, code::HOP_UNREACHABLE),
                 }
                 Ok(())
             }
@@ -593,21 +729,20 @@ impl Router {
             self.events.push_back(RouteEvent::Ready { route });
             return;
         }
-        let Some(next) = o.next_id else { return };
         let target = &o.hops[o.joined];
         let mut body = [0u8; 2 * PUBLIC_KEY_LEN];
         body[..PUBLIC_KEY_LEN].copy_from_slice(&target.key.to_bytes());
         body[PUBLIC_KEY_LEN..].copy_from_slice(&target.e_pub);
         let last = &mut o.hops[o.joined - 1];
-        let msg = seal_msg(&last.keys.fwd, &mut last.fwd_counter, MSG_EXTEND, &body);
-        if links.send(o.first_link, &Frame::RouteData { route: next, payload: &msg }).is_err() {
+        let msg = seal_msg(&last.keys.fwd, &mut last.fwd_seqs, Class::Realtime, MSG_EXTEND, &body);
+        if links.fwd().push_local(ctl(route, Dir::Fwd), msg).is_err() {
             self.fail(links, route, RouteError::QueueFull);
         }
     }
 
     /// Our route failed: report it and tear down what was built.
     fn fail(&mut self, links: &mut dyn Links, route: RouteId, error: RouteError) {
-        if let Some(entry) = self.routes.remove(&route) {
+        if let Some(entry) = self.remove(links, route) {
             Self::send_closes(links, &entry, None);
             self.events.push_back(RouteEvent::Failed { route, error });
         }
@@ -615,26 +750,24 @@ impl Router {
 
     /// A neighbour on `from` reported the route broken: pass it on towards the source.
     fn break_route(&mut self, links: &mut dyn Links, route: RouteId, from: LinkId, error: RouteError) {
-        let Some(entry) = self.routes.remove(&route) else { return };
+        if let Some(Entry::Relay(r)) = self.routes.get_mut(&route) {
+            if r.prev.0 != from && r.next.is_none() && r.extending == Some(from) {
+                // Our extension was refused or failed: keep the route, tell the source.
+                r.extending = None;
+                let code = if error == RouteError::Refused { code::REFUSED } else { code::HOP_UNREACHABLE };
+                Self::extend_failed(r, links, route, code);
+                return;
+            }
+        }
+        let Some(entry) = self.remove(links, route) else { return };
         match entry {
             Entry::Origin(_) => self.events.push_back(RouteEvent::Failed { route, error }),
             Entry::Relay(r) => {
-                let code = match error {
-                    RouteError::Refused => code::REFUSED,
-                    RouteError::HopUnreachable { .. } => code::HOP_UNREACHABLE,
-                    _ => code::UNKNOWN_ROUTE,
-                };
                 if r.prev.0 != from {
-                    if r.next.is_none() && r.extending == Some(from) {
-                        // Our extension was refused or failed: keep the route, tell the source.
-                        let mut r = r;
-                        r.extending = None;
-                        let msg = seal_msg(&r.keys.back, &mut r.back_counter, MSG_EXTEND_FAILED, &[code]);
-                        let _ = links.send(r.prev.0, &Frame::RouteData { route: r.prev.1, payload: &msg });
-                        self.routes.insert(route, Entry::Relay(r));
-                        return;
-                    }
-                    let code = if code == code::UNKNOWN_ROUTE { code::HOP_UNREACHABLE } else { code };
+                    let code = match error {
+                        RouteError::Refused => code::REFUSED,
+                        _ => code::HOP_UNREACHABLE,
+                    };
                     let _ = links.send(r.prev.0, &Frame::RouteError { route: r.prev.1, code });
                 } else if let Some((l, id)) = r.next {
                     let _ = links.send(l, &Frame::RouteClose { route: id });
@@ -669,10 +802,16 @@ impl Router {
 
     /// A link went down: every route through it breaks.
     pub(crate) fn on_link_down(&mut self, links: &mut dyn Links, link: LinkId) {
-        let hit: Vec<RouteId> =
-            self.routes.iter().filter(|(id, _)| self.touches(**id, link)).map(|(id, _)| *id).collect();
+        let hit: Vec<RouteId> = self.routes.keys().filter(|id| self.touches(**id, link)).copied().collect();
         for route in hit {
             self.break_route(links, route, link, RouteError::HopUnreachable { hop: 0 });
+        }
+    }
+
+    /// Data moving on a relay keeps it alive.
+    pub(crate) fn touch(&mut self, route: RouteId, now: Instant) {
+        if let Some(Entry::Relay(r)) = self.routes.get_mut(&route) {
+            r.last_active = now;
         }
     }
 
@@ -681,12 +820,21 @@ impl Router {
             .values()
             .filter_map(|e| match e {
                 Entry::Origin(o) => o.deadline,
-                Entry::Relay(r) => Some(r.last_active + self.config.idle_timeout),
+                Entry::Relay(r) => Some(r.confirm_at.map_or(r.last_active + self.config.idle_timeout, |c| {
+                    c.min(r.last_active + self.config.idle_timeout)
+                })),
             })
             .min()
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant, links: &mut dyn Links) {
+        for (route, e) in self.routes.iter_mut() {
+            if let Entry::Relay(r) = e {
+                if r.confirm_at.is_some_and(|c| c <= now) {
+                    Self::confirm(r, links, *route);
+                }
+            }
+        }
         let expired: Vec<(RouteId, bool)> = self
             .routes
             .iter()
@@ -702,7 +850,7 @@ impl Router {
                     _ => (0, 0),
                 };
                 self.fail(links, route, RouteError::Timeout { joined, total });
-            } else if let Some(entry) = self.routes.remove(&route) {
+            } else if let Some(entry) = self.remove(links, route) {
                 Self::send_closes(links, &entry, None);
             }
         }

@@ -27,10 +27,16 @@ pub enum Reject {
     BadRouteMessage,
     /// Dropped because a queue was full.
     QueueFull,
+    /// An ack naming datagrams never sent (or already settled).
+    UnknownAck,
+    /// A route message beyond the credit this node granted (the sender ignored backpressure).
+    OverCredit,
+    /// A credit update larger than any buffer (clamped).
+    CreditTooLarge,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 13] = [
+    pub const ALL: [Reject; 16] = [
         Reject::Truncated,
         Reject::Oversized,
         Reject::BadVersion,
@@ -44,6 +50,9 @@ impl Reject {
         Reject::UnknownRoute,
         Reject::BadRouteMessage,
         Reject::QueueFull,
+        Reject::UnknownAck,
+        Reject::OverCredit,
+        Reject::CreditTooLarge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +70,9 @@ impl Reject {
             Reject::UnknownRoute => "unknown_route",
             Reject::BadRouteMessage => "bad_route_message",
             Reject::QueueFull => "queue_full",
+            Reject::UnknownAck => "unknown_ack",
+            Reject::OverCredit => "over_credit",
+            Reject::CreditTooLarge => "credit_too_large",
         }
     }
 }
@@ -110,8 +122,6 @@ pub struct LinkStats {
     pub handshakes: u64,
     /// Round trip measured by the last rekey or handshake exchange.
     pub rtt: Option<Duration>,
-    /// Frame bytes still queued when the link went down (the layer above recovers them).
-    pub dropped_bytes: u64,
     pub rejected: RejectCounts,
 }
 

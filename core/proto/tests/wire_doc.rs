@@ -35,7 +35,7 @@ fn wire_md_examples_decode() {
                 let mut rd: &[u8] = &bytes;
                 let f = Frame::decode(&mut rd).unwrap().unwrap();
                 assert!(rd.is_empty(), "{frame}: one frame, nothing left");
-                let kind = format!("{f:?}").split([' ', '{']).next().unwrap().to_string();
+                let kind = format!("{f:?}").split([' ', '{', '(']).next().unwrap().to_string();
                 let expected: String = frame.split('_').map(|w| w[..1].to_string() + &w[1..].to_lowercase()).collect();
                 assert_eq!(kind, expected, "{frame}");
             }

@@ -43,6 +43,12 @@ pub enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Loss probability of every link (eight-hop-loss).
+        #[arg(long, default_value_t = 0.5)]
+        loss: f64,
+        /// Bytes to transfer [default: per scenario].
+        #[arg(long)]
+        bytes: Option<usize>,
     },
 }
 
@@ -50,6 +56,12 @@ pub enum Command {
 pub enum Scenario {
     /// 9 nodes in a line; a route telescoped over 8 hops carries 1 MiB.
     EightHop,
+    /// 9 nodes in a line, every link losing --loss (0.5); 10 MiB with per-hop retransmission,
+    /// against an end-to-end-only baseline.
+    EightHopLoss,
+    /// A bulk transfer and a realtime flow on one route: realtime latency with two service
+    /// classes against one FIFO class.
+    Qos,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -80,16 +92,33 @@ pub fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        Command::Sim { scenario: Scenario::EightHop, seed, json } => {
-            let r = scenario::eight_hop(seed, 1 << 20);
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                print!("{}", r.table());
-            }
-            exit_for(r.intact)
+        Command::Sim { scenario, seed, json, loss, bytes } => {
+            let (out, ok) = match scenario {
+                Scenario::EightHop => {
+                    let r = scenario::eight_hop(seed, bytes.unwrap_or(1 << 20));
+                    (if json { to_json(&r) } else { r.table() }, r.intact)
+                }
+                Scenario::EightHopLoss => {
+                    if !(0.0..1.0).contains(&loss) {
+                        return fail(format!("--loss must be in [0, 1), got {loss}"));
+                    }
+                    let r = scenario::eight_hop_loss(seed, loss, bytes.unwrap_or(10 << 20), 60);
+                    (if json { to_json(&r) } else { r.table() }, r.intact)
+                }
+                Scenario::Qos => {
+                    let r = scenario::qos(seed, std::time::Duration::from_secs(20));
+                    let ok = r.realtime_p99_latency_ms.is_finite() && r.bulk_goodput > 0.0;
+                    (if json { to_json(&r) } else { r.table() }, ok)
+                }
+            };
+            print!("{out}");
+            exit_for(ok)
         }
     }
+}
+
+fn to_json(r: &impl serde::Serialize) -> String {
+    serde_json::to_string(r).map(|s| s + "\n").unwrap_or_default()
 }
 
 fn print_identity(key: &SecretKey) {

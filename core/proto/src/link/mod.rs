@@ -24,7 +24,7 @@ use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
 use crate::stats::{LinkStats, Reject};
 use crate::wire::{DataHeader, HandshakeResp, DATA_HEADER_LEN};
 use handshake::{EpochKeys, Initiator, Responded};
-use queue::{Assembler, FrameQueue};
+use queue::FrameQueue;
 use replay::ReplayWindow;
 
 /// Stop using a key well before its 64-bit counter could wrap.
@@ -62,13 +62,17 @@ impl Default for LinkConfig {
             rekey_after_packets: 1 << 20,
             old_key_grace: Duration::from_secs(2),
             rekey_retry: Duration::from_millis(300),
-            keepalive_interval: Duration::from_millis(500),
+            // Small and cheap; frequent enough that 50% loss never looks like a dead peer
+            // (16 chances per `dead_after`).
+            keepalive_interval: Duration::from_millis(250),
             dead_after: Duration::from_secs(4),
             handshake_retry: Duration::from_millis(500),
             handshake_retry_max: Duration::from_secs(8),
             pad_to: 16,
-            // Fits a 1500-byte Ethernet MTU under IPv6 + UDP with room for a tunnel header.
-            mtu: 1400,
+            // Fits a 1500-byte Ethernet MTU under IPv6 + UDP (1452 bytes of payload), and
+            // 1440 - 32 bytes of header and tag leaves a multiple of 16 and 32: no padding
+            // is wasted on full packets.
+            mtu: 1440,
         }
     }
 }
@@ -107,13 +111,20 @@ pub enum DownReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkEvent {
     Up,
+    /// A new session replaced the previous one while up (the peer restarted): datagram
+    /// counters start again, so per-link delivery state must too.
+    Reset,
     Down(DownReason),
 }
 
 struct KeyEpoch {
     id: u8,
     send: AeadKey,
+    /// Counters run on across epochs (one datagram numbering per session, which the per-hop
+    /// acks use); each key still sees each counter at most once.
     send_counter: u64,
+    first_counter: u64,
+    recv_count: u64,
     recv: AeadKey,
     replay: ReplayWindow,
     chain: Secret32,
@@ -121,11 +132,13 @@ struct KeyEpoch {
 }
 
 impl KeyEpoch {
-    fn new(id: u8, keys: EpochKeys, now: Instant) -> Self {
+    fn new(id: u8, keys: EpochKeys, now: Instant, first_counter: u64) -> Self {
         KeyEpoch {
             id,
             send: AeadKey::new(&keys.send),
-            send_counter: 0,
+            send_counter: first_counter,
+            first_counter,
+            recv_count: 0,
             recv: AeadKey::new(&keys.recv),
             replay: ReplayWindow::default(),
             chain: keys.chain,
@@ -139,7 +152,6 @@ struct PendingRekey {
     e: Ephemeral,
     e_pub: [u8; PUBLIC_KEY_LEN],
     sent: Instant,
-    first_sent: Instant,
 }
 
 /// Keys agreed by one handshake, with their rotations.
@@ -178,12 +190,14 @@ pub struct Link<A> {
     /// A packet that goes out before anything else: a handshake message or a final close.
     handshake_out: Option<Vec<u8>>,
     control: FrameQueue,
-    data: Assembler,
     last_recv: Instant,
     last_send: Instant,
     retired: Vec<u32>,
     /// The peer's counter passed `rekey_after_packets`: rotate at the next chance.
     force_rekey: bool,
+    /// The last handshake init we answered and our answer, so a duplicated copy of it gets the
+    /// same answer instead of replacing the session.
+    answered: Option<(Vec<u8>, Vec<u8>)>,
     pub stats: LinkStats,
 }
 
@@ -203,7 +217,6 @@ impl Timer {
 
 impl<A: Clone> Link<A> {
     pub fn new(id: LinkId, peer: PublicKey, addr: A, config: LinkConfig, dial: bool, now: Instant) -> Self {
-        let data = Assembler::new(DATA_HEADER_LEN, config.max_plaintext(), config.mtu);
         Link {
             id,
             peer,
@@ -218,11 +231,11 @@ impl<A: Clone> Link<A> {
             next_handshake: dial.then_some(now),
             handshake_out: None,
             control: FrameQueue::default(),
-            data,
             last_recv: now,
             last_send: now,
             retired: Vec::new(),
             force_rekey: false,
+            answered: None,
             stats: LinkStats::default(),
         }
     }
@@ -242,11 +255,6 @@ impl<A: Clone> Link<A> {
     /// Current key epoch (for tests and status).
     pub fn epoch(&self) -> Option<u8> {
         self.session.as_ref().map(|s| s.cur.id)
-    }
-
-    /// Bytes of data frames waiting to be sent.
-    pub fn queued_bytes(&self) -> usize {
-        self.data.bytes()
     }
 
     /// Local indexes of sessions dropped since the last call (the node unmaps them).
@@ -307,16 +315,17 @@ impl<A: Clone> Link<A> {
             local_index: resp.receiver_index,
             remote_index: resp.sender_index,
             initiator: true,
-            cur: KeyEpoch::new(0, keys, now),
+            cur: KeyEpoch::new(0, keys, now, 0),
             prev: None,
             next: None,
             rekey: None,
         };
+        let replaced = self.session.is_some();
         self.install(session, now);
         self.stats.rtt = Some(now.saturating_duration_since(sent));
         // Key confirmation: the responder starts sending once it sees a packet under these keys.
         self.push_control(Frame::Ping);
-        Ok(self.mark_up())
+        Ok(self.mark_up().or(replaced.then_some(LinkEvent::Reset)))
     }
 
     /// Accepts a handshake the peer initiated (already verified by [`handshake::respond`]).
@@ -325,6 +334,7 @@ impl<A: Clone> Link<A> {
         &mut self,
         now: Instant,
         local: &SecretKey,
+        init: &[u8],
         responded: Responded,
         local_index: u32,
     ) -> bool {
@@ -339,7 +349,7 @@ impl<A: Clone> Link<A> {
             local_index,
             remote_index: responded.initiator_index,
             initiator: false,
-            cur: KeyEpoch::new(0, responded.keys, now),
+            cur: KeyEpoch::new(0, responded.keys, now, 0),
             prev: None,
             next: None,
             rekey: None,
@@ -347,8 +357,20 @@ impl<A: Clone> Link<A> {
         if let Some(old) = self.pending.replace(session) {
             self.retired.push(old.local_index);
         }
+        self.answered = Some((init.to_vec(), responded.packet.clone()));
         self.handshake_out = Some(responded.packet);
         true
+    }
+
+    /// If `init` is byte for byte the init we answered last, queue the same answer again.
+    pub fn answer_again(&mut self, init: &[u8]) -> bool {
+        match &self.answered {
+            Some((i, resp)) if bool::from(subtle::ConstantTimeEq::ct_eq(&i[..], init)) => {
+                self.handshake_out = Some(resp.clone());
+                true
+            }
+            _ => false,
+        }
     }
 
     fn install(&mut self, session: Session, now: Instant) {
@@ -421,14 +443,17 @@ impl<A: Clone> Link<A> {
         let body = &mut datagram[DATA_HEADER_LEN..];
         let n = epoch.recv.open(hdr.counter, &[], body).map_err(|_| Reject::Decrypt)?;
         epoch.replay.update(hdr.counter);
+        epoch.recv_count += 1;
+        let peer_count = epoch.recv_count;
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += (DATA_HEADER_LEN + body.len()) as u64;
         self.last_recv = now;
-        let peer_counter = hdr.counter;
         if matches!(which, Which::Next) {
             // The initiator confirmed the new epoch: switch our sending key too.
             if let Some(s) = if in_pending { self.pending.as_mut() } else { self.session.as_mut() } {
-                if let Some((next, _)) = s.next.take() {
+                if let Some((mut next, _)) = s.next.take() {
+                    next.send_counter = s.cur.send_counter;
+                    next.first_counter = s.cur.send_counter;
                     let old = std::mem::replace(&mut s.cur, next);
                     s.prev = Some((old, now + self.config.old_key_grace));
                     self.stats.rekeys += 1;
@@ -437,14 +462,16 @@ impl<A: Clone> Link<A> {
         }
         let mut event = None;
         if in_pending {
+            let replaced = self.session.is_some();
             if let Some(p) = self.pending.take() {
                 self.install(p, now);
             }
-            event = self.mark_up();
+            event = self.mark_up().or(replaced.then_some(LinkEvent::Reset));
         }
-        // The peer's counter tells the rekeying side when the other direction needs a new key.
+        // What the peer sent under this key tells the rekeying side when its direction needs
+        // a new key too.
         if let Some(s) = self.session.as_ref() {
-            if s.initiator && s.rekey.is_none() && peer_counter >= self.config.rekey_after_packets {
+            if s.initiator && s.rekey.is_none() && peer_count >= self.config.rekey_after_packets {
                 self.force_rekey = true;
             }
         }
@@ -484,7 +511,7 @@ impl<A: Clone> Link<A> {
                 let e = Ephemeral::generate(&mut RngRef(rng));
                 let keys = handshake::rekey(&s.cur.chain, &e.dh(&their), false);
                 let e_pub = e.public_bytes();
-                s.next = Some((KeyEpoch::new(*epoch, keys, now), e_pub));
+                s.next = Some((KeyEpoch::new(*epoch, keys, now, s.cur.send_counter), e_pub));
                 self.push_control(Frame::RekeyAck { epoch: *epoch, ephemeral: &e_pub });
                 Ok(None)
             }
@@ -494,7 +521,7 @@ impl<A: Clone> Link<A> {
                 let their = handshake::parse_ephemeral(ephemeral).map_err(|_| Reject::Malformed)?;
                 let keys = handshake::rekey(&s.cur.chain, &p.e.dh(&their), true);
                 self.stats.rtt = Some(now.saturating_duration_since(p.sent));
-                let new = KeyEpoch::new(*epoch, keys, now);
+                let new = KeyEpoch::new(*epoch, keys, now, s.cur.send_counter);
                 let old = std::mem::replace(&mut s.cur, new);
                 s.prev = Some((old, now + self.config.old_key_grace));
                 s.rekey = None;
@@ -510,17 +537,6 @@ impl<A: Clone> Link<A> {
 
     fn push_control(&mut self, frame: Frame<'_>) {
         self.control.push(&frame);
-    }
-
-    /// Queues a data frame (bundled with others into packets up to the MTU); false if it is
-    /// larger than a packet can carry. The node checks queue limits before.
-    pub fn push_frame(&mut self, frame: &Frame<'_>) -> bool {
-        self.data.push(frame)
-    }
-
-    /// Queues bytes that are already one encoded frame; false if too large.
-    pub fn push_encoded(&mut self, frame: &[u8]) -> bool {
-        self.data.push_encoded(frame)
     }
 
     /// Closes the link: tells the peer and stops dialling.
@@ -542,8 +558,6 @@ impl<A: Clone> Link<A> {
             self.retired.push(h.state.sender_index);
         }
         self.control.clear();
-        self.stats.dropped_bytes += self.data.bytes() as u64;
-        self.data.clear();
         self.handshake_out = close;
         self.force_rekey = false;
         let was = self.state;
@@ -555,13 +569,14 @@ impl<A: Clone> Link<A> {
     }
 
     fn seal_control_only(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.data.clear();
         let mut pkt = Vec::new();
-        self.build_packet(now, &mut pkt).then_some(pkt)
+        self.begin_packet(&mut pkt)?;
+        self.seal_packet(now, &mut pkt).map(|_| pkt)
     }
 
     fn retry_delay(&self) -> Duration {
-        let shift = self.handshake_attempts.min(16);
+        // A few quick retries first (a lossy radio link loses handshakes often), then back off.
+        let shift = self.handshake_attempts.saturating_sub(4).min(16);
         self.config.handshake_retry.saturating_mul(1 << shift).min(self.config.handshake_retry_max)
     }
 
@@ -569,72 +584,74 @@ impl<A: Clone> Link<A> {
         self.session.is_some()
     }
 
-    /// The next packet for this link, if any: a handshake message, or frames bundled up to the
-    /// MTU, padded and sealed.
+    /// A handshake message (or final close) waiting to go out before anything else.
+    pub fn take_urgent(&mut self) -> Option<Vec<u8>> {
+        let p = self.handshake_out.take()?;
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += p.len() as u64;
+        Some(p)
+    }
+
+    /// Whether link-level frames (ping, rekey, close) are waiting.
+    pub fn has_control(&self) -> bool {
+        !self.control.is_empty()
+    }
+
+    /// The next packet carrying only link-level frames, if any (the node adds route frames
+    /// through [`Link::begin_packet`] / [`Link::seal_packet`]).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if let Some(p) = self.take_urgent() {
+            return Some(p);
+        }
+        if self.control.is_empty() {
+            return None;
+        }
         let mut pkt = Vec::new();
-        self.poll_transmit_into(now, &mut pkt).then_some(pkt)
+        self.begin_packet(&mut pkt)?;
+        self.seal_packet(now, &mut pkt).map(|_| pkt)
     }
 
-    /// Like [`Link::poll_transmit`], writing into `pkt` (cleared first) to reuse its allocation.
-    pub fn poll_transmit_into(&mut self, now: Instant, pkt: &mut Vec<u8>) -> bool {
-        pkt.clear();
-        if let Some(p) = self.handshake_out.take() {
-            self.stats.tx_packets += 1;
-            self.stats.tx_bytes += p.len() as u64;
-            *pkt = p;
-            return true;
-        }
-        if !self.can_send() || (self.control.is_empty() && self.data.is_empty()) {
-            return false;
-        }
-        self.build_packet(now, pkt)
-    }
-
-    fn build_packet(&mut self, now: Instant, pkt: &mut Vec<u8>) -> bool {
-        let cap = self.config.max_plaintext();
-        let pad = self.config.pad_to.max(1);
-        let Some(s) = self.session.as_mut() else { return false };
+    /// Starts a data packet in `buf`: header space, then queued link-level frames. Returns the
+    /// room left for more frames, or `None` if the link cannot send (no session yet).
+    pub fn begin_packet(&mut self, buf: &mut Vec<u8>) -> Option<usize> {
+        let s = self.session.as_ref()?;
         if s.cur.send_counter >= REJECT_AFTER_PACKETS {
-            return false;
+            return None;
         }
-        let assembled = if self.control.is_empty() {
-            // Data frames were encoded straight into this buffer: seal it in place.
-            let Some(mut p) = self.data.take() else { return false };
-            std::mem::swap(pkt, &mut p);
-            self.data.recycle(p);
-            false
-        } else {
-            pkt.clear();
-            pkt.reserve(self.config.mtu);
-            pkt.resize(DATA_HEADER_LEN, 0);
-            self.control.drain_into(pkt, cap);
-            true
-        };
-        let plain = pkt.len() - DATA_HEADER_LEN;
-        if assembled && plain == 0 {
-            return false;
-        }
+        let cap = self.config.max_plaintext();
+        buf.clear();
+        buf.reserve(self.config.mtu);
+        buf.resize(DATA_HEADER_LEN, 0);
+        let used = self.control.drain_into(buf, cap);
+        Some(cap - used)
+    }
+
+    /// Pads and seals the packet begun by [`Link::begin_packet`]; returns its counter, or
+    /// `None` if it holds no frame.
+    pub fn seal_packet(&mut self, now: Instant, pkt: &mut Vec<u8>) -> Option<u64> {
+        let pad = self.config.pad_to.max(1);
+        let s = self.session.as_mut()?;
+        let plain = pkt.len().checked_sub(DATA_HEADER_LEN).filter(|n| *n > 0)?;
         let padded = plain.div_ceil(pad) * pad;
         pkt.resize(DATA_HEADER_LEN + padded, 0);
         let counter = s.cur.send_counter;
         s.cur.send_counter += 1;
         let hdr = DataHeader { epoch: s.cur.id, receiver_index: s.remote_index, counter };
         let (h, body) = pkt.split_at_mut(DATA_HEADER_LEN);
-        let h: &mut [u8; DATA_HEADER_LEN] = match h.try_into() {
-            Ok(h) => h,
-            Err(_) => unreachable!("split at header length"),
-        };
+        let h: &mut [u8; DATA_HEADER_LEN] = h.try_into().ok()?;
         hdr.write(h);
         let tag = s.cur.send.seal(counter, &[], body);
         pkt.extend_from_slice(&tag);
-        if s.initiator && s.rekey.is_none() && s.cur.send_counter >= self.config.rekey_after_packets {
+        if s.initiator
+            && s.rekey.is_none()
+            && s.cur.send_counter - s.cur.first_counter >= self.config.rekey_after_packets
+        {
             self.force_rekey = true;
         }
         self.last_send = now;
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += pkt.len() as u64;
-        true
+        Some(counter)
     }
 
     /// When `timer` fires, derived from the current state.
@@ -687,8 +704,7 @@ impl<A: Clone> Link<A> {
         if self.deadline(Timer::Rekey).is_some_and(|d| d <= now) {
             self.rekey_step(now, rng);
         }
-        if self.deadline(Timer::Keepalive).is_some_and(|d| d <= now) && self.control.is_empty() && self.data.is_empty()
-        {
+        if self.deadline(Timer::Keepalive).is_some_and(|d| d <= now) && self.control.is_empty() {
             self.push_control(Frame::Ping);
             // Counts as sent for scheduling even if the packet goes out a moment later.
             self.last_send = now;
@@ -700,10 +716,8 @@ impl<A: Clone> Link<A> {
         let Some(s) = self.session.as_mut() else { return };
         match s.rekey.as_mut() {
             Some(p) => {
-                if now.saturating_duration_since(p.first_sent) > self.config.dead_after {
-                    // No answer for a long time: dead-peer detection handles it.
-                    return;
-                }
+                // Resend until answered; a peer that stays silent is caught by dead-peer
+                // detection, which drops the session and this pending rekey with it.
                 p.sent = now;
                 let (epoch, e_pub) = (p.epoch, p.e_pub);
                 self.push_control(Frame::Rekey { epoch, ephemeral: &e_pub });
@@ -712,7 +726,7 @@ impl<A: Clone> Link<A> {
                 let e = Ephemeral::generate(&mut RngRef(rng));
                 let e_pub = e.public_bytes();
                 let epoch = s.cur.id.wrapping_add(1);
-                s.rekey = Some(PendingRekey { epoch, e, e_pub, sent: now, first_sent: now });
+                s.rekey = Some(PendingRekey { epoch, e, e_pub, sent: now });
                 self.push_control(Frame::Rekey { epoch, ephemeral: &e_pub });
             }
         }

@@ -4,8 +4,11 @@
 //! run is reproducible bit for bit; [`World::log_hash`] fingerprints everything that happened.
 //!
 //! Like quinn-proto's test `Pair`, but for many nodes: the world pops the earliest event (a
-//! datagram arriving or a node timer), feeds it to the node, then drains the node's transmits
-//! onto its wires and re-arms its timer.
+//! datagram arriving, a node timer, or a wire becoming free), feeds it to the node, then asks
+//! the node for the next datagram of every link whose wire is free, and re-arms its timer.
+//! A wire sends one datagram at a time at its bandwidth, like a radio or NIC that tells its
+//! driver when it can take the next frame: queues live in the nodes' route buffers, where the
+//! protocol schedules them (realtime first), not in the wire.
 
 pub mod scenario;
 
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
-use skyroute_proto::{Event, Node, NodeConfig, PublicKey, SecretKey};
+use skyroute_proto::{Event, LinkId, Node, NodeConfig, PublicKey, SecretKey};
 
 /// Properties of one wire between two nodes (the same both ways).
 #[derive(Debug, Clone)]
@@ -32,8 +35,8 @@ pub struct WireSpec {
     pub duplicate: f64,
     /// Intervals (from the start of the run) when the wire carries nothing.
     pub down: Vec<(Duration, Duration)>,
-    /// Datagrams that would wait longer than this for the wire are dropped (a router buffer).
-    pub max_queue_delay: Duration,
+    /// Carries datagrams only from the higher-numbered node to the lower one (asymmetric).
+    pub one_way: bool,
 }
 
 impl Default for WireSpec {
@@ -45,7 +48,7 @@ impl Default for WireSpec {
             jitter: Duration::ZERO,
             duplicate: 0.0,
             down: Vec::new(),
-            max_queue_delay: Duration::from_secs(10),
+            one_way: false,
         }
     }
 }
@@ -60,6 +63,7 @@ struct Wire {
 enum Pending {
     Deliver { to: usize, from: usize, payload: Vec<u8> },
     Timer { node: usize },
+    WireFree { node: usize, link: LinkId },
 }
 
 /// Counters of what the wires did.
@@ -69,7 +73,6 @@ pub struct WireStats {
     pub delivered: u64,
     pub lost: u64,
     pub dropped_down: u64,
-    pub dropped_queue: u64,
     pub duplicated: u64,
     pub bytes: u64,
 }
@@ -81,11 +84,19 @@ pub struct World {
     timers: Vec<Option<Instant>>,
     wires: BTreeMap<(usize, usize), Wire>,
     queue: BinaryHeap<Reverse<(Instant, u64, Pending)>>,
+    /// Wake-ups already scheduled for (node, link) when its wire frees.
+    wakes: BTreeMap<(usize, LinkId), Instant>,
+    buf: Vec<u8>,
     seq: u64,
     rng: ChaCha20Rng,
     log: Sha256,
     pub wire_stats: WireStats,
     pub steps: u64,
+    /// Timer events handled at the current instant (a guard against a node that never moves
+    /// its deadline forward).
+    same_instant_timers: u64,
+    /// Events of a step not yet handed out because a run stopped in the middle of them.
+    backlog: std::collections::VecDeque<(usize, Event)>,
 }
 
 impl World {
@@ -100,11 +111,15 @@ impl World {
             timers: Vec::new(),
             wires: BTreeMap::new(),
             queue: BinaryHeap::new(),
+            wakes: BTreeMap::new(),
+            buf: Vec::with_capacity(2048),
             seq: 0,
             rng: ChaCha20Rng::seed_from_u64(seed),
             log: Sha256::new(),
             wire_stats: WireStats::default(),
             steps: 0,
+            same_instant_timers: 0,
+            backlog: Default::default(),
         }
     }
 
@@ -168,12 +183,12 @@ impl World {
         self.queue.push(Reverse((at, self.seq, ev)));
     }
 
-    /// Puts a node's datagrams on the wires and re-arms its timer.
+    /// Gives every free wire of a node its next datagram and re-arms the node's timer.
     fn flush(&mut self, i: usize) {
-        let now = self.now;
-        while let Some(t) = self.nodes[i].poll_transmit(now) {
-            self.transmit(i, t.dst, t.payload);
+        for link in self.nodes[i].link_ids() {
+            self.pump(i, link);
         }
+        let now = self.now;
         let next = self.nodes[i].poll_timeout();
         if next != self.timers[i] {
             self.timers[i] = next;
@@ -183,7 +198,34 @@ impl World {
         }
     }
 
-    fn transmit(&mut self, from: usize, to: usize, payload: Vec<u8>) {
+    /// Sends datagrams on one link while its wire is free; when busy, wakes up when it frees.
+    fn pump(&mut self, i: usize, link: LinkId) {
+        let now = self.now;
+        loop {
+            let Some(&to) = self.nodes[i].link_addr(link) else { return };
+            let key = (i.min(to), i.max(to));
+            let dir = usize::from(i > to);
+            let busy = self.wires.get(&key).map(|w| w.busy_until[dir]);
+            if let Some(free_at) = busy.filter(|b| *b > now) {
+                if self.wakes.get(&(i, link)).is_none_or(|w| *w > free_at || *w < now) {
+                    self.wakes.insert((i, link), free_at);
+                    self.push(free_at, Pending::WireFree { node: i, link });
+                }
+                return;
+            }
+            let mut buf = std::mem::take(&mut self.buf);
+            let sent = self.nodes[i].poll_transmit_on(now, link, &mut buf);
+            if sent.is_some() {
+                self.transmit(i, to, &buf);
+            }
+            self.buf = buf;
+            if sent.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: usize, to: usize, payload: &[u8]) {
         let key = (from.min(to), from.max(to));
         let dir = usize::from(from > to);
         let now = self.now;
@@ -193,20 +235,15 @@ impl World {
             self.wire_stats.dropped_down += 1;
             return;
         };
-        if wire.spec.down.iter().any(|(a, b)| since >= *a && since < *b) {
+        let serialise = Duration::from_nanos(payload.len() as u64 * 1_000_000_000 / wire.spec.bandwidth.max(1));
+        wire.busy_until[dir] = now + serialise;
+        let arrive = now + serialise + wire.spec.latency;
+        self.wire_stats.bytes += payload.len() as u64;
+        if wire.spec.down.iter().any(|(a, b)| since >= *a && since < *b) || (wire.spec.one_way && dir == 0) {
             self.wire_stats.dropped_down += 1;
             return;
         }
-        let start = wire.busy_until[dir].max(now);
-        if start - now > wire.spec.max_queue_delay {
-            self.wire_stats.dropped_queue += 1;
-            return;
-        }
-        let serialise = Duration::from_nanos(payload.len() as u64 * 1_000_000_000 / wire.spec.bandwidth.max(1));
-        wire.busy_until[dir] = start + serialise;
-        let base = start + serialise + wire.spec.latency;
         let spec = wire.spec.clone();
-        self.wire_stats.bytes += payload.len() as u64;
         if self.chance(spec.loss) {
             self.wire_stats.lost += 1;
             return;
@@ -215,7 +252,7 @@ impl World {
         self.wire_stats.duplicated += copies - 1;
         for _ in 0..copies {
             let jitter = self.jitter(spec.jitter);
-            self.push(base + jitter, Pending::Deliver { to, from, payload: payload.clone() });
+            self.push(arrive + jitter, Pending::Deliver { to, from, payload: payload.to_vec() });
         }
     }
 
@@ -238,6 +275,9 @@ impl World {
             return None;
         }
         let Some(Reverse((at, _, ev))) = self.queue.pop() else { return None };
+        if at > self.now {
+            self.same_instant_timers = 0;
+        }
         self.now = self.now.max(at);
         self.steps += 1;
         let node = match ev {
@@ -251,10 +291,21 @@ impl World {
                 to
             }
             Pending::Timer { node } => {
+                self.same_instant_timers += 1;
+                assert!(
+                    self.same_instant_timers < 100_000,
+                    "node {node} keeps a deadline in the past: a timer that never advances"
+                );
                 if self.timers[node].is_some_and(|t| t <= self.now) {
                     self.timers[node] = None;
                     let now = self.now;
                     self.nodes[node].handle_timeout(now);
+                }
+                node
+            }
+            Pending::WireFree { node, link } => {
+                if self.wakes.get(&(node, link)) == Some(&at) {
+                    self.wakes.remove(&(node, link));
                 }
                 node
             }
@@ -271,11 +322,16 @@ impl World {
     /// Runs until `deadline` (virtual) or until `on_event` returns `false`. Every event is
     /// passed to `on_event`, which may act on the world.
     pub fn run_until(&mut self, deadline: Instant, mut on_event: impl FnMut(&mut World, usize, Event) -> bool) -> bool {
-        while let Some(events) = self.step(deadline) {
-            for (node, ev) in events {
+        loop {
+            while let Some((node, ev)) = self.backlog.pop_front() {
                 if !on_event(self, node, ev) {
+                    // The rest of this step's events wait for the next run.
                     return true;
                 }
+            }
+            match self.step(deadline) {
+                Some(events) => self.backlog.extend(events),
+                None => break,
             }
         }
         self.now = self.now.max(deadline);

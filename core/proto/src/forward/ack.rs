@@ -1,0 +1,427 @@
+//! Per-link acknowledgement of datagrams (the seed's first ack: "the next hop received this
+//! link datagram"). The receiver reports the largest datagram counter seen and a 256-bit map of
+//! the ones before it (selective ack); the sender keeps what it sent until acked, detects loss
+//! by packet and time thresholds (RFC 9002 style) and by a retransmission timer with an RTT
+//! estimator and exponential backoff (RFC 6298).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How many counters below `largest` one ack frame covers.
+pub const ACK_BITMAP_BITS: u64 = 256;
+/// A datagram this many counters below the largest acked is lost.
+pub const PACKET_THRESHOLD: u64 = 3;
+
+/// A selective acknowledgement as carried in an ACK frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckFrame {
+    pub largest: u64,
+    /// How long the receiver held the ack, in microseconds (for RTT samples).
+    pub delay_us: u32,
+    /// Bit `i` (byte `i / 8`, bit `i % 8`) set: counter `largest - 1 - i` was received.
+    pub bitmap: [u8; 32],
+}
+
+impl AckFrame {
+    /// Every counter this frame acknowledges.
+    pub fn acked(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.largest).chain((0..ACK_BITMAP_BITS).filter_map(move |i| {
+            let set = self.bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0;
+            (set && self.largest > i).then(|| self.largest - 1 - i)
+        }))
+    }
+}
+
+/// Receiving side: which datagrams arrived, and when an ack is owed.
+#[derive(Debug, Default)]
+pub struct AckReceiver {
+    largest: Option<u64>,
+    largest_at: Option<Instant>,
+    /// Bit i: `largest - 1 - i` received.
+    bits: [u64; 4],
+    /// Ack-eliciting datagrams received since the last ack was sent.
+    unacked_eliciting: u32,
+    deadline: Option<Instant>,
+    /// The delay ran out: the ack goes in the next packet the link can send.
+    due: bool,
+}
+
+impl AckReceiver {
+    /// Records a datagram. Ack-eliciting ones make an ack due (at once after two of them).
+    pub fn on_datagram(&mut self, counter: u64, eliciting: bool, now: Instant, max_delay: Duration) {
+        match self.largest {
+            None => {
+                self.largest = Some(counter);
+                self.largest_at = Some(now);
+            }
+            Some(l) if counter > l => {
+                let shift = counter - l;
+                self.shift(shift);
+                // The old largest becomes bit shift-1.
+                self.set_bit(shift - 1);
+                self.largest = Some(counter);
+                self.largest_at = Some(now);
+            }
+            Some(l) if counter < l => {
+                let i = l - 1 - counter;
+                if i < ACK_BITMAP_BITS {
+                    self.set_bit(i);
+                }
+            }
+            Some(_) => {}
+        }
+        if eliciting {
+            self.unacked_eliciting += 1;
+            let d = now + max_delay;
+            self.deadline = Some(self.deadline.map_or(d, |x| x.min(d)));
+        }
+    }
+
+    fn set_bit(&mut self, i: u64) {
+        if i < ACK_BITMAP_BITS {
+            self.bits[(i / 64) as usize] |= 1 << (i % 64);
+        }
+    }
+
+    fn shift(&mut self, by: u64) {
+        if by >= ACK_BITMAP_BITS {
+            self.bits = [0; 4];
+            return;
+        }
+        // Shift the 256-bit map towards higher indexes by `by`.
+        let words = (by / 64) as usize;
+        let bits = by % 64;
+        let old = self.bits;
+        let mut new = [0u64; 4];
+        for (i, w) in new.iter_mut().enumerate() {
+            if i < words {
+                continue;
+            }
+            let src = i - words;
+            *w = old[src] << bits;
+            if bits > 0 && src > 0 {
+                *w |= old[src - 1] >> (64 - bits);
+            }
+        }
+        self.bits = new;
+    }
+
+    /// Whether an ack should go out now (two ack-eliciting datagrams, or the delay expired).
+    pub fn ack_due(&self, now: Instant) -> bool {
+        self.due || self.unacked_eliciting >= 2 || self.deadline.is_some_and(|d| d <= now)
+    }
+
+    /// The delay expired: the ack is owed at the next chance to send (no timer any more).
+    pub fn expire(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| d <= now) {
+            self.deadline = None;
+            self.due = true;
+        }
+    }
+
+    /// Whether any datagram was received that an ack could report.
+    pub fn has_unacked(&self) -> bool {
+        self.unacked_eliciting > 0
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Builds an ack frame and marks the ack as sent.
+    pub fn take_frame(&mut self, now: Instant) -> Option<AckFrame> {
+        let largest = self.largest?;
+        let mut bitmap = [0u8; 32];
+        for (i, b) in bitmap.iter_mut().enumerate() {
+            *b = (self.bits[i / 8] >> ((i % 8) * 8)) as u8;
+        }
+        let delay = self.largest_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.unacked_eliciting = 0;
+        self.deadline = None;
+        self.due = false;
+        Some(AckFrame { largest, delay_us: delay.as_micros().min(u32::MAX as u128) as u32, bitmap })
+    }
+}
+
+/// RTT estimator (RFC 6298) with a minimum-RTT tracker.
+#[derive(Debug, Clone)]
+pub struct Rtt {
+    pub srtt: Option<Duration>,
+    pub rttvar: Duration,
+    pub latest: Duration,
+    pub min: Option<Duration>,
+}
+
+impl Rtt {
+    fn new(initial: Duration) -> Self {
+        Rtt { srtt: None, rttvar: initial / 2, latest: initial, min: None }
+    }
+
+    fn sample(&mut self, rtt: Duration) {
+        self.latest = rtt;
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(s) => {
+                let diff = if s > rtt { s - rtt } else { rtt - s };
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + rtt) / 8);
+            }
+        }
+    }
+
+    pub fn smoothed(&self) -> Duration {
+        self.srtt.unwrap_or(self.latest)
+    }
+}
+
+/// One sent datagram awaiting its ack.
+#[derive(Debug)]
+pub struct Sent<R> {
+    pub time: Instant,
+    pub size: usize,
+    pub eliciting: bool,
+    /// Times its messages were probed.
+    pub probes: u8,
+    /// What it carried, handed back when it is acked or lost.
+    pub refs: Vec<R>,
+}
+
+/// Sending side: datagrams in flight, RTT, loss detection, retransmission timer.
+#[derive(Debug)]
+pub struct AckSender<R> {
+    sent: BTreeMap<u64, Sent<R>>,
+    largest_acked: Option<u64>,
+    pub rtt: Rtt,
+    backoff: u32,
+    min_rto: Duration,
+    max_rto: Duration,
+    in_flight_bytes: usize,
+    /// Acks that named counters we never sent or already settled (ignored, counted).
+    pub unknown_acks: u64,
+}
+
+/// What an ack or a timer settled.
+#[derive(Debug)]
+pub struct Settled<R> {
+    pub acked: Vec<Sent<R>>,
+    pub lost: Vec<Sent<R>>,
+}
+
+impl<R> Default for Settled<R> {
+    fn default() -> Self {
+        Settled { acked: Vec::new(), lost: Vec::new() }
+    }
+}
+
+impl<R> AckSender<R> {
+    pub fn new(initial_rtt: Duration, min_rto: Duration, max_rto: Duration) -> Self {
+        AckSender {
+            sent: BTreeMap::new(),
+            largest_acked: None,
+            rtt: Rtt::new(initial_rtt),
+            backoff: 0,
+            min_rto,
+            max_rto,
+            in_flight_bytes: 0,
+            unknown_acks: 0,
+        }
+    }
+
+    /// Takes an RTT measured elsewhere (the link handshake) as the first sample.
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        if self.rtt.srtt.is_none() && !rtt.is_zero() {
+            self.rtt.sample(rtt);
+        }
+    }
+
+    pub fn on_sent(&mut self, counter: u64, sent: Sent<R>) {
+        if sent.eliciting {
+            self.in_flight_bytes += sent.size;
+            self.sent.insert(counter, sent);
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// Retransmission timeout: srtt + 4 rttvar, clamped, doubled per backoff step.
+    pub fn rto(&self) -> Duration {
+        let base = (self.rtt.smoothed() + self.rtt.rttvar * 4).clamp(self.min_rto, self.max_rto);
+        // Loss here is mostly not congestion (radio links): back off at most 4x; a link that is
+        // really gone is caught by dead-peer detection.
+        base.saturating_mul(1 << self.backoff.min(2)).min(self.max_rto)
+    }
+
+    fn take(&mut self, counter: u64) -> Option<Sent<R>> {
+        let s = self.sent.remove(&counter)?;
+        self.in_flight_bytes -= s.size;
+        Some(s)
+    }
+
+    pub fn on_ack(&mut self, ack: &AckFrame, now: Instant) -> Settled<R> {
+        let mut out = Settled::default();
+        let mut newly_largest = false;
+        for c in ack.acked() {
+            if let Some(s) = self.take(c) {
+                if c == ack.largest {
+                    newly_largest = true;
+                    let rtt = now
+                        .saturating_duration_since(s.time)
+                        .saturating_sub(Duration::from_micros(ack.delay_us as u64));
+                    if !rtt.is_zero() {
+                        self.rtt.sample(rtt);
+                    }
+                }
+                out.acked.push(s);
+            }
+        }
+        if out.acked.is_empty() {
+            self.unknown_acks += 1;
+        }
+        if self.largest_acked.is_none_or(|l| ack.largest > l) {
+            self.largest_acked = Some(ack.largest);
+        }
+        if newly_largest || !out.acked.is_empty() {
+            self.backoff = 0;
+        }
+        out.lost = self.detect_lost(now);
+        out
+    }
+
+    fn detect_lost(&mut self, now: Instant) -> Vec<Sent<R>> {
+        let Some(largest) = self.largest_acked else { return Vec::new() };
+        let time_threshold = self.rtt.smoothed().max(self.rtt.latest) * 9 / 8;
+        let lost: Vec<u64> = self
+            .sent
+            .range(..largest)
+            .filter(|(c, s)| {
+                largest - **c >= PACKET_THRESHOLD || now.saturating_duration_since(s.time) > time_threshold
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        lost.into_iter().filter_map(|c| self.take(c)).collect()
+    }
+
+    /// The oldest datagram whose ack is overdue (sent at least `min_age` ago) and that was
+    /// probed fewer than `max_probes` times; marks it and returns what it carried.
+    pub fn take_probe(&mut self, now: Instant, min_age: Duration, max_probes: u8) -> Option<&[R]> {
+        let s = self
+            .sent
+            .values_mut()
+            .find(|s| s.probes < max_probes && now.saturating_duration_since(s.time) >= min_age)?;
+        s.probes += 1;
+        Some(&s.refs)
+    }
+
+    /// Whether [`AckSender::take_probe`] would find something.
+    pub fn has_probe(&self, now: Instant, min_age: Duration, max_probes: u8) -> bool {
+        self.sent.values().any(|s| s.probes < max_probes && now.saturating_duration_since(s.time) >= min_age)
+    }
+
+    /// When an ack is overdue: a smoothed round trip, its variation and the peer's ack delay.
+    pub fn overdue_after(&self, max_ack_delay: Duration) -> Duration {
+        self.rtt.smoothed() + self.rtt.rttvar + max_ack_delay
+    }
+
+    /// When the retransmission timer fires, if anything is in flight.
+    pub fn deadline(&self) -> Option<Instant> {
+        let oldest = self.sent.values().map(|s| s.time).min()?;
+        Some(oldest + self.rto())
+    }
+
+    /// Timer expiry: everything sent before `now - rto` is lost; back off.
+    pub fn on_timeout(&mut self, now: Instant) -> Vec<Sent<R>> {
+        let rto = self.rto();
+        let expired: Vec<u64> =
+            self.sent.iter().filter(|(_, s)| now.saturating_duration_since(s.time) >= rto).map(|(c, _)| *c).collect();
+        if !expired.is_empty() {
+            self.backoff += 1;
+        }
+        expired.into_iter().filter_map(|c| self.take(c)).collect()
+    }
+
+    /// Forgets everything in flight (a new link session restarts counters); returns it as lost.
+    pub fn reset(&mut self) -> Vec<Sent<R>> {
+        self.largest_acked = None;
+        self.backoff = 0;
+        self.in_flight_bytes = 0;
+        std::mem::take(&mut self.sent).into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn receiver_bitmap_reports_what_arrived() {
+        let now = Instant::now();
+        let mut r = AckReceiver::default();
+        for c in [0u64, 1, 2, 5, 7, 300] {
+            r.on_datagram(c, true, now, Duration::from_millis(5));
+        }
+        r.on_datagram(299, true, now, Duration::from_millis(5));
+        let f = r.take_frame(now).unwrap();
+        let got: Vec<u64> = f.acked().collect();
+        assert_eq!(got, vec![300, 299], "0..7 are more than 256 below the largest");
+    }
+
+    proptest! {
+        #[test]
+        fn ack_frame_lists_exactly_the_received_counters_in_range(counters in proptest::collection::btree_set(0u64..2000, 1..300)) {
+            let now = Instant::now();
+            let mut r = AckReceiver::default();
+            for c in &counters {
+                r.on_datagram(*c, true, now, Duration::ZERO);
+            }
+            let f = r.take_frame(now).unwrap();
+            let largest = *counters.iter().max().unwrap();
+            let expect: std::collections::BTreeSet<u64> =
+                counters.iter().copied().filter(|c| largest - c <= ACK_BITMAP_BITS).collect();
+            let got: std::collections::BTreeSet<u64> = f.acked().collect();
+            prop_assert_eq!(got, expect);
+        }
+    }
+
+    #[test]
+    fn sender_detects_loss_by_threshold_and_timeout() {
+        let t0 = Instant::now();
+        let mut s: AckSender<u32> =
+            AckSender::new(Duration::from_millis(100), Duration::from_millis(50), Duration::from_secs(5));
+        for c in 0..10u64 {
+            s.on_sent(c, Sent { time: t0, size: 100, eliciting: true, probes: 0, refs: vec![c as u32] });
+        }
+        let mut bitmap = [0u8; 32];
+        bitmap[0] = 0b0000_0011; // 8 and 7
+        let settled = s.on_ack(&AckFrame { largest: 9, delay_us: 0, bitmap }, t0 + Duration::from_millis(20));
+        assert_eq!(settled.acked.len(), 3);
+        let lost: Vec<u32> = settled.lost.iter().flat_map(|x| x.refs.clone()).collect();
+        assert_eq!(lost, vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(s.in_flight(), 0);
+        // Unknown ack: ignored and counted.
+        let again = s.on_ack(&AckFrame { largest: 9, delay_us: 0, bitmap }, t0 + Duration::from_millis(30));
+        assert!(again.acked.is_empty() && again.lost.is_empty());
+        assert_eq!(s.unknown_acks, 1);
+        // Timeout with backoff.
+        s.on_sent(10, Sent { time: t0, size: 1, eliciting: true, probes: 0, refs: vec![10] });
+        let rto = s.rto();
+        assert!(s.on_timeout(t0 + rto / 2).is_empty());
+        assert_eq!(s.on_timeout(t0 + rto).len(), 1);
+        assert_eq!(s.rto(), (rto * 2).min(Duration::from_secs(5)));
+        s.on_sent(11, Sent { time: t0, size: 1, eliciting: true, probes: 0, refs: vec![11] });
+        s.on_timeout(t0 + Duration::from_secs(60));
+        s.on_sent(12, Sent { time: t0, size: 1, eliciting: true, probes: 0, refs: vec![12] });
+        s.on_timeout(t0 + Duration::from_secs(60));
+        assert_eq!(s.rto(), (rto * 4).min(Duration::from_secs(5)), "backoff capped at 4x");
+    }
+}

@@ -1,0 +1,306 @@
+//! One direction of one service class of one route at one node: the seed's per-route buffer.
+//!
+//! Offsets number the messages of one hop-to-hop leg. Upstream side: deduplicates by the
+//! upstream's offsets, holds messages that arrive ahead of a gap, and releases them in order
+//! (to the next leg, renumbered, or to this node when the flow ends here), so order holds end
+//! to end even though every hop retransmits on its own. It grants credit as a cumulative limit
+//! (`freed + capacity`: the upstream may have sent at most that many bytes), so the buffer never
+//! holds more than its capacity. Downstream side: keeps every message until the next hop's link
+//! ack and sends new messages only within the credit the next hop granted.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::link::LinkId;
+use crate::route::RouteId;
+
+/// Credit every flow starts with before the first credit update arrives (both ends assume it).
+pub const INITIAL_CREDIT_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    Stored,
+    Duplicate,
+    OverCredit,
+}
+
+#[derive(Debug)]
+pub(crate) struct Msg {
+    pub data: Vec<u8>,
+    /// Copies in flight (a probe adds one; the message is queued again when all are lost).
+    pub copies: u8,
+    pub sent_once: bool,
+}
+
+/// Counters and the seed's per-route fields, for status and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Buffer size (bytes).
+    pub capacity: usize,
+    /// Bytes held now (received or produced, not yet acked downstream or delivered).
+    pub buffered: usize,
+    /// Largest `buffered` ever seen.
+    pub max_buffered: usize,
+    /// Messages held now, and their offsets/sizes are in the buffer (unacked ones among them).
+    pub messages: usize,
+    pub in_flight_messages: usize,
+    /// The downstream buffer size as last granted: credit limit minus bytes sent.
+    pub credit: u64,
+    /// Cumulative credit limit granted by the next hop (downstream buffer size + its freed).
+    pub send_limit: u64,
+    /// Bytes sent downstream for the first time.
+    pub sent_bytes: u64,
+    /// Bytes sent again after a loss.
+    pub retransmitted_bytes: u64,
+    /// Bytes sent again as probes while the link was otherwise idle (ack overdue).
+    pub probed_bytes: u64,
+    /// Bytes the next hop acknowledged (confirmed), freed from this buffer.
+    pub acked_bytes: u64,
+    /// Unique bytes received from upstream (or the application).
+    pub received_bytes: u64,
+    /// Duplicate messages received (already had them).
+    pub duplicates: u64,
+    /// Bytes delivered in order to this node (flows that end here).
+    pub delivered_bytes: u64,
+    /// The limit last announced upstream.
+    pub announced_limit: u64,
+    /// Messages dropped because the upstream exceeded its credit.
+    pub over_credit: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub upstream: Option<(LinkId, RouteId)>,
+    pub downstream: Option<(LinkId, RouteId)>,
+    pub capacity: usize,
+    pub msgs: BTreeMap<u64, Msg>,
+    pub bytes: usize,
+    /// Send order: retransmissions go to the front.
+    pub queue: VecDeque<u64>,
+    pub send_limit: u64,
+    /// Next offset the upstream is expected to send, and offsets received beyond it.
+    pub recv_next: u64,
+    pub ahead: BTreeMap<u64, usize>,
+    /// Where the flow ends here: the next end-to-end sequence to deliver, and messages held
+    /// until the ones before them arrive.
+    pub order_next: u64,
+    pub held: BTreeMap<u64, Vec<u8>>,
+    pub freed: u64,
+    /// Offset of the next message on the downstream leg.
+    pub next_offset: u64,
+    /// A local sender found the buffer full: tell it when room opens.
+    pub want_writable: bool,
+    /// Credit that arrived from a link before it became this flow's downstream (the next hop's
+    /// credit can overtake its setup answer).
+    pub early_credit: Option<(LinkId, u64)>,
+    pub stats: FlowStats,
+}
+
+impl Flow {
+    pub fn new(capacity: usize) -> Self {
+        Flow {
+            upstream: None,
+            downstream: None,
+            capacity,
+            msgs: BTreeMap::new(),
+            bytes: 0,
+            queue: VecDeque::new(),
+            send_limit: INITIAL_CREDIT_BYTES,
+            recv_next: 0,
+            ahead: BTreeMap::new(),
+            order_next: 0,
+            held: BTreeMap::new(),
+            freed: 0,
+            next_offset: 0,
+            want_writable: false,
+            early_credit: None,
+            stats: FlowStats { capacity, announced_limit: INITIAL_CREDIT_BYTES, ..Default::default() },
+        }
+    }
+
+    /// The cumulative limit this flow grants upstream.
+    pub fn limit(&self) -> u64 {
+        self.freed + self.capacity as u64
+    }
+
+    /// Puts a message on the downstream leg (the buffer is already charged for it).
+    fn enqueue(&mut self, data: Vec<u8>) {
+        let offset = self.next_offset;
+        self.next_offset += data.len() as u64;
+        self.msgs.insert(offset, Msg { data, copies: 0, sent_once: false });
+        if self.downstream.is_some() {
+            self.queue.push_back(offset);
+        }
+    }
+
+    fn charge(&mut self, len: usize) {
+        self.bytes += len;
+        self.stats.max_buffered = self.stats.max_buffered.max(self.bytes);
+    }
+
+    /// A message produced here (the application, or the router's own messages).
+    pub fn push_local(&mut self, data: Vec<u8>) -> Result<(), usize> {
+        if self.bytes + data.len() > self.capacity {
+            return Err(self.capacity - self.bytes);
+        }
+        self.stats.received_bytes += data.len() as u64;
+        self.charge(data.len());
+        self.enqueue(data);
+        Ok(())
+    }
+
+    /// Room for locally produced bytes.
+    pub fn room(&self) -> usize {
+        self.capacity - self.bytes
+    }
+
+    /// A message from upstream (deduplicated by the upstream leg's offsets). A relay passes it
+    /// on at once, renumbered for the next leg, so a loss on one leg never stalls the others;
+    /// where the flow ends here, messages are delivered in end-to-end sequence order (the
+    /// sequence is in the route message envelope), held until the ones before them arrive.
+    /// Unordered (no per-hop reliability, the end-to-end baseline): delivered as they come.
+    pub fn accept(&mut self, offset: u64, data: &[u8], deliver: &mut Vec<Vec<u8>>, ordered: bool) -> Accept {
+        if ordered {
+            if offset < self.recv_next || self.ahead.contains_key(&offset) {
+                self.stats.duplicates += 1;
+                return Accept::Duplicate;
+            }
+            if self.stats.received_bytes + data.len() as u64 > self.limit() {
+                // The upstream ignored our credit: never store past the buffer.
+                self.stats.over_credit += 1;
+                return Accept::OverCredit;
+            }
+            if offset == self.recv_next {
+                self.recv_next += data.len() as u64;
+                while let Some(len) = self.ahead.remove(&self.recv_next) {
+                    self.recv_next += len as u64;
+                }
+            } else {
+                self.ahead.insert(offset, data.len());
+            }
+        }
+        self.stats.received_bytes += data.len() as u64;
+        self.charge(data.len());
+        if self.downstream.is_some() {
+            self.enqueue(data.to_vec());
+            return Accept::Stored;
+        }
+        let seq = match data.first_chunk::<8>() {
+            Some(c) if ordered => u64::from_be_bytes(*c) >> 1,
+            _ => {
+                self.deliver_one(data.to_vec(), deliver);
+                return Accept::Stored;
+            }
+        };
+        if seq < self.order_next || self.held.contains_key(&seq) {
+            // A replay under a fresh leg offset: drop it.
+            self.release(data.len());
+            self.stats.duplicates += 1;
+            return Accept::Duplicate;
+        }
+        self.held.insert(seq, data.to_vec());
+        while let Some(d) = self.held.remove(&self.order_next) {
+            self.order_next += 1;
+            self.deliver_one(d, deliver);
+        }
+        Accept::Stored
+    }
+
+    fn deliver_one(&mut self, d: Vec<u8>, deliver: &mut Vec<Vec<u8>>) {
+        self.release(d.len());
+        self.stats.delivered_bytes += d.len() as u64;
+        deliver.push(d);
+    }
+
+    /// The end of the flow changed (a new last hop): its sequences start again.
+    pub fn reset_order(&mut self) {
+        self.order_next = 0;
+    }
+
+    fn release(&mut self, len: usize) {
+        self.bytes -= len;
+        self.freed += len as u64;
+    }
+
+    /// The next hop acknowledged the datagram that carried `offset`.
+    pub fn on_acked(&mut self, offset: u64) -> bool {
+        let Some(m) = self.msgs.remove(&offset) else { return false };
+        self.release(m.data.len());
+        self.stats.acked_bytes += m.data.len() as u64;
+        true
+    }
+
+    /// The datagram that carried `offset` was lost: send it again first.
+    pub fn on_lost(&mut self, offset: u64) -> bool {
+        match self.msgs.get_mut(&offset) {
+            Some(m) if m.copies > 0 => {
+                m.copies -= 1;
+                if m.copies == 0 {
+                    self.queue.push_front(offset);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The next message that may be sent now and fits in `room`, marked in flight.
+    pub fn next_to_send(&mut self, room: usize, unlimited: bool) -> Option<(u64, &[u8])> {
+        let offset = loop {
+            let &offset = self.queue.front()?;
+            match self.msgs.get(&offset) {
+                Some(m) if m.copies == 0 => {
+                    if m.data.len() > room {
+                        return None;
+                    }
+                    if !m.sent_once && !unlimited && self.stats.sent_bytes + m.data.len() as u64 > self.send_limit {
+                        return None;
+                    }
+                    break offset;
+                }
+                // Acked or already resent: stale entry.
+                _ => {
+                    self.queue.pop_front();
+                }
+            }
+        };
+        self.queue.pop_front();
+        let m = self.msgs.get_mut(&offset)?;
+        if m.sent_once {
+            self.stats.retransmitted_bytes += m.data.len() as u64;
+        } else {
+            self.stats.sent_bytes += m.data.len() as u64;
+        }
+        m.copies = 1;
+        m.sent_once = true;
+        Some((offset, &m.data))
+    }
+
+    /// Another copy of an in-flight message whose ack is overdue (a probe), if it fits.
+    pub fn probe(&mut self, offset: u64, room: usize) -> Option<&[u8]> {
+        let m = self.msgs.get_mut(&offset).filter(|m| m.copies > 0 && m.data.len() <= room)?;
+        m.copies = m.copies.saturating_add(1);
+        self.stats.probed_bytes += m.data.len() as u64;
+        Some(&m.data)
+    }
+
+    /// Whether something is waiting to be sent (credit aside).
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Whether the next message in line may be sent now.
+    pub fn can_send(&self, unlimited: bool) -> bool {
+        let next = self.queue.iter().find_map(|o| self.msgs.get(o).filter(|m| m.copies == 0));
+        next.is_some_and(|m| m.sent_once || unlimited || self.stats.sent_bytes + m.data.len() as u64 <= self.send_limit)
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        let mut s = self.stats.clone();
+        s.buffered = self.bytes;
+        s.messages = self.msgs.len();
+        s.in_flight_messages = self.msgs.values().filter(|m| m.copies > 0).count();
+        s.send_limit = self.send_limit;
+        s.credit = self.send_limit.saturating_sub(self.stats.sent_bytes);
+        s
+    }
+}

@@ -1,0 +1,725 @@
+//! Store-and-forward (seed: "mesh routing: store and forward", "capacity utilization", "quality
+//! of service"). Every hop buffers each route's messages, per direction and service class, until
+//! the next hop acknowledges the link datagram that carried them, and retransmits lost datagrams'
+//! messages itself (per hop, not end to end). Each hop grants its upstream credit, so a full
+//! buffer stops the senders before it hop by hop back to the source, and nothing is dropped.
+//!
+//! Packets are filled at send time, per link: acks first, then reliable control frames, credit
+//! updates, realtime messages and, with whatever room is left, bulk messages; routes of the same
+//! class take turns. One datagram bundles messages of many routes.
+
+pub mod ack;
+pub mod flow;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::frame::Frame;
+use crate::link::LinkId;
+use crate::route::RouteId;
+use crate::stats::Reject;
+use ack::{AckFrame, AckReceiver, AckSender, Sent};
+use flow::{Accept, Flow};
+pub use flow::{FlowStats, INITIAL_CREDIT_BYTES};
+
+/// Service class of a route message. Realtime frames always go first; bulk fills the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    Realtime = 0,
+    Bulk = 1,
+}
+
+impl Class {
+    pub const ALL: [Class; 2] = [Class::Realtime, Class::Bulk];
+
+    pub fn from_u8(v: u8) -> Option<Class> {
+        match v {
+            0 => Some(Class::Realtime),
+            1 => Some(Class::Bulk),
+            _ => None,
+        }
+    }
+}
+
+/// Direction on a route: from the source towards the last hop, or back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dir {
+    Fwd,
+    Back,
+}
+
+/// Names one flow: a route (by this node's id), a direction and a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub route: RouteId,
+    pub dir: Dir,
+    pub class: Class,
+}
+
+/// Store-and-forward settings.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Bulk buffer per route and direction. The seed's example: 1024 KB.
+    pub route_buffer_bytes: usize,
+    /// Realtime buffer per route and direction (small: realtime traffic is light).
+    pub realtime_buffer_bytes: usize,
+    /// All route buffers of the node together never exceed this (routes beyond are refused).
+    pub memory_budget_bytes: usize,
+    /// Per-hop acks and retransmission. Off only for the end-to-end baseline experiment.
+    pub hop_reliability: bool,
+    /// Longest an ack is held hoping to bundle it.
+    pub max_ack_delay: Duration,
+    /// RTT assumed before the first sample.
+    pub initial_rtt: Duration,
+    pub min_rto: Duration,
+    pub max_rto: Duration,
+    /// Most unacknowledged datagrams per link.
+    pub max_in_flight: usize,
+    /// Re-announce credit this often to an upstream that may be blocked (deadlock guard).
+    pub credit_refresh: Duration,
+    /// Copies of an unacked datagram's messages an otherwise idle link may send (0: none).
+    pub idle_probes: u8,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            route_buffer_bytes: 1024 * 1024,
+            realtime_buffer_bytes: 128 * 1024,
+            memory_budget_bytes: 512 * 1024 * 1024,
+            hop_reliability: true,
+            max_ack_delay: Duration::from_millis(2),
+            initial_rtt: Duration::from_millis(100),
+            min_rto: Duration::from_millis(25),
+            max_rto: Duration::from_secs(4),
+            max_in_flight: 8192,
+            credit_refresh: Duration::from_millis(500),
+            idle_probes: 1,
+        }
+    }
+}
+
+/// What a sent datagram carried.
+#[derive(Debug, Clone)]
+pub(crate) enum Ref {
+    Msg(FlowKey, u64),
+    Control(Vec<u8>),
+    Credit(FlowKey),
+}
+
+struct LinkTx {
+    rx: AckReceiver,
+    tx: AckSender<Ref>,
+    control: VecDeque<Vec<u8>>,
+    credits: BTreeSet<FlowKey>,
+    /// Flows with messages queued for this link, per class.
+    active: [BTreeSet<FlowKey>; 2],
+    cursor: [Option<FlowKey>; 2],
+}
+
+impl LinkTx {
+    fn new(c: &ForwardConfig) -> Self {
+        LinkTx {
+            rx: AckReceiver::default(),
+            tx: AckSender::new(c.initial_rtt, c.min_rto, c.max_rto),
+            control: VecDeque::new(),
+            credits: BTreeSet::new(),
+            active: [BTreeSet::new(), BTreeSet::new()],
+            cursor: [None, None],
+        }
+    }
+}
+
+/// A message delivered in order to this node (the flow ends here).
+#[derive(Debug)]
+pub struct Delivered {
+    pub key: FlowKey,
+    pub data: Vec<u8>,
+}
+
+/// Result of filling one packet.
+pub(crate) struct Filled {
+    refs: Vec<Ref>,
+    eliciting: bool,
+}
+
+/// Node-wide store-and-forward state.
+pub struct Forwarder {
+    config: ForwardConfig,
+    flows: BTreeMap<FlowKey, Flow>,
+    links: BTreeMap<LinkId, LinkTx>,
+    reserved: usize,
+    next_refresh: Option<Instant>,
+    /// Local flows whose full buffer gained room (drained by the node as events).
+    pub(crate) writable: Vec<FlowKey>,
+}
+
+/// Bytes a ROUTE_DATA frame adds to its payload.
+pub const ROUTE_DATA_OVERHEAD: usize = crate::frame::ROUTE_DATA_OVERHEAD;
+/// Credits larger than this are clamped (no buffer is bigger).
+pub const MAX_CREDIT_WINDOW: u64 = 1 << 32;
+
+impl Forwarder {
+    pub fn new(config: ForwardConfig) -> Self {
+        Forwarder {
+            config,
+            flows: BTreeMap::new(),
+            links: BTreeMap::new(),
+            reserved: 0,
+            next_refresh: None,
+            writable: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ForwardConfig {
+        &self.config
+    }
+
+    pub fn set_hop_reliability(&mut self, on: bool) {
+        self.config.hop_reliability = on;
+    }
+
+    fn link(&mut self, id: LinkId) -> &mut LinkTx {
+        let c = &self.config;
+        self.links.entry(id).or_insert_with(|| LinkTx::new(c))
+    }
+
+    fn capacity(&self, class: Class) -> usize {
+        match class {
+            Class::Realtime => self.config.realtime_buffer_bytes,
+            _ => self.config.route_buffer_bytes,
+        }
+    }
+
+    /// Bytes of buffer reserved by all routes.
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved
+    }
+
+    /// Bytes actually held in all buffers now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.flows.values().map(|f| f.bytes).sum()
+    }
+
+    /// Reserves buffers for a route's four flows. False (nothing reserved) if over budget.
+    pub(crate) fn add_route(&mut self, route: RouteId) -> bool {
+        let need: usize = 2 * Class::ALL.iter().map(|c| self.capacity(*c)).sum::<usize>();
+        if self.reserved + need > self.config.memory_budget_bytes {
+            return false;
+        }
+        self.reserved += need;
+        for dir in [Dir::Fwd, Dir::Back] {
+            for class in Class::ALL {
+                let cap = self.capacity(class);
+                self.flows.insert(FlowKey { route, dir, class }, Flow::new(cap));
+            }
+        }
+        true
+    }
+
+    /// Drops a route's flows and releases its buffers.
+    pub(crate) fn remove_route(&mut self, route: RouteId) {
+        for dir in [Dir::Fwd, Dir::Back] {
+            for class in Class::ALL {
+                let key = FlowKey { route, dir, class };
+                if let Some(f) = self.flows.remove(&key) {
+                    self.reserved -= f.capacity;
+                    for id in [f.upstream, f.downstream].into_iter().flatten().map(|(l, _)| l) {
+                        if let Some(l) = self.links.get_mut(&id) {
+                            l.active[class as usize].remove(&key);
+                            l.credits.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets where a direction of a route comes from and goes to (None = this node).
+    pub(crate) fn wire(
+        &mut self,
+        route: RouteId,
+        dir: Dir,
+        upstream: Option<(LinkId, RouteId)>,
+        downstream: Option<(LinkId, RouteId)>,
+    ) {
+        for class in Class::ALL {
+            let key = FlowKey { route, dir, class };
+            let Some(f) = self.flows.get_mut(&key) else { continue };
+            let announce = upstream.is_some() && f.upstream != upstream;
+            f.upstream = upstream;
+            if f.downstream != downstream {
+                f.downstream = downstream;
+                if let Some((l, limit)) = f.early_credit.take() {
+                    if downstream.is_some_and(|(d, _)| d == l) {
+                        f.send_limit = f.send_limit.max(limit);
+                    }
+                }
+            }
+            if let Some((l, _)) = downstream {
+                let queued = f.has_queued() || !f.msgs.is_empty();
+                if queued {
+                    f.queue = f.msgs.iter().filter(|(_, m)| m.copies == 0).map(|(o, _)| *o).collect();
+                    self.link(l).active[class as usize].insert(key);
+                }
+            }
+            if announce {
+                if let Some((l, _)) = upstream {
+                    // Tell the new upstream our real buffer size right away.
+                    self.link(l).credits.insert(key);
+                }
+            }
+        }
+    }
+
+    /// Queues a message produced at this node on a flow. Errors with the free room if full.
+    pub(crate) fn push_local(&mut self, key: FlowKey, data: Vec<u8>) -> Result<(), usize> {
+        let f = self.flows.get_mut(&key).ok_or(0usize)?;
+        f.push_local(data)?;
+        if let Some((l, _)) = f.downstream {
+            self.link(l).active[key.class as usize].insert(key);
+        }
+        Ok(())
+    }
+
+    /// A local sender could not queue on `key`: report when a quarter of the buffer is free.
+    pub(crate) fn mark_blocked(&mut self, key: FlowKey) {
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.want_writable = true;
+        }
+    }
+
+    /// Free room for locally produced bytes on a flow.
+    pub fn room(&self, key: FlowKey) -> usize {
+        self.flows.get(&key).map_or(0, |f| f.room())
+    }
+
+    /// Bytes held in one flow's buffer.
+    pub fn buffered(&self, key: FlowKey) -> usize {
+        self.flows.get(&key).map_or(0, |f| f.bytes)
+    }
+
+    pub fn flow_stats(&self, key: FlowKey) -> Option<FlowStats> {
+        self.flows.get(&key).map(|f| f.stats())
+    }
+
+    /// Queues a control frame for reliable delivery on a link.
+    pub(crate) fn send_control(&mut self, link: LinkId, frame: &Frame<'_>) {
+        let mut v = Vec::with_capacity(frame.encoded_len());
+        frame.encode(&mut v);
+        self.link(link).control.push_back(v);
+    }
+
+    /// A ROUTE_DATA frame arrived on `link` for our route `route`.
+    pub(crate) fn on_data(
+        &mut self,
+        link: LinkId,
+        route: RouteId,
+        class: Class,
+        offset: u64,
+        payload: &[u8],
+    ) -> Result<Option<Vec<Delivered>>, Reject> {
+        let key = [Dir::Fwd, Dir::Back]
+            .into_iter()
+            .map(|dir| FlowKey { route, dir, class })
+            .find(|k| self.flows.get(k).is_some_and(|f| f.upstream.is_some_and(|(l, _)| l == link)))
+            .ok_or(Reject::UnknownRoute)?;
+        let Some(f) = self.flows.get_mut(&key) else { return Err(Reject::UnknownRoute) };
+        if !self.config.hop_reliability && f.bytes + payload.len() > f.capacity {
+            // Without per-hop reliability there is no credit: a full buffer drops (the baseline).
+            return Err(Reject::QueueFull);
+        }
+        let mut delivered = Vec::new();
+        match f.accept(offset, payload, &mut delivered, self.config.hop_reliability) {
+            Accept::Stored => {}
+            Accept::Duplicate => return Ok(None),
+            Accept::OverCredit => return Err(Reject::OverCredit),
+        }
+        match f.downstream {
+            Some((l, _)) => {
+                if f.has_queued() {
+                    self.link(l).active[class as usize].insert(key);
+                }
+                Ok(None)
+            }
+            None => {
+                self.maybe_announce(key);
+                Ok(Some(delivered.into_iter().map(|data| Delivered { key, data }).collect()))
+            }
+        }
+    }
+
+    /// Space opened in a flow's buffer: wake a blocked local sender, credit the upstream.
+    fn on_freed(&mut self, key: FlowKey) {
+        if let Some(f) = self.flows.get_mut(&key) {
+            if f.want_writable && f.room() >= f.capacity / 4 {
+                f.want_writable = false;
+                self.writable.push(key);
+            }
+        }
+        self.maybe_announce(key);
+    }
+
+    /// The far end of a flow that ends here changed: restart its delivery order.
+    pub(crate) fn reset_order(&mut self, key: FlowKey) {
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.reset_order();
+        }
+    }
+
+    /// Queues a credit update upstream when enough space opened (or the upstream may be stuck).
+    fn maybe_announce(&mut self, key: FlowKey) {
+        let Some(f) = self.flows.get(&key) else { return };
+        let Some((l, _)) = f.upstream else { return };
+        let grown = f.limit() - f.stats.announced_limit;
+        let possibly_blocked = f.stats.received_bytes + 2048 >= f.stats.announced_limit;
+        if grown >= (f.capacity as u64 / 4).max(1) || (grown > 0 && possibly_blocked) {
+            self.link(l).credits.insert(key);
+        }
+    }
+
+    /// A MAX_DATA frame: the next hop grants `limit` for our route `route`.
+    pub(crate) fn on_max_data(&mut self, link: LinkId, route: RouteId, class: Class, limit: u64) -> Result<(), Reject> {
+        let keys = [Dir::Fwd, Dir::Back].map(|dir| FlowKey { route, dir, class });
+        let Some(key) =
+            keys.into_iter().find(|k| self.flows.get(k).is_some_and(|f| f.downstream.is_some_and(|(l, _)| l == link)))
+        else {
+            // Credit from a next hop whose setup answer has not arrived yet: keep it for when
+            // that link becomes the flow's downstream.
+            let early = keys.into_iter().find(|k| {
+                self.flows.get(k).is_some_and(|f| f.downstream.is_none() && f.upstream.is_none_or(|(l, _)| l != link))
+            });
+            let f = early.and_then(|k| self.flows.get_mut(&k)).ok_or(Reject::UnknownRoute)?;
+            f.early_credit = Some((link, limit.min(MAX_CREDIT_WINDOW)));
+            return Ok(());
+        };
+        let Some(f) = self.flows.get_mut(&key) else { return Err(Reject::UnknownRoute) };
+        // Never trust a credit larger than any buffer could be.
+        let clamped = limit.min(f.stats.sent_bytes.saturating_add(MAX_CREDIT_WINDOW));
+        if clamped > f.send_limit {
+            f.send_limit = clamped;
+            if f.has_queued() {
+                self.link(link).active[class as usize].insert(key);
+            }
+        }
+        if clamped != limit {
+            return Err(Reject::CreditTooLarge);
+        }
+        Ok(())
+    }
+
+    /// An ACK frame arrived on `link`. Acks that settle nothing (unknown, duplicated or
+    /// reordered) are ignored and reported as `UnknownAck`.
+    pub(crate) fn on_ack(&mut self, link: LinkId, ack: &AckFrame, now: Instant) -> Result<(), Reject> {
+        if !self.config.hop_reliability {
+            return Ok(());
+        }
+        let settled = self.link(link).tx.on_ack(ack, now);
+        let nothing = settled.acked.is_empty();
+        for s in settled.acked {
+            self.settle(link, s.refs, true);
+        }
+        for s in settled.lost {
+            self.settle(link, s.refs, false);
+        }
+        if nothing {
+            return Err(Reject::UnknownAck);
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, link: LinkId, refs: Vec<Ref>, acked: bool) {
+        for r in refs {
+            match r {
+                Ref::Msg(key, offset) => {
+                    let Some(f) = self.flows.get_mut(&key) else { continue };
+                    if acked {
+                        if f.on_acked(offset) {
+                            self.on_freed(key);
+                        }
+                    } else if f.on_lost(offset) {
+                        self.link(link).active[key.class as usize].insert(key);
+                    }
+                }
+                Ref::Control(frame) if !acked => self.link(link).control.push_front(frame),
+                Ref::Credit(key) if !acked && self.flows.contains_key(&key) => {
+                    self.link(link).credits.insert(key);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A datagram from `link` authenticated: note it for the next ack.
+    pub(crate) fn on_datagram(&mut self, link: LinkId, counter: u64, eliciting: bool, now: Instant) {
+        if self.config.hop_reliability {
+            let d = self.config.max_ack_delay;
+            self.link(link).rx.on_datagram(counter, eliciting, now, d);
+        }
+    }
+
+    /// The link's session changed or it went down: in-flight datagrams are lost, acks restart.
+    pub(crate) fn reset_link(&mut self, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else { return };
+        l.rx = AckReceiver::default();
+        let lost = l.tx.reset();
+        for s in lost {
+            self.settle(link, s.refs, false);
+        }
+    }
+
+    /// Seeds a link's RTT estimate (from its handshake) so the first retransmission timer is
+    /// not the conservative default.
+    pub(crate) fn seed_rtt(&mut self, link: LinkId, rtt: Duration) {
+        self.link(link).tx.seed_rtt(rtt);
+    }
+
+    /// Forgets a link entirely (its routes are gone).
+    pub(crate) fn remove_link(&mut self, link: LinkId) {
+        self.links.remove(&link);
+    }
+
+    /// Whether `link` has something to send now.
+    pub(crate) fn wants_send(&self, link: LinkId, now: Instant) -> bool {
+        let Some(l) = self.links.get(&link) else { return false };
+        if l.rx.ack_due(now) || !l.control.is_empty() || !l.credits.is_empty() {
+            return true;
+        }
+        if l.tx.in_flight() >= self.config.max_in_flight {
+            return false;
+        }
+        let unlimited = !self.config.hop_reliability;
+        l.active.iter().flatten().any(|k| self.flows.get(k).is_some_and(|f| f.can_send(unlimited)))
+            || l.tx.has_probe(now, l.tx.overdue_after(self.config.max_ack_delay), self.config.idle_probes)
+    }
+
+    /// Writes frames for one packet on `link` into `buf`, at most `room` bytes.
+    pub(crate) fn fill(&mut self, link: LinkId, now: Instant, buf: &mut Vec<u8>, room: usize) -> Filled {
+        let start = buf.len();
+        let used = |buf: &Vec<u8>| buf.len() - start;
+        let reliable = self.config.hop_reliability;
+        let mut refs = Vec::new();
+        let mut eliciting = false;
+        let l = self.link(link);
+        if l.rx.has_unacked() && room >= ACK_FRAME_LEN {
+            if let Some(ack) = l.rx.take_frame(now) {
+                Frame::Ack(ack).encode(buf);
+            }
+        }
+        while let Some(c) = l.control.front() {
+            if used(buf) + c.len() > room {
+                break;
+            }
+            buf.extend_from_slice(c);
+            eliciting = true;
+            if let Some(c) = l.control.pop_front() {
+                refs.push(Ref::Control(c));
+            }
+        }
+        let credits: Vec<FlowKey> = l.credits.iter().copied().collect();
+        for key in credits {
+            let Some(f) = self.flows.get_mut(&key) else {
+                self.link(link).credits.remove(&key);
+                continue;
+            };
+            let Some((_, up_id)) = f.upstream else {
+                self.link(link).credits.remove(&key);
+                continue;
+            };
+            let frame = Frame::MaxData { route: up_id, class: key.class as u8, limit: f.limit() };
+            if used(buf) + frame.encoded_len() > room {
+                break;
+            }
+            frame.encode(buf);
+            f.stats.announced_limit = f.limit();
+            eliciting = true;
+            refs.push(Ref::Credit(key));
+            self.link(link).credits.remove(&key);
+        }
+        let in_flight_ok = self.link(link).tx.in_flight() < self.config.max_in_flight;
+        if in_flight_ok {
+            for class in Class::ALL {
+                self.fill_class(link, class, buf, start, room, &mut refs, &mut eliciting);
+            }
+        }
+        if !eliciting && reliable {
+            self.fill_probe(link, now, buf, start, room, &mut refs, &mut eliciting);
+        }
+        if !reliable {
+            // No per-hop acks: what was sent is gone from the buffer.
+            for r in refs.drain(..) {
+                if let Ref::Msg(key, offset) = r {
+                    if self.flows.get_mut(&key).is_some_and(|f| f.on_acked(offset)) {
+                        self.on_freed(key);
+                    }
+                }
+            }
+        }
+        Filled { refs, eliciting }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fill_class(
+        &mut self,
+        link: LinkId,
+        class: Class,
+        buf: &mut Vec<u8>,
+        start: usize,
+        room: usize,
+        refs: &mut Vec<Ref>,
+        eliciting: &mut bool,
+    ) {
+        let unlimited = !self.config.hop_reliability;
+        let ci = class as usize;
+        loop {
+            let l = self.link(link);
+            let order: Vec<FlowKey> = match l.cursor[ci] {
+                Some(c) => l.active[ci]
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .chain(l.active[ci].range(..=c))
+                    .copied()
+                    .collect(),
+                None => l.active[ci].iter().copied().collect(),
+            };
+            if order.is_empty() {
+                return;
+            }
+            let mut progress = false;
+            for key in order {
+                let free = room.saturating_sub(buf.len() - start);
+                if free <= ROUTE_DATA_OVERHEAD {
+                    return;
+                }
+                let Some(f) = self.flows.get_mut(&key) else {
+                    self.link(link).active[ci].remove(&key);
+                    continue;
+                };
+                let Some((_, down_id)) = f.downstream else {
+                    self.link(link).active[ci].remove(&key);
+                    continue;
+                };
+                match f.next_to_send(free - ROUTE_DATA_OVERHEAD, unlimited) {
+                    Some((offset, data)) => {
+                        Frame::RouteData { route: down_id, class: class as u8, offset, payload: data }.encode(buf);
+                        refs.push(Ref::Msg(key, offset));
+                        *eliciting = true;
+                        progress = true;
+                        let empty = !f.has_queued();
+                        let l = self.link(link);
+                        l.cursor[ci] = Some(key);
+                        if empty {
+                            l.active[ci].remove(&key);
+                        }
+                    }
+                    None => {
+                        if !f.has_queued() {
+                            self.link(link).active[ci].remove(&key);
+                        }
+                    }
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// With nothing else to send, sends another copy of the messages of the oldest datagram
+    /// whose ack is overdue (at most `idle_probes` copies each): idle capacity turned into
+    /// earlier loss recovery, which matters most at the tail of a transfer, where no later
+    /// datagram reveals a loss and the retransmission timer would be the only way out.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_probe(
+        &mut self,
+        link: LinkId,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        start: usize,
+        room: usize,
+        refs: &mut Vec<Ref>,
+        eliciting: &mut bool,
+    ) {
+        let (max, delay) = (self.config.idle_probes, self.config.max_ack_delay);
+        let l = self.link(link);
+        let age = l.tx.overdue_after(delay);
+        let Some(old) = l.tx.take_probe(now, age, max).map(|r| r.to_vec()) else { return };
+        for r in old {
+            let Ref::Msg(key, offset) = r else { continue };
+            let free = room.saturating_sub(buf.len() - start);
+            let Some(f) = self.flows.get_mut(&key) else { continue };
+            let Some((_, down_id)) = f.downstream else { continue };
+            if let Some(data) = f.probe(offset, free.saturating_sub(ROUTE_DATA_OVERHEAD)) {
+                Frame::RouteData { route: down_id, class: key.class as u8, offset, payload: data }.encode(buf);
+                refs.push(Ref::Msg(key, offset));
+                *eliciting = true;
+            }
+        }
+    }
+
+    /// After a packet built by [`Forwarder::fill`] was sealed with `counter`.
+    pub(crate) fn on_sent(&mut self, link: LinkId, counter: u64, filled: Filled, size: usize, now: Instant) {
+        if !self.config.hop_reliability {
+            return;
+        }
+        self.link(link)
+            .tx
+            .on_sent(counter, Sent { time: now, size, eliciting: filled.eliciting, probes: 0, refs: filled.refs });
+    }
+
+    /// The next deadline: ack delays, retransmission timers, credit refresh.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let links = self.links.values().flat_map(|l| [l.tx.deadline(), l.rx.deadline()]).flatten();
+        links.chain(self.next_refresh).min()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            // An ack whose delay ran out goes in the link's next packet; the driver polls for
+            // transmits after this (and again when a busy link frees).
+            self.link(id).rx.expire(now);
+            let expired = self.link(id).tx.deadline().is_some_and(|d| d <= now);
+            if expired {
+                let lost = self.link(id).tx.on_timeout(now);
+                for s in lost {
+                    self.settle(id, s.refs, false);
+                }
+            }
+        }
+        match self.next_refresh {
+            Some(t) if t <= now => {
+                // Re-announce credit to upstreams that used all they had: a lost update can
+                // never leave them waiting forever.
+                let stuck: Vec<(LinkId, FlowKey)> = self
+                    .flows
+                    .iter()
+                    .filter(|(_, f)| f.stats.received_bytes + 2048 >= f.stats.announced_limit)
+                    .filter_map(|(k, f)| f.upstream.map(|(l, _)| (l, *k)))
+                    .collect();
+                for (l, k) in stuck {
+                    self.link(l).credits.insert(k);
+                }
+                self.next_refresh = Some(now + self.config.credit_refresh);
+            }
+            None => self.next_refresh = Some(now + self.config.credit_refresh),
+            _ => {}
+        }
+    }
+
+    /// Round trip and in-flight datagrams of a link, for status.
+    pub fn link_rtt(&self, link: LinkId) -> Option<Duration> {
+        self.links.get(&link).and_then(|l| l.tx.rtt.srtt)
+    }
+
+    pub fn in_flight(&self, link: LinkId) -> usize {
+        self.links.get(&link).map_or(0, |l| l.tx.in_flight())
+    }
+
+    /// Acks naming datagrams never sent (or already settled) on a link.
+    pub fn unknown_acks(&self, link: LinkId) -> u64 {
+        self.links.get(&link).map_or(0, |l| l.tx.unknown_acks)
+    }
+}
+
+/// Encoded size of an ACK frame.
+pub const ACK_FRAME_LEN: usize = 1 + 8 + 4 + 32;
