@@ -723,3 +723,120 @@ impl Forwarder {
 
 /// Encoded size of an ACK frame.
 pub const ACK_FRAME_LEN: usize = 1 + 8 + 4 + 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(n: u32) -> RouteId {
+        RouteId::new(n).unwrap()
+    }
+
+    /// A relay's forwarder for one route: upstream on link 1 (their id 7), downstream on link 2
+    /// (their id 9).
+    fn relay() -> (Forwarder, RouteId) {
+        let mut f = Forwarder::new(ForwardConfig::default());
+        let r = rid(5);
+        assert!(f.add_route(r));
+        f.wire(r, Dir::Fwd, Some((LinkId(1), rid(7))), Some((LinkId(2), rid(9))));
+        f.wire(r, Dir::Back, Some((LinkId(2), rid(9))), Some((LinkId(1), rid(7))));
+        (f, r)
+    }
+
+    fn ack(largest: u64) -> AckFrame {
+        AckFrame { largest, delay_us: 0, bitmap: [0xff; 32] }
+    }
+
+    #[test]
+    fn bad_acks_and_credits_are_ignored_and_reported() {
+        let now = Instant::now();
+        let (mut f, r) = relay();
+        let key = FlowKey { route: r, dir: Dir::Fwd, class: Class::Bulk };
+        // An ack for datagrams never sent.
+        assert_eq!(f.on_ack(LinkId(2), &ack(1_000_000), now), Err(Reject::UnknownAck));
+        // Credit for a route we do not have, or from a link that is not the route's next hop.
+        assert_eq!(f.on_max_data(LinkId(2), rid(99), Class::Bulk, 1 << 20), Err(Reject::UnknownRoute));
+        // A credit larger than any buffer is clamped, never overflows.
+        assert_eq!(f.on_max_data(LinkId(2), r, Class::Bulk, u64::MAX), Err(Reject::CreditTooLarge));
+        let s = f.flow_stats(key).unwrap();
+        assert_eq!(s.send_limit, MAX_CREDIT_WINDOW);
+        // A smaller (stale, reordered) credit never lowers the limit.
+        assert_eq!(f.on_max_data(LinkId(2), r, Class::Bulk, 10), Ok(()));
+        assert_eq!(f.flow_stats(key).unwrap().send_limit, MAX_CREDIT_WINDOW);
+
+        // Data from upstream, sent downstream, acked twice (duplicated ack) and once reordered.
+        let mut delivered = None;
+        for i in 0..4u64 {
+            delivered = f.on_data(LinkId(1), r, Class::Bulk, i * 100, &[i as u8; 100]).unwrap();
+        }
+        assert!(delivered.is_none(), "a relay forwards, it does not deliver");
+        let mut buf = Vec::new();
+        let filled = f.fill(LinkId(2), now, &mut buf, 1400);
+        assert_eq!(
+            filled.refs.iter().filter(|r| matches!(r, Ref::Msg(..))).count(),
+            4,
+            "the four messages, bundled in one datagram"
+        );
+        f.on_sent(LinkId(2), 0, filled, buf.len(), now);
+        let a = AckFrame { largest: 0, delay_us: 0, bitmap: [0; 32] };
+        assert_eq!(f.on_ack(LinkId(2), &a, now), Ok(()));
+        assert_eq!(f.on_ack(LinkId(2), &a, now), Err(Reject::UnknownAck), "duplicate ack");
+        let s = f.flow_stats(key).unwrap();
+        assert_eq!((s.acked_bytes, s.buffered), (400, 0), "acked once, freed once");
+    }
+
+    #[test]
+    fn upstream_that_ignores_credit_is_cut_off_and_memory_stays_bounded() {
+        let (mut f, r) = relay();
+        let cap = f.capacity(Class::Bulk) as u64;
+        let mut over = 0;
+        for i in 0..(2 * cap / 1000) {
+            if matches!(f.on_data(LinkId(1), r, Class::Bulk, i * 1000, &[0; 1000]), Err(Reject::OverCredit)) {
+                over += 1;
+            }
+        }
+        let s = f.flow_stats(FlowKey { route: r, dir: Dir::Fwd, class: Class::Bulk }).unwrap();
+        assert!(s.buffered as u64 <= cap && s.max_buffered as u64 <= cap);
+        assert!(over > 0);
+        assert!(f.buffered_bytes() <= f.reserved_bytes());
+        // Data for an unknown route or from a link that is not the route's upstream.
+        assert_eq!(f.on_data(LinkId(1), rid(77), Class::Bulk, 0, b"x").unwrap_err(), Reject::UnknownRoute);
+        assert_eq!(f.on_data(LinkId(3), r, Class::Bulk, 0, b"x").unwrap_err(), Reject::UnknownRoute);
+    }
+
+    #[test]
+    fn one_datagram_bundles_messages_of_several_routes_realtime_first() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(ForwardConfig::default());
+        for n in [1, 2, 3] {
+            assert!(f.add_route(rid(n)));
+            f.wire(rid(n), Dir::Fwd, None, Some((LinkId(9), rid(100 + n))));
+        }
+        f.push_local(FlowKey { route: rid(1), dir: Dir::Fwd, class: Class::Bulk }, vec![1; 300]).unwrap();
+        f.push_local(FlowKey { route: rid(2), dir: Dir::Fwd, class: Class::Bulk }, vec![2; 300]).unwrap();
+        f.push_local(FlowKey { route: rid(3), dir: Dir::Fwd, class: Class::Realtime }, vec![3; 100]).unwrap();
+        let mut buf = Vec::new();
+        let filled = f.fill(LinkId(9), now, &mut buf, 1400);
+        let routes: Vec<(RouteId, Class)> = filled
+            .refs
+            .iter()
+            .filter_map(|r| match r {
+                Ref::Msg(k, _) => Some((k.route, k.class)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(routes, vec![(rid(3), Class::Realtime), (rid(1), Class::Bulk), (rid(2), Class::Bulk)]);
+    }
+
+    #[test]
+    fn node_budget_refuses_routes_beyond_it() {
+        let cfg = ForwardConfig { memory_budget_bytes: 5 * 1024 * 1024, ..ForwardConfig::default() };
+        let mut f = Forwarder::new(cfg);
+        assert!(f.add_route(rid(1)));
+        assert!(f.add_route(rid(2)));
+        assert!(!f.add_route(rid(3)), "a third route would pass the 5 MiB budget");
+        assert!(f.reserved_bytes() <= 5 * 1024 * 1024);
+        f.remove_route(rid(1));
+        assert!(f.add_route(rid(3)), "removing a route releases its buffers");
+    }
+}
