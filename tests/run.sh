@@ -10,7 +10,8 @@ if cargo tree -p skyroute-proto -e normal --prefix none | grep -E '^(tokio|mio|s
     echo "skyroute-proto depends on an I/O runtime" >&2
     exit 1
 fi
-if grep -rn -E 'tokio::|std::net::|Instant::now\(|SystemTime::now\(|thread::sleep|thread::spawn|OsRng|thread_rng' core/proto/src; then
+# (unit tests inside src may read the clock on lines marked "test-only clock")
+if grep -rn -E 'tokio::|std::net::|Instant::now\(|SystemTime::now\(|thread::sleep|thread::spawn|OsRng|thread_rng' core/proto/src | grep -v 'test-only clock'; then
     echo "skyroute-proto touches I/O, the clock, threads or a global RNG" >&2
     exit 1
 fi

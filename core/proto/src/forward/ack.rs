@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn receiver_bitmap_reports_what_arrived() {
-        let now = Instant::now();
+        let now = Instant::now(); // test-only clock
         let mut r = AckReceiver::default();
         for c in [0u64, 1, 2, 5, 7, 300] {
             r.on_datagram(c, true, now, Duration::from_millis(5));
@@ -379,7 +379,7 @@ mod tests {
     proptest! {
         #[test]
         fn ack_frame_lists_exactly_the_received_counters_in_range(counters in proptest::collection::btree_set(0u64..2000, 1..300)) {
-            let now = Instant::now();
+            let now = Instant::now(); // test-only clock
             let mut r = AckReceiver::default();
             for c in &counters {
                 r.on_datagram(*c, true, now, Duration::ZERO);
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn sender_detects_loss_by_threshold_and_timeout() {
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // test-only clock
         let mut s: AckSender<u32> =
             AckSender::new(Duration::from_millis(100), Duration::from_millis(50), Duration::from_secs(5));
         for c in 0..10u64 {

@@ -749,7 +749,7 @@ mod tests {
 
     #[test]
     fn bad_acks_and_credits_are_ignored_and_reported() {
-        let now = Instant::now();
+        let now = Instant::now(); // test-only clock
         let (mut f, r) = relay();
         let key = FlowKey { route: r, dir: Dir::Fwd, class: Class::Bulk };
         // An ack for datagrams never sent.
@@ -806,7 +806,7 @@ mod tests {
 
     #[test]
     fn one_datagram_bundles_messages_of_several_routes_realtime_first() {
-        let now = Instant::now();
+        let now = Instant::now(); // test-only clock
         let mut f = Forwarder::new(ForwardConfig::default());
         for n in [1, 2, 3] {
             assert!(f.add_route(rid(n)));
