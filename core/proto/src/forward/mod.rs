@@ -516,7 +516,7 @@ impl Forwarder {
                 refs.push(Ref::Control(c));
             }
         }
-        let credits: Vec<FlowKey> = l.credits.iter().copied().collect();
+        let credits: Vec<FlowKey> = if l.credits.is_empty() { Vec::new() } else { l.credits.iter().copied().collect() };
         for key in credits {
             let Some(f) = self.flows.get_mut(&key) else {
                 self.link(link).credits.remove(&key);
@@ -573,6 +573,9 @@ impl Forwarder {
         let ci = class as usize;
         loop {
             let l = self.link(link);
+            if l.active[ci].is_empty() {
+                return;
+            }
             let order: Vec<FlowKey> = match l.cursor[ci] {
                 Some(c) => l.active[ci]
                     .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
