@@ -137,10 +137,36 @@ pub struct Delivered {
     pub data: Vec<u8>,
 }
 
-/// Result of filling one packet.
+/// Result of filling one packet: what it carried, and whether the next hop must ack it.
 pub(crate) struct Filled {
     refs: Vec<Ref>,
     eliciting: bool,
+}
+
+/// A packet being filled: frames go into `buf` after `start`, at most `room` bytes.
+struct Packet<'a> {
+    buf: &'a mut Vec<u8>,
+    start: usize,
+    room: usize,
+    filled: Filled,
+}
+
+impl Packet<'_> {
+    fn free(&self) -> usize {
+        self.room.saturating_sub(self.buf.len() - self.start)
+    }
+
+    /// Records something ack-worthy the packet carries.
+    fn carried(&mut self, r: Ref) {
+        self.filled.refs.push(r);
+        self.filled.eliciting = true;
+    }
+
+    /// Adds one route message (new, resent or a probe copy) for the next hop's route `down_id`.
+    fn message(&mut self, key: FlowKey, down_id: RouteId, offset: u64, data: &[u8]) {
+        Frame::RouteData { route: down_id, class: key.class as u8, offset, payload: data }.encode(self.buf);
+        self.carried(Ref::Msg(key, offset));
+    }
 }
 
 /// Node-wide store-and-forward state.
@@ -495,59 +521,54 @@ impl Forwarder {
 
     /// Writes frames for one packet on `link` into `buf`, at most `room` bytes.
     pub(crate) fn fill(&mut self, link: LinkId, now: Instant, buf: &mut Vec<u8>, room: usize) -> Filled {
-        let start = buf.len();
-        let used = |buf: &Vec<u8>| buf.len() - start;
         let reliable = self.config.hop_reliability;
-        let mut refs = Vec::new();
-        let mut eliciting = false;
+        let mut p = Packet { start: buf.len(), buf, room, filled: Filled { refs: Vec::new(), eliciting: false } };
         let l = self.link(link);
-        if l.rx.has_unacked() && room >= ACK_FRAME_LEN {
+        if l.rx.has_unacked() && p.free() >= ACK_FRAME_LEN {
             if let Some(ack) = l.rx.take_frame(now) {
-                Frame::Ack(ack).encode(buf);
+                Frame::Ack(ack).encode(p.buf);
             }
         }
         while let Some(c) = l.control.front() {
-            if used(buf) + c.len() > room {
+            if c.len() > p.free() {
                 break;
             }
-            buf.extend_from_slice(c);
-            eliciting = true;
+            p.buf.extend_from_slice(c);
             if let Some(c) = l.control.pop_front() {
-                refs.push(Ref::Control(c));
+                p.carried(Ref::Control(c));
             }
         }
         let credits: Vec<FlowKey> = if l.credits.is_empty() { Vec::new() } else { l.credits.iter().copied().collect() };
         for key in credits {
-            let Some(f) = self.flows.get_mut(&key) else {
-                self.link(link).credits.remove(&key);
-                continue;
+            let frame = match self.flows.get(&key).and_then(|f| f.upstream.map(|(_, id)| (id, f.limit()))) {
+                Some((up_id, limit)) => Frame::MaxData { route: up_id, class: key.class as u8, limit },
+                None => {
+                    self.link(link).credits.remove(&key);
+                    continue;
+                }
             };
-            let Some((_, up_id)) = f.upstream else {
-                self.link(link).credits.remove(&key);
-                continue;
-            };
-            let frame = Frame::MaxData { route: up_id, class: key.class as u8, limit: f.limit() };
-            if used(buf) + frame.encoded_len() > room {
+            if frame.encoded_len() > p.free() {
                 break;
             }
-            frame.encode(buf);
-            f.stats.announced_limit = f.limit();
-            eliciting = true;
-            refs.push(Ref::Credit(key));
+            frame.encode(p.buf);
+            if let (Some(f), Frame::MaxData { limit, .. }) = (self.flows.get_mut(&key), frame) {
+                f.stats.announced_limit = limit;
+            }
+            p.carried(Ref::Credit(key));
             self.link(link).credits.remove(&key);
         }
-        let in_flight_ok = self.link(link).tx.in_flight() < self.config.max_in_flight;
-        if in_flight_ok {
+        if self.link(link).tx.in_flight() < self.config.max_in_flight {
             for class in Class::ALL {
-                self.fill_class(link, class, buf, start, room, &mut refs, &mut eliciting);
+                self.fill_class(link, class, &mut p);
             }
         }
-        if !eliciting && reliable {
-            self.fill_probe(link, now, buf, start, room, &mut refs, &mut eliciting);
+        if !p.filled.eliciting && reliable {
+            self.fill_probe(link, now, &mut p);
         }
+        let mut filled = p.filled;
         if !reliable {
             // No per-hop acks: what was sent is gone from the buffer.
-            for r in refs.drain(..) {
+            for r in filled.refs.drain(..) {
                 if let Ref::Msg(key, offset) = r {
                     if self.flows.get_mut(&key).is_some_and(|f| f.on_acked(offset)) {
                         self.on_freed(key);
@@ -555,20 +576,12 @@ impl Forwarder {
                 }
             }
         }
-        Filled { refs, eliciting }
+        filled
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn fill_class(
-        &mut self,
-        link: LinkId,
-        class: Class,
-        buf: &mut Vec<u8>,
-        start: usize,
-        room: usize,
-        refs: &mut Vec<Ref>,
-        eliciting: &mut bool,
-    ) {
+    /// Round robin over the flows of `class` with messages for `link`, one message each per
+    /// turn, until the packet is full or nothing more may be sent.
+    fn fill_class(&mut self, link: LinkId, class: Class, p: &mut Packet<'_>) {
         let unlimited = !self.config.hop_reliability;
         let ci = class as usize;
         loop {
@@ -584,13 +597,9 @@ impl Forwarder {
                     .collect(),
                 None => l.active[ci].iter().copied().collect(),
             };
-            if order.is_empty() {
-                return;
-            }
             let mut progress = false;
             for key in order {
-                let free = room.saturating_sub(buf.len() - start);
-                if free <= ROUTE_DATA_OVERHEAD {
+                if p.free() <= ROUTE_DATA_OVERHEAD {
                     return;
                 }
                 let Some(f) = self.flows.get_mut(&key) else {
@@ -601,24 +610,17 @@ impl Forwarder {
                     self.link(link).active[ci].remove(&key);
                     continue;
                 };
-                match f.next_to_send(free - ROUTE_DATA_OVERHEAD, unlimited) {
-                    Some((offset, data)) => {
-                        Frame::RouteData { route: down_id, class: class as u8, offset, payload: data }.encode(buf);
-                        refs.push(Ref::Msg(key, offset));
-                        *eliciting = true;
-                        progress = true;
-                        let empty = !f.has_queued();
-                        let l = self.link(link);
-                        l.cursor[ci] = Some(key);
-                        if empty {
-                            l.active[ci].remove(&key);
-                        }
-                    }
-                    None => {
-                        if !f.has_queued() {
-                            self.link(link).active[ci].remove(&key);
-                        }
-                    }
+                let sent = f
+                    .next_to_send(p.free() - ROUTE_DATA_OVERHEAD, unlimited)
+                    .map(|(offset, data)| p.message(key, down_id, offset, data));
+                let empty = !f.has_queued();
+                let l = self.link(link);
+                if sent.is_some() {
+                    progress = true;
+                    l.cursor[ci] = Some(key);
+                }
+                if empty {
+                    l.active[ci].remove(&key);
                 }
             }
             if !progress {
@@ -631,30 +633,18 @@ impl Forwarder {
     /// whose ack is overdue (at most `idle_probes` copies each): idle capacity turned into
     /// earlier loss recovery, which matters most at the tail of a transfer, where no later
     /// datagram reveals a loss and the retransmission timer would be the only way out.
-    #[allow(clippy::too_many_arguments)]
-    fn fill_probe(
-        &mut self,
-        link: LinkId,
-        now: Instant,
-        buf: &mut Vec<u8>,
-        start: usize,
-        room: usize,
-        refs: &mut Vec<Ref>,
-        eliciting: &mut bool,
-    ) {
+    fn fill_probe(&mut self, link: LinkId, now: Instant, p: &mut Packet<'_>) {
         let (max, delay) = (self.config.idle_probes, self.config.max_ack_delay);
         let l = self.link(link);
         let age = l.tx.overdue_after(delay);
         let Some(old) = l.tx.take_probe(now, age, max).map(|r| r.to_vec()) else { return };
         for r in old {
             let Ref::Msg(key, offset) = r else { continue };
-            let free = room.saturating_sub(buf.len() - start);
+            let free = p.free().saturating_sub(ROUTE_DATA_OVERHEAD);
             let Some(f) = self.flows.get_mut(&key) else { continue };
             let Some((_, down_id)) = f.downstream else { continue };
-            if let Some(data) = f.probe(offset, free.saturating_sub(ROUTE_DATA_OVERHEAD)) {
-                Frame::RouteData { route: down_id, class: key.class as u8, offset, payload: data }.encode(buf);
-                refs.push(Ref::Msg(key, offset));
-                *eliciting = true;
+            if let Some(data) = f.probe(offset, free) {
+                p.message(key, down_id, offset, data);
             }
         }
     }
