@@ -16,6 +16,29 @@ use crate::route::RouteId;
 /// Credit every flow starts with before the first credit update arrives (both ends assume it).
 pub const INITIAL_CREDIT_BYTES: u64 = 64 * 1024;
 
+/// Recycled message buffers: a relay copies every message it stores, so reusing the buffers of
+/// acked messages keeps the allocator off the forwarding path.
+#[derive(Debug, Default)]
+pub(crate) struct BufPool(Vec<Vec<u8>>);
+
+/// Most buffers kept for reuse.
+const POOL_BUFFERS: usize = 1024;
+
+impl BufPool {
+    pub fn copy(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.0.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(data);
+        v
+    }
+
+    pub fn put(&mut self, v: Vec<u8>) {
+        if self.0.len() < POOL_BUFFERS {
+            self.0.push(v);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Accept {
     Stored,
@@ -158,7 +181,14 @@ impl Flow {
     /// where the flow ends here, messages are delivered in end-to-end sequence order (the
     /// sequence is in the route message envelope), held until the ones before them arrive.
     /// Unordered (no per-hop reliability, the end-to-end baseline): delivered as they come.
-    pub fn accept(&mut self, offset: u64, data: &[u8], deliver: &mut Vec<Vec<u8>>, ordered: bool) -> Accept {
+    pub fn accept(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        deliver: &mut Vec<Vec<u8>>,
+        ordered: bool,
+        pool: &mut BufPool,
+    ) -> Accept {
         if ordered {
             if offset < self.recv_next || self.ahead.contains_key(&offset) {
                 self.stats.duplicates += 1;
@@ -181,7 +211,7 @@ impl Flow {
         self.stats.received_bytes += data.len() as u64;
         self.charge(data.len());
         if self.downstream.is_some() {
-            self.enqueue(data.to_vec());
+            self.enqueue(pool.copy(data));
             return Accept::Stored;
         }
         let seq = match data.first_chunk::<8>() {
@@ -221,12 +251,13 @@ impl Flow {
         self.freed += len as u64;
     }
 
-    /// The next hop acknowledged the datagram that carried `offset`.
-    pub fn on_acked(&mut self, offset: u64) -> bool {
-        let Some(m) = self.msgs.remove(&offset) else { return false };
+    /// The next hop acknowledged the datagram that carried `offset`: the message leaves the
+    /// buffer (its memory is returned for reuse).
+    pub fn on_acked(&mut self, offset: u64) -> Option<Vec<u8>> {
+        let m = self.msgs.remove(&offset)?;
         self.release(m.data.len());
         self.stats.acked_bytes += m.data.len() as u64;
-        true
+        Some(m.data)
     }
 
     /// The datagram that carried `offset` was lost: send it again first.

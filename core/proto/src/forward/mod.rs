@@ -19,7 +19,7 @@ use crate::link::LinkId;
 use crate::route::RouteId;
 use crate::stats::Reject;
 use ack::{AckFrame, AckReceiver, AckSender, Sent};
-use flow::{Accept, Flow};
+use flow::{Accept, BufPool, Flow};
 pub use flow::{FlowStats, INITIAL_CREDIT_BYTES};
 
 /// Service class of a route message. Realtime frames always go first; bulk fills the rest.
@@ -178,6 +178,9 @@ pub struct Forwarder {
     next_refresh: Option<Instant>,
     /// Local flows whose full buffer gained room (drained by the node as events).
     pub(crate) writable: Vec<FlowKey>,
+    /// Message buffers and ref lists of settled datagrams, for reuse.
+    pool: BufPool,
+    ref_pool: Vec<Vec<Ref>>,
 }
 
 /// Bytes a ROUTE_DATA frame adds to its payload.
@@ -194,6 +197,8 @@ impl Forwarder {
             reserved: 0,
             next_refresh: None,
             writable: Vec::new(),
+            pool: BufPool::default(),
+            ref_pool: Vec::new(),
         }
     }
 
@@ -356,7 +361,7 @@ impl Forwarder {
             return Err(Reject::QueueFull);
         }
         let mut delivered = Vec::new();
-        match f.accept(offset, payload, &mut delivered, self.config.hop_reliability) {
+        match f.accept(offset, payload, &mut delivered, self.config.hop_reliability, &mut self.pool) {
             Accept::Stored => {}
             Accept::Duplicate => return Ok(None),
             Accept::OverCredit => return Err(Reject::OverCredit),
@@ -454,13 +459,14 @@ impl Forwarder {
         Ok(())
     }
 
-    fn settle(&mut self, link: LinkId, refs: Vec<Ref>, acked: bool) {
-        for r in refs {
+    fn settle(&mut self, link: LinkId, mut refs: Vec<Ref>, acked: bool) {
+        for r in refs.drain(..) {
             match r {
                 Ref::Msg(key, offset) => {
                     let Some(f) = self.flows.get_mut(&key) else { continue };
                     if acked {
-                        if f.on_acked(offset) {
+                        if let Some(buf) = f.on_acked(offset) {
+                            self.pool.put(buf);
                             self.on_freed(key);
                         }
                     } else if f.on_lost(offset) {
@@ -473,6 +479,9 @@ impl Forwarder {
                 }
                 _ => {}
             }
+        }
+        if self.ref_pool.len() < 64 {
+            self.ref_pool.push(refs);
         }
     }
 
@@ -522,7 +531,8 @@ impl Forwarder {
     /// Writes frames for one packet on `link` into `buf`, at most `room` bytes.
     pub(crate) fn fill(&mut self, link: LinkId, now: Instant, buf: &mut Vec<u8>, room: usize) -> Filled {
         let reliable = self.config.hop_reliability;
-        let mut p = Packet { start: buf.len(), buf, room, filled: Filled { refs: Vec::new(), eliciting: false } };
+        let refs = self.ref_pool.pop().unwrap_or_default();
+        let mut p = Packet { start: buf.len(), buf, room, filled: Filled { refs, eliciting: false } };
         let l = self.link(link);
         if l.rx.has_unacked() && p.free() >= ACK_FRAME_LEN {
             if let Some(ack) = l.rx.take_frame(now) {
@@ -570,7 +580,8 @@ impl Forwarder {
             // No per-hop acks: what was sent is gone from the buffer.
             for r in filled.refs.drain(..) {
                 if let Ref::Msg(key, offset) = r {
-                    if self.flows.get_mut(&key).is_some_and(|f| f.on_acked(offset)) {
+                    if let Some(buf) = self.flows.get_mut(&key).and_then(|f| f.on_acked(offset)) {
+                        self.pool.put(buf);
                         self.on_freed(key);
                     }
                 }
@@ -582,49 +593,42 @@ impl Forwarder {
     /// Round robin over the flows of `class` with messages for `link`, one message each per
     /// turn, until the packet is full or nothing more may be sent.
     fn fill_class(&mut self, link: LinkId, class: Class, p: &mut Packet<'_>) {
+        use std::ops::Bound::{Excluded, Unbounded};
         let unlimited = !self.config.hop_reliability;
         let ci = class as usize;
+        // Flows since the last one that sent; a whole turn without progress ends the packet.
+        let mut idle = 0;
         loop {
+            if p.free() <= ROUTE_DATA_OVERHEAD {
+                return;
+            }
             let l = self.link(link);
-            if l.active[ci].is_empty() {
+            let n = l.active[ci].len();
+            if n == 0 || idle >= n {
                 return;
             }
-            let order: Vec<FlowKey> = match l.cursor[ci] {
-                Some(c) => l.active[ci]
-                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                    .chain(l.active[ci].range(..=c))
-                    .copied()
-                    .collect(),
-                None => l.active[ci].iter().copied().collect(),
+            let next = match l.cursor[ci] {
+                Some(c) => l.active[ci].range((Excluded(c), Unbounded)).next().or_else(|| l.active[ci].iter().next()),
+                None => l.active[ci].iter().next(),
             };
-            let mut progress = false;
-            for key in order {
-                if p.free() <= ROUTE_DATA_OVERHEAD {
-                    return;
-                }
-                let Some(f) = self.flows.get_mut(&key) else {
-                    self.link(link).active[ci].remove(&key);
-                    continue;
-                };
-                let Some((_, down_id)) = f.downstream else {
-                    self.link(link).active[ci].remove(&key);
-                    continue;
-                };
-                let sent = f
-                    .next_to_send(p.free() - ROUTE_DATA_OVERHEAD, unlimited)
-                    .map(|(offset, data)| p.message(key, down_id, offset, data));
-                let empty = !f.has_queued();
-                let l = self.link(link);
-                if sent.is_some() {
-                    progress = true;
-                    l.cursor[ci] = Some(key);
-                }
-                if empty {
-                    l.active[ci].remove(&key);
-                }
+            let Some(&key) = next else { return };
+            l.cursor[ci] = Some(key);
+            let Some(f) = self.flows.get_mut(&key).filter(|f| f.downstream.is_some()) else {
+                self.link(link).active[ci].remove(&key);
+                continue;
+            };
+            let down_id = f.downstream.map_or(key.route, |(_, id)| id);
+            let sent = f
+                .next_to_send(p.free() - ROUTE_DATA_OVERHEAD, unlimited)
+                .map(|(offset, data)| p.message(key, down_id, offset, data));
+            let empty = !f.has_queued();
+            if empty {
+                self.link(link).active[ci].remove(&key);
             }
-            if !progress {
-                return;
+            if sent.is_some() {
+                idle = 0;
+            } else {
+                idle += 1;
             }
         }
     }
