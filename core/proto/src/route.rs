@@ -140,8 +140,8 @@ fn derive_hop(secret: &[u8; 32], e_pub: &[u8; PUBLIC_KEY_LEN], hop: &PublicKey) 
     (HopKeys { fwd: AeadKey::new(&fwd), back: AeadKey::new(&back) }, proof)
 }
 
-/// Seals a route message. The counter (nonce) is `seq << 1 | class`, with one sequence per
-/// class, so the receiving end can restore each class's order from the envelope.
+/// Seals a route message. The counter (nonce) is `seq << 1 | class`, one sequence per class,
+/// with one replay window per class at the receiver.
 fn seal_msg(key: &AeadKey, seqs: &mut [u64; 2], class: Class, kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ROUTE_MSG_OVERHEAD + body.len());
     let seq = &mut seqs[class as usize];
@@ -634,9 +634,6 @@ impl Router {
                             return Err(Reject::BadRouteMessage);
                         }
                         o.joined += 1;
-                        // Messages now come from the new last hop, whose sequences start at 0.
-                        links.fwd().reset_order(FlowKey { route, dir: Dir::Back, class: Class::Realtime });
-                        links.fwd().reset_order(FlowKey { route, dir: Dir::Back, class: Class::Bulk });
                         self.advance(links, route);
                         Ok(())
                     }

@@ -3,7 +3,9 @@
 //! Offsets number the messages of one hop-to-hop leg. Upstream side: deduplicates by the
 //! upstream's offsets, holds messages that arrive ahead of a gap, and releases them in order
 //! (to the next leg, renumbered, or to this node when the flow ends here), so order holds end
-//! to end even though every hop retransmits on its own. It grants credit as a cumulative limit
+//! to end even though every hop retransmits on its own. Releasing in order at every hop is
+//! also what keeps credit deadlock-free: a message that fills a gap downstream was already sent
+//! once on that leg, and resending needs no credit. It grants credit as a cumulative limit
 //! (`freed + capacity`: the upstream may have sent at most that many bytes), so the buffer never
 //! holds more than its capacity. Downstream side: keeps every message until the next hop's link
 //! ack and sends new messages only within the credit the next hop granted.
@@ -100,12 +102,9 @@ pub(crate) struct Flow {
     /// Send order: retransmissions go to the front.
     pub queue: VecDeque<u64>,
     pub send_limit: u64,
-    /// Next offset the upstream is expected to send, and offsets received beyond it.
+    /// Next offset the upstream is expected to send, and messages received beyond it, held
+    /// until the gap before them fills.
     pub recv_next: u64,
-    pub ahead: BTreeMap<u64, usize>,
-    /// Where the flow ends here: the next end-to-end sequence to deliver, and messages held
-    /// until the ones before them arrive.
-    pub order_next: u64,
     pub held: BTreeMap<u64, Vec<u8>>,
     pub freed: u64,
     /// Offset of the next message on the downstream leg.
@@ -129,8 +128,6 @@ impl Flow {
             queue: VecDeque::new(),
             send_limit: INITIAL_CREDIT_BYTES,
             recv_next: 0,
-            ahead: BTreeMap::new(),
-            order_next: 0,
             held: BTreeMap::new(),
             freed: 0,
             next_offset: 0,
@@ -176,11 +173,9 @@ impl Flow {
         self.capacity - self.bytes
     }
 
-    /// A message from upstream (deduplicated by the upstream leg's offsets). A relay passes it
-    /// on at once, renumbered for the next leg, so a loss on one leg never stalls the others;
-    /// where the flow ends here, messages are delivered in end-to-end sequence order (the
-    /// sequence is in the route message envelope), held until the ones before them arrive.
-    /// Unordered (no per-hop reliability, the end-to-end baseline): delivered as they come.
+    /// A message from upstream, deduplicated by the upstream leg's offsets and passed on in
+    /// that order: to the next leg (renumbered) or, where the flow ends here, into `deliver`.
+    /// Unordered (no per-hop reliability, the end-to-end baseline): passed on as it comes.
     pub fn accept(
         &mut self,
         offset: u64,
@@ -189,61 +184,48 @@ impl Flow {
         ordered: bool,
         pool: &mut BufPool,
     ) -> Accept {
-        if ordered {
-            if offset < self.recv_next || self.ahead.contains_key(&offset) {
-                self.stats.duplicates += 1;
-                return Accept::Duplicate;
-            }
-            if self.stats.received_bytes + data.len() as u64 > self.limit() {
-                // The upstream ignored our credit: never store past the buffer.
-                self.stats.over_credit += 1;
-                return Accept::OverCredit;
-            }
-            if offset == self.recv_next {
-                self.recv_next += data.len() as u64;
-                while let Some(len) = self.ahead.remove(&self.recv_next) {
-                    self.recv_next += len as u64;
-                }
-            } else {
-                self.ahead.insert(offset, data.len());
-            }
-        }
-        self.stats.received_bytes += data.len() as u64;
-        self.charge(data.len());
-        if self.downstream.is_some() {
-            self.enqueue(pool.copy(data));
+        if !ordered {
+            self.stats.received_bytes += data.len() as u64;
+            self.charge(data.len());
+            self.pass_on(pool.copy(data), deliver);
             return Accept::Stored;
         }
-        let seq = match data.first_chunk::<8>() {
-            Some(c) if ordered => u64::from_be_bytes(*c) >> 1,
-            _ => {
-                self.deliver_one(data.to_vec(), deliver);
-                return Accept::Stored;
-            }
-        };
-        if seq < self.order_next || self.held.contains_key(&seq) {
-            // A replay under a fresh leg offset: drop it.
-            self.release(data.len());
+        if offset < self.recv_next || self.held.contains_key(&offset) {
             self.stats.duplicates += 1;
             return Accept::Duplicate;
         }
-        self.held.insert(seq, data.to_vec());
-        while let Some(d) = self.held.remove(&self.order_next) {
-            self.order_next += 1;
-            self.deliver_one(d, deliver);
+        if self.stats.received_bytes + data.len() as u64 > self.limit() {
+            // The upstream ignored our credit: never store past the buffer.
+            self.stats.over_credit += 1;
+            return Accept::OverCredit;
+        }
+        self.stats.received_bytes += data.len() as u64;
+        self.charge(data.len());
+        if offset != self.recv_next {
+            self.held.insert(offset, pool.copy(data));
+            return Accept::Stored;
+        }
+        let mut next = Some(pool.copy(data));
+        while let Some(d) = next {
+            self.recv_next += d.len() as u64;
+            self.pass_on(d, deliver);
+            next = self.held.remove(&self.recv_next);
         }
         Accept::Stored
+    }
+
+    fn pass_on(&mut self, d: Vec<u8>, deliver: &mut Vec<Vec<u8>>) {
+        if self.downstream.is_some() {
+            self.enqueue(d);
+        } else {
+            self.deliver_one(d, deliver);
+        }
     }
 
     fn deliver_one(&mut self, d: Vec<u8>, deliver: &mut Vec<Vec<u8>>) {
         self.release(d.len());
         self.stats.delivered_bytes += d.len() as u64;
         deliver.push(d);
-    }
-
-    /// The end of the flow changed (a new last hop): its sequences start again.
-    pub fn reset_order(&mut self) {
-        self.order_next = 0;
     }
 
     fn release(&mut self, len: usize) {

@@ -391,13 +391,6 @@ impl Forwarder {
         self.maybe_announce(key);
     }
 
-    /// The far end of a flow that ends here changed: restart its delivery order.
-    pub(crate) fn reset_order(&mut self, key: FlowKey) {
-        if let Some(f) = self.flows.get_mut(&key) {
-            f.reset_order();
-        }
-    }
-
     /// Queues a credit update upstream when enough space opened (or the upstream may be stuck).
     fn maybe_announce(&mut self, key: FlowKey) {
         let Some(f) = self.flows.get(&key) else { return };
