@@ -112,7 +112,7 @@ fn bench_link(c: &mut Criterion) {
     let now = Instant::now();
     let mut pkt = Vec::with_capacity(2048);
     // The send path: start the packet, write the frame bytes into it, pad and seal in place.
-    let mut seal = |a: &mut Link<u8>, pkt: &mut Vec<u8>| {
+    let seal = |a: &mut Link<u8>, pkt: &mut Vec<u8>| {
         a.begin_packet(pkt).unwrap();
         pkt.extend_from_slice(&payload);
         a.seal_packet(now, pkt).unwrap();
@@ -197,8 +197,7 @@ fn wg_pair() -> (boringtun::noise::Tunn, boringtun::noise::Tunn) {
 
 /// Three nodes A - B - C with a route A -> B -> C; returns them with the route id at A.
 fn three_nodes() -> (Vec<Node<u8>>, skyroute_proto::RouteId) {
-    let mut cfg = NodeConfig::default();
-    cfg.link = link_config();
+    let cfg = NodeConfig { link: link_config(), ..NodeConfig::default() };
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let mut nodes: Vec<Node<u8>> = (0..3)
         .map(|i| Node::new(SecretKey::generate(&mut rng), cfg.clone(), Box::new(ChaCha20Rng::seed_from_u64(100 + i))))
@@ -350,7 +349,7 @@ fn bench_keys(c: &mut Criterion) {
     g.finish();
 }
 
-fn mean_ns(root: &PathBuf, group: &str, name: &str) -> Option<f64> {
+fn mean_ns(root: &std::path::Path, group: &str, name: &str) -> Option<f64> {
     let text = std::fs::read_to_string(root.join(group).join(name).join("new/estimates.json")).ok()?;
     let key = "\"mean\":{\"confidence_interval\":";
     let at = text.find(key)?;

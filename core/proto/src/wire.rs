@@ -128,7 +128,7 @@ impl<'a> Packet<'a> {
                 if datagram[2..4] != [0, 0] {
                     return Err(DecodeError::Malformed("reserved bytes not zero"));
                 }
-                if (datagram.len() - DATA_HEADER_LEN - TAG_LEN) % 16 != 0 {
+                if !(datagram.len() - DATA_HEADER_LEN - TAG_LEN).is_multiple_of(16) {
                     return Err(DecodeError::Malformed("ciphertext not padded to 16 bytes"));
                 }
                 Ok(Packet::Data(DataHeader {

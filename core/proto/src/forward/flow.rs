@@ -65,7 +65,8 @@ pub struct FlowStats {
     pub buffered: usize,
     /// Largest `buffered` ever seen.
     pub max_buffered: usize,
-    /// Messages held now, and their offsets/sizes are in the buffer (unacked ones among them).
+    /// Messages waiting for the next hop's ack (the seed's "offset, size and order of every
+    /// unacked message" are their keys and lengths), and how many of them are in flight.
     pub messages: usize,
     pub in_flight_messages: usize,
     /// The downstream buffer size as last granted: credit limit minus bytes sent.

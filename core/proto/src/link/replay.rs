@@ -80,7 +80,7 @@ mod tests {
             let mut seen = std::collections::BTreeSet::new();
             let mut top: Option<u64> = None;
             for c in counters {
-                let fresh = !seen.contains(&c) && top.map_or(true, |t| c + WINDOW > t);
+                let fresh = !seen.contains(&c) && top.is_none_or(|t| c + WINDOW > t);
                 prop_assert_eq!(w.update(c), fresh, "counter {}", c);
                 if fresh { seen.insert(c); top = Some(top.map_or(c, |t| t.max(c))); }
             }

@@ -274,7 +274,7 @@ impl World {
         if *at > deadline {
             return None;
         }
-        let Some(Reverse((at, _, ev))) = self.queue.pop() else { return None };
+        let Reverse((at, _, ev)) = self.queue.pop()?;
         if at > self.now {
             self.same_instant_timers = 0;
         }
