@@ -262,6 +262,8 @@ fn bench_forward(c: &mut Criterion) {
     let mut pkt = Vec::with_capacity(2048);
     let mut out = Vec::with_capacity(2048);
     let mut full = 0;
+    let mut seg = [Duration::ZERO; 3];
+    let mut seg_n = 0u32;
     // Timed: what the relay does per packet (open, route lookup, buffer, seal, and its share of
     // the per-hop acks it receives). Untimed: the source producing packets, the far end acking.
     g.bench_function("node_forward", |bch| {
@@ -297,8 +299,13 @@ fn bench_forward(c: &mut Criterion) {
                     }
                     let t = Instant::now();
                     relay.handle_datagram(now, 0, &mut pkt);
+                    let t_mid = Instant::now();
                     let sent = relay.poll_transmit_on(now, to_c, &mut out);
-                    total += t.elapsed();
+                    let t_end = Instant::now();
+                    total += t_end - t;
+                    seg[0] += t_mid - t;
+                    seg[1] += t_end - t_mid;
+                    seg_n += 1;
                     assert!(sent.is_some());
                     if out.len() >= PAYLOAD {
                         full += 1;
@@ -308,7 +315,9 @@ fn bench_forward(c: &mut Criterion) {
                 while let Some(mut t) = far.poll_transmit(now) {
                     let start = Instant::now();
                     relay.handle_datagram(now, 2, &mut t.payload);
-                    total += start.elapsed();
+                    let e = start.elapsed();
+                    total += e;
+                    seg[2] += e;
                 }
                 while relay.poll_transmit_on(now, to_a, &mut out).is_some() {
                     src.handle_datagram(now, 1, &mut out);
@@ -319,6 +328,14 @@ fn bench_forward(c: &mut Criterion) {
         })
     });
     assert!(full > 0, "forwarded packets are full size");
+    if seg_n > 0 {
+        println!(
+            "relay per packet: receive+forward {:?}, build+seal {:?}, acks in {:?}",
+            seg[0] / seg_n,
+            seg[1] / seg_n,
+            seg[2] / seg_n
+        );
+    }
     g.finish();
 }
 

@@ -379,7 +379,6 @@ impl<A: Clone + Ord + Debug> Node<A> {
         let class = Class::from_u8(class).ok_or(Reject::Malformed)?;
         match self.fwd.on_data(id, route, class, offset, payload) {
             Ok(delivered) => {
-                self.router.touch(route, now);
                 let Some(msgs) = delivered else { return Ok(()) };
                 let (mut table, router, _, _) = self.table();
                 let r = router.on_delivered(now, &mut table, msgs);

@@ -215,6 +215,8 @@ struct Relay {
     confirmed: [u64; 2],
     /// When the unconfirmed rest is confirmed anyway.
     confirm_at: Option<Instant>,
+    /// Bytes the route's buffers had taken in at the last idle check.
+    seen_activity: u64,
 }
 
 enum Entry {
@@ -487,6 +489,7 @@ impl Router {
                         delivered: [0; 2],
                         confirmed: [0; 2],
                         confirm_at: None,
+                        seen_activity: 0,
                     }),
                 );
                 let fwd = links.fwd();
@@ -805,13 +808,6 @@ impl Router {
         }
     }
 
-    /// Data moving on a relay keeps it alive.
-    pub(crate) fn touch(&mut self, route: RouteId, now: Instant) {
-        if let Some(Entry::Relay(r)) = self.routes.get_mut(&route) {
-            r.last_active = now;
-        }
-    }
-
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.routes
             .values()
@@ -825,6 +821,18 @@ impl Router {
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant, links: &mut dyn Links) {
+        // Data moving through a relay keeps it alive; checked here rather than per message.
+        for (route, e) in self.routes.iter_mut() {
+            if let Entry::Relay(r) = e {
+                if r.last_active + self.config.idle_timeout <= now {
+                    let moved = links.fwd().route_activity(*route);
+                    if moved != r.seen_activity {
+                        r.seen_activity = moved;
+                        r.last_active = now;
+                    }
+                }
+            }
+        }
         for (route, e) in self.routes.iter_mut() {
             if let Entry::Relay(r) = e {
                 if r.confirm_at.is_some_and(|c| c <= now) {

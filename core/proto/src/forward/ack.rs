@@ -53,14 +53,27 @@ pub struct AckReceiver {
     bits: [u64; 4],
     /// Ack-eliciting datagrams received since the last ack was sent.
     unacked_eliciting: u32,
+    /// Ack at once after this many ack-eliciting datagrams (0 counts as 1).
+    ack_every: u32,
     deadline: Option<Instant>,
     /// The delay ran out: the ack goes in the next packet the link can send.
     due: bool,
 }
 
 impl AckReceiver {
-    /// Records a datagram. Ack-eliciting ones make an ack due (at once after two of them).
+    /// A receiver that acks at once after `ack_every` ack-eliciting datagrams (or after the
+    /// ack delay).
+    pub fn new(ack_every: u32) -> Self {
+        AckReceiver { ack_every, ..Default::default() }
+    }
+
+    /// Records a datagram. Ack-eliciting ones make an ack due: after `ack_every` of them, after
+    /// the ack delay, or at once when one before this one is missing (the sender should learn
+    /// of a loss as early as possible).
     pub fn on_datagram(&mut self, counter: u64, eliciting: bool, now: Instant, max_delay: Duration) {
+        if eliciting && self.largest.is_some_and(|l| counter > l + 1) {
+            self.due = true;
+        }
         match self.largest {
             None => {
                 self.largest = Some(counter);
@@ -120,7 +133,7 @@ impl AckReceiver {
 
     /// Whether an ack should go out now (two ack-eliciting datagrams, or the delay expired).
     pub fn ack_due(&self, now: Instant) -> bool {
-        self.due || self.unacked_eliciting >= 2 || self.deadline.is_some_and(|d| d <= now)
+        self.due || self.unacked_eliciting >= self.ack_every.max(1) || self.deadline.is_some_and(|d| d <= now)
     }
 
     /// The delay expired: the ack is owed at the next chance to send (no timer any more).

@@ -69,6 +69,9 @@ pub struct ForwardConfig {
     pub hop_reliability: bool,
     /// Longest an ack is held hoping to bundle it.
     pub max_ack_delay: Duration,
+    /// Ack at once after this many ack-eliciting datagrams. Each ack covers the last 256
+    /// datagrams, so a lost ack costs little; fewer acks is less work on every hop.
+    pub ack_every: u32,
     /// RTT assumed before the first sample.
     pub initial_rtt: Duration,
     pub min_rto: Duration,
@@ -89,6 +92,7 @@ impl Default for ForwardConfig {
             memory_budget_bytes: 512 * 1024 * 1024,
             hop_reliability: true,
             max_ack_delay: Duration::from_millis(2),
+            ack_every: 4,
             initial_rtt: Duration::from_millis(100),
             min_rto: Duration::from_millis(25),
             max_rto: Duration::from_secs(4),
@@ -120,7 +124,7 @@ struct LinkTx {
 impl LinkTx {
     fn new(c: &ForwardConfig) -> Self {
         LinkTx {
-            rx: AckReceiver::default(),
+            rx: AckReceiver::new(c.ack_every),
             tx: AckSender::new(c.initial_rtt, c.min_rto, c.max_rto),
             control: VecDeque::new(),
             credits: BTreeSet::new(),
@@ -325,6 +329,17 @@ impl Forwarder {
         self.flows.get(&key).map_or(0, |f| f.room())
     }
 
+    /// Bytes a route's buffers have taken in so far, all directions and classes (a measure of
+    /// activity: it changes whenever anything moves on the route).
+    pub fn route_activity(&self, route: RouteId) -> u64 {
+        [Dir::Fwd, Dir::Back]
+            .iter()
+            .flat_map(|dir| Class::ALL.map(|class| FlowKey { route, dir: *dir, class }))
+            .filter_map(|k| self.flows.get(&k))
+            .map(|f| f.stats.received_bytes)
+            .sum()
+    }
+
     /// Bytes held in one flow's buffer.
     pub fn buffered(&self, key: FlowKey) -> usize {
         self.flows.get(&key).map_or(0, |f| f.bytes)
@@ -350,12 +365,11 @@ impl Forwarder {
         offset: u64,
         payload: &[u8],
     ) -> Result<Option<Vec<Delivered>>, Reject> {
-        let key = [Dir::Fwd, Dir::Back]
-            .into_iter()
-            .map(|dir| FlowKey { route, dir, class })
-            .find(|k| self.flows.get(k).is_some_and(|f| f.upstream.is_some_and(|(l, _)| l == link)))
-            .ok_or(Reject::UnknownRoute)?;
-        let Some(f) = self.flows.get_mut(&key) else { return Err(Reject::UnknownRoute) };
+        let from_link = |f: &Flow| f.upstream.is_some_and(|(l, _)| l == link);
+        let fwd = FlowKey { route, dir: Dir::Fwd, class };
+        let key =
+            if self.flows.get(&fwd).is_some_and(from_link) { fwd } else { FlowKey { route, dir: Dir::Back, class } };
+        let Some(f) = self.flows.get_mut(&key).filter(|f| from_link(f)) else { return Err(Reject::UnknownRoute) };
         if !self.config.hop_reliability && f.bytes + payload.len() > f.capacity {
             // Without per-hop reliability there is no credit: a full buffer drops (the baseline).
             return Err(Reject::QueueFull);
@@ -489,7 +503,7 @@ impl Forwarder {
     /// The link's session changed or it went down: in-flight datagrams are lost, acks restart.
     pub(crate) fn reset_link(&mut self, link: LinkId) {
         let Some(l) = self.links.get_mut(&link) else { return };
-        l.rx = AckReceiver::default();
+        l.rx = AckReceiver::new(self.config.ack_every);
         let lost = l.tx.reset();
         for s in lost {
             self.settle(link, s.refs, false);
