@@ -35,6 +35,24 @@ pub enum Command {
         #[arg(long, value_name = "FILE", conflicts_with_all = ["out", "force"])]
         show: Option<PathBuf>,
     },
+    /// Runs a node on real sockets (UDP), with its identity and control socket in the data dir.
+    Node {
+        /// Data directory [default: ~/.local/share/skyroute].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Configuration file (TOML): listen address, static peers, buffer sizes.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Shows a running node's identity, links and routes (over its control socket).
+    Status {
+        /// Data directory [default: ~/.local/share/skyroute].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs a simulated network scenario (deterministic, virtual time).
     Sim {
         scenario: Scenario,
@@ -87,6 +105,22 @@ pub fn run(cli: Cli) -> i32 {
                 Ok(()) => {
                     println!("wrote {}", path.display());
                     print_identity(&key);
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Node { data_dir, config } => {
+            crate::daemon::run(data_dir.unwrap_or_else(keyfile::default_data_dir), config)
+        }
+        Command::Status { data_dir, json } => {
+            match crate::daemon::status(&data_dir.unwrap_or_else(keyfile::default_data_dir)) {
+                Ok(s) => {
+                    if json {
+                        print!("{}", to_json(&s));
+                    } else {
+                        print!("{}", s.table());
+                    }
                     0
                 }
                 Err(e) => fail(e),

@@ -2,6 +2,9 @@
 //! come next). All protocol logic lives in `skyroute-proto`.
 
 pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod keyfile;
 pub mod sim;
 pub mod udp;

@@ -6,7 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use skyroute_proto::{Class, Event, Node, NodeConfig, PublicKey, RouteError, RouteId, SecretKey};
+use skyroute_proto::{Class, Event, LinkState, Node, NodeConfig, PublicKey, RouteError, RouteId, SecretKey};
+
+use crate::control::{LinkStatus, Status};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +19,7 @@ enum Command {
     Connect { peer: PublicKey, addr: SocketAddr },
     OpenRoute { hops: Vec<PublicKey>, reply: oneshot::Sender<Result<RouteId, RouteError>> },
     Send { route: RouteId, class: Class, data: Vec<u8>, reply: oneshot::Sender<Result<(), RouteError>> },
+    Status { reply: oneshot::Sender<Status> },
     Stop,
 }
 
@@ -29,6 +32,21 @@ pub struct UdpNode {
     pub public_key: PublicKey,
     pub route_mtu: usize,
     task: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+/// A cloneable handle on a running node, for tasks other than its owner.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl NodeHandle {
+    /// A snapshot of the node.
+    pub async fn status(&self) -> Result<Status, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Status { reply }).map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
 }
 
 /// The driver stopped (the task ended).
@@ -45,7 +63,7 @@ impl UdpNode {
         let (public_key, route_mtu) = (node.public_key(), node.route_mtu());
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(node, socket, cmd_rx, ev_tx));
+        let task = tokio::spawn(drive(node, socket, local_addr, cmd_rx, ev_tx));
         Ok(UdpNode { commands, events, local_addr, public_key, route_mtu, task })
     }
 
@@ -68,6 +86,16 @@ impl UdpNode {
         rx.await.map_err(|_| Stopped)
     }
 
+    /// A snapshot of the node.
+    pub async fn status(&self) -> Result<Status, Stopped> {
+        self.handle().status().await
+    }
+
+    /// A handle that other tasks can hold to ask for status.
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle { commands: self.commands.clone() }
+    }
+
     /// Stops the driver and waits for it.
     pub async fn stop(self) -> io::Result<()> {
         let _ = self.commands.send(Command::Stop);
@@ -78,6 +106,7 @@ impl UdpNode {
 async fn drive(
     mut node: Node<SocketAddr>,
     socket: UdpSocket,
+    local_addr: SocketAddr,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
 ) -> io::Result<()> {
@@ -112,6 +141,9 @@ async fn drive(
                     Some(Command::Send { route, class, data, reply }) => {
                         let _ = reply.send(node.send_class(now, route, class, &data));
                     }
+                    Some(Command::Status { reply }) => {
+                        let _ = reply.send(status(&node, local_addr));
+                    }
                     Some(Command::Stop) | None => return Ok(()),
                 }
             }
@@ -123,5 +155,42 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+fn status(node: &Node<SocketAddr>, local: SocketAddr) -> Status {
+    let reasons = |r: &skyroute_proto::RejectCounts| r.iter().map(|(k, v)| (k.name().to_string(), v)).collect();
+    let (buffered_bytes, reserved_bytes) = node.buffered_bytes();
+    Status {
+        public_key: node.public_key().to_string(),
+        address: node.address().to_string(),
+        listen: vec![format!("udp {local}")],
+        links: node
+            .links()
+            .into_iter()
+            .map(|l| LinkStatus {
+                peer: l.peer.to_string(),
+                transport: "udp".into(),
+                addr: l.addr.to_string(),
+                state: match l.state {
+                    LinkState::Up => "up",
+                    LinkState::Connecting => "connecting",
+                    LinkState::Down => "down",
+                }
+                .into(),
+                rtt_ms: l.stats.rtt.map(|r| r.as_secs_f64() * 1e3),
+                tx_packets: l.stats.tx_packets,
+                rx_packets: l.stats.rx_packets,
+                tx_bytes: l.stats.tx_bytes,
+                rx_bytes: l.stats.rx_bytes,
+                rekeys: l.stats.rekeys,
+                in_flight: l.in_flight,
+                rejected: reasons(&l.stats.rejected),
+            })
+            .collect(),
+        routes: node.route_count(),
+        buffered_bytes,
+        reserved_bytes,
+        rejected: reasons(&node.stats().rejected),
     }
 }
