@@ -53,6 +53,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A UDP proxy that loses, delays, reorders and cuts datagrams (seeded), for tests on real
+    /// sockets where `tc netem` is not available.
+    Impair {
+        /// Address to listen on (clients send here).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Address to forward to.
+        #[arg(long)]
+        forward: std::net::SocketAddr,
+        /// Loss probability (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Delay added to every datagram, in ms.
+        #[arg(long, default_value_t = 0)]
+        delay: u64,
+        /// Extra random delay up to this, in ms.
+        #[arg(long, default_value_t = 0)]
+        jitter: u64,
+        /// Probability that a datagram is held back so later ones overtake it.
+        #[arg(long, default_value_t = 0.0)]
+        reorder: f64,
+        /// Take the link down every this many seconds...
+        #[arg(long, default_value_t = 0.0)]
+        down_every: f64,
+        /// ...for this many seconds.
+        #[arg(long, default_value_t = 0.0)]
+        down_for: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Runs a simulated network scenario (deterministic, virtual time).
     Sim {
         scenario: Scenario,
@@ -125,6 +155,44 @@ pub fn run(cli: Cli) -> i32 {
                 }
                 Err(e) => fail(e),
             }
+        }
+        Command::Impair { listen, forward, loss, delay, jitter, reorder, down_every, down_for, seed } => {
+            if !(0.0..=1.0).contains(&loss) || !(0.0..=1.0).contains(&reorder) {
+                return fail("--loss and --reorder must be in [0, 1]");
+            }
+            if down_every < 0.0 || down_for < 0.0 || down_for > down_every {
+                return fail("--down-for must be between 0 and --down-every");
+            }
+            let imp = crate::impair::Impairment {
+                loss,
+                delay: std::time::Duration::from_millis(delay),
+                jitter: std::time::Duration::from_millis(jitter),
+                reorder,
+                down_every: std::time::Duration::from_secs_f64(down_every),
+                down_for: std::time::Duration::from_secs_f64(down_for),
+                seed,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            rt.block_on(async {
+                let socket = match tokio::net::UdpSocket::bind(listen).await {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("{listen}: {e}")),
+                };
+                eprintln!("skyroute impair: {listen} <-> {forward} {imp:?}");
+                let stop = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                match crate::impair::run(socket, forward, imp, stop).await {
+                    Ok(s) => {
+                        eprintln!("skyroute impair: {s:?}");
+                        0
+                    }
+                    Err(e) => fail(e),
+                }
+            })
         }
         Command::Sim { scenario, seed, json, loss, bytes } => {
             let (out, ok) = match scenario {
