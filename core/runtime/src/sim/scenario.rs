@@ -163,6 +163,29 @@ pub fn transfer(w: &mut World, src: usize, dst: usize, route: RouteId, data: Vec
     Transfer { sent: tx.pos as u64, check, duration: w.now() - start, delivered_confirmed: confirmed }
 }
 
+/// A line of `hops + 1` nodes, a route from the first over all the others, and `data` sent
+/// through it. Returns how long the route took to build and the transfer's outcome (empty if
+/// the links or the route never came up within `limit_s` simulated seconds each).
+pub fn line_transfer(
+    w: &mut World,
+    hops: usize,
+    config: &NodeConfig,
+    spec: &WireSpec,
+    data: Vec<u8>,
+    limit_s: u64,
+) -> (Duration, Transfer) {
+    let limit = Duration::from_secs(limit_s);
+    let nodes = line(w, hops + 1, config, spec, limit);
+    let setup_start = w.now();
+    let route = nodes.as_ref().ok_or(RouteError::NoLink).and_then(|n| open_route(w, n[0], &n[1..], limit));
+    let route_setup = w.now() - setup_start;
+    let t = match route {
+        Ok(route) => transfer(w, 0, hops, route, data, limit * 12),
+        Err(_) => Transfer { sent: 0, check: StreamCheck::new(data), duration: Duration::ZERO, delivered_confirmed: 0 },
+    };
+    (route_setup, t)
+}
+
 /// Largest route buffer occupancy seen at any node, for any route.
 pub fn max_buffer_bytes(w: &World) -> usize {
     (0..w.nodes())
@@ -203,18 +226,8 @@ pub fn eight_hop(seed: u64, bytes: usize) -> EightHopReport {
     let wall = Instant::now();
     let hops = 8;
     let mut w = World::new(seed);
-    let nodes = line(&mut w, hops + 1, &NodeConfig::default(), &WireSpec::default(), Duration::from_secs(30));
-    let setup_start = w.now();
-    let route = nodes
-        .as_ref()
-        .ok_or(RouteError::NoLink)
-        .and_then(|n| open_route(&mut w, n[0], &n[1..], Duration::from_secs(30)));
-    let route_setup = w.now() - setup_start;
-    let data = payload(seed, bytes);
-    let t = match route {
-        Ok(route) => transfer(&mut w, 0, hops, route, data.clone(), Duration::from_secs(120)),
-        Err(_) => Transfer { sent: 0, check: StreamCheck::new(data), duration: Duration::ZERO, delivered_confirmed: 0 },
-    };
+    let (route_setup, t) =
+        line_transfer(&mut w, hops, &NodeConfig::default(), &WireSpec::default(), payload(seed, bytes), 30);
     EightHopReport {
         scenario: "eight-hop",
         seed,
@@ -299,18 +312,7 @@ pub fn eight_hop_loss(seed: u64, loss: f64, bytes: usize, baseline_secs: u64) ->
     let hops = 8;
     let spec = lossy_spec(loss);
     let mut w = World::new(seed);
-    let nodes = line(&mut w, hops + 1, &lossy_config(), &spec, Duration::from_secs(300));
-    let setup_start = w.now();
-    let route = nodes
-        .as_ref()
-        .ok_or(RouteError::NoLink)
-        .and_then(|n| open_route(&mut w, n[0], &n[1..], Duration::from_secs(120)));
-    let route_setup = w.now() - setup_start;
-    let data = payload(seed, bytes);
-    let t = match route {
-        Ok(route) => transfer(&mut w, 0, hops, route, data.clone(), Duration::from_secs(3600)),
-        Err(_) => Transfer { sent: 0, check: StreamCheck::new(data), duration: Duration::ZERO, delivered_confirmed: 0 },
-    };
+    let (route_setup, t) = line_transfer(&mut w, hops, &lossy_config(), &spec, payload(seed, bytes), 300);
     let retransmitted: u64 = (0..w.nodes())
         .flat_map(|i| {
             let n = w.node(i);
