@@ -119,7 +119,7 @@ async fn a_transfer_survives_30_percent_loss_and_a_link_flap_through_the_impairm
             break r;
         }
     };
-    transfer(&mut a, &mut b, &mut c, route, payload(8, 1 << 20)).await;
+    transfer(&mut a, &mut b, &mut c, route, payload(8, 4 << 20)).await;
     let _ = stop_tx.send(());
     let stats = proxy_task.await.unwrap().unwrap();
     assert!(stats.lost > 50 && stats.dropped_down > 0, "the proxy really impaired the link: {stats:?}");
