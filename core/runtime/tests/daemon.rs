@@ -51,7 +51,8 @@ impl Daemon {
     }
 
     fn terminate(mut self) -> i32 {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        // The shell's built-in kill: no dependency on a kill binary being installed.
+        Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
