@@ -298,11 +298,6 @@ impl Router {
         self.routes.keys().copied().collect()
     }
 
-    /// Whether `route` is one of ours (as source).
-    pub fn is_origin(&self, route: RouteId) -> bool {
-        matches!(self.routes.get(&route), Some(Entry::Origin(_)))
-    }
-
     /// The hops a route of ours goes through.
     pub fn hops(&self, route: RouteId) -> Option<Vec<PublicKey>> {
         match self.routes.get(&route)? {

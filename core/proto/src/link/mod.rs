@@ -262,16 +262,6 @@ impl<A: Clone> Link<A> {
         std::mem::take(&mut self.retired)
     }
 
-    /// Local indexes in use (for the node's index map).
-    pub fn indexes(&self) -> impl Iterator<Item = u32> + '_ {
-        self.session.iter().chain(self.pending.iter()).map(|s| s.local_index)
-    }
-
-    /// Whether this link has an outgoing handshake waiting for an answer.
-    pub fn handshake_in_flight(&self) -> bool {
-        self.handshake.is_some()
-    }
-
     /// Starts (or restarts) a handshake as initiator. The node picks `local_index`.
     pub fn start_handshake(&mut self, now: Instant, rng: &mut dyn CryptoRngCore, local: &SecretKey, local_index: u32) {
         if let Some(old) = self.handshake.take() {
@@ -284,11 +274,6 @@ impl<A: Clone> Link<A> {
         if self.state == LinkState::Down {
             self.state = LinkState::Connecting;
         }
-    }
-
-    /// Local index of the outgoing handshake, if one is in flight.
-    pub fn handshake_index(&self) -> Option<u32> {
-        self.handshake.as_ref().map(|h| h.state.sender_index)
     }
 
     /// Completes our handshake with the peer's response.
