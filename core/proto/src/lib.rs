@@ -7,7 +7,8 @@
 //! Layers, in the order data flows: [`wire`] (outer packets) -> [`link`] (encrypted neighbour
 //! links) -> [`frame`] (bundled frames) -> [`forward`] (store-and-forward: per-route buffers,
 //! per-hop acks and retransmission, credit, QoS) -> [`route`] (source routes, telescoping,
-//! end-to-end route messages) -> [`node`] (the object a driver talks to).
+//! end-to-end route messages) -> [`node`] (the object a driver talks to) -> [`session`]
+//! (end-to-end sessions over several routes with RaptorQ coding, driven next to the node).
 
 pub mod crypto;
 pub mod forward;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod link;
 pub mod node;
 pub mod route;
+pub mod session;
 pub mod stats;
 pub mod wire;
 
@@ -24,4 +26,5 @@ pub use identity::{Address, KeyError, PublicKey, SecretKey};
 pub use link::{DownReason, LinkConfig, LinkId, LinkState};
 pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};
 pub use route::{RouteConfig, RouteError, RouteEvent, RouteId};
+pub use session::{Graph, RouteFinder, SessionConfig, SessionError, SessionEvent, SessionId, SessionStats, Sessions, Strategy};
 pub use stats::{LinkStats, Reject, RejectCounts};

@@ -159,6 +159,11 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.public
     }
 
+    /// A copy of the node's secret key, for the session endpoint that runs next to it.
+    pub fn identity_copy(&self) -> SecretKey {
+        self.identity.clone()
+    }
+
     pub fn address(&self) -> Address {
         self.public.address()
     }

@@ -21,6 +21,9 @@ use rand_core::CryptoRngCore;
 
 const PROTOCOL_NAME: &[u8] = b"Noise_IK_secp256k1_ChaChaPoly_SHA256";
 const PROLOGUE: &[u8] = b"skyroute link v1";
+/// The prologue of end-to-end session handshakes: the same pattern, domain-separated from links
+/// so a link handshake can never be replayed as a session handshake or the other way round.
+pub const SESSION_PROLOGUE: &[u8] = b"skyroute session v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
@@ -43,10 +46,10 @@ struct SymmetricState {
 }
 
 impl SymmetricState {
-    fn new(responder_static: &PublicKey) -> Self {
+    fn new(prologue: &[u8], responder_static: &PublicKey) -> Self {
         let h0 = crypto::hash(&[PROTOCOL_NAME]);
         let mut s = SymmetricState { ck: Zeroizing::new(h0), h: h0 };
-        s.mix_hash(PROLOGUE);
+        s.mix_hash(prologue);
         s.mix_hash(&responder_static.to_bytes());
         s
     }
@@ -90,7 +93,18 @@ pub fn initiate(
     remote: &PublicKey,
     sender_index: u32,
 ) -> (Initiator, Vec<u8>) {
-    let mut st = SymmetricState::new(remote);
+    initiate_with(PROLOGUE, rng, local, remote, sender_index)
+}
+
+/// [`initiate`] under another prologue (sessions use [`SESSION_PROLOGUE`]).
+pub fn initiate_with(
+    prologue: &[u8],
+    rng: &mut impl CryptoRngCore,
+    local: &SecretKey,
+    remote: &PublicKey,
+    sender_index: u32,
+) -> (Initiator, Vec<u8>) {
+    let mut st = SymmetricState::new(prologue, remote);
     let e = Ephemeral::generate(rng);
     let e_pub = e.public_bytes();
     let mut pkt = Vec::with_capacity(HANDSHAKE_INIT_LEN);
@@ -122,7 +136,18 @@ pub fn respond(
     init: &HandshakeInit<'_>,
     responder_index: u32,
 ) -> Result<Responded, HandshakeError> {
-    let mut st = SymmetricState::new(&local.public_key());
+    respond_with(PROLOGUE, rng, local, init, responder_index)
+}
+
+/// [`respond`] under another prologue (sessions use [`SESSION_PROLOGUE`]).
+pub fn respond_with(
+    prologue: &[u8],
+    rng: &mut impl CryptoRngCore,
+    local: &SecretKey,
+    init: &HandshakeInit<'_>,
+    responder_index: u32,
+) -> Result<Responded, HandshakeError> {
+    let mut st = SymmetricState::new(prologue, &local.public_key());
     let re = PublicKey::from_bytes(init.ephemeral).map_err(|_| HandshakeError::BadKey)?;
     st.mix_hash(init.ephemeral);
     st.mix_hash(&init.sender_index.to_be_bytes());

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
-use skyroute_proto::{Event, LinkId, Node, NodeConfig, PublicKey, SecretKey};
+use skyroute_proto::{Event, Graph, LinkId, Node, NodeConfig, PublicKey, SecretKey, SessionConfig, SessionEvent, Sessions};
 
 /// Properties of one wire between two nodes (the same both ways).
 #[derive(Debug, Clone)]
@@ -63,6 +63,7 @@ struct Wire {
 enum Pending {
     Deliver { to: usize, from: usize, payload: Vec<u8> },
     Timer { node: usize },
+    SessionTimer { node: usize },
     WireFree { node: usize, link: LinkId },
 }
 
@@ -77,8 +78,16 @@ pub struct WireStats {
     pub bytes: u64,
 }
 
+/// The session endpoint of a node and its view of the topology.
+pub struct Host {
+    pub sessions: Sessions,
+    pub graph: Graph,
+    timer: Option<Instant>,
+}
+
 pub struct World {
     start: Instant,
+    hosts: Vec<Option<Host>>,
     now: Instant,
     nodes: Vec<Node<usize>>,
     timers: Vec<Option<Instant>>,
@@ -106,6 +115,7 @@ impl World {
         let start = Instant::now();
         World {
             start,
+            hosts: Vec::new(),
             now: start,
             nodes: Vec::new(),
             timers: Vec::new(),
@@ -137,7 +147,36 @@ impl World {
         let node_rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
         self.nodes.push(Node::new(key, config, Box::new(node_rng)));
         self.timers.push(None);
+        self.hosts.push(None);
         self.nodes.len() - 1
+    }
+
+    /// Gives a node a session endpoint (its key, its own RNG from the world's seed).
+    pub fn add_sessions(&mut self, node: usize, config: SessionConfig, graph: Graph) {
+        let key = self.nodes[node].identity_copy();
+        let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+        self.hosts[node] = Some(Host { sessions: Sessions::new(key, config, Box::new(rng)), graph, timer: None });
+    }
+
+    pub fn host(&self, node: usize) -> Option<&Host> {
+        self.hosts[node].as_ref()
+    }
+
+    pub fn host_mut(&mut self, node: usize) -> Option<&mut Host> {
+        self.hosts[node].as_mut()
+    }
+
+    /// Runs `f` on a node's session endpoint, then sends what it produced.
+    pub fn act_sessions<R>(
+        &mut self,
+        node: usize,
+        f: impl FnOnce(&mut Sessions, &mut Node<usize>, &Graph, Instant) -> R,
+    ) -> R {
+        let now = self.now;
+        let host = self.hosts[node].as_mut().expect("node has a session endpoint");
+        let r = f(&mut host.sessions, &mut self.nodes[node], &host.graph, now);
+        self.flush(node);
+        r
     }
 
     pub fn key(&self, node: usize) -> PublicKey {
@@ -189,6 +228,16 @@ impl World {
             self.pump(i, link);
         }
         let now = self.now;
+        if let Some(h) = self.hosts[i].as_mut() {
+            let next = h.sessions.poll_timeout();
+            if next != h.timer {
+                h.timer = next;
+                if let Some(at) = next {
+                    self.seq += 1;
+                    self.queue.push(Reverse((at.max(now), self.seq, Pending::SessionTimer { node: i })));
+                }
+            }
+        }
         let next = self.nodes[i].poll_timeout();
         if next != self.timers[i] {
             self.timers[i] = next;
@@ -303,6 +352,14 @@ impl World {
                 }
                 node
             }
+            Pending::SessionTimer { node } => {
+                let now = self.now;
+                if let Some(h) = self.hosts[node].as_mut().filter(|h| h.timer.is_some_and(|t| t <= now)) {
+                    h.timer = None;
+                    h.sessions.handle_timeout(now, &mut self.nodes[node], &h.graph);
+                }
+                node
+            }
             Pending::WireFree { node, link } => {
                 if self.wakes.get(&(node, link)) == Some(&at) {
                     self.wakes.remove(&(node, link));
@@ -310,12 +367,18 @@ impl World {
                 node
             }
         };
-        self.flush(node);
         let mut events = Vec::new();
+        // Node events go through the node's session endpoint first (it takes route data for
+        // sessions); what it sends is flushed below, with the node's own datagrams.
         while let Some(e) = self.nodes[node].poll_event() {
             self.log.update(format!("{:?} {node} {e:?}", self.now - self.start).as_bytes());
-            events.push((node, e));
+            let e = match self.hosts[node].as_mut() {
+                Some(h) => h.sessions.handle_event(self.now, &mut self.nodes[node], &h.graph, e),
+                None => Some(e),
+            };
+            events.extend(e.map(|e| (node, e)));
         }
+        self.flush(node);
         Some(events)
     }
 
@@ -332,6 +395,31 @@ impl World {
             match self.step(deadline) {
                 Some(events) => self.backlog.extend(events),
                 None => break,
+            }
+        }
+        self.now = self.now.max(deadline);
+        false
+    }
+
+    /// Runs until `deadline` or until `on_event` returns `false`, handing out session events of
+    /// every node with a session endpoint (node events not taken by sessions are dropped).
+    pub fn run_sessions_until(
+        &mut self,
+        deadline: Instant,
+        mut on_event: impl FnMut(&mut World, usize, SessionEvent) -> bool,
+    ) -> bool {
+        loop {
+            for i in 0..self.hosts.len() {
+                while let Some(ev) = self.hosts[i].as_mut().and_then(|h| h.sessions.poll_event()) {
+                    self.log.update(format!("{:?} {i} {ev:?}", self.now - self.start).as_bytes());
+                    if !on_event(self, i, ev) {
+                        return true;
+                    }
+                }
+            }
+            self.backlog.clear();
+            if self.step(deadline).is_none() {
+                break;
             }
         }
         self.now = self.now.max(deadline);

@@ -1,0 +1,705 @@
+//! End-to-end sessions over several routes, with RaptorQ fountain coding.
+//!
+//! A session is bound to the destination's public key (Noise IK with its static key, under
+//! its own prologue, separate from link keys, with its own key ratchet) and is identified by
+//! an index each end chooses: nothing about it depends on a route, link, address or
+//! transport. The side that opened it keeps `k` node-disjoint routes under it (asking a
+//! [`RouteFinder`]), probes them, declares a route dead when a probe goes unconfirmed for about
+//! three RTTs, builds replacements in the background and retires routes whose links went away.
+//! The application sees none of that: its stream and datagrams continue as long as some route
+//! comes back within `session_timeout`.
+//!
+//! Stream data is cut into blocks, each encoded with RaptorQ ([`fec`]); symbols are spread over
+//! the live paths by expected delivery time (RTT plus queued bytes over measured rate), so a
+//! block decodes from whichever routes deliver. Redundancy adapts: each new block gets repair
+//! symbols in proportion to the loss measured on the live paths (none on one clean path), and a
+//! block still short after its symbols passed gets fresh repair symbols, never its source data
+//! again. Deadline datagrams go on the two best paths and are dropped, not delivered late.
+//!
+//! [`Sessions`] is the endpoint, driven next to a [`Node`] the quinn way: feed it the node's
+//! events and timer expiries, read its events.
+
+pub mod fec;
+pub mod finder;
+pub mod keys;
+mod path;
+mod state;
+pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use rand_core::CryptoRngCore;
+
+use crate::identity::{PublicKey, SecretKey};
+use crate::link::handshake::{self, SESSION_PROLOGUE};
+use crate::link::RngRef;
+use crate::node::{Event, Node};
+use crate::route::{RouteEvent, RouteId};
+use crate::wire::Packet;
+
+pub use finder::{Graph, RouteFinder};
+pub use path::PathState;
+use state::{Ctx, Handshake, Session};
+
+/// A session's local index (the peer uses its own; neither depends on routes).
+pub type SessionId = u32;
+
+/// How a session uses its routes. `Fountain` is skyroute's; the others are baselines the
+/// simulator compares it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// k disjoint routes, RaptorQ symbols spread by capacity, adaptive repair.
+    Fountain,
+    /// One route, rebuilt when it breaks; lost source symbols are sent again.
+    SingleRoute,
+    /// Several routes; every packet on the lowest-RTT one; no coding.
+    MinRtt,
+    /// Every packet on every route.
+    DuplicateAll,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub strategy: Strategy,
+    /// Routes to keep (k).
+    pub routes: usize,
+    /// Symbol size in bytes (reduced to fit the route MTU).
+    pub symbol_size: usize,
+    /// Source symbols per full block (at most 64).
+    pub block_symbols: usize,
+    /// Stream bytes held for the peer (written, not yet confirmed decoded).
+    pub send_buffer: usize,
+    /// Blocks in flight at once (the receiver accepts up to twice this far ahead).
+    pub max_blocks_in_flight: usize,
+    /// Bulk bytes in flight per path.
+    pub path_window: usize,
+    /// Copies of each deadline datagram (on the best paths).
+    pub realtime_copies: usize,
+    /// Repair fraction added when only one path is live.
+    pub single_path_margin: f64,
+    /// Fail the session after this long without any live path.
+    pub session_timeout: Duration,
+    /// Initiator: handshake again after this long without hearing from the peer.
+    pub rehandshake_after: Duration,
+    pub rekey_after: Duration,
+    pub rekey_packets: u64,
+    /// Probe interval bounds (the interval follows the path's RTT).
+    pub probe_min: Duration,
+    pub probe_max: Duration,
+    /// Shortest time a probe may go unconfirmed before its path is suspect.
+    pub dead_floor: Duration,
+    /// A suspect path we built is replaced after this long.
+    pub retire_after: Duration,
+    pub ack_delay: Duration,
+    pub ack_every: u32,
+    /// Accept sessions from any key (responder side).
+    pub accept: bool,
+    /// Timer granularity while sessions are active.
+    pub tick: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            strategy: Strategy::Fountain,
+            routes: 3,
+            symbol_size: 1024,
+            block_symbols: 32,
+            send_buffer: 4 << 20,
+            max_blocks_in_flight: 64,
+            path_window: 256 << 10,
+            realtime_copies: 2,
+            single_path_margin: 0.0,
+            session_timeout: Duration::from_secs(30),
+            rehandshake_after: Duration::from_secs(2),
+            rekey_after: Duration::from_secs(10),
+            rekey_packets: 1 << 20,
+            probe_min: Duration::from_millis(20),
+            probe_max: Duration::from_millis(200),
+            dead_floor: Duration::from_millis(60),
+            retire_after: Duration::from_secs(2),
+            ack_delay: Duration::from_millis(5),
+            ack_every: 8,
+            accept: true,
+            tick: Duration::from_millis(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Our session reached the destination (initiator).
+    Established { session: SessionId, peer: PublicKey },
+    /// A peer opened a session to us (responder).
+    Accepted { session: SessionId, peer: PublicKey },
+    /// Stream bytes, in order, starting at stream offset `offset`.
+    Stream { session: SessionId, offset: u64, data: Vec<u8> },
+    /// A deadline datagram, in time.
+    Datagram { session: SessionId, data: Vec<u8> },
+    PathUp { session: SessionId, path: u32 },
+    PathDown { session: SessionId, path: u32 },
+    /// The peer lost its session state and restarted its stream at `offset`.
+    PeerRestarted { session: SessionId, offset: u64 },
+    /// No route for longer than the session timeout: the application sees the session fail.
+    Failed { session: SessionId },
+    /// The peer closed the session.
+    Closed { session: SessionId },
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub stream_bytes_written: u64,
+    pub stream_bytes_confirmed: u64,
+    pub stream_bytes_received: u64,
+    /// Session packet bytes handed to routes (all paths, both directions' own sends).
+    pub route_bytes_sent: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub symbols_sent: u64,
+    pub symbols_received: u64,
+    pub repair_sent: u64,
+    pub repair_planned: u64,
+    pub repair_reactive: u64,
+    pub source_resent: u64,
+    pub blocks_decoded: u64,
+    pub blocks_confirmed: u64,
+    pub acks_sent: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_unsent: u64,
+    pub datagrams_received: u64,
+    pub datagrams_late: u64,
+    pub datagrams_duplicate: u64,
+    pub paths_opened: u64,
+    pub path_failures: u64,
+    pub path_suspects: u64,
+    pub paths_retired: u64,
+    pub rehandshakes: u64,
+    pub rekeys: u64,
+    /// Symbols for blocks already decoded (late copies; not an error).
+    pub stale_symbols: u64,
+    pub rejected_auth: u64,
+    pub rejected_replay: u64,
+    pub rejected_malformed: u64,
+    pub rejected_stale_path: u64,
+    pub rejected_over_limit: u64,
+    pub rejected_unknown: u64,
+}
+
+/// Packets refused before they could be tied to a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub unknown_session: u64,
+    pub bad_handshake: u64,
+    pub malformed: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("no such session")]
+    Unknown,
+    #[error("the session failed or was closed")]
+    Closed,
+    #[error("a session to ourselves")]
+    SelfSession,
+}
+
+/// Every session of one node.
+pub struct Sessions {
+    identity: SecretKey,
+    public: PublicKey,
+    config: SessionConfig,
+    sessions: BTreeMap<SessionId, Session>,
+    by_peer_index: BTreeMap<(PublicKey, u32), SessionId>,
+    by_route: BTreeMap<RouteId, (SessionId, u32)>,
+    events: VecDeque<SessionEvent>,
+    stats: EndpointStats,
+    rng: Box<dyn CryptoRngCore + Send>,
+    next_tick: Option<Instant>,
+}
+
+impl Sessions {
+    pub fn new(identity: SecretKey, config: SessionConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
+        let public = identity.public_key();
+        Sessions {
+            identity,
+            public,
+            config,
+            sessions: BTreeMap::new(),
+            by_peer_index: BTreeMap::new(),
+            by_route: BTreeMap::new(),
+            events: VecDeque::new(),
+            stats: EndpointStats::default(),
+            rng,
+            next_tick: None,
+        }
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    pub fn endpoint_stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    pub fn stats(&self, id: SessionId) -> Option<&SessionStats> {
+        self.sessions.get(&id).map(|s| &s.stats)
+    }
+
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.sessions.keys().copied().collect()
+    }
+
+    pub fn peer(&self, id: SessionId) -> Option<PublicKey> {
+        self.sessions.get(&id).map(|s| s.peer)
+    }
+
+    /// Paths of a session: (path id, state, smoothed RTT, hops known here).
+    pub fn paths(&self, id: SessionId) -> Vec<(u32, PathState, Option<Duration>, Vec<PublicKey>)> {
+        self.sessions
+            .get(&id)
+            .map(|s| s.paths.values().map(|p| (p.id, p.state, p.srtt, p.hops.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_established(&self, id: SessionId) -> bool {
+        self.sessions.get(&id).is_some_and(|s| s.established())
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    fn alloc_id(&mut self) -> SessionId {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.sessions.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn ctx<'a, A>(
+        now: Instant,
+        node: &'a mut Node<A>,
+        cfg: &'a SessionConfig,
+        events: &'a mut VecDeque<SessionEvent>,
+        by_route: &'a mut BTreeMap<RouteId, (SessionId, u32)>,
+    ) -> Ctx<'a, A> {
+        Ctx { now, node, cfg, events, by_route }
+    }
+
+    /// Opens a session to `dest`; routes are built through `finder` and the handshake runs on
+    /// the first one ready. Watch for [`SessionEvent::Established`]; data written before then
+    /// is held.
+    pub fn connect<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        finder: &dyn RouteFinder,
+        dest: PublicKey,
+    ) -> Result<SessionId, SessionError> {
+        if dest == self.public {
+            return Err(SessionError::SelfSession);
+        }
+        let id = self.alloc_id();
+        let (state, packet) = handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id);
+        let s = Session::new(id, dest, true, Handshake::Waiting { state, packet, sent: now }, now);
+        self.sessions.insert(id, s);
+        self.maintain(now, node, finder, id);
+        self.next_tick = Some(now);
+        Ok(id)
+    }
+
+    /// Writes stream bytes; returns how many were taken (the rest: wait for room).
+    pub fn stream_send<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        id: SessionId,
+        data: &[u8],
+    ) -> Result<usize, SessionError> {
+        let s = self.sessions.get_mut(&id).ok_or(SessionError::Unknown)?;
+        if s.failed {
+            return Err(SessionError::Closed);
+        }
+        let n = s.stream_write(&self.config, data);
+        let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+        s.pump(&mut ctx);
+        Ok(n)
+    }
+
+    /// Stream bytes the session can take now.
+    pub fn stream_room(&self, id: SessionId) -> usize {
+        self.sessions.get(&id).map(|s| s.stream_room(&self.config)).unwrap_or(0)
+    }
+
+    /// Stream bytes written and not yet confirmed by the peer.
+    pub fn unconfirmed(&self, id: SessionId) -> usize {
+        self.sessions.get(&id).map(|s| s.unconfirmed()).unwrap_or(0)
+    }
+
+    /// Sends a deadline datagram; it is dropped, not delivered late, if it cannot arrive within
+    /// `budget`. Returns whether it went out on some path.
+    pub fn send_datagram<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        id: SessionId,
+        data: &[u8],
+        budget: Duration,
+    ) -> Result<bool, SessionError> {
+        let s = self.sessions.get_mut(&id).ok_or(SessionError::Unknown)?;
+        if s.failed {
+            return Err(SessionError::Closed);
+        }
+        let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+        Ok(s.send_datagram(&mut ctx, data, budget))
+    }
+
+    pub fn close<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>, id: SessionId) {
+        if let Some(mut s) = self.sessions.remove(&id) {
+            let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+            s.close(&mut ctx);
+            self.by_peer_index.retain(|_, v| *v != id);
+        }
+    }
+
+    /// Feeds a node event. Returns it back if it is not for sessions (link events are both).
+    pub fn handle_event<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        finder: &dyn RouteFinder,
+        event: Event,
+    ) -> Option<Event> {
+        let Event::Route(re) = &event else {
+            // A link came or went: paths may be retired or built.
+            let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+            for id in ids {
+                self.maintain(now, node, finder, id);
+            }
+            return Some(event);
+        };
+        match re {
+            RouteEvent::Ready { route } => {
+                let Some(&(sid, path)) = self.by_route.get(route) else { return Some(event) };
+                let Some(s) = self.sessions.get_mut(&sid) else { return None };
+                let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+                if let Some(p) = s.paths.get_mut(&path) {
+                    p.state = PathState::Live;
+                    p.since = now;
+                }
+                ctx.events.push_back(SessionEvent::PathUp { session: sid, path });
+                if s.established() {
+                    // Registers the path at the peer and measures it.
+                    s.on_timeout(&mut ctx);
+                } else {
+                    s.send_init(&mut ctx, path);
+                }
+                None
+            }
+            RouteEvent::Failed { route, .. } | RouteEvent::Closed { route } => {
+                let Some(&(sid, path)) = self.by_route.get(route) else { return Some(event) };
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+                    s.route_gone(&mut ctx, path);
+                    s.pump(&mut ctx);
+                }
+                self.by_route.remove(route);
+                self.maintain(now, node, finder, sid);
+                None
+            }
+            RouteEvent::Writable { route, .. } => {
+                let Some(&(sid, path)) = self.by_route.get(route) else { return Some(event) };
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if let Some(p) = s.paths.get_mut(&path) {
+                        p.blocked = false;
+                    }
+                    let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+                    s.pump(&mut ctx);
+                }
+                None
+            }
+            RouteEvent::Delivered { route, .. } => {
+                if self.by_route.contains_key(route) {
+                    None
+                } else {
+                    Some(event)
+                }
+            }
+            RouteEvent::Data { route, data, .. } => {
+                let mut data = data.clone();
+                if self.handle_packet(now, node, *route, &mut data) {
+                    None
+                } else {
+                    Some(event)
+                }
+            }
+        }
+    }
+
+    /// A session packet arrived on `route`. Returns false if it is not one.
+    fn handle_packet<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        route: RouteId,
+        data: &mut [u8],
+    ) -> bool {
+        let ours = self.by_route.contains_key(&route);
+        let packet = match Packet::parse(data) {
+            Ok(p) => p,
+            Err(_) => {
+                if ours {
+                    self.stats.malformed += 1;
+                }
+                return ours;
+            }
+        };
+        match packet {
+            Packet::HandshakeInit(init) => {
+                if !self.config.accept {
+                    self.stats.refused += 1;
+                    return true;
+                }
+                self.on_init(now, node, route, init.sender_index, data.to_vec());
+            }
+            Packet::HandshakeResp(resp) => {
+                let Some(s) = self.sessions.get_mut(&resp.receiver_index) else {
+                    self.stats.unknown_session += 1;
+                    return true;
+                };
+                let Handshake::Waiting { .. } = s.handshake else {
+                    // A duplicate answer (the init went out on several paths).
+                    return true;
+                };
+                let Handshake::Waiting { state, .. } = std::mem::replace(&mut s.handshake, Handshake::Done) else {
+                    return true;
+                };
+                let initiator_state = state;
+                match initiator_state.finish(&self.identity, &resp) {
+                    Ok(keys) => {
+                        let first = s.keys.is_none();
+                        s.on_keys(keys::SessionKeys::new(&keys, true, resp.sender_index, now), now);
+                        if first {
+                            self.events.push_back(SessionEvent::Established { session: s.id, peer: s.peer });
+                        } else {
+                            s.stats.rehandshakes += 1;
+                        }
+                        let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+                        s.on_timeout(&mut ctx);
+                    }
+                    Err(_) => {
+                        self.stats.bad_handshake += 1;
+                        s.handshake = Handshake::Done;
+                    }
+                }
+            }
+            Packet::Data(h) => {
+                let Some(s) = self.sessions.get_mut(&h.receiver_index) else {
+                    self.stats.unknown_session += 1;
+                    return true;
+                };
+                let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+                s.on_data(&mut ctx, route, h.epoch, h.counter, data);
+                if s.failed {
+                    let id = s.id;
+                    self.remove(id);
+                }
+            }
+        }
+        true
+    }
+
+    fn on_init<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        route: RouteId,
+        sender_index: u32,
+        raw: Vec<u8>,
+    ) {
+        // A copy of an init we answered (it went out on several paths): same answer, no crypto.
+        let existing = self.sessions.values().find(|s| s.answered.as_ref().is_some_and(|(i, _)| *i == raw)).map(|s| s.id);
+        if let Some(id) = existing {
+            if let Some((_, resp)) = self.sessions.get(&id).and_then(|s| s.answered.clone()) {
+                let _ = node.send_class(now, route, crate::forward::Class::Realtime, &resp);
+            }
+            return;
+        }
+        let Ok(Packet::HandshakeInit(init)) = Packet::parse(&raw) else { return };
+        // Known (initiator, index): a re-handshake keeps the session; new: a fresh session.
+        let id = self.alloc_id();
+        let responded =
+            match handshake::respond_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &init, id) {
+                Ok(r) => r,
+                Err(_) => {
+                    self.stats.bad_handshake += 1;
+                    return;
+                }
+            };
+        let key = (responded.initiator, sender_index);
+        let (sid, resp) = match self.by_peer_index.get(&key).copied().filter(|s| self.sessions.contains_key(s)) {
+            Some(sid) => {
+                // The response must name the session's index, not the fresh one: answer again.
+                let again = match handshake::respond_with(
+                    SESSION_PROLOGUE,
+                    &mut RngRef(&mut *self.rng),
+                    &self.identity,
+                    &init,
+                    sid,
+                ) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                let s = self.sessions.get_mut(&sid).expect("checked");
+                s.fresh = false;
+                s.stats.rehandshakes += 1;
+                s.on_keys(keys::SessionKeys::new(&again.keys, false, sender_index, now), now);
+                s.answered = Some((raw, again.packet.clone()));
+                (sid, again.packet)
+            }
+            None => {
+                let mut s = Session::new(id, responded.initiator, false, Handshake::Done, now);
+                s.on_keys(keys::SessionKeys::new(&responded.keys, false, sender_index, now), now);
+                s.answered = Some((raw, responded.packet.clone()));
+                self.sessions.insert(id, s);
+                self.by_peer_index.insert(key, id);
+                self.events.push_back(SessionEvent::Accepted { session: id, peer: responded.initiator });
+                self.next_tick.get_or_insert(now);
+                (id, responded.packet)
+            }
+        };
+        let _ = sid;
+        let _ = node.send_class(now, route, crate::forward::Class::Realtime, &resp);
+    }
+
+    fn remove(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            for p in s.paths.values() {
+                self.by_route.remove(&p.route);
+            }
+        }
+        self.by_peer_index.retain(|_, v| *v != id);
+    }
+
+    /// Keeps `k` routes under an initiator's session: retires dead ones, builds new ones.
+    fn maintain<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>, finder: &dyn RouteFinder, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let cfg = &self.config;
+        let mut ctx = Ctx { now, node, cfg, events: &mut self.events, by_route: &mut self.by_route };
+        // Session liveness (both sides).
+        if s.live_paths() > 0 {
+            s.no_path_since = None;
+        } else if s.no_path_since.is_none() {
+            s.no_path_since = Some(now);
+        }
+        if s.no_path_since.is_some_and(|t| now.saturating_duration_since(t) >= cfg.session_timeout) {
+            ctx.events.push_back(SessionEvent::Failed { session: id });
+            s.close(&mut ctx);
+            self.remove(id);
+            return;
+        }
+        if !s.initiator {
+            return;
+        }
+        // Retire paths whose first link went away or that stayed suspect too long.
+        let retire: Vec<u32> = s
+            .paths
+            .values()
+            .filter(|p| {
+                let first_down = p.hops.first().is_none_or(|h| {
+                    ctx.node.link_to(h).and_then(|l| ctx.node.link(l)).is_none_or(|l| l.state != crate::LinkState::Up)
+                });
+                let stale = p.state == PathState::Suspect && now.saturating_duration_since(p.since) >= cfg.retire_after;
+                first_down || stale
+            })
+            .map(|p| p.id)
+            .collect();
+        for p in retire {
+            s.retire_path(&mut ctx, p);
+        }
+        // Re-handshake if the peer has been silent (it may have restarted).
+        if let Handshake::Waiting { packet, sent, .. } = &mut s.handshake {
+            if now.saturating_duration_since(*sent) >= Duration::from_millis(500) {
+                *sent = now;
+                let pkt = packet.clone();
+                for p in s.paths.values().filter(|p| p.state != PathState::Building) {
+                    let _ = ctx.node.send_class(now, p.route, crate::forward::Class::Realtime, &pkt);
+                }
+            }
+        } else if now.saturating_duration_since(s.last_recv) >= cfg.rehandshake_after
+            && s.paths.values().any(|p| p.state != PathState::Building)
+        {
+            let (state, packet) =
+                handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &s.peer, s.id);
+            for p in s.paths.values().filter(|p| p.state != PathState::Building) {
+                let _ = ctx.node.send_class(now, p.route, crate::forward::Class::Realtime, &packet);
+            }
+            s.handshake = Handshake::Waiting { state, packet, sent: now };
+            s.last_recv = now;
+        }
+        // Build routes up to k.
+        let want = match cfg.strategy {
+            Strategy::SingleRoute => 1,
+            _ => cfg.routes.max(1),
+        };
+        let healthy = s.paths.values().filter(|p| p.state != PathState::Suspect).count();
+        if healthy >= want || now < s.next_find {
+            return;
+        }
+        let first_hops: BTreeSet<PublicKey> =
+            ctx.node.links().into_iter().filter(|l| l.state == crate::LinkState::Up).map(|l| l.peer).collect();
+        let mut avoid = BTreeSet::new();
+        for p in s.paths.values() {
+            for h in &p.hops {
+                if *h != s.peer {
+                    avoid.insert(*h);
+                }
+            }
+        }
+        let found = finder.find(&self.public, &s.peer, want - healthy, &first_hops, &avoid);
+        if found.len() < want - healthy {
+            s.next_find = now + Duration::from_millis(250);
+        }
+        for hops in found {
+            if let Ok(route) = ctx.node.open_route(now, &hops) {
+                let pid = s.next_path;
+                s.next_path += 1;
+                s.paths.insert(pid, path::Path::new(pid, route, hops, PathState::Building, now));
+                ctx.by_route.insert(route, (id, pid));
+                s.stats.paths_opened += 1;
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.sessions.is_empty() {
+            return None;
+        }
+        let tick = self.next_tick?;
+        self.sessions.values().filter_map(|s| s.next_timeout(tick)).min()
+    }
+
+    pub fn handle_timeout<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>, finder: &dyn RouteFinder) {
+        let tick_due = self.next_tick.is_some_and(|t| t <= now);
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+                s.on_timeout(&mut ctx);
+            }
+            if tick_due {
+                self.maintain(now, node, finder, id);
+            }
+        }
+        if tick_due {
+            self.next_tick = if self.sessions.is_empty() { None } else { Some(now + self.config.tick) };
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! One path of a session: a route plus what the session measured on it.
+//!
+//! Each path numbers its packets per class (bulk and realtime travel in different route
+//! queues, each delivered in order), and the peer reports the highest number it received per
+//! class. Because a route delivers a class in order, every packet at or below the reported
+//! number has either arrived or been lost with a broken route; so the sender knows exactly
+//! which symbols are still in flight. Realtime packets (probes, datagrams) measure RTT and
+//! liveness: one not confirmed within `max(3 x srtt, floor)` marks the path suspect.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::forward::Class;
+use crate::identity::PublicKey;
+use crate::route::RouteId;
+
+/// The top bit of a path sequence number marks the realtime class.
+pub const REALTIME_SEQ: u32 = 1 << 31;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PathState {
+    /// The route is being set up.
+    Building,
+    /// Confirmations arrive.
+    Live,
+    /// A realtime packet went unconfirmed too long; nothing new is scheduled on it.
+    Suspect,
+}
+
+/// What a sent packet carried, to settle when the peer reports it passed.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub seq: u32,
+    pub at: Instant,
+    pub bytes: usize,
+    pub symbol: Option<(u32, u32)>,
+}
+
+pub struct Path {
+    pub id: u32,
+    pub route: RouteId,
+    /// The hops (known at the side that built the route).
+    pub hops: Vec<PublicKey>,
+    pub state: PathState,
+    pub since: Instant,
+    pub srtt: Option<Duration>,
+    pub rttvar: Duration,
+    next_seq: [u32; 2],
+    /// Packets sent and not yet reported, per class (bulk, realtime).
+    pub sent: [VecDeque<Sent>; 2],
+    pub inflight_bulk: usize,
+    pub last_realtime_sent: Option<Instant>,
+    /// Route buffer refused a send: wait for `Writable`.
+    pub blocked: bool,
+    /// Receive side: highest sequence number and count per class.
+    pub recv_last: [Option<u32>; 2],
+    pub recv_count: [u32; 2],
+    /// Symbols sent on this path and symbols known lost on it (route broke, path went suspect).
+    pub symbols_sent: u64,
+    pub symbols_lost: u64,
+    /// Delivery rate estimate in bytes/s (bulk bytes confirmed).
+    pub rate: f64,
+    rate_bytes: usize,
+    rate_since: Instant,
+}
+
+fn idx(class: Class) -> usize {
+    match class {
+        Class::Bulk => 0,
+        Class::Realtime => 1,
+    }
+}
+
+impl Path {
+    pub fn new(id: u32, route: RouteId, hops: Vec<PublicKey>, state: PathState, now: Instant) -> Self {
+        Path {
+            id,
+            route,
+            hops,
+            state,
+            since: now,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            next_seq: [0, 0],
+            sent: [VecDeque::new(), VecDeque::new()],
+            inflight_bulk: 0,
+            last_realtime_sent: None,
+            blocked: false,
+            recv_last: [None, None],
+            recv_count: [0, 0],
+            symbols_sent: 0,
+            symbols_lost: 0,
+            rate: 0.0,
+            rate_bytes: 0,
+            rate_since: now,
+        }
+    }
+
+    pub fn usable(&self) -> bool {
+        self.state == PathState::Live
+    }
+
+    /// The next sequence number for `class` (not yet recorded).
+    pub fn peek_seq(&self, class: Class) -> u32 {
+        let n = self.next_seq[idx(class)];
+        match class {
+            Class::Bulk => n,
+            Class::Realtime => n | REALTIME_SEQ,
+        }
+    }
+
+    /// Records a packet that went out. Only `eliciting` packets (the peer answers them with an
+    /// ACK) are remembered for settling; others just use up a number.
+    pub fn record(&mut self, now: Instant, class: Class, bytes: usize, symbol: Option<(u32, u32)>, eliciting: bool) -> u32 {
+        let seq = self.peek_seq(class);
+        let i = idx(class);
+        self.next_seq[i] = (self.next_seq[i] + 1) & !REALTIME_SEQ;
+        if !eliciting {
+            return seq;
+        }
+        self.sent[i].push_back(Sent { seq, at: now, bytes, symbol });
+        match class {
+            Class::Bulk => self.inflight_bulk += bytes,
+            Class::Realtime => self.last_realtime_sent = Some(now),
+        }
+        if symbol.is_some() {
+            self.symbols_sent += 1;
+        }
+        seq
+    }
+
+    /// The peer reports `last` as the highest number it received in that class: settles every
+    /// packet up to it. Returns the symbols those packets carried.
+    pub fn settle(&mut self, now: Instant, last: u32, mut on_symbol: impl FnMut(u32, u32)) {
+        let realtime = last & REALTIME_SEQ != 0;
+        let i = realtime as usize;
+        let n = last & !REALTIME_SEQ;
+        let mut newest = None;
+        while let Some(s) = self.sent[i].front() {
+            // Sequence numbers grow by one per packet; compare within the 31-bit space.
+            let d = n.wrapping_sub(s.seq & !REALTIME_SEQ) & !REALTIME_SEQ;
+            if d >= 1 << 30 {
+                break;
+            }
+            let s = self.sent[i].pop_front().expect("front exists");
+            if !realtime {
+                self.inflight_bulk = self.inflight_bulk.saturating_sub(s.bytes);
+                self.rate_bytes += s.bytes;
+            }
+            if let Some((b, e)) = s.symbol {
+                on_symbol(b, e);
+            }
+            newest = Some(s.at);
+        }
+        if let Some(at) = newest.filter(|_| realtime) {
+            self.rtt_sample(now.saturating_duration_since(at));
+        }
+        if newest.is_some() && self.state == PathState::Suspect {
+            self.state = PathState::Live;
+            self.since = now;
+        }
+        let dt = now.saturating_duration_since(self.rate_since);
+        if dt >= Duration::from_millis(100) {
+            let r = self.rate_bytes as f64 / dt.as_secs_f64();
+            self.rate = if self.rate == 0.0 { r } else { 0.75 * self.rate + 0.25 * r };
+            self.rate_bytes = 0;
+            self.rate_since = now;
+        }
+    }
+
+    fn rtt_sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(s) => {
+                let diff = if s > rtt { s - rtt } else { rtt - s };
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + rtt) / 8);
+            }
+        }
+    }
+
+    /// How long a realtime packet may go unconfirmed before the path is suspect.
+    pub fn dead_after(&self, floor: Duration) -> Duration {
+        match self.srtt {
+            Some(s) => (s * 3 + self.rttvar * 2).max(floor),
+            None => floor * 4,
+        }
+    }
+
+    /// Whether the oldest unconfirmed realtime packet is overdue.
+    pub fn overdue(&self, now: Instant, floor: Duration) -> bool {
+        self.sent[1].front().is_some_and(|s| now.saturating_duration_since(s.at) > self.dead_after(floor))
+    }
+
+    /// Forgets everything in flight (the route broke or the path went suspect): returns the
+    /// symbols that are now presumed lost.
+    pub fn drain_lost(&mut self) -> Vec<(u32, u32)> {
+        let mut lost = Vec::new();
+        for q in &mut self.sent {
+            for s in q.drain(..) {
+                if let Some(sym) = s.symbol {
+                    lost.push(sym);
+                }
+            }
+        }
+        self.symbols_lost += lost.len() as u64;
+        self.inflight_bulk = 0;
+        lost
+    }
+
+    /// Forgets what is in flight without counting it lost (the peer's state was reset).
+    pub fn forget(&mut self) {
+        for q in &mut self.sent {
+            q.clear();
+        }
+        self.inflight_bulk = 0;
+    }
+
+    /// Records a received packet's sequence number (receive side).
+    pub fn received(&mut self, seq: u32) {
+        let i = (seq & REALTIME_SEQ != 0) as usize;
+        self.recv_count[i] = self.recv_count[i].wrapping_add(1);
+        let newer = match self.recv_last[i] {
+            None => true,
+            Some(l) => {
+                let d = (seq & !REALTIME_SEQ).wrapping_sub(l & !REALTIME_SEQ) & !REALTIME_SEQ;
+                d != 0 && d < 1 << 30
+            }
+        };
+        if newer {
+            self.recv_last[i] = Some(seq);
+        }
+    }
+
+    /// Expected time for one more bulk byte to arrive on this path (for scheduling).
+    pub fn score(&self) -> Duration {
+        let srtt = self.srtt.unwrap_or(Duration::from_millis(100));
+        let rate = if self.rate > 1.0 { self.rate } else { 125_000.0 };
+        srtt / 2 + Duration::from_secs_f64(self.inflight_bulk as f64 / rate)
+    }
+
+    /// Fraction of symbols lost on this path so far.
+    pub fn loss(&self) -> f64 {
+        if self.symbols_sent == 0 {
+            0.0
+        } else {
+            self.symbols_lost as f64 / self.symbols_sent as f64
+        }
+    }
+}
