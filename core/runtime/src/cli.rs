@@ -97,6 +97,12 @@ pub enum Command {
         /// Bytes to transfer [default: per scenario].
         #[arg(long)]
         bytes: Option<usize>,
+        /// Simulated seconds (moving-car) [default: 300].
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Draw deadline-met and goodput over time per strategy to this PNG (moving-car).
+        #[arg(long, value_name = "FILE.png")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -110,6 +116,9 @@ pub enum Scenario {
     /// A bulk transfer and a realtime flow on one route: realtime latency with two service
     /// classes against one FIFO class.
     Qos,
+    /// A car passes WiFi nodes while LTE flaps: one session (voice + bulk download) under
+    /// skyroute's coded multi-route strategy and three baselines.
+    MovingCar,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -194,7 +203,7 @@ pub fn run(cli: Cli) -> i32 {
                 }
             })
         }
-        Command::Sim { scenario, seed, json, loss, bytes } => {
+        Command::Sim { scenario, seed, json, loss, bytes, duration, plot } => {
             let (out, ok) = match scenario {
                 Scenario::EightHop => {
                     let r = scenario::eight_hop(seed, bytes.unwrap_or(1 << 20));
@@ -211,6 +220,21 @@ pub fn run(cli: Cli) -> i32 {
                     let r = scenario::qos(seed, std::time::Duration::from_secs(20));
                     let ok = r.realtime_p99_latency_ms.is_finite() && r.bulk_goodput > 0.0;
                     (if json { to_json(&r) } else { r.table() }, ok)
+                }
+                Scenario::MovingCar => {
+                    let secs = duration.unwrap_or(300.0);
+                    if !(1.0..=86_400.0).contains(&secs) {
+                        return fail(format!("--duration must be between 1 and 86400 seconds, got {secs}"));
+                    }
+                    let r = crate::sim::car::moving_car(seed, std::time::Duration::from_secs_f64(secs), crate::progress::stage);
+                    crate::progress::done();
+                    if let Some(path) = &plot {
+                        if let Err(e) = crate::sim::plot::moving_car(&r, path) {
+                            return fail(format!("{}: {e}", path.display()));
+                        }
+                    }
+                    let s = &r.strategies.skyroute;
+                    (if json { to_json(&r) } else { r.table() }, s.frames_sent > 0)
                 }
             };
             print!("{out}");

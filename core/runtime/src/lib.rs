@@ -7,5 +7,6 @@ pub mod control;
 pub mod daemon;
 pub mod impair;
 pub mod keyfile;
+pub mod progress;
 pub mod sim;
 pub mod udp;

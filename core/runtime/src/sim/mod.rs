@@ -10,6 +10,8 @@
 //! driver when it can take the next frame: queues live in the nodes' route buffers, where the
 //! protocol schedules them (realtime first), not in the wire.
 
+pub mod car;
+pub mod plot;
 pub mod scenario;
 
 use std::cmp::Reverse;
