@@ -1,13 +1,22 @@
-//! Sessions over several routes in the simulator: streams survive route and link loss.
+//! Sessions over several routes in the simulator: streams survive route and link loss, the
+//! peer restarting, and bad packets are refused and counted.
 
 use std::time::Duration;
 
 use skyroute::sim::scenario::{payload, StreamCheck};
 use skyroute::sim::{WireSpec, World};
-use skyroute_proto::{Event, Graph, NodeConfig, SessionConfig, SessionEvent};
+use skyroute_proto::{Event, Graph, NodeConfig, RouteEvent, SessionConfig, SessionEvent, SessionId, Strategy};
+
+struct Net {
+    w: World,
+    src: usize,
+    dst: usize,
+    relays: Vec<usize>,
+    graph: Graph,
+}
 
 /// src - {r1, r2, r3} - dst: three disjoint two-hop routes.
-fn diamond(seed: u64, cfg: SessionConfig) -> (World, usize, usize, Vec<usize>) {
+fn diamond(seed: u64, cfg: SessionConfig) -> Net {
     let mut w = World::new(seed);
     let nc = NodeConfig::default();
     let src = w.add_node(nc.clone());
@@ -31,37 +40,280 @@ fn diamond(seed: u64, cfg: SessionConfig) -> (World, usize, usize, Vec<usize>) {
     });
     assert_eq!(up, 12);
     w.add_sessions(src, cfg.clone(), g.clone());
-    w.add_sessions(dst, cfg, g);
-    (w, src, dst, relays)
+    w.add_sessions(dst, cfg, g.clone());
+    Net { w, src, dst, relays, graph: g }
+}
+
+fn connect(net: &mut Net) -> SessionId {
+    let dest = net.w.key(net.dst);
+    let sid = net.w.act_sessions(net.src, |s, n, g, now| s.connect(now, n, g, dest)).unwrap();
+    let mut ok = false;
+    let deadline = net.w.now() + Duration::from_secs(5);
+    net.w.run_sessions_until(deadline, |_, _, ev| {
+        ok |= matches!(ev, SessionEvent::Established { session, .. } if session == sid);
+        !ok
+    });
+    assert!(ok, "session established");
+    sid
+}
+
+/// What a stream run saw.
+#[derive(Default)]
+struct Run {
+    failed: u32,
+    restarted: u32,
+    /// Stream bytes the receiver got again (offsets it already had): after a restart only.
+    overlap: u64,
+}
+
+/// Streams `data` from src to dst until it all arrived or `limit` passed; `at` is called every
+/// 50 ms with the elapsed time so tests can break things.
+fn stream(
+    net: &mut Net,
+    sid: SessionId,
+    data: &[u8],
+    limit: Duration,
+    mut at: impl FnMut(&mut Net, Duration),
+) -> (StreamCheck, Run) {
+    let mut check = StreamCheck::new(data.to_vec());
+    let mut run = Run::default();
+    let start = net.w.now();
+    let mut pos = 0;
+    let mut next = start;
+    while net.w.now() < start + limit && !check.complete() {
+        if net.w.now() >= next {
+            at(net, net.w.now() - start);
+            next += Duration::from_millis(50);
+        }
+        if pos < data.len() {
+            pos += net.w.act_sessions(net.src, |s, n, _, now| s.stream_send(now, n, sid, &data[pos..])).unwrap_or(0);
+        }
+        let (dst, src) = (net.dst, net.src);
+        let slice = next.min(start + limit);
+        net.w.run_sessions_until(slice, |_, node, ev| {
+            match ev {
+                SessionEvent::Stream { offset, data, .. } if node == dst => {
+                    // A restarted receiver starts again at the sender's last confirmed offset:
+                    // the application drops what it already has, by offset.
+                    let have = check.received;
+                    let skip = have.saturating_sub(offset).min(data.len() as u64);
+                    assert!(offset <= have, "gap: data at {offset}, have {have}");
+                    run.overlap += skip;
+                    check.accept(&data[skip as usize..]);
+                }
+                SessionEvent::Failed { .. } => run.failed += 1,
+                SessionEvent::Accepted { .. } if node == dst => run.restarted += 1,
+                _ => {}
+            }
+            let _ = src;
+            !check.complete()
+        });
+    }
+    (check, run)
+}
+
+fn cut(net: &mut Net, relay: usize, from: Duration, to: Duration) {
+    let since = net.w.elapsed();
+    for (a, b) in [(net.src, relay), (relay, net.dst)] {
+        if let Some(s) = net.w.wire_mut(a, b) {
+            s.down.push((since + from, since + to));
+        }
+    }
 }
 
 #[test]
-fn stream_over_three_routes_is_intact() {
-    let (mut w, src, dst, _) = diamond(1, SessionConfig::default());
-    let dest = w.key(dst);
-    let sid = w.act_sessions(src, |s, n, g, now| s.connect(now, n, g, dest)).unwrap();
-    let data = payload(7, 2 << 20);
-    let mut check = StreamCheck::new(data.clone());
-    let mut pos = 0;
-    let deadline = w.now() + Duration::from_secs(60);
-    let mut established = false;
-    w.run_sessions_until(deadline, |w, node, ev| {
-        match ev {
-            SessionEvent::Established { .. } => established = true,
-            SessionEvent::Stream { data, .. } if node == dst => check.accept(&data),
-            _ => {}
-        }
-        if established && pos < data.len() {
-            pos += w.act_sessions(src, |s, n, _, now| s.stream_send(now, n, sid, &data[pos..])).unwrap();
-        }
-        !check.complete()
-    });
-    let st = w.host(src).unwrap().sessions.stats(sid).unwrap().clone();
-    eprintln!("{st:?} t={:?}", w.elapsed());
-    let h = w.host(dst).unwrap();
-    for id in h.sessions.ids() {
-        eprintln!("dst {:?}", h.sessions.stats(id));
-    }
-    eprintln!("dst endpoint {:?}", h.sessions.endpoint_stats());
+fn stream_over_three_routes_is_intact_and_cheap() {
+    let mut net = diamond(1, SessionConfig::default());
+    let sid = connect(&mut net);
+    let data = payload(7, 4 << 20);
+    let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(60), |_, _| {});
     assert!(check.intact(), "received {} of {}", check.received, data.len());
+    assert_eq!(run.failed, 0);
+    let st = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap().clone();
+    // Clean paths: no repair planned, and only the packet headers and acks on top.
+    assert_eq!(st.repair_planned, 0);
+    let overhead = st.route_bytes_sent as f64 / data.len() as f64;
+    assert!(overhead < 1.12, "overhead {overhead}");
+    // All three routes carried symbols.
+    assert_eq!(net.w.host(net.src).unwrap().sessions.paths(sid).len(), 3);
+}
+
+#[test]
+fn all_routes_broken_shorter_than_timeout_then_restored() {
+    let cfg = SessionConfig { session_timeout: Duration::from_secs(5), ..SessionConfig::default() };
+    let mut net = diamond(2, cfg);
+    let sid = connect(&mut net);
+    let data = payload(8, 3 << 20);
+    let relays = net.relays.clone();
+    let mut done = false;
+    let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(60), |net, t| {
+        if !done && t >= Duration::from_millis(300) {
+            done = true;
+            for r in &relays {
+                cut(net, *r, Duration::ZERO, Duration::from_millis(2500));
+            }
+        }
+    });
+    assert!(check.intact(), "received {} of {}", check.received, data.len());
+    assert_eq!(run.failed, 0, "the application never saw the session fail");
+    let st = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap().clone();
+    assert!(st.path_suspects + st.path_failures >= 3, "{st:?}");
+}
+
+#[test]
+fn the_link_set_is_replaced_entirely() {
+    let mut net = diamond(3, SessionConfig::default());
+    let sid = connect(&mut net);
+    // Two new neighbours the source will meet later, each with its own way to dst.
+    let nc = NodeConfig::default();
+    let fresh: Vec<usize> = (0..2).map(|_| net.w.add_node(nc.clone())).collect();
+    for f in &fresh {
+        net.w.add_wire(net.src, *f, WireSpec::default());
+        net.w.add_wire(*f, net.dst, WireSpec::default());
+        net.w.connect(*f, net.dst);
+        let (a, b, c) = (net.w.key(net.src), net.w.key(*f), net.w.key(net.dst));
+        net.graph.add_edge(a, b, 5);
+        net.graph.add_edge(b, c, 5);
+    }
+    net.w.host_mut(net.src).unwrap().graph = net.graph.clone();
+    let data = payload(9, 3 << 20);
+    let (relays, src) = (net.relays.clone(), net.src);
+    let mut stage = 0;
+    let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(60), |net, t| {
+        if stage == 0 && t >= Duration::from_millis(400) {
+            // The old neighbours go away for good; the new ones come in range.
+            stage = 1;
+            for r in &relays {
+                cut(net, *r, Duration::ZERO, Duration::from_secs(3600));
+            }
+            for f in &fresh {
+                net.w.connect(src, *f);
+            }
+        }
+    });
+    assert!(check.intact(), "received {} of {}", check.received, data.len());
+    assert_eq!(run.failed, 0);
+    // The old paths are retired (their links died), only routes over the new neighbours stay.
+    let deadline = net.w.now() + Duration::from_secs(6);
+    net.w.run_sessions_until(deadline, |_, _, _| true);
+    let paths = net.w.host(net.src).unwrap().sessions.paths(sid);
+    let fresh_keys: Vec<_> = fresh.iter().map(|f| net.w.key(*f)).collect();
+    assert!(!paths.is_empty() && paths.iter().all(|(_, _, _, hops)| fresh_keys.contains(&hops[0])), "{paths:?}");
+}
+
+#[test]
+fn the_peer_restarting_resumes_the_stream() {
+    let cfg = SessionConfig { session_timeout: Duration::from_secs(20), ..SessionConfig::default() };
+    let mut net = diamond(4, cfg);
+    let sid = connect(&mut net);
+    let data = payload(10, 3 << 20);
+    let mut crashed = false;
+    let dst = net.dst;
+    let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(90), |net, t| {
+        if !crashed && t >= Duration::from_millis(500) {
+            crashed = true;
+            net.w.restart(dst);
+        }
+    });
+    assert!(check.intact(), "received {} of {}", check.received, data.len());
+    assert_eq!(run.failed, 0);
+    assert_eq!(run.restarted, 1, "accepted again after the restart");
+    // The overlap is what was delivered but not yet confirmed when the peer crashed.
+    assert!(run.overlap <= SessionConfig::default().send_buffer as u64, "overlap {}", run.overlap);
+    let st = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap().clone();
+    assert!(st.rehandshakes >= 1, "{st:?}");
+}
+
+#[test]
+fn stale_foreign_and_forged_packets_are_refused_and_counted() {
+    let mut net = diamond(5, SessionConfig::default());
+    let a = connect(&mut net);
+    let b = connect(&mut net);
+    let (src, dst) = (net.src, net.dst);
+    // Capture real packets of both sessions at dst (withheld from its sessions).
+    net.w.capture_route_data(dst, 40);
+    for sid in [a, b] {
+        for i in 0..8u8 {
+            net.w
+                .act_sessions(src, |s, n, _, now| s.send_datagram(now, n, sid, &[i; 100], Duration::from_secs(1)))
+                .unwrap();
+        }
+    }
+    let deadline = net.w.now() + Duration::from_millis(300);
+    net.w.run_sessions_until(deadline, |_, _, _| true);
+    let captured = std::mem::take(&mut net.w.host_mut(dst).unwrap().captured);
+    assert!(captured.len() >= 16, "captured {}", captured.len());
+    let ids = net.w.host(dst).unwrap().sessions.ids();
+    let index = |p: &[u8]| u32::from_be_bytes(p[4..8].try_into().unwrap());
+    let data_pkts: Vec<(skyroute_proto::RouteId, Vec<u8>)> = captured
+        .iter()
+        .filter_map(|e| match e {
+            Event::Route(RouteEvent::Data { route, data, .. }) if data[0] & 0x0f == 3 => Some((*route, data.clone())),
+            _ => None,
+        })
+        .collect();
+    let (route0, p0) = data_pkts[0].clone();
+    let other_route = data_pkts.iter().find(|(r, _)| *r != route0).map(|(r, _)| *r).expect("two routes");
+    let feed = |net: &mut Net, route, data: Vec<u8>| {
+        net.w.act_sessions(dst, |s, n, g, now| {
+            s.handle_event(
+                now,
+                n,
+                g,
+                Event::Route(RouteEvent::Data { route, class: skyroute_proto::Class::Realtime, data }),
+            )
+        });
+    };
+    let sid_of = |p: &[u8]| index(p);
+    let target = sid_of(&p0);
+    assert!(ids.contains(&target));
+    let before = net.w.host(dst).unwrap().sessions.stats(target).unwrap().clone();
+    // 1. The genuine packet, first on a route its path is not bound to: stale route (and not
+    //    recorded, so it does not spoil the genuine delivery).
+    feed(&mut net, other_route, p0.clone());
+    // 2. Then on its own route: accepted; 3. again: a replay.
+    feed(&mut net, route0, p0.clone());
+    feed(&mut net, route0, p0.clone());
+    // 4. Forged: one bit flipped in the ciphertext.
+    let (_, mut p1) = data_pkts.iter().find(|(_, p)| sid_of(p) == target && *p != p0).cloned().expect("second packet");
+    let n = p1.len();
+    p1[n - 20] ^= 1;
+    feed(&mut net, route0, p1);
+    // 5. Another session's packet, readdressed to this one: it does not open.
+    let (r2, mut p2) = data_pkts.iter().find(|(_, p)| sid_of(p) != target).cloned().expect("other session");
+    p2[4..8].copy_from_slice(&target.to_be_bytes());
+    feed(&mut net, r2, p2);
+    // 6. Garbage with an unknown index.
+    let mut junk = p0.clone();
+    junk[4..8].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+    feed(&mut net, route0, junk);
+    let after = net.w.host(dst).unwrap().sessions.stats(target).unwrap().clone();
+    assert!(after.rejected_stale_path > before.rejected_stale_path, "{after:?}");
+    assert_eq!(after.rejected_replay, before.rejected_replay + 1, "{after:?}");
+    assert_eq!(after.rejected_auth, before.rejected_auth + 2, "{after:?}");
+    assert_eq!(after.packets_received, before.packets_received + 1);
+    assert!(net.w.host(dst).unwrap().sessions.endpoint_stats().unknown_session >= 1);
+    // And the session still works.
+    let data = payload(11, 256 << 10);
+    let (check, _) = stream(&mut net, a, &data, Duration::from_secs(20), |_, _| {});
+    assert!(check.intact());
+}
+
+#[test]
+fn baselines_deliver_the_stream_too() {
+    for strategy in [Strategy::SingleRoute, Strategy::MinRtt, Strategy::DuplicateAll] {
+        let mut net = diamond(6, SessionConfig { strategy, ..SessionConfig::default() });
+        let sid = connect(&mut net);
+        let data = payload(12, 1 << 20);
+        let r1 = net.relays[0];
+        let mut cutdone = false;
+        let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(60), |net, t| {
+            if !cutdone && t >= Duration::from_millis(200) {
+                cutdone = true;
+                cut(net, r1, Duration::ZERO, Duration::from_secs(3600));
+            }
+        });
+        assert!(check.intact(), "{strategy:?}: received {} of {}", check.received, data.len());
+        assert_eq!(run.failed, 0, "{strategy:?}");
+    }
 }

@@ -26,5 +26,7 @@ pub use identity::{Address, KeyError, PublicKey, SecretKey};
 pub use link::{DownReason, LinkConfig, LinkId, LinkState};
 pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};
 pub use route::{RouteConfig, RouteError, RouteEvent, RouteId};
-pub use session::{Graph, RouteFinder, SessionConfig, SessionError, SessionEvent, SessionId, SessionStats, Sessions, Strategy};
+pub use session::{
+    Graph, RouteFinder, SessionConfig, SessionError, SessionEvent, SessionId, SessionStats, Sessions, Strategy,
+};
 pub use stats::{LinkStats, Reject, RejectCounts};

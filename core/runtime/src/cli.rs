@@ -226,7 +226,11 @@ pub fn run(cli: Cli) -> i32 {
                     if !(1.0..=86_400.0).contains(&secs) {
                         return fail(format!("--duration must be between 1 and 86400 seconds, got {secs}"));
                     }
-                    let r = crate::sim::car::moving_car(seed, std::time::Duration::from_secs_f64(secs), crate::progress::stage);
+                    let r = crate::sim::car::moving_car(
+                        seed,
+                        std::time::Duration::from_secs_f64(secs),
+                        crate::progress::stage,
+                    );
                     crate::progress::done();
                     if let Some(path) = &plot {
                         if let Err(e) = crate::sim::plot::moving_car(&r, path) {

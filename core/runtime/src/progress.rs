@@ -12,7 +12,9 @@ pub fn stage(name: &str) {
     let Ok(mut bar) = BAR.lock() else { return };
     let b = bar.get_or_insert_with(|| {
         let b = ProgressBar::new_spinner();
-        b.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").unwrap_or(ProgressStyle::default_spinner()));
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").unwrap_or(ProgressStyle::default_spinner()),
+        );
         b.enable_steady_tick(std::time::Duration::from_millis(120));
         b
     });

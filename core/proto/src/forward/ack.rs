@@ -227,6 +227,9 @@ pub struct AckSender<R> {
     in_flight_bytes: usize,
     /// Acks that named counters we never sent or already settled (ignored, counted).
     pub unknown_acks: u64,
+    /// Every datagram below this counter was probed as often as allowed: probe searches start
+    /// here, so they cost O(1) however many datagrams a dead link has in flight.
+    probe_floor: u64,
 }
 
 /// What an ack or a timer settled.
@@ -253,6 +256,7 @@ impl<R> AckSender<R> {
             max_rto,
             in_flight_bytes: 0,
             unknown_acks: 0,
+            probe_floor: 0,
         }
     }
 
@@ -341,18 +345,26 @@ impl<R> AckSender<R> {
 
     /// The oldest datagram whose ack is overdue (sent at least `min_age` ago) and that was
     /// probed fewer than `max_probes` times; marks it and returns what it carried.
+    /// Datagrams are sent in counter order, so the oldest not fully probed one is the first at
+    /// or above the floor that still may be probed; if it is too young, all later ones are too.
     pub fn take_probe(&mut self, now: Instant, min_age: Duration, max_probes: u8) -> Option<&[R]> {
-        let s = self
-            .sent
-            .values_mut()
-            .find(|s| s.probes < max_probes && now.saturating_duration_since(s.time) >= min_age)?;
+        let (&c, s) = self.sent.range_mut(self.probe_floor..).find(|(_, s)| s.probes < max_probes)?;
+        if now.saturating_duration_since(s.time) < min_age {
+            return None;
+        }
         s.probes += 1;
+        if s.probes >= max_probes {
+            self.probe_floor = c + 1;
+        }
         Some(&s.refs)
     }
 
     /// Whether [`AckSender::take_probe`] would find something.
     pub fn has_probe(&self, now: Instant, min_age: Duration, max_probes: u8) -> bool {
-        self.sent.values().any(|s| s.probes < max_probes && now.saturating_duration_since(s.time) >= min_age)
+        self.sent
+            .range(self.probe_floor..)
+            .find(|(_, s)| s.probes < max_probes)
+            .is_some_and(|(_, s)| now.saturating_duration_since(s.time) >= min_age)
     }
 
     /// When an ack is overdue: a smoothed round trip, its variation and the peer's ack delay.

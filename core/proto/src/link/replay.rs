@@ -19,6 +19,11 @@ impl Default for ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// One past the highest counter accepted so far.
+    pub fn highest(&self) -> u64 {
+        self.next
+    }
+
     /// Whether `counter` would be accepted (not too old, not seen). Does not record it.
     pub fn check(&self, counter: u64) -> bool {
         if counter >= self.next {

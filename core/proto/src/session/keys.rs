@@ -96,17 +96,29 @@ impl SessionKeys {
         out.extend_from_slice(&tag);
     }
 
+    /// Records an opened packet's counter: the same packet is refused from now on.
+    pub fn accept(&mut self, counter: u64) {
+        self.replay.update(counter);
+    }
+
+    /// Counters this far below the highest seen are too old to check (cheap early refusal).
+    fn send_floor_hint(&self) -> u64 {
+        self.replay.highest()
+    }
+
     /// The counter the next sealed packet will use (for tests of nonce uniqueness).
     pub fn next_counter(&self) -> u64 {
         self.send_counter
     }
 
-    /// Opens a data packet in place; returns the body.
+    /// Opens a data packet in place; returns the body. Authenticates first, then checks the
+    /// counter against the replay window; the caller records the counter with
+    /// [`SessionKeys::accept`] once it decided to use the packet.
     pub fn open<'a>(&mut self, epoch: u8, counter: u64, packet: &'a mut [u8]) -> Result<&'a [u8], OpenError> {
         if packet.len() < DATA_HEADER_LEN + TAG_LEN {
             return Err(OpenError::Auth);
         }
-        if !self.replay.check(counter) {
+        if counter.saturating_add(crate::link::replay::WINDOW) < self.send_floor_hint() {
             return Err(OpenError::Replay);
         }
         let (hdr, rest) = packet.split_at_mut(DATA_HEADER_LEN);
@@ -123,7 +135,9 @@ impl SessionKeys {
                 _ => return Err(OpenError::StaleEpoch),
             }
         };
-        self.replay.update(counter);
+        if !self.replay.check(counter) {
+            return Err(OpenError::Replay);
+        }
         Ok(&rest[..len])
     }
 }
@@ -131,8 +145,8 @@ impl SessionKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zeroize::Zeroizing;
     use std::collections::BTreeSet;
+    use zeroize::Zeroizing;
 
     fn pair(now: Instant) -> (SessionKeys, SessionKeys) {
         let ks = |a: u8, b: u8| EpochKeys {
@@ -163,6 +177,7 @@ mod tests {
                 old = Some(p.clone());
             }
             let body = b.open(e, c, &mut p).unwrap().to_vec();
+            b.accept(c);
             assert_eq!(body, format!("m{i}").as_bytes());
         }
         assert!(a.rekeys >= 10, "rekeyed {} times", a.rekeys);
@@ -185,6 +200,7 @@ mod tests {
         assert_eq!(b.open(e, c, &mut forged), Err(OpenError::Auth));
         // The failed attempt did not burn the counter: the real packet still opens.
         assert_eq!(b.open(e, c, &mut p).unwrap(), b"hello");
+        b.accept(c);
         // Our own packet does not open under our receive key (other direction).
         let mut q = Vec::new();
         a.seal(t0, Duration::from_secs(1), 1 << 20, b"x", &mut q);

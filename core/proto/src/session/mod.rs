@@ -90,6 +90,8 @@ pub struct SessionConfig {
     pub probe_max: Duration,
     /// Shortest time a probe may go unconfirmed before its path is suspect.
     pub dead_floor: Duration,
+    /// Wait between route searches that found too few routes (a quarter of it after any).
+    pub find_retry: Duration,
     /// A suspect path we built is replaced after this long.
     pub retire_after: Duration,
     pub ack_delay: Duration,
@@ -120,6 +122,7 @@ impl Default for SessionConfig {
             probe_max: Duration::from_millis(200),
             dead_floor: Duration::from_millis(60),
             retire_after: Duration::from_secs(2),
+            find_retry: Duration::from_millis(200),
             ack_delay: Duration::from_millis(5),
             ack_every: 8,
             accept: true,
@@ -131,21 +134,47 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
     /// Our session reached the destination (initiator).
-    Established { session: SessionId, peer: PublicKey },
+    Established {
+        session: SessionId,
+        peer: PublicKey,
+    },
     /// A peer opened a session to us (responder).
-    Accepted { session: SessionId, peer: PublicKey },
+    Accepted {
+        session: SessionId,
+        peer: PublicKey,
+    },
     /// Stream bytes, in order, starting at stream offset `offset`.
-    Stream { session: SessionId, offset: u64, data: Vec<u8> },
+    Stream {
+        session: SessionId,
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// A deadline datagram, in time.
-    Datagram { session: SessionId, data: Vec<u8> },
-    PathUp { session: SessionId, path: u32 },
-    PathDown { session: SessionId, path: u32 },
+    Datagram {
+        session: SessionId,
+        data: Vec<u8>,
+    },
+    PathUp {
+        session: SessionId,
+        path: u32,
+    },
+    PathDown {
+        session: SessionId,
+        path: u32,
+    },
     /// The peer lost its session state and restarted its stream at `offset`.
-    PeerRestarted { session: SessionId, offset: u64 },
+    PeerRestarted {
+        session: SessionId,
+        offset: u64,
+    },
     /// No route for longer than the session timeout: the application sees the session fail.
-    Failed { session: SessionId },
+    Failed {
+        session: SessionId,
+    },
     /// The peer closed the session.
-    Closed { session: SessionId },
+    Closed {
+        session: SessionId,
+    },
 }
 
 /// Counters of one session.
@@ -307,7 +336,8 @@ impl Sessions {
             return Err(SessionError::SelfSession);
         }
         let id = self.alloc_id();
-        let (state, packet) = handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id);
+        let (state, packet) =
+            handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id);
         let s = Session::new(id, dest, true, Handshake::Waiting { state, packet, sent: now }, now);
         self.sessions.insert(id, s);
         self.maintain(now, node, finder, id);
@@ -525,7 +555,8 @@ impl Sessions {
         raw: Vec<u8>,
     ) {
         // A copy of an init we answered (it went out on several paths): same answer, no crypto.
-        let existing = self.sessions.values().find(|s| s.answered.as_ref().is_some_and(|(i, _)| *i == raw)).map(|s| s.id);
+        let existing =
+            self.sessions.values().find(|s| s.answered.as_ref().is_some_and(|(i, _)| *i == raw)).map(|s| s.id);
         if let Some(id) = existing {
             if let Some((_, resp)) = self.sessions.get(&id).and_then(|s| s.answered.clone()) {
                 let _ = node.send_class(now, route, crate::forward::Class::Realtime, &resp);
@@ -589,7 +620,13 @@ impl Sessions {
     }
 
     /// Keeps `k` routes under an initiator's session: retires dead ones, builds new ones.
-    fn maintain<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>, finder: &dyn RouteFinder, id: SessionId) {
+    fn maintain<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        finder: &dyn RouteFinder,
+        id: SessionId,
+    ) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         let cfg = &self.config;
         let mut ctx = Ctx { now, node, cfg, events: &mut self.events, by_route: &mut self.by_route };
@@ -664,9 +701,8 @@ impl Sessions {
             }
         }
         let found = finder.find(&self.public, &s.peer, want - healthy, &first_hops, &avoid);
-        if found.len() < want - healthy {
-            s.next_find = now + Duration::from_millis(250);
-        }
+        // Paced: a route that fails at once (a hop without a link) is not rebuilt in a loop.
+        s.next_find = now + if found.len() < want - healthy { cfg.find_retry } else { cfg.find_retry / 4 };
         for hops in found {
             if let Ok(route) = ctx.node.open_route(now, &hops) {
                 let pid = s.next_path;
@@ -686,7 +722,12 @@ impl Sessions {
         self.sessions.values().filter_map(|s| s.next_timeout(tick)).min()
     }
 
-    pub fn handle_timeout<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>, finder: &dyn RouteFinder) {
+    pub fn handle_timeout<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        finder: &dyn RouteFinder,
+    ) {
         let tick_due = self.next_tick.is_some_and(|t| t <= now);
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {

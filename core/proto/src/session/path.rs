@@ -111,7 +111,14 @@ impl Path {
 
     /// Records a packet that went out. Only `eliciting` packets (the peer answers them with an
     /// ACK) are remembered for settling; others just use up a number.
-    pub fn record(&mut self, now: Instant, class: Class, bytes: usize, symbol: Option<(u32, u32)>, eliciting: bool) -> u32 {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        class: Class,
+        bytes: usize,
+        symbol: Option<(u32, u32)>,
+        eliciting: bool,
+    ) -> u32 {
         let seq = self.peek_seq(class);
         let i = idx(class);
         self.next_seq[i] = (self.next_seq[i] + 1) & !REALTIME_SEQ;

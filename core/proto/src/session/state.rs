@@ -18,7 +18,11 @@ use super::{SessionConfig, SessionEvent, SessionId, SessionStats, Strategy};
 
 pub(crate) enum Handshake {
     /// Initiator waiting for the response; the init is resent on every new path.
-    Waiting { state: Initiator, packet: Vec<u8>, sent: Instant },
+    Waiting {
+        state: Initiator,
+        packet: Vec<u8>,
+        sent: Instant,
+    },
     Done,
 }
 
@@ -240,6 +244,9 @@ impl Session {
     }
 
     fn send_ack<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+        // Whatever happens, this ack is no longer due: with no path to send it on, the next
+        // packet that arrives asks again.
+        self.ack_due = None;
         let path = self
             .ack_path
             .filter(|p| self.paths.get(p).is_some_and(|p| p.state != PathState::Building))
@@ -274,7 +281,12 @@ impl Session {
         v.into_iter().take(n).map(|p| p.id).collect()
     }
 
-    pub fn send_datagram<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>, data: &[u8], budget: Duration) -> bool {
+    pub fn send_datagram<A: Clone + Ord + Debug>(
+        &mut self,
+        ctx: &mut Ctx<'_, A>,
+        data: &[u8],
+        budget: Duration,
+    ) -> bool {
         let targets = match ctx.cfg.strategy {
             Strategy::Fountain => self.best_paths(ctx.cfg.realtime_copies.max(1)),
             Strategy::SingleRoute | Strategy::MinRtt => self.best_paths(1),
@@ -346,9 +358,13 @@ impl Session {
     fn bulk_targets(&self, cfg: &SessionConfig, sym: usize) -> Vec<u32> {
         let room = |p: &&Path| p.usable() && !p.blocked && p.inflight_bulk + sym <= cfg.path_window;
         match cfg.strategy {
-            Strategy::Fountain | Strategy::SingleRoute => {
-                self.paths.values().filter(room).min_by_key(|p| (p.score(), p.id)).map(|p| vec![p.id]).unwrap_or_default()
-            }
+            Strategy::Fountain | Strategy::SingleRoute => self
+                .paths
+                .values()
+                .filter(room)
+                .min_by_key(|p| (p.score(), p.id))
+                .map(|p| vec![p.id])
+                .unwrap_or_default(),
             Strategy::MinRtt => {
                 let best = self.best_paths(1);
                 best.into_iter().filter(|id| self.paths.get(id).is_some_and(|p| room(&p))).collect()
@@ -571,6 +587,9 @@ impl Session {
                 ctx.by_route.insert(route, (self.id, body.path));
                 ctx.events.push_back(SessionEvent::PathUp { session: self.id, path: body.path });
             }
+        }
+        if let Some(k) = self.keys.as_mut() {
+            k.accept(counter);
         }
         self.last_recv = ctx.now;
         self.stats.packets_received += 1;
@@ -836,8 +855,6 @@ impl Session {
         }
         self.failed = true;
     }
-
-
 }
 
 fn failed_is_empty(paths: &BTreeMap<u32, Path>) -> bool {

@@ -78,16 +78,33 @@ pub struct Ack {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Symbol { block: u32, offset: u64, block_len: u32, esi: u32, data: &'a [u8] },
-    Datagram { id: u32, budget_ms: u16, data: &'a [u8] },
+    Symbol {
+        block: u32,
+        offset: u64,
+        block_len: u32,
+        esi: u32,
+        data: &'a [u8],
+    },
+    Datagram {
+        id: u32,
+        budget_ms: u16,
+        data: &'a [u8],
+    },
     Ack(Ack),
     Probe,
     /// Sent after every handshake until acknowledged: where our stream continues
     /// (`next_block` at byte `offset`), the first block we still need (`recv_next`), and whether
     /// our state is new (`fresh`: we have none of the peer's earlier data).
-    Resume { next_block: u32, offset: u64, recv_next: u32, fresh: bool },
+    Resume {
+        next_block: u32,
+        offset: u64,
+        recv_next: u32,
+        fresh: bool,
+    },
     Close,
-    PathClose { path: u32 },
+    PathClose {
+        path: u32,
+    },
 }
 
 impl Frame<'_> {

@@ -127,7 +127,15 @@ impl CarReport {
     pub fn table(&self) -> String {
         let mut out = format!(
             "moving car, seed {}, {:.0} simulated s ({:.1} s wall)\n{:<14} {:>7} {:>13} {:>15} {:>9} {:>8}\n",
-            self.seed, self.duration_s, self.wall_s, "strategy", "breaks", "deadline_met", "bulk (KB/s)", "overhead", "changes"
+            self.seed,
+            self.duration_s,
+            self.wall_s,
+            "strategy",
+            "breaks",
+            "deadline_met",
+            "bulk (KB/s)",
+            "overhead",
+            "changes"
         );
         for (name, r) in self.all() {
             out += &format!(

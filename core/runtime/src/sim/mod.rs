@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
-use skyroute_proto::{Event, Graph, LinkId, Node, NodeConfig, PublicKey, SecretKey, SessionConfig, SessionEvent, Sessions};
+use skyroute_proto::{
+    Event, Graph, LinkId, Node, NodeConfig, PublicKey, SecretKey, SessionConfig, SessionEvent, Sessions,
+};
 
 /// Properties of one wire between two nodes (the same both ways).
 #[derive(Debug, Clone)]
@@ -84,7 +86,11 @@ pub struct WireStats {
 pub struct Host {
     pub sessions: Sessions,
     pub graph: Graph,
+    config: SessionConfig,
     timer: Option<Instant>,
+    /// Route data events withheld from the sessions (for tests that replay or alter them).
+    capture: usize,
+    pub captured: Vec<Event>,
 }
 
 pub struct World {
@@ -157,7 +163,38 @@ impl World {
     pub fn add_sessions(&mut self, node: usize, config: SessionConfig, graph: Graph) {
         let key = self.nodes[node].identity_copy();
         let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
-        self.hosts[node] = Some(Host { sessions: Sessions::new(key, config, Box::new(rng)), graph, timer: None });
+        let sessions = Sessions::new(key, config.clone(), Box::new(rng));
+        self.hosts[node] = Some(Host { sessions, graph, config, timer: None, capture: 0, captured: Vec::new() });
+    }
+
+    /// Withholds the next `n` route data events of `node` from its sessions (see
+    /// [`Host::captured`]): lets a test replay, reroute or alter real session packets.
+    pub fn capture_route_data(&mut self, node: usize, n: usize) {
+        if let Some(h) = self.hosts[node].as_mut() {
+            h.capture = n;
+        }
+    }
+
+    /// Crashes and restarts a node: same key, no state (links, routes, sessions all gone).
+    pub fn restart(&mut self, node: usize) {
+        let key = self.nodes[node].identity_copy();
+        let config = self.nodes[node].config().clone();
+        let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+        self.nodes[node] = Node::new(key.clone(), config, Box::new(rng));
+        self.timers[node] = None;
+        if let Some(h) = self.hosts[node].take() {
+            let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+            let sessions = Sessions::new(key, h.config.clone(), Box::new(rng));
+            self.hosts[node] = Some(Host {
+                sessions,
+                graph: h.graph,
+                config: h.config,
+                timer: None,
+                capture: 0,
+                captured: Vec::new(),
+            });
+        }
+        self.wakes.retain(|(n, _), _| *n != node);
     }
 
     pub fn host(&self, node: usize) -> Option<&Host> {
@@ -355,6 +392,8 @@ impl World {
                 node
             }
             Pending::SessionTimer { node } => {
+                self.same_instant_timers += 1;
+                assert!(self.same_instant_timers < 100_000, "node {node}'s sessions keep a deadline in the past");
                 let now = self.now;
                 if let Some(h) = self.hosts[node].as_mut().filter(|h| h.timer.is_some_and(|t| t <= now)) {
                     h.timer = None;
@@ -375,6 +414,11 @@ impl World {
         while let Some(e) = self.nodes[node].poll_event() {
             self.log.update(format!("{:?} {node} {e:?}", self.now - self.start).as_bytes());
             let e = match self.hosts[node].as_mut() {
+                Some(h) if h.capture > 0 && matches!(e, Event::Route(skyroute_proto::RouteEvent::Data { .. })) => {
+                    h.capture -= 1;
+                    h.captured.push(e);
+                    None
+                }
                 Some(h) => h.sessions.handle_event(self.now, &mut self.nodes[node], &h.graph, e),
                 None => Some(e),
             };

@@ -7,7 +7,8 @@ use plotters::prelude::*;
 
 use super::car::CarReport;
 
-const COLOURS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+const COLOURS: [RGBColor; 4] =
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
 
 /// Two panels: deadline-met per second (top, 0..1) and bulk goodput per second (bottom).
 pub fn moving_car(report: &CarReport, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
