@@ -209,10 +209,14 @@ impl<A: Clone + Ord + Debug> Node<A> {
     }
 
     /// Dials a neighbour: starts the handshake now and keeps the link up (redialling when it
-    /// dies). Returns the existing link if there is one to that key.
+    /// dies). Returns the existing link if there is one to that key; if that link is down it
+    /// handshakes again at once (the way to say "this neighbour is reachable again").
     pub fn connect(&mut self, now: Instant, peer: PublicKey, addr: A) -> LinkId {
         if let Some(&id) = self.by_peer.get(&peer) {
             self.set_addr(id, addr);
+            if let Some(l) = self.links.get_mut(&id) {
+                l.dial_now(now);
+            }
             return id;
         }
         let id = self.add_link(now, peer, addr, true);

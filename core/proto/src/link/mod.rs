@@ -559,6 +559,16 @@ impl<A: Clone> Link<A> {
         self.seal_packet(now, &mut pkt).map(|_| pkt)
     }
 
+    /// The network changed (an interface came up, a radio associated): if the link is not up,
+    /// handshake again now instead of waiting out the backoff, and keep dialling it.
+    pub fn dial_now(&mut self, now: Instant) {
+        self.dial = true;
+        if self.state != LinkState::Up {
+            self.handshake_attempts = 0;
+            self.next_handshake = Some(now);
+        }
+    }
+
     fn retry_delay(&self) -> Duration {
         // A few quick retries first (a lossy radio link loses handshakes often), then back off.
         let shift = self.handshake_attempts.saturating_sub(4).min(16);

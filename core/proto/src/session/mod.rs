@@ -90,6 +90,8 @@ pub struct SessionConfig {
     pub probe_max: Duration,
     /// Shortest time a probe may go unconfirmed before its path is suspect.
     pub dead_floor: Duration,
+    /// A route still being built after this long no longer holds back building another.
+    pub build_patience: Duration,
     /// Wait between route searches that found too few routes (a quarter of it after any).
     pub find_retry: Duration,
     /// A suspect path we built is replaced after this long.
@@ -123,6 +125,7 @@ impl Default for SessionConfig {
             dead_floor: Duration::from_millis(60),
             retire_after: Duration::from_secs(2),
             find_retry: Duration::from_millis(200),
+            build_patience: Duration::from_millis(400),
             ack_delay: Duration::from_millis(5),
             ack_every: 8,
             accept: true,
@@ -686,14 +689,35 @@ impl Sessions {
             Strategy::SingleRoute => 1,
             _ => cfg.routes.max(1),
         };
-        let healthy = s.paths.values().filter(|p| p.state != PathState::Suspect).count();
+        // A route still building after `build_patience` may be stuck behind a neighbour that
+        // is gone: build another beside it.
+        let healthy = s
+            .paths
+            .values()
+            .filter(|p| match p.state {
+                PathState::Live => true,
+                PathState::Building => now.saturating_duration_since(p.since) < cfg.build_patience,
+                PathState::Suspect => false,
+            })
+            .count();
         if healthy >= want || now < s.next_find {
             return;
         }
-        let first_hops: BTreeSet<PublicKey> =
-            ctx.node.links().into_iter().filter(|l| l.state == crate::LinkState::Up).map(|l| l.peer).collect();
+        // Links that are up, except those under a suspect path: a neighbour that just went out
+        // of range still looks up until its link times out.
+        let doubtful: BTreeSet<PublicKey> =
+            s.paths.values().filter(|p| p.state == PathState::Suspect).filter_map(|p| p.hops.first().copied()).collect();
+        let first_hops: BTreeSet<PublicKey> = ctx
+            .node
+            .links()
+            .into_iter()
+            .filter(|l| l.state == crate::LinkState::Up && !doubtful.contains(&l.peer))
+            .map(|l| l.peer)
+            .collect();
+        // Disjoint from the healthy paths only: a suspect path's relays may well carry the
+        // replacement (the suspect path is usually dead at its first hop).
         let mut avoid = BTreeSet::new();
-        for p in s.paths.values() {
+        for p in s.paths.values().filter(|p| p.state != PathState::Suspect) {
             for h in &p.hops {
                 if *h != s.peer {
                     avoid.insert(*h);

@@ -202,6 +202,12 @@ impl Path {
         self.sent[1].front().is_some_and(|s| now.saturating_duration_since(s.at) > self.dead_after(floor))
     }
 
+    /// Whether a realtime packet is unconfirmed for half the time that makes a path suspect:
+    /// an early warning, used to put realtime copies elsewhere too.
+    pub fn doubtful(&self, now: Instant, floor: Duration) -> bool {
+        self.sent[1].front().is_some_and(|s| now.saturating_duration_since(s.at) > self.dead_after(floor) / 2)
+    }
+
     /// Forgets everything in flight (the route broke or the path went suspect): returns the
     /// symbols that are now presumed lost.
     pub fn drain_lost(&mut self) -> Vec<(u32, u32)> {

@@ -281,6 +281,28 @@ impl Session {
         v.into_iter().take(n).map(|p| p.id).collect()
     }
 
+    /// Where a realtime copy goes: the best `realtime_copies` paths that look well; when fewer
+    /// look well, every live or suspect path too (a frame must not wait for a path to be
+    /// declared dead).
+    fn realtime_paths<A>(&self, ctx: &Ctx<'_, A>) -> Vec<u32> {
+        let floor = ctx.cfg.dead_floor;
+        let mut good: Vec<&Path> =
+            self.paths.values().filter(|p| p.usable() && !p.doubtful(ctx.now, floor)).collect();
+        good.sort_by_key(|p| (p.srtt.unwrap_or(Duration::from_secs(1)), p.id));
+        let want = ctx.cfg.realtime_copies.max(1);
+        let mut out: Vec<u32> = good.iter().take(want).map(|p| p.id).collect();
+        if out.len() < want {
+            let more: Vec<u32> = self
+                .paths
+                .values()
+                .filter(|p| p.state != PathState::Building && !out.contains(&p.id))
+                .map(|p| p.id)
+                .collect();
+            out.extend(more);
+        }
+        out
+    }
+
     pub fn send_datagram<A: Clone + Ord + Debug>(
         &mut self,
         ctx: &mut Ctx<'_, A>,
@@ -288,7 +310,7 @@ impl Session {
         budget: Duration,
     ) -> bool {
         let targets = match ctx.cfg.strategy {
-            Strategy::Fountain => self.best_paths(ctx.cfg.realtime_copies.max(1)),
+            Strategy::Fountain => self.realtime_paths(ctx),
             Strategy::SingleRoute | Strategy::MinRtt => self.best_paths(1),
             Strategy::DuplicateAll => self.best_paths(usize::MAX),
         };

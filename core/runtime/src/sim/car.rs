@@ -304,7 +304,11 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
             }
         }
         let slice = (now + Duration::from_millis(5)).min(next_frame).min(end);
+        let debug = std::env::var_os("SKYROUTE_CAR_DEBUG").is_some() && strategy == Strategy::Fountain;
         w.run_sessions_until(slice, |w, node, ev| {
+            if debug && node == car && matches!(ev, SessionEvent::PathUp { .. } | SessionEvent::PathDown { .. }) {
+                eprintln!("{:.3} {ev:?}", (w.now() - start).as_secs_f64());
+            }
             match ev {
                 SessionEvent::Accepted { session, .. } if node == server => server_sid = Some(session),
                 SessionEvent::Datagram { data, .. } if node == server && data.len() == FRAME_LEN => {
@@ -351,6 +355,18 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
     repair += r;
     path_failures += f;
     route_changes += o;
+    if std::env::var_os("SKYROUTE_CAR_DEBUG").is_some() {
+        eprintln!("wifi windows {:?}\nlte down {:?}", sched.wifi, sched.lte_down);
+        for (sec, (sent, ok)) in tl_frames.iter().enumerate() {
+            if *sent > 0 && (*ok as f64) < 0.95 * *sent as f64 {
+                let wifi_in: Vec<usize> = (0..WIFI)
+                    .filter(|i| sched.wifi[*i].iter().any(|(a, b)| a.as_secs_f64() <= sec as f64 + 0.5 && b.as_secs_f64() > sec as f64 + 0.5))
+                    .collect();
+                let lte_down = sched.lte_down.iter().any(|(a, b)| a.as_secs_f64() <= sec as f64 + 1.0 && b.as_secs_f64() > sec as f64);
+                eprintln!("{strategy:?} sec {sec}: {ok}/{sent} wifi {wifi_in:?} lte_down {lte_down}");
+            }
+        }
+    }
     let voice_bytes = frame_seq * FRAME_LEN as u64;
     let app = bulk_bytes + voice_bytes;
     let timeline = (0..seconds)
