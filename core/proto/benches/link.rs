@@ -7,7 +7,6 @@
 //! - rekeys per second (ephemeral ECDH + KDF; goal >= 6000) and full handshakes per second.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput};
@@ -18,6 +17,8 @@ use skyroute_proto::crypto::Ephemeral;
 use skyroute_proto::link::{handshake, Link, LinkConfig, LinkId};
 use skyroute_proto::wire::Packet;
 use skyroute_proto::{Event, Node, NodeConfig, RouteEvent, SecretKey};
+
+mod common;
 
 const PAYLOAD: usize = 1400;
 
@@ -366,31 +367,14 @@ fn bench_keys(c: &mut Criterion) {
     g.finish();
 }
 
-fn mean_ns(root: &std::path::Path, group: &str, name: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(root.join(group).join(name).join("new/estimates.json")).ok()?;
-    let key = "\"mean\":{\"confidence_interval\":";
-    let at = text.find(key)?;
-    let rest = &text[at..];
-    let pe = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    rest[pe..].split(|c| c == ',' || c == '}').next()?.parse().ok()
-}
-
 fn main() {
-    let root = std::env::var_os("CRITERION_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/criterion");
-        std::env::set_var("CRITERION_HOME", &p);
-        p
-    });
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args();
+    let (root, mut c) = common::setup();
     bench_link(&mut c);
     bench_forward(&mut c);
     bench_keys(&mut c);
     c.final_summary();
 
-    let m = |g: &str, n: &str| mean_ns(&root, g, n);
+    let m = |g: &str, n: &str| common::mean_ns(&root, g, n);
     println!("\n== skyroute link benchmark ratios (same run, {PAYLOAD}-byte payloads) ==");
     let ratio = |label: &str, base: Option<f64>, ours: Option<f64>, goal: &str| {
         if let (Some(b), Some(o)) = (base, ours) {

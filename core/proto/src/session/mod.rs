@@ -65,7 +65,7 @@ pub struct SessionConfig {
     pub strategy: Strategy,
     /// Routes to keep (k).
     pub routes: usize,
-    /// Symbol size in bytes (reduced to fit the route MTU).
+    /// Symbol size in bytes (reduced to fit the route MTU: 1264 with the default link MTU).
     pub symbol_size: usize,
     /// Source symbols per full block (at most 64).
     pub block_symbols: usize,
@@ -97,7 +97,10 @@ pub struct SessionConfig {
     /// A suspect path we built is replaced after this long.
     pub retire_after: Duration,
     pub ack_delay: Duration,
+    /// Acknowledge after this many bulk packets (realtime ones at once).
     pub ack_every: u32,
+    /// Blocks described per ACK (the lowest unfinished ones; later ones wait their turn).
+    pub ack_blocks: usize,
     /// Accept sessions from any key (responder side).
     pub accept: bool,
     /// Timer granularity while sessions are active.
@@ -109,12 +112,12 @@ impl Default for SessionConfig {
         SessionConfig {
             strategy: Strategy::Fountain,
             routes: 3,
-            symbol_size: 1024,
+            symbol_size: 1280,
             block_symbols: 32,
             send_buffer: 4 << 20,
             max_blocks_in_flight: 64,
             path_window: 256 << 10,
-            realtime_copies: 2,
+            realtime_copies: 3,
             single_path_margin: 0.0,
             session_timeout: Duration::from_secs(30),
             rehandshake_after: Duration::from_secs(2),
@@ -127,7 +130,8 @@ impl Default for SessionConfig {
             find_retry: Duration::from_millis(200),
             build_patience: Duration::from_millis(400),
             ack_delay: Duration::from_millis(5),
-            ack_every: 8,
+            ack_every: 16,
+            ack_blocks: 8,
             accept: true,
             tick: Duration::from_millis(10),
         }
@@ -705,8 +709,12 @@ impl Sessions {
         }
         // Links that are up, except those under a suspect path: a neighbour that just went out
         // of range still looks up until its link times out.
-        let doubtful: BTreeSet<PublicKey> =
-            s.paths.values().filter(|p| p.state == PathState::Suspect).filter_map(|p| p.hops.first().copied()).collect();
+        let doubtful: BTreeSet<PublicKey> = s
+            .paths
+            .values()
+            .filter(|p| p.state == PathState::Suspect)
+            .filter_map(|p| p.hops.first().copied())
+            .collect();
         let first_hops: BTreeSet<PublicKey> = ctx
             .node
             .links()

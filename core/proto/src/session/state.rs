@@ -184,11 +184,12 @@ impl Session {
         self.pending.len() + self.out.values().map(|b| b.enc.len()).sum::<usize>()
     }
 
+    /// The largest symbol whose packet (with a RESUME frame, padded to 16) fits the route MTU.
     fn symbol_size<A: Clone + Ord + Debug>(ctx: &Ctx<'_, A>) -> usize {
-        let room = ctx.node.route_mtu().saturating_sub(
-            crate::wire::DATA_HEADER_LEN + crate::crypto::TAG_LEN + wire::BODY_HEADER_LEN + wire::SYMBOL_OVERHEAD + 24,
-        );
-        (ctx.cfg.symbol_size.min(room) & !7).max(8)
+        let sealed = ctx.node.route_mtu().saturating_sub(crate::wire::DATA_HEADER_LEN + crate::crypto::TAG_LEN);
+        let body = sealed - sealed % 16;
+        let room = body.saturating_sub(wire::BODY_HEADER_LEN + wire::RESUME_LEN + wire::SYMBOL_OVERHEAD);
+        (ctx.cfg.symbol_size.min(room) & !15).max(16)
     }
 
     // ---- sending packets -------------------------------------------------------------------
@@ -254,7 +255,7 @@ impl Session {
         let Some(path) = path else { return };
         self.ack_seq = self.ack_seq.wrapping_add(1);
         let mut blocks = Vec::new();
-        for (&block, b) in self.inb.iter().take(MAX_ACK_ENTRIES) {
+        for (&block, b) in self.inb.iter().take(ctx.cfg.ack_blocks.clamp(1, MAX_ACK_ENTRIES)) {
             let received = if b.data.is_some() { DECODED } else { b.dec.received };
             blocks.push(BlockAck { block, received, source_bits: b.dec.source_bits });
         }
@@ -286,8 +287,7 @@ impl Session {
     /// declared dead).
     fn realtime_paths<A>(&self, ctx: &Ctx<'_, A>) -> Vec<u32> {
         let floor = ctx.cfg.dead_floor;
-        let mut good: Vec<&Path> =
-            self.paths.values().filter(|p| p.usable() && !p.doubtful(ctx.now, floor)).collect();
+        let mut good: Vec<&Path> = self.paths.values().filter(|p| p.usable() && !p.doubtful(ctx.now, floor)).collect();
         good.sort_by_key(|p| (p.srtt.unwrap_or(Duration::from_secs(1)), p.id));
         let want = ctx.cfg.realtime_copies.max(1);
         let mut out: Vec<u32> = good.iter().take(want).map(|p| p.id).collect();
@@ -542,7 +542,9 @@ impl Session {
             }
         }
         // A full report lists only the first blocks: later ones are unknown, not empty.
-        let limit = (ack.blocks.len() >= MAX_ACK_ENTRIES).then(|| ack.blocks.last().map(|b| b.block)).flatten();
+        let limit = (ack.blocks.len() >= ctx.cfg.ack_blocks.clamp(1, MAX_ACK_ENTRIES))
+            .then(|| ack.blocks.last().map(|b| b.block))
+            .flatten();
         self.top_up_below(ctx.cfg, limit);
     }
 
@@ -617,7 +619,6 @@ impl Session {
         self.stats.packets_received += 1;
         let p = self.paths.get_mut(&body.path).expect("path exists");
         p.received(body.path_seq);
-        let realtime = body.path_seq & REALTIME_SEQ != 0;
         let mut eliciting = false;
         let mut urgent = false;
         for f in &body.frames {
@@ -627,7 +628,7 @@ impl Session {
                     urgent |= self.on_symbol(ctx, *block, *offset, *block_len, *esi, data);
                 }
                 Frame::Datagram { id, budget_ms, data } => {
-                    urgent = true;
+                    // Acked after `ack_delay`, so the copies from several paths share one ack.
                     self.on_datagram(ctx, body.path, *id, *budget_ms, data);
                 }
                 Frame::Ack(a) => self.apply_ack(ctx, a),
@@ -652,7 +653,7 @@ impl Session {
         if eliciting {
             self.unacked_eliciting += 1;
             self.ack_path = Some(body.path);
-            if urgent || realtime || self.unacked_eliciting >= ctx.cfg.ack_every {
+            if urgent || self.unacked_eliciting >= ctx.cfg.ack_every {
                 self.send_ack(ctx);
             } else if self.ack_due.is_none() {
                 self.ack_due = Some(ctx.now + ctx.cfg.ack_delay);

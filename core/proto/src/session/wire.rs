@@ -35,6 +35,8 @@ pub const DECODED: u16 = u16::MAX;
 pub const BODY_HEADER_LEN: usize = 8;
 /// Bytes a SYMBOL frame adds to its data.
 pub const SYMBOL_OVERHEAD: usize = 1 + 4 + 8 + 4 + 4 + 2;
+/// Length of a RESUME frame.
+pub const RESUME_LEN: usize = 1 + 4 + 8 + 4 + 1;
 /// Bytes a DATAGRAM frame adds to its data.
 pub const DATAGRAM_OVERHEAD: usize = 1 + 4 + 2 + 2;
 /// Most block entries and path reports one ACK carries.

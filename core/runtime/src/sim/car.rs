@@ -360,9 +360,16 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
         for (sec, (sent, ok)) in tl_frames.iter().enumerate() {
             if *sent > 0 && (*ok as f64) < 0.95 * *sent as f64 {
                 let wifi_in: Vec<usize> = (0..WIFI)
-                    .filter(|i| sched.wifi[*i].iter().any(|(a, b)| a.as_secs_f64() <= sec as f64 + 0.5 && b.as_secs_f64() > sec as f64 + 0.5))
+                    .filter(|i| {
+                        sched.wifi[*i]
+                            .iter()
+                            .any(|(a, b)| a.as_secs_f64() <= sec as f64 + 0.5 && b.as_secs_f64() > sec as f64 + 0.5)
+                    })
                     .collect();
-                let lte_down = sched.lte_down.iter().any(|(a, b)| a.as_secs_f64() <= sec as f64 + 1.0 && b.as_secs_f64() > sec as f64);
+                let lte_down = sched
+                    .lte_down
+                    .iter()
+                    .any(|(a, b)| a.as_secs_f64() <= sec as f64 + 1.0 && b.as_secs_f64() > sec as f64);
                 eprintln!("{strategy:?} sec {sec}: {ok}/{sent} wifi {wifi_in:?} lte_down {lte_down}");
             }
         }
