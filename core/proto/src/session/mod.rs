@@ -694,26 +694,26 @@ impl Sessions {
             _ => cfg.routes.max(1),
         };
         // A route still building after `build_patience` may be stuck behind a neighbour that
-        // is gone: build another beside it.
-        let healthy = s
-            .paths
-            .values()
-            .filter(|p| match p.state {
-                PathState::Live => true,
-                PathState::Building => now.saturating_duration_since(p.since) < cfg.build_patience,
-                PathState::Suspect => false,
-            })
-            .count();
+        // is gone: build another beside it. Only healthy paths count, and only they have to be
+        // avoided (a suspect or stuck path's relays may well carry the replacement).
+        let is_healthy = |p: &path::Path| match p.state {
+            PathState::Live => true,
+            PathState::Building => now.saturating_duration_since(p.since) < cfg.build_patience,
+            PathState::Suspect => false,
+        };
+        let healthy = s.paths.values().filter(|p| is_healthy(p)).count();
         if healthy >= want || now < s.next_find {
             return;
         }
-        // Links that are up, except those under a suspect path: a neighbour that just went out
-        // of range still looks up until its link times out.
+        // Links that are up, except those under a suspect or stuck path: a neighbour that just
+        // went out of range still looks up until its link times out.
+        s.failed_first_hops.retain(|_, t| now.saturating_duration_since(*t) < cfg.retire_after);
         let doubtful: BTreeSet<PublicKey> = s
             .paths
             .values()
-            .filter(|p| p.state == PathState::Suspect)
+            .filter(|p| !is_healthy(p))
             .filter_map(|p| p.hops.first().copied())
+            .chain(s.failed_first_hops.keys().copied())
             .collect();
         let first_hops: BTreeSet<PublicKey> = ctx
             .node
@@ -722,10 +722,8 @@ impl Sessions {
             .filter(|l| l.state == crate::LinkState::Up && !doubtful.contains(&l.peer))
             .map(|l| l.peer)
             .collect();
-        // Disjoint from the healthy paths only: a suspect path's relays may well carry the
-        // replacement (the suspect path is usually dead at its first hop).
         let mut avoid = BTreeSet::new();
-        for p in s.paths.values().filter(|p| p.state != PathState::Suspect) {
+        for p in s.paths.values().filter(|p| is_healthy(p)) {
             for h in &p.hops {
                 if *h != s.peer {
                     avoid.insert(*h);

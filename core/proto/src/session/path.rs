@@ -45,6 +45,7 @@ pub struct Path {
     pub since: Instant,
     pub srtt: Option<Duration>,
     pub rttvar: Duration,
+    pub min_rtt: Option<Duration>,
     next_seq: [u32; 2],
     /// Packets sent and not yet reported, per class (bulk, realtime).
     pub sent: [VecDeque<Sent>; 2],
@@ -81,6 +82,7 @@ impl Path {
             since: now,
             srtt: None,
             rttvar: Duration::ZERO,
+            min_rtt: None,
             next_seq: [0, 0],
             sent: [VecDeque::new(), VecDeque::new()],
             inflight_bulk: 0,
@@ -176,6 +178,7 @@ impl Path {
     }
 
     fn rtt_sample(&mut self, rtt: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);

@@ -98,6 +98,10 @@ pub(crate) struct Session {
     pub failed: bool,
     /// Handshakes completed (the first, then re-handshakes).
     handshakes: u32,
+    /// First hops of paths that went suspect, and when: a neighbour that just went out of
+    /// range still looks up until its link times out, so it is not offered for new routes
+    /// for a while.
+    pub failed_first_hops: BTreeMap<PublicKey, Instant>,
 }
 
 /// Application bytes in a full block.
@@ -141,6 +145,7 @@ impl Session {
             stats: SessionStats::default(),
             failed: false,
             handshakes: 0,
+            failed_first_hops: BTreeMap::new(),
         }
     }
 
@@ -250,7 +255,7 @@ impl Session {
         self.ack_due = None;
         let path = self
             .ack_path
-            .filter(|p| self.paths.get(p).is_some_and(|p| p.state != PathState::Building))
+            .filter(|p| self.paths.get(p).is_some_and(|p| p.usable()))
             .or_else(|| self.best_paths(1).first().copied());
         let Some(path) = path else { return };
         self.ack_seq = self.ack_seq.wrapping_add(1);
@@ -776,8 +781,9 @@ impl Session {
         if self.dgram_seen.len() > 4096 {
             self.dgram_seen.pop_first();
         }
-        // No shared clock: the one-way delay is estimated as half this path's RTT.
-        let one_way = self.paths.get(&path).and_then(|p| p.srtt).map(|s| s / 2).unwrap_or_default();
+        // No shared clock: the one-way delay is estimated as half this path's smallest RTT
+        // (an RTT sample also holds ack delays, and may return on another path).
+        let one_way = self.paths.get(&path).and_then(|p| p.min_rtt).map(|s| s / 2).unwrap_or_default();
         if one_way > Duration::from_millis(budget_ms as u64) {
             self.stats.datagrams_late += 1;
             return;
@@ -802,6 +808,9 @@ impl Session {
                 p.state = PathState::Suspect;
                 p.since = ctx.now;
                 failed.push(p.id);
+                if let Some(first) = p.hops.first() {
+                    self.failed_first_hops.insert(*first, ctx.now);
+                }
             }
         }
         for id in failed {
