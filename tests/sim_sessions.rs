@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use skyroute::sim::scenario::{payload, StreamCheck};
 use skyroute::sim::{WireSpec, World};
+use skyroute_proto::session::anchor::Anchor;
 use skyroute_proto::{Event, Graph, NodeConfig, RouteEvent, SessionConfig, SessionEvent, SessionId, Strategy};
 
 struct Net {
@@ -13,6 +14,8 @@ struct Net {
     dst: usize,
     relays: Vec<usize>,
     graph: Graph,
+    /// Where the stream is checked (dst, or the server behind an anchor).
+    sink: usize,
 }
 
 /// src - {r1, r2, r3} - dst: three disjoint two-hop routes.
@@ -41,7 +44,7 @@ fn diamond(seed: u64, cfg: SessionConfig) -> Net {
     assert_eq!(up, 12);
     w.add_sessions(src, cfg.clone(), g.clone());
     w.add_sessions(dst, cfg, g.clone());
-    Net { w, src, dst, relays, graph: g }
+    Net { w, src, dst, relays, graph: g, sink: dst }
 }
 
 fn connect(net: &mut Net) -> SessionId {
@@ -88,7 +91,7 @@ fn stream(
         if pos < data.len() {
             pos += net.w.act_sessions(net.src, |s, n, _, now| s.stream_send(now, n, sid, &data[pos..])).unwrap_or(0);
         }
-        let (dst, src) = (net.dst, net.src);
+        let (dst, src) = (net.sink, net.src);
         let slice = next.min(start + limit);
         net.w.run_sessions_until(slice, |_, node, ev| {
             match ev {
@@ -316,4 +319,62 @@ fn baselines_deliver_the_stream_too() {
         assert!(check.intact(), "{strategy:?}: received {} of {}", check.received, data.len());
         assert_eq!(run.failed, 0, "{strategy:?}");
     }
+}
+
+#[test]
+fn an_anchor_holds_the_session_to_the_server_while_the_mobile_routes_change() {
+    let mut net = diamond(7, SessionConfig::default());
+    // Behind the anchor (dst): two backbone nodes and the server.
+    let nc = NodeConfig::default();
+    let backbone: Vec<usize> = (0..2).map(|_| net.w.add_node(nc.clone())).collect();
+    let server = net.w.add_node(nc);
+    let mut bg = Graph::new();
+    for b in &backbone {
+        net.w.add_wire(net.dst, *b, WireSpec::default());
+        net.w.add_wire(*b, server, WireSpec::default());
+        net.w.connect(net.dst, *b);
+        net.w.connect(*b, server);
+        bg.add_edge(net.w.key(net.dst), net.w.key(*b), 5);
+        bg.add_edge(net.w.key(*b), net.w.key(server), 5);
+    }
+    let deadline = net.w.now() + Duration::from_secs(3);
+    net.w.run_until(deadline, |_, _, _| true);
+    net.w.add_sessions(server, SessionConfig::default(), bg.clone());
+    let server_key = net.w.key(server);
+    let anchor = net.dst;
+    {
+        let h = net.w.host_mut(anchor).unwrap();
+        h.graph = bg;
+        h.anchor = Some(Anchor::new(server_key, Duration::from_millis(150)));
+    }
+    net.sink = server;
+    let sid = connect(&mut net);
+    let data = payload(13, 3 << 20);
+    let relays = net.relays.clone();
+    let (mut cuts, mut server_path_downs, mut car_path_downs) = (0, 0, 0);
+    let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(60), |net, t| {
+        // The mobile side's routes break one after the other, and all at once for a second.
+        let at = [(200, 0), (500, 1), (800, 2)];
+        for (ms, r) in at {
+            if cuts == r && t >= Duration::from_millis(ms) {
+                cuts += 1;
+                cut(net, relays[r], Duration::ZERO, Duration::from_millis(if r == 2 { 1000 } else { 600 }));
+            }
+        }
+    });
+    assert!(check.intact(), "received {} of {}", check.received, data.len());
+    assert_eq!(run.failed, 0);
+    let deadline = net.w.now() + Duration::from_millis(100);
+    net.w.run_sessions_until(deadline, |_, _, _| true);
+    let h = net.w.host(anchor).unwrap();
+    let a = h.anchor.as_ref().unwrap();
+    assert_eq!(a.stats.sessions_anchored, 1);
+    assert_eq!(a.stats.stream_bytes_relayed, data.len() as u64);
+    let up = a.paired(h.sessions.ids().into_iter().find(|s| a.paired(*s).is_some()).unwrap()).unwrap();
+    let upstream = h.sessions.stats(up).unwrap();
+    let car = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap();
+    car_path_downs += car.path_suspects + car.path_failures;
+    server_path_downs += upstream.path_suspects + upstream.path_failures;
+    assert!(car_path_downs >= 3, "the mobile side's paths broke: {car:?}");
+    assert_eq!(server_path_downs, 0, "the anchor's session to the server never noticed: {upstream:?}");
 }

@@ -19,6 +19,7 @@
 //! [`Sessions`] is the endpoint, driven next to a [`Node`] the quinn way: feed it the node's
 //! events and timer expiries, read its events.
 
+pub mod anchor;
 pub mod fec;
 pub mod finder;
 pub mod keys;
@@ -345,7 +346,7 @@ impl Sessions {
         let id = self.alloc_id();
         let (state, packet) =
             handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id);
-        let s = Session::new(id, dest, true, Handshake::Waiting { state, packet, sent: now }, now);
+        let s = Session::new(id, dest, true, Handshake::Waiting { state: Box::new(state), packet, sent: now }, now);
         self.sessions.insert(id, s);
         self.maintain(now, node, finder, id);
         self.next_tick = Some(now);
@@ -425,7 +426,7 @@ impl Sessions {
         match re {
             RouteEvent::Ready { route } => {
                 let Some(&(sid, path)) = self.by_route.get(route) else { return Some(event) };
-                let Some(s) = self.sessions.get_mut(&sid) else { return None };
+                let s = self.sessions.get_mut(&sid)?;
                 let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
                 if let Some(p) = s.paths.get_mut(&path) {
                     p.state = PathState::Live;
@@ -685,7 +686,7 @@ impl Sessions {
             for p in s.paths.values().filter(|p| p.state != PathState::Building) {
                 let _ = ctx.node.send_class(now, p.route, crate::forward::Class::Realtime, &packet);
             }
-            s.handshake = Handshake::Waiting { state, packet, sent: now };
+            s.handshake = Handshake::Waiting { state: Box::new(state), packet, sent: now };
             s.last_recv = now;
         }
         // Build routes up to k.

@@ -19,7 +19,7 @@ use super::{SessionConfig, SessionEvent, SessionId, SessionStats, Strategy};
 pub(crate) enum Handshake {
     /// Initiator waiting for the response; the init is resent on every new path.
     Waiting {
-        state: Initiator,
+        state: Box<Initiator>,
         packet: Vec<u8>,
         sent: Instant,
     },

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
+use skyroute_proto::session::anchor::Anchor;
 use skyroute_proto::{
     Event, Graph, LinkId, Node, NodeConfig, PublicKey, SecretKey, SessionConfig, SessionEvent, Sessions,
 };
@@ -91,6 +92,8 @@ pub struct Host {
     /// Route data events withheld from the sessions (for tests that replay or alter them).
     capture: usize,
     pub captured: Vec<Event>,
+    /// Proxies the sessions this node accepts to another node.
+    pub anchor: Option<Anchor>,
 }
 
 pub struct World {
@@ -164,7 +167,8 @@ impl World {
         let key = self.nodes[node].identity_copy();
         let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
         let sessions = Sessions::new(key, config.clone(), Box::new(rng));
-        self.hosts[node] = Some(Host { sessions, graph, config, timer: None, capture: 0, captured: Vec::new() });
+        self.hosts[node] =
+            Some(Host { sessions, graph, config, timer: None, capture: 0, captured: Vec::new(), anchor: None });
     }
 
     /// Withholds the next `n` route data events of `node` from its sessions (see
@@ -192,6 +196,7 @@ impl World {
                 timer: None,
                 capture: 0,
                 captured: Vec::new(),
+                anchor: h.anchor.map(|a| a.restarted()),
             });
         }
         self.wakes.retain(|(n, _), _| *n != node);
@@ -458,9 +463,24 @@ impl World {
             for i in 0..self.hosts.len() {
                 while let Some(ev) = self.hosts[i].as_mut().and_then(|h| h.sessions.poll_event()) {
                     self.log.update(format!("{:?} {i} {ev:?}", self.now - self.start).as_bytes());
-                    if !on_event(self, i, ev) {
-                        return true;
+                    let now = self.now;
+                    let ev = match self.hosts[i].as_mut() {
+                        Some(Host { anchor: Some(a), sessions, graph, .. }) => {
+                            let ev = a.handle(now, sessions, &mut self.nodes[i], graph, ev);
+                            self.flush(i);
+                            ev
+                        }
+                        _ => Some(ev),
+                    };
+                    if let Some(ev) = ev {
+                        if !on_event(self, i, ev) {
+                            return true;
+                        }
                     }
+                }
+                if let Some(Host { anchor: Some(a), sessions, .. }) = self.hosts[i].as_mut() {
+                    a.flush(self.now, sessions, &mut self.nodes[i]);
+                    self.flush(i);
                 }
             }
             self.backlog.clear();

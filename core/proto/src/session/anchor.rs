@@ -1,0 +1,146 @@
+//! Anchors: the seed's "choose reliable backbone nodes as termination points and proxy through
+//! them over short-term routes". A mobile node ends its session at an anchor on the backbone;
+//! the anchor holds a second, long-lived session to the real destination and pipes the stream
+//! and datagrams between the two. The mobile side's short routes come and go under the first
+//! session; the destination's session (over stable backbone routes) never notices.
+//!
+//! The anchor is application-level piping over the public session API, driven like the
+//! session endpoint: feed it the anchor node's session events and call [`Anchor::flush`] when
+//! the endpoint's timers run.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use crate::identity::PublicKey;
+use crate::node::Node;
+
+use super::{RouteFinder, SessionEvent, SessionId, Sessions};
+
+/// Most bytes held per direction while the other session has no room (then the mobile side's
+/// own flow control takes over: it gets no confirmations until room frees).
+const MAX_HELD: usize = 8 << 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnchorStats {
+    pub sessions_anchored: u64,
+    pub stream_bytes_relayed: u64,
+    pub datagrams_relayed: u64,
+    /// Datagrams dropped because the other session could not send them.
+    pub datagrams_dropped: u64,
+    /// Stream bytes dropped because a direction held more than its limit.
+    pub bytes_dropped: u64,
+}
+
+pub struct Anchor {
+    target: PublicKey,
+    /// Budget for relayed datagrams (the original budget is not known here).
+    datagram_budget: Duration,
+    peer_of: BTreeMap<SessionId, SessionId>,
+    held: BTreeMap<SessionId, VecDeque<u8>>,
+    pub stats: AnchorStats,
+}
+
+impl Anchor {
+    /// An anchor that proxies every session it accepts to `target`.
+    pub fn new(target: PublicKey, datagram_budget: Duration) -> Self {
+        Anchor {
+            target,
+            datagram_budget,
+            peer_of: BTreeMap::new(),
+            held: BTreeMap::new(),
+            stats: AnchorStats::default(),
+        }
+    }
+
+    /// The same anchor after a crash: same target, no sessions, nothing held.
+    pub fn restarted(&self) -> Self {
+        Anchor::new(self.target, self.datagram_budget)
+    }
+
+    /// The upstream session paired with a mobile one, and the other way round.
+    pub fn paired(&self, session: SessionId) -> Option<SessionId> {
+        self.peer_of.get(&session).copied()
+    }
+
+    /// Handles a session event of the anchor node; returns events that are not the anchor's.
+    pub fn handle<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        sessions: &mut Sessions,
+        node: &mut Node<A>,
+        finder: &dyn RouteFinder,
+        event: SessionEvent,
+    ) -> Option<SessionEvent> {
+        match event {
+            SessionEvent::Accepted { session, peer } if peer != self.target => {
+                match sessions.connect(now, node, finder, self.target) {
+                    Ok(up) => {
+                        self.peer_of.insert(session, up);
+                        self.peer_of.insert(up, session);
+                        self.stats.sessions_anchored += 1;
+                    }
+                    Err(_) => sessions.close(now, node, session),
+                }
+                None
+            }
+            SessionEvent::Stream { session, data, .. } if self.peer_of.contains_key(&session) => {
+                let other = self.peer_of[&session];
+                let q = self.held.entry(other).or_default();
+                if q.len() + data.len() > MAX_HELD {
+                    self.stats.bytes_dropped += data.len() as u64;
+                } else {
+                    q.extend(&data);
+                }
+                self.flush(now, sessions, node);
+                None
+            }
+            SessionEvent::Datagram { session, data } if self.peer_of.contains_key(&session) => {
+                let other = self.peer_of[&session];
+                match sessions.send_datagram(now, node, other, &data, self.datagram_budget) {
+                    Ok(true) => self.stats.datagrams_relayed += 1,
+                    _ => self.stats.datagrams_dropped += 1,
+                }
+                None
+            }
+            SessionEvent::Failed { session } | SessionEvent::Closed { session }
+                if self.peer_of.contains_key(&session) =>
+            {
+                // One side is gone for good: so is the other.
+                let other = self.peer_of.remove(&session).expect("checked");
+                self.peer_of.remove(&other);
+                self.held.remove(&session);
+                self.held.remove(&other);
+                sessions.close(now, node, other);
+                None
+            }
+            SessionEvent::Established { session, .. } | SessionEvent::PathUp { session, .. }
+                if self.peer_of.contains_key(&session) =>
+            {
+                self.flush(now, sessions, node);
+                None
+            }
+            SessionEvent::PathDown { session, .. } | SessionEvent::PeerRestarted { session, .. }
+                if self.peer_of.contains_key(&session) =>
+            {
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Writes held bytes into sessions that have room now.
+    pub fn flush<A: Clone + Ord + Debug>(&mut self, now: Instant, sessions: &mut Sessions, node: &mut Node<A>) {
+        for (sid, q) in self.held.iter_mut() {
+            while !q.is_empty() {
+                let (a, _) = q.as_slices();
+                let n = sessions.stream_send(now, node, *sid, a).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                q.drain(..n);
+                self.stats.stream_bytes_relayed += n as u64;
+            }
+        }
+    }
+}
