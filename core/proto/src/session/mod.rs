@@ -14,7 +14,10 @@
 //! block decodes from whichever routes deliver. Redundancy adapts: each new block gets repair
 //! symbols in proportion to the loss measured on the live paths (none on one clean path), and a
 //! block still short after its symbols passed gets fresh repair symbols, never its source data
-//! again. Deadline datagrams go on the two best paths and are dropped, not delivered late.
+//! again. Deadline datagrams (small, realtime) are copied onto the best `realtime_copies`
+//! paths that look well (three by default), and onto every path when fewer look well; the
+//! receiver drops one that cannot be in time instead of delivering it late. An [`anchor`] on the
+//! backbone can hold a mobile node's session and proxy it to the destination.
 //!
 //! [`Sessions`] is the endpoint, driven next to a [`Node`] the quinn way: feed it the node's
 //! events and timer expiries, read its events.
