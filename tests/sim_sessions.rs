@@ -378,3 +378,56 @@ fn an_anchor_holds_the_session_to_the_server_while_the_mobile_routes_change() {
     assert!(car_path_downs >= 3, "the mobile side's paths broke: {car:?}");
     assert_eq!(server_path_downs, 0, "the anchor's session to the server never noticed: {upstream:?}");
 }
+
+/// The responder streams to the initiator (a download) while the initiator retires every path
+/// it had: what the responder had in flight on retired paths is repaired elsewhere (a path the
+/// peer closes must release its symbols, or the block waits for them forever).
+#[test]
+fn a_download_survives_the_initiator_retiring_its_paths() {
+    let mut net = diamond(8, SessionConfig::default());
+    let sid = connect(&mut net);
+    let nc = NodeConfig::default();
+    let fresh: Vec<usize> = (0..2).map(|_| net.w.add_node(nc.clone())).collect();
+    for f in &fresh {
+        net.w.add_wire(net.src, *f, WireSpec::default());
+        net.w.add_wire(*f, net.dst, WireSpec::default());
+        net.w.connect(*f, net.dst);
+        let (a, b, c) = (net.w.key(net.src), net.w.key(*f), net.w.key(net.dst));
+        net.graph.add_edge(a, b, 5);
+        net.graph.add_edge(b, c, 5);
+    }
+    net.w.host_mut(net.src).unwrap().graph = net.graph.clone();
+    let (src, dst) = (net.src, net.dst);
+    let down = net.w.host(dst).unwrap().sessions.ids()[0];
+    let data = payload(14, 16 << 20);
+    let mut check = StreamCheck::new(data.clone());
+    let (mut pos, mut stage, mut failed) = (0, 0, 0);
+    let start = net.w.now();
+    while net.w.now() < start + Duration::from_secs(60) && !check.complete() {
+        if stage == 0 && net.w.now() >= start + Duration::from_millis(600) {
+            stage = 1;
+            for r in net.relays.clone() {
+                cut(&mut net, r, Duration::ZERO, Duration::from_secs(3600));
+            }
+            for f in &fresh {
+                net.w.connect(src, *f);
+            }
+        }
+        if pos < data.len() {
+            pos += net.w.act_sessions(dst, |s, n, _, now| s.stream_send(now, n, down, &data[pos..])).unwrap_or(0);
+        }
+        let slice = net.w.now() + Duration::from_millis(20);
+        net.w.run_sessions_until(slice, |_, node, ev| {
+            match ev {
+                SessionEvent::Stream { data, .. } if node == src => check.accept(&data),
+                SessionEvent::Failed { .. } => failed += 1,
+                _ => {}
+            }
+            true
+        });
+    }
+    assert!(check.intact(), "received {} of {}", check.received, data.len());
+    assert_eq!(failed, 0);
+    let up = net.w.host(src).unwrap().sessions.stats(sid).unwrap();
+    assert!(up.paths_retired >= 3, "{up:?}");
+}

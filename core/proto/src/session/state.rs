@@ -648,10 +648,13 @@ impl Session {
                     return;
                 }
                 Frame::PathClose { path } => {
+                    // What we had in flight on it will not arrive: release it for repair.
                     self.closed_paths.insert(*path);
+                    self.path_failed(*path);
                     if let Some(p) = self.paths.remove(path) {
                         ctx.by_route.remove(&p.route);
                     }
+                    self.top_up(ctx.cfg);
                 }
             }
         }

@@ -35,8 +35,12 @@ struct Schedule {
 }
 
 fn schedule(seed: u64, duration: Duration) -> Schedule {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x6361_7221);
-    let mut unit = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    // One random stream per kind of event, so a shorter run is a prefix of a longer one.
+    let stream = |salt: u64| {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x6361_7221 ^ (salt << 32));
+        move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut unit = stream(1);
     let mut wifi = vec![Vec::new(); WIFI];
     // The car passes a WiFi node every 3-5 s and stays in range 4-7 s, so ranges overlap
     // most of the time, with occasional gaps.
@@ -48,6 +52,7 @@ fn schedule(seed: u64, duration: Duration) -> Schedule {
         t += 3.0 + 2.0 * unit();
         i += 1;
     }
+    let mut unit = stream(2);
     let wifi_loss = (0..WIFI).map(|_| 0.02 + 0.13 * unit()).collect();
     // LTE drops out for 0.5-3.5 s every 15-45 s. The world keeps some physical connectivity
     // at all times (no strategy can deliver through a total blackout, and that is not what
@@ -62,6 +67,7 @@ fn schedule(seed: u64, duration: Duration) -> Schedule {
         }
         true
     };
+    let mut unit = stream(3);
     let mut lte_down = Vec::new();
     let mut t = 10.0 + 20.0 * unit();
     while t < duration.as_secs_f64() {
@@ -75,6 +81,7 @@ fn schedule(seed: u64, duration: Duration) -> Schedule {
         }
         t = start + d + 15.0 + 30.0 * unit();
     }
+    let mut unit = stream(4);
     let mut lte_latency = Vec::new();
     let mut t = 0.0;
     while t < duration.as_secs_f64() {
@@ -378,6 +385,15 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
             // Nothing happened before the slice ended: move on.
             w.run_until(slice, |_, _, _| true);
         }
+    }
+    if std::env::var_os("SKYROUTE_CAR_DEBUG").is_some() {
+        for (name, node, sid) in [("car", car, car_sid), ("server", server, server_sid)] {
+            if let Some(st) = sid.and_then(|id| w.host(node).and_then(|h| h.sessions.stats(id))) {
+                eprintln!("{strategy:?} {name} {st:?}");
+            }
+        }
+        let per10: Vec<u64> = tl_bulk.chunks(10).map(|c| c.iter().sum::<u64>() / 10_000).collect();
+        eprintln!("{strategy:?} bulk KB/s per 10 s: {per10:?}");
     }
     let (b, r, f, o) = harvest(&w, car_sid, server_sid);
     route_bytes += b;
