@@ -115,6 +115,22 @@ fn stream(
     (check, run)
 }
 
+/// `n` new neighbours the source will meet later (not dialled yet), each with its own way to
+/// dst, added to the source's topology view.
+fn new_neighbours(net: &mut Net, n: usize) -> Vec<usize> {
+    let fresh: Vec<usize> = (0..n).map(|_| net.w.add_node(NodeConfig::default())).collect();
+    for f in &fresh {
+        net.w.add_wire(net.src, *f, WireSpec::default());
+        net.w.add_wire(*f, net.dst, WireSpec::default());
+        net.w.connect(*f, net.dst);
+        let (a, b, c) = (net.w.key(net.src), net.w.key(*f), net.w.key(net.dst));
+        net.graph.add_edge(a, b, 5);
+        net.graph.add_edge(b, c, 5);
+    }
+    net.w.host_mut(net.src).unwrap().graph = net.graph.clone();
+    fresh
+}
+
 fn cut(net: &mut Net, relay: usize, from: Duration, to: Duration) {
     let since = net.w.elapsed();
     for (a, b) in [(net.src, relay), (relay, net.dst)] {
@@ -167,18 +183,7 @@ fn all_routes_broken_shorter_than_timeout_then_restored() {
 fn the_link_set_is_replaced_entirely() {
     let mut net = diamond(3, SessionConfig::default());
     let sid = connect(&mut net);
-    // Two new neighbours the source will meet later, each with its own way to dst.
-    let nc = NodeConfig::default();
-    let fresh: Vec<usize> = (0..2).map(|_| net.w.add_node(nc.clone())).collect();
-    for f in &fresh {
-        net.w.add_wire(net.src, *f, WireSpec::default());
-        net.w.add_wire(*f, net.dst, WireSpec::default());
-        net.w.connect(*f, net.dst);
-        let (a, b, c) = (net.w.key(net.src), net.w.key(*f), net.w.key(net.dst));
-        net.graph.add_edge(a, b, 5);
-        net.graph.add_edge(b, c, 5);
-    }
-    net.w.host_mut(net.src).unwrap().graph = net.graph.clone();
+    let fresh = new_neighbours(&mut net, 2);
     let data = payload(9, 3 << 20);
     let (relays, src) = (net.relays.clone(), net.src);
     let mut stage = 0;
@@ -386,17 +391,7 @@ fn an_anchor_holds_the_session_to_the_server_while_the_mobile_routes_change() {
 fn a_download_survives_the_initiator_retiring_its_paths() {
     let mut net = diamond(8, SessionConfig::default());
     let sid = connect(&mut net);
-    let nc = NodeConfig::default();
-    let fresh: Vec<usize> = (0..2).map(|_| net.w.add_node(nc.clone())).collect();
-    for f in &fresh {
-        net.w.add_wire(net.src, *f, WireSpec::default());
-        net.w.add_wire(*f, net.dst, WireSpec::default());
-        net.w.connect(*f, net.dst);
-        let (a, b, c) = (net.w.key(net.src), net.w.key(*f), net.w.key(net.dst));
-        net.graph.add_edge(a, b, 5);
-        net.graph.add_edge(b, c, 5);
-    }
-    net.w.host_mut(net.src).unwrap().graph = net.graph.clone();
+    let fresh = new_neighbours(&mut net, 2);
     let (src, dst) = (net.src, net.dst);
     let down = net.w.host(dst).unwrap().sessions.ids()[0];
     let data = payload(14, 16 << 20);

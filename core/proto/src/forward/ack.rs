@@ -178,11 +178,11 @@ pub struct Rtt {
 }
 
 impl Rtt {
-    fn new(initial: Duration) -> Self {
+    pub fn new(initial: Duration) -> Self {
         Rtt { srtt: None, rttvar: initial / 2, latest: initial, min: None }
     }
 
-    fn sample(&mut self, rtt: Duration) {
+    pub fn sample(&mut self, rtt: Duration) {
         self.latest = rtt;
         self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {

@@ -302,7 +302,7 @@ impl Sessions {
     pub fn paths(&self, id: SessionId) -> Vec<(u32, PathState, Option<Duration>, Vec<PublicKey>)> {
         self.sessions
             .get(&id)
-            .map(|s| s.paths.values().map(|p| (p.id, p.state, p.srtt, p.hops.clone())).collect())
+            .map(|s| s.paths.values().map(|p| (p.id, p.state, p.srtt(), p.hops.clone())).collect())
             .unwrap_or_default()
     }
 

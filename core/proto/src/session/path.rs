@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::forward::ack::Rtt;
 use crate::forward::Class;
 use crate::identity::PublicKey;
 use crate::route::RouteId;
@@ -43,9 +44,8 @@ pub struct Path {
     pub hops: Vec<PublicKey>,
     pub state: PathState,
     pub since: Instant,
-    pub srtt: Option<Duration>,
-    pub rttvar: Duration,
-    pub min_rtt: Option<Duration>,
+    /// RTT of realtime packets (the forwarder's RFC 6298 estimator).
+    pub rtt: Rtt,
     next_seq: [u32; 2],
     /// Packets sent and not yet reported, per class (bulk, realtime).
     pub sent: [VecDeque<Sent>; 2],
@@ -80,9 +80,7 @@ impl Path {
             hops,
             state,
             since: now,
-            srtt: None,
-            rttvar: Duration::ZERO,
-            min_rtt: None,
+            rtt: Rtt::new(Duration::ZERO),
             next_seq: [0, 0],
             sent: [VecDeque::new(), VecDeque::new()],
             inflight_bulk: 0,
@@ -162,7 +160,7 @@ impl Path {
             newest = Some(s.at);
         }
         if let Some(at) = newest.filter(|_| realtime) {
-            self.rtt_sample(now.saturating_duration_since(at));
+            self.rtt.sample(now.saturating_duration_since(at));
         }
         if newest.is_some() && self.state == PathState::Suspect {
             self.state = PathState::Live;
@@ -177,25 +175,15 @@ impl Path {
         }
     }
 
-    fn rtt_sample(&mut self, rtt: Duration) {
-        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
-        match self.srtt {
-            None => {
-                self.srtt = Some(rtt);
-                self.rttvar = rtt / 2;
-            }
-            Some(s) => {
-                let diff = s.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
-                self.srtt = Some((s * 7 + rtt) / 8);
-            }
-        }
+    /// Smoothed RTT, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt
     }
 
     /// How long a realtime packet may go unconfirmed before the path is suspect.
     pub fn dead_after(&self, floor: Duration) -> Duration {
-        match self.srtt {
-            Some(s) => (s * 3 + self.rttvar * 2).max(floor),
+        match self.rtt.srtt {
+            Some(s) => (s * 3 + self.rtt.rttvar * 2).max(floor),
             None => floor * 4,
         }
     }
@@ -253,7 +241,7 @@ impl Path {
 
     /// Expected time for one more bulk byte to arrive on this path (for scheduling).
     pub fn score(&self) -> Duration {
-        let srtt = self.srtt.unwrap_or(Duration::from_millis(100));
+        let srtt = self.rtt.srtt.unwrap_or(Duration::from_millis(100));
         let rate = if self.rate > 1.0 { self.rate } else { 125_000.0 };
         srtt / 2 + Duration::from_secs_f64(self.inflight_bulk as f64 / rate)
     }

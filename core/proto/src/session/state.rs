@@ -283,7 +283,7 @@ impl Session {
     /// Live paths, best (lowest RTT) first.
     fn best_paths(&self, n: usize) -> Vec<u32> {
         let mut v: Vec<&Path> = self.paths.values().filter(|p| p.usable()).collect();
-        v.sort_by_key(|p| (p.srtt.unwrap_or(Duration::from_secs(1)), p.id));
+        v.sort_by_key(|p| (p.srtt().unwrap_or(Duration::from_secs(1)), p.id));
         v.into_iter().take(n).map(|p| p.id).collect()
     }
 
@@ -293,7 +293,7 @@ impl Session {
     fn realtime_paths<A>(&self, ctx: &Ctx<'_, A>) -> Vec<u32> {
         let floor = ctx.cfg.dead_floor;
         let mut good: Vec<&Path> = self.paths.values().filter(|p| p.usable() && !p.doubtful(ctx.now, floor)).collect();
-        good.sort_by_key(|p| (p.srtt.unwrap_or(Duration::from_secs(1)), p.id));
+        good.sort_by_key(|p| (p.srtt().unwrap_or(Duration::from_secs(1)), p.id));
         let want = ctx.cfg.realtime_copies.max(1);
         let mut out: Vec<u32> = good.iter().take(want).map(|p| p.id).collect();
         if out.len() < want {
@@ -786,7 +786,7 @@ impl Session {
         }
         // No shared clock: the one-way delay is estimated as half this path's smallest RTT
         // (an RTT sample also holds ack delays, and may return on another path).
-        let one_way = self.paths.get(&path).and_then(|p| p.min_rtt).map(|s| s / 2).unwrap_or_default();
+        let one_way = self.paths.get(&path).and_then(|p| p.rtt.min).map(|s| s / 2).unwrap_or_default();
         if one_way > Duration::from_millis(budget_ms as u64) {
             self.stats.datagrams_late += 1;
             return;
@@ -831,7 +831,7 @@ impl Session {
             .values()
             .filter(|p| p.state != PathState::Building)
             .filter(|p| {
-                let every = p.srtt.unwrap_or(ctx.cfg.probe_max).clamp(ctx.cfg.probe_min, ctx.cfg.probe_max);
+                let every = p.srtt().unwrap_or(ctx.cfg.probe_max).clamp(ctx.cfg.probe_min, ctx.cfg.probe_max);
                 let every = if p.state == PathState::Suspect { every.max(ctx.cfg.probe_min * 4) } else { every };
                 p.last_realtime_sent.is_none_or(|t| ctx.now.saturating_duration_since(t) >= every)
             })
