@@ -426,3 +426,21 @@ fn a_download_survives_the_initiator_retiring_its_paths() {
     let up = net.w.host(src).unwrap().sessions.stats(sid).unwrap();
     assert!(up.paths_retired >= 3, "{up:?}");
 }
+
+#[test]
+fn a_responder_refuses_sessions_beyond_its_limit() {
+    let mut net = diamond(9, SessionConfig { max_sessions: 1, ..SessionConfig::default() });
+    connect(&mut net);
+    let dest = net.w.key(net.dst);
+    let second = net.w.act_sessions(net.src, |s, n, g, now| s.connect(now, n, g, dest)).unwrap();
+    let deadline = net.w.now() + Duration::from_secs(2);
+    let mut established = false;
+    net.w.run_sessions_until(deadline, |_, _, ev| {
+        established |= matches!(ev, SessionEvent::Established { session, .. } if session == second);
+        true
+    });
+    assert!(!established);
+    let h = net.w.host(net.dst).unwrap();
+    assert_eq!(h.sessions.ids().len(), 1);
+    assert!(h.sessions.endpoint_stats().refused >= 1);
+}

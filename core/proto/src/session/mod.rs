@@ -107,6 +107,8 @@ pub struct SessionConfig {
     pub ack_blocks: usize,
     /// Accept sessions from any key (responder side).
     pub accept: bool,
+    /// Most sessions held at once (new peers are refused beyond it, and counted).
+    pub max_sessions: usize,
     /// Timer granularity while sessions are active.
     pub tick: Duration,
 }
@@ -137,6 +139,7 @@ impl Default for SessionConfig {
             ack_every: 16,
             ack_blocks: 8,
             accept: true,
+            max_sessions: 1024,
             tick: Duration::from_millis(10),
         }
     }
@@ -605,6 +608,10 @@ impl Sessions {
                 s.on_keys(keys::SessionKeys::new(&again.keys, false, sender_index, now), now);
                 s.answered = Some((raw, again.packet.clone()));
                 (sid, again.packet)
+            }
+            None if self.sessions.len() >= self.config.max_sessions => {
+                self.stats.refused += 1;
+                return;
             }
             None => {
                 let mut s = Session::new(id, responded.initiator, false, Handshake::Done, now);

@@ -650,6 +650,10 @@ impl Session {
                 Frame::PathClose { path } => {
                     // What we had in flight on it will not arrive: release it for repair.
                     self.closed_paths.insert(*path);
+                    if self.closed_paths.len() > 1024 {
+                        // Path ids only grow: the oldest closed ones cannot come back.
+                        self.closed_paths.pop_first();
+                    }
                     self.path_failed(*path);
                     if let Some(p) = self.paths.remove(path) {
                         ctx.by_route.remove(&p.route);
