@@ -21,6 +21,9 @@
 
 use thiserror::Error;
 
+use crate::frame::Reader;
+use crate::wire::DecodeError;
+
 pub const SYMBOL: u8 = 0x01;
 pub const DATAGRAM: u8 = 0x02;
 pub const ACK: u8 = 0x03;
@@ -50,6 +53,17 @@ pub enum FrameError {
     UnknownType(u8),
     #[error("malformed session frame: {0}")]
     Malformed(&'static str),
+}
+
+impl From<DecodeError> for FrameError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Truncated => FrameError::Truncated,
+            DecodeError::UnknownType(t) => FrameError::UnknownType(t),
+            DecodeError::Malformed(m) => FrameError::Malformed(m),
+            DecodeError::Oversized | DecodeError::BadVersion(_) => FrameError::Malformed("not a session frame"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,38 +180,6 @@ impl Frame<'_> {
                 out.extend_from_slice(&path.to_be_bytes());
             }
         }
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if self.buf.len() < n {
-            return Err(FrameError::Truncated);
-        }
-        let (a, b) = self.buf.split_at(n);
-        self.buf = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, FrameError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
     }
 }
 
