@@ -73,9 +73,19 @@ impl SessionKeys {
         }
     }
 
-    /// Seals `body` into a data packet appended to `out`. Rotates the send key first when due.
-    pub fn seal(&mut self, now: Instant, rekey_after: Duration, rekey_packets: u64, body: &[u8], out: &mut Vec<u8>) {
-        if now.saturating_duration_since(self.send_started) >= rekey_after || self.send_epoch_packets >= rekey_packets {
+    /// Seals `body` into a data packet appended to `out`. Rotates the send key first when due;
+    /// returns whether it did.
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        rekey_after: Duration,
+        rekey_packets: u64,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let rotate =
+            now.saturating_duration_since(self.send_started) >= rekey_after || self.send_epoch_packets >= rekey_packets;
+        if rotate {
             self.send = self.send.next();
             self.send_started = now;
             self.send_epoch_packets = 0;
@@ -94,6 +104,7 @@ impl SessionKeys {
         let (hdr, rest) = out[start..].split_at_mut(DATA_HEADER_LEN);
         let tag = self.send.key.seal(counter, hdr, rest);
         out.extend_from_slice(&tag);
+        rotate
     }
 
     /// Records an opened packet's counter: the same packet is refused from now on.

@@ -680,24 +680,19 @@ impl Sessions {
             s.retire_path(&mut ctx, p);
         }
         // Re-handshake if the peer has been silent (it may have restarted).
-        if let Handshake::Waiting { packet, sent, .. } = &mut s.handshake {
+        if let Handshake::Waiting { sent, .. } = &mut s.handshake {
             if now.saturating_duration_since(*sent) >= Duration::from_millis(500) {
                 *sent = now;
-                let pkt = packet.clone();
-                for p in s.paths.values().filter(|p| p.state != PathState::Building) {
-                    let _ = ctx.node.send_class(now, p.route, crate::forward::Class::Realtime, &pkt);
-                }
+                s.send_init_all(&mut ctx);
             }
         } else if now.saturating_duration_since(s.last_recv) >= cfg.rehandshake_after
             && s.paths.values().any(|p| p.state != PathState::Building)
         {
             let (state, packet) =
                 handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &s.peer, s.id);
-            for p in s.paths.values().filter(|p| p.state != PathState::Building) {
-                let _ = ctx.node.send_class(now, p.route, crate::forward::Class::Realtime, &packet);
-            }
             s.handshake = Handshake::Waiting { state: Box::new(state), packet, sent: now };
             s.last_recv = now;
+            s.send_init_all(&mut ctx);
         }
         // Build routes up to k.
         let want = match cfg.strategy {

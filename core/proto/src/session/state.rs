@@ -156,9 +156,6 @@ impl Session {
     /// Keys were (re)installed: both sides announce where their streams stand.
     pub fn on_keys(&mut self, keys: SessionKeys, now: Instant) {
         self.handshakes += 1;
-        if let Some(old) = &self.keys {
-            self.stats.rekeys += old.rekeys;
-        }
         self.keys = Some(keys);
         self.handshake = Handshake::Done;
         self.resume_out = true;
@@ -228,7 +225,9 @@ impl Session {
         wire::pad(&mut body);
         let eliciting = frames.iter().any(|f| f.eliciting()) || resume.is_some();
         let mut pkt = Vec::with_capacity(body.len() + 40);
-        keys.seal(ctx.now, ctx.cfg.rekey_after, ctx.cfg.rekey_packets, &body, &mut pkt);
+        if keys.seal(ctx.now, ctx.cfg.rekey_after, ctx.cfg.rekey_packets, &body, &mut pkt) {
+            self.stats.rekeys += 1;
+        }
         ctx.node.send_class(ctx.now, p.route, class, &pkt).inspect_err(|e| {
             if *e == RouteError::QueueFull {
                 p.blocked = true;
@@ -246,6 +245,14 @@ impl Session {
         let Some(p) = self.paths.get(&path) else { return };
         if ctx.node.send_class(ctx.now, p.route, Class::Realtime, packet).is_ok() {
             self.stats.route_bytes_sent += packet.len() as u64;
+        }
+    }
+
+    /// Sends the handshake init on every path that is not being built.
+    pub fn send_init_all<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+        let ids: Vec<u32> = self.paths.values().filter(|p| p.state != PathState::Building).map(|p| p.id).collect();
+        for id in ids {
+            self.send_init(ctx, id);
         }
     }
 
@@ -509,8 +516,8 @@ impl Session {
         }
     }
 
-    /// A path stopped working: what was in flight on it is lost; reschedule.
-    fn path_failed(&mut self, path: u32) {
+    /// A path stopped working: what was in flight on it is lost; queue what the blocks lack.
+    fn path_failed(&mut self, cfg: &SessionConfig, path: u32) {
         let lost = match self.paths.get_mut(&path) {
             Some(p) => p.drain_lost(),
             None => return,
@@ -518,6 +525,7 @@ impl Session {
         for (b, e) in lost {
             self.symbol_passed(b, e);
         }
+        self.top_up(cfg);
     }
 
     fn apply_ack<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>, ack: &Ack) {
@@ -654,11 +662,10 @@ impl Session {
                         // Path ids only grow: the oldest closed ones cannot come back.
                         self.closed_paths.pop_first();
                     }
-                    self.path_failed(*path);
+                    self.path_failed(ctx.cfg, *path);
                     if let Some(p) = self.paths.remove(path) {
                         ctx.by_route.remove(&p.route);
                     }
-                    self.top_up(ctx.cfg);
                 }
             }
         }
@@ -822,11 +829,8 @@ impl Session {
         }
         for id in failed {
             self.stats.path_suspects += 1;
-            self.path_failed(id);
+            self.path_failed(ctx.cfg, id);
             ctx.events.push_back(SessionEvent::PathDown { session: self.id, path: id });
-        }
-        if !failed_is_empty(&self.paths) {
-            self.top_up(ctx.cfg);
         }
         // Probe paths that carried no realtime packet for a while (suspect ones too: a probe
         // that gets through brings the path back).
@@ -857,7 +861,7 @@ impl Session {
 
     /// The route under a path failed or closed.
     pub fn route_gone<A>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
-        self.path_failed(path);
+        self.path_failed(ctx.cfg, path);
         if let Some(p) = self.paths.remove(&path) {
             ctx.by_route.remove(&p.route);
             self.stats.path_failures += 1;
@@ -871,14 +875,13 @@ impl Session {
         if let Some(o) = others.first() {
             let _ = self.send_on(ctx, *o, Class::Realtime, &[Frame::PathClose { path }], None);
         }
-        self.path_failed(path);
+        self.path_failed(ctx.cfg, path);
         if let Some(p) = self.paths.remove(&path) {
             ctx.by_route.remove(&p.route);
             let _ = ctx.node.close_route(p.route);
             self.stats.paths_retired += 1;
             ctx.events.push_back(SessionEvent::PathDown { session: self.id, path });
         }
-        self.top_up(ctx.cfg);
     }
 
     pub fn close<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
@@ -894,8 +897,4 @@ impl Session {
         }
         self.failed = true;
     }
-}
-
-fn failed_is_empty(paths: &BTreeMap<u32, Path>) -> bool {
-    paths.values().all(|p| p.state != PathState::Suspect)
 }
