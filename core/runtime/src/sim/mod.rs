@@ -164,11 +164,14 @@ impl World {
 
     /// Gives a node a session endpoint (its key, its own RNG from the world's seed).
     pub fn add_sessions(&mut self, node: usize, config: SessionConfig, graph: Graph) {
+        self.hosts[node] = Some(self.new_host(node, config, graph, None));
+    }
+
+    fn new_host(&mut self, node: usize, config: SessionConfig, graph: Graph, anchor: Option<Anchor>) -> Host {
         let key = self.nodes[node].identity_copy();
         let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
         let sessions = Sessions::new(key, config.clone(), Box::new(rng));
-        self.hosts[node] =
-            Some(Host { sessions, graph, config, timer: None, capture: 0, captured: Vec::new(), anchor: None });
+        Host { sessions, graph, config, timer: None, capture: 0, captured: Vec::new(), anchor }
     }
 
     /// Withholds the next `n` route data events of `node` from its sessions (see
@@ -187,17 +190,7 @@ impl World {
         self.nodes[node] = Node::new(key.clone(), config, Box::new(rng));
         self.timers[node] = None;
         if let Some(h) = self.hosts[node].take() {
-            let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
-            let sessions = Sessions::new(key, h.config.clone(), Box::new(rng));
-            self.hosts[node] = Some(Host {
-                sessions,
-                graph: h.graph,
-                config: h.config,
-                timer: None,
-                capture: 0,
-                captured: Vec::new(),
-                anchor: h.anchor.map(|a| a.restarted()),
-            });
+            self.hosts[node] = Some(self.new_host(node, h.config, h.graph, h.anchor.map(|a| a.restarted())));
         }
         self.wakes.retain(|(n, _), _| *n != node);
     }
