@@ -3,20 +3,20 @@
 use std::time::Duration;
 
 use rand_core::OsRng;
+use skyroute::driver::{Options, RunningNode};
 use skyroute::impair::{self, Impairment};
 use skyroute::sim::scenario::{payload, StreamCheck};
-use skyroute::udp::UdpNode;
 use skyroute_proto::{Class, Event, NodeConfig, RouteError, RouteEvent, SecretKey};
 
-async fn node() -> UdpNode {
+async fn node() -> RunningNode {
     node_with(NodeConfig::default()).await
 }
 
-async fn node_with(config: NodeConfig) -> UdpNode {
-    UdpNode::spawn(SecretKey::generate(&mut OsRng), config, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+async fn node_with(config: NodeConfig) -> RunningNode {
+    RunningNode::spawn(Options { node: config, ..Options::loopback(SecretKey::generate(&mut OsRng)) }).await.unwrap()
 }
 
-async fn next_event(n: &mut UdpNode, mut want: impl FnMut(&Event) -> bool) -> Event {
+async fn next_event(n: &mut RunningNode, mut want: impl FnMut(&Event) -> bool) -> Event {
     loop {
         let e = tokio::time::timeout(Duration::from_secs(20), n.events.recv())
             .await
@@ -31,8 +31,8 @@ async fn next_event(n: &mut UdpNode, mut want: impl FnMut(&Event) -> bool) -> Ev
 #[tokio::test]
 async fn two_hop_route_carries_2_mib_intact_over_udp() {
     let (mut a, mut b, mut c) = (node().await, node().await, node().await);
-    a.connect(b.public_key, b.local_addr).unwrap();
-    b.connect(c.public_key, c.local_addr).unwrap();
+    a.connect(b.public_key, b.udp_addr()).unwrap();
+    b.connect(c.public_key, c.udp_addr()).unwrap();
     next_event(&mut a, |e| matches!(e, Event::LinkUp { .. })).await;
     next_event(&mut c, |e| matches!(e, Event::LinkUp { .. })).await;
     next_event(&mut b, |e| matches!(e, Event::LinkUp { .. })).await;
@@ -48,7 +48,13 @@ async fn two_hop_route_carries_2_mib_intact_over_udp() {
 }
 
 /// Sends `data` from `a` over `route` to `c` (relayed by `b`, if on the route), intact.
-async fn transfer(a: &mut UdpNode, b: &mut UdpNode, c: &mut UdpNode, route: skyroute_proto::RouteId, data: Vec<u8>) {
+async fn transfer(
+    a: &mut RunningNode,
+    b: &mut RunningNode,
+    c: &mut RunningNode,
+    route: skyroute_proto::RouteId,
+    data: Vec<u8>,
+) {
     let mut check = StreamCheck::new(data.clone());
     let mut pos = 0;
     while !check.complete() {
@@ -103,11 +109,11 @@ async fn a_transfer_survives_30_percent_loss_and_a_link_flap_through_the_impairm
         seed: 3,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let proxy_task = tokio::spawn(impair::run(socket, b.local_addr, imp, async {
+    let proxy_task = tokio::spawn(impair::run(socket, b.listen.udp.unwrap(), imp, async {
         let _ = stop_rx.await;
     }));
-    a.connect(b.public_key, proxy).unwrap();
-    b.connect(c.public_key, c.local_addr).unwrap();
+    a.connect(b.public_key, skyroute::transport::Addr::Udp(proxy)).unwrap();
+    b.connect(c.public_key, c.udp_addr()).unwrap();
     next_event(&mut a, |e| matches!(e, Event::LinkUp { .. })).await;
     next_event(&mut c, |e| matches!(e, Event::LinkUp { .. })).await;
     tokio::time::sleep(Duration::from_millis(100)).await;

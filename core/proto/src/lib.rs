@@ -10,6 +10,7 @@
 //! end-to-end route messages) -> [`node`] (the object a driver talks to) -> [`session`]
 //! (end-to-end sessions over several routes with RaptorQ coding, driven next to the node).
 
+pub mod channel;
 pub mod crypto;
 pub mod forward;
 pub mod frame;
@@ -27,6 +28,7 @@ pub use link::{DownReason, LinkConfig, LinkId, LinkState};
 pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};
 pub use route::{RouteConfig, RouteError, RouteEvent, RouteId};
 pub use session::{
-    Graph, RouteFinder, SessionConfig, SessionError, SessionEvent, SessionId, SessionStats, Sessions, Strategy,
+    Graph, PathState, RouteFinder, SessionConfig, SessionError, SessionEvent, SessionId, SessionStats, Sessions,
+    Strategy,
 };
 pub use stats::{LinkStats, Reject, RejectCounts};

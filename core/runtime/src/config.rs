@@ -2,10 +2,21 @@
 //! that names it.
 //!
 //! ```toml
-//! listen = "127.0.0.1:7070"      # UDP; default: 0.0.0.0:7070, or the next free port
-//! [[peers]]                      # static neighbours, dialled and kept up
+//! [listen]                        # each "addr:port" or "off"; default: 0.0.0.0 on the
+//! udp = "127.0.0.1:7070"          # default port (UDP and TCP 7070, QUIC 7071), or the
+//! tcp = "127.0.0.1:7070"          # next free one
+//! quic = "off"
+//! [[peers]]                       # static neighbours, dialled and kept up
 //! key = "02ab...33 bytes hex"
-//! addr = "192.0.2.1:7070"
+//! addr = "192.0.2.1:7070"         # UDP; or "tcp://192.0.2.1:7070", "quic://192.0.2.1:7071"
+//! [[topology]]                    # links between other nodes, for route finding (until
+//! a = "02ab..."                   # discovery lands)
+//! b = "03cd..."
+//! [session]
+//! routes = 3                      # disjoint routes per session
+//! realtime_copies = 3             # copies of each deadline datagram
+//! [log]
+//! level = "info"                  # tracing filter; RUST_LOG overrides it
 //! [forward]
 //! route_buffer_bytes = 1048576
 //! memory_budget_bytes = 536870912
@@ -16,10 +27,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::Deserialize;
-use skyroute_proto::{NodeConfig, PublicKey};
+use skyroute_proto::{NodeConfig, PublicKey, SessionConfig};
 
-/// The default UDP port; the daemon tries the next ones when it is taken.
+use crate::transport::Addr;
+
+/// The default UDP and TCP port; the daemon tries the next ones when it is taken.
 pub const DEFAULT_PORT: u16 = 7070;
+/// The default QUIC (UDP) port.
+pub const DEFAULT_QUIC_PORT: u16 = 7071;
 
 /// Unacknowledged datagrams per link on real sockets. The driver does not pace yet, and a
 /// sender that may keep thousands in flight overruns socket buffers and then resends them all;
@@ -29,11 +44,46 @@ pub const REAL_MAX_IN_FLIGHT: usize = 256;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
-    listen: Option<String>,
+    #[serde(default)]
+    listen: RawListen,
     #[serde(default)]
     peers: Vec<RawPeer>,
     #[serde(default)]
+    topology: Vec<RawEdge>,
+    #[serde(default)]
     forward: RawForward,
+    #[serde(default)]
+    session: RawSession,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    udp: Option<String>,
+    tcp: Option<String>,
+    quic: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    a: String,
+    b: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    routes: Option<usize>,
+    realtime_copies: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,16 +106,52 @@ struct RawForward {
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub key: PublicKey,
-    pub addr: SocketAddr,
+    pub addr: Addr,
+}
+
+/// Where one transport listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// The default port on all interfaces, or the next free one.
+    Default,
+    Off,
+    At(SocketAddr),
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where to listen; `None` means the default port (or the next free one).
-    pub listen: Option<SocketAddr>,
+    pub udp: Bind,
+    pub tcp: Bind,
+    pub quic: Bind,
     pub peers: Vec<Peer>,
+    pub topology: Vec<(PublicKey, PublicKey)>,
     pub node: NodeConfig,
+    pub session: SessionConfig,
+    /// A tracing filter (`RUST_LOG` syntax).
+    pub log: Option<String>,
+}
+
+/// The node settings for real sockets.
+pub fn real_node_config() -> NodeConfig {
+    let mut node = NodeConfig::default();
+    node.forward.max_in_flight = REAL_MAX_IN_FLIGHT;
+    node
+}
+
+fn bind(field_name: &str, v: &Option<String>) -> Result<Bind, ConfigError> {
+    match v.as_deref() {
+        None => Ok(Bind::Default),
+        Some("off") => Ok(Bind::Off),
+        Some(a) => a
+            .parse()
+            .map(Bind::At)
+            .map_err(|_| field(field_name, format!("not an address and port (or \"off\"): {a:?}"))),
+    }
+}
+
+fn key(field_name: String, v: &str) -> Result<PublicKey, ConfigError> {
+    PublicKey::from_hex(v).map_err(|_| field(field_name, "not a compressed secp256k1 public key (66 hex digits)"))
 }
 
 /// A configuration error, naming the field.
@@ -86,7 +172,16 @@ fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl Default for Config {
     fn default() -> Self {
         // The same defaults as an empty file.
-        Config::parse("").unwrap_or_else(|_| Config { listen: None, peers: Vec::new(), node: NodeConfig::default() })
+        Config::parse("").unwrap_or_else(|_| Config {
+            udp: Bind::Default,
+            tcp: Bind::Default,
+            quic: Bind::Default,
+            peers: Vec::new(),
+            topology: Vec::new(),
+            node: real_node_config(),
+            session: SessionConfig::default(),
+            log: None,
+        })
     }
 }
 
@@ -100,27 +195,50 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: Raw =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.message().to_string() + &span(text, e.span())))?;
-        let listen = raw
-            .listen
-            .map(|l| l.parse::<SocketAddr>().map_err(|_| field("listen", format!("not an address and port: {l:?}"))))
-            .transpose()?;
-        let peers =
-            raw.peers
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let key = PublicKey::from_hex(&p.key).map_err(|_| {
-                        field(format!("peers[{i}].key"), "not a compressed secp256k1 public key (66 hex digits)")
-                    })?;
-                    let addr = p.addr.parse().map_err(|_| {
-                        field(format!("peers[{i}].addr"), format!("not an address and port: {:?}", p.addr))
-                    })?;
-                    Ok(Peer { key, addr })
-                })
-                .collect::<Result<Vec<_>, ConfigError>>()?;
-        let mut node = NodeConfig::default();
+        let (udp, tcp, quic) = (
+            bind("listen.udp", &raw.listen.udp)?,
+            bind("listen.tcp", &raw.listen.tcp)?,
+            bind("listen.quic", &raw.listen.quic)?,
+        );
+        if [udp, tcp, quic].iter().all(|b| *b == Bind::Off) {
+            return Err(field("listen", "every transport is off"));
+        }
+        let peers = raw
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let key = key(format!("peers[{i}].key"), &p.key)?;
+                let addr = p.addr.parse::<Addr>().map_err(|e| field(format!("peers[{i}].addr"), e))?;
+                Ok(Peer { key, addr })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let topology = raw
+            .topology
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Ok((key(format!("topology[{i}].a"), &e.a)?, key(format!("topology[{i}].b"), &e.b)?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let mut session = SessionConfig::default();
+        if let Some(v) = raw.session.routes {
+            if !(1..=8).contains(&v) {
+                return Err(field("session.routes", "must be between 1 and 8"));
+            }
+            session.routes = v;
+        }
+        if let Some(v) = raw.session.realtime_copies {
+            if !(1..=8).contains(&v) {
+                return Err(field("session.realtime_copies", "must be between 1 and 8"));
+            }
+            session.realtime_copies = v;
+        }
+        if let Some(l) = &raw.log.level {
+            if tracing_subscriber::EnvFilter::try_new(l).is_err() {
+                return Err(field("log.level", format!("not a log filter: {l:?}")));
+            }
+        }
+        let mut node = real_node_config();
         let f = &mut node.forward;
-        f.max_in_flight = REAL_MAX_IN_FLIGHT;
         if let Some(v) = raw.forward.max_in_flight {
             if !(16..=65_536).contains(&v) {
                 return Err(field("forward.max_in_flight", "must be between 16 and 65536"));
@@ -145,7 +263,7 @@ impl Config {
             }
             f.memory_budget_bytes = v;
         }
-        Ok(Config { listen, peers, node })
+        Ok(Config { udp, tcp, quic, peers, topology, node, session, log: raw.log.level })
     }
 }
 
@@ -161,7 +279,11 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = |t: &str| Config::parse(t).unwrap_err().to_string();
-        assert!(e("listen = \"nope\"").starts_with("listen:"));
+        assert!(e("[listen]\nudp = \"nope\"").starts_with("listen.udp:"));
+        assert!(e("[listen]\nudp = \"off\"\ntcp = \"off\"\nquic = \"off\"").starts_with("listen:"));
+        assert!(e("[session]\nroutes = 0").starts_with("session.routes:"));
+        assert!(e("[log]\nlevel = \"=[\"").starts_with("log.level:"));
+        assert!(e("[[topology]]\na = \"x\"\nb = \"y\"").starts_with("topology[0].a:"));
         assert!(e("[[peers]]\nkey = \"00\"\naddr = \"127.0.0.1:1\"").starts_with("peers[0].key:"));
         let k = "02".to_string() + &"11".repeat(32);
         let bad_addr = format!("[[peers]]\nkey = \"{k}\"\naddr = \"x\"");
@@ -169,7 +291,12 @@ mod tests {
         assert!(e("[forward]\nroute_buffer_bytes = 5").starts_with("forward.route_buffer_bytes:"));
         assert!(e("colour = 3").contains("colour"), "unknown fields are named: {}", e("colour = 3"));
         assert!(e("listen = ").contains("line 1"));
-        let ok = Config::parse("listen = \"127.0.0.1:0\"\n[forward]\nroute_buffer_bytes = 131072").unwrap();
+        let ok = Config::parse(&format!(
+            "[listen]\nudp = \"127.0.0.1:0\"\nquic = \"off\"\n[[peers]]\nkey = \"{k}\"\naddr = \"tcp://127.0.0.1:9\"\n[forward]\nroute_buffer_bytes = 131072"
+        ))
+        .unwrap();
         assert_eq!(ok.node.forward.route_buffer_bytes, 131072);
+        assert_eq!((ok.udp, ok.tcp, ok.quic), (Bind::At("127.0.0.1:0".parse().unwrap()), Bind::Default, Bind::Off));
+        assert_eq!(ok.peers[0].addr, Addr::Tcp("127.0.0.1:9".parse().unwrap()));
     }
 }

@@ -3,16 +3,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rand_core::OsRng;
 use skyroute_proto::SecretKey;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::config::{Config, DEFAULT_PORT};
+use crate::config::{Bind, Config, DEFAULT_PORT, DEFAULT_QUIC_PORT};
 use crate::control::{self, Reply, Request};
+use crate::driver::{NodeHandle, Options, RunningNode};
 use crate::keyfile;
-use crate::udp::{NodeHandle, UdpNode};
+use crate::service::transfer::Source;
 
 /// Requests longer than this are refused (the control API's messages are small).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -28,20 +30,52 @@ pub fn identity(data_dir: &Path) -> Result<SecretKey, keyfile::KeyFileError> {
     Ok(key)
 }
 
-async fn bind(listen: Option<SocketAddr>, key: SecretKey, config: &Config) -> std::io::Result<UdpNode> {
-    if let Some(addr) = listen {
-        return UdpNode::spawn(key, config.node.clone(), addr).await;
-    }
+/// Sets up `tracing` output on stderr: `RUST_LOG` if set, else the config's level, else info.
+pub fn init_logging(level: Option<&str>) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .or_else(|| level.and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok()))
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Starts the node; a transport left at its default takes the default port or the next free
+/// one (logged).
+async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io::Result<RunningNode> {
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    let pick = |b: Bind, port: u16, offset: u16| match b {
+        Bind::Off => None,
+        Bind::At(a) => Some(a),
+        Bind::Default => Some(any(port + offset)),
+    };
     let mut last = None;
-    for port in DEFAULT_PORT..DEFAULT_PORT + 100 {
-        match UdpNode::spawn(key.clone(), config.node.clone(), SocketAddr::from(([0, 0, 0, 0], port))).await {
+    for offset in 0..100u16 {
+        let o = Options {
+            identity: key.clone(),
+            node: config.node.clone(),
+            session: config.session.clone(),
+            udp: pick(config.udp, DEFAULT_PORT, offset),
+            tcp: pick(config.tcp, DEFAULT_PORT, offset),
+            quic: pick(config.quic, DEFAULT_QUIC_PORT, offset * 2),
+            data_dir: Some(data_dir.to_path_buf()),
+            topology: config.topology.clone(),
+        };
+        match RunningNode::spawn(o).await {
             Ok(n) => {
-                if port != DEFAULT_PORT {
-                    eprintln!("skyroute node: udp port {DEFAULT_PORT} is taken, using {port}");
+                if offset > 0 {
+                    tracing::warn!("default ports taken, using the next free ones: {}", n.listen.list().join(", "));
                 }
                 return Ok(n);
             }
-            Err(e) => last = Some(e),
+            // Only a default port may move; an explicit one that is taken is an error.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && [config.udp, config.tcp, config.quic].contains(&Bind::Default) =>
+            {
+                last = Some(e)
+            }
+            Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
@@ -56,6 +90,7 @@ pub fn run(data_dir: PathBuf, config: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
+    init_logging(config.log.as_deref());
     if let Err(e) = std::fs::create_dir_all(&data_dir) {
         eprintln!("error: {}: {e}", data_dir.display());
         return 1;
@@ -83,7 +118,7 @@ pub fn run(data_dir: PathBuf, config: Option<PathBuf>) -> i32 {
 }
 
 async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
-    let mut node = match bind(config.listen, key, &config).await {
+    let mut node = match start(key, &config, &data_dir).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: listen: {e}");
@@ -102,11 +137,11 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
             return 1;
         }
     };
-    eprintln!(
-        "skyroute node: public key {} address {} listening on udp {} control {}",
+    tracing::info!(
+        "public key {} address {} listening on {} control {}",
         node.public_key,
         node.public_key.address(),
-        node.local_addr,
+        node.listen.list().join(", "),
         sock.display()
     );
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -125,16 +160,13 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     // Each client on its own task: a stalled one holds up nothing else.
-                    let handle = node.handle();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(std::time::Duration::from_secs(60), handle_client(handle, stream)).await;
-                    });
+                    tokio::spawn(handle_client(node.handle(), stream));
                 }
             }
         }
     }
     let _ = std::fs::remove_file(&sock);
-    eprintln!("skyroute node: stopped");
+    tracing::info!("stopping: closing sessions and links");
     match node.stop().await {
         Ok(()) => 0,
         Err(e) => {
@@ -144,36 +176,146 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
     }
 }
 
+/// How long one request may take (a transfer of a large file can take a while).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A client that sends nothing for this long is dropped (unless it serves a channel).
+const IDLE_CLIENT: Duration = Duration::from_secs(60);
+
 async fn handle_client(node: NodeHandle, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES as u64)).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => match node.status().await {
-                Ok(s) => Reply { ok: true, status: Some(s), error: None },
-                Err(e) => Reply { ok: false, status: None, error: Some(e.to_string()) },
+    let mut lines = BufReader::new(read).lines();
+    let mut service: Option<tokio::sync::mpsc::Receiver<control::ServiceMessage>> = None;
+    loop {
+        // A registered service may stay quiet as long as it likes; other clients may not.
+        let idle = if service.is_some() { REQUEST_TIMEOUT } else { IDLE_CLIENT };
+        let line = tokio::select! {
+            l = tokio::time::timeout(idle, next_line(&mut lines)) => match l {
+                Ok(Some(l)) => l,
+                _ => return,
             },
-            Err(e) => Reply { ok: false, status: None, error: Some(format!("bad request: {e}")) },
+            Some(m) = recv_service(&mut service) => {
+                let text = serde_json::to_string(&m).unwrap_or_default() + "\n";
+                if write.write_all(text.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
-        let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
-        text.push('\n');
+        let reply = match line {
+            Err(e) => Reply::error(e),
+            Ok(line) => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Register { channel }) => match node.register(channel).await {
+                    Ok(Ok(rx)) => {
+                        service = Some(rx);
+                        Reply::ok()
+                    }
+                    Ok(Err(e)) => Reply::error(e),
+                    Err(e) => Reply::error(e),
+                },
+                Ok(req) => tokio::time::timeout(REQUEST_TIMEOUT, answer(&node, req))
+                    .await
+                    .unwrap_or_else(|_| Reply::error("timed out")),
+                Err(e) => Reply::error(format!("bad request: {e}")),
+            },
+        };
+        let text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into()) + "\n";
         if write.write_all(text.as_bytes()).await.is_err() {
             return;
         }
     }
 }
 
-/// `skyroute status`: asks a running node over its control socket.
-pub fn status(data_dir: &Path) -> Result<control::Status, String> {
+/// The next request line; an over-long one is an error (and the rest of it is skipped).
+async fn next_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+) -> Option<Result<String, String>> {
+    match lines.next_line().await {
+        Ok(Some(l)) if l.len() > MAX_REQUEST_BYTES => {
+            Some(Err(format!("request longer than {MAX_REQUEST_BYTES} bytes")))
+        }
+        Ok(Some(l)) => Some(Ok(l)),
+        Ok(None) => None,
+        Err(e) => Some(Err(format!("bad request: {e}"))),
+    }
+}
+
+async fn recv_service(
+    s: &mut Option<tokio::sync::mpsc::Receiver<control::ServiceMessage>>,
+) -> Option<control::ServiceMessage> {
+    match s {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn answer(node: &NodeHandle, req: Request) -> Reply {
+    match answer_inner(node, req).await {
+        Ok(r) => r,
+        Err(e) => Reply::error(e),
+    }
+}
+
+async fn answer_inner(node: &NodeHandle, req: Request) -> Result<Reply, String> {
+    let stopped = |e: crate::driver::Stopped| e.to_string();
+    let resolve = |p: String| async move { node.resolve(&p).await.map_err(stopped)? };
+    Ok(match req {
+        Request::Status => Reply { status: Some(node.status().await.map_err(stopped)?), ..Reply::ok() },
+        Request::Connect { key, addr } => {
+            let key = skyroute_proto::PublicKey::from_hex(&key).map_err(|_| "key: not a public key".to_string())?;
+            let addr = addr.parse().map_err(|e| format!("addr: {e}"))?;
+            node.connect(key, addr).map_err(stopped)?;
+            Reply::ok()
+        }
+        Request::Ping { peer, count, interval_ms } => {
+            let peer = resolve(peer).await?;
+            let interval = Duration::from_millis(interval_ms.clamp(1, 60_000));
+            let r = node.ping(peer, count, interval).await.map_err(stopped)??;
+            Reply { ping: Some(r), ..Reply::ok() }
+        }
+        Request::Echo { peer, data } => {
+            let peer = resolve(peer).await?;
+            let data = hex::decode(data).map_err(|e| format!("data: not hex: {e}"))?;
+            let back = node.echo(peer, data).await.map_err(stopped)??;
+            Reply { data: Some(hex::encode(back)), ..Reply::ok() }
+        }
+        Request::Send { peer, file, bytes } => {
+            let peer = resolve(peer).await?;
+            let source = match (file, bytes) {
+                (Some(f), None) => Source::File(f.into()),
+                (None, Some(n)) => Source::Bytes(n),
+                _ => return Err("give either file or bytes".into()),
+            };
+            let r = node.transfer(peer, source).await.map_err(stopped)??;
+            Reply { ok: r.ok, error: r.error.clone(), transfer: Some(r), ..Default::default() }
+        }
+        Request::Received => Reply { received: Some(node.received().await.map_err(stopped)?), ..Reply::ok() },
+        Request::Message { peer, channel, data } => {
+            let peer = resolve(peer).await?;
+            let data = hex::decode(data).map_err(|e| format!("data: not hex: {e}"))?;
+            node.message(peer, channel, data).await.map_err(stopped)??;
+            Reply::ok()
+        }
+        Request::Register { .. } => return Err("register is answered by the connection handler".into()),
+    })
+}
+
+/// One request to a running node over its control socket (what the CLI does).
+pub fn request(data_dir: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
     use std::io::{BufRead, Write};
     let sock = control::socket_path(data_dir);
     let mut stream = std::os::unix::net::UnixStream::connect(&sock)
         .map_err(|e| format!("no node running in {} ({e})", data_dir.display()))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    stream.write_all(b"{\"cmd\":\"status\"}\n").map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(req).map_err(|e| e.to_string())? + "\n";
+    stream.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
     let mut line = String::new();
     std::io::BufReader::new(stream).read_line(&mut line).map_err(|e| e.to_string())?;
-    let reply: Reply = serde_json::from_str(&line).map_err(|e| format!("bad reply: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("bad reply: {e}"))
+}
+
+/// `skyroute status`: asks a running node over its control socket.
+pub fn status(data_dir: &Path) -> Result<control::Status, String> {
+    let reply = request(data_dir, &Request::Status, Duration::from_secs(5))?;
     match (reply.ok, reply.status, reply.error) {
         (true, Some(s), _) => Ok(s),
         (_, _, e) => Err(e.unwrap_or_else(|| "no status".into())),

@@ -50,6 +50,11 @@ impl Graph {
         }
     }
 
+    /// Every node with a known edge.
+    pub fn nodes(&self) -> impl Iterator<Item = &PublicKey> {
+        self.edges.iter().filter(|(_, m)| !m.is_empty()).map(|(k, _)| k)
+    }
+
     pub fn edge_count(&self) -> usize {
         self.edges.values().map(|m| m.len()).sum::<usize>() / 2
     }

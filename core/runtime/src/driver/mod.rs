@@ -1,0 +1,231 @@
+//! The tokio driver around the sans-IO core, as thin as quinn's around quinn-proto: it owns
+//! the sockets (UDP, TCP, QUIC) and the timer, feeds packets and `now` into the [`Node`] and
+//! its [`Sessions`], writes their packets out, and runs the channel services on the sessions.
+//! No protocol logic lives here.
+//!
+//! [`RunningNode::spawn`] starts one in a task; [`NodeHandle`] is the typed API the control
+//! socket, the CLI and in-process users (the demo, tests) share.
+
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skyroute_proto::{Class, Event, NodeConfig, PublicKey, RouteError, RouteId, SecretKey, SessionConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::{PingReport, ServiceMessage, Status, TransferReport};
+use crate::service::transfer::{Received, Source};
+use crate::transport::Addr;
+
+/// How to run a node.
+#[derive(Clone)]
+pub struct Options {
+    pub identity: SecretKey,
+    pub node: NodeConfig,
+    pub session: SessionConfig,
+    /// Listen addresses; `None` leaves a transport off (UDP is needed for `udp://` peers).
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub quic: Option<SocketAddr>,
+    /// Where received files go (`received/`); without one they are only hashed.
+    pub data_dir: Option<PathBuf>,
+    /// Known links between other nodes (until discovery): route finding uses them.
+    pub topology: Vec<(PublicKey, PublicKey)>,
+}
+
+impl Options {
+    /// UDP on an ephemeral loopback port, default settings.
+    pub fn loopback(identity: SecretKey) -> Options {
+        Options {
+            identity,
+            node: crate::config::real_node_config(),
+            session: SessionConfig::default(),
+            udp: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tcp: None,
+            quic: None,
+            data_dir: None,
+            topology: Vec::new(),
+        }
+    }
+
+    /// All three transports on ephemeral loopback ports.
+    pub fn loopback_all(identity: SecretKey) -> Options {
+        let any = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Options { tcp: any, quic: any, ..Options::loopback(identity) }
+    }
+}
+
+/// Where a node listens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listening {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub quic: Option<SocketAddr>,
+}
+
+impl Listening {
+    /// The address of a transport, as peers dial it.
+    pub fn addr(&self, kind: crate::transport::Kind) -> Option<Addr> {
+        use crate::transport::Kind;
+        let a = match kind {
+            Kind::Udp => self.udp,
+            Kind::Tcp => self.tcp,
+            Kind::Quic => self.quic,
+        }?;
+        Some(kind.at(a))
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        [self.udp.map(Addr::Udp), self.tcp.map(Addr::Tcp), self.quic.map(Addr::Quic)]
+            .into_iter()
+            .flatten()
+            .map(|a| a.to_string())
+            .collect()
+    }
+}
+
+pub(crate) enum Command {
+    Connect { peer: PublicKey, addr: Addr },
+    AddTopology { a: PublicKey, b: PublicKey },
+    OpenRoute { hops: Vec<PublicKey>, reply: oneshot::Sender<Result<RouteId, RouteError>> },
+    SendRoute { route: RouteId, class: Class, data: Vec<u8>, reply: oneshot::Sender<Result<(), RouteError>> },
+    Status { reply: oneshot::Sender<Status> },
+    Resolve { peer: String, reply: oneshot::Sender<Result<PublicKey, String>> },
+    Ping { peer: PublicKey, count: u32, interval: Duration, reply: oneshot::Sender<Result<PingReport, String>> },
+    Echo { peer: PublicKey, data: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, String>> },
+    Transfer { peer: PublicKey, source: Source, reply: oneshot::Sender<Result<TransferReport, String>> },
+    Received { reply: oneshot::Sender<Vec<Received>> },
+    Message { peer: PublicKey, channel: u16, data: Vec<u8>, reply: oneshot::Sender<Result<(), String>> },
+    Register { channel: u16, to: mpsc::Sender<ServiceMessage>, reply: oneshot::Sender<Result<(), String>> },
+    Stop,
+}
+
+/// The driver stopped (the task ended).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the node's driver is not running")]
+pub struct Stopped;
+
+/// A cloneable handle on a running node: the typed API behind the control socket.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl NodeHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(make(reply)).map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Dials a neighbour (its key and transport address).
+    pub fn connect(&self, peer: PublicKey, addr: Addr) -> Result<(), Stopped> {
+        self.commands.send(Command::Connect { peer, addr }).map_err(|_| Stopped)
+    }
+
+    /// Tells route finding that `a` and `b` are linked.
+    pub fn add_topology(&self, a: PublicKey, b: PublicKey) -> Result<(), Stopped> {
+        self.commands.send(Command::AddTopology { a, b }).map_err(|_| Stopped)
+    }
+
+    /// Starts building a bare route (no session); watch the events for `Ready` or `Failed`.
+    pub async fn open_route(&self, hops: Vec<PublicKey>) -> Result<Result<RouteId, RouteError>, Stopped> {
+        self.ask(|reply| Command::OpenRoute { hops, reply }).await
+    }
+
+    /// Queues bytes on a bare route; `QueueFull` means wait for a `Writable` event.
+    pub async fn send(&self, route: RouteId, class: Class, data: Vec<u8>) -> Result<Result<(), RouteError>, Stopped> {
+        self.ask(|reply| Command::SendRoute { route, class, data, reply }).await
+    }
+
+    pub async fn status(&self) -> Result<Status, Stopped> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// A peer named by its public key, or by an address (hash) the node knows the key of.
+    pub async fn resolve(&self, peer: &str) -> Result<Result<PublicKey, String>, Stopped> {
+        let peer = peer.to_string();
+        self.ask(|reply| Command::Resolve { peer, reply }).await
+    }
+
+    /// `count` round trips over a session to `peer`, `interval` apart.
+    pub async fn ping(
+        &self,
+        peer: PublicKey,
+        count: u32,
+        interval: Duration,
+    ) -> Result<Result<PingReport, String>, Stopped> {
+        self.ask(|reply| Command::Ping { peer, count, interval, reply }).await
+    }
+
+    pub async fn echo(&self, peer: PublicKey, data: Vec<u8>) -> Result<Result<Vec<u8>, String>, Stopped> {
+        self.ask(|reply| Command::Echo { peer, data, reply }).await
+    }
+
+    /// Sends a file or generated bytes to `peer`'s transfer service; returns when the peer
+    /// confirms (or the session fails).
+    pub async fn transfer(&self, peer: PublicKey, source: Source) -> Result<Result<TransferReport, String>, Stopped> {
+        self.ask(|reply| Command::Transfer { peer, source, reply }).await
+    }
+
+    pub async fn received(&self) -> Result<Vec<Received>, Stopped> {
+        self.ask(|reply| Command::Received { reply }).await
+    }
+
+    /// A message to the service on `channel` at `peer`.
+    pub async fn message(&self, peer: PublicKey, channel: u16, data: Vec<u8>) -> Result<Result<(), String>, Stopped> {
+        self.ask(|reply| Command::Message { peer, channel, data, reply }).await
+    }
+
+    /// Serves `channel`: messages that arrive on it come out of the returned queue.
+    pub async fn register(&self, channel: u16) -> Result<Result<mpsc::Receiver<ServiceMessage>, String>, Stopped> {
+        let (to, rx) = mpsc::channel(1024);
+        self.ask(|reply| Command::Register { channel, to, reply }).await.map(|r| r.map(|()| rx))
+    }
+}
+
+/// A node running in a task of the current tokio runtime.
+pub struct RunningNode {
+    handle: NodeHandle,
+    /// Node events the sessions did not take (links up and down, bare routes), in order.
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub listen: Listening,
+    pub public_key: PublicKey,
+    pub route_mtu: usize,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::ops::Deref for RunningNode {
+    type Target = NodeHandle;
+    fn deref(&self) -> &NodeHandle {
+        &self.handle
+    }
+}
+
+impl RunningNode {
+    /// Binds the transports and starts the node.
+    pub async fn spawn(options: Options) -> std::io::Result<RunningNode> {
+        let (commands, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let (driver, listen, public_key, route_mtu) = run::Driver::bind(options, cmd_rx, ev_tx).await?;
+        let task = tokio::spawn(driver.run());
+        Ok(RunningNode { handle: NodeHandle { commands }, events, listen, public_key, route_mtu, task })
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The UDP address (the default transport).
+    pub fn udp_addr(&self) -> Addr {
+        Addr::Udp(self.listen.udp.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))))
+    }
+
+    /// Closes sessions and links, sends what is queued, and waits for the driver to end.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.handle.commands.send(Command::Stop);
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}

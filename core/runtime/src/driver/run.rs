@@ -1,0 +1,769 @@
+//! The driver's event loop.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use skyroute_proto::{Event, Graph, Node, PublicKey, SessionEvent, SessionId, Sessions};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Command, Listening, Options};
+use crate::control::{LinkStatus, PathStatus, PingReport, ServiceMessage, SessionStatus, Status, TransferReport};
+use crate::service::transfer::{self, Outcome, Outgoing};
+use crate::service::{self, Conn, Control, Exchange};
+use crate::transport::{quic::Quic, tcp::Tcp, Addr, Inbound, Pool, INBOUND_QUEUE};
+
+/// Largest datagram read.
+const RECV_BUFFER_BYTES: usize = 65_536;
+/// Datagrams read in one go before the node's output is sent.
+const RECV_BATCH: usize = 64;
+/// Transfer messages queued ahead of a session's stream.
+const TRANSFER_AHEAD: usize = 256 * 1024;
+/// Graph cost of our own links and of configured topology.
+const LINK_COST: u32 = 10;
+/// How long a ping or echo waits for its reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a session to be established.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct PingJob {
+    peer: PublicKey,
+    session: SessionId,
+    count: u32,
+    sent: u32,
+    interval: Duration,
+    next_at: Instant,
+    created: Instant,
+    established_at: Option<Instant>,
+    outstanding: BTreeMap<u64, Instant>,
+    rtts: Vec<f64>,
+    reply: oneshot::Sender<Result<PingReport, String>>,
+}
+
+struct EchoJob {
+    session: SessionId,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+}
+
+struct SendJob {
+    peer: PublicKey,
+    session: SessionId,
+    out: Outgoing,
+    started: Instant,
+    reply: oneshot::Sender<Result<TransferReport, String>>,
+}
+
+pub(super) struct Driver {
+    node: Node<Addr>,
+    sessions: Sessions,
+    graph: Graph,
+    me: PublicKey,
+    listen: Listening,
+    udp: Option<UdpSocket>,
+    pool: Pool,
+    inbound: mpsc::Receiver<Inbound>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Channel state of every session (ours and accepted).
+    conns: BTreeMap<SessionId, Conn>,
+    /// Sessions we opened, by destination.
+    to_peer: BTreeMap<PublicKey, SessionId>,
+    pings: BTreeMap<u64, PingJob>,
+    /// Outstanding ping requests: request id -> job id.
+    ping_ids: BTreeMap<u64, u64>,
+    echoes: BTreeMap<u64, EchoJob>,
+    sends: BTreeMap<u64, SendJob>,
+    receiver: transfer::Receiver,
+    services: BTreeMap<u16, mpsc::Sender<ServiceMessage>>,
+    next_id: u64,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+impl Driver {
+    pub(super) async fn bind(
+        o: Options,
+        commands: mpsc::UnboundedReceiver<Command>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> std::io::Result<(Driver, Listening, PublicKey, usize)> {
+        let (in_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let mut listen = Listening::default();
+        let udp = match o.udp {
+            Some(a) => {
+                let s = UdpSocket::bind(a).await?;
+                listen.udp = Some(s.local_addr()?);
+                Some(s)
+            }
+            None => None,
+        };
+        let tcp = match o.tcp {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a).await?;
+                listen.tcp = Some(l.local_addr()?);
+                Some(Tcp::start(l, in_tx.clone()))
+            }
+            None => None,
+        };
+        let quic = match o.quic {
+            Some(a) => {
+                let q = Quic::start(a, in_tx.clone())?;
+                listen.quic = Some(q.local_addr()?);
+                Some(q)
+            }
+            None => None,
+        };
+        let node = Node::new(o.identity.clone(), o.node, Box::new(rand_core::OsRng));
+        let sessions = Sessions::new(o.identity, o.session, Box::new(rand_core::OsRng));
+        let me = node.public_key();
+        let mut graph = Graph::new();
+        for (a, b) in o.topology {
+            graph.add_edge(a, b, LINK_COST);
+        }
+        let route_mtu = node.route_mtu();
+        let d = Driver {
+            node,
+            sessions,
+            graph,
+            me,
+            listen,
+            udp,
+            pool: Pool::new(tcp, quic),
+            inbound,
+            commands,
+            events,
+            conns: BTreeMap::new(),
+            to_peer: BTreeMap::new(),
+            pings: BTreeMap::new(),
+            ping_ids: BTreeMap::new(),
+            echoes: BTreeMap::new(),
+            sends: BTreeMap::new(),
+            receiver: transfer::Receiver::new(o.data_dir),
+            services: BTreeMap::new(),
+            next_id: 1,
+            counters: BTreeMap::new(),
+        };
+        Ok((d, listen, me, route_mtu))
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.counters.entry(what).or_default() += 1;
+    }
+
+    pub(super) async fn run(mut self) -> std::io::Result<()> {
+        let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+        let mut out = Vec::with_capacity(2048);
+        loop {
+            let now = Instant::now();
+            self.settle(now);
+            self.transmit(now, &mut out).await;
+            let timer = self.next_timer().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                r = recv(self.udp.as_ref(), &mut buf) => {
+                    if let Ok((n, from)) = r {
+                        let now = Instant::now();
+                        self.node.handle_datagram(now, Addr::Udp(from), &mut buf[..n]);
+                        // Read what else is waiting before answering: fewer, fuller wake-ups.
+                        for _ in 0..RECV_BATCH {
+                            let Some(Ok((n, from))) = self.udp.as_ref().map(|u| u.try_recv_from(&mut buf)) else { break };
+                            self.node.handle_datagram(now, Addr::Udp(from), &mut buf[..n]);
+                        }
+                    }
+                }
+                Some(i) = self.inbound.recv() => {
+                    self.on_inbound(i);
+                    for _ in 0..RECV_BATCH {
+                        let Ok(i) = self.inbound.try_recv() else { break };
+                        self.on_inbound(i);
+                    }
+                }
+                _ = sleep_until(timer) => {
+                    let now = Instant::now();
+                    self.node.handle_timeout(now);
+                    self.sessions.handle_timeout(now, &mut self.node, &self.graph);
+                    self.tick_jobs(now);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Stop) | None => break,
+                    Some(c) => self.on_command(Instant::now(), c),
+                },
+            }
+        }
+        self.shutdown(&mut out).await;
+        Ok(())
+    }
+
+    fn on_inbound(&mut self, i: Inbound) {
+        match i {
+            Inbound::Packet(from, mut data) => self.node.handle_datagram(Instant::now(), from, &mut data),
+            Inbound::Connected(addr, tx) => self.pool.connected(addr, tx),
+            Inbound::Closed(addr, why) => {
+                tracing::debug!(%addr, why, "connection closed");
+                self.pool.closed(&addr);
+            }
+        }
+    }
+
+    /// Sends everything the node has to send.
+    async fn transmit(&mut self, now: Instant, out: &mut Vec<u8>) {
+        while let Some(dst) = self.node.poll_transmit_into(now, out) {
+            match dst {
+                Addr::Udp(a) => match &self.udp {
+                    // A failed send is a lost packet: the protocol recovers, the driver goes on.
+                    Some(u) => {
+                        if u.send_to(out, a).await.is_err() {
+                            self.count("send_errors");
+                        }
+                    }
+                    None => self.count("no_transport"),
+                },
+                other => {
+                    if self.pool.send(other, out).is_err() {
+                        self.count("send_queue_full");
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        let jobs = self.pings.values().map(|p| p.next_at).chain(self.echoes.values().map(|e| e.deadline)).min();
+        [self.node.poll_timeout(), self.sessions.poll_timeout(), jobs].into_iter().flatten().min()
+    }
+
+    /// Runs node and session events and service work until nothing moves.
+    fn settle(&mut self, now: Instant) {
+        for _ in 0..64 {
+            let mut moved = false;
+            while let Some(e) = self.node.poll_event() {
+                moved = true;
+                self.on_node_event(now, e);
+            }
+            while let Some(e) = self.sessions.poll_event() {
+                moved = true;
+                self.on_session_event(now, e);
+            }
+            moved |= self.pump(now);
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn on_node_event(&mut self, now: Instant, e: Event) {
+        match &e {
+            Event::LinkUp { peer, .. } => {
+                tracing::info!(peer = %short(peer), "link up");
+                self.graph.add_edge(self.me, *peer, LINK_COST);
+            }
+            Event::LinkDown { peer, reason, .. } => tracing::info!(peer = %short(peer), ?reason, "link down"),
+            _ => {}
+        }
+        if let Some(e) = self.sessions.handle_event(now, &mut self.node, &self.graph, e) {
+            let _ = self.events.send(e);
+        }
+    }
+
+    fn on_session_event(&mut self, now: Instant, e: SessionEvent) {
+        match e {
+            SessionEvent::Established { session, peer } => {
+                tracing::info!(session, peer = %short(&peer), "session established");
+                for p in self.pings.values_mut().filter(|p| p.session == session) {
+                    p.established_at.get_or_insert(now);
+                    p.next_at = now;
+                }
+            }
+            SessionEvent::Accepted { session, peer } => {
+                tracing::info!(session, peer = %short(&peer), "session accepted");
+                self.conns.insert(session, Conn::new(peer));
+            }
+            SessionEvent::Stream { session, offset, data } => self.on_stream(now, session, offset, &data),
+            SessionEvent::Datagram { .. } => self.count("datagrams_ignored"),
+            SessionEvent::PathUp { session, path } => tracing::debug!(session, path, "path up"),
+            SessionEvent::PathDown { session, path } => tracing::debug!(session, path, "path down"),
+            SessionEvent::PeerRestarted { session, offset } => {
+                tracing::info!(session, offset, "peer restarted its session");
+            }
+            SessionEvent::Failed { session } => self.session_gone(now, session, "no route to the peer"),
+            SessionEvent::Closed { session } => self.session_gone(now, session, "the peer closed the session"),
+        }
+    }
+
+    /// Stream bytes: whole channel messages to their services.
+    fn on_stream(&mut self, now: Instant, session: SessionId, offset: u64, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&session) else { return };
+        let peer = conn.peer;
+        let mut msgs = Vec::new();
+        if let Err(e) = conn.receive(offset, data, |c, p| msgs.push((c, p.to_vec()))) {
+            tracing::warn!(session, peer = %short(&peer), "closing a session with a corrupt channel stream: {e}");
+            self.count("channel_errors");
+            self.sessions.close(now, &mut self.node, session);
+            self.session_gone(now, session, "corrupt channel stream");
+        }
+        for (channel, payload) in msgs {
+            self.on_message(now, session, peer, channel, &payload);
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, session: SessionId, peer: PublicKey, channel: u16, payload: &[u8]) {
+        match channel {
+            service::CONTROL => match serde_json::from_slice::<Control>(payload) {
+                Ok(Control::NoService { channel }) => {
+                    tracing::info!(peer = %short(&peer), channel, "peer has no service on the channel");
+                    self.count("peer_no_service");
+                }
+                Err(_) => self.count("bad_control_messages"),
+            },
+            service::ECHO | service::PING => match serde_json::from_slice::<Exchange>(payload) {
+                Ok(Exchange::Request { id, data }) => {
+                    let reply = service::encode_json(&Exchange::Reply { id, data });
+                    self.send_on(session, channel, &reply);
+                }
+                Ok(Exchange::Reply { id, data }) if channel == service::ECHO => {
+                    if let Some(j) = self.echoes.remove(&id) {
+                        let _ = j.reply.send(Ok(data));
+                    }
+                }
+                Ok(Exchange::Reply { id, .. }) => self.on_pong(now, id),
+                Err(_) => self.count("bad_service_messages"),
+            },
+            service::TRANSFER => match self.receiver.on_message(session, &peer.to_string(), payload, now) {
+                Outcome::None => {}
+                Outcome::Reply(m) => self.send_on(session, service::TRANSFER, &m),
+                Outcome::Done { id, bytes, sha256, ok, error } => {
+                    if let Some(j) = self.sends.remove(&id) {
+                        let secs = now.duration_since(j.started).as_secs_f64();
+                        let intact = ok && j.out.sha256.as_deref() == Some(sha256.as_str());
+                        let _ = j.reply.send(Ok(TransferReport {
+                            peer: j.peer.to_string(),
+                            name: j.out.name.clone(),
+                            bytes,
+                            secs,
+                            mbit_s: bytes as f64 * 8.0 / secs.max(1e-9) / 1e6,
+                            sha256,
+                            ok: intact,
+                            error,
+                        }));
+                    }
+                }
+            },
+            c => match self.services.get(&c) {
+                Some(tx) => {
+                    let m = ServiceMessage {
+                        event: "message".into(),
+                        peer: peer.to_string(),
+                        channel: c,
+                        data: hex::encode(payload),
+                    };
+                    if tx.try_send(m).is_err() {
+                        self.count("service_queue_full");
+                    }
+                }
+                None => {
+                    self.count("no_service");
+                    let m = service::encode_json(&Control::NoService { channel: c });
+                    self.send_on(session, service::CONTROL, &m);
+                }
+            },
+        }
+    }
+
+    fn on_pong(&mut self, now: Instant, id: u64) {
+        let Some(job) = self.ping_ids.remove(&id) else { return };
+        if let Some(p) = self.pings.get_mut(&job) {
+            if let Some(sent) = p.outstanding.remove(&id) {
+                p.rtts.push(now.duration_since(sent).as_secs_f64() * 1e3);
+            }
+            if p.sent == p.count && p.outstanding.is_empty() {
+                self.finish_ping(job);
+            }
+        }
+    }
+
+    fn finish_ping(&mut self, job: u64) {
+        let Some(p) = self.pings.remove(&job) else { return };
+        self.ping_ids.retain(|_, j| *j != job);
+        let n = p.rtts.len();
+        let report = PingReport {
+            peer: p.peer.to_string(),
+            sent: p.sent,
+            received: n as u32,
+            min_ms: p.rtts.iter().copied().fold(f64::INFINITY, f64::min),
+            max_ms: p.rtts.iter().copied().fold(0.0, f64::max),
+            avg_ms: p.rtts.iter().sum::<f64>() / n.max(1) as f64,
+            setup_ms: p.established_at.map_or(0.0, |t| t.duration_since(p.created).as_secs_f64() * 1e3),
+            rtt_ms: p.rtts,
+        };
+        let _ = p.reply.send(if n == 0 { Err(format!("no reply from {}", p.peer)) } else { Ok(report) });
+    }
+
+    fn tick_jobs(&mut self, now: Instant) {
+        let due: Vec<u64> = self.pings.iter().filter(|(_, p)| p.next_at <= now).map(|(id, _)| *id).collect();
+        for job in due {
+            let Some(p) = self.pings.get_mut(&job) else { continue };
+            if p.established_at.is_none() {
+                if now.duration_since(p.created) > SETUP_TIMEOUT {
+                    let p = self.pings.remove(&job);
+                    if let Some(p) = p {
+                        let _ = p.reply.send(Err(format!("no session to {} within {SETUP_TIMEOUT:?}", p.peer)));
+                    }
+                } else {
+                    p.next_at = now + Duration::from_millis(100);
+                }
+                continue;
+            }
+            if p.sent < p.count {
+                let id = self.next_id;
+                self.next_id += 1;
+                p.sent += 1;
+                p.outstanding.insert(id, now);
+                p.next_at = if p.sent < p.count { now + p.interval } else { now + REPLY_TIMEOUT };
+                let session = p.session;
+                self.ping_ids.insert(id, job);
+                let m = service::encode_json(&Exchange::Request { id, data: Vec::new() });
+                self.send_on(session, service::PING, &m);
+            } else {
+                // The last reply is overdue: report what came back.
+                self.finish_ping(job);
+            }
+        }
+        let late: Vec<u64> = self.echoes.iter().filter(|(_, e)| e.deadline <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            if let Some(e) = self.echoes.remove(&id) {
+                let _ = e.reply.send(Err("no echo in time".into()));
+            }
+        }
+    }
+
+    /// A session ended: its requests fail, its incoming transfers are dropped.
+    fn session_gone(&mut self, now: Instant, session: SessionId, why: &str) {
+        tracing::info!(session, why, "session ended");
+        let Some(conn) = self.conns.remove(&session) else { return };
+        self.to_peer.retain(|_, s| *s != session);
+        self.receiver.session_gone(session, &conn.peer.to_string(), now);
+        let err = |what: &str| format!("{what}: session to {} ended: {why}", conn.peer);
+        for id in self.sends.iter().filter(|(_, j)| j.session == session).map(|(id, _)| *id).collect::<Vec<_>>() {
+            if let Some(j) = self.sends.remove(&id) {
+                let _ = j.reply.send(Err(err("transfer")));
+            }
+        }
+        for id in self.pings.iter().filter(|(_, j)| j.session == session).map(|(id, _)| *id).collect::<Vec<_>>() {
+            if let Some(j) = self.pings.remove(&id) {
+                let _ = j.reply.send(Err(err("ping")));
+            }
+        }
+        for id in self.echoes.iter().filter(|(_, j)| j.session == session).map(|(id, _)| *id).collect::<Vec<_>>() {
+            if let Some(j) = self.echoes.remove(&id) {
+                let _ = j.reply.send(Err(err("echo")));
+            }
+        }
+    }
+
+    fn send_on(&mut self, session: SessionId, channel: u16, payload: &[u8]) {
+        if let Some(c) = self.conns.get_mut(&session) {
+            c.send(channel, payload);
+        }
+    }
+
+    /// Feeds transfers into their sessions' queues and the queues into the streams. Returns
+    /// whether any bytes moved.
+    fn pump(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        let mut failed = Vec::new();
+        for (id, j) in self.sends.iter_mut() {
+            let Some(c) = self.conns.get_mut(&j.session) else { continue };
+            while c.queued() < TRANSFER_AHEAD {
+                match j.out.next_message() {
+                    Ok(Some(m)) => c.send(service::TRANSFER, &m),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed.push((*id, e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        for (id, e) in failed {
+            if let Some(j) = self.sends.remove(&id) {
+                let _ = j.reply.send(Err(format!("reading the source: {e}")));
+            }
+        }
+        for (&sid, c) in self.conns.iter_mut() {
+            if c.queued() == 0 {
+                continue;
+            }
+            let room = self.sessions.stream_room(sid);
+            if room == 0 {
+                continue;
+            }
+            let n = c.queued().min(room);
+            match self.sessions.stream_send(now, &mut self.node, sid, &c.unsent()[..n]) {
+                Ok(taken) if taken > 0 => {
+                    c.advance(taken);
+                    moved = true;
+                }
+                _ => {}
+            }
+        }
+        moved
+    }
+
+    /// Our session to `peer`, opened if there is none.
+    fn session_to(&mut self, now: Instant, peer: PublicKey) -> Result<SessionId, String> {
+        if let Some(&s) = self.to_peer.get(&peer) {
+            return Ok(s);
+        }
+        let s = self.sessions.connect(now, &mut self.node, &self.graph, peer).map_err(|e| e.to_string())?;
+        self.to_peer.insert(peer, s);
+        self.conns.insert(s, Conn::new(peer));
+        Ok(s)
+    }
+
+    fn on_command(&mut self, now: Instant, c: Command) {
+        match c {
+            Command::Connect { peer, addr } => {
+                self.node.connect(now, peer, addr);
+            }
+            Command::AddTopology { a, b } => self.graph.add_edge(a, b, LINK_COST),
+            Command::OpenRoute { hops, reply } => {
+                let _ = reply.send(self.node.open_route(now, &hops));
+            }
+            Command::SendRoute { route, class, data, reply } => {
+                let _ = reply.send(self.node.send_class(now, route, class, &data));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Resolve { peer, reply } => {
+                let _ = reply.send(self.resolve(&peer));
+            }
+            Command::Ping { peer, count, interval, reply } => match self.session_to(now, peer) {
+                Ok(session) => {
+                    let established = self.sessions.is_established(session);
+                    let job = self.next_id;
+                    self.next_id += 1;
+                    let p = PingJob {
+                        peer,
+                        session,
+                        count: count.clamp(1, 10_000),
+                        sent: 0,
+                        interval,
+                        next_at: now,
+                        created: now,
+                        established_at: established.then_some(now),
+                        outstanding: BTreeMap::new(),
+                        rtts: Vec::new(),
+                        reply,
+                    };
+                    self.pings.insert(job, p);
+                    self.tick_jobs(now);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Echo { peer, data, reply } => match self.session_to(now, peer) {
+                Ok(session) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.echoes.insert(id, EchoJob { session, deadline: now + SETUP_TIMEOUT + REPLY_TIMEOUT, reply });
+                    let m = service::encode_json(&Exchange::Request { id, data });
+                    self.send_on(session, service::ECHO, &m);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Transfer { peer, source, reply } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let out = match Outgoing::open(id, &source) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("{source:?}: {e}")));
+                        return;
+                    }
+                };
+                match self.session_to(now, peer) {
+                    Ok(session) => {
+                        self.send_on(session, service::TRANSFER, &out.begin());
+                        self.sends.insert(id, SendJob { peer, session, out, started: now, reply });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Received { reply } => {
+                let _ = reply.send(self.receiver.done.clone());
+            }
+            Command::Message { peer, channel, data, reply } => {
+                let r = self.session_to(now, peer).map(|s| self.send_on(s, channel, &data));
+                let _ = reply.send(r);
+            }
+            Command::Register { channel, to, reply } => {
+                self.services.retain(|_, tx| !tx.is_closed());
+                let r = if channel < service::FIRST_FREE_CHANNEL {
+                    Err(format!("channels below {} are the node's own", service::FIRST_FREE_CHANNEL))
+                } else if self.services.contains_key(&channel) {
+                    Err(format!("channel {channel} is taken"))
+                } else {
+                    self.services.insert(channel, to);
+                    Ok(())
+                };
+                let _ = reply.send(r);
+            }
+            Command::Stop => {}
+        }
+    }
+
+    fn resolve(&self, peer: &str) -> Result<PublicKey, String> {
+        if let Ok(k) = PublicKey::from_hex(peer) {
+            return Ok(k);
+        }
+        let addr = skyroute_proto::Address::from_hex(peer)
+            .map_err(|_| format!("{peer:?} is neither a public key (66 hex digits) nor an address (40 hex digits)"))?;
+        let known = self.graph.nodes().copied().chain(self.node.links().into_iter().map(|l| l.peer));
+        known
+            .into_iter()
+            .find(|k| k.address().ct_eq(&addr))
+            .ok_or_else(|| format!("no known node has address {peer} (give its public key)"))
+    }
+
+    fn status(&self) -> Status {
+        let reasons = |r: &skyroute_proto::RejectCounts| r.iter().map(|(k, v)| (k.name().to_string(), v)).collect();
+        let (buffered_bytes, reserved_bytes) = self.node.buffered_bytes();
+        let es = self.sessions.endpoint_stats();
+        let session_rejected = [
+            ("unknown_session", es.unknown_session),
+            ("bad_handshake", es.bad_handshake),
+            ("malformed", es.malformed),
+            ("refused", es.refused),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Status {
+            public_key: self.me.to_string(),
+            address: self.me.address().to_string(),
+            listen: self.listen.list(),
+            links: self
+                .node
+                .links()
+                .into_iter()
+                .map(|l| LinkStatus {
+                    peer: l.peer.to_string(),
+                    transport: l.addr.kind().name().into(),
+                    addr: l.addr.socket().to_string(),
+                    state: match l.state {
+                        skyroute_proto::LinkState::Up => "up",
+                        skyroute_proto::LinkState::Connecting => "connecting",
+                        skyroute_proto::LinkState::Down => "down",
+                    }
+                    .into(),
+                    rtt_ms: l.stats.rtt.map(|r| r.as_secs_f64() * 1e3),
+                    tx_packets: l.stats.tx_packets,
+                    rx_packets: l.stats.rx_packets,
+                    tx_bytes: l.stats.tx_bytes,
+                    rx_bytes: l.stats.rx_bytes,
+                    rekeys: l.stats.rekeys,
+                    in_flight: l.in_flight,
+                    rejected: reasons(&l.stats.rejected),
+                })
+                .collect(),
+            routes: self.node.route_count(),
+            buffered_bytes,
+            reserved_bytes,
+            rejected: reasons(&self.node.stats().rejected),
+            sessions: self.sessions.ids().into_iter().filter_map(|id| self.session_status(id)).collect(),
+            session_rejected,
+            connections: self.pool.len(),
+            counters: self
+                .counters
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .chain([("transfer_rejected".to_string(), self.receiver.rejected)])
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+        }
+    }
+
+    fn session_status(&self, id: SessionId) -> Option<SessionStatus> {
+        let s = self.sessions.stats(id)?;
+        let rejected = [
+            ("auth", s.rejected_auth),
+            ("replay", s.rejected_replay),
+            ("malformed", s.rejected_malformed),
+            ("stale_path", s.rejected_stale_path),
+            ("over_limit", s.rejected_over_limit),
+            ("unknown", s.rejected_unknown),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Some(SessionStatus {
+            id,
+            peer: self.sessions.peer(id)?.to_string(),
+            established: self.sessions.is_established(id),
+            paths: self
+                .sessions
+                .paths(id)
+                .into_iter()
+                .map(|(pid, state, rtt, hops)| PathStatus {
+                    id: pid,
+                    state: format!("{state:?}").to_lowercase(),
+                    rtt_ms: rtt.map(|r| r.as_secs_f64() * 1e3),
+                    hops: hops.iter().map(short).collect(),
+                })
+                .collect(),
+            stream_bytes_written: s.stream_bytes_written,
+            stream_bytes_confirmed: s.stream_bytes_confirmed,
+            stream_bytes_received: s.stream_bytes_received,
+            repair_sent: s.repair_sent,
+            rehandshakes: s.rehandshakes,
+            rekeys: s.rekeys,
+            path_failures: s.path_failures,
+            rejected,
+        })
+    }
+
+    /// Closes sessions and links and sends the goodbyes.
+    async fn shutdown(&mut self, out: &mut Vec<u8>) {
+        let now = Instant::now();
+        for id in self.sessions.ids() {
+            self.sessions.close(now, &mut self.node, id);
+        }
+        self.transmit(now, out).await;
+        for id in self.node.link_ids() {
+            self.node.close_link(now, id);
+        }
+        self.transmit(now, out).await;
+        // Let TCP and QUIC connections write the last packets.
+        if !self.pool.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(q) = &self.pool.quic {
+            q.close();
+        }
+    }
+}
+
+async fn recv(udp: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    match udp {
+        Some(u) => u.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The first 16 hex digits of a key, for logs and status.
+pub(crate) fn short(k: &PublicKey) -> String {
+    k.to_string()[..16].to_string()
+}

@@ -1,0 +1,138 @@
+//! Transports: how link packets reach a neighbour. UDP sends one link packet per datagram,
+//! TCP frames them with a 16-bit length on a stream, QUIC carries them as unreliable QUIC
+//! datagrams. The link layer only sees an [`Addr`]; a peer is identified by its key, so a link
+//! follows its peer from one transport or address to another (an authenticated packet from a
+//! new `Addr` moves the link there).
+//!
+//! TCP and QUIC are connection-oriented: a connection per peer address, opened on first send,
+//! registered with the driver when accepted, and forgotten when it closes ([`Pool`]).
+
+pub mod pool;
+pub mod quic;
+pub mod tcp;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use pool::Pool;
+
+/// The largest link packet any transport carries.
+pub const MAX_PACKET: usize = 65_535;
+
+/// Outgoing packets queued per connection; beyond it they are dropped (a loss the link layer
+/// recovers from), so a stalled connection holds a bounded amount of memory.
+pub const CONN_QUEUE: usize = 1024;
+
+/// Packets received by all connection-oriented transports, waiting for the driver.
+pub const INBOUND_QUEUE: usize = 4096;
+
+/// A transport and an address: where a link packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Addr {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+    Quic(SocketAddr),
+}
+
+/// The transports, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Udp,
+    Tcp,
+    Quic,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Udp => "udp",
+            Kind::Tcp => "tcp",
+            Kind::Quic => "quic",
+        }
+    }
+
+    pub fn at(self, addr: SocketAddr) -> Addr {
+        match self {
+            Kind::Udp => Addr::Udp(addr),
+            Kind::Tcp => Addr::Tcp(addr),
+            Kind::Quic => Addr::Quic(addr),
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        match s {
+            "udp" => Ok(Kind::Udp),
+            "tcp" => Ok(Kind::Tcp),
+            "quic" => Ok(Kind::Quic),
+            _ => Err(format!("unknown transport {s:?} (udp, tcp or quic)")),
+        }
+    }
+}
+
+impl Addr {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Addr::Udp(_) => Kind::Udp,
+            Addr::Tcp(_) => Kind::Tcp,
+            Addr::Quic(_) => Kind::Quic,
+        }
+    }
+
+    pub fn socket(&self) -> SocketAddr {
+        match self {
+            Addr::Udp(a) | Addr::Tcp(a) | Addr::Quic(a) => *a,
+        }
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.kind().name(), self.socket())
+    }
+}
+
+/// `udp://1.2.3.4:5`, `tcp://...`, `quic://...`, or a bare `1.2.3.4:5` (UDP).
+impl FromStr for Addr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Addr, String> {
+        let (kind, rest) = match s.split_once("://") {
+            Some((k, r)) => (k.parse::<Kind>()?, r),
+            None => (Kind::Udp, s),
+        };
+        let addr = rest.parse::<SocketAddr>().map_err(|_| format!("not an address and port: {rest:?}"))?;
+        Ok(kind.at(addr))
+    }
+}
+
+/// What connection-oriented transports tell the driver.
+pub enum Inbound {
+    /// A link packet from a peer.
+    Packet(Addr, Vec<u8>),
+    /// A connection is open (accepted or dialled): packets for `Addr` go to this queue.
+    Connected(Addr, mpsc::Sender<Bytes>),
+    /// The connection to `Addr` closed; `.1` says why (for logs).
+    Closed(Addr, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_round_trip() {
+        for s in ["udp://127.0.0.1:7070", "tcp://[::1]:1", "quic://10.0.0.1:9"] {
+            assert_eq!(s.parse::<Addr>().unwrap().to_string(), s);
+        }
+        assert_eq!("127.0.0.1:1".parse::<Addr>().unwrap(), Addr::Udp("127.0.0.1:1".parse().unwrap()));
+        assert!("sctp://127.0.0.1:1".parse::<Addr>().is_err());
+        assert!("tcp://nope".parse::<Addr>().is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! Connections of the connection-oriented transports, by peer address.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{quic::Quic, tcp::Tcp, Addr};
+
+/// Why an outgoing packet was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The connection's queue is full.
+    Full,
+    /// That transport is not running on this node.
+    NoTransport,
+}
+
+/// Open connections and the transports that open more.
+pub struct Pool {
+    conns: HashMap<Addr, mpsc::Sender<Bytes>>,
+    pub tcp: Option<Tcp>,
+    pub quic: Option<Quic>,
+}
+
+impl Pool {
+    pub fn new(tcp: Option<Tcp>, quic: Option<Quic>) -> Self {
+        Pool { conns: HashMap::new(), tcp, quic }
+    }
+
+    pub fn connected(&mut self, addr: Addr, tx: mpsc::Sender<Bytes>) {
+        self.conns.insert(addr, tx);
+    }
+
+    pub fn closed(&mut self, addr: &Addr) {
+        if self.conns.get(addr).is_some_and(|tx| tx.is_closed()) {
+            self.conns.remove(addr);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Queues a packet for a TCP or QUIC peer, dialling it if there is no connection.
+    pub fn send(&mut self, addr: Addr, packet: &[u8]) -> Result<(), Dropped> {
+        if let Some(tx) = self.conns.get(&addr) {
+            match tx.try_send(Bytes::copy_from_slice(packet)) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(Dropped::Full),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.conns.remove(&addr);
+                }
+            }
+        }
+        let tx = match addr {
+            Addr::Tcp(a) => self.tcp.as_ref().ok_or(Dropped::NoTransport)?.dial(a),
+            Addr::Quic(a) => self.quic.as_ref().ok_or(Dropped::NoTransport)?.dial(a),
+            Addr::Udp(_) => return Err(Dropped::NoTransport),
+        };
+        let r = tx.try_send(Bytes::copy_from_slice(packet)).map_err(|_| Dropped::Full);
+        self.conns.insert(addr, tx);
+        r
+    }
+}
