@@ -1,9 +1,13 @@
-//! `skyroute node` and `skyroute status` as processes on loopback.
+//! `skyroute node` processes on loopback, driven the way a user does: config files, the CLI
+//! (`status`, `send`, `recv`, `ping`), signals.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_skyroute"))
@@ -16,43 +20,78 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
-/// A node process, stopped with SIGTERM when dropped.
+const LOOPBACK: &str = "[listen]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nquic = \"127.0.0.1:0\"\n";
+
+/// A node process, killed when dropped.
 struct Daemon {
     child: Child,
     dir: PathBuf,
+    key: String,
+    listen: Vec<String>,
 }
 
 impl Daemon {
+    /// Starts a node with `config` (plus loopback listeners) and waits for its status.
     fn start(dir: &Path, config: &str) -> Daemon {
         let cfg = dir.join("node.toml");
-        std::fs::write(&cfg, config).unwrap();
+        std::fs::write(&cfg, format!("{LOOPBACK}{config}")).unwrap();
+        let log = std::fs::File::create(dir.join("node.log")).unwrap();
         let child = bin()
             .args(["node", "--data-dir", dir.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "debug")
+            .stderr(log)
             .spawn()
             .unwrap();
-        Daemon { child, dir: dir.to_path_buf() }
+        let mut d = Daemon { child, dir: dir.to_path_buf(), key: String::new(), listen: Vec::new() };
+        let s = d.status_until(|v| v["listen"].as_array().is_some_and(|l| l.len() == 3));
+        d.key = s["public_key"].as_str().unwrap().to_string();
+        d.listen = s["listen"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        d
     }
 
-    /// `skyroute status --json`, retried until `ok` holds (10 s at most).
+    /// This node's address for a transport (`udp`, `tcp`, `quic`).
+    fn addr(&self, transport: &str) -> String {
+        self.listen.iter().find(|a| a.starts_with(transport)).unwrap().clone()
+    }
+
+    /// `[[peers]]` entry for this node over `transport`.
+    fn peer(&self, transport: &str) -> String {
+        format!("[[peers]]\nkey = \"{}\"\naddr = \"{}\"\n", self.key, self.addr(transport))
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        bin().args(args).args(["--data-dir", self.dir.to_str().unwrap()]).output().unwrap()
+    }
+
+    /// `skyroute status --json`, retried until `ok` holds (15 s at most).
     fn status_until(&self, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let out = bin().args(["status", "--json", "--data-dir", self.dir.to_str().unwrap()]).output().unwrap();
+            let out = self.cli(&["status", "--json"]);
             if out.status.success() {
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                 if ok(&v) {
                     return v;
                 }
+                assert!(Instant::now() < deadline, "status never matched: {v:#}\nlog: {}", self.log_tail());
             }
-            assert!(Instant::now() < deadline, "status never matched: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(Instant::now() < deadline, "no status: {}", String::from_utf8_lossy(&out.stderr));
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    fn terminate(mut self) -> i32 {
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    fn signal(&self, sig: &str) {
         // The shell's built-in kill: no dependency on a kill binary being installed.
-        Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status().unwrap();
+        Command::new("sh").args(["-c", &format!("kill -{sig} {}", self.child.id())]).status().unwrap();
+    }
+
+    fn terminate(mut self) -> i32 {
+        self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -71,57 +110,216 @@ impl Drop for Daemon {
     }
 }
 
+fn random_file(path: &Path, bytes: usize, seed: u64) -> String {
+    let mut data = vec![0u8; bytes];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    std::fs::write(path, &data).unwrap();
+    hex::encode(Sha256::digest(&data))
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// `skyroute send --json` from `from` to `to`; the parsed report.
+fn send(from: &Daemon, to: &Daemon, file: &Path) -> serde_json::Value {
+    let out = from.cli(&["send", &to.key, file.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "send failed: {}\n{}\nsender log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+        from.log_tail()
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A - B - C, every link over `transport`; A knows the B - C link from its config.
+fn line(name: &str, transport: &str) -> (Daemon, Daemon, Daemon) {
+    let (da, db, dc) = (tmpdir(&format!("{name}-a")), tmpdir(&format!("{name}-b")), tmpdir(&format!("{name}-c")));
+    let c = Daemon::start(&dc, "");
+    let b = Daemon::start(&db, &c.peer(transport));
+    let a = Daemon::start(&da, &format!("{}[[topology]]\na = \"{}\"\nb = \"{}\"\n", b.peer(transport), b.key, c.key));
+    b.status_until(|v| v["links"].as_array().unwrap().iter().filter(|l| l["state"] == "up").count() == 2);
+    (a, b, c)
+}
+
+/// 20 MiB from A to C across two hops, as a file, intact at C (sha256 of the stored file).
+fn twenty_mib_over(transport: &str) {
+    let (a, b, c) = line(transport, transport);
+    let file = a.dir.join("payload.bin");
+    let sha = random_file(&file, 20 << 20, 20);
+    let r = send(&a, &c, &file);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["bytes"], 20 << 20);
+    assert_eq!(r["sha256"], sha);
+    let recv = c.cli(&["recv", "--json", "--wait", "5"]);
+    let list: serde_json::Value = serde_json::from_slice(&recv.stdout).unwrap();
+    let path = list[0]["path"].as_str().expect("stored");
+    assert_eq!(sha256_file(Path::new(path)), sha, "the stored file is intact");
+    let sa = a.status_until(|_| true);
+    assert_eq!(sa["links"][0]["transport"], transport);
+    assert_eq!(sa["counters"]["quic_too_large"].as_u64().unwrap_or(0), 0, "link packets fit QUIC datagrams");
+    eprintln!("{transport}: 20 MiB over 2 hops at {:.0} Mbit/s", r["mbit_s"].as_f64().unwrap());
+    for d in [a, b, c] {
+        let dir = d.dir.clone();
+        assert_eq!(d.terminate(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 #[test]
-fn two_nodes_link_up_over_udp_and_report_status() {
-    let (da, db) = (tmpdir("a"), tmpdir("b"));
-    let b = Daemon::start(&db, "listen = \"127.0.0.1:0\"\n");
-    let sb = b.status_until(|v| v["listen"][0].is_string());
-    let b_addr = sb["listen"][0].as_str().unwrap().trim_start_matches("udp ").to_string();
-    let b_key = sb["public_key"].as_str().unwrap().to_string();
-    assert!(db.join("identity.key").exists(), "identity created on first start");
+fn twenty_mib_over_two_udp_hops() {
+    twenty_mib_over("udp");
+}
 
-    let a =
-        Daemon::start(&da, &format!("listen = \"127.0.0.1:0\"\n[[peers]]\nkey = \"{b_key}\"\naddr = \"{b_addr}\"\n"));
+#[test]
+fn twenty_mib_over_two_tcp_hops() {
+    twenty_mib_over("tcp");
+}
+
+#[test]
+fn twenty_mib_over_two_quic_hops() {
+    twenty_mib_over("quic");
+}
+
+#[test]
+fn status_ping_and_control_errors() {
+    let (a, b, c) = line("status", "udp");
     let sa = a.status_until(|v| v["links"][0]["state"] == "up");
-    assert_eq!(sa["links"][0]["peer"], b_key);
+    assert_eq!(sa["links"][0]["peer"], b.key.as_str());
     assert_eq!(sa["links"][0]["transport"], "udp");
-    let a_key = sa["public_key"].as_str().unwrap().to_string();
-    let sb = b.status_until(|v| v["links"][0]["state"] == "up");
-    assert_eq!(sb["links"][0]["peer"], a_key);
+    assert!(a.dir.join("identity.key").exists(), "identity created on first start");
 
-    // The human table names the peer too.
-    let table = bin().args(["status", "--data-dir", da.to_str().unwrap()]).output().unwrap();
-    assert!(String::from_utf8_lossy(&table.stdout).contains(&b_key[..16]));
+    // Ping by address (the hash of the key), over a two-hop session.
+    let addr = c.status_until(|_| true)["address"].as_str().unwrap().to_string();
+    let out = a.cli(&["ping", &addr, "-c", "3", "--interval-ms", "20", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["received"], 3);
+    let sa = a.status_until(|v| v["sessions"][0]["established"] == true);
+    assert_eq!(sa["sessions"][0]["peer"], c.key.as_str());
 
-    // A malformed control request gets an error reply, and the node keeps serving.
-    let mut s = std::os::unix::net::UnixStream::connect(da.join("control.sock")).unwrap();
-    s.write_all(b"this is not json\n").unwrap();
+    // The human table names the peer and the session.
+    let table = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(table.contains(&b.key[..16]) && table.contains(&c.key[..16]), "{table}");
+
+    // Malformed control requests get an error reply, and the node keeps serving.
+    let mut s = std::os::unix::net::UnixStream::connect(a.dir.join("control.sock")).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for bad in ["this is not json", "{\"cmd\":\"fly\"}", "{\"cmd\":\"ping\"}", "{\"cmd\":\"ping\",\"peer\":\"zz\"}"] {
+        s.write_all(format!("{bad}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply["ok"], false, "{bad}: {reply}");
+        assert!(reply["error"].as_str().unwrap().len() > 5);
+    }
+    s.write_all(&vec![b'x'; 100_000]).unwrap();
+    s.write_all(b"\n").unwrap();
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
-    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(reply["ok"], false);
-    assert!(reply["error"].as_str().unwrap().contains("bad request"));
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("longer than"), "{line}");
+    // An unknown peer: a clear error, not a hang.
+    let out = a.cli(&["ping", &"00".repeat(20)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no known node"));
     a.status_until(|v| v["links"][0]["state"] == "up");
 
-    assert_eq!(a.terminate(), 0, "SIGTERM: clean exit");
-    assert_eq!(b.terminate(), 0);
-    assert!(!da.join("control.sock").exists(), "control socket removed");
-    let _ = std::fs::remove_dir_all(&da);
-    let _ = std::fs::remove_dir_all(&db);
+    for d in [a, b, c] {
+        let dir = d.dir.clone();
+        assert_eq!(d.terminate(), 0, "SIGTERM: clean exit");
+        assert!(!dir.join("control.sock").exists(), "control socket removed");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn no_arguments_uses_home_and_default_ports() {
+    let home = tmpdir("home");
+    let log = std::fs::File::create(home.join("node.log")).unwrap();
+    let mut child = bin().arg("node").env("HOME", &home).stderr(log).spawn().unwrap();
+    let data = home.join(".local/share/skyroute");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let out = bin().arg("status").arg("--json").env("HOME", &home).output().unwrap();
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(home.join("node.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(data.join("identity.key").exists());
+    let listen: Vec<&str> = status["listen"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(listen.len(), 3, "{listen:?}");
+    assert!(listen[0].starts_with("udp://0.0.0.0:") && listen[2].starts_with("quic://"), "{listen:?}");
+    Command::new("sh").args(["-c", &format!("kill -INT {}", child.id())]).status().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "SIGINT: clean exit");
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 #[test]
 fn bad_config_is_one_line_naming_the_field() {
     let d = tmpdir("bad");
     let cfg = d.join("bad.toml");
-    std::fs::write(&cfg, "[[peers]]\nkey = \"not a key\"\naddr = \"127.0.0.1:1\"\n").unwrap();
-    let out =
-        bin().args(["node", "--data-dir", d.to_str().unwrap(), "--config", cfg.to_str().unwrap()]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("peers[0].key"), "{err}");
+    for (text, field) in [
+        ("[[peers]]\nkey = \"not a key\"\naddr = \"127.0.0.1:1\"\n", "peers[0].key"),
+        ("[listen]\nquic = \"localhost\"\n", "listen.quic"),
+        ("[session]\nroutes = 99\n", "session.routes"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = bin()
+            .args(["node", "--data-dir", d.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(field), "{err}");
+    }
     let out = bin().args(["status", "--data-dir", d.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success(), "no node running there");
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A `skyroute impair` process between A and B: 30% loss each way, delay and jitter, and the
+/// link cut for 0.4 s every 1.5 s. An 8 MiB file still arrives intact.
+#[test]
+fn transfer_through_the_impairment_proxy_at_30_percent_loss_with_flaps() {
+    let (da, db, dc) = (tmpdir("imp-a"), tmpdir("imp-b"), tmpdir("imp-c"));
+    let c = Daemon::start(&dc, "");
+    let b = Daemon::start(&db, &c.peer("udp"));
+    let listen = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let target = b.addr("udp").trim_start_matches("udp://").to_string();
+    let mut proxy = bin()
+        .args(["impair", "--listen", &listen.to_string(), "--forward", &target, "--loss", "0.3", "--delay", "2"])
+        .args(["--jitter", "4", "--reorder", "0.02", "--down-every", "1.5", "--down-for", "0.4", "--seed", "9"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let a = Daemon::start(
+        &da,
+        &format!(
+            "[[peers]]\nkey = \"{}\"\naddr = \"{listen}\"\n[[topology]]\na = \"{}\"\nb = \"{}\"\n",
+            b.key, b.key, c.key
+        ),
+    );
+    let file = a.dir.join("lossy.bin");
+    let sha = random_file(&file, 8 << 20, 30);
+    let r = send(&a, &c, &file);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["sha256"], sha);
+    let sa = a.status_until(|_| true);
+    let retrans: u64 = sa["links"][0]["tx_packets"].as_u64().unwrap();
+    assert!(retrans > 8 << 20 >> 11, "{sa}");
+    for d in [a, b, c] {
+        let dir = d.dir.clone();
+        drop(d);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

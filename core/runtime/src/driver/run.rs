@@ -683,6 +683,11 @@ impl Driver {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .chain([("transfer_rejected".to_string(), self.receiver.rejected)])
+                .chain(
+                    self.pool.quic.as_ref().map(|q| {
+                        ("quic_too_large".to_string(), q.too_large.load(std::sync::atomic::Ordering::Relaxed))
+                    }),
+                )
                 .filter(|(_, v)| *v > 0)
                 .collect(),
         }

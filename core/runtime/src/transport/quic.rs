@@ -5,6 +5,7 @@
 //! a connection middleboxes recognise, congestion control, and path MTU discovery.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,19 +30,44 @@ pub const MAX_CONNS: usize = 256;
 pub struct Quic {
     endpoint: quinn::Endpoint,
     inbound: mpsc::Sender<Inbound>,
+    /// Packets larger than the connection's datagram limit (dropped).
+    pub too_large: Arc<AtomicU64>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// UDP payload QUIC packets use: fits an Ethernet path (1472), and with zero-length connection
+/// ids (21 bytes of QUIC header and tag, 9 of datagram frame) leaves exactly the default link
+/// MTU (1440) for a link packet. Pinned, not discovered: a link packet must always fit, and
+/// black-hole detection under congestion would otherwise shrink it below that for a minute.
+pub const QUIC_MTU: u16 = 1470;
+
+/// Zero-length connection ids: connections are told apart by address (links roam themselves,
+/// QUIC migration is not needed), and every byte goes to the link packet.
+struct NoConnectionIds;
+
+impl quinn::ConnectionIdGenerator for NoConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&[])
+    }
+    fn cid_len(&self) -> usize {
+        0
+    }
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // Link packets are up to the link MTU (1440 by default): start with room for them.
-    t.initial_mtu(1500);
+    t.min_mtu(QUIC_MTU);
+    t.initial_mtu(QUIC_MTU);
+    t.mtu_discovery_config(None);
     t.max_idle_timeout(IDLE.try_into().ok());
     t.datagram_receive_buffer_size(Some(4 << 20));
-    t.datagram_send_buffer_size(4 << 20);
+    t.datagram_send_buffer_size(1 << 20);
     // No streams are used.
     t.max_concurrent_bidi_streams(0u32.into());
     t.max_concurrent_uni_streams(0u32.into());
@@ -84,20 +110,23 @@ impl Quic {
     /// Binds `addr` and starts accepting.
     pub fn start(addr: SocketAddr, inbound: mpsc::Sender<Inbound>) -> std::io::Result<Quic> {
         let server = server_config().map_err(std::io::Error::other)?;
-        let mut endpoint = quinn::Endpoint::server(server, addr)?;
+        let mut config = quinn::EndpointConfig::default();
+        config.cid_generator(|| Box::new(NoConnectionIds));
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         endpoint.set_default_client_config(client_config().map_err(std::io::Error::other)?);
-        let q = Quic { endpoint, inbound };
+        let q = Quic { endpoint, inbound, too_large: Arc::new(AtomicU64::new(0)) };
         let acceptor = q.clone();
         tokio::spawn(async move {
             while let Some(incoming) = acceptor.endpoint.accept().await {
-                let tx = acceptor.inbound.clone();
+                let (tx, too_large) = (acceptor.inbound.clone(), acceptor.too_large.clone());
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                         Ok(Ok(conn)) => {
                             let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
                             if tx.send(Inbound::Connected(Addr::Quic(remote), out_tx)).await.is_ok() {
-                                run(conn, out_rx, tx).await;
+                                run(conn, out_rx, tx, too_large).await;
                             }
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, "quic: handshake failed: {e}"),
@@ -116,7 +145,7 @@ impl Quic {
     /// A queue for packets to `addr`; the connection is opened in the background.
     pub fn dial(&self, addr: SocketAddr) -> mpsc::Sender<Bytes> {
         let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
-        let (endpoint, tx) = (self.endpoint.clone(), self.inbound.clone());
+        let (endpoint, tx, too_large) = (self.endpoint.clone(), self.inbound.clone(), self.too_large.clone());
         tokio::spawn(async move {
             let a = Addr::Quic(addr);
             let conn = match endpoint.connect(addr, "skyroute") {
@@ -127,7 +156,7 @@ impl Quic {
                 }
             };
             match conn {
-                Ok(Ok(conn)) => run(conn, out_rx, tx).await,
+                Ok(Ok(conn)) => run(conn, out_rx, tx, too_large).await,
                 Ok(Err(e)) => {
                     let _ = tx.send(Inbound::Closed(a, format!("connect: {e}"))).await;
                 }
@@ -145,7 +174,12 @@ impl Quic {
     }
 }
 
-async fn run(conn: quinn::Connection, mut out: mpsc::Receiver<Bytes>, inbound: mpsc::Sender<Inbound>) {
+async fn run(
+    conn: quinn::Connection,
+    mut out: mpsc::Receiver<Bytes>,
+    inbound: mpsc::Sender<Inbound>,
+    too_large: Arc<AtomicU64>,
+) {
     let addr = Addr::Quic(conn.remote_address());
     let reader = async {
         loop {
@@ -161,12 +195,16 @@ async fn run(conn: quinn::Connection, mut out: mpsc::Receiver<Bytes>, inbound: m
     };
     let writer = async {
         while let Some(p) = out.recv().await {
-            // Too large for this path, or the connection is going away: a lost packet.
-            if let Err(e) = conn.send_datagram(p) {
+            // Waits while QUIC's congestion control holds datagrams back: the queue in front
+            // fills and the driver drops there, newest first, so old packets are not
+            // discarded after the link layer counted them sent.
+            if let Err(e) = conn.send_datagram_wait(p).await {
                 if matches!(e, quinn::SendDatagramError::ConnectionLost(_)) {
                     return e.to_string();
                 }
-                tracing::trace!(%addr, "quic: datagram not sent: {e}");
+                // Too large for this path: a lost packet, counted.
+                too_large.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%addr, "quic: datagram not sent: {e}");
             }
         }
         "closed".to_string()
