@@ -226,6 +226,38 @@ fn status_ping_and_control_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no known node"));
     a.status_until(|v| v["links"][0]["state"] == "up");
 
+    // A service registered on C's control socket gets A's messages on its channel; a message
+    // for a channel nobody serves is answered on channel 0 and counted at both ends.
+    let mut svc = std::os::unix::net::UnixStream::connect(c.dir.join("control.sock")).unwrap();
+    svc.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut svc_r = BufReader::new(svc.try_clone().unwrap());
+    svc.write_all(b"{\"cmd\":\"register\",\"channel\":100}\n").unwrap();
+    let mut line = String::new();
+    svc_r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    let msg = format!("{{\"cmd\":\"message\",\"peer\":\"{}\",\"channel\":100,\"data\":\"6869\"}}\n", c.key);
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    let mut got = String::new();
+    svc_r.read_line(&mut got).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(
+        (got["event"].as_str(), got["channel"].as_u64(), got["data"].as_str()),
+        (Some("message"), Some(100), Some("6869"))
+    );
+    assert_eq!(got["peer"], a.key.as_str());
+    // The node's own channels cannot be taken.
+    s.write_all(b"{\"cmd\":\"register\",\"channel\":2}\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":false") && line.contains("node's own"), "{line}");
+    let unserved = format!("{{\"cmd\":\"message\",\"peer\":\"{}\",\"channel\":101,\"data\":\"00\"}}\n", c.key);
+    s.write_all(unserved.as_bytes()).unwrap();
+    c.status_until(|v| v["counters"]["no_service"] == 1);
+    a.status_until(|v| v["counters"]["peer_no_service"] == 1);
+
     for d in [a, b, c] {
         let dir = d.dir.clone();
         assert_eq!(d.terminate(), 0, "SIGTERM: clean exit");
@@ -320,6 +352,124 @@ fn transfer_through_the_impairment_proxy_at_30_percent_loss_with_flaps() {
     for d in [a, b, c] {
         let dir = d.dir.clone();
         drop(d);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+/// Junk at every port a node listens on, stalled and lying peers: the node counts them, keeps
+/// serving its real peer, answers status, and stays small.
+#[test]
+fn junk_at_every_port_stalled_and_wrong_key_peers() {
+    use std::net::{TcpStream, UdpSocket};
+    let (dn, dr, dw) = (tmpdir("junk-n"), tmpdir("junk-r"), tmpdir("junk-w"));
+    let n = Daemon::start(&dn, "");
+    let r = Daemon::start(&dr, &n.peer("udp"));
+    // W dials N's address believing it is some other key: N cannot open its handshake.
+    let wrong = format!("[[peers]]\nkey = \"{}\"\naddr = \"{}\"\n", r.key, n.addr("udp"));
+    let w = Daemon::start(&dw, &wrong);
+    n.status_until(|v| v["links"][0]["state"] == "up");
+    let sock = |t: &str| n.addr(t).split("://").nth(1).unwrap().parse::<std::net::SocketAddr>().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(77);
+    let mut sizes: Vec<usize> = vec![0, 1, 2, 15, 16, 47, 48, 1199, 1200, 1440, 65_507];
+    sizes.extend((0..200).map(|_| (rng.next_u32() % 65_508) as usize));
+
+    // Random datagrams at the UDP and the QUIC port, and truncated QUIC Initial packets.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for &len in &sizes {
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        let _ = udp.send_to(&d, sock("udp"));
+        let _ = udp.send_to(&d, sock("quic"));
+    }
+    for cut in [1usize, 5, 7, 20, 100, 600, 1199] {
+        let mut initial = vec![0xc3, 0, 0, 0, 1, 8];
+        initial.extend((0..1194).map(|_| rng.next_u32() as u8));
+        let _ = udp.send_to(&initial[..cut.min(initial.len())], sock("quic"));
+    }
+    // Random TCP payloads of all sizes, a peer that connects and stalls, and one that
+    // announces a packet and stalls in the middle of it.
+    let stalled = TcpStream::connect(sock("tcp")).unwrap();
+    let mut half = TcpStream::connect(sock("tcp")).unwrap();
+    half.write_all(&[0xff, 0xff, 1, 2, 3]).unwrap();
+    for &len in sizes.iter().take(60) {
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        if let Ok(mut t) = TcpStream::connect(sock("tcp")) {
+            let _ = t.write_all(&d);
+        }
+    }
+
+    // N still serves its real peer (a session, both ways) and answers status.
+    let out = r.cli(&["ping", &n.key, "-c", "3", "--interval-ms", "20", "--json"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), n.log_tail());
+    let sn = n.status_until(|v| v["rejected"].as_object().is_some_and(|m| !m.is_empty()));
+    let rejected: u64 = sn["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(rejected >= 100, "junk refused and counted: {sn:#}");
+    assert!(sn["rejected"].get("handshake").is_some(), "the wrong-key handshake is counted: {sn:#}");
+    let sw = w.status_until(|_| true);
+    assert_ne!(sw["links"][0]["state"], "up", "the lying peer never gets a link");
+    let rss = rss_kib(n.child.id());
+    eprintln!("after the junk: node RSS {rss} KiB, refused {rejected}: {}", sn["rejected"]);
+    assert!(rss < 64 * 1024, "memory stays bounded: {rss} KiB");
+    drop((stalled, half));
+    for d in [n, r, w] {
+        let dir = d.dir.clone();
+        assert_eq!(d.terminate(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A - B - C and A - D - C. B is killed with SIGKILL in the middle of a 20 MiB transfer: the
+/// session carries on over D and the file arrives intact.
+#[test]
+fn kill_9_of_a_middle_node_during_a_transfer() {
+    let dirs: Vec<PathBuf> = ["a", "b", "c", "d"].iter().map(|n| tmpdir(&format!("kill-{n}"))).collect();
+    let c = Daemon::start(&dirs[2], "");
+    let b = Daemon::start(&dirs[1], &c.peer("udp"));
+    let d = Daemon::start(&dirs[3], &c.peer("udp"));
+    let topo = format!(
+        "[[topology]]\na = \"{}\"\nb = \"{}\"\n[[topology]]\na = \"{}\"\nb = \"{}\"\n",
+        b.key, c.key, d.key, c.key
+    );
+    let a = Daemon::start(&dirs[0], &format!("{}{}{topo}", b.peer("udp"), d.peer("udp")));
+    a.status_until(|v| v["links"].as_array().unwrap().iter().filter(|l| l["state"] == "up").count() == 2);
+    c.status_until(|v| v["links"].as_array().unwrap().iter().filter(|l| l["state"] == "up").count() == 2);
+    let file = a.dir.join("big.bin");
+    let sha = random_file(&file, 20 << 20, 99);
+    let mut sender = bin()
+        .args(["send", &c.key, file.to_str().unwrap(), "--json", "--data-dir", a.dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both routes carry the stream; then B dies mid-transfer.
+    a.status_until(|v| {
+        v["sessions"][0]["paths"].as_array().is_some_and(|p| p.iter().filter(|p| p["state"] == "live").count() == 2)
+            && v["sessions"][0]["stream_bytes_confirmed"].as_u64().unwrap_or(0) > 256 << 10
+    });
+    b.signal("KILL");
+    assert!(sender.try_wait().unwrap().is_none(), "B died while the transfer was running");
+    let out = sender.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), a.log_tail());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["sha256"], sha);
+    // A notices: the link to B goes down and the session keeps no path through B.
+    a.status_until(|v| {
+        let paths = v["sessions"][0]["paths"].as_array().unwrap();
+        paths.iter().all(|p| p["hops"][0] != &b.key[..16])
+            && v["links"].as_array().unwrap().iter().any(|l| l["peer"] == b.key.as_str() && l["state"] != "up")
+    });
+    let recv: serde_json::Value = serde_json::from_slice(&c.cli(&["recv", "--json"]).stdout).unwrap();
+    assert_eq!(sha256_file(Path::new(recv[0]["path"].as_str().unwrap())), sha);
+    for n in [a, b, c, d] {
+        let dir = n.dir.clone();
+        drop(n);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
