@@ -28,7 +28,11 @@ cargo test -p skyroute-proto --no-default-features --features soft-aead --lib 2>
 echo "== benches compile =="
 cargo bench -p skyroute-proto --no-run
 
-echo "== the demo runs =="
+echo "== the demo (README's main command) runs: real nodes on loopback, no session break =="
+demo=$(mktemp)
+cargo run --release -q | tee "$demo"
+grep -Eq '^session breaks +0$' "$demo" || { echo "the demo reported a session break" >&2; exit 1; }
+rm -f "$demo"
 cargo run --release -q -- sim eight-hop --json
 
 # One closing line with the totals over every test run above.

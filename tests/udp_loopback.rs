@@ -107,6 +107,7 @@ async fn a_transfer_survives_30_percent_loss_and_a_link_flap_through_the_impairm
         down_every: Duration::from_millis(500),
         down_for: Duration::from_millis(150),
         seed: 3,
+        cut: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let proxy_task = tokio::spawn(impair::run(socket, b.listen.udp.unwrap(), imp, async {

@@ -29,6 +29,8 @@ pub struct Impairment {
     pub down_every: Duration,
     pub down_for: Duration,
     pub seed: u64,
+    /// A switch held by the caller: while it is on, the link is down (the demo's cuts).
+    pub cut: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for Impairment {
@@ -41,6 +43,7 @@ impl Default for Impairment {
             down_every: Duration::ZERO,
             down_for: Duration::ZERO,
             seed: 1,
+            cut: None,
         }
     }
 }
@@ -90,8 +93,9 @@ pub async fn run(
                 };
                 let now = Instant::now();
                 let since = now - start;
-                let down = !imp.down_every.is_zero()
-                    && Duration::from_nanos((since.as_nanos() % imp.down_every.as_nanos()) as u64) >= imp.down_every.saturating_sub(imp.down_for);
+                let down = (!imp.down_every.is_zero()
+                    && Duration::from_nanos((since.as_nanos() % imp.down_every.as_nanos()) as u64) >= imp.down_every.saturating_sub(imp.down_for))
+                    || imp.cut.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
                 if down {
                     stats.dropped_down += 1;
                     continue;

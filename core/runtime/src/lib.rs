@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod driver;
 pub mod impair;
 pub mod keyfile;

@@ -65,6 +65,9 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.min_mtu(QUIC_MTU);
     t.initial_mtu(QUIC_MTU);
     t.mtu_discovery_config(None);
+    // The link layer recovers its own losses; a loss-based controller (Cubic) would read the
+    // random loss of a radio link as congestion and collapse. BBR paces by measured bandwidth.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     t.max_idle_timeout(IDLE.try_into().ok());
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(1 << 20);
