@@ -90,11 +90,15 @@ impl BlockEncoder {
     }
 }
 
+/// Rebuilds a block. Source symbols are kept in place; `raptorq` is only brought in once a
+/// repair symbol arrives, so a block that arrives whole costs one copy and no decoding.
 pub struct BlockDecoder {
     t: usize,
     k: usize,
     len: usize,
-    dec: SourceBlockDecoder,
+    /// Source symbols at their place (allocated on the first one).
+    source: Vec<u8>,
+    dec: Option<SourceBlockDecoder>,
     /// Distinct symbols received.
     pub received: u16,
     /// Source symbols received (bit i = ESI i).
@@ -113,7 +117,8 @@ impl BlockDecoder {
             t,
             k,
             len,
-            dec: SourceBlockDecoder::new(0, &config(t, k), (k * t) as u64),
+            source: Vec::new(),
+            dec: None,
             received: 0,
             source_bits: 0,
             seen_repair: Default::default(),
@@ -152,12 +157,47 @@ impl BlockDecoder {
             return Ok(None);
         }
         self.received = self.received.saturating_add(1);
-        let packet = EncodingPacket::new(PayloadId::new(0, esi), data.to_vec());
-        Ok(self.dec.decode([packet]).map(|mut v| {
-            v.truncate(self.len);
-            v
-        }))
+        let (t, k) = (self.t, self.k);
+        if (esi as usize) < k {
+            if self.source.is_empty() {
+                self.source.resize(k * t, 0);
+            }
+            let at = esi as usize * t;
+            self.source[at..at + t].copy_from_slice(data);
+            let all = if k == 64 { u64::MAX } else { (1u64 << k) - 1 };
+            if self.source_bits == all {
+                let mut v = std::mem::take(&mut self.source);
+                v.truncate(self.len);
+                return Ok(Some(v));
+            }
+            let Some(dec) = &mut self.dec else { return Ok(None) };
+            return Ok(finish(dec.decode([EncodingPacket::new(PayloadId::new(0, esi), data.to_vec())]), self.len));
+        }
+        let dec = match &mut self.dec {
+            Some(d) => d,
+            None => {
+                // The first repair symbol: the decoder starts from the source symbols we hold.
+                let mut d = SourceBlockDecoder::new(0, &config(t, k), (k * t) as u64);
+                let held: Vec<EncodingPacket> = (0..k)
+                    .filter(|i| self.source_bits & (1u64 << i) != 0)
+                    .map(|i| EncodingPacket::new(PayloadId::new(0, i as u32), self.source[i * t..(i + 1) * t].to_vec()))
+                    .collect();
+                if !held.is_empty() {
+                    // Fewer than K symbols so far: this cannot decode yet.
+                    let _ = d.decode(held);
+                }
+                self.dec.insert(d)
+            }
+        };
+        Ok(finish(dec.decode([EncodingPacket::new(PayloadId::new(0, esi), data.to_vec())]), self.len))
     }
+}
+
+fn finish(decoded: Option<Vec<u8>>, len: usize) -> Option<Vec<u8>> {
+    decoded.map(|mut v| {
+        v.truncate(len);
+        v
+    })
 }
 
 #[cfg(test)]

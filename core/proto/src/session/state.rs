@@ -363,7 +363,11 @@ impl Session {
             return false;
         }
         let n = self.pending.len().min(block_bytes(ctx.cfg, t));
-        let data: Vec<u8> = self.pending.drain(..n).collect();
+        let (a, b) = self.pending.as_slices();
+        let mut data = Vec::with_capacity(n);
+        data.extend_from_slice(&a[..n.min(a.len())]);
+        data.extend_from_slice(&b[..n - n.min(a.len())]);
+        self.pending.drain(..n);
         let Ok(enc) = BlockEncoder::new(&data, t) else { return false };
         let k = enc.k();
         let extra = self.planned_repair(ctx.cfg, k);
