@@ -110,8 +110,11 @@ fn idle_node() -> (f64, f64) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("node.toml");
-    std::fs::write(&cfg, "[listen]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nquic = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n")
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        "[listen]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\nquic = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
+    )
+    .unwrap();
     let mut child = Command::new(exe)
         .args(["node", "--data-dir", dir.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
         .stderr(Stdio::null())
@@ -146,10 +149,17 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing and expects a
     // quick run: keep that one small.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let mib: u64 = std::env::var("SKYROUTE_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 8 } else { 256 });
+    let mib: u64 =
+        std::env::var("SKYROUTE_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 8 } else { 256 });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mbit = |b: f64| b * 8.0 / 1e6;
 
+    if std::env::var("SKYROUTE_BENCH_ONLY").as_deref() == Ok("one-hop") {
+        // For profiling: the one-hop session alone.
+        let one = rt.block_on(session_goodput(Kind::Udp, 1, mib << 20));
+        println!("session, 1 hop UDP: {:.0} Mbit/s", mbit(one));
+        return;
+    }
     let raw = raw_udp(if quick { 0.3 } else { 2.0 });
     let one_udp = rt.block_on(session_goodput(Kind::Udp, 1, mib << 20));
     let two_udp = rt.block_on(session_goodput(Kind::Udp, 2, mib << 20));

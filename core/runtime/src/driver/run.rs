@@ -4,18 +4,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use skyroute_proto::{Event, Graph, Node, PublicKey, SessionEvent, SessionId, Sessions};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Listening, Options};
 use crate::control::{LinkStatus, PathStatus, PingReport, ServiceMessage, SessionStatus, Status, TransferReport};
 use crate::service::transfer::{self, Outcome, Outgoing};
 use crate::service::{self, Conn, Control, Exchange};
-use crate::transport::{quic::Quic, tcp::Tcp, Addr, Inbound, Pool, INBOUND_QUEUE};
+use crate::transport::{quic::Quic, tcp::Tcp, udp::Udp, Addr, Inbound, Pool, INBOUND_QUEUE};
 
-/// Largest datagram read.
-const RECV_BUFFER_BYTES: usize = 65_536;
-/// Datagrams read in one go before the node's output is sent.
+/// Packets from TCP and QUIC taken in one go before the node's output is sent.
 const RECV_BATCH: usize = 64;
 /// Transfer messages queued ahead of a session's stream.
 const TRANSFER_AHEAD: usize = 256 * 1024;
@@ -60,7 +57,7 @@ pub(super) struct Driver {
     graph: Graph,
     me: PublicKey,
     listen: Listening,
-    udp: Option<UdpSocket>,
+    udp: Option<Udp>,
     pool: Pool,
     inbound: mpsc::Receiver<Inbound>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -90,7 +87,7 @@ impl Driver {
         let mut listen = Listening::default();
         let udp = match o.udp {
             Some(a) => {
-                let s = UdpSocket::bind(a).await?;
+                let s = Udp::bind(a)?;
                 listen.udp = Some(s.local_addr()?);
                 Some(s)
             }
@@ -150,7 +147,6 @@ impl Driver {
     }
 
     pub(super) async fn run(mut self) -> std::io::Result<()> {
-        let mut buf = vec![0u8; RECV_BUFFER_BYTES];
         let mut out = Vec::with_capacity(2048);
         loop {
             let now = Instant::now();
@@ -158,15 +154,9 @@ impl Driver {
             self.transmit(now, &mut out).await;
             let timer = self.next_timer().map(tokio::time::Instant::from_std);
             tokio::select! {
-                r = recv(self.udp.as_ref(), &mut buf) => {
-                    if let Ok((n, from)) = r {
-                        let now = Instant::now();
-                        self.node.handle_datagram(now, Addr::Udp(from), &mut buf[..n]);
-                        // Read what else is waiting before answering: fewer, fuller wake-ups.
-                        for _ in 0..RECV_BATCH {
-                            let Some(Ok((n, from))) = self.udp.as_ref().map(|u| u.try_recv_from(&mut buf)) else { break };
-                            self.node.handle_datagram(now, Addr::Udp(from), &mut buf[..n]);
-                        }
+                r = recv_udp(self.udp.as_mut(), &mut self.node) => {
+                    if r.is_err() {
+                        self.count("recv_errors");
                     }
                 }
                 Some(i) = self.inbound.recv() => {
@@ -207,10 +197,10 @@ impl Driver {
     async fn transmit(&mut self, now: Instant, out: &mut Vec<u8>) {
         while let Some(dst) = self.node.poll_transmit_into(now, out) {
             match dst {
-                Addr::Udp(a) => match &self.udp {
+                Addr::Udp(a) => match &mut self.udp {
                     // A failed send is a lost packet: the protocol recovers, the driver goes on.
                     Some(u) => {
-                        if u.send_to(out, a).await.is_err() {
+                        if u.push(a, out).await.is_err() {
                             self.count("send_errors");
                         }
                     }
@@ -221,6 +211,11 @@ impl Driver {
                         self.count("send_queue_full");
                     }
                 }
+            }
+        }
+        if let Some(u) = &mut self.udp {
+            if u.flush().await.is_err() {
+                self.count("send_errors");
             }
         }
     }
@@ -754,9 +749,10 @@ impl Driver {
     }
 }
 
-async fn recv(udp: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, std::net::SocketAddr)> {
+/// Waits for UDP datagrams and feeds them to the node.
+async fn recv_udp(udp: Option<&mut Udp>, node: &mut Node<Addr>) -> std::io::Result<()> {
     match udp {
-        Some(u) => u.recv_from(buf).await,
+        Some(u) => u.recv(|from, d| node.handle_datagram(Instant::now(), Addr::Udp(from), d)).await,
         None => std::future::pending().await,
     }
 }

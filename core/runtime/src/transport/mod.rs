@@ -10,6 +10,7 @@
 pub mod pool;
 pub mod quic;
 pub mod tcp;
+pub mod udp;
 
 use std::fmt;
 use std::net::SocketAddr;
