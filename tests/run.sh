@@ -26,7 +26,7 @@ echo "== pure-Rust AEAD backend alone (firmware targets without a C compiler) ==
 cargo test -p skyroute-proto --no-default-features --features soft-aead --lib 2>&1 | tee -a "$log"
 
 echo "== benches compile =="
-cargo bench -p skyroute-proto --no-run
+cargo bench -p skyroute-proto -p skyroute --no-run
 
 echo "== the demo (README's main command) runs: real nodes on loopback, no session break =="
 demo=$(mktemp)

@@ -599,11 +599,14 @@ impl Driver {
                 self.services.retain(|_, tx| !tx.is_closed());
                 let r = if channel < service::FIRST_FREE_CHANNEL {
                     Err(format!("channels below {} are the node's own", service::FIRST_FREE_CHANNEL))
-                } else if self.services.contains_key(&channel) {
-                    Err(format!("channel {channel} is taken"))
                 } else {
-                    self.services.insert(channel, to);
-                    Ok(())
+                    match self.services.entry(channel) {
+                        std::collections::btree_map::Entry::Occupied(_) => Err(format!("channel {channel} is taken")),
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert(to);
+                            Ok(())
+                        }
+                    }
                 };
                 let _ = reply.send(r);
             }
