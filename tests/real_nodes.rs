@@ -67,3 +67,69 @@ async fn session_services_over_two_tcp_hops() {
 async fn session_services_over_two_quic_hops() {
     two_hop_transfer(Kind::Quic).await;
 }
+
+/// A link moves from UDP to TCP and then to QUIC in the middle of a transfer: the peer is its
+/// key, not its address, so the link, the session and the transfer carry on; no link goes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_moves_between_transports_mid_transfer() {
+    let (mut a, mut b) = (node().await, node().await);
+    a.connect(b.public_key, b.listen.addr(Kind::Udp).unwrap()).unwrap();
+    link_up(&mut a).await;
+    link_up(&mut b).await;
+    let sender = a.handle();
+    let to = b.public_key;
+    // Transfers back to back until both moves are done.
+    let moving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = moving.clone();
+    let transfer = tokio::spawn(async move {
+        let mut reports = Vec::new();
+        while still.load(std::sync::atomic::Ordering::Relaxed) {
+            reports.push(sender.transfer(to, Source::Bytes(8 << 20)).await.unwrap());
+        }
+        reports
+    });
+    let mut seen = Vec::new();
+    for kind in [Kind::Tcp, Kind::Quic] {
+        // Wait until more of the stream went through, then move.
+        let start = a.status().await.unwrap().sessions.first().map_or(0, |s| s.stream_bytes_confirmed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = a.status().await.unwrap();
+            if s.sessions.first().is_some_and(|s| s.stream_bytes_confirmed > start + (8 << 20)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the stream stalled before {kind:?}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.connect(b.public_key, b.listen.addr(kind).unwrap()).unwrap();
+        // Both ends follow: A sends on the new transport, B answers where A's packets come from.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
+            if sa.links[0].transport == kind.name() && sb.links[0].transport == kind.name() {
+                seen.push(kind);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the link did not move to {kind:?}:\n{sa:?}\n{sb:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    moving.store(false, std::sync::atomic::Ordering::Relaxed);
+    let reports = transfer.await.unwrap();
+    assert!(reports.len() >= 3, "{reports:?}");
+    for r in reports {
+        let t = r.unwrap();
+        assert!(t.ok && t.bytes == 8 << 20, "{t:?}");
+    }
+    assert_eq!(seen, [Kind::Tcp, Kind::Quic]);
+    for n in [&mut a, &mut b] {
+        while let Ok(e) = n.events.try_recv() {
+            assert!(!matches!(e, Event::LinkDown { .. }), "no link went down: {e:?}");
+        }
+    }
+    let s = a.status().await.unwrap();
+    assert_eq!(s.links.len(), 1, "one link, whatever the transport");
+    assert_eq!(s.sessions[0].path_failures, 0);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -28,6 +28,9 @@ use crate::route::{RouteConfig, RouteError, RouteEvent, RouteId, Router};
 use crate::stats::{LinkStats, Reject, RejectCounts};
 use crate::wire::{Packet, DATA_HEADER_LEN};
 
+/// How long a link moved on purpose ignores packets from its old address.
+const PIN_NEW_ADDRESS: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Node settings.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -100,6 +103,9 @@ pub struct Node<A> {
     stats: NodeStats,
     /// Round-robin position for fairness between links in `poll_transmit`.
     cursor: u32,
+    /// Links moved on purpose (`connect` with a new address): until the time given, or until
+    /// the peer answers there, packets still arriving at the old address do not move them back.
+    pinned: BTreeMap<LinkId, Instant>,
 }
 
 struct LinkTable<'a, A> {
@@ -152,6 +158,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             events: VecDeque::new(),
             stats: NodeStats::default(),
             cursor: 0,
+            pinned: BTreeMap::new(),
         }
     }
 
@@ -213,6 +220,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// handshakes again at once (the way to say "this neighbour is reachable again").
     pub fn connect(&mut self, now: Instant, peer: PublicKey, addr: A) -> LinkId {
         if let Some(&id) = self.by_peer.get(&peer) {
+            if self.links.get(&id).is_some_and(|l| l.addr != addr) {
+                self.pinned.insert(id, now + PIN_NEW_ADDRESS);
+            }
             self.set_addr(id, addr);
             if let Some(l) = self.links.get_mut(&id) {
                 l.dial_now(now);
@@ -226,6 +236,20 @@ impl<A: Clone + Ord + Debug> Node<A> {
             l.start_handshake(now, &mut *self.rng, &self.identity, idx);
         }
         id
+    }
+
+    /// An authenticated packet came from `from`: follow the peer there, unless we moved the
+    /// link on purpose a moment ago and this is the old address still delivering.
+    fn roam(&mut self, now: Instant, id: LinkId, from: A) {
+        let Some(l) = self.links.get(&id) else { return };
+        if l.addr == from {
+            self.pinned.remove(&id);
+        } else if self.pinned.get(&id).is_some_and(|until| now < *until) {
+            // Keep sending to the address we chose: the peer follows once it hears us there.
+        } else {
+            self.pinned.remove(&id);
+            self.set_addr(id, from);
+        }
     }
 
     fn set_addr(&mut self, id: LinkId, addr: A) {
@@ -300,7 +324,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 let id = *self.by_index.get(&resp.receiver_index).ok_or(Reject::UnknownIndex)?;
                 let link = self.links.get_mut(&id).ok_or(Reject::UnknownIndex)?;
                 let ev = link.on_handshake_resp(now, &self.identity, &resp)?;
-                self.set_addr(id, from);
+                self.roam(now, id, from);
                 self.after_link(id, ev);
                 Ok(())
             }
@@ -309,7 +333,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 let link = self.links.get_mut(&id).ok_or(Reject::UnknownIndex)?;
                 let (n, ev) = link.open(now, &hdr, data)?;
                 // Authenticated: the peer may have moved (roaming); follow it.
-                self.set_addr(id, from);
+                self.roam(now, id, from);
                 self.after_link(id, ev);
                 let elicits = self.handle_frames(now, id, &data[DATA_HEADER_LEN..DATA_HEADER_LEN + n]);
                 self.fwd.on_datagram(id, hdr.counter, elicits, now);

@@ -285,7 +285,7 @@ mod tests {
         assert!(e("[log]\nlevel = \"=[\"").starts_with("log.level:"));
         assert!(e("[[topology]]\na = \"x\"\nb = \"y\"").starts_with("topology[0].a:"));
         assert!(e("[[peers]]\nkey = \"00\"\naddr = \"127.0.0.1:1\"").starts_with("peers[0].key:"));
-        let k = "02".to_string() + &"11".repeat(32);
+        let k = skyroute_proto::SecretKey::generate(&mut rand_core::OsRng).public_key().to_string();
         let bad_addr = format!("[[peers]]\nkey = \"{k}\"\naddr = \"x\"");
         assert!(e(&bad_addr).starts_with("peers[0].addr:") || e(&bad_addr).starts_with("peers[0].key:"));
         assert!(e("[forward]\nroute_buffer_bytes = 5").starts_with("forward.route_buffer_bytes:"));
