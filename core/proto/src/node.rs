@@ -77,6 +77,9 @@ pub struct LinkInfo<A> {
     pub epoch: Option<u8>,
     /// Datagrams sent and not yet acknowledged.
     pub in_flight: usize,
+    /// Datagrams acknowledged, and declared lost (then retransmitted), since the link began.
+    pub acked: u64,
+    pub lost: u64,
     pub stats: LinkStats,
 }
 
@@ -643,6 +646,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 state: l.state(),
                 epoch: l.epoch(),
                 in_flight: self.fwd.in_flight(id),
+                acked: self.fwd.link_loss(id).0,
+                lost: self.fwd.link_loss(id).1,
                 stats,
             }
         })

@@ -187,6 +187,9 @@ pub struct LinkStatus {
     pub rx_bytes: u64,
     pub rekeys: u64,
     pub in_flight: usize,
+    /// Datagrams declared lost on this link (and retransmitted), and that over all settled.
+    pub lost_packets: u64,
+    pub loss: f64,
     /// Refused packets by reason.
     pub rejected: BTreeMap<String, u64>,
 }
@@ -204,13 +207,13 @@ impl Status {
             self.reserved_bytes
         );
         out += &format!(
-            "\n{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>7}  rejected\n",
-            "peer", "transport", "address", "state", "rtt ms", "tx pkts", "rx pkts", "rekeys"
+            "\n{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>6} {:>7}  rejected\n",
+            "peer", "transport", "address", "state", "rtt ms", "tx pkts", "rx pkts", "loss", "rekeys"
         );
         for l in &self.links {
             let rejected: Vec<String> = l.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out += &format!(
-                "{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>7}  {}\n",
+                "{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>5.1}% {:>7}  {}\n",
                 &l.peer[..16.min(l.peer.len())],
                 l.transport,
                 l.addr,
@@ -218,6 +221,7 @@ impl Status {
                 l.rtt_ms.map_or("-".to_string(), |r| format!("{r:.2}")),
                 l.tx_packets,
                 l.rx_packets,
+                l.loss * 100.0,
                 l.rekeys,
                 if rejected.is_empty() { "-".to_string() } else { rejected.join(" ") }
             );

@@ -227,6 +227,9 @@ pub struct AckSender<R> {
     in_flight_bytes: usize,
     /// Acks that named counters we never sent or already settled (ignored, counted).
     pub unknown_acks: u64,
+    /// Datagrams acknowledged, and declared lost (by acks or the timer), since the start.
+    pub acked_total: u64,
+    pub lost_total: u64,
     /// Every datagram below this counter was probed as often as allowed: probe searches start
     /// here, so they cost O(1) however many datagrams a dead link has in flight.
     probe_floor: u64,
@@ -256,6 +259,8 @@ impl<R> AckSender<R> {
             max_rto,
             in_flight_bytes: 0,
             unknown_acks: 0,
+            acked_total: 0,
+            lost_total: 0,
             probe_floor: 0,
         }
     }
@@ -326,6 +331,8 @@ impl<R> AckSender<R> {
             self.backoff = 0;
         }
         out.lost = self.detect_lost(now);
+        self.acked_total += out.acked.len() as u64;
+        self.lost_total += out.lost.len() as u64;
         out
     }
 
@@ -386,7 +393,9 @@ impl<R> AckSender<R> {
         if !expired.is_empty() {
             self.backoff += 1;
         }
-        expired.into_iter().filter_map(|c| self.take(c)).collect()
+        let lost: Vec<Sent<R>> = expired.into_iter().filter_map(|c| self.take(c)).collect();
+        self.lost_total += lost.len() as u64;
+        lost
     }
 
     /// Forgets everything in flight (a new link session restarts counters); returns it as lost.

@@ -719,6 +719,11 @@ impl Forwarder {
         self.links.get(&link).map_or(0, |l| l.tx.in_flight())
     }
 
+    /// Datagrams of a link acknowledged and declared lost (each loss is retransmitted).
+    pub fn link_loss(&self, link: LinkId) -> (u64, u64) {
+        self.links.get(&link).map_or((0, 0), |l| (l.tx.acked_total, l.tx.lost_total))
+    }
+
     /// Acks naming datagrams never sent (or already settled) on a link.
     pub fn unknown_acks(&self, link: LinkId) -> u64 {
         self.links.get(&link).map_or(0, |l| l.tx.unknown_acks)

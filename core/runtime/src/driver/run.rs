@@ -666,6 +666,8 @@ impl Driver {
                     rx_bytes: l.stats.rx_bytes,
                     rekeys: l.stats.rekeys,
                     in_flight: l.in_flight,
+                    lost_packets: l.lost,
+                    loss: l.lost as f64 / (l.acked + l.lost).max(1) as f64,
                     rejected: reasons(&l.stats.rejected),
                 })
                 .collect(),
