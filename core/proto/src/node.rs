@@ -335,8 +335,11 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 let id = *self.by_index.get(&hdr.receiver_index).ok_or(Reject::UnknownIndex)?;
                 let link = self.links.get_mut(&id).ok_or(Reject::UnknownIndex)?;
                 let (n, ev) = link.open(now, &hdr, data)?;
-                // Authenticated: the peer may have moved (roaming); follow it.
-                self.roam(now, id, from);
+                // Authenticated and the newest from the peer: it may have moved (roaming);
+                // follow it. A late packet still coming the old way does not move the link back.
+                if link.last_was_newest {
+                    self.roam(now, id, from);
+                }
                 self.after_link(id, ev);
                 let elicits = self.handle_frames(now, id, &data[DATA_HEADER_LEN..DATA_HEADER_LEN + n]);
                 self.fwd.on_datagram(id, hdr.counter, elicits, now);

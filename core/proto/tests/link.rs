@@ -438,3 +438,30 @@ mod fuzz {
         }
     }
 }
+
+/// The peer moved: its newest packet arrives from a new address, then a late one still comes
+/// from the old address. The link follows the newest and stays there.
+#[test]
+fn a_late_packet_from_the_old_address_does_not_move_the_link_back() {
+    let mut p = Pair::new(41);
+    p.connect();
+    p.drive_for(Duration::from_secs(1));
+    assert_eq!(p.nodes[1].links()[0].state, LinkState::Up);
+    // Collect node 0's next data packets without delivering them.
+    p.mute[0] = true;
+    let before = p.sent.len();
+    p.drive_for(Duration::from_millis(2500));
+    let mut data: Vec<Vec<u8>> = p.sent[before..]
+        .iter()
+        .filter(|(from, d)| *from == 0 && matches!(Packet::parse(&mut d.clone()), Ok(Packet::Data(_))))
+        .map(|(_, d)| d.clone())
+        .collect();
+    assert!(data.len() >= 2, "node 0 sent {} data packets", data.len());
+    let (mut late, mut newest) = (data.remove(0), data.pop().unwrap());
+    let now = p.now;
+    p.nodes[1].handle_datagram(now, 9, &mut newest);
+    assert_eq!(p.nodes[1].links()[0].addr, 9, "the newest packet moves the link");
+    p.nodes[1].handle_datagram(now, 0, &mut late);
+    assert_eq!(p.nodes[1].links()[0].addr, 9, "a late packet from the old address does not move it back");
+    assert_eq!(p.nodes[1].links()[0].stats.rejected.total(), 0, "and it was accepted, not refused");
+}

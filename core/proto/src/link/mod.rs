@@ -165,6 +165,8 @@ struct Session {
     /// Answering side: the next epoch, accepted for receiving, used for sending once confirmed.
     next: Option<(KeyEpoch, [u8; PUBLIC_KEY_LEN])>,
     rekey: Option<PendingRekey>,
+    /// One past the highest counter received (counters run on across key epochs).
+    rx_top: u64,
 }
 
 struct OutgoingHandshake {
@@ -198,6 +200,9 @@ pub struct Link<A> {
     /// The last handshake init we answered and our answer, so a duplicated copy of it gets the
     /// same answer instead of replacing the session.
     answered: Option<(Vec<u8>, Vec<u8>)>,
+    /// The last packet opened was the newest the peer has sent so far (not a late one that
+    /// took a slower way): only such a packet may move the link to its source address.
+    pub(crate) last_was_newest: bool,
     pub stats: LinkStats,
 }
 
@@ -236,6 +241,7 @@ impl<A: Clone> Link<A> {
             retired: Vec::new(),
             force_rekey: false,
             answered: None,
+            last_was_newest: false,
             stats: LinkStats::default(),
         }
     }
@@ -304,6 +310,7 @@ impl<A: Clone> Link<A> {
             prev: None,
             next: None,
             rekey: None,
+            rx_top: 0,
         };
         let replaced = self.session.is_some();
         self.install(session, now);
@@ -338,6 +345,7 @@ impl<A: Clone> Link<A> {
             prev: None,
             next: None,
             rekey: None,
+            rx_top: 0,
         };
         if let Some(old) = self.pending.replace(session) {
             self.retired.push(old.local_index);
@@ -430,6 +438,11 @@ impl<A: Clone> Link<A> {
         epoch.replay.update(hdr.counter);
         epoch.recv_count += 1;
         let peer_count = epoch.recv_count;
+        let session_top = if in_pending { self.pending.as_mut() } else { self.session.as_mut() };
+        if let Some(s) = session_top {
+            self.last_was_newest = hdr.counter >= s.rx_top;
+            s.rx_top = s.rx_top.max(hdr.counter + 1);
+        }
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += (DATA_HEADER_LEN + body.len()) as u64;
         self.last_recv = now;
