@@ -20,6 +20,7 @@ pub mod node;
 pub mod route;
 pub mod session;
 pub mod stats;
+pub mod vpn;
 pub mod wire;
 
 pub use forward::{Class, Dir, FlowStats, ForwardConfig};

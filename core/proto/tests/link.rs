@@ -453,7 +453,7 @@ fn a_late_packet_from_the_old_address_does_not_move_the_link_back() {
     p.drive_for(Duration::from_millis(2500));
     let mut data: Vec<Vec<u8>> = p.sent[before..]
         .iter()
-        .filter(|(from, d)| *from == 0 && matches!(Packet::parse(&mut d.clone()), Ok(Packet::Data(_))))
+        .filter(|(from, d)| *from == 0 && matches!(Packet::parse(d), Ok(Packet::Data(_))))
         .map(|(_, d)| d.clone())
         .collect();
     assert!(data.len() >= 2, "node 0 sent {} data packets", data.len());

@@ -1,0 +1,286 @@
+//! The gateway's side of the VPN: who may connect, which address each client key gets, and
+//! which packets may leave or reach a client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::ip;
+use crate::identity::PublicKey;
+
+/// Who may use the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Any key (an explicit choice in the configuration).
+    Open,
+    Keys(BTreeSet<PublicKey>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub access: Access,
+    /// The client address pool, e.g. 10.77.0.0/16. The first host address is the gateway's.
+    pub pool: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Bytes per second per client, both directions together; `None`: unlimited.
+    pub rate_limit: Option<u64>,
+    /// Let clients reach each other (off by default).
+    pub client_to_client: bool,
+    /// Networks clients must not reach (the gateway host's own networks, unless configured).
+    pub blocked: Vec<(Ipv4Addr, u8)>,
+    /// MTU offered to clients.
+    pub mtu: u16,
+}
+
+/// Why a client may not use the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this key is not on the gateway's allow-list")]
+    NotAllowed,
+    #[error("the address pool is full")]
+    PoolFull,
+}
+
+/// Why a packet was dropped (counted per client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Drop {
+    #[error("not a valid IPv4 packet")]
+    Malformed,
+    #[error("source address is not the one assigned to this key")]
+    Spoofed,
+    #[error("destination not allowed")]
+    Forbidden,
+    #[error("over the rate limit")]
+    RateLimited,
+    #[error("no address assigned to this key")]
+    NoAddress,
+}
+
+/// Per-client counters: the future payment records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub packets_up: u64,
+    pub packets_down: u64,
+    pub dropped_spoofed: u64,
+    pub dropped_forbidden: u64,
+    pub dropped_rate: u64,
+    pub dropped_malformed: u64,
+}
+
+struct Client {
+    addr: Ipv4Addr,
+    stats: ClientStats,
+    /// Token bucket: bytes available, and when it was last filled.
+    tokens: f64,
+    filled: Instant,
+}
+
+/// What a client is told when it is admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u16,
+}
+
+pub struct Gateway {
+    config: GatewayConfig,
+    clients: BTreeMap<PublicKey, Client>,
+    by_addr: BTreeMap<Ipv4Addr, PublicKey>,
+    /// Hellos refused (keys not allowed, pool full).
+    pub refused: u64,
+}
+
+fn in_net(a: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Self {
+        Gateway { config, clients: BTreeMap::new(), by_addr: BTreeMap::new(), refused: 0 }
+    }
+
+    /// The gateway's own address in the pool (the first host address).
+    pub fn address(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.config.pool) + 1)
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// A client asks for an address. The address is derived from the key's hash, so a client
+    /// gets the same one every time (and after a gateway restart) unless it collides.
+    pub fn hello(&mut self, now: Instant, key: &PublicKey) -> Result<Assignment, Refusal> {
+        if let Access::Keys(allowed) = &self.config.access {
+            if !allowed.contains(key) {
+                self.refused += 1;
+                return Err(Refusal::NotAllowed);
+            }
+        }
+        let (prefix_len, gateway, mtu) = (self.config.prefix_len, self.address(), self.config.mtu);
+        let assignment = move |address| Assignment { address, prefix_len, gateway, mtu };
+        if let Some(c) = self.clients.get(key) {
+            return Ok(assignment(c.addr));
+        }
+        let host_bits = 32 - self.config.prefix_len.min(30) as u32;
+        let hosts = (1u64 << host_bits) - 3; // minus network, gateway, broadcast
+        let base = u32::from(self.config.pool) & !((1u64 << host_bits) - 1) as u32;
+        let h = Sha256::digest(key.to_bytes());
+        let start = u64::from_be_bytes(h[..8].try_into().unwrap_or_default()) % hosts;
+        for i in 0..hosts.min(1 << 20) {
+            let addr = Ipv4Addr::from(base + 2 + ((start + i) % hosts) as u32);
+            if !self.by_addr.contains_key(&addr) {
+                let burst = self.config.rate_limit.unwrap_or(0) as f64;
+                self.clients.insert(*key, Client { addr, stats: ClientStats::default(), tokens: burst, filled: now });
+                self.by_addr.insert(addr, *key);
+                return Ok(assignment(addr));
+            }
+        }
+        self.refused += 1;
+        Err(Refusal::PoolFull)
+    }
+
+    /// A client left (its session ended): its address is free for others after this.
+    pub fn remove(&mut self, key: &PublicKey) {
+        if let Some(c) = self.clients.remove(key) {
+            self.by_addr.remove(&c.addr);
+        }
+    }
+
+    /// A packet from a client: whether it may go out (to the gateway's uplink).
+    pub fn from_client(&mut self, now: Instant, key: &PublicKey, packet: &[u8]) -> Result<(), Drop> {
+        let (c2c, blocked, rate) = (self.config.client_to_client, self.config.blocked.clone(), self.config.rate_limit);
+        let (pool, plen, gw) = (self.config.pool, self.config.prefix_len, self.address());
+        let client = self.clients.get_mut(key).ok_or(Drop::NoAddress)?;
+        let hdr = match ip::parse(packet) {
+            Ok(h) => h,
+            Err(_) => {
+                client.stats.dropped_malformed += 1;
+                return Err(Drop::Malformed);
+            }
+        };
+        if hdr.src != client.addr {
+            client.stats.dropped_spoofed += 1;
+            return Err(Drop::Spoofed);
+        }
+        let to_pool = in_net(hdr.dst, pool, plen) && !c2c;
+        if to_pool || hdr.dst == gw || blocked.iter().any(|(n, l)| in_net(hdr.dst, *n, *l)) {
+            client.stats.dropped_forbidden += 1;
+            return Err(Drop::Forbidden);
+        }
+        if !take_tokens(client, rate, now, packet.len()) {
+            client.stats.dropped_rate += 1;
+            return Err(Drop::RateLimited);
+        }
+        client.stats.packets_up += 1;
+        client.stats.bytes_up += packet.len() as u64;
+        Ok(())
+    }
+
+    /// A packet from the uplink: the client it is for, if any.
+    pub fn to_client(&mut self, now: Instant, packet: &[u8]) -> Result<PublicKey, Drop> {
+        let hdr = ip::parse(packet).map_err(|_| Drop::Malformed)?;
+        let key = *self.by_addr.get(&hdr.dst).ok_or(Drop::NoAddress)?;
+        let rate = self.config.rate_limit;
+        let client = self.clients.get_mut(&key).ok_or(Drop::NoAddress)?;
+        if !take_tokens(client, rate, now, packet.len()) {
+            client.stats.dropped_rate += 1;
+            return Err(Drop::RateLimited);
+        }
+        client.stats.packets_down += 1;
+        client.stats.bytes_down += packet.len() as u64;
+        Ok(key)
+    }
+
+    pub fn stats(&self) -> impl Iterator<Item = (&PublicKey, Ipv4Addr, &ClientStats)> {
+        self.clients.iter().map(|(k, c)| (k, c.addr, &c.stats))
+    }
+}
+
+/// Token bucket with one second of burst.
+fn take_tokens(c: &mut Client, rate: Option<u64>, now: Instant, n: usize) -> bool {
+    let Some(rate) = rate else { return true };
+    let elapsed = now.saturating_duration_since(c.filled).min(Duration::from_secs(1));
+    c.tokens = (c.tokens + elapsed.as_secs_f64() * rate as f64).min(rate as f64);
+    c.filled = now;
+    if c.tokens < n as f64 {
+        return false;
+    }
+    c.tokens -= n as f64;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn key(seed: u64) -> PublicKey {
+        SecretKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed)).public_key()
+    }
+
+    fn gw(access: Access, rate: Option<u64>) -> Gateway {
+        Gateway::new(GatewayConfig {
+            access,
+            pool: Ipv4Addr::new(10, 77, 0, 0),
+            prefix_len: 16,
+            rate_limit: rate,
+            client_to_client: false,
+            blocked: vec![(Ipv4Addr::new(192, 168, 0, 0), 16)],
+            mtu: 1280,
+        })
+    }
+
+    #[test]
+    fn allow_list_and_stable_addresses() {
+        let now = Instant::now();
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut g = gw(Access::Keys([a, b].into()), None);
+        let aa = g.hello(now, &a).unwrap();
+        assert_eq!(g.hello(now, &a).unwrap(), aa, "same key, same address");
+        assert!(in_net(aa.address, Ipv4Addr::new(10, 77, 0, 0), 16) && aa.address != g.address());
+        assert_ne!(g.hello(now, &b).unwrap().address, aa.address);
+        assert_eq!(g.hello(now, &c), Err(Refusal::NotAllowed));
+        assert_eq!(g.refused, 1);
+        // A fresh gateway (a restart) gives the same address again.
+        let mut g2 = gw(Access::Open, None);
+        assert_eq!(g2.hello(now, &a).unwrap().address, aa.address);
+    }
+
+    #[test]
+    fn spoofed_forbidden_and_rate_limited_packets_are_dropped_and_counted() {
+        let now = Instant::now();
+        let (a, b) = (key(1), key(2));
+        let mut g = gw(Access::Open, Some(3000));
+        let aa = g.hello(now, &a).unwrap().address;
+        let bb = g.hello(now, &b).unwrap().address;
+        let out = |src, dst| ip::build(src, dst, ip::PROTO_UDP, &[0; 100]);
+        let internet = Ipv4Addr::new(192, 0, 2, 1);
+        assert_eq!(g.from_client(now, &a, &out(aa, internet)), Ok(()));
+        assert_eq!(g.from_client(now, &a, &out(bb, internet)), Err(Drop::Spoofed));
+        assert_eq!(g.from_client(now, &a, &out(aa, bb)), Err(Drop::Forbidden), "client to client");
+        assert_eq!(g.from_client(now, &a, &out(aa, g.address())), Err(Drop::Forbidden), "the gateway host");
+        assert_eq!(g.from_client(now, &a, &out(aa, Ipv4Addr::new(192, 168, 1, 1))), Err(Drop::Forbidden));
+        assert_eq!(g.from_client(now, &a, &[0x45, 0]), Err(Drop::Malformed));
+        assert_eq!(g.to_client(now, &out(internet, bb)), Ok(b));
+        assert_eq!(g.to_client(now, &out(internet, Ipv4Addr::new(10, 77, 9, 9))), Err(Drop::NoAddress));
+        // 3000 bytes per second: the burst runs out, then refills with time.
+        let mut sent = 0;
+        while g.from_client(now, &a, &out(aa, internet)).is_ok() {
+            sent += 1;
+        }
+        assert!(sent < 30);
+        assert_eq!(g.from_client(now + Duration::from_millis(500), &a, &out(aa, internet)), Ok(()));
+        let s = g.stats().find(|(k, _, _)| **k == a).unwrap().2.clone();
+        assert_eq!((s.dropped_spoofed, s.dropped_forbidden, s.dropped_malformed), (1, 3, 1));
+        assert!(s.dropped_rate >= 1 && s.bytes_up > 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! The IPv4 VPN (the seed's "IPv4 gateway"): a client sends its IP packets over a session to a
+//! gateway node, which sends them on from its own address.
+//!
+//! Sans-IO like the rest of this crate: [`client::TunnelClient`] takes packets the platform
+//! read from its tunnel (a TUN device, an Android VpnService fd, iOS's packet flow, firmware)
+//! and says what to send and in which class; [`gateway::Gateway`] admits clients, assigns
+//! addresses, and checks every packet in both directions. [`Message`] is what they say on the
+//! gateway channel of a session.
+
+pub mod client;
+pub mod gateway;
+pub mod ip;
+
+use std::net::Ipv4Addr;
+
+pub use client::{ClientDrop, Outbound, TunnelClient, TunnelStats};
+pub use gateway::{Access, Assignment, ClientStats, Gateway, GatewayConfig, Refusal};
+
+/// The session channel of the gateway service.
+pub const CHANNEL: u16 = 4;
+
+const HELLO: u8 = 0;
+const PACKET: u8 = 1;
+const ASSIGNED: u8 = 2;
+const REFUSED: u8 = 3;
+
+/// Gateway channel messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Client -> gateway: please admit me (the session already proves my key).
+    Hello,
+    /// An IPv4 packet, either way.
+    Packet(Vec<u8>),
+    /// Gateway -> client.
+    Assigned(Assignment),
+    Refused(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed gateway message")]
+pub struct MessageError;
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Message::Hello => vec![HELLO],
+            Message::Packet(p) => {
+                let mut v = Vec::with_capacity(1 + p.len());
+                v.push(PACKET);
+                v.extend_from_slice(p);
+                v
+            }
+            Message::Assigned(a) => {
+                let mut v = vec![ASSIGNED];
+                v.extend_from_slice(&a.address.octets());
+                v.push(a.prefix_len);
+                v.extend_from_slice(&a.gateway.octets());
+                v.extend_from_slice(&a.mtu.to_be_bytes());
+                v
+            }
+            Message::Refused(r) => {
+                let mut v = vec![REFUSED];
+                v.extend_from_slice(r.as_bytes());
+                v
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Message, MessageError> {
+        let (&tag, rest) = b.split_first().ok_or(MessageError)?;
+        Ok(match tag {
+            HELLO if rest.is_empty() => Message::Hello,
+            PACKET => Message::Packet(rest.to_vec()),
+            ASSIGNED if rest.len() == 11 => Message::Assigned(Assignment {
+                address: Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]),
+                prefix_len: rest[4].min(32),
+                gateway: Ipv4Addr::new(rest[5], rest[6], rest[7], rest[8]),
+                mtu: u16::from_be_bytes([rest[9], rest[10]]),
+            }),
+            REFUSED => Message::Refused(String::from_utf8_lossy(rest).into_owned()),
+            _ => return Err(MessageError),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip() {
+        let a = Assignment {
+            address: Ipv4Addr::new(10, 77, 3, 4),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(10, 77, 0, 1),
+            mtu: 1280,
+        };
+        for m in [Message::Hello, Message::Packet(vec![0x45, 1]), Message::Assigned(a), Message::Refused("no".into())] {
+            assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Message::decode(&b);
+        }
+    }
+}
