@@ -141,6 +141,12 @@ pub struct Status {
     pub sessions: Vec<SessionStatus>,
     /// Session packets refused before reaching a session (unknown id, bad handshake...).
     pub session_rejected: BTreeMap<String, u64>,
+    /// The gateway service, on a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatus>,
+    /// The VPN tunnel, on a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelStatus>,
     /// Open TCP and QUIC connections.
     pub connections: usize,
     /// Driver counters: packets the OS refused to send, packets dropped at full queues,
@@ -163,6 +169,45 @@ pub struct SessionStatus {
     pub path_failures: u64,
     /// Refused session packets by reason.
     pub rejected: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    pub address: String,
+    /// Clients refused (not on the allow-list, pool full).
+    pub refused: u64,
+    pub clients: Vec<GatewayClientStatus>,
+}
+
+/// Per-client counters at a gateway (the future payment records).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayClientStatus {
+    pub key: String,
+    pub address: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub packets_up: u64,
+    pub packets_down: u64,
+    pub dropped_spoofed: u64,
+    pub dropped_forbidden: u64,
+    pub dropped_rate: u64,
+    pub dropped_malformed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    pub gateway: String,
+    pub address: Option<String>,
+    pub mtu: u16,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub realtime_out: u64,
+    pub fragmented: u64,
+    pub frag_needed_sent: u64,
+    pub mss_clamped: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -60,6 +60,7 @@ async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io::Res
             quic: pick(config.quic, DEFAULT_QUIC_PORT, offset * 2),
             data_dir: Some(data_dir.to_path_buf()),
             topology: config.topology.clone(),
+            gateway: None,
         };
         match RunningNode::spawn(o).await {
             Ok(n) => {

@@ -463,7 +463,7 @@ fn kill_9_of_a_middle_node_during_a_transfer() {
     // A notices: the link to B goes down and the session keeps no path through B.
     a.status_until(|v| {
         let paths = v["sessions"][0]["paths"].as_array().unwrap();
-        paths.iter().all(|p| p["hops"][0] != &b.key[..16])
+        paths.iter().all(|p| p["hops"][0] != b.key[..16])
             && v["links"].as_array().unwrap().iter().any(|l| l["peer"] == b.key.as_str() && l["state"] != "up")
     });
     let recv: serde_json::Value = serde_json::from_slice(&c.cli(&["recv", "--json"]).stdout).unwrap();

@@ -33,6 +33,26 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Known links between other nodes (until discovery): route finding uses them.
     pub topology: Vec<(PublicKey, PublicKey)>,
+    /// Serve as an IPv4 gateway: packets clients may send out come out of
+    /// [`RunningNode::uplink`], and packets for clients go in there.
+    pub gateway: Option<skyroute_proto::vpn::GatewayConfig>,
+}
+
+/// Packets to and from a tunnel: `tx` sends packets out of the node's side, `rx` takes them
+/// in. For a gateway, the uplink (the internet side); for a client, the platform's tunnel (a
+/// TUN device, an Android VpnService fd, iOS's packet flow, or the caller's own code).
+pub struct PacketPort {
+    pub tx: mpsc::Sender<Vec<u8>>,
+    pub rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl PacketPort {
+    /// Two connected ends: what one sends, the other receives.
+    pub fn pair(capacity: usize) -> (PacketPort, PacketPort) {
+        let (a_tx, b_rx) = mpsc::channel(capacity);
+        let (b_tx, a_rx) = mpsc::channel(capacity);
+        (PacketPort { tx: a_tx, rx: a_rx }, PacketPort { tx: b_tx, rx: b_rx })
+    }
 }
 
 impl Options {
@@ -47,6 +67,7 @@ impl Options {
             quic: None,
             data_dir: None,
             topology: Vec::new(),
+            gateway: None,
         }
     }
 
@@ -87,18 +108,66 @@ impl Listening {
 }
 
 pub(crate) enum Command {
-    Connect { peer: PublicKey, addr: Addr },
-    AddTopology { a: PublicKey, b: PublicKey },
-    OpenRoute { hops: Vec<PublicKey>, reply: oneshot::Sender<Result<RouteId, RouteError>> },
-    SendRoute { route: RouteId, class: Class, data: Vec<u8>, reply: oneshot::Sender<Result<(), RouteError>> },
-    Status { reply: oneshot::Sender<Status> },
-    Resolve { peer: String, reply: oneshot::Sender<Result<PublicKey, String>> },
-    Ping { peer: PublicKey, count: u32, interval: Duration, reply: oneshot::Sender<Result<PingReport, String>> },
-    Echo { peer: PublicKey, data: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, String>> },
-    Transfer { peer: PublicKey, source: Source, reply: oneshot::Sender<Result<TransferReport, String>> },
-    Received { reply: oneshot::Sender<Vec<Received>> },
-    Message { peer: PublicKey, channel: u16, data: Vec<u8>, reply: oneshot::Sender<Result<(), String>> },
-    Register { channel: u16, to: mpsc::Sender<ServiceMessage>, reply: oneshot::Sender<Result<(), String>> },
+    Connect {
+        peer: PublicKey,
+        addr: Addr,
+    },
+    AddTopology {
+        a: PublicKey,
+        b: PublicKey,
+    },
+    OpenRoute {
+        hops: Vec<PublicKey>,
+        reply: oneshot::Sender<Result<RouteId, RouteError>>,
+    },
+    SendRoute {
+        route: RouteId,
+        class: Class,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), RouteError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Resolve {
+        peer: String,
+        reply: oneshot::Sender<Result<PublicKey, String>>,
+    },
+    Ping {
+        peer: PublicKey,
+        count: u32,
+        interval: Duration,
+        reply: oneshot::Sender<Result<PingReport, String>>,
+    },
+    Echo {
+        peer: PublicKey,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    Transfer {
+        peer: PublicKey,
+        source: Source,
+        reply: oneshot::Sender<Result<TransferReport, String>>,
+    },
+    Received {
+        reply: oneshot::Sender<Vec<Received>>,
+    },
+    Message {
+        peer: PublicKey,
+        channel: u16,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Register {
+        channel: u16,
+        to: mpsc::Sender<ServiceMessage>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    TunnelUp {
+        gateway: PublicKey,
+        port: PacketPort,
+        reply: oneshot::Sender<Result<skyroute_proto::vpn::Assignment, String>>,
+    },
     Stop,
 }
 
@@ -179,6 +248,17 @@ impl NodeHandle {
         self.ask(|reply| Command::Message { peer, channel, data, reply }).await
     }
 
+    /// Starts the VPN tunnel towards `gateway`: packets sent into `port` (IPv4, from the
+    /// platform's tunnel) go to the gateway, packets from it come out of `port`. Returns the
+    /// address the gateway assigned, or its refusal.
+    pub async fn tunnel_up(
+        &self,
+        gateway: PublicKey,
+        port: PacketPort,
+    ) -> Result<Result<skyroute_proto::vpn::Assignment, String>, Stopped> {
+        self.ask(|reply| Command::TunnelUp { gateway, port, reply }).await
+    }
+
     /// Serves `channel`: messages that arrive on it come out of the returned queue.
     pub async fn register(&self, channel: u16) -> Result<Result<mpsc::Receiver<ServiceMessage>, String>, Stopped> {
         let (to, rx) = mpsc::channel(1024);
@@ -194,6 +274,8 @@ pub struct RunningNode {
     pub listen: Listening,
     pub public_key: PublicKey,
     pub route_mtu: usize,
+    /// A gateway's uplink: packets clients send out arrive here; packets for clients go in.
+    pub uplink: Option<PacketPort>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -209,9 +291,16 @@ impl RunningNode {
     pub async fn spawn(options: Options) -> std::io::Result<RunningNode> {
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
-        let (driver, listen, public_key, route_mtu) = run::Driver::bind(options, cmd_rx, ev_tx).await?;
+        let (uplink, inner) = match options.gateway {
+            Some(_) => {
+                let (outer, inner) = PacketPort::pair(4096);
+                (Some(outer), Some(inner))
+            }
+            None => (None, None),
+        };
+        let (driver, listen, public_key, route_mtu) = run::Driver::bind(options, cmd_rx, ev_tx, inner).await?;
         let task = tokio::spawn(driver.run());
-        Ok(RunningNode { handle: NodeHandle { commands }, events, listen, public_key, route_mtu, task })
+        Ok(RunningNode { handle: NodeHandle { commands }, events, listen, public_key, route_mtu, uplink, task })
     }
 
     pub fn handle(&self) -> NodeHandle {

@@ -1,5 +1,7 @@
 //! The driver's event loop.
 
+mod vpn;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -75,6 +77,8 @@ pub(super) struct Driver {
     services: BTreeMap<u16, mpsc::Sender<ServiceMessage>>,
     next_id: u64,
     counters: BTreeMap<&'static str, u64>,
+    gateway: Option<vpn::GatewayState>,
+    tunnel: Option<vpn::TunnelState>,
 }
 
 impl Driver {
@@ -82,6 +86,7 @@ impl Driver {
         o: Options,
         commands: mpsc::UnboundedReceiver<Command>,
         events: mpsc::UnboundedSender<Event>,
+        uplink: Option<super::PacketPort>,
     ) -> std::io::Result<(Driver, Listening, PublicKey, usize)> {
         let (in_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
         let mut listen = Listening::default();
@@ -117,6 +122,12 @@ impl Driver {
             graph.add_edge(a, b, LINK_COST);
         }
         let route_mtu = node.route_mtu();
+        let gateway = match (o.gateway, uplink) {
+            (Some(cfg), Some(port)) => {
+                Some(vpn::GatewayState { gw: skyroute_proto::vpn::Gateway::new(cfg), port, sessions: BTreeMap::new() })
+            }
+            _ => None,
+        };
         let d = Driver {
             node,
             sessions,
@@ -138,6 +149,8 @@ impl Driver {
             services: BTreeMap::new(),
             next_id: 1,
             counters: BTreeMap::new(),
+            gateway,
+            tunnel: None,
         };
         Ok((d, listen, me, route_mtu))
     }
@@ -158,6 +171,12 @@ impl Driver {
                     if r.is_err() {
                         self.count("recv_errors");
                     }
+                }
+                Some(p) = recv_port(self.gateway.as_mut().map(|g| &mut g.port.rx)) => {
+                    self.gateway_from_net(Instant::now(), p);
+                }
+                Some(p) = recv_port(self.tunnel.as_mut().map(|t| &mut t.port.rx)) => {
+                    self.tunnel_from_app(Instant::now(), p);
                 }
                 Some(i) = self.inbound.recv() => {
                     self.on_inbound(i);
@@ -272,7 +291,19 @@ impl Driver {
                 self.conns.insert(session, Conn::new(peer));
             }
             SessionEvent::Stream { session, offset, data } => self.on_stream(now, session, offset, &data),
-            SessionEvent::Datagram { .. } => self.count("datagrams_ignored"),
+            SessionEvent::Datagram { session, data } => {
+                // One channel message per datagram.
+                let Some(peer) = self.conns.get(&session).map(|c| c.peer) else { return };
+                let mut d = skyroute_proto::channel::Deframer::default();
+                d.push(&data);
+                match d.next_message() {
+                    Ok(Some((channel, payload))) => {
+                        let payload = payload.to_vec();
+                        self.on_message(now, session, peer, channel, &payload);
+                    }
+                    _ => self.count("bad_datagrams"),
+                }
+            }
             SessionEvent::PathUp { session, path } => tracing::debug!(session, path, "path up"),
             SessionEvent::PathDown { session, path } => tracing::debug!(session, path, "path down"),
             SessionEvent::PeerRestarted { session, offset } => {
@@ -321,6 +352,7 @@ impl Driver {
                 Ok(Exchange::Reply { id, .. }) => self.on_pong(now, id),
                 Err(_) => self.count("bad_service_messages"),
             },
+            skyroute_proto::vpn::CHANNEL => self.on_vpn(now, session, peer, payload),
             service::TRANSFER => match self.receiver.on_message(session, &peer.to_string(), payload, now) {
                 Outcome::None => {}
                 Outcome::Reply(m) => self.send_on(session, service::TRANSFER, &m),
@@ -432,6 +464,7 @@ impl Driver {
     /// A session ended: its requests fail, its incoming transfers are dropped.
     fn session_gone(&mut self, now: Instant, session: SessionId, why: &str) {
         tracing::info!(session, why, "session ended");
+        self.vpn_session_gone(session);
         let Some(conn) = self.conns.remove(&session) else { return };
         self.to_peer.retain(|_, s| *s != session);
         self.receiver.session_gone(session, &conn.peer.to_string(), now);
@@ -610,6 +643,7 @@ impl Driver {
                 };
                 let _ = reply.send(r);
             }
+            Command::TunnelUp { gateway, port, reply } => self.tunnel_up(now, gateway, port, reply),
             Command::Stop => {}
         }
     }
@@ -677,6 +711,8 @@ impl Driver {
             rejected: reasons(&self.node.stats().rejected),
             sessions: self.sessions.ids().into_iter().filter_map(|id| self.session_status(id)).collect(),
             session_rejected,
+            gateway: self.gateway_status(),
+            tunnel: self.tunnel_status(),
             connections: self.pool.len(),
             counters: self
                 .counters
@@ -751,6 +787,14 @@ impl Driver {
         if let Some(q) = &self.pool.quic {
             q.close();
         }
+    }
+}
+
+/// The next packet from a port, if there is one.
+async fn recv_port(port: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match port {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
