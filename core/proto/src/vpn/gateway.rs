@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn allow_list_and_stable_addresses() {
-        let now = Instant::now();
+        let now = Instant::now(); // test-only clock
         let (a, b, c) = (key(1), key(2), key(3));
         let mut g = gw(Access::Keys([a, b].into()), None);
         let aa = g.hello(now, &a).unwrap();
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn spoofed_forbidden_and_rate_limited_packets_are_dropped_and_counted() {
-        let now = Instant::now();
+        let now = Instant::now(); // test-only clock
         let (a, b) = (key(1), key(2));
         let mut g = gw(Access::Open, Some(3000));
         let aa = g.hello(now, &a).unwrap().address;
