@@ -13,3 +13,4 @@ pub mod progress;
 pub mod service;
 pub mod sim;
 pub mod transport;
+pub mod tun;
