@@ -3,7 +3,7 @@
 //! and writes back what it returns. Which packets go out, in which class, and what the
 //! platform's stack is told when a packet is too large.
 
-use std::net::Ipv4Addr;
+use core::net::Ipv4Addr;
 
 use super::gateway::Assignment;
 use super::ip::{self, IpError};

@@ -1,8 +1,8 @@
 //! The gateway's side of the VPN: who may connect, which address each client key gets, and
 //! which packets may leave or reach a client.
 
+use core::net::Ipv4Addr;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -215,72 +215,4 @@ fn take_tokens(c: &mut Client, rate: Option<u64>, now: Instant, n: usize) -> boo
     }
     c.tokens -= n as f64;
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::SecretKey;
-    use rand_chacha::rand_core::SeedableRng;
-
-    fn key(seed: u64) -> PublicKey {
-        SecretKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed)).public_key()
-    }
-
-    fn gw(access: Access, rate: Option<u64>) -> Gateway {
-        Gateway::new(GatewayConfig {
-            access,
-            pool: Ipv4Addr::new(10, 77, 0, 0),
-            prefix_len: 16,
-            rate_limit: rate,
-            client_to_client: false,
-            blocked: vec![(Ipv4Addr::new(192, 168, 0, 0), 16)],
-            mtu: 1280,
-        })
-    }
-
-    #[test]
-    fn allow_list_and_stable_addresses() {
-        let now = Instant::now(); // test-only clock
-        let (a, b, c) = (key(1), key(2), key(3));
-        let mut g = gw(Access::Keys([a, b].into()), None);
-        let aa = g.hello(now, &a).unwrap();
-        assert_eq!(g.hello(now, &a).unwrap(), aa, "same key, same address");
-        assert!(in_net(aa.address, Ipv4Addr::new(10, 77, 0, 0), 16) && aa.address != g.address());
-        assert_ne!(g.hello(now, &b).unwrap().address, aa.address);
-        assert_eq!(g.hello(now, &c), Err(Refusal::NotAllowed));
-        assert_eq!(g.refused, 1);
-        // A fresh gateway (a restart) gives the same address again.
-        let mut g2 = gw(Access::Open, None);
-        assert_eq!(g2.hello(now, &a).unwrap().address, aa.address);
-    }
-
-    #[test]
-    fn spoofed_forbidden_and_rate_limited_packets_are_dropped_and_counted() {
-        let now = Instant::now(); // test-only clock
-        let (a, b) = (key(1), key(2));
-        let mut g = gw(Access::Open, Some(3000));
-        let aa = g.hello(now, &a).unwrap().address;
-        let bb = g.hello(now, &b).unwrap().address;
-        let out = |src, dst| ip::build(src, dst, ip::PROTO_UDP, &[0; 100]);
-        let internet = Ipv4Addr::new(192, 0, 2, 1);
-        assert_eq!(g.from_client(now, &a, &out(aa, internet)), Ok(()));
-        assert_eq!(g.from_client(now, &a, &out(bb, internet)), Err(Drop::Spoofed));
-        assert_eq!(g.from_client(now, &a, &out(aa, bb)), Err(Drop::Forbidden), "client to client");
-        assert_eq!(g.from_client(now, &a, &out(aa, g.address())), Err(Drop::Forbidden), "the gateway host");
-        assert_eq!(g.from_client(now, &a, &out(aa, Ipv4Addr::new(192, 168, 1, 1))), Err(Drop::Forbidden));
-        assert_eq!(g.from_client(now, &a, &[0x45, 0]), Err(Drop::Malformed));
-        assert_eq!(g.to_client(now, &out(internet, bb)), Ok(b));
-        assert_eq!(g.to_client(now, &out(internet, Ipv4Addr::new(10, 77, 9, 9))), Err(Drop::NoAddress));
-        // 3000 bytes per second: the burst runs out, then refills with time.
-        let mut sent = 0;
-        while g.from_client(now, &a, &out(aa, internet)).is_ok() {
-            sent += 1;
-        }
-        assert!(sent < 30);
-        assert_eq!(g.from_client(now + Duration::from_millis(500), &a, &out(aa, internet)), Ok(()));
-        let s = g.stats().find(|(k, _, _)| **k == a).unwrap().2.clone();
-        assert_eq!((s.dropped_spoofed, s.dropped_forbidden, s.dropped_malformed), (1, 3, 1));
-        assert!(s.dropped_rate >= 1 && s.bytes_up > 0);
-    }
 }

@@ -1,7 +1,7 @@
 //! IPv4 packets as the tunnel sees them: header checks, checksums, TCP MSS clamping, ICMP
 //! "fragmentation needed", and fragmentation per RFC 791.
 
-use std::net::Ipv4Addr;
+use core::net::Ipv4Addr;
 
 pub const HEADER_LEN: usize = 20;
 pub const PROTO_ICMP: u8 = 1;

@@ -11,7 +11,7 @@ pub mod client;
 pub mod gateway;
 pub mod ip;
 
-use std::net::Ipv4Addr;
+use core::net::Ipv4Addr;
 
 pub use client::{ClientDrop, Outbound, TunnelClient, TunnelStats};
 pub use gateway::{Access, Assignment, ClientStats, Gateway, GatewayConfig, Refusal};
