@@ -642,6 +642,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             if let Some(rtt) = self.fwd.link_rtt(id) {
                 stats.rtt = Some(rtt);
             }
+            let (acked, lost) = self.fwd.link_loss(id);
             LinkInfo {
                 id,
                 peer: l.peer,
@@ -649,8 +650,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 state: l.state(),
                 epoch: l.epoch(),
                 in_flight: self.fwd.in_flight(id),
-                acked: self.fwd.link_loss(id).0,
-                lost: self.fwd.link_loss(id).1,
+                acked,
+                lost,
                 stats,
             }
         })

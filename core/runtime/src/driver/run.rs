@@ -665,16 +665,12 @@ impl Driver {
         let reasons = |r: &skyroute_proto::RejectCounts| r.iter().map(|(k, v)| (k.name().to_string(), v)).collect();
         let (buffered_bytes, reserved_bytes) = self.node.buffered_bytes();
         let es = self.sessions.endpoint_stats();
-        let session_rejected = [
+        let session_rejected = nonzero([
             ("unknown_session", es.unknown_session),
             ("bad_handshake", es.bad_handshake),
             ("malformed", es.malformed),
             ("refused", es.refused),
-        ]
-        .into_iter()
-        .filter(|(_, v)| *v > 0)
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        ]);
         Status {
             public_key: self.me.to_string(),
             address: self.me.address().to_string(),
@@ -714,35 +710,31 @@ impl Driver {
             gateway: self.gateway_status(),
             tunnel: self.tunnel_status(),
             connections: self.pool.len(),
-            counters: self
-                .counters
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .chain([("transfer_rejected".to_string(), self.receiver.rejected)])
-                .chain(
-                    self.pool.quic.as_ref().map(|q| {
-                        ("quic_too_large".to_string(), q.too_large.load(std::sync::atomic::Ordering::Relaxed))
-                    }),
-                )
-                .filter(|(_, v)| *v > 0)
-                .collect(),
+            counters: nonzero(
+                self.counters
+                    .iter()
+                    .map(|(k, v)| (*k, *v))
+                    .chain([("transfer_rejected", self.receiver.rejected)])
+                    .chain(
+                        self.pool
+                            .quic
+                            .as_ref()
+                            .map(|q| ("quic_too_large", q.too_large.load(std::sync::atomic::Ordering::Relaxed))),
+                    ),
+            ),
         }
     }
 
     fn session_status(&self, id: SessionId) -> Option<SessionStatus> {
         let s = self.sessions.stats(id)?;
-        let rejected = [
+        let rejected = nonzero([
             ("auth", s.rejected_auth),
             ("replay", s.rejected_replay),
             ("malformed", s.rejected_malformed),
             ("stale_path", s.rejected_stale_path),
             ("over_limit", s.rejected_over_limit),
             ("unknown", s.rejected_unknown),
-        ]
-        .into_iter()
-        .filter(|(_, v)| *v > 0)
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        ]);
         Some(SessionStatus {
             id,
             peer: self.sessions.peer(id)?.to_string(),
@@ -788,6 +780,11 @@ impl Driver {
             q.close();
         }
     }
+}
+
+/// Named counters for status: the ones that are not zero.
+fn nonzero<'a>(counts: impl IntoIterator<Item = (&'a str, u64)>) -> BTreeMap<String, u64> {
+    counts.into_iter().filter(|(_, v)| *v > 0).map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// The next packet from a port, if there is one.
