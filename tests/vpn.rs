@@ -83,7 +83,7 @@ async fn packets_go_through_the_gateway_and_back_and_the_gateway_checks_them() {
     });
 
     let (mut app, port) = PacketPort::pair(1024);
-    let a = c.tunnel_up(g.public_key, port).await.unwrap().unwrap();
+    let a = c.tunnel_up(g.public_key, None, port).await.unwrap().unwrap();
     assert!(a.address.octets()[..2] == [10, 77] && a.gateway == Ipv4Addr::new(10, 77, 0, 1), "{a:?}");
     let me = a.address;
     let mtu = c.status().await.unwrap().tunnel.unwrap().mtu as usize;
@@ -126,7 +126,7 @@ async fn packets_go_through_the_gateway_and_back_and_the_gateway_checks_them() {
 
     // A key not on the allow-list: refused, no address.
     let (_app2, port2) = PacketPort::pair(16);
-    let refused = stranger.tunnel_up(g.public_key, port2).await.unwrap();
+    let refused = stranger.tunnel_up(g.public_key, None, port2).await.unwrap();
     assert!(refused.as_ref().is_err_and(|e| e.contains("allow-list")), "{refused:?}");
     let s = g.status().await.unwrap().gateway.unwrap();
     assert_eq!((s.refused, s.clients.len()), (1, 1));
@@ -139,4 +139,79 @@ async fn packets_go_through_the_gateway_and_back_and_the_gateway_checks_them() {
     }
     let seen = internet.await.unwrap();
     assert!(seen.iter().all(|s| *s == me), "only the client's own address left the gateway");
+}
+
+/// The packet interface for a platform's tunnel fd (Android's VpnService, iOS's utun): the
+/// platform's end is played by a datagram socket pair, one packet per datagram, with and
+/// without the utun address-family header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_tunnel_fd_carries_packets_both_framings() {
+    use skyroute::tun::{pump_fd, Framing};
+    use std::os::unix::net::UnixDatagram;
+
+    for framing in [Framing::Plain, Framing::AfHeader] {
+        let mut c = node(None).await;
+        let cfg = GatewayConfig {
+            access: Access::Open,
+            pool: Ipv4Addr::new(10, 78, 0, 0),
+            prefix_len: 24,
+            rate_limit: None,
+            client_to_client: false,
+            blocked: Vec::new(),
+            mtu: 1400,
+        };
+        let mut g = node(Some(cfg)).await;
+        c.connect(g.public_key, g.udp_addr()).unwrap();
+        links_up(&mut c, 1).await;
+        links_up(&mut g, 1).await;
+        let mut uplink = g.uplink.take().unwrap();
+        let internet = tokio::spawn(async move {
+            while let Some(p) = uplink.rx.recv().await {
+                let h = ip::parse(&p).unwrap();
+                if uplink.tx.send(udp(h.dst, h.src, &p[h.header_len + 8..])).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let (platform, ours) = UnixDatagram::pair().unwrap();
+        let (outer, inner) = PacketPort::pair(64);
+        let pump = tokio::spawn(pump_fd(ours.into(), framing, outer));
+        let a = c.tunnel_up(g.public_key, Some(1), inner).await.unwrap().unwrap();
+        platform.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head: &[u8] = if framing == Framing::AfHeader { &[0, 0, 0, 2] } else { &[] };
+        let platform = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; 2048];
+            for size in [20usize, 700, 1100] {
+                let payload = vec![size as u8; size];
+                let packet = [head, &udp(a.address, INTERNET, &payload)].concat();
+                platform.send(&packet).unwrap();
+                let n = platform.recv(&mut buf).expect("a reply on the fd in time");
+                assert_eq!(&buf[..head.len()], head, "{framing:?}");
+                let h = ip::parse(&buf[head.len()..n]).unwrap();
+                assert_eq!((h.src, h.dst), (INTERNET, a.address));
+                assert_eq!(&buf[head.len() + h.header_len + 8..n], &payload[..]);
+            }
+            // Junk on the fd is dropped and counted; the tunnel goes on.
+            platform.send(&[head, &[0x45u8, 0, 0]].concat()).unwrap();
+            platform.send(&[head, &udp(a.address, INTERNET, b"still here")].concat()).unwrap();
+            let n = platform.recv(&mut buf).expect("the tunnel survives junk");
+            assert!(buf[..n].ends_with(b"still here"));
+            platform
+        })
+        .await
+        .unwrap();
+        let t = c.status().await.unwrap().tunnel.unwrap();
+        assert!(t.dropped >= 1 && t.packets_in >= 4, "{t:?}");
+        // The tunnel goes down: the port closes, the pump ends and gives the fd back to the
+        // OS; a second down finds nothing.
+        assert!(c.tunnel_down().await.unwrap());
+        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("pump ends").unwrap().unwrap();
+        assert!(c.status().await.unwrap().tunnel.is_none());
+        assert!(!c.tunnel_down().await.unwrap());
+        drop(platform);
+        c.stop().await.unwrap();
+        g.stop().await.unwrap();
+        internet.abort();
+    }
 }

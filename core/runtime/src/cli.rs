@@ -132,6 +132,12 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The VPN client: all (or some) of this host's IPv4 traffic through a gateway node, over
+    /// every route the session has (needs root: it creates a TUN device and routes).
+    Vpn {
+        #[command(subcommand)]
+        command: VpnCommand,
+    },
     /// Runs a simulated network scenario (deterministic, virtual time).
     Sim {
         scenario: Scenario,
@@ -152,6 +158,43 @@ pub enum Command {
         /// Draw deadline-met and goodput over time per strategy to this PNG (moving-car).
         #[arg(long, value_name = "FILE.png")]
         plot: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VpnCommand {
+    /// Starts the tunnel on the running node: asks the gateway for an address, creates the
+    /// TUN device and routes everything (or the --prefix networks) into it; the node's own
+    /// traffic to its neighbours stays outside.
+    Up {
+        /// The gateway node: its public key, or an address the node knows.
+        #[arg(long)]
+        gateway: String,
+        /// Disjoint routes to the gateway [default: the session configuration's].
+        #[arg(long)]
+        routes: Option<usize>,
+        /// Route only this network into the tunnel (repeatable) [default: everything].
+        #[arg(long = "prefix", value_name = "A.B.C.D/LEN")]
+        prefixes: Vec<String>,
+        /// The TUN device's name.
+        #[arg(long, default_value = crate::vpn::DEFAULT_CLIENT_TUN)]
+        tun: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Takes the tunnel down: routes and TUN removed.
+    Down {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// The tunnel's gateway, address, MTU, routes and counters.
+    Status {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -295,6 +338,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Connect { key, addr, data_dir } => {
             ask(data_dir, Request::Connect { key, addr }, Duration::from_secs(5), |_| Some(String::new()))
         }
+        Command::Vpn { command } => vpn(command),
         Command::Impair { listen, forward, loss, delay, jitter, reorder, down_every, down_for, seed } => {
             if !(0.0..=1.0).contains(&loss) || !(0.0..=1.0).contains(&reorder) {
                 return fail("--loss and --reorder must be in [0, 1]");
@@ -376,6 +420,50 @@ pub fn run(cli: Cli) -> i32 {
             exit_for(ok)
         }
     }
+}
+
+fn vpn(command: VpnCommand) -> i32 {
+    let show = |json: bool| {
+        move |r: &Reply| {
+            let v = r.vpn.as_ref()?;
+            Some(if json { to_json(v) } else { vpn_table(v) })
+        }
+    };
+    match command {
+        VpnCommand::Up { gateway, routes, prefixes, tun, data_dir, json } => {
+            let req = Request::VpnUp { gateway, routes, prefixes, tun: Some(tun) };
+            ask(data_dir, req, Duration::from_secs(60), show(json))
+        }
+        VpnCommand::Down { data_dir } => {
+            ask(data_dir, Request::VpnDown, Duration::from_secs(10), |_| Some("tunnel down\n".into()))
+        }
+        VpnCommand::Status { data_dir, json } => ask(data_dir, Request::VpnStatus, Duration::from_secs(5), show(json)),
+    }
+}
+
+fn vpn_table(v: &crate::control::VpnReport) -> String {
+    let mut s = format!("interface {}  routes {}\n", v.interface, v.routes.join(" "));
+    match &v.tunnel {
+        Some(t) => {
+            s += &format!(
+                "gateway {}  address {}  mtu {}  session reopened {}x\n",
+                &t.gateway[..16.min(t.gateway.len())],
+                t.address.as_deref().unwrap_or("(waiting)"),
+                t.mtu,
+                t.reconnects
+            );
+            s += &format!(
+                "out {} packets {} bytes ({} realtime)  in {} packets {} bytes\n",
+                t.packets_out, t.bytes_out, t.realtime_out, t.packets_in, t.bytes_in
+            );
+            s += &format!(
+                "fragmented {}  frag-needed sent {}  mss clamped {}  dropped {}\n",
+                t.fragmented, t.frag_needed_sent, t.mss_clamped, t.dropped
+            );
+        }
+        None => s += "the node has no tunnel (its session to the gateway ended)\n",
+    }
+    s
 }
 
 /// Sends one request to the node in `data_dir`; prints what `show` makes of a good reply.

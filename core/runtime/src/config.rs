@@ -21,6 +21,19 @@
 //! route_buffer_bytes = 1048576
 //! memory_budget_bytes = 536870912
 //! max_in_flight = 256             # unacknowledged datagrams per link
+//! [gateway]                       # serve as an IPv4 gateway (VPN exit); needs root
+//! allow = ["02ab..."]             # client keys allowed; or `open = true` for any key
+//! pool = "10.77.0.0/16"           # client addresses (stable per key); the first is ours
+//! uplink = "eth0"                 # NAT out of this interface [default: any but the TUN]
+//! tun = "skygw0"                  # the gateway's TUN device
+//! rate_limit = 1250000            # bytes/s per client, both directions [default: none]
+//! client_to_client = false        # clients may reach each other
+//! reach_host = false              # clients may reach this host's own addresses
+//! blocked = ["192.168.0.0/16"]    # destinations clients may not reach
+//! mtu = 1400                      # tunnel MTU offered (clients take the smaller of it
+//!                                 # and their path's)
+//! nat = true                      # set up nftables masquerade (false: route the pool
+//!                                 # yourself)
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +69,110 @@ struct Raw {
     session: RawSession,
     #[serde(default)]
     log: RawLog,
+    gateway: Option<RawGateway>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    open: bool,
+    pool: Option<String>,
+    uplink: Option<String>,
+    tun: Option<String>,
+    rate_limit: Option<u64>,
+    #[serde(default)]
+    client_to_client: bool,
+    #[serde(default)]
+    reach_host: bool,
+    #[serde(default)]
+    blocked: Vec<String>,
+    mtu: Option<u16>,
+    nat: Option<bool>,
+}
+
+/// How the node serves as an IPv4 gateway.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Admission, pool, rate limit, forbidden destinations, MTU.
+    pub service: skyroute_proto::vpn::GatewayConfig,
+    pub uplink: Option<String>,
+    pub tun: String,
+    pub reach_host: bool,
+    pub nat: bool,
+}
+
+/// The default client address pool.
+pub const DEFAULT_POOL: &str = "10.77.0.0/16";
+/// The default TUN device of a gateway.
+pub const DEFAULT_GATEWAY_TUN: &str = "skygw0";
+/// The default tunnel MTU a gateway offers.
+pub const DEFAULT_TUNNEL_MTU: u16 = 1400;
+
+/// A Linux interface name: 1 to 15 characters, no '/' or whitespace.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 || name.chars().any(|c| c == '/' || c.is_whitespace() || c == '"') {
+        return Err(format!("not an interface name (1-15 characters, no '/', quotes or spaces): {name:?}"));
+    }
+    Ok(())
+}
+
+fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
+    use skyroute_proto::vpn::{Access, GatewayConfig};
+    let access = match (raw.open, raw.allow.is_empty()) {
+        (true, true) => Access::Open,
+        (true, false) => return Err(field("gateway.open", "give either `open = true` or an `allow` list, not both")),
+        (false, true) => {
+            return Err(field("gateway.allow", "list the client keys allowed (or set `open = true` for any key)"))
+        }
+        (false, false) => Access::Keys(
+            raw.allow
+                .iter()
+                .enumerate()
+                .map(|(i, k)| key(format!("gateway.allow[{i}]"), k))
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    let (pool, prefix_len) = crate::netconf::parse_prefix(raw.pool.as_deref().unwrap_or(DEFAULT_POOL))
+        .map_err(|e| field("gateway.pool", e))?;
+    if !(8..=30).contains(&prefix_len) {
+        return Err(field("gateway.pool", "the prefix length must be between 8 and 30"));
+    }
+    let blocked = raw
+        .blocked
+        .iter()
+        .enumerate()
+        .map(|(i, b)| crate::netconf::parse_prefix(b).map_err(|e| field(format!("gateway.blocked[{i}]"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mtu = raw.mtu.unwrap_or(DEFAULT_TUNNEL_MTU);
+    if !(576..=9000).contains(&mtu) {
+        return Err(field("gateway.mtu", "must be between 576 and 9000"));
+    }
+    if raw.rate_limit == Some(0) {
+        return Err(field("gateway.rate_limit", "must be above 0 (leave it out for no limit)"));
+    }
+    let tun = raw.tun.clone().unwrap_or_else(|| DEFAULT_GATEWAY_TUN.into());
+    check_ifname(&tun).map_err(|e| field("gateway.tun", e))?;
+    if let Some(u) = &raw.uplink {
+        check_ifname(u).map_err(|e| field("gateway.uplink", e))?;
+    }
+    Ok(Gateway {
+        service: GatewayConfig {
+            access,
+            pool,
+            prefix_len,
+            rate_limit: raw.rate_limit,
+            client_to_client: raw.client_to_client,
+            blocked,
+            mtu,
+        },
+        uplink: raw.uplink.clone(),
+        tun,
+        reach_host: raw.reach_host,
+        nat: raw.nat.unwrap_or(true),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +247,7 @@ pub struct Config {
     pub session: SessionConfig,
     /// A tracing filter (`RUST_LOG` syntax).
     pub log: Option<String>,
+    pub gateway: Option<Gateway>,
 }
 
 /// The node settings for real sockets.
@@ -181,6 +299,7 @@ impl Default for Config {
             node: real_node_config(),
             session: SessionConfig::default(),
             log: None,
+            gateway: None,
         })
     }
 }
@@ -263,7 +382,8 @@ impl Config {
             }
             f.memory_budget_bytes = v;
         }
-        Ok(Config { udp, tcp, quic, peers, topology, node, session, log: raw.log.level })
+        let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
+        Ok(Config { udp, tcp, quic, peers, topology, node, session, log: raw.log.level, gateway })
     }
 }
 
@@ -298,5 +418,37 @@ mod tests {
         assert_eq!(ok.node.forward.route_buffer_bytes, 131072);
         assert_eq!((ok.udp, ok.tcp, ok.quic), (Bind::At("127.0.0.1:0".parse().unwrap()), Bind::Default, Bind::Off));
         assert_eq!(ok.peers[0].addr, Addr::Tcp("127.0.0.1:9".parse().unwrap()));
+    }
+
+    #[test]
+    fn gateway_section() {
+        use skyroute_proto::vpn::Access;
+        let e = |t: &str| Config::parse(t).unwrap_err().to_string();
+        assert!(e("[gateway]").starts_with("gateway.allow:"), "no silent open gateway: {}", e("[gateway]"));
+        assert!(e("[gateway]\nallow = [\"zz\"]").starts_with("gateway.allow[0]:"));
+        let k = skyroute_proto::SecretKey::generate(&mut rand_core::OsRng).public_key();
+        assert!(e(&format!("[gateway]\nopen = true\nallow = [\"{k}\"]")).starts_with("gateway.open:"));
+        assert!(e("[gateway]\nopen = true\npool = \"10.77.0.0/31\"").starts_with("gateway.pool:"));
+        assert!(e("[gateway]\nopen = true\npool = \"10.77.0/16\"").starts_with("gateway.pool:"));
+        assert!(e("[gateway]\nopen = true\nmtu = 100").starts_with("gateway.mtu:"));
+        assert!(e("[gateway]\nopen = true\ntun = \"a/b\"").starts_with("gateway.tun:"));
+        assert!(e("[gateway]\nopen = true\nuplink = \"much-too-long-name\"").starts_with("gateway.uplink:"));
+        assert!(e("[gateway]\nopen = true\nblocked = [\"1.2.3.4/40\"]").starts_with("gateway.blocked[0]:"));
+        assert!(e("[gateway]\nopen = true\nrate_limit = 0").starts_with("gateway.rate_limit:"));
+        let open = Config::parse("[gateway]\nopen = true").unwrap().gateway.unwrap();
+        assert_eq!(open.service.access, Access::Open);
+        assert_eq!((open.service.pool.to_string().as_str(), open.service.prefix_len), ("10.77.0.0", 16));
+        assert_eq!((open.tun.as_str(), open.nat, open.uplink), ("skygw0", true, None));
+        let g = Config::parse(&format!(
+            "[gateway]\nallow = [\"{k}\"]\npool = \"10.9.8.7/24\"\nuplink = \"up0\"\nrate_limit = 1000\nblocked = [\"192.168.0.0/16\"]"
+        ))
+        .unwrap()
+        .gateway
+        .unwrap();
+        assert_eq!(g.service.access, Access::Keys([k].into()));
+        assert_eq!(g.service.pool.to_string(), "10.9.8.0", "the pool is its network address");
+        assert_eq!((g.service.rate_limit, g.uplink.as_deref()), (Some(1000), Some("up0")));
+        assert_eq!(g.service.blocked, vec![("192.168.0.0".parse().unwrap(), 16)]);
+        assert!(Config::parse("").unwrap().gateway.is_none());
     }
 }

@@ -48,6 +48,21 @@ pub enum Request {
     /// This connection becomes the service on `channel`: the node writes one
     /// [`ServiceMessage`] line per message that arrives on it.
     Register { channel: u16 },
+    /// Starts the VPN client: a TUN device with the address the gateway assigns, and routes
+    /// into it (`prefixes` empty: everything, the full tunnel).
+    VpnUp {
+        gateway: String,
+        #[serde(default)]
+        routes: Option<usize>,
+        #[serde(default)]
+        prefixes: Vec<String>,
+        #[serde(default)]
+        tun: Option<String>,
+    },
+    /// Takes the VPN client down (routes and TUN removed).
+    VpnDown,
+    /// The VPN client's state.
+    VpnStatus,
 }
 
 fn default_count() -> u32 {
@@ -70,6 +85,8 @@ pub struct Reply {
     pub transfer: Option<TransferReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<Vec<crate::service::transfer::Received>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpn: Option<VpnReport>,
     /// Echoed bytes (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
@@ -85,6 +102,17 @@ impl Reply {
     pub fn error(e: impl std::fmt::Display) -> Reply {
         Reply { ok: false, error: Some(e.to_string()), ..Default::default() }
     }
+}
+
+/// The VPN client on this host (`skyroute vpn status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpnReport {
+    /// The TUN device.
+    pub interface: String,
+    /// Prefixes routed into the tunnel ("0.0.0.0/0": all).
+    pub routes: Vec<String>,
+    /// The node's side: gateway, address, MTU, counters.
+    pub tunnel: Option<TunnelStatus>,
 }
 
 /// A message for a registered service.
@@ -199,6 +227,9 @@ pub struct TunnelStatus {
     pub gateway: String,
     pub address: Option<String>,
     pub mtu: u16,
+    /// Sessions to the gateway opened again after one failed.
+    #[serde(default)]
+    pub reconnects: u64,
     pub packets_out: u64,
     pub packets_in: u64,
     pub bytes_out: u64,
@@ -297,6 +328,45 @@ impl Status {
                     paths.join(", ")
                 );
             }
+        }
+        if let Some(g) = &self.gateway {
+            out += &format!(
+                "\ngateway {} ({} refused)\n{:<16} {:<15} {:>12} {:>12} {:>8} {:>10} {:>6} {:>9}\n",
+                g.address,
+                g.refused,
+                "client",
+                "address",
+                "bytes up",
+                "bytes down",
+                "spoofed",
+                "forbidden",
+                "rate",
+                "malformed"
+            );
+            for c in &g.clients {
+                out += &format!(
+                    "{:<16} {:<15} {:>12} {:>12} {:>8} {:>10} {:>6} {:>9}\n",
+                    &c.key[..16.min(c.key.len())],
+                    c.address,
+                    c.bytes_up,
+                    c.bytes_down,
+                    c.dropped_spoofed,
+                    c.dropped_forbidden,
+                    c.dropped_rate,
+                    c.dropped_malformed
+                );
+            }
+        }
+        if let Some(t) = &self.tunnel {
+            out += &format!(
+                "\ntunnel to {} address {} mtu {}: out {} bytes, in {} bytes, dropped {}\n",
+                &t.gateway[..16.min(t.gateway.len())],
+                t.address.as_deref().unwrap_or("(waiting)"),
+                t.mtu,
+                t.bytes_out,
+                t.bytes_in,
+                t.dropped
+            );
         }
         out
     }

@@ -15,6 +15,10 @@ use crate::control::{self, Reply, Request};
 use crate::driver::{NodeHandle, Options, RunningNode};
 use crate::keyfile;
 use crate::service::transfer::Source;
+use crate::vpn::{ClientTunnel, GatewayUplink, TunnelRequest};
+
+/// The VPN client of this daemon, if one is up (one at a time).
+type VpnSlot = std::sync::Arc<tokio::sync::Mutex<Option<ClientTunnel>>>;
 
 /// Requests longer than this are refused (the control API's messages are small).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -60,7 +64,7 @@ async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io::Res
             quic: pick(config.quic, DEFAULT_QUIC_PORT, offset * 2),
             data_dir: Some(data_dir.to_path_buf()),
             topology: config.topology.clone(),
-            gateway: None,
+            gateway: config.gateway.as_ref().map(|g| g.service.clone()),
         };
         match RunningNode::spawn(o).await {
             Ok(n) => {
@@ -126,6 +130,19 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
             return 1;
         }
     };
+    // A gateway's uplink (TUN and NAT) lives as long as the daemon.
+    let _uplink = match (&config.gateway, node.uplink.take()) {
+        (Some(g), Some(port)) => match GatewayUplink::start(g, port) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("error: {e}");
+                let _ = node.stop().await;
+                return 1;
+            }
+        },
+        _ => None,
+    };
+    let vpn = VpnSlot::default();
     for p in &config.peers {
         let _ = node.connect(p.key, p.addr);
     }
@@ -161,12 +178,15 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     // Each client on its own task: a stalled one holds up nothing else.
-                    tokio::spawn(handle_client(node.handle(), stream));
+                    tokio::spawn(handle_client(node.handle(), vpn.clone(), stream));
                 }
             }
         }
     }
     let _ = std::fs::remove_file(&sock);
+    if let Some(t) = vpn.lock().await.take() {
+        t.stop(&node).await;
+    }
     tracing::info!("stopping: closing sessions and links");
     match node.stop().await {
         Ok(()) => 0,
@@ -182,7 +202,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A client that sends nothing for this long is dropped (unless it serves a channel).
 const IDLE_CLIENT: Duration = Duration::from_secs(60);
 
-async fn handle_client(node: NodeHandle, stream: UnixStream) {
+async fn handle_client(node: NodeHandle, vpn: VpnSlot, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     let mut service: Option<tokio::sync::mpsc::Receiver<control::ServiceMessage>> = None;
@@ -213,7 +233,7 @@ async fn handle_client(node: NodeHandle, stream: UnixStream) {
                     Ok(Err(e)) => Reply::error(e),
                     Err(e) => Reply::error(e),
                 },
-                Ok(req) => tokio::time::timeout(REQUEST_TIMEOUT, answer(&node, req))
+                Ok(req) => tokio::time::timeout(REQUEST_TIMEOUT, answer(&node, &vpn, req))
                     .await
                     .unwrap_or_else(|_| Reply::error("timed out")),
                 Err(e) => Reply::error(format!("bad request: {e}")),
@@ -249,14 +269,14 @@ async fn recv_service(
     }
 }
 
-async fn answer(node: &NodeHandle, req: Request) -> Reply {
-    match answer_inner(node, req).await {
+async fn answer(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Reply {
+    match answer_inner(node, vpn, req).await {
         Ok(r) => r,
         Err(e) => Reply::error(e),
     }
 }
 
-async fn answer_inner(node: &NodeHandle, req: Request) -> Result<Reply, String> {
+async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<Reply, String> {
     let stopped = |e: crate::driver::Stopped| e.to_string();
     let resolve = |p: String| async move { node.resolve(&p).await.map_err(stopped)? };
     Ok(match req {
@@ -297,6 +317,36 @@ async fn answer_inner(node: &NodeHandle, req: Request) -> Result<Reply, String> 
             Reply::ok()
         }
         Request::Register { .. } => return Err("register is answered by the connection handler".into()),
+        Request::VpnUp { gateway, routes, prefixes, tun } => {
+            let mut slot = vpn.lock().await;
+            if slot.is_some() {
+                return Err("a tunnel is already up (vpn down first)".into());
+            }
+            if routes.is_some_and(|r| !(1..=8).contains(&r)) {
+                return Err("routes: must be between 1 and 8".into());
+            }
+            let req = TunnelRequest {
+                gateway: resolve(gateway).await?,
+                routes,
+                prefixes: crate::vpn::prefixes(&prefixes)?,
+                tun: tun.unwrap_or_else(|| crate::vpn::DEFAULT_CLIENT_TUN.into()),
+            };
+            let t = ClientTunnel::start(node, &req).await?;
+            let report = t.report(node.status().await.map_err(stopped)?.tunnel);
+            *slot = Some(t);
+            Reply { vpn: Some(report), ..Reply::ok() }
+        }
+        Request::VpnDown => match vpn.lock().await.take() {
+            Some(t) => {
+                t.stop(node).await;
+                Reply::ok()
+            }
+            None => return Err("no tunnel is up".into()),
+        },
+        Request::VpnStatus => match vpn.lock().await.as_ref() {
+            Some(t) => Reply { vpn: Some(t.report(node.status().await.map_err(stopped)?.tunnel)), ..Reply::ok() },
+            None => return Err("no tunnel is up".into()),
+        },
     })
 }
 

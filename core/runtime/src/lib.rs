@@ -1,5 +1,6 @@
-//! The skyroute runtime: the deterministic simulator driver and the CLI (the tokio transports
-//! come next). All protocol logic lives in `skyroute-proto`.
+//! The skyroute runtime: the tokio driver around `skyroute-proto` (transports, services, the
+//! VPN's TUN and host configuration), the `skyroute` daemon and CLI, and the deterministic
+//! simulator. All protocol logic lives in `skyroute-proto`.
 
 pub mod cli;
 pub mod config;
@@ -9,8 +10,10 @@ pub mod demo;
 pub mod driver;
 pub mod impair;
 pub mod keyfile;
+pub mod netconf;
 pub mod progress;
 pub mod service;
 pub mod sim;
 pub mod transport;
 pub mod tun;
+pub mod vpn;

@@ -47,3 +47,89 @@ pub async fn pump(dev: AsyncDevice, mut port: PacketPort) -> io::Result<()> {
         }
     }
 }
+
+/// How packets are framed on a platform's tunnel file descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One IP packet per read and write (Linux TUN with IFF_NO_PI, Android's VpnService).
+    Plain,
+    /// A 4-byte address family before each packet (Apple's utun).
+    AfHeader,
+}
+
+/// Address family of IPv4 in a utun header.
+const AF_INET: u32 = 2;
+
+/// Moves packets between a platform's tunnel `fd` (taken over and closed at the end) and
+/// `port`, until either closes. This is the packet interface for an fd the platform owns:
+/// Android's VpnService hands one out, iOS's utun has one behind NEPacketTunnelFlow.
+pub async fn pump_fd(fd: std::os::fd::OwnedFd, framing: Framing, mut port: PacketPort) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+
+    set_nonblocking(&fd)?;
+    // SAFETY: `fd` is owned, open, and moves into the AsyncFd, which keeps it until dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let head = if framing == Framing::AfHeader { 4 } else { 0 };
+    let mut buf = vec![0u8; MAX_PACKET + head];
+    let mut out = Vec::with_capacity(MAX_PACKET + head);
+    loop {
+        tokio::select! {
+            r = fd.async_io(Interest::READABLE, |f| sys_io(unsafe {
+                // SAFETY: `buf` is valid for `buf.len()` bytes and `f` is an open descriptor.
+                libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+            })) => {
+                let n = r?;
+                if n == 0 {
+                    return Ok(());
+                }
+                if n <= head {
+                    continue;
+                }
+                if port.tx.send(buf[head..n].to_vec()).await.is_err() {
+                    return Ok(());
+                }
+            }
+            p = port.rx.recv() => {
+                let Some(p) = p else { return Ok(()) };
+                out.clear();
+                if head > 0 {
+                    out.extend_from_slice(&AF_INET.to_be_bytes());
+                }
+                out.extend_from_slice(&p);
+                let r = fd.async_io(Interest::WRITABLE, |f| sys_io(unsafe {
+                    // SAFETY: `out` is valid for `out.len()` bytes and `f` is an open descriptor.
+                    libc::write(f.as_raw_fd(), out.as_ptr().cast(), out.len())
+                })).await;
+                if let Err(e) = r {
+                    tracing::debug!("tunnel fd: packet not written: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A read or write result as `io::Result`.
+fn sys_io(n: libc::ssize_t) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an open descriptor with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -346,13 +346,27 @@ impl Sessions {
         finder: &dyn RouteFinder,
         dest: PublicKey,
     ) -> Result<SessionId, SessionError> {
+        self.connect_with_routes(now, node, finder, dest, None)
+    }
+
+    /// [`Sessions::connect`] keeping `routes` disjoint routes (1 to 8) instead of the
+    /// configured number.
+    pub fn connect_with_routes<A: Clone + Ord + Debug>(
+        &mut self,
+        now: Instant,
+        node: &mut Node<A>,
+        finder: &dyn RouteFinder,
+        dest: PublicKey,
+        routes: Option<usize>,
+    ) -> Result<SessionId, SessionError> {
         if dest == self.public {
             return Err(SessionError::SelfSession);
         }
         let id = self.alloc_id();
         let (state, packet) =
             handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id);
-        let s = Session::new(id, dest, true, Handshake::Waiting { state: Box::new(state), packet, sent: now }, now);
+        let mut s = Session::new(id, dest, true, Handshake::Waiting { state: Box::new(state), packet, sent: now }, now);
+        s.routes = routes.map(|r| r.clamp(1, 8));
         self.sessions.insert(id, s);
         self.maintain(now, node, finder, id);
         self.next_tick = Some(now);
@@ -699,7 +713,7 @@ impl Sessions {
         // Build routes up to k.
         let want = match cfg.strategy {
             Strategy::SingleRoute => 1,
-            _ => cfg.routes.max(1),
+            _ => s.routes.unwrap_or(cfg.routes).max(1),
         };
         // A route still building after `build_patience` may be stuck behind a neighbour that
         // is gone: build another beside it. Only healthy paths count, and only they have to be

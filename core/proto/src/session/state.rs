@@ -102,6 +102,8 @@ pub(crate) struct Session {
     /// range still looks up until its link times out, so it is not offered for new routes
     /// for a while.
     pub failed_first_hops: BTreeMap<PublicKey, Instant>,
+    /// Disjoint routes this session keeps, if not the configured number.
+    pub routes: Option<usize>,
 }
 
 /// Application bytes in a full block.
@@ -119,6 +121,7 @@ impl Session {
             keys: None,
             answered: None,
             paths: BTreeMap::new(),
+            routes: None,
             next_path: 1,
             closed_paths: BTreeSet::new(),
             pending: VecDeque::new(),

@@ -147,7 +147,9 @@ impl Gateway {
         Err(Refusal::PoolFull)
     }
 
-    /// A client left (its session ended): its address is free for others after this.
+    /// Forgets a client: its address is free for others after this, and its counters are gone.
+    /// (A client whose session ends is kept: it comes back to the same address, and its
+    /// counters are the payment records.)
     pub fn remove(&mut self, key: &PublicKey) {
         if let Some(c) = self.clients.remove(key) {
             self.by_addr.remove(&c.addr);
@@ -156,9 +158,11 @@ impl Gateway {
 
     /// A packet from a client: whether it may go out (to the gateway's uplink).
     pub fn from_client(&mut self, now: Instant, key: &PublicKey, packet: &[u8]) -> Result<(), Drop> {
-        let (c2c, blocked, rate) = (self.config.client_to_client, self.config.blocked.clone(), self.config.rate_limit);
-        let (pool, plen, gw) = (self.config.pool, self.config.prefix_len, self.address());
-        let client = self.clients.get_mut(key).ok_or(Drop::NoAddress)?;
+        let gw = self.address();
+        let Gateway { config, clients, .. } = self;
+        let (c2c, blocked, rate, pool, plen) =
+            (config.client_to_client, &config.blocked, config.rate_limit, config.pool, config.prefix_len);
+        let client = clients.get_mut(key).ok_or(Drop::NoAddress)?;
         let hdr = match ip::parse(packet) {
             Ok(h) => h,
             Err(_) => {

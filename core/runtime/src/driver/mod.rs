@@ -165,8 +165,12 @@ pub(crate) enum Command {
     },
     TunnelUp {
         gateway: PublicKey,
+        routes: Option<usize>,
         port: PacketPort,
         reply: oneshot::Sender<Result<skyroute_proto::vpn::Assignment, String>>,
+    },
+    TunnelDown {
+        reply: oneshot::Sender<bool>,
     },
     Stop,
 }
@@ -250,13 +254,22 @@ impl NodeHandle {
 
     /// Starts the VPN tunnel towards `gateway`: packets sent into `port` (IPv4, from the
     /// platform's tunnel) go to the gateway, packets from it come out of `port`. Returns the
-    /// address the gateway assigned, or its refusal.
+    /// address the gateway assigned, or its refusal. `routes`: disjoint routes for the
+    /// tunnel's session (default: the session configuration's). The tunnel lasts until
+    /// [`NodeHandle::tunnel_down`] or until the platform drops its side of the port; when its
+    /// session fails it is opened again (same address).
     pub async fn tunnel_up(
         &self,
         gateway: PublicKey,
+        routes: Option<usize>,
         port: PacketPort,
     ) -> Result<Result<skyroute_proto::vpn::Assignment, String>, Stopped> {
-        self.ask(|reply| Command::TunnelUp { gateway, port, reply }).await
+        self.ask(|reply| Command::TunnelUp { gateway, routes, port, reply }).await
+    }
+
+    /// Ends the tunnel; false if there was none.
+    pub async fn tunnel_down(&self) -> Result<bool, Stopped> {
+        self.ask(|reply| Command::TunnelDown { reply }).await
     }
 
     /// Serves `channel`: messages that arrive on it come out of the returned queue.

@@ -101,6 +101,8 @@ impl Driver {
         let tcp = match o.tcp {
             Some(a) => {
                 let l = tokio::net::TcpListener::bind(a).await?;
+                // Accepted connections inherit the mark.
+                crate::transport::mark(&l);
                 listen.tcp = Some(l.local_addr()?);
                 Some(Tcp::start(l, in_tx.clone()))
             }
@@ -175,9 +177,13 @@ impl Driver {
                 Some(p) = recv_port(self.gateway.as_mut().map(|g| &mut g.port.rx)) => {
                     self.gateway_from_net(Instant::now(), p);
                 }
-                Some(p) = recv_port(self.tunnel.as_mut().map(|t| &mut t.port.rx)) => {
-                    self.tunnel_from_app(Instant::now(), p);
-                }
+                p = recv_port(self.tunnel.as_mut().map(|t| &mut t.port.rx)) => match p {
+                    Some(p) => self.tunnel_from_app(Instant::now(), p),
+                    // The platform closed its side: the tunnel is down.
+                    None => {
+                        self.tunnel_down();
+                    }
+                },
                 Some(i) = self.inbound.recv() => {
                     self.on_inbound(i);
                     for _ in 0..RECV_BATCH {
@@ -464,9 +470,10 @@ impl Driver {
     /// A session ended: its requests fail, its incoming transfers are dropped.
     fn session_gone(&mut self, now: Instant, session: SessionId, why: &str) {
         tracing::info!(session, why, "session ended");
-        self.vpn_session_gone(session);
-        let Some(conn) = self.conns.remove(&session) else { return };
         self.to_peer.retain(|_, s| *s != session);
+        let conn = self.conns.remove(&session);
+        self.vpn_session_gone(now, session);
+        let Some(conn) = conn else { return };
         self.receiver.session_gone(session, &conn.peer.to_string(), now);
         let err = |what: &str| format!("{what}: session to {} ended: {why}", conn.peer);
         for id in self.sends.iter().filter(|(_, j)| j.session == session).map(|(id, _)| *id).collect::<Vec<_>>() {
@@ -537,10 +544,23 @@ impl Driver {
 
     /// Our session to `peer`, opened if there is none.
     fn session_to(&mut self, now: Instant, peer: PublicKey) -> Result<SessionId, String> {
+        self.session_with_routes(now, peer, None)
+    }
+
+    /// The session to `peer` (opened with `routes` disjoint routes if there is none yet).
+    fn session_with_routes(
+        &mut self,
+        now: Instant,
+        peer: PublicKey,
+        routes: Option<usize>,
+    ) -> Result<SessionId, String> {
         if let Some(&s) = self.to_peer.get(&peer) {
             return Ok(s);
         }
-        let s = self.sessions.connect(now, &mut self.node, &self.graph, peer).map_err(|e| e.to_string())?;
+        let s = self
+            .sessions
+            .connect_with_routes(now, &mut self.node, &self.graph, peer, routes)
+            .map_err(|e| e.to_string())?;
         self.to_peer.insert(peer, s);
         self.conns.insert(s, Conn::new(peer));
         Ok(s)
@@ -643,7 +663,10 @@ impl Driver {
                 };
                 let _ = reply.send(r);
             }
-            Command::TunnelUp { gateway, port, reply } => self.tunnel_up(now, gateway, port, reply),
+            Command::TunnelUp { gateway, routes, port, reply } => self.tunnel_up(now, gateway, routes, port, reply),
+            Command::TunnelDown { reply } => {
+                let _ = reply.send(self.tunnel_down());
+            }
             Command::Stop => {}
         }
     }

@@ -21,6 +21,21 @@ use tokio::sync::mpsc;
 
 pub use pool::Pool;
 
+/// The firewall mark on every socket of the node (0x534b, "SK"). A VPN client routes
+/// everything unmarked into its tunnel, so the node's own (underlay) traffic never enters it.
+pub const SOCKET_MARK: u32 = 0x534b;
+
+/// Marks `socket` with [`SOCKET_MARK`]. Needs CAP_NET_ADMIN; without it the socket stays
+/// unmarked (only a VPN client, which runs as root, relies on the mark). Linux only.
+pub fn mark<'a>(socket: impl Into<socket2::SockRef<'a>>) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket.into().set_mark(SOCKET_MARK) {
+        tracing::trace!("socket mark not set: {e}");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket.into();
+}
+
 /// The largest link packet any transport carries.
 pub const MAX_PACKET: usize = 65_535;
 

@@ -116,6 +116,7 @@ impl Quic {
         let mut config = quinn::EndpointConfig::default();
         config.cid_generator(|| Box::new(NoConnectionIds));
         let socket = std::net::UdpSocket::bind(addr)?;
+        super::mark(&socket);
         let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         endpoint.set_default_client_config(client_config().map_err(std::io::Error::other)?);
         let q = Quic { endpoint, inbound, too_large: Arc::new(AtomicU64::new(0)) };

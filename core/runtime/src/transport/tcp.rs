@@ -62,7 +62,7 @@ impl Tcp {
         let tx = self.inbound.clone();
         tokio::spawn(async move {
             let a = Addr::Tcp(addr);
-            match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(DIAL_TIMEOUT, connect(addr)).await {
                 Ok(Ok(stream)) => run(stream, a, out_rx, tx).await,
                 Ok(Err(e)) => {
                     let _ = tx.send(Inbound::Closed(a, format!("connect: {e}"))).await;
@@ -74,6 +74,13 @@ impl Tcp {
         });
         out_tx
     }
+}
+
+/// Opens a marked connection (see [`super::SOCKET_MARK`]).
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    super::mark(&socket);
+    socket.connect(addr).await
 }
 
 /// Runs one connection until either side ends it.

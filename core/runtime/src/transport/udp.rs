@@ -33,6 +33,7 @@ pub struct Udp {
 impl Udp {
     pub fn bind(addr: SocketAddr) -> io::Result<Udp> {
         let std = std::net::UdpSocket::bind(addr)?;
+        super::mark(&std);
         std.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std).into())?;
         let _ = state.set_send_buffer_size((&std).into(), SOCKET_BUFFER);

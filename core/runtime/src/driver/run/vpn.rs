@@ -28,7 +28,10 @@ pub(in crate::driver) struct GatewayState {
 pub(in crate::driver) struct TunnelState {
     pub client: TunnelClient,
     pub gateway: PublicKey,
+    pub routes: Option<usize>,
     pub session: SessionId,
+    /// Sessions opened again after the one before failed.
+    pub reconnects: u64,
     pub port: PacketPort,
     pub waiting: Option<oneshot::Sender<Result<vpn::Assignment, String>>>,
 }
@@ -158,10 +161,15 @@ impl Driver {
         &mut self,
         now: Instant,
         gateway: PublicKey,
+        routes: Option<usize>,
         port: PacketPort,
         reply: oneshot::Sender<Result<vpn::Assignment, String>>,
     ) {
-        let session = match self.session_to(now, gateway) {
+        if self.tunnel.is_some() {
+            let _ = reply.send(Err("a tunnel is already up (vpn down first)".into()));
+            return;
+        }
+        let session = match self.session_with_routes(now, gateway, routes) {
             Ok(s) => s,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -171,25 +179,61 @@ impl Driver {
         // The largest IP packet one session datagram carries: the route MTU less the session's
         // and the channel's framing.
         let path_mtu = (self.node.route_mtu().saturating_sub(SESSION_DATAGRAM_OVERHEAD)) as u16;
-        self.tunnel =
-            Some(TunnelState { client: TunnelClient::new(path_mtu), gateway, session, port, waiting: Some(reply) });
+        self.tunnel = Some(TunnelState {
+            client: TunnelClient::new(path_mtu),
+            gateway,
+            routes,
+            session,
+            reconnects: 0,
+            port,
+            waiting: Some(reply),
+        });
         self.send_on(session, vpn::CHANNEL, &Message::Hello.encode());
     }
 
-    /// A session ended: a gateway forgets the client, a tunnel fails.
-    pub(super) fn vpn_session_gone(&mut self, session: SessionId) {
-        if let Some(g) = self.gateway.as_mut() {
-            let gone: Vec<PublicKey> = g.sessions.iter().filter(|(_, s)| **s == session).map(|(k, _)| *k).collect();
-            for k in gone {
-                g.sessions.remove(&k);
-                g.gw.remove(&k);
+    /// Ends the tunnel (the platform's side of the port is dropped); false if there was none.
+    pub(super) fn tunnel_down(&mut self) -> bool {
+        match self.tunnel.take() {
+            Some(t) => {
+                tracing::info!(gateway = %super::short(&t.gateway), "tunnel: down");
+                if let Some(w) = t.waiting {
+                    let _ = w.send(Err("the tunnel was taken down".into()));
+                }
+                true
             }
+            None => false,
         }
-        if self.tunnel.as_ref().is_some_and(|t| t.session == session) {
-            if let Some(w) = self.tunnel.as_mut().and_then(|t| t.waiting.take()) {
-                let _ = w.send(Err("the session to the gateway ended".into()));
-            }
+    }
+
+    /// A session ended: a gateway forgets the client's session; a tunnel that was up opens a new
+    /// session to its gateway and asks again (the gateway gives the same key the same
+    /// address, so the platform's connections carry on); one still waiting for its first
+    /// answer fails.
+    pub(super) fn vpn_session_gone(&mut self, now: Instant, session: SessionId) {
+        // The gateway keeps the client's address and counters for when it comes back.
+        if let Some(g) = self.gateway.as_mut() {
+            g.sessions.retain(|_, s| *s != session);
+        }
+        let Some(t) = self.tunnel.as_mut().filter(|t| t.session == session) else { return };
+        if let Some(w) = t.waiting.take() {
+            let _ = w.send(Err("the session to the gateway ended".into()));
             self.tunnel = None;
+            return;
+        }
+        let (gateway, routes) = (t.gateway, t.routes);
+        match self.session_with_routes(now, gateway, routes) {
+            Ok(s) => {
+                tracing::warn!(gateway = %super::short(&gateway), "tunnel: session ended, opening another");
+                if let Some(t) = self.tunnel.as_mut() {
+                    t.session = s;
+                    t.reconnects += 1;
+                }
+                self.send_on(s, vpn::CHANNEL, &Message::Hello.encode());
+            }
+            Err(e) => {
+                tracing::warn!("tunnel: no session to the gateway: {e}; the tunnel is down");
+                self.tunnel = None;
+            }
         }
     }
 
@@ -224,6 +268,7 @@ impl Driver {
             gateway: t.gateway.to_string(),
             address: t.client.address().map(|a| a.to_string()),
             mtu: t.client.mtu(),
+            reconnects: t.reconnects,
             packets_out: s.packets_out,
             packets_in: s.packets_in,
             bytes_out: s.bytes_out,

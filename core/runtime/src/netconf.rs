@@ -1,0 +1,206 @@
+//! The host's network configuration for the VPN on Linux, through `ip` and `nft`: a gateway's
+//! NAT (masquerade of the client pool out of its uplink) and a client's routes into its TUN.
+//! Each piece is set up by one call and torn down when its value is dropped, so a failed or
+//! stopped daemon leaves no rules behind. Everything here needs CAP_NET_ADMIN.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::transport::SOCKET_MARK;
+
+/// Why the host could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("`{0}` not found: install it (Debian: apt-get install -y {1})")]
+    Missing(&'static str, &'static str),
+    #[error("`{command}` failed: {message}")]
+    Failed { command: String, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The package that provides each tool.
+fn package(tool: &'static str) -> &'static str {
+    match tool {
+        "nft" => "nftables",
+        "ip" => "iproute2",
+        _ => tool,
+    }
+}
+
+/// Runs `tool args`, feeding `stdin` if given; an error carries the tool's own message.
+fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), NetError> {
+    let mut cmd = Command::new(tool);
+    cmd.args(args).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NetError::Missing(tool, package(tool))),
+        Err(e) => return Err(e.into()),
+    };
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(NetError::Failed {
+        command: format!("{tool} {}", args.join(" ")),
+        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// An IPv4 prefix `a.b.c.d/len` (a bare address is a /32).
+pub fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u8>().map_err(|_| format!("not a prefix length: {s:?}"))?),
+        None => (s, 32),
+    };
+    let a: Ipv4Addr = a.parse().map_err(|_| format!("not an IPv4 address: {s:?}"))?;
+    if len > 32 {
+        return Err(format!("prefix length over 32: {s:?}"));
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ok((Ipv4Addr::from(u32::from(a) & mask), len))
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// A gateway's NAT: packets from the client pool that the kernel forwards out of the uplink
+/// leave with the uplink's address (nftables masquerade), and clients cannot reach the
+/// gateway host itself unless allowed. Removed on drop, with IP forwarding as it was.
+pub struct Nat {
+    table: String,
+    forward_was: Option<String>,
+}
+
+impl Nat {
+    /// `tun`: the gateway's TUN device; `uplink`: the interface towards the internet (`None`:
+    /// any but the TUN).
+    pub fn setup(tun: &str, pool: (Ipv4Addr, u8), uplink: Option<&str>, reach_host: bool) -> Result<Nat, NetError> {
+        let table = format!("skyroute_{}", tun.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let out = match uplink {
+            Some(u) => format!("oifname \"{u}\""),
+            None => format!("oifname != \"{tun}\""),
+        };
+        let host = if reach_host { String::new() } else { format!("iifname \"{tun}\" drop") };
+        // "add" then "delete" clears a table a crashed run left behind.
+        let script = format!(
+            "add table ip {table}\ndelete table ip {table}\n\
+             table ip {table} {{\n\
+               chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; \
+                 ip saddr {}/{} {out} masquerade; }}\n\
+               chain input {{ type filter hook input priority filter; policy accept; {host} }}\n\
+             }}\n",
+            pool.0, pool.1
+        );
+        run("nft", &["-f", "-"], Some(&script))?;
+        let forward_was = std::fs::read_to_string(IP_FORWARD).ok();
+        let nat = Nat { table, forward_was };
+        std::fs::write(IP_FORWARD, "1\n")?;
+        tracing::info!(table = %nat.table, "gateway: NAT set up (nftables masquerade)");
+        Ok(nat)
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        if let Err(e) = run("nft", &["delete", "table", "ip", &self.table], None) {
+            tracing::warn!("gateway: removing the NAT table: {e}");
+        }
+        if let Some(v) = &self.forward_was {
+            let _ = std::fs::write(IP_FORWARD, v);
+        }
+    }
+}
+
+/// The routing table a VPN client's routes live in.
+pub const ROUTE_TABLE: u32 = SOCKET_MARK;
+/// Priorities of the client's two policy rules.
+const RULE_SUPPRESS: u32 = 20_999;
+const RULE_TUNNEL: u32 = 21_000;
+
+/// A VPN client's routes: every listed prefix (or everything) goes into the TUN, except the
+/// node's own sockets, which carry the firewall mark [`SOCKET_MARK`] and so keep using the
+/// main table (the underlay never enters the tunnel). In full-tunnel mode the main table
+/// still wins for everything more specific than its default route (the local networks).
+/// Removed on drop.
+pub struct Routes {
+    pub prefixes: Vec<(Ipv4Addr, u8)>,
+    full: bool,
+}
+
+impl Routes {
+    /// `prefixes` empty: full tunnel.
+    pub fn setup(tun: &str, prefixes: &[(Ipv4Addr, u8)]) -> Result<Routes, NetError> {
+        let table = ROUTE_TABLE.to_string();
+        let mark = SOCKET_MARK.to_string();
+        let full = prefixes.is_empty();
+        let list = if full { vec![(Ipv4Addr::UNSPECIFIED, 0)] } else { prefixes.to_vec() };
+        // Whatever a crashed run left behind goes first.
+        let routes = Routes { prefixes: list.clone(), full };
+        routes.remove();
+        for (a, l) in &list {
+            let p = format!("{a}/{l}");
+            run("ip", &["-4", "route", "replace", &p, "dev", tun, "table", &table], None)?;
+        }
+        let prio = RULE_TUNNEL.to_string();
+        run("ip", &["-4", "rule", "add", "not", "fwmark", &mark, "table", &table, "priority", &prio], None)?;
+        if full {
+            let prio = RULE_SUPPRESS.to_string();
+            run("ip", &["-4", "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", &prio], None)?;
+        }
+        tracing::info!(tun, full, "tunnel: routes set up");
+        Ok(routes)
+    }
+
+    pub fn full(&self) -> bool {
+        self.full
+    }
+
+    fn remove(&self) {
+        for prio in [RULE_TUNNEL, RULE_SUPPRESS] {
+            // Delete until none is left (several if runs overlapped).
+            for _ in 0..8 {
+                if run("ip", &["-4", "rule", "del", "priority", &prio.to_string()], None).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = run("ip", &["-4", "route", "flush", "table", &ROUTE_TABLE.to_string()], None);
+    }
+}
+
+impl Drop for Routes {
+    fn drop(&mut self) {
+        self.remove();
+        tracing::info!("tunnel: routes removed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(parse_prefix("10.1.2.3/8").unwrap(), (Ipv4Addr::new(10, 0, 0, 0), 8));
+        assert_eq!(parse_prefix("192.0.2.1").unwrap(), (Ipv4Addr::new(192, 0, 2, 1), 32));
+        assert_eq!(parse_prefix("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
+        for bad in ["10.0.0.0/33", "10.0.0/8", "x", "10.0.0.0/", "::1/128"] {
+            assert!(parse_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_missing_tool_is_named_with_its_package() {
+        let e = run("skyroute-no-such-tool", &[], None).unwrap_err();
+        assert!(e.to_string().contains("not found: install it"), "{e}");
+    }
+}

@@ -1,0 +1,137 @@
+//! The VPN on a Linux host, around the node's packet ports: a gateway's TUN uplink with NAT,
+//! and a client's TUN with its routes (`skyroute vpn up`). Platforms without a TUN of ours
+//! (Android's VpnService, iOS's utun, firmware) use [`crate::tun::fd_port`] or a
+//! [`PacketPort`] directly with [`NodeHandle::tunnel_up`].
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use skyroute_proto::PublicKey;
+use tokio::task::JoinHandle;
+
+use crate::config;
+use crate::control::VpnReport;
+use crate::driver::{NodeHandle, PacketPort};
+use crate::netconf::{self, Nat, Routes};
+use crate::tun;
+
+/// Packets queued between a TUN and the node.
+const PORT_QUEUE: usize = 4096;
+/// How long `vpn up` waits for the gateway's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default TUN device of a client.
+pub const DEFAULT_CLIENT_TUN: &str = "skyvpn0";
+
+/// A gateway's internet side: the TUN its clients' packets leave through, and the NAT.
+pub struct GatewayUplink {
+    pump: JoinHandle<std::io::Result<()>>,
+    /// Dropped after the TUN is gone.
+    _nat: Option<Nat>,
+}
+
+impl GatewayUplink {
+    /// Opens the gateway's TUN (the pool's first address), pumps it to the node's `uplink`
+    /// port, and sets up NAT out of the configured uplink.
+    pub fn start(cfg: &config::Gateway, uplink: PacketPort) -> Result<GatewayUplink, String> {
+        let s = &cfg.service;
+        let address = Ipv4Addr::from(u32::from(s.pool) + 1);
+        let dev = tun::open(&cfg.tun, address, s.prefix_len, s.mtu)
+            .map_err(|e| format!("gateway TUN {}: {e} (a gateway needs root or CAP_NET_ADMIN)", cfg.tun))?;
+        let nat = if cfg.nat {
+            Some(
+                Nat::setup(&cfg.tun, (s.pool, s.prefix_len), cfg.uplink.as_deref(), cfg.reach_host)
+                    .map_err(|e| format!("gateway NAT: {e}"))?,
+            )
+        } else {
+            None
+        };
+        tracing::info!(tun = %cfg.tun, %address, uplink = ?cfg.uplink, nat = cfg.nat, "gateway: uplink up");
+        Ok(GatewayUplink { pump: tokio::spawn(tun::pump(dev, uplink)), _nat: nat })
+    }
+}
+
+impl Drop for GatewayUplink {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// What `vpn up` asks for.
+#[derive(Debug, Clone)]
+pub struct TunnelRequest {
+    pub gateway: PublicKey,
+    /// Disjoint routes for the tunnel's session.
+    pub routes: Option<usize>,
+    /// Prefixes into the tunnel; empty: everything (full tunnel).
+    pub prefixes: Vec<(Ipv4Addr, u8)>,
+    pub tun: String,
+}
+
+/// A client's tunnel on this host: the TUN, its routes and the pump between it and the node.
+/// Dropping it removes the routes and the device (the node's tunnel ends when the port
+/// closes).
+pub struct ClientTunnel {
+    pump: JoinHandle<std::io::Result<()>>,
+    routes: Routes,
+    tun: String,
+}
+
+impl ClientTunnel {
+    /// Starts the node's tunnel to the gateway, then the TUN with the address and MTU it
+    /// gets, then the routes.
+    pub async fn start(node: &NodeHandle, req: &TunnelRequest) -> Result<ClientTunnel, String> {
+        config::check_ifname(&req.tun)?;
+        let (outer, inner) = PacketPort::pair(PORT_QUEUE);
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, node.tunnel_up(req.gateway, req.routes, inner))
+            .await
+            .map_err(|_| "the gateway did not answer in time".to_string())?
+            .map_err(|e| e.to_string())??;
+        let up = async {
+            let mtu = node.status().await.map_err(|e| e.to_string())?.tunnel.map_or(answer.mtu, |t| t.mtu);
+            let dev = tun::open(&req.tun, answer.address, answer.prefix_len, mtu)
+                .map_err(|e| format!("TUN {}: {e} (needs root or CAP_NET_ADMIN)", req.tun))?;
+            let pump = tokio::spawn(tun::pump(dev, outer));
+            match Routes::setup(&req.tun, &req.prefixes) {
+                Ok(routes) => Ok(ClientTunnel { pump, routes, tun: req.tun.clone() }),
+                Err(e) => {
+                    pump.abort();
+                    Err(format!("routes: {e}"))
+                }
+            }
+        };
+        match up.await {
+            Ok(t) => {
+                tracing::info!(tun = %req.tun, address = %answer.address, "tunnel: up");
+                Ok(t)
+            }
+            Err(e) => {
+                let _ = node.tunnel_down().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the tunnel down: routes first (so nothing more is routed into it), then the
+    /// node's side and the device.
+    pub async fn stop(self, node: &NodeHandle) {
+        drop(self.routes);
+        self.pump.abort();
+        let _ = node.tunnel_down().await;
+        tracing::info!(tun = %self.tun, "tunnel: down");
+    }
+
+    /// This tunnel's part of `vpn status`.
+    pub fn report(&self, tunnel: Option<crate::control::TunnelStatus>) -> VpnReport {
+        let routes = if self.routes.full() {
+            vec!["0.0.0.0/0".into()]
+        } else {
+            self.routes.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect()
+        };
+        VpnReport { interface: self.tun.clone(), routes, tunnel }
+    }
+}
+
+/// Parses `--prefix` values.
+pub fn prefixes(list: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, String> {
+    list.iter().map(|p| netconf::parse_prefix(p)).collect()
+}
