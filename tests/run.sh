@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+echo "== tools the network-namespace tests need (installed when root and missing) =="
+bash tests/setup.sh
+
 echo "== sans-IO rule: the protocol crate has no runtime, sockets or clock =="
 if cargo tree -p skyroute-proto -e normal --prefix none | grep -E '^(tokio|mio|socket2|async-std|smol) '; then
     echo "skyroute-proto depends on an I/O runtime" >&2

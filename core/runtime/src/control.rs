@@ -195,6 +195,9 @@ pub struct SessionStatus {
     pub rehandshakes: u64,
     pub rekeys: u64,
     pub path_failures: u64,
+    /// Paths this end closed (suspect or replaced).
+    #[serde(default)]
+    pub paths_retired: u64,
     /// Refused session packets by reason.
     pub rejected: BTreeMap<String, u64>,
 }

@@ -85,7 +85,7 @@ impl Nat {
             Some(u) => format!("oifname \"{u}\""),
             None => format!("oifname != \"{tun}\""),
         };
-        let host = if reach_host { String::new() } else { format!("iifname \"{tun}\" drop") };
+        let host = if reach_host { String::new() } else { format!("iifname \"{tun}\" drop;") };
         // "add" then "delete" clears a table a crashed run left behind.
         let script = format!(
             "add table ip {table}\ndelete table ip {table}\n\

@@ -780,6 +780,7 @@ impl Driver {
             rehandshakes: s.rehandshakes,
             rekeys: s.rekeys,
             path_failures: s.path_failures,
+            paths_retired: s.paths_retired,
             rejected,
         })
     }

@@ -1,0 +1,213 @@
+//! The VPN end to end in network namespaces with real kernel TCP (root only; skips otherwise):
+//!
+//! ```text
+//!            wifi ── relay1 ──┐
+//!   client <                  gateway ── up0 ── server (the internet: a TCP server)
+//!            lte  ── relay2 ──┘
+//! ```
+//!
+//! `skyroute vpn up` in the client namespace; ping and a 50 MiB download through the tunnel
+//! while the client's wifi, then its lte veth, is down for 5 s; the server sees only the
+//! gateway's address; a key not on the allow-list gets nothing; a forged source is dropped and
+//! counted at the gateway; `vpn down` and a stopped gateway leave no routes or nft rules.
+
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use netns::{is_root, Net};
+use skyroute::control::{Request, Status};
+use skyroute::daemon;
+use skyroute_proto::vpn::{ip, Message};
+
+const SERVER: &str = "10.201.9.2";
+const GATEWAY_UPLINK: &str = "10.201.9.1";
+const DOWNLOAD: u64 = 50 << 20;
+/// The server's pace: the download lasts about 20 s, long enough for both flaps.
+const RATE: u64 = 2_600_000;
+
+fn status(dir: &Path) -> Status {
+    daemon::status(dir).unwrap()
+}
+
+/// Waits until the node in `dir` has `n` links up.
+fn links_up(dir: &Path, n: usize, net: &Net) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(dir);
+        if s.links.iter().filter(|l| l.state == "up").count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "links of {}: {:?}\n{}", dir.display(), s.links, net.log(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn skyroute(net: &Net, ns: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec![env!("CARGO_BIN_EXE_skyroute")];
+    all.extend_from_slice(args);
+    net.try_exec(ns, &all)
+}
+
+#[test]
+fn vpn_through_two_relays_survives_each_link_going_down() {
+    if !is_root() {
+        eprintln!("SKIPPED: the network-namespace VPN test needs root (it creates namespaces and TUN devices)");
+        return;
+    }
+    let mut net = Net::new("vpn");
+    for n in ["client", "relay1", "relay2", "gateway", "server"] {
+        net.ns(n);
+    }
+    net.link("client", "wifi", "10.201.1.1/24", "relay1", "c", "10.201.1.2/24");
+    net.link("client", "lte", "10.201.2.1/24", "relay2", "c", "10.201.2.2/24");
+    net.link("relay1", "g", "10.201.3.1/24", "gateway", "r1", "10.201.3.2/24");
+    net.link("relay2", "g", "10.201.4.1/24", "gateway", "r2", "10.201.4.2/24");
+    net.link("gateway", "up0", &format!("{GATEWAY_UPLINK}/24"), "server", "eth0", &format!("{SERVER}/24"));
+
+    let (client, ck) = net.identity("client");
+    let (stranger, _) = net.identity("stranger");
+    let (r1, r1k) = net.identity("relay1");
+    let (r2, r2k) = net.identity("relay2");
+    let (gw, gk) = net.identity("gateway");
+    let udp_only = "[listen]\nudp = \"0.0.0.0:7070\"\ntcp = \"off\"\nquic = \"off\"\n";
+    let topo = format!("[[topology]]\na = \"{r1k}\"\nb = \"{gk}\"\n[[topology]]\na = \"{r2k}\"\nb = \"{gk}\"\n");
+    net.daemon(
+        "gateway",
+        &gw,
+        &format!("{udp_only}[gateway]\nallow = [\"{ck}\"]\npool = \"10.77.0.0/16\"\nuplink = \"up0\"\n"),
+    );
+    for (ns, dir, addr) in [("relay1", &r1, "10.201.3.2"), ("relay2", &r2, "10.201.4.2")] {
+        net.daemon(ns, dir, &format!("{udp_only}[[peers]]\nkey = \"{gk}\"\naddr = \"{addr}:7070\"\n"));
+    }
+    net.daemon(
+        "client",
+        &client,
+        &format!(
+            "{udp_only}[[peers]]\nkey = \"{r1k}\"\naddr = \"10.201.1.2:7070\"\n\
+             [[peers]]\nkey = \"{r2k}\"\naddr = \"10.201.2.2:7070\"\n{topo}[session]\nroutes = 2\n"
+        ),
+    );
+    net.daemon(
+        "client",
+        &stranger,
+        &format!(
+            "[listen]\nudp = \"0.0.0.0:7170\"\ntcp = \"off\"\nquic = \"off\"\n\
+             [[peers]]\nkey = \"{r1k}\"\naddr = \"10.201.1.2:7070\"\n{topo}"
+        ),
+    );
+    links_up(&gw, 2, &net);
+    links_up(&client, 2, &net);
+    links_up(&stranger, 1, &net);
+
+    // Up: an address from the pool, the TUN, the routes.
+    let (ok, out) = skyroute(
+        &net,
+        "client",
+        &["vpn", "up", "--gateway", &gk, "--routes", "2", "--data-dir", client.to_str().unwrap(), "--json"],
+    );
+    assert!(ok, "vpn up: {out}\n{}\n{}", net.log(&client), net.log(&gw));
+    let up: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let me: Ipv4Addr = up["tunnel"]["address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(me.octets()[..2], [10, 77], "{up}");
+    assert_eq!(up["routes"][0], "0.0.0.0/0", "full tunnel by default: {up}");
+    let mtu = up["tunnel"]["mtu"].as_u64().unwrap();
+    assert!(net.exec("client", &["ip", "link", "show", "skyvpn0"]).contains(&format!("mtu {mtu}")));
+
+    // The client has no route to the server but through the tunnel.
+    let (ok, out) = net.try_exec("client", &["ping", "-c", "3", "-W", "5", SERVER]);
+    assert!(ok, "ping through the tunnel: {out}");
+
+    // The tunnel's session runs over both relays.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&client);
+        let live = s
+            .sessions
+            .iter()
+            .find(|x| x.peer == gk)
+            .map_or(0, |x| x.paths.iter().filter(|p| p.state == "live").count());
+        if live == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two live paths: {:?}", s.sessions);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The download, with each of the client's links down for 5 s in turn.
+    let listener = net.thread("server", || std::net::TcpListener::bind((SERVER, 8080)).unwrap()).join().unwrap();
+    let server = std::thread::spawn(move || netns::serve(listener, 1, DOWNLOAD, Some(RATE)));
+    let fetch = net.thread("client", || netns::download(SocketAddr::from(([10, 201, 9, 2], 8080))));
+    let mut flaps = Vec::new();
+    for veth in ["wifi", "lte"] {
+        std::thread::sleep(Duration::from_secs(3));
+        net.exec("client", &["ip", "link", "set", veth, "down"]);
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs(5));
+        net.exec("client", &["ip", "link", "set", veth, "up"]);
+        flaps.push((veth, t.elapsed()));
+        // The link comes back before the other one goes.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while status(&client).links.iter().filter(|l| l.state == "up").count() < 2 {
+            assert!(Instant::now() < deadline, "{veth}: the link did not come back\n{}", net.log(&client));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let got = fetch.join().unwrap();
+    let sent = server.join().unwrap();
+    let (bytes, sha, took) = got.unwrap_or_else(|e| panic!("the download broke: {e}\n{}", net.log(&client)));
+    assert_eq!(sent.len(), 1);
+    let (peer, sent_sha) = &sent[0];
+    assert_eq!((bytes, &sha), (DOWNLOAD, sent_sha), "50 MiB intact");
+    assert_eq!(peer.ip().to_string(), GATEWAY_UPLINK, "the server sees the gateway's address");
+    assert!(took > Duration::from_secs(15), "the download spanned both flaps ({took:?}, {flaps:?})");
+    eprintln!("50 MiB in {took:.1?} through the tunnel with {flaps:?} down");
+    let (ok, out) = skyroute(&net, "client", &["vpn", "status", "--json", "--data-dir", client.to_str().unwrap()]);
+    let vs: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(ok && vs["interface"] == "skyvpn0", "{vs}");
+    assert_eq!(vs["tunnel"]["reconnects"], 0, "one session all along: {vs}");
+    assert!(vs["tunnel"]["bytes_in"].as_u64().unwrap() > DOWNLOAD, "{vs}");
+    let s = status(&client).sessions.into_iter().find(|x| x.peer == gk).unwrap();
+    assert!(s.path_failures + s.paths_retired >= 2, "each flap took a path down: {s:?}");
+
+    // A key not on the allow-list: refused, no TUN.
+    let (ok, out) = skyroute(
+        &net,
+        "client",
+        &["vpn", "up", "--gateway", &gk, "--tun", "skyvpn1", "--data-dir", stranger.to_str().unwrap()],
+    );
+    assert!(!ok && out.contains("allow-list"), "{out}");
+    assert!(!net.try_exec("client", &["ip", "link", "show", "skyvpn1"]).0, "no TUN for a refused key");
+
+    // A forged source address straight on the gateway channel: dropped and counted.
+    let forged = ip::build(Ipv4Addr::new(10, 77, 1, 1), SERVER.parse().unwrap(), ip::PROTO_UDP, &[0; 16]);
+    let req = Request::Message { peer: gk.clone(), channel: 4, data: hex::encode(Message::Packet(forged).encode()) };
+    assert!(daemon::request(&client, &req, Duration::from_secs(10)).unwrap().ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = status(&gw).gateway.unwrap();
+        if g.clients.iter().any(|c| c.key == ck && c.dropped_spoofed >= 1) {
+            assert!(g.refused >= 1, "{g:?}");
+            let c = g.clients.iter().find(|c| c.key == ck).unwrap();
+            assert!(c.bytes_down >= DOWNLOAD, "per-client counters: {c:?}");
+            assert_eq!(g.clients.len(), 1, "only the allowed key has an address");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{g:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Down: routes and TUN gone, the underlay untouched.
+    let (ok, out) = skyroute(&net, "client", &["vpn", "down", "--data-dir", client.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(!net.try_exec("client", &["ip", "link", "show", "skyvpn0"]).0);
+    assert!(!net.exec("client", &["ip", "rule"]).contains("21323"), "{}", net.exec("client", &["ip", "rule"]));
+    assert!(!net.try_exec("client", &["ping", "-c", "1", "-W", "1", SERVER]).0, "no tunnel, no route");
+    // The gateway's NAT is removed when it stops.
+    assert!(net.exec("gateway", &["nft", "list", "tables"]).contains("skyroute_skygw0"));
+    assert_eq!(net.stop(&gw).and_then(|s| s.code()), Some(0), "{}", net.log(&gw));
+    assert!(!net.exec("gateway", &["nft", "list", "tables"]).contains("skyroute"));
+}
