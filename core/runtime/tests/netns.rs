@@ -139,8 +139,8 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
 
     // The download, with each of the client's links down for 5 s in turn.
     let listener = net.thread("server", || std::net::TcpListener::bind((SERVER, 8080)).unwrap()).join().unwrap();
-    let server = std::thread::spawn(move || netns::serve(listener, 1, DOWNLOAD, Some(RATE)));
-    let fetch = net.thread("client", || netns::download(SocketAddr::from(([10, 201, 9, 2], 8080))));
+    let server = std::thread::spawn(move || netns::serve(listener, 1, DOWNLOAD, Some(RATE), true));
+    let fetch = net.thread("client", || netns::download(SocketAddr::from(([10, 201, 9, 2], 8080)), true));
     let mut flaps = Vec::new();
     for veth in ["wifi", "lte"] {
         std::thread::sleep(Duration::from_secs(3));

@@ -190,12 +190,14 @@ impl Drop for Net {
 
 /// A TCP server in the calling thread's namespace: each accepted connection gets `bytes` of
 /// generated data at about `rate` bytes/s; returns each peer's address and the SHA-256 of what
-/// it sent. Serves `connections` connections, then returns.
+/// it sent. Serves `connections` connections, then returns. `verify` false: zeros, no hash
+/// (a throughput baseline the hashing does not limit).
 pub fn serve(
     listener: std::net::TcpListener,
     connections: usize,
     bytes: u64,
     rate: Option<u64>,
+    verify: bool,
 ) -> Vec<(std::net::SocketAddr, String)> {
     use sha2::{Digest, Sha256};
     use std::io::Write;
@@ -209,6 +211,13 @@ pub fn serve(
         let mut chunk = vec![0u8; 64 * 1024];
         while sent < bytes {
             let n = chunk.len().min((bytes - sent) as usize);
+            if !verify {
+                if s.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                sent += n as u64;
+                continue;
+            }
             for w in chunk[..n].chunks_mut(8) {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -233,9 +242,9 @@ pub fn serve(
     out
 }
 
-/// Downloads from `addr` until the server closes: (bytes, SHA-256), or the error (a reset
-/// shows up here).
-pub fn download(addr: std::net::SocketAddr) -> std::io::Result<(u64, String, Duration)> {
+/// Downloads from `addr` until the server closes: (bytes, SHA-256 if `verify`, time), or the
+/// error (a reset shows up here).
+pub fn download(addr: std::net::SocketAddr, verify: bool) -> std::io::Result<(u64, String, Duration)> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let start = Instant::now();
@@ -249,7 +258,9 @@ pub fn download(addr: std::net::SocketAddr) -> std::io::Result<(u64, String, Dur
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
+        if verify {
+            h.update(&buf[..n]);
+        }
         total += n as u64;
     }
     Ok((total, hex::encode(h.finalize()), start.elapsed()))
