@@ -241,6 +241,16 @@ impl<A: Clone + Ord + Debug> Node<A> {
         id
     }
 
+    /// The host's network changed (an interface came or went, WiFi <-> LTE): every link is
+    /// probed now, and links that are down and dialled handshake again now, instead of
+    /// waiting for their timers. Routes and sessions then see within a round trip which links
+    /// still work.
+    pub fn network_changed(&mut self, now: Instant) {
+        for l in self.links.values_mut() {
+            l.probe_now(now);
+        }
+    }
+
     /// An authenticated packet came from `from`: follow the peer there, unless we moved the
     /// link on purpose a moment ago and this is the old address still delivering.
     fn roam(&mut self, now: Instant, id: LinkId, from: A) {

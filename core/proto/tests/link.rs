@@ -465,3 +465,32 @@ fn a_late_packet_from_the_old_address_does_not_move_the_link_back() {
     assert_eq!(p.nodes[1].links()[0].addr, 9, "a late packet from the old address does not move it back");
     assert_eq!(p.nodes[1].links()[0].stats.rejected.total(), 0, "and it was accepted, not refused");
 }
+
+#[test]
+fn network_changed_probes_up_links_and_redials_down_ones_at_once() {
+    let mut p = Pair::new(21);
+    p.connect();
+    p.drive_for(Duration::from_millis(5));
+    assert_eq!(p.link_state(0), LinkState::Up);
+    // Just after traffic, nothing is due for a while...
+    p.drive_for(Duration::from_millis(10));
+    let now = p.now;
+    assert!(p.nodes[0].poll_timeout().is_some_and(|t| t > now + Duration::from_millis(100)));
+    // ...until the OS says the network changed: a probe goes out now.
+    p.nodes[0].network_changed(now);
+    assert!(p.nodes[0].poll_timeout().is_some_and(|t| t <= now), "due now");
+    p.nodes[0].handle_timeout(now);
+    assert!(p.nodes[0].poll_transmit(now).is_some(), "a keepalive at once");
+
+    // A dialled link that died waits out its backoff; network_changed cuts it short.
+    p.mute = [true, true];
+    p.drive_for(Duration::from_secs(40));
+    assert_ne!(p.link_state(0), LinkState::Up);
+    p.mute = [false, false];
+    let now = p.now;
+    let waiting = p.nodes[0].poll_timeout().unwrap();
+    p.nodes[0].network_changed(now);
+    assert!(p.nodes[0].poll_timeout().unwrap() <= now && waiting > now, "handshake now, not at {waiting:?}");
+    p.drive_for(Duration::from_millis(50));
+    assert_eq!(p.link_state(0), LinkState::Up);
+}

@@ -45,8 +45,9 @@ pub fn init_logging(level: Option<&str>) {
 }
 
 /// Starts the node; a transport left at its default takes the default port or the next free
-/// one (logged).
-async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io::Result<RunningNode> {
+/// one (logged). (The daemon's and the platform bindings' way to start a node from a
+/// configuration.)
+pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io::Result<RunningNode> {
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
     let pick = |b: Bind, port: u16, offset: u16| match b {
         Bind::Off => None,

@@ -582,6 +582,17 @@ impl<A: Clone> Link<A> {
         }
     }
 
+    /// The network changed under an up link (the OS switched WiFi and LTE): send a keepalive
+    /// now, so the path is tried at once (and a peer that moved is found) rather than at the
+    /// next keepalive; a link that is down handshakes again now.
+    pub fn probe_now(&mut self, now: Instant) {
+        if self.state == LinkState::Up {
+            self.last_send = now.checked_sub(self.config.keepalive_interval).unwrap_or(self.last_send);
+        } else if self.dial {
+            self.dial_now(now);
+        }
+    }
+
     fn retry_delay(&self) -> Duration {
         // A few quick retries first (a lossy radio link loses handshakes often), then back off.
         let shift = self.handshake_attempts.saturating_sub(4).min(16);

@@ -172,6 +172,7 @@ pub(crate) enum Command {
     TunnelDown {
         reply: oneshot::Sender<bool>,
     },
+    NetworkChanged,
     Stop,
 }
 
@@ -265,6 +266,12 @@ impl NodeHandle {
         port: PacketPort,
     ) -> Result<Result<skyroute_proto::vpn::Assignment, String>, Stopped> {
         self.ask(|reply| Command::TunnelUp { gateway, routes, port, reply }).await
+    }
+
+    /// The host's network changed (the OS reports WiFi <-> LTE, an interface up or down):
+    /// probe every link now and redial the ones that are down.
+    pub fn network_changed(&self) -> Result<(), Stopped> {
+        self.commands.send(Command::NetworkChanged).map_err(|_| Stopped)
     }
 
     /// Ends the tunnel; false if there was none.

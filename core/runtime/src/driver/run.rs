@@ -664,6 +664,10 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Command::TunnelUp { gateway, routes, port, reply } => self.tunnel_up(now, gateway, routes, port, reply),
+            Command::NetworkChanged => {
+                tracing::info!("network changed: probing every link");
+                self.node.network_changed(now);
+            }
             Command::TunnelDown { reply } => {
                 let _ = reply.send(self.tunnel_down());
             }

@@ -25,15 +25,40 @@ pub use pool::Pool;
 /// everything unmarked into its tunnel, so the node's own (underlay) traffic never enters it.
 pub const SOCKET_MARK: u32 = 0x534b;
 
-/// Marks `socket` with [`SOCKET_MARK`]. Needs CAP_NET_ADMIN; without it the socket stays
-/// unmarked (only a VPN client, which runs as root, relies on the mark). Linux only.
+/// Called with every socket the node opens, before it is used: Android's
+/// `VpnService.protect(fd)` goes here, so the node's own traffic stays outside the VPN it
+/// serves. Process-wide (one VPN service per process); returns false if the socket could not
+/// be protected (logged).
+pub type SocketHook = std::sync::Arc<dyn Fn(i32) -> bool + Send + Sync>;
+
+static SOCKET_HOOK: std::sync::RwLock<Option<SocketHook>> = std::sync::RwLock::new(None);
+
+/// Sets (or with `None` clears) the [`SocketHook`].
+pub fn set_socket_hook(hook: Option<SocketHook>) {
+    if let Ok(mut h) = SOCKET_HOOK.write() {
+        *h = hook;
+    }
+}
+
+/// Prepares a socket the node opened: marks it with [`SOCKET_MARK`] (needs CAP_NET_ADMIN;
+/// without it the socket stays unmarked, and only a root VPN client relies on the mark) and
+/// hands it to the [`SocketHook`] if one is set.
 pub fn mark<'a>(socket: impl Into<socket2::SockRef<'a>>) {
+    let socket = socket.into();
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = socket.into().set_mark(SOCKET_MARK) {
+    if let Err(e) = socket.set_mark(SOCKET_MARK) {
         tracing::trace!("socket mark not set: {e}");
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = socket.into();
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let hook = SOCKET_HOOK.read().ok().and_then(|h| h.clone());
+        if let Some(hook) = hook {
+            if !hook(socket.as_raw_fd()) {
+                tracing::warn!("the socket hook refused socket {}", socket.as_raw_fd());
+            }
+        }
+    }
 }
 
 /// The largest link packet any transport carries.

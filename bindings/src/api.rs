@@ -1,0 +1,267 @@
+//! The uniffi API (Kotlin, Swift): `Node`, `Tunnel`, `PacketQueue`, the listener and socket
+//! protector the platform implements, typed errors. Synchronous calls (the platform's VPN
+//! service runs them on its own threads); no call panics across the boundary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::core::{guard, NodeCore, NodeEvent, Queue, Result, SkyrouteError, TunnelCore};
+use crate::logging;
+
+/// What the platform hears from a node: events, and log lines (info and above).
+#[uniffi::export(with_foreign)]
+pub trait NodeListener: Send + Sync {
+    fn on_event(&self, event: NodeEvent);
+    fn on_log(&self, level: LogLevel, message: String);
+}
+
+/// Android's `VpnService.protect(fd)`: called with every socket the node opens, so its own
+/// traffic stays outside the VPN. Return false if it could not be protected.
+#[uniffi::export(with_foreign)]
+pub trait SocketProtector: Send + Sync {
+    fn protect(&self, fd: i32) -> bool;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// How packets are framed on a platform's tunnel fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TunFraming {
+    /// One IP packet per read/write (Android's VpnService, Linux TUN).
+    Plain,
+    /// A 4-byte address family first (Apple's utun).
+    AfHeader,
+}
+
+/// A snapshot of the node.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NodeStatus {
+    pub public_key: String,
+    pub links_up: u32,
+    pub sessions: u32,
+    /// Everything, as `skyroute status --json` prints it.
+    pub json: String,
+}
+
+/// The tunnel's counters.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct TunnelStats {
+    pub packets_out: u64,
+    pub packets_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub dropped: u64,
+    pub reconnects: u64,
+}
+
+#[derive(uniffi::Object)]
+pub struct Node {
+    core: Arc<NodeCore>,
+    log_sink: Option<u64>,
+}
+
+#[uniffi::export]
+impl Node {
+    /// Starts a node: `config` is the TOML of `skyroute node` (may be empty), `data_dir`
+    /// holds the identity (created on first start). `protector` (Android) sees every socket
+    /// before use.
+    #[uniffi::constructor]
+    pub fn start(
+        config: String,
+        data_dir: String,
+        listener: Option<Arc<dyn NodeListener>>,
+        protector: Option<Arc<dyn SocketProtector>>,
+    ) -> Result<Arc<Node>> {
+        guard(|| {
+            if let Some(p) = protector {
+                skyroute::transport::set_socket_hook(Some(Arc::new(move |fd| p.protect(fd))));
+            }
+            let log_sink = listener.clone().map(logging::register);
+            let events = listener.map(|l| Arc::new(move |e| l.on_event(e)) as crate::core::EventSink);
+            match NodeCore::start(&config, &data_dir, events) {
+                Ok(core) => Ok(Arc::new(Node { core, log_sink })),
+                Err(e) => {
+                    if let Some(id) = log_sink {
+                        logging::unregister(id);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    pub fn public_key(&self) -> String {
+        self.core.public_key()
+    }
+
+    /// The node's address (hash of its key).
+    pub fn address(&self) -> String {
+        self.core.address()
+    }
+
+    /// Where it listens (`udp://...`, `tcp://...`, `quic://...`).
+    pub fn listen_addresses(&self) -> Vec<String> {
+        self.core.listen()
+    }
+
+    pub fn status(&self) -> Result<NodeStatus> {
+        guard(|| {
+            let s = self.core.status()?;
+            Ok(NodeStatus {
+                public_key: s.public_key.clone(),
+                links_up: s.links.iter().filter(|l| l.state == "up").count() as u32,
+                sessions: s.sessions.len() as u32,
+                json: serde_json::to_string(&s).map_err(|e| SkyrouteError::Internal { message: e.to_string() })?,
+            })
+        })
+    }
+
+    /// Dials a neighbour: its key (hex) and address (`udp://`, `tcp://`, `quic://` or a bare
+    /// `IP:PORT` for UDP).
+    pub fn connect(&self, key: String, addr: String) -> Result<()> {
+        guard(|| self.core.connect(&key, &addr))
+    }
+
+    /// Tells route finding that nodes `a` and `b` are linked (until discovery lands).
+    pub fn add_topology(&self, a: String, b: String) -> Result<()> {
+        guard(|| self.core.add_topology(&a, &b))
+    }
+
+    /// The OS reports a connectivity change (WiFi <-> LTE): links are probed now.
+    pub fn network_changed(&self) -> Result<()> {
+        guard(|| self.core.network_changed())
+    }
+
+    /// Starts the VPN tunnel to `gateway` (its key, or an address the node knows), with
+    /// packets through the tunnel's calls (iOS's packet flow, firmware). `routes`: disjoint
+    /// routes, 0 for the configured number.
+    pub fn start_tunnel(&self, gateway: String, routes: u32) -> Result<Arc<Tunnel>> {
+        guard(|| Ok(Arc::new(Tunnel { core: self.core.start_tunnel(&gateway, routes)? })))
+    }
+
+    /// Starts the VPN tunnel on the platform's tunnel `fd` (Android: `ParcelFileDescriptor.detachFd()`;
+    /// the node owns and closes it).
+    pub fn start_tunnel_fd(&self, gateway: String, routes: u32, fd: i32, framing: TunFraming) -> Result<Arc<Tunnel>> {
+        let framing = match framing {
+            TunFraming::Plain => skyroute::tun::Framing::Plain,
+            TunFraming::AfHeader => skyroute::tun::Framing::AfHeader,
+        };
+        guard(|| Ok(Arc::new(Tunnel { core: self.core.start_tunnel_fd(&gateway, routes, fd, framing)? })))
+    }
+
+    /// A gateway node's uplink (its `[gateway]` section configured): what clients send out
+    /// comes out of it, what goes in reaches them. For platforms that own the uplink.
+    pub fn gateway_uplink(&self) -> Result<Arc<PacketQueue>> {
+        guard(|| Ok(Arc::new(PacketQueue { node: self.core.clone(), queue: self.core.gateway_uplink()? })))
+    }
+
+    /// Stops the node; later calls get `Stopped`.
+    pub fn stop(&self) -> Result<()> {
+        guard(|| self.core.stop())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(id) = self.log_sink {
+            logging::unregister(id);
+        }
+    }
+}
+
+#[derive(uniffi::Object)]
+pub struct Tunnel {
+    core: Arc<TunnelCore>,
+}
+
+fn timeout(ms: u32) -> Duration {
+    Duration::from_millis(ms.min(600_000) as u64)
+}
+
+#[uniffi::export]
+impl Tunnel {
+    /// The address the gateway assigned.
+    pub fn address(&self) -> String {
+        self.core.assignment().address.to_string()
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.core.assignment().prefix_len
+    }
+
+    /// The gateway's address inside the tunnel (a DNS server or route target).
+    pub fn gateway_address(&self) -> String {
+        self.core.assignment().gateway.to_string()
+    }
+
+    pub fn mtu(&self) -> u16 {
+        self.core.mtu()
+    }
+
+    /// Sends one IPv4 packet read from the platform's tunnel.
+    pub fn send_packet(&self, packet: Vec<u8>) -> Result<()> {
+        guard(|| self.core.send(&packet))
+    }
+
+    /// The next packet for the platform's tunnel, waiting up to `timeout_ms`; null if none.
+    pub fn recv_packet(&self, timeout_ms: u32) -> Result<Option<Vec<u8>>> {
+        guard(|| self.core.recv(timeout(timeout_ms)))
+    }
+
+    pub fn stats(&self) -> Result<TunnelStats> {
+        guard(|| {
+            let t = self.core.stats()?;
+            Ok(TunnelStats {
+                packets_out: t.packets_out,
+                packets_in: t.packets_in,
+                bytes_out: t.bytes_out,
+                bytes_in: t.bytes_in,
+                dropped: t.dropped,
+                reconnects: t.reconnects,
+            })
+        })
+    }
+
+    /// Ends the tunnel; later calls get `Stopped`.
+    pub fn stop(&self) -> Result<()> {
+        guard(|| self.core.stop())
+    }
+}
+
+/// Packets through blocking calls (a gateway's uplink).
+#[derive(uniffi::Object)]
+pub struct PacketQueue {
+    node: Arc<NodeCore>,
+    queue: Queue,
+}
+
+#[uniffi::export]
+impl PacketQueue {
+    pub fn send_packet(&self, packet: Vec<u8>) -> Result<()> {
+        guard(|| self.queue.send(&packet))
+    }
+
+    pub fn recv_packet(&self, timeout_ms: u32) -> Result<Option<Vec<u8>>> {
+        guard(|| self.queue.recv(self.node.runtime(), timeout(timeout_ms)))
+    }
+}
+
+/// The library's version.
+#[uniffi::export]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// Checks a configuration without starting anything: `None` if good, else the error (naming
+/// the field).
+#[uniffi::export]
+pub fn check_config(config: String) -> Option<String> {
+    skyroute::config::Config::parse(&config).err().map(|e| e.to_string())
+}
