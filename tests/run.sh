@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-echo "== tools the network-namespace tests need (installed when root and missing) =="
+echo "== tools and targets the tests need (installed when root and missing) =="
 bash tests/setup.sh
 
 echo "== sans-IO rule: the protocol crate has no runtime, sockets or clock =="
@@ -22,11 +22,49 @@ fi
 echo "== formatting =="
 cargo fmt --all -- --check
 
+echo "== firmware example (C through the header, static library): this machine and aarch64 =="
+make -s -C hw/router
+if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null \
+    && rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    make -s -C hw/router TARGET=aarch64-unknown-linux-gnu CC=aarch64-linux-gnu-gcc
+    export SKYROUTE_REQUIRE_HW=1
+else
+    echo "SKIPPED: aarch64 cross build (no aarch64-linux-gnu-gcc, qemu-aarch64 or Rust target; run as root for tests/setup.sh)"
+fi
+
 echo "== tests (ring and pure-Rust AEAD backends both enabled, cross-checked) =="
 cargo test --workspace --all-features 2>&1 | tee -a "$log"
 
 echo "== pure-Rust AEAD backend alone (firmware targets without a C compiler) =="
 cargo test -p skyroute-proto --no-default-features --features soft-aead --lib 2>&1 | tee -a "$log"
+
+echo "== generated Kotlin and Swift bindings have not drifted =="
+bindings/generate.sh --check
+
+echo "== Kotlin bindings on the host JVM (JNA): a node and a tunnel through them =="
+if [ -f /usr/share/java/jna.jar ]; then
+    android/jvm-test/run.sh 2>&1 | tee -a "$log"
+else
+    echo "SKIPPED: no JNA (apt-get install libjna-java; tests/setup.sh does as root)"
+fi
+
+echo "== compile checks for the mobile targets (nothing is linked or run) =="
+if command -v clang >/dev/null && rustup target list --installed | grep -qx aarch64-linux-android; then
+    # Debian's aarch64 glibc headers stand in for Bionic's so ring's C parts compile.
+    CC_aarch64_linux_android=clang \
+    CFLAGS_aarch64_linux_android="--target=aarch64-linux-android21 -isystem /usr/aarch64-linux-gnu/include" \
+        cargo check -q -p skyroute-ffi --target aarch64-linux-android
+    echo "aarch64-linux-android: skyroute-ffi (uniffi API, jni, android_logger) checks"
+else
+    echo "SKIPPED: Android check (no clang or Rust target)"
+fi
+if rustup target list --installed | grep -qx aarch64-apple-ios; then
+    # ring's C needs Apple's SDK, so iOS is checked with the pure-Rust AEAD.
+    cargo check -q -p skyroute-proto --no-default-features --features soft-aead --target aarch64-apple-ios
+    echo "aarch64-apple-ios: skyroute-proto (soft-aead) checks"
+else
+    echo "SKIPPED: iOS check (no Rust target)"
+fi
 
 echo "== benches compile =="
 cargo bench -p skyroute-proto -p skyroute --no-run

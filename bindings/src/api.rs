@@ -40,6 +40,15 @@ pub enum TunFraming {
     AfHeader,
 }
 
+impl From<TunFraming> for skyroute::tun::Framing {
+    fn from(f: TunFraming) -> Self {
+        match f {
+            TunFraming::Plain => skyroute::tun::Framing::Plain,
+            TunFraming::AfHeader => skyroute::tun::Framing::AfHeader,
+        }
+    }
+}
+
 /// A snapshot of the node.
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct NodeStatus {
@@ -118,7 +127,7 @@ impl Node {
                 public_key: s.public_key.clone(),
                 links_up: s.links.iter().filter(|l| l.state == "up").count() as u32,
                 sessions: s.sessions.len() as u32,
-                json: serde_json::to_string(&s).map_err(|e| SkyrouteError::Internal { message: e.to_string() })?,
+                json: serde_json::to_string(&s).map_err(|e| SkyrouteError::Internal { reason: e.to_string() })?,
             })
         })
     }
@@ -149,11 +158,7 @@ impl Node {
     /// Starts the VPN tunnel on the platform's tunnel `fd` (Android: `ParcelFileDescriptor.detachFd()`;
     /// the node owns and closes it).
     pub fn start_tunnel_fd(&self, gateway: String, routes: u32, fd: i32, framing: TunFraming) -> Result<Arc<Tunnel>> {
-        let framing = match framing {
-            TunFraming::Plain => skyroute::tun::Framing::Plain,
-            TunFraming::AfHeader => skyroute::tun::Framing::AfHeader,
-        };
-        guard(|| Ok(Arc::new(Tunnel { core: self.core.start_tunnel_fd(&gateway, routes, fd, framing)? })))
+        guard(|| Ok(Arc::new(Tunnel { core: self.core.start_tunnel_fd(&gateway, routes, fd, framing.into())? })))
     }
 
     /// A gateway node's uplink (its `[gateway]` section configured): what clients send out
@@ -213,6 +218,13 @@ impl Tunnel {
     /// The next packet for the platform's tunnel, waiting up to `timeout_ms`; null if none.
     pub fn recv_packet(&self, timeout_ms: u32) -> Result<Option<Vec<u8>>> {
         guard(|| self.core.recv(timeout(timeout_ms)))
+    }
+
+    /// Moves the tunnel onto the platform's tunnel fd (Android: build the VpnService
+    /// interface with `address()`, `prefix_len()` and `mtu()`, then hand over
+    /// `ParcelFileDescriptor.detachFd()`); packet calls end. The node closes the fd.
+    pub fn attach_fd(&self, fd: i32, framing: TunFraming) -> Result<()> {
+        guard(|| self.core.attach_fd(fd, framing.into()))
     }
 
     pub fn stats(&self) -> Result<TunnelStats> {

@@ -16,28 +16,28 @@ use tokio::sync::mpsc;
 /// Every error the bindings report: the uniffi error type, and the C ABI's codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 pub enum SkyrouteError {
-    #[error("bad config: {message}")]
-    BadConfig { message: String },
-    #[error("invalid argument: {message}")]
-    InvalidArgument { message: String },
-    #[error("I/O: {message}")]
-    Io { message: String },
+    #[error("bad config: {reason}")]
+    BadConfig { reason: String },
+    #[error("invalid argument: {reason}")]
+    InvalidArgument { reason: String },
+    #[error("I/O: {reason}")]
+    Io { reason: String },
     #[error("the node or tunnel is stopped")]
     Stopped,
-    #[error("refused: {message}")]
-    Refused { message: String },
+    #[error("refused: {reason}")]
+    Refused { reason: String },
     #[error("timed out")]
     Timeout,
     #[error("the queue is full (try again)")]
     QueueFull,
-    #[error("internal error: {message}")]
-    Internal { message: String },
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, SkyrouteError>;
 
 pub(crate) fn invalid(message: impl Into<String>) -> SkyrouteError {
-    SkyrouteError::InvalidArgument { message: message.into() }
+    SkyrouteError::InvalidArgument { reason: message.into() }
 }
 
 impl From<skyroute::driver::Stopped> for SkyrouteError {
@@ -57,7 +57,7 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
-            Err(SkyrouteError::Internal { message })
+            Err(SkyrouteError::Internal { reason: message })
         }
     }
 }
@@ -113,22 +113,22 @@ impl NodeCore {
     /// Starts a node with `config` (the TOML of `skyroute node`) and its identity in
     /// `data_dir` (created on first start).
     pub fn start(config: &str, data_dir: &str, events: Option<EventSink>) -> Result<Arc<NodeCore>> {
-        let config = Config::parse(config).map_err(|e| SkyrouteError::BadConfig { message: e.to_string() })?;
+        let config = Config::parse(config).map_err(|e| SkyrouteError::BadConfig { reason: e.to_string() })?;
         if data_dir.is_empty() {
             return Err(invalid("data_dir is empty"));
         }
         let dir = PathBuf::from(data_dir);
-        std::fs::create_dir_all(&dir).map_err(|e| SkyrouteError::Io { message: format!("{data_dir}: {e}") })?;
-        let key = skyroute::daemon::identity(&dir).map_err(|e| SkyrouteError::Io { message: e.to_string() })?;
+        std::fs::create_dir_all(&dir).map_err(|e| SkyrouteError::Io { reason: format!("{data_dir}: {e}") })?;
+        let key = skyroute::daemon::identity(&dir).map_err(|e| SkyrouteError::Io { reason: e.to_string() })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("skyroute")
             .enable_all()
             .build()
-            .map_err(|e| SkyrouteError::Io { message: e.to_string() })?;
+            .map_err(|e| SkyrouteError::Io { reason: e.to_string() })?;
         let mut node = rt
             .block_on(skyroute::daemon::start(key, &config, &dir))
-            .map_err(|e| SkyrouteError::Io { message: format!("listen: {e}") })?;
+            .map_err(|e| SkyrouteError::Io { reason: format!("listen: {e}") })?;
         for p in &config.peers {
             node.connect(p.key, p.addr)?;
         }
@@ -205,7 +205,7 @@ impl NodeCore {
     }
 
     pub fn status_json(&self) -> Result<String> {
-        serde_json::to_string(&self.status()?).map_err(|e| SkyrouteError::Internal { message: e.to_string() })
+        serde_json::to_string(&self.status()?).map_err(|e| SkyrouteError::Internal { reason: e.to_string() })
     }
 
     pub fn connect(&self, key: &str, addr: &str) -> Result<()> {
@@ -241,7 +241,7 @@ impl NodeCore {
             .rt
             .block_on(async { tokio::time::timeout(TUNNEL_TIMEOUT, h.tunnel_up(gw, routes, port)).await })
             .map_err(|_| SkyrouteError::Timeout)??
-            .map_err(|message| SkyrouteError::Refused { message })?;
+            .map_err(|message| SkyrouteError::Refused { reason: message })?;
         Ok(a)
     }
 
@@ -257,7 +257,7 @@ impl NodeCore {
         let a = self.tunnel_up(gateway, routes, inner)?;
         let mtu = self.tunnel_mtu(&a);
         self.emit(NodeEvent::TunnelUp { address: a.address.to_string(), mtu });
-        Ok(Arc::new(TunnelCore { node: self.clone(), assignment: a, mtu, queue: Some(Queue::new(outer)) }))
+        Ok(Arc::new(TunnelCore::new(self.clone(), a, mtu, Some(Queue::new(outer)))))
     }
 
     /// Starts the VPN tunnel with the platform's tunnel `fd` (taken over; closed when the
@@ -269,22 +269,14 @@ impl NodeCore {
         fd: i32,
         framing: Framing,
     ) -> Result<Arc<TunnelCore>> {
-        if fd < 0 {
-            return Err(invalid("fd: negative"));
-        }
-        // SAFETY: F_GETFD only reads the descriptor table.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(invalid(format!("fd {fd} is not an open descriptor")));
-        }
-        // SAFETY: checked open above; ownership passes to the pump, which closes it.
-        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let owned = take_fd(fd)?;
         let (outer, inner) = PacketPort::pair(QUEUE);
         let pump = self.rt.spawn(skyroute::tun::pump_fd(owned, framing, outer));
         match self.tunnel_up(gateway, routes, inner) {
             Ok(a) => {
                 let mtu = self.tunnel_mtu(&a);
                 self.emit(NodeEvent::TunnelUp { address: a.address.to_string(), mtu });
-                Ok(Arc::new(TunnelCore { node: self.clone(), assignment: a, mtu, queue: None }))
+                Ok(Arc::new(TunnelCore::new(self.clone(), a, mtu, None)))
             }
             Err(e) => {
                 pump.abort();
@@ -314,7 +306,7 @@ impl NodeCore {
     /// Stops the node (sessions and links closed, peers told). Later calls get `Stopped`.
     pub fn stop(&self) -> Result<()> {
         let node = self.running.lock().map_err(|_| SkyrouteError::Stopped)?.take().ok_or(SkyrouteError::Stopped)?;
-        self.rt.block_on(node.stop()).map_err(|e| SkyrouteError::Io { message: e.to_string() })
+        self.rt.block_on(node.stop()).map_err(|e| SkyrouteError::Io { reason: e.to_string() })
     }
 }
 
@@ -324,6 +316,19 @@ impl Drop for NodeCore {
             let _ = self.rt.block_on(node.stop());
         }
     }
+}
+
+/// Takes over the platform's descriptor `fd` (checked open first).
+fn take_fd(fd: i32) -> Result<std::os::fd::OwnedFd> {
+    if fd < 0 {
+        return Err(invalid("fd: negative"));
+    }
+    // SAFETY: F_GETFD only reads the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(invalid(format!("fd {fd} is not an open descriptor")));
+    }
+    // SAFETY: open (checked above); the caller hands it over, and the pump closes it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Session changes seen between two status snapshots.
@@ -391,11 +396,16 @@ pub struct TunnelCore {
     node: Arc<NodeCore>,
     assignment: Assignment,
     mtu: u16,
-    /// `None` for an fd tunnel (the pump owns the packets).
-    queue: Option<Queue>,
+    /// The packet calls' queue; `None` once the tunnel runs on an fd (the pump owns the
+    /// packets then).
+    queue: Mutex<Option<Arc<Queue>>>,
 }
 
 impl TunnelCore {
+    fn new(node: Arc<NodeCore>, assignment: Assignment, mtu: u16, queue: Option<Queue>) -> TunnelCore {
+        TunnelCore { node, assignment, mtu, queue: Mutex::new(queue.map(Arc::new)) }
+    }
+
     pub fn assignment(&self) -> &Assignment {
         &self.assignment
     }
@@ -404,8 +414,12 @@ impl TunnelCore {
         self.mtu
     }
 
-    fn queue(&self) -> Result<&Queue> {
-        self.queue.as_ref().ok_or_else(|| invalid("this tunnel runs on an fd: packets go through the fd"))
+    fn queue(&self) -> Result<Arc<Queue>> {
+        self.queue
+            .lock()
+            .ok()
+            .and_then(|q| q.clone())
+            .ok_or_else(|| invalid("this tunnel runs on an fd: packets go through the fd"))
     }
 
     pub fn send(&self, packet: &[u8]) -> Result<()> {
@@ -414,6 +428,25 @@ impl TunnelCore {
 
     pub fn recv(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
         self.queue()?.recv(&self.node.rt, timeout)
+    }
+
+    /// Moves the tunnel onto the platform's tunnel `fd` (taken over, closed when the tunnel
+    /// stops): Android learns the address from [`TunnelCore::assignment`], builds its
+    /// interface with it, and hands the fd over here. Packet calls end.
+    pub fn attach_fd(&self, fd: i32, framing: Framing) -> Result<()> {
+        let owned = take_fd(fd)?;
+        let mut slot = self.queue.lock().map_err(|_| SkyrouteError::Stopped)?;
+        let q = slot.take().ok_or_else(|| invalid("the tunnel is already on an fd"))?;
+        let q = match Arc::try_unwrap(q) {
+            Ok(q) => q,
+            Err(q) => {
+                *slot = Some(q);
+                return Err(invalid("a packet call is in progress: attach the fd before using send/recv"));
+            }
+        };
+        let port = PacketPort { tx: q.tx, rx: q.rx.into_inner() };
+        self.node.rt.spawn(skyroute::tun::pump_fd(owned, framing, port));
+        Ok(())
     }
 
     pub fn stats(&self) -> Result<skyroute::control::TunnelStatus> {

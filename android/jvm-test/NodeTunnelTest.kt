@@ -1,0 +1,142 @@
+// The Kotlin bindings on the host JVM (JNA), as the Android app uses them: a gateway node and
+// a client node through the bindings, a tunnel between them carrying packets both ways, the
+// callbacks (events, log lines, socket protection), and the typed errors of bad calls.
+// Prints a cargo-style "test result:" line; exit code 1 if any check failed.
+
+import net.skyroute.*
+import java.nio.file.Files
+import java.util.concurrent.CopyOnWriteArrayList
+import kotlin.system.exitProcess
+
+class Recorder : NodeListener {
+    val events = CopyOnWriteArrayList<NodeEvent>()
+    val logs = CopyOnWriteArrayList<String>()
+    override fun onEvent(event: NodeEvent) { events.add(event) }
+    override fun onLog(level: LogLevel, message: String) { logs.add("$level $message") }
+}
+
+class Protector : SocketProtector {
+    val fds = CopyOnWriteArrayList<Int>()
+    override fun protect(fd: Int): Boolean { fds.add(fd); return true }
+}
+
+var passed = 0
+var failed = 0
+
+fun check(name: String, ok: Boolean, detail: () -> String = { "" }) {
+    if (ok) {
+        passed++
+        println("test $name ... ok")
+    } else {
+        failed++
+        println("test $name ... FAILED ${detail()}")
+    }
+}
+
+inline fun <reified E : Throwable> throws(name: String, block: () -> Unit) {
+    try {
+        block()
+        check(name, false) { "no exception" }
+    } catch (e: Throwable) {
+        check(name, e is E) { "threw $e" }
+    }
+}
+
+fun waitFor(what: String, timeoutMs: Long = 20_000, cond: () -> Boolean): Boolean {
+    val end = System.currentTimeMillis() + timeoutMs
+    while (System.currentTimeMillis() < end) {
+        if (cond()) return true
+        Thread.sleep(20)
+    }
+    println("timed out waiting for $what")
+    return false
+}
+
+fun addr(s: String): ByteArray = s.split(".").map { it.toInt().toByte() }.toByteArray()
+
+/** IPv4 + UDP (UDP checksum zero, which IPv4 allows). */
+fun udp(src: ByteArray, dst: ByteArray, payload: ByteArray): ByteArray {
+    val total = 20 + 8 + payload.size
+    val p = ByteArray(total)
+    p[0] = 0x45; p[2] = (total shr 8).toByte(); p[3] = total.toByte(); p[8] = 64; p[9] = 17
+    System.arraycopy(src, 0, p, 12, 4); System.arraycopy(dst, 0, p, 16, 4)
+    var sum = 0
+    for (i in 0 until 20 step 2) sum += ((p[i].toInt() and 0xff) shl 8) or (p[i + 1].toInt() and 0xff)
+    while (sum shr 16 != 0) sum = (sum and 0xffff) + (sum shr 16)
+    val c = sum.inv() and 0xffff
+    p[10] = (c shr 8).toByte(); p[11] = c.toByte()
+    p[20] = 0x13; p[21] = 0x88.toByte(); p[23] = 7; p[24] = ((8 + payload.size) shr 8).toByte(); p[25] = (8 + payload.size).toByte()
+    System.arraycopy(payload, 0, p, 28, payload.size)
+    return p
+}
+
+fun main() {
+    val tmp = Files.createTempDirectory("skyroute-kotlin").toFile()
+    val local = "[listen]\nudp = \"127.0.0.1:0\"\ntcp = \"off\"\nquic = \"off\"\n"
+    check("version", version().isNotEmpty())
+    check("check_config names the field", checkConfig("[listen]\nudp = \"nope\"")?.contains("listen.udp") == true)
+    check("check_config accepts a good config", checkConfig(local) == null)
+
+    val gwRec = Recorder()
+    val gateway = Node.start("$local[gateway]\nopen = true\npool = \"10.77.0.0/16\"\n", "$tmp/gw", gwRec, null)
+    val uplink = gateway.gatewayUplink()
+    val gwUdp = gateway.listenAddresses().first { it.startsWith("udp://") }
+    val rec = Recorder()
+    val protector = Protector()
+    val client = Node.start(
+        "$local[[peers]]\nkey = \"${gateway.publicKey()}\"\naddr = \"$gwUdp\"\n", "$tmp/client", rec, protector,
+    )
+    check("the protector saw the node's socket", protector.fds.isNotEmpty()) { "${protector.fds}" }
+    check("link up event", waitFor("link up") { rec.events.any { it is NodeEvent.LinkUp && it.peer == gateway.publicKey() } })
+    check("status through the bindings", client.status().linksUp == 1u) { client.status().json }
+
+    val tunnel = client.startTunnel(gateway.publicKey(), 1u)
+    val me = tunnel.address()
+    check("tunnel address from the pool", me.startsWith("10.77.")) { me }
+    check("tunnel MTU from the path", tunnel.mtu() in 1200u..1400u) { "${tunnel.mtu()}" }
+    check("tunnel up event", waitFor("tunnel up") { rec.events.any { it is NodeEvent.TunnelUp && it.address == me } })
+
+    val internet = addr("192.0.2.1")
+    var roundTrips = 0
+    for (size in listOf(20, 600, 1100)) {
+        val payload = ByteArray(size) { (it * 7 + size).toByte() }
+        tunnel.sendPacket(udp(addr(me), internet, payload))
+        val out = uplink.recvPacket(5000u)
+        if (out == null || !out.copyOfRange(12, 16).contentEquals(addr(me))) continue
+        uplink.sendPacket(udp(internet, addr(me), out.copyOfRange(28, out.size)))
+        val back = tunnel.recvPacket(5000u) ?: continue
+        if (back.copyOfRange(28, back.size).contentEquals(payload) && back.copyOfRange(12, 16).contentEquals(internet)) roundTrips++
+    }
+    check("packets through the tunnel and the gateway and back", roundTrips == 3) { "$roundTrips of 3" }
+    check("no packet: null", tunnel.recvPacket(50u) == null)
+    val stats = tunnel.stats()
+    check("tunnel counters", stats.packetsOut >= 3uL && stats.packetsIn >= 3uL) { "$stats" }
+    check("session event", waitFor("session") { rec.events.any { it is NodeEvent.SessionChanged && it.established } })
+    check("log lines reach the listener", rec.logs.isNotEmpty())
+
+    // Bad calls: typed exceptions, never a crash.
+    throws<SkyrouteException.BadConfig>("bad config") { Node.start("[listen]\nudp = \"nope\"", "$tmp/bad", null, null) }
+    throws<SkyrouteException.InvalidArgument>("empty data dir") { Node.start(local, "", null, null) }
+    throws<SkyrouteException.InvalidArgument>("bad key") { client.connect("xyz", "127.0.0.1:1") }
+    throws<SkyrouteException.InvalidArgument>("bad address") { client.connect(gateway.publicKey(), "nowhere") }
+    throws<SkyrouteException.InvalidArgument>("oversized packet") { tunnel.sendPacket(ByteArray(70_000)) }
+    throws<SkyrouteException.InvalidArgument>("empty packet") { tunnel.sendPacket(ByteArray(0)) }
+    throws<SkyrouteException.InvalidArgument>("routes out of range") { client.startTunnel(gateway.publicKey(), 99u) }
+    throws<SkyrouteException.InvalidArgument>("bad fd") { client.startTunnelFd(gateway.publicKey(), 1u, -1, TunFraming.PLAIN) }
+    throws<SkyrouteException.InvalidArgument>("uplink of a client") { client.gatewayUplink() }
+    throws<SkyrouteException.InvalidArgument>("uplink taken twice") { gateway.gatewayUplink() }
+    client.networkChanged()
+    tunnel.stop()
+    check("tunnel down event", waitFor("tunnel down") { rec.events.any { it is NodeEvent.TunnelDown } })
+    throws<SkyrouteException.Stopped>("tunnel used after stop") { tunnel.sendPacket(udp(addr(me), internet, ByteArray(4))) }
+    throws<SkyrouteException.Stopped>("tunnel stopped twice") { tunnel.stop() }
+    client.stop()
+    throws<SkyrouteException.Stopped>("node used after stop") { client.status() }
+    throws<SkyrouteException.Stopped>("node stopped twice") { client.stop() }
+    gateway.stop()
+    client.close(); gateway.close()
+    tmp.deleteRecursively()
+
+    println("test result: ${if (failed == 0) "ok" else "FAILED"}. $passed passed; $failed failed; 0 ignored; 0 measured; 0 filtered out")
+    exitProcess(if (failed == 0) 0 else 1)
+}

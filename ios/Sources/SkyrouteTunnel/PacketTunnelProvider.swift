@@ -1,0 +1,114 @@
+import Foundation
+import Network
+import NetworkExtension
+import os.log
+import Skyroute
+
+/// The iOS VPN: a skyroute node inside the network extension, a tunnel to the gateway over
+/// every route its session finds, and `packetFlow` moved through the tunnel's packet calls.
+/// The provider configuration carries "gateway" (public key), and optionally "config" (the
+/// node's TOML) and "routes". Path changes (WiFi <-> cellular) go to the node at once.
+/// (The extension's own sockets bypass the tunnel on iOS, so no protect() is needed.)
+open class PacketTunnelProvider: NEPacketTunnelProvider {
+    private let log = OSLog(subsystem: "net.skyroute", category: "tunnel")
+    private var node: Node?
+    private var tunnel: Tunnel?
+    private var monitor: NWPathMonitor?
+    private let queue = DispatchQueue(label: "net.skyroute.tunnel")
+    private var running = false
+
+    private final class Listener: NodeListener {
+        let log: OSLog
+        init(log: OSLog) { self.log = log }
+        func onEvent(event: NodeEvent) { os_log("%{public}@", log: log, type: .info, String(describing: event)) }
+        func onLog(level: LogLevel, message: String) {
+            os_log("%{public}@", log: log, type: level == .error ? .error : .info, message)
+        }
+    }
+
+    open override func startTunnel(options: [String: NSObject]?, completionHandler: @escaping (Error?) -> Void) {
+        let conf = (protocolConfiguration as? NETunnelProviderProtocol)?.providerConfiguration ?? [:]
+        guard let gateway = conf["gateway"] as? String else {
+            completionHandler(NSError(domain: "net.skyroute", code: 1, userInfo: [NSLocalizedDescriptionKey: "no gateway configured"]))
+            return
+        }
+        let config = conf["config"] as? String ?? ""
+        let routes = UInt32(conf["routes"] as? Int ?? 0)
+        queue.async {
+            do {
+                let dir = FileManager.default.urls(for: .applicationSupportDirectory, in: .userDomainMask)[0]
+                    .appendingPathComponent("skyroute").path
+                let node = try Node.start(config: config, dataDir: dir, listener: Listener(log: self.log), protector: nil)
+                let tunnel = try node.startTunnel(gateway: gateway, routes: routes)
+                self.node = node
+                self.tunnel = tunnel
+                let settings = NEPacketTunnelNetworkSettings(tunnelRemoteAddress: tunnel.gatewayAddress())
+                let ipv4 = NEIPv4Settings(addresses: [tunnel.address()], subnetMasks: [Self.mask(tunnel.prefixLen())])
+                ipv4.includedRoutes = [NEIPv4Route.default()]
+                settings.ipv4Settings = ipv4
+                settings.mtu = NSNumber(value: tunnel.mtu())
+                settings.dnsSettings = NEDNSSettings(servers: [tunnel.gatewayAddress()])
+                self.setTunnelNetworkSettings(settings) { error in
+                    if let error = error {
+                        completionHandler(error)
+                        return
+                    }
+                    self.running = true
+                    self.watchPath()
+                    self.readFromSystem()
+                    self.writeToSystem()
+                    completionHandler(nil)
+                }
+            } catch {
+                os_log("start failed: %{public}@", log: self.log, type: .error, String(describing: error))
+                completionHandler(error)
+            }
+        }
+    }
+
+    /// packetFlow -> tunnel.
+    private func readFromSystem() {
+        packetFlow.readPackets { [weak self] packets, _ in
+            guard let self = self, self.running, let tunnel = self.tunnel else { return }
+            for p in packets {
+                // A full queue drops the packet (the sender's TCP resends); other errors end.
+                do { try tunnel.sendPacket(packet: p) } catch SkyrouteError.QueueFull {} catch { return }
+            }
+            self.readFromSystem()
+        }
+    }
+
+    /// tunnel -> packetFlow, on its own thread (recvPacket blocks up to its timeout).
+    private func writeToSystem() {
+        Thread {
+            while self.running, let tunnel = self.tunnel {
+                guard let p = try? tunnel.recvPacket(timeoutMs: 500) else { break }
+                if let p = p {
+                    self.packetFlow.writePackets([p], withProtocols: [NSNumber(value: AF_INET)])
+                }
+            }
+        }.start()
+    }
+
+    private func watchPath() {
+        let m = NWPathMonitor()
+        m.pathUpdateHandler = { [weak self] _ in try? self?.node?.networkChanged() }
+        m.start(queue: queue)
+        monitor = m
+    }
+
+    open override func stopTunnel(with reason: NEProviderStopReason, completionHandler: @escaping () -> Void) {
+        running = false
+        monitor?.cancel()
+        try? tunnel?.stop()
+        try? node?.stop()
+        tunnel = nil
+        node = nil
+        completionHandler()
+    }
+
+    private static func mask(_ len: UInt8) -> String {
+        let m: UInt32 = len == 0 ? 0 : ~UInt32(0) << (32 - UInt32(len))
+        return [24, 16, 8, 0].map { String((m >> $0) & 0xff) }.joined(separator: ".")
+    }
+}
