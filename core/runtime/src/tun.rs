@@ -5,7 +5,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::AsyncDevice;
 
 use crate::driver::PacketPort;
 
@@ -14,14 +14,21 @@ const MAX_PACKET: usize = 65_535;
 
 /// Creates TUN device `name` with `address/prefix_len` and `mtu`, up, without packet
 /// information headers (plain IP packets). Needs CAP_NET_ADMIN.
+#[cfg(not(target_os = "android"))]
 pub fn open(name: &str, address: Ipv4Addr, prefix_len: u8, mtu: u16) -> io::Result<AsyncDevice> {
-    DeviceBuilder::new()
+    tun_rs::DeviceBuilder::new()
         .name(name)
         .ipv4(address, prefix_len, None)
         .mtu(mtu)
         .packet_information(false)
         .enable(true)
         .build_async()
+}
+
+/// Android apps cannot create TUN devices: the VpnService hands out an fd ([`pump_fd`]).
+#[cfg(target_os = "android")]
+pub fn open(_name: &str, _address: Ipv4Addr, _prefix_len: u8, _mtu: u16) -> io::Result<AsyncDevice> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "no TUN devices on Android: use the VpnService fd (pump_fd)"))
 }
 
 /// Moves packets between `dev` and `port` until the port closes or the device fails.
