@@ -16,7 +16,7 @@ if [ ! -f "$J/kotlin-stdlib-2.3.10-RC.jar" ]; then
 fi
 JNA=/usr/share/java/jna.jar
 [ -f "$JNA" ] || { echo "JNA missing: apt-get install -y libjna-java (tests/setup.sh does)" >&2; exit 1; }
-cargo build -q -p skyroute-ffi
+cargo build -q -p skyroute-ffi -p uniffi-bindgen
 STD="$J/kotlin-stdlib-2.3.10-RC.jar"
 COMPILER="$J/kotlin-jupyter-kernel-0.19.0-944-all.jar:$STD:$J/kotlin-reflect-2.3.10-RC.jar:$J/annotations-13.0.jar:$J/kotlin-script-runtime-2.4.0-dev-6891.jar"
 OUT=$K/out

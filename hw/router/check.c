@@ -62,6 +62,9 @@ int main(int argc, char **argv) {
     EXPECT(skyroute_tunnel_send(node, (const uint8_t *)"x", 1), SKYROUTE_ERR_HANDLE);
     EXPECT(skyroute_tunnel_recv(node, (uint8_t *)buf, sizeof buf, &len, 0), SKYROUTE_ERR_HANDLE);
     EXPECT(skyroute_node_network_changed(node), SKYROUTE_OK);
+    static uint8_t huge[70000];
+    EXPECT(skyroute_tunnel_send(tunnel, huge, sizeof huge), SKYROUTE_ERR_ARGUMENT);
+    EXPECT(skyroute_tunnel_send(tunnel, NULL, 20), SKYROUTE_ERR_HANDLE);
 
     /* Use after stop, then double free. */
     EXPECT(skyroute_node_stop(node), SKYROUTE_OK);
