@@ -17,6 +17,18 @@ async fn node(gateway: Option<GatewayConfig>) -> RunningNode {
     RunningNode::spawn(o).await.unwrap()
 }
 
+fn gateway_config(access: Access, pool: Ipv4Addr, prefix_len: u8) -> GatewayConfig {
+    GatewayConfig {
+        access,
+        pool,
+        prefix_len,
+        rate_limit: None,
+        client_to_client: false,
+        blocked: Vec::new(),
+        mtu: 1400,
+    }
+}
+
 async fn links_up(n: &mut RunningNode, count: usize) {
     let mut up = 0;
     while up < count {
@@ -41,16 +53,7 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
 async fn packets_go_through_the_gateway_and_back_and_the_gateway_checks_them() {
     let (mut c, mut r1, mut r2) = (node(None).await, node(None).await, node(None).await);
     let stranger = node(None).await;
-    let cfg = GatewayConfig {
-        access: Access::Keys([c.public_key].into()),
-        pool: Ipv4Addr::new(10, 77, 0, 0),
-        prefix_len: 16,
-        rate_limit: None,
-        client_to_client: false,
-        blocked: Vec::new(),
-        mtu: 1400,
-    };
-    let mut g = node(Some(cfg)).await;
+    let mut g = node(Some(gateway_config(Access::Keys([c.public_key].into()), Ipv4Addr::new(10, 77, 0, 0), 16))).await;
     // Two disjoint routes from the client to the gateway.
     c.connect(r1.public_key, r1.udp_addr()).unwrap();
     c.connect(r2.public_key, r2.udp_addr()).unwrap();
@@ -151,16 +154,7 @@ async fn a_platform_tunnel_fd_carries_packets_both_framings() {
 
     for framing in [Framing::Plain, Framing::AfHeader] {
         let mut c = node(None).await;
-        let cfg = GatewayConfig {
-            access: Access::Open,
-            pool: Ipv4Addr::new(10, 78, 0, 0),
-            prefix_len: 24,
-            rate_limit: None,
-            client_to_client: false,
-            blocked: Vec::new(),
-            mtu: 1400,
-        };
-        let mut g = node(Some(cfg)).await;
+        let mut g = node(Some(gateway_config(Access::Open, Ipv4Addr::new(10, 78, 0, 0), 24))).await;
         c.connect(g.public_key, g.udp_addr()).unwrap();
         links_up(&mut c, 1).await;
         links_up(&mut g, 1).await;
