@@ -50,7 +50,7 @@ impl SecretKey {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(self.0.public_key())
+        PublicKey::from_inner(self.0.public_key())
     }
 
     pub(crate) fn inner(&self) -> &k256::SecretKey {
@@ -85,16 +85,29 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// A node's public key (secp256k1), compared and hashed by its compressed encoding.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PublicKey(k256::PublicKey);
+/// A node's public key (secp256k1), compared and hashed by its compressed encoding, which is
+/// kept beside the point (keys are map keys on the packet path; encoding a point per
+/// comparison showed in profiles).
+#[derive(Clone, Copy)]
+pub struct PublicKey {
+    key: k256::PublicKey,
+    bytes: [u8; PUBLIC_KEY_LEN],
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for PublicKey {}
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         if bytes.len() != PUBLIC_KEY_LEN {
             return Err(KeyError::InvalidPublicKey);
         }
-        k256::PublicKey::from_sec1_bytes(bytes).map(PublicKey).map_err(|_| KeyError::InvalidPublicKey)
+        k256::PublicKey::from_sec1_bytes(bytes).map(PublicKey::from_inner).map_err(|_| KeyError::InvalidPublicKey)
     }
 
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
@@ -105,10 +118,7 @@ impl PublicKey {
 
     /// The 33-byte SEC1 compressed encoding.
     pub fn to_bytes(&self) -> [u8; PUBLIC_KEY_LEN] {
-        let point = self.0.to_encoded_point(true);
-        let mut out = [0u8; PUBLIC_KEY_LEN];
-        out.copy_from_slice(point.as_bytes());
-        out
+        self.bytes
     }
 
     pub fn address(&self) -> Address {
@@ -119,17 +129,19 @@ impl PublicKey {
     }
 
     pub(crate) fn inner(&self) -> &k256::PublicKey {
-        &self.0
+        &self.key
     }
 
-    pub(crate) fn from_inner(k: k256::PublicKey) -> Self {
-        PublicKey(k)
+    pub(crate) fn from_inner(key: k256::PublicKey) -> Self {
+        let mut bytes = [0u8; PUBLIC_KEY_LEN];
+        bytes.copy_from_slice(key.to_encoded_point(true).as_bytes());
+        PublicKey { key, bytes }
     }
 }
 
 impl std::hash::Hash for PublicKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.to_bytes().hash(state)
+        self.bytes.hash(state)
     }
 }
 
@@ -141,7 +153,7 @@ impl PartialOrd for PublicKey {
 
 impl Ord for PublicKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.to_bytes().cmp(&other.to_bytes())
+        self.bytes.cmp(&other.bytes)
     }
 }
 
