@@ -15,6 +15,8 @@ use zeroize::Zeroizing;
 pub const PUBLIC_KEY_LEN: usize = 33;
 /// Length of a node address (truncated SHA-256 of the compressed public key).
 pub const ADDRESS_LEN: usize = 20;
+/// An ECDSA signature: r and s, 32 bytes each.
+pub const SIGNATURE_LEN: usize = 64;
 
 const KEY_FILE_HEADER: &str = "skyroute-secret-key-v1";
 
@@ -47,6 +49,16 @@ impl SecretKey {
     /// The 32 secret bytes, in a buffer that is wiped when dropped.
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.0.to_bytes().into())
+    }
+
+    /// A deterministic ECDSA signature (RFC 6979) over SHA-256 of `msg`: 64 bytes (r, s).
+    pub fn sign(&self, msg: &[u8]) -> [u8; SIGNATURE_LEN] {
+        use k256::ecdsa::signature::Signer;
+        let sk = k256::ecdsa::SigningKey::from(&self.0);
+        let sig: k256::ecdsa::Signature = sk.sign(msg);
+        let mut out = [0u8; SIGNATURE_LEN];
+        out.copy_from_slice(&sig.to_bytes());
+        out
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -119,6 +131,17 @@ impl PublicKey {
     /// The 33-byte SEC1 compressed encoding.
     pub fn to_bytes(&self) -> [u8; PUBLIC_KEY_LEN] {
         self.bytes
+    }
+
+    /// Checks an ECDSA signature by this key over `msg` (high-s signatures are refused, so a
+    /// signature has one encoding).
+    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+        use k256::ecdsa::signature::Verifier;
+        let Ok(sig) = k256::ecdsa::Signature::from_slice(signature) else { return false };
+        if sig.normalize_s().is_some() {
+            return false;
+        }
+        k256::ecdsa::VerifyingKey::from(&self.key).verify(msg, &sig).is_ok()
     }
 
     pub fn address(&self) -> Address {

@@ -12,6 +12,7 @@
 
 pub mod channel;
 pub mod crypto;
+pub mod dht;
 pub mod forward;
 pub mod frame;
 pub mod identity;

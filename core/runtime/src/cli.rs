@@ -158,6 +158,18 @@ pub enum Command {
         /// Draw deadline-met and goodput over time per strategy to this PNG (moving-car).
         #[arg(long, value_name = "FILE.png")]
         plot: Option<PathBuf>,
+        /// Nodes (dht) [default: 10000].
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Fraction of nodes gone before the lookups (dht).
+        #[arg(long, default_value_t = 0.1)]
+        gone: f64,
+        /// Fraction of nodes answering every lookup with themselves (dht).
+        #[arg(long, default_value_t = 0.05)]
+        eclipse: f64,
+        /// Lookups (dht).
+        #[arg(long, default_value_t = 1000)]
+        lookups: usize,
     },
 }
 
@@ -211,6 +223,9 @@ pub enum Scenario {
     /// A car passes WiFi nodes while LTE flaps: one session (voice + bulk download) under
     /// skyroute's coded multi-route strategy and three baselines.
     MovingCar,
+    /// N nodes join the DHT, publish signed records and look each other up with --gone of
+    /// them gone and --eclipse answering every lookup with themselves.
+    Dht,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -378,7 +393,7 @@ pub fn run(cli: Cli) -> i32 {
                 }
             })
         }
-        Command::Sim { scenario, seed, json, loss, bytes, duration, plot } => {
+        Command::Sim { scenario, seed, json, loss, bytes, duration, plot, nodes, gone, eclipse, lookups } => {
             let (out, ok) = match scenario {
                 Scenario::EightHop => {
                     let r = scenario::eight_hop(seed, bytes.unwrap_or(1 << 20));
@@ -395,6 +410,17 @@ pub fn run(cli: Cli) -> i32 {
                     let r = scenario::qos(seed, std::time::Duration::from_secs(20));
                     let ok = r.realtime_p99_latency_ms.is_finite() && r.bulk_goodput > 0.0;
                     (if json { to_json(&r) } else { r.table() }, ok)
+                }
+                Scenario::Dht => {
+                    let n = nodes.unwrap_or(10_000);
+                    if !(20..=1_000_000).contains(&n) || !(0.0..0.5).contains(&gone) || !(0.0..0.5).contains(&eclipse) {
+                        return fail("--nodes must be 20 to 1000000, --gone and --eclipse in [0, 0.5)");
+                    }
+                    if !(1..=1_000_000).contains(&lookups) {
+                        return fail("--lookups must be 1 to 1000000");
+                    }
+                    let r = crate::sim::dht::dht(seed, n, gone, eclipse, lookups);
+                    (if json { to_json(&r) } else { r.table() }, r.success_rate > 0.0)
                 }
                 Scenario::MovingCar => {
                     let secs = duration.unwrap_or(300.0);

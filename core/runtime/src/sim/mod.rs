@@ -11,6 +11,7 @@
 //! protocol schedules them (realtime first), not in the wire.
 
 pub mod car;
+pub mod dht;
 pub mod plot;
 pub mod scenario;
 
