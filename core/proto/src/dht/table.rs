@@ -27,8 +27,8 @@ impl Contact {
 /// XOR distance, comparable as bytes.
 pub fn distance(a: &Address, b: &Address) -> [u8; ADDRESS_LEN] {
     let mut d = [0u8; ADDRESS_LEN];
-    for i in 0..ADDRESS_LEN {
-        d[i] = a.0[i] ^ b.0[i];
+    for (d, (x, y)) in d.iter_mut().zip(a.0.iter().zip(b.0.iter())) {
+        *d = x ^ y;
     }
     d
 }
@@ -110,7 +110,7 @@ impl Table {
             .filter(|e| e.failures < STALE_AFTER)
             .map(|e| (e, distance(&e.address, target)))
             .collect();
-        all.sort_by(|a, b| a.1.cmp(&b.1));
+        all.sort_by_key(|e| e.1);
         all.into_iter().take(n).map(|(e, _)| e.contact.clone()).collect()
     }
 
