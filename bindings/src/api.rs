@@ -74,6 +74,8 @@ pub struct TunnelStats {
 pub struct Node {
     core: Arc<NodeCore>,
     log_sink: Option<u64>,
+    /// This node set the process's socket hook (cleared when it goes).
+    protects: bool,
 }
 
 #[uniffi::export]
@@ -89,16 +91,20 @@ impl Node {
         protector: Option<Arc<dyn SocketProtector>>,
     ) -> Result<Arc<Node>> {
         guard(|| {
+            let protects = protector.is_some();
             if let Some(p) = protector {
                 skyroute::transport::set_socket_hook(Some(Arc::new(move |fd| p.protect(fd))));
             }
             let log_sink = listener.clone().map(logging::register);
             let events = listener.map(|l| Arc::new(move |e| l.on_event(e)) as crate::core::EventSink);
             match NodeCore::start(&config, &data_dir, events) {
-                Ok(core) => Ok(Arc::new(Node { core, log_sink })),
+                Ok(core) => Ok(Arc::new(Node { core, log_sink, protects })),
                 Err(e) => {
                     if let Some(id) = log_sink {
                         logging::unregister(id);
+                    }
+                    if protects {
+                        skyroute::transport::set_socket_hook(None);
                     }
                     Err(e)
                 }
@@ -177,6 +183,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         if let Some(id) = self.log_sink {
             logging::unregister(id);
+        }
+        if self.protects {
+            skyroute::transport::set_socket_hook(None);
         }
     }
 }

@@ -72,7 +72,7 @@ pub struct TunnelRequest {
 /// closes).
 pub struct ClientTunnel {
     pump: JoinHandle<std::io::Result<()>>,
-    routes: Routes,
+    routes: Option<Routes>,
     tun: String,
 }
 
@@ -92,7 +92,7 @@ impl ClientTunnel {
                 .map_err(|e| format!("TUN {}: {e} (needs root or CAP_NET_ADMIN)", req.tun))?;
             let pump = tokio::spawn(tun::pump(dev, outer));
             match Routes::setup(&req.tun, &req.prefixes) {
-                Ok(routes) => Ok(ClientTunnel { pump, routes, tun: req.tun.clone() }),
+                Ok(routes) => Ok(ClientTunnel { pump, routes: Some(routes), tun: req.tun.clone() }),
                 Err(e) => {
                     pump.abort();
                     Err(format!("routes: {e}"))
@@ -113,8 +113,8 @@ impl ClientTunnel {
 
     /// Takes the tunnel down: routes first (so nothing more is routed into it), then the
     /// node's side and the device.
-    pub async fn stop(self, node: &NodeHandle) {
-        drop(self.routes);
+    pub async fn stop(mut self, node: &NodeHandle) {
+        drop(self.routes.take());
         self.pump.abort();
         let _ = node.tunnel_down().await;
         tracing::info!(tun = %self.tun, "tunnel: down");
@@ -122,12 +122,20 @@ impl ClientTunnel {
 
     /// This tunnel's part of `vpn status`.
     pub fn report(&self, tunnel: Option<crate::control::TunnelStatus>) -> VpnReport {
-        let routes = if self.routes.full() {
-            vec!["0.0.0.0/0".into()]
-        } else {
-            self.routes.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect()
+        let routes = match &self.routes {
+            Some(r) if r.full() => vec!["0.0.0.0/0".into()],
+            Some(r) => r.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect(),
+            None => Vec::new(),
         };
         VpnReport { interface: self.tun.clone(), routes, tunnel }
+    }
+}
+
+impl Drop for ClientTunnel {
+    /// Dropped without `stop` (the daemon failing): routes go (their own drop), the TUN with
+    /// the pump.
+    fn drop(&mut self) {
+        self.pump.abort();
     }
 }
 
