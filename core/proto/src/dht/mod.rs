@@ -15,6 +15,7 @@
 pub mod message;
 pub mod record;
 pub mod table;
+pub mod topology;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};

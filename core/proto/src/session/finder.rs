@@ -55,6 +55,16 @@ impl Graph {
         self.edges.iter().filter(|(_, m)| !m.is_empty()).map(|(k, _)| k)
     }
 
+    /// The nodes linked to `n`.
+    pub fn neighbours<'a>(&'a self, n: &PublicKey) -> impl Iterator<Item = PublicKey> + 'a {
+        self.edges.get(n).into_iter().flat_map(|m| m.keys().copied())
+    }
+
+    /// The cost of the link `a` - `b`, if known.
+    pub fn cost(&self, a: &PublicKey, b: &PublicKey) -> Option<u32> {
+        self.edges.get(a)?.get(b).copied()
+    }
+
     pub fn edge_count(&self) -> usize {
         self.edges.values().map(|m| m.len()).sum::<usize>() / 2
     }
