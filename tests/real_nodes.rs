@@ -133,3 +133,43 @@ async fn a_link_moves_between_transports_mid_transfer() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// No `[[topology]]`: A - B - C, and A finds C through B's and C's signed link announcements
+/// (C's reaches A through B). A's session then runs over the discovered route.
+#[tokio::test]
+async fn routes_are_discovered_from_link_announcements() {
+    let discovering = || async {
+        let o = Options { discovery: true, ..Options::loopback_all(SecretKey::generate(&mut OsRng)) };
+        RunningNode::spawn(o).await.unwrap()
+    };
+    let (mut a, mut b, mut c) = (discovering().await, discovering().await, discovering().await);
+    a.connect(b.public_key, b.udp_addr()).unwrap();
+    b.connect(c.public_key, c.udp_addr()).unwrap();
+    link_up(&mut a).await;
+    link_up(&mut c).await;
+    link_up(&mut b).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = a.status().await.unwrap();
+        if s.discovered_nodes >= 3 && s.known_links >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A learned the B - C link: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ping = a.ping(c.public_key, 3, Duration::from_millis(20)).await.unwrap().unwrap();
+    assert_eq!(ping.received, 3, "{ping:?}");
+    let s = a.status().await.unwrap();
+    let session = s.sessions.iter().find(|x| x.peer == c.public_key.to_string()).unwrap();
+    assert!(session.paths.iter().any(|p| p.hops.len() == 2), "{session:?}");
+    // Junk on the discovery channel is counted, nothing else.
+    a.message(b.public_key, 5, vec![0, 9, 1, 2, 3]).await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.status().await.unwrap().counters.contains_key("discovery_malformed") {
+        assert!(std::time::Instant::now() < deadline, "counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+}

@@ -34,6 +34,8 @@
 //!                                 # and their path's)
 //! nat = true                      # set up nftables masquerade (false: route the pool
 //!                                 # yourself)
+//! [discovery]
+//! announce = true                 # sign our links for neighbours, learn routes from theirs
 //! ```
 
 use std::net::SocketAddr;
@@ -70,6 +72,15 @@ struct Raw {
     #[serde(default)]
     log: RawLog,
     gateway: Option<RawGateway>,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    #[serde(default)]
+    announce: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -248,6 +259,8 @@ pub struct Config {
     /// A tracing filter (`RUST_LOG` syntax).
     pub log: Option<String>,
     pub gateway: Option<Gateway>,
+    /// Announce links to neighbours and learn routes from theirs.
+    pub discovery: bool,
 }
 
 /// The node settings for real sockets.
@@ -300,6 +313,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             log: None,
             gateway: None,
+            discovery: false,
         })
     }
 }
@@ -383,7 +397,18 @@ impl Config {
             f.memory_budget_bytes = v;
         }
         let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
-        Ok(Config { udp, tcp, quic, peers, topology, node, session, log: raw.log.level, gateway })
+        Ok(Config {
+            udp,
+            tcp,
+            quic,
+            peers,
+            topology,
+            node,
+            session,
+            log: raw.log.level,
+            gateway,
+            discovery: raw.discovery.announce,
+        })
     }
 }
 
@@ -450,5 +475,8 @@ mod tests {
         assert_eq!((g.service.rate_limit, g.uplink.as_deref()), (Some(1000), Some("up0")));
         assert_eq!(g.service.blocked, vec![("192.168.0.0".parse().unwrap(), 16)]);
         assert!(Config::parse("").unwrap().gateway.is_none());
+        assert!(Config::parse("[discovery]\nannounce = true").unwrap().discovery);
+        assert!(!Config::parse("").unwrap().discovery, "off by default");
+        assert!(e("[discovery]\nflood = 1").contains("flood"));
     }
 }

@@ -175,6 +175,12 @@ pub struct Status {
     /// The VPN tunnel, on a client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelStatus>,
+    /// Nodes whose signed link announcements this node holds, and the links route finding
+    /// knows (announced by both ends, its own, configured).
+    #[serde(default)]
+    pub discovered_nodes: usize,
+    #[serde(default)]
+    pub known_links: usize,
     /// Open TCP and QUIC connections.
     pub connections: usize,
     /// Driver counters: packets the OS refused to send, packets dropped at full queues,

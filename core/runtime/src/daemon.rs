@@ -66,6 +66,7 @@ pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io:
             data_dir: Some(data_dir.to_path_buf()),
             topology: config.topology.clone(),
             gateway: config.gateway.as_ref().map(|g| g.service.clone()),
+            discovery: config.discovery,
         };
         match RunningNode::spawn(o).await {
             Ok(n) => {

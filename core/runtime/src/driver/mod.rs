@@ -36,6 +36,8 @@ pub struct Options {
     /// Serve as an IPv4 gateway: packets clients may send out come out of
     /// [`RunningNode::uplink`], and packets for clients go in there.
     pub gateway: Option<skyroute_proto::vpn::GatewayConfig>,
+    /// Announce our links to neighbours and learn the graph from theirs (off by default).
+    pub discovery: bool,
 }
 
 /// Packets to and from a tunnel: `tx` sends packets out of the node's side, `rx` takes them
@@ -68,6 +70,7 @@ impl Options {
             data_dir: None,
             topology: Vec::new(),
             gateway: None,
+            discovery: false,
         }
     }
 

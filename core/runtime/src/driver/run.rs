@@ -1,5 +1,6 @@
 //! The driver's event loop.
 
+mod discovery;
 mod vpn;
 
 use std::collections::BTreeMap;
@@ -79,6 +80,7 @@ pub(super) struct Driver {
     counters: BTreeMap<&'static str, u64>,
     gateway: Option<vpn::GatewayState>,
     tunnel: Option<vpn::TunnelState>,
+    discovery: discovery::Discovery,
 }
 
 impl Driver {
@@ -117,6 +119,7 @@ impl Driver {
             None => None,
         };
         let node = Node::new(o.identity.clone(), o.node, Box::new(rand_core::OsRng));
+        let discovery = discovery::Discovery::new(o.discovery, o.identity.clone(), o.topology.clone(), Instant::now());
         let sessions = Sessions::new(o.identity, o.session, Box::new(rand_core::OsRng));
         let me = node.public_key();
         let mut graph = Graph::new();
@@ -153,6 +156,7 @@ impl Driver {
             counters: BTreeMap::new(),
             gateway,
             tunnel: None,
+            discovery,
         };
         Ok((d, listen, me, route_mtu))
     }
@@ -196,6 +200,7 @@ impl Driver {
                     self.node.handle_timeout(now);
                     self.sessions.handle_timeout(now, &mut self.node, &self.graph);
                     self.tick_jobs(now);
+                    self.discovery_tick(now);
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Stop) | None => break,
@@ -247,7 +252,10 @@ impl Driver {
 
     fn next_timer(&self) -> Option<Instant> {
         let jobs = self.pings.values().map(|p| p.next_at).chain(self.echoes.values().map(|e| e.deadline)).min();
-        [self.node.poll_timeout(), self.sessions.poll_timeout(), jobs].into_iter().flatten().min()
+        [self.node.poll_timeout(), self.sessions.poll_timeout(), jobs, self.discovery.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs node and session events and service work until nothing moves.
@@ -273,9 +281,12 @@ impl Driver {
         match &e {
             Event::LinkUp { peer, .. } => {
                 tracing::info!(peer = %short(peer), "link up");
-                self.graph.add_edge(self.me, *peer, LINK_COST);
+                self.discovery_link_changed(now, *peer, true);
             }
-            Event::LinkDown { peer, reason, .. } => tracing::info!(peer = %short(peer), ?reason, "link down"),
+            Event::LinkDown { peer, reason, .. } => {
+                tracing::info!(peer = %short(peer), ?reason, "link down");
+                self.discovery_link_changed(now, *peer, false);
+            }
             _ => {}
         }
         if let Some(e) = self.sessions.handle_event(now, &mut self.node, &self.graph, e) {
@@ -359,6 +370,7 @@ impl Driver {
                 Err(_) => self.count("bad_service_messages"),
             },
             skyroute_proto::vpn::CHANNEL => self.on_vpn(now, session, peer, payload),
+            discovery::CHANNEL => self.on_discovery(now, peer, payload),
             service::TRANSFER => match self.receiver.on_message(session, &peer.to_string(), payload, now) {
                 Outcome::None => {}
                 Outcome::Reply(m) => self.send_on(session, service::TRANSFER, &m),
@@ -736,6 +748,8 @@ impl Driver {
             session_rejected,
             gateway: self.gateway_status(),
             tunnel: self.tunnel_status(),
+            discovered_nodes: self.discovery_status().0,
+            known_links: self.discovery_status().1,
             connections: self.pool.len(),
             counters: nonzero(
                 self.counters
