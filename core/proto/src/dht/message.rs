@@ -2,7 +2,7 @@
 
 use super::record::{Reader, RecordError, SignedRecord};
 use super::table::{Contact, K};
-use crate::identity::{Address, PublicKey, ADDRESS_LEN, PUBLIC_KEY_LEN};
+use crate::identity::{Address, ADDRESS_LEN};
 
 /// Records one Values answer carries at most.
 pub const MAX_VALUES: usize = 20;
@@ -55,7 +55,7 @@ fn get_contacts(r: &mut Reader<'_>) -> Result<Vec<Contact>, RecordError> {
     }
     (0..n)
         .map(|_| {
-            let key = PublicKey::from_bytes(r.take(PUBLIC_KEY_LEN)?).map_err(|_| RecordError::Malformed)?;
+            let key = r.key()?;
             let len = r.take(1)?[0] as usize;
             if len > super::record::MAX_ADDR_LEN {
                 return Err(RecordError::TooLarge);

@@ -130,7 +130,7 @@ impl SignedRecord {
     pub fn decode(bytes: &[u8]) -> Result<(SignedRecord, usize), RecordError> {
         let mut r = Reader { b: bytes, at: 0 };
         let start = r.at;
-        let key = PublicKey::from_bytes(r.take(PUBLIC_KEY_LEN)?).map_err(|_| RecordError::Malformed)?;
+        let key = r.key()?;
         let seq = u64::from_be_bytes(r.array()?);
         let issued = u64::from_be_bytes(r.array()?);
         let ttl = u32::from_be_bytes(r.array()?);
@@ -165,12 +165,7 @@ impl SignedRecord {
     pub fn verify(&self, unix_now: u64) -> Result<(), RecordError> {
         let r = &self.record;
         r.check_limits()?;
-        if r.issued > unix_now + MAX_SKEW_SECS {
-            return Err(RecordError::FromFuture);
-        }
-        if r.issued + r.ttl as u64 <= unix_now {
-            return Err(RecordError::Expired);
-        }
+        check_time(r.issued, r.ttl, unix_now)?;
         if !r.key.verify(&r.body(), &self.signature) {
             return Err(RecordError::BadSignature);
         }
@@ -181,6 +176,18 @@ impl SignedRecord {
     pub fn expires(&self) -> u64 {
         self.record.issued + self.record.ttl as u64
     }
+}
+
+/// A signed statement issued at `issued` (unix seconds) for `ttl` seconds: not from the
+/// future beyond the allowed skew, not expired at `unix_now`.
+pub(crate) fn check_time(issued: u64, ttl: u32, unix_now: u64) -> Result<(), RecordError> {
+    if issued > unix_now + MAX_SKEW_SECS {
+        return Err(RecordError::FromFuture);
+    }
+    if issued + ttl as u64 <= unix_now {
+        return Err(RecordError::Expired);
+    }
+    Ok(())
 }
 
 pub(crate) struct Reader<'a> {
@@ -194,6 +201,10 @@ impl<'a> Reader<'a> {
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
+    }
+
+    pub fn key(&mut self) -> Result<PublicKey, RecordError> {
+        PublicKey::from_bytes(self.take(PUBLIC_KEY_LEN)?).map_err(|_| RecordError::Malformed)
     }
 
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {

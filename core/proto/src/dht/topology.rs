@@ -7,9 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::record::{Reader, RecordError, MAX_SKEW_SECS, MAX_TTL_SECS, ROLE_GATEWAY};
+use super::record::{check_time, Reader, RecordError, MAX_TTL_SECS, ROLE_GATEWAY};
 use super::SignedRecord;
-use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use crate::identity::{PublicKey, SecretKey, SIGNATURE_LEN};
 use crate::session::{Graph, RouteFinder};
 
 /// Links one announcement lists at most.
@@ -81,9 +81,7 @@ impl LinkAnnouncement {
         if r.take(14)? != b"skyroute links" {
             return Err(RecordError::Malformed);
         }
-        let key =
-            |r: &mut Reader<'_>| PublicKey::from_bytes(r.take(PUBLIC_KEY_LEN)?).map_err(|_| RecordError::Malformed);
-        let node = key(&mut r)?;
+        let node = r.key()?;
         let seq = u64::from_be_bytes(r.array()?);
         let issued = u64::from_be_bytes(r.array()?);
         let ttl = u32::from_be_bytes(r.array()?);
@@ -93,7 +91,7 @@ impl LinkAnnouncement {
         }
         let mut links = Vec::with_capacity(n);
         for _ in 0..n {
-            let peer = key(&mut r)?;
+            let peer = r.key()?;
             links.push(LinkReport {
                 peer,
                 rtt_ms: u16::from_be_bytes(r.array()?),
@@ -111,12 +109,7 @@ impl LinkAnnouncement {
         if self.links.len() > MAX_LINKS || self.ttl > MAX_TTL_SECS {
             return Err(RecordError::TooLarge);
         }
-        if self.issued > unix_now + MAX_SKEW_SECS {
-            return Err(RecordError::FromFuture);
-        }
-        if self.issued + self.ttl as u64 <= unix_now {
-            return Err(RecordError::Expired);
-        }
+        check_time(self.issued, self.ttl, unix_now)?;
         let body = Self::body(&self.node, self.seq, self.issued, self.ttl, &self.links);
         if !self.node.verify(&body, &self.signature) {
             return Err(RecordError::BadSignature);
