@@ -68,6 +68,9 @@ impl DhtReport {
     }
 }
 
+/// A message in flight: (arrival µs, sequence, to, from, bytes).
+type Delivery = (u64, u64, usize, usize, Vec<u8>);
+
 struct Sim {
     t0: Instant,
     now_us: u64,
@@ -75,8 +78,7 @@ struct Sim {
     nodes: Vec<Dht>,
     behaviour: Vec<Behaviour>,
     index: std::collections::BTreeMap<skyroute_proto::Address, usize>,
-    /// (time, seq, to, from, bytes)
-    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<Delivery>>,
     timers: BinaryHeap<Reverse<(u64, usize)>>,
     seq: u64,
     events: Vec<(usize, DhtEvent)>,
@@ -145,7 +147,7 @@ impl Sim {
             let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
             match (next_msg, next_timer) {
                 (None, None) => return,
-                (Some(m), t) if t.map_or(true, |t| m <= t) => {
+                (Some(m), t) if t.is_none_or(|t| m <= t) => {
                     let Some(Reverse((at, _, to, from, bytes))) = self.queue.pop() else { return };
                     self.now_us = self.now_us.max(at);
                     self.deliver(to, from, bytes);

@@ -123,7 +123,7 @@ impl Driver {
             .map(|l| LinkReport {
                 peer: l.peer,
                 rtt_ms: l.stats.rtt.map_or(LINK_COST as u16, |r| r.as_millis().clamp(1, 60_000) as u16),
-                loss_permille: if l.acked + l.lost == 0 { 0 } else { (l.lost * 1000 / (l.acked + l.lost)) as u16 },
+                loss_permille: (l.lost * 1000).checked_div(l.acked + l.lost).unwrap_or(0) as u16,
             })
             .take(skyroute_proto::dht::topology::MAX_LINKS)
             .collect();
