@@ -147,7 +147,8 @@ impl NodeCore {
             let handle = core.handle.clone();
             core.rt.spawn(async move {
                 let mut sessions = SessionWatch::default();
-                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                // Session changes are read from status once a second (cheap, and quiet on a phone).
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tokio::select! {
                         e = node_events.recv() => match e {
