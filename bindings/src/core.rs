@@ -246,17 +246,12 @@ impl NodeCore {
         Ok(a)
     }
 
-    /// The tunnel's MTU (the smaller of the gateway's offer and the path's).
-    fn tunnel_mtu(&self, a: &Assignment) -> u16 {
-        self.status().ok().and_then(|s| s.tunnel).map_or(a.mtu, |t| t.mtu)
-    }
-
     /// Starts the VPN tunnel to `gateway` (key or known address); packets go through the
     /// returned tunnel's queues. `routes` 0: the configured number of disjoint routes.
     pub fn start_tunnel(self: &Arc<Self>, gateway: &str, routes: u32) -> Result<Arc<TunnelCore>> {
         let (outer, inner) = PacketPort::pair(QUEUE);
         let a = self.tunnel_up(gateway, routes, inner)?;
-        let mtu = self.tunnel_mtu(&a);
+        let mtu = a.mtu;
         self.emit(NodeEvent::TunnelUp { address: a.address.to_string(), mtu });
         Ok(Arc::new(TunnelCore::new(self.clone(), a, mtu, Some(Queue::new(outer)))))
     }
@@ -275,7 +270,7 @@ impl NodeCore {
         let pump = self.rt.spawn(skyroute::tun::pump_fd(owned, framing, outer));
         match self.tunnel_up(gateway, routes, inner) {
             Ok(a) => {
-                let mtu = self.tunnel_mtu(&a);
+                let mtu = a.mtu;
                 self.emit(NodeEvent::TunnelUp { address: a.address.to_string(), mtu });
                 Ok(Arc::new(TunnelCore::new(self.clone(), a, mtu, None)))
             }

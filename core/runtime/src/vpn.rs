@@ -87,8 +87,7 @@ impl ClientTunnel {
             .map_err(|_| "the gateway did not answer in time".to_string())?
             .map_err(|e| e.to_string())??;
         let up = async {
-            let mtu = node.status().await.map_err(|e| e.to_string())?.tunnel.map_or(answer.mtu, |t| t.mtu);
-            let dev = tun::open(&req.tun, answer.address, answer.prefix_len, mtu)
+            let dev = tun::open(&req.tun, answer.address, answer.prefix_len, answer.mtu)
                 .map_err(|e| format!("TUN {}: {e} (needs root or CAP_NET_ADMIN)", req.tun))?;
             let pump = tokio::spawn(tun::pump(dev, outer));
             match Routes::setup(&req.tun, &req.prefixes) {

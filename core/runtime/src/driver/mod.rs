@@ -258,7 +258,8 @@ impl NodeHandle {
 
     /// Starts the VPN tunnel towards `gateway`: packets sent into `port` (IPv4, from the
     /// platform's tunnel) go to the gateway, packets from it come out of `port`. Returns the
-    /// address the gateway assigned, or its refusal. `routes`: disjoint routes for the
+    /// address the gateway assigned (its `mtu` already the tunnel's: the smaller of the
+    /// gateway's offer and the path's), or its refusal. `routes`: disjoint routes for the
     /// tunnel's session (default: the session configuration's). The tunnel lasts until
     /// [`NodeHandle::tunnel_down`] or until the platform drops its side of the port; when its
     /// session fails it is opened again (same address).

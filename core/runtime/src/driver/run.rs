@@ -703,6 +703,7 @@ impl Driver {
     fn status(&self) -> Status {
         let reasons = |r: &skyroute_proto::RejectCounts| r.iter().map(|(k, v)| (k.name().to_string(), v)).collect();
         let (buffered_bytes, reserved_bytes) = self.node.buffered_bytes();
+        let (discovered_nodes, known_links) = self.discovery_status();
         let es = self.sessions.endpoint_stats();
         let session_rejected = nonzero([
             ("unknown_session", es.unknown_session),
@@ -748,8 +749,8 @@ impl Driver {
             session_rejected,
             gateway: self.gateway_status(),
             tunnel: self.tunnel_status(),
-            discovered_nodes: self.discovery_status().0,
-            known_links: self.discovery_status().1,
+            discovered_nodes,
+            known_links,
             connections: self.pool.len(),
             counters: nonzero(
                 self.counters

@@ -103,7 +103,9 @@ impl Driver {
                     tracing::info!(address = %a.address, mtu = a.mtu, "tunnel: address assigned");
                     t.client.assigned(a.clone());
                     if let Some(w) = t.waiting.take() {
-                        let _ = w.send(Ok(a));
+                        // The caller gets the tunnel MTU it must use: the smaller of the
+                        // gateway's offer and the path's.
+                        let _ = w.send(Ok(vpn::Assignment { mtu: t.client.mtu(), ..a }));
                     }
                 }
                 None => self.count("vpn_unexpected"),
