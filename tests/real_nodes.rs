@@ -173,3 +173,79 @@ async fn routes_are_discovered_from_link_announcements() {
         n.stop().await.unwrap();
     }
 }
+
+/// The DHT on real nodes: A knows only B. It finds C by C's address (the key hash) alone,
+/// gets C's signed record with its transport addresses, dials it directly and pings it; a
+/// service lookup finds both nodes offering it. Junk on the DHT channel is counted.
+#[tokio::test]
+async fn nodes_are_found_by_address_and_service_through_the_dht() {
+    use skyroute::driver::{DhtOptions, LookupTarget};
+    let dht_node = |services: &[&str]| {
+        let dht = DhtOptions { services: services.iter().map(|s| s.to_string()).collect(), advertise: vec![] };
+        let o = Options { dht: Some(dht), ..Options::loopback(SecretKey::generate(&mut OsRng)) };
+        async move { RunningNode::spawn(o).await.unwrap() }
+    };
+    let (mut a, b, mut c, mut d) =
+        (dht_node(&[]).await, dht_node(&[]).await, dht_node(&["chain-x"]).await, dht_node(&["chain-x"]).await);
+    c.connect(b.public_key, b.udp_addr()).unwrap();
+    d.connect(b.public_key, b.udp_addr()).unwrap();
+    link_up(&mut c).await;
+    link_up(&mut d).await;
+    a.connect(b.public_key, b.udp_addr()).unwrap();
+    link_up(&mut a).await;
+    // Records are published shortly after a node's first link: retry until C's is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        let r = a.lookup(LookupTarget::Address(c.public_key.address()), true).await.unwrap().unwrap();
+        if let Some(x) = r.records.iter().find(|x| x.key == c.public_key.to_string()) {
+            break x.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "C's record found: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(found.addrs, vec![c.udp_addr().to_string()], "{found:?}");
+    // The lookup dialled C: a direct link, then a ping by C's address alone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a.status().await.unwrap().links.iter().any(|l| l.peer == c.public_key.to_string() && l.state == "up") {
+        assert!(std::time::Instant::now() < deadline, "A linked to C");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let by_address = a.resolve(&c.public_key.address().to_string()).await.unwrap().unwrap();
+    assert_eq!(by_address, c.public_key);
+    let ping = a.ping(c.public_key, 2, Duration::from_millis(20)).await.unwrap().unwrap();
+    assert_eq!(ping.received, 2, "{ping:?}");
+    // The service: both C and D.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = a.lookup(LookupTarget::Service("chain-x".into()), false).await.unwrap().unwrap();
+        let keys: Vec<&str> = r.records.iter().map(|x| x.key.as_str()).collect();
+        if keys.contains(&c.public_key.to_string().as_str()) && keys.contains(&d.public_key.to_string().as_str()) {
+            assert_eq!(r.records.len(), 2, "{r:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "C and D found for the service: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A key nobody published: no records, no error.
+    let nobody = SecretKey::generate(&mut OsRng).public_key();
+    let r = a.lookup(LookupTarget::Node(nobody), true).await.unwrap().unwrap();
+    assert!(r.records.is_empty(), "{r:?}");
+    // Junk on the DHT channel: refused and counted.
+    a.message(b.public_key, 6, vec![0xff, 1, 2]).await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = b.status().await.unwrap();
+        if s.counters.get("dht_refused").is_some_and(|n| *n >= 1) && s.dht.as_ref().is_some_and(|d| d.refused >= 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counted: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A node without the DHT says so.
+    let plain = node().await;
+    let e = plain.lookup(LookupTarget::Node(c.public_key), false).await.unwrap().unwrap_err();
+    assert!(e.contains("DHT is off"), "{e}");
+    for n in [a, b, c, d, plain] {
+        n.stop().await.unwrap();
+    }
+}

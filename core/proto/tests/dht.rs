@@ -265,3 +265,41 @@ fn stores_refuse_others_records_replays_and_junk() {
     assert!(s.malformed >= 1 && s.unexpected_replies >= 1 && s.stale_records >= 2 && s.bad_records >= 2, "{s:?}");
     assert!(s.stores_refused >= 1, "another node's record: {s:?}");
 }
+
+/// Peer exchange: a node that found a service's peers passes them on when asked; the asker
+/// learns them in one request and does not wander off through the contacts in the answer.
+#[test]
+fn peer_exchange_passes_on_learned_records_in_one_request() {
+    let mut net = Net::new(30);
+    let service = service_address(&service_key("blockchain-x"));
+    let found = net.lookup(0, service);
+    assert!(found.records.len() >= 5, "{} service records", found.records.len());
+    let learned: Vec<_> = net.nodes[0].learned().map(|r| r.record.key).collect();
+    let others = found.records.iter().filter(|r| r.record.key != net.keys[0].public_key()).count();
+    assert_eq!(learned.len(), others, "lookup results are kept (not our own)");
+    let asker = 29;
+    let now = net.now;
+    let a = net.nodes[0].me().clone();
+    let out_before = net.nodes[asker].stats().messages_out;
+    let id = net.nodes[asker].exchange(now, a, service);
+    net.run();
+    let r = net
+        .events
+        .iter()
+        .find_map(|(i, e)| match e {
+            DhtEvent::LookupDone(r) if *i == asker && r.id == id => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the exchange finished");
+    assert_eq!(r.messages, 1);
+    assert_eq!(net.nodes[asker].stats().messages_out - out_before, 1, "one request, no wandering");
+    let got: Vec<_> = r.records.iter().map(|x| x.record.key).collect();
+    assert!(learned.iter().filter(|k| **k != net.keys[asker].public_key()).all(|k| got.contains(k)), "{got:?}");
+    // A node's record learned the same way.
+    let other = learned[0];
+    let a = net.nodes[0].me().clone();
+    let id = net.nodes[asker].exchange(net.now, a, other.address());
+    net.run();
+    assert!(net.events.iter().any(|(i, e)| matches!(e,
+        DhtEvent::LookupDone(r) if *i == asker && r.id == id && r.records.iter().any(|x| x.record.key == other))));
+}

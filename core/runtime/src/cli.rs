@@ -95,6 +95,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Looks a node (public key or address) or a service (service:NAME) up in the DHT and
+    /// prints the signed records found (the node needs `[discovery] dht = true`).
+    Lookup {
+        target: String,
+        /// Dial the node found.
+        #[arg(long)]
+        connect: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Dials a neighbour: its public key and address (udp://, tcp://, quic://; bare = UDP).
     Connect {
         key: String,
@@ -272,6 +284,30 @@ pub fn run(cli: Cli) -> i32 {
                 }
                 Err(e) => fail(e),
             }
+        }
+        Command::Lookup { target, connect, data_dir, json } => {
+            if let Err(e) = target.parse::<crate::driver::LookupTarget>() {
+                return fail(e);
+            }
+            ask(data_dir, Request::Lookup { target, connect }, Duration::from_secs(30), |r| {
+                let l = r.lookup.as_ref()?;
+                Some(if json {
+                    to_json(l)
+                } else {
+                    let mut s = format!(
+                        "{} records for {} ({} hops, {} requests, {} by peer exchange)\n",
+                        l.records.len(),
+                        l.target,
+                        l.hops,
+                        l.messages,
+                        l.exchanged
+                    );
+                    for x in &l.records {
+                        s += &format!("  {} {} [{}] {}\n", x.address, x.addrs.join(" "), x.roles.join(","), x.key);
+                    }
+                    s
+                })
+            })
         }
         Command::Ping { peer, count, interval_ms, data_dir, json } => {
             let req = Request::Ping { peer, count, interval_ms };

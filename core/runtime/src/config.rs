@@ -36,6 +36,9 @@
 //!                                 # yourself)
 //! [discovery]
 //! announce = true                 # sign our links for neighbours, learn routes from theirs
+//! dht = true                      # publish our record in the DHT, run and answer lookups
+//! services = ["chain-x"]          # services published with it (found by service:NAME)
+//! advertise = ["udp://203.0.113.5:7070"]  # addresses others dial [the listen addresses]
 //! ```
 
 use std::net::SocketAddr;
@@ -81,6 +84,12 @@ struct Raw {
 struct RawDiscovery {
     #[serde(default)]
     announce: bool,
+    #[serde(default)]
+    dht: bool,
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    advertise: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +270,8 @@ pub struct Config {
     pub gateway: Option<Gateway>,
     /// Announce links to neighbours and learn routes from theirs.
     pub discovery: bool,
+    /// Take part in the DHT (`[discovery] dht = true`), publishing these services.
+    pub dht: Option<crate::driver::DhtOptions>,
 }
 
 /// The node settings for real sockets.
@@ -283,6 +294,39 @@ fn bind(field_name: &str, v: &Option<String>) -> Result<Bind, ConfigError> {
 
 fn key(field_name: String, v: &str) -> Result<PublicKey, ConfigError> {
     PublicKey::from_hex(v).map_err(|_| field(field_name, "not a compressed secp256k1 public key (66 hex digits)"))
+}
+
+fn dht_options(d: &RawDiscovery) -> Result<Option<crate::driver::DhtOptions>, ConfigError> {
+    use skyroute_proto::dht::record::{MAX_ADDRS, MAX_ADDR_LEN, MAX_SERVICES};
+    if !d.dht {
+        if !d.services.is_empty() || !d.advertise.is_empty() {
+            return Err(field("discovery.dht", "services and advertise need dht = true"));
+        }
+        return Ok(None);
+    }
+    if d.services.len() > MAX_SERVICES {
+        return Err(field("discovery.services", format!("at most {MAX_SERVICES} services")));
+    }
+    if let Some(i) = d.services.iter().position(|s| s.is_empty()) {
+        return Err(field(format!("discovery.services[{i}]"), "empty service name"));
+    }
+    if d.advertise.len() > MAX_ADDRS {
+        return Err(field("discovery.advertise", format!("at most {MAX_ADDRS} addresses")));
+    }
+    let advertise = d
+        .advertise
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let name = format!("discovery.advertise[{i}]");
+            let parsed: crate::transport::Addr = a.parse().map_err(|e: String| field(name.clone(), e))?;
+            if parsed.socket().ip().is_unspecified() || parsed.to_string().len() > MAX_ADDR_LEN {
+                return Err(field(name, "an address others can dial (not 0.0.0.0)"));
+            }
+            Ok(parsed)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(crate::driver::DhtOptions { services: d.services.clone(), advertise }))
 }
 
 /// A configuration error, naming the field.
@@ -314,6 +358,7 @@ impl Default for Config {
             log: None,
             gateway: None,
             discovery: false,
+            dht: None,
         })
     }
 }
@@ -408,6 +453,7 @@ impl Config {
             log: raw.log.level,
             gateway,
             discovery: raw.discovery.announce,
+            dht: dht_options(&raw.discovery)?,
         })
     }
 }
@@ -478,5 +524,19 @@ mod tests {
         assert!(Config::parse("[discovery]\nannounce = true").unwrap().discovery);
         assert!(!Config::parse("").unwrap().discovery, "off by default");
         assert!(e("[discovery]\nflood = 1").contains("flood"));
+        let d =
+            Config::parse("[discovery]\ndht = true\nservices = [\"chain-x\"]\nadvertise = [\"udp://192.0.2.1:7070\"]")
+                .unwrap()
+                .dht
+                .unwrap();
+        assert_eq!(
+            (d.services, d.advertise[0].to_string()),
+            (vec!["chain-x".to_string()], "udp://192.0.2.1:7070".into())
+        );
+        assert!(Config::parse("").unwrap().dht.is_none(), "off by default");
+        assert!(e("[discovery]\nservices = [\"x\"]").starts_with("discovery.dht:"));
+        assert!(e("[discovery]\ndht = true\nadvertise = [\"0.0.0.0:1\"]").starts_with("discovery.advertise[0]:"));
+        assert!(e("[discovery]\ndht = true\nadvertise = [\"nope\"]").starts_with("discovery.advertise[0]:"));
+        assert!(e("[discovery]\ndht = true\nservices = [\"\"]").starts_with("discovery.services[0]:"));
     }
 }

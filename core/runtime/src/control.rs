@@ -63,6 +63,13 @@ pub enum Request {
     VpnDown,
     /// The VPN client's state.
     VpnStatus,
+    /// A DHT lookup: `target` is a public key, an address or `service:NAME`; `connect` dials
+    /// the node found.
+    Lookup {
+        target: String,
+        #[serde(default)]
+        connect: bool,
+    },
 }
 
 fn default_count() -> u32 {
@@ -87,6 +94,8 @@ pub struct Reply {
     pub received: Option<Vec<crate::service::transfer::Received>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpn: Option<VpnReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<LookupReport>,
     /// Echoed bytes (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
@@ -113,6 +122,46 @@ pub struct VpnReport {
     pub routes: Vec<String>,
     /// The node's side: gateway, address, MTU, counters.
     pub tunnel: Option<TunnelStatus>,
+}
+
+/// What a DHT lookup found (`skyroute lookup`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LookupReport {
+    /// The DHT key looked up (a node's address, or a service's hash).
+    pub target: String,
+    /// Verified records.
+    pub records: Vec<RecordView>,
+    /// Hops to the first answer, and requests sent (the peer exchange included).
+    pub hops: u32,
+    pub messages: u32,
+    /// Records only the peer exchange brought.
+    pub exchanged: usize,
+}
+
+/// A node's signed DHT record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordView {
+    pub key: String,
+    pub address: String,
+    pub addrs: Vec<String>,
+    pub roles: Vec<String>,
+    pub cost: u32,
+    pub services: usize,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+/// The node's part in the DHT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DhtStatus {
+    pub contacts: usize,
+    pub records_held: u64,
+    pub learned: usize,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    /// Messages and records refused (malformed, forged, expired, replayed, unasked for).
+    pub refused: u64,
+    pub timeouts: u64,
 }
 
 /// A message for a registered service.
@@ -181,6 +230,9 @@ pub struct Status {
     pub discovered_nodes: usize,
     #[serde(default)]
     pub known_links: usize,
+    /// The DHT, when the node takes part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht: Option<DhtStatus>,
     /// Open TCP and QUIC connections.
     pub connections: usize,
     /// Driver counters: packets the OS refused to send, packets dropped at full queues,

@@ -67,6 +67,7 @@ pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io:
             topology: config.topology.clone(),
             gateway: config.gateway.as_ref().map(|g| g.service.clone()),
             discovery: config.discovery,
+            dht: config.dht.clone(),
         };
         match RunningNode::spawn(o).await {
             Ok(n) => {
@@ -317,6 +318,11 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
             let data = hex::decode(data).map_err(|e| format!("data: not hex: {e}"))?;
             node.message(peer, channel, data).await.map_err(stopped)??;
             Reply::ok()
+        }
+        Request::Lookup { target, connect } => {
+            let target = target.parse::<crate::driver::LookupTarget>()?;
+            let r = node.lookup(target, connect).await.map_err(stopped)??;
+            Reply { lookup: Some(r), ..Reply::ok() }
         }
         Request::Register { .. } => return Err("register is answered by the connection handler".into()),
         Request::VpnUp { gateway, routes, prefixes, tun } => {

@@ -37,6 +37,8 @@ pub struct DhtConfig {
     /// Records held per DHT key, and in total.
     pub max_per_key: usize,
     pub max_records: usize,
+    /// Verified records learned from our own lookups and exchanges, kept to pass on (PEX).
+    pub max_learned: usize,
 }
 
 impl Default for DhtConfig {
@@ -47,6 +49,7 @@ impl Default for DhtConfig {
             max_queries: 64,
             max_per_key: message::MAX_VALUES,
             max_records: 10_000,
+            max_learned: 1024,
         }
     }
 }
@@ -107,6 +110,9 @@ struct Cand {
 enum Purpose {
     Find,
     Value,
+    /// Peer exchange: one contact asked for what it knows of a key; its contacts are not
+    /// followed.
+    Exchange,
     Publish(Vec<SignedRecord>),
 }
 
@@ -141,6 +147,9 @@ pub struct Dht {
     stats: DhtStats,
     /// Our own latest record (answered directly to lookups for us).
     own: Option<SignedRecord>,
+    /// Verified records from our lookups and exchanges, by publisher (oldest dropped first).
+    learned: BTreeMap<Address, SignedRecord>,
+    learned_order: VecDeque<Address>,
 }
 
 /// Whether `r` answers a lookup for `target`: the node's own record, or a record listing a
@@ -165,6 +174,8 @@ impl Dht {
             next_id: 1,
             stats: DhtStats::default(),
             own: None,
+            learned: BTreeMap::new(),
+            learned_order: VecDeque::new(),
         }
     }
 
@@ -189,6 +200,7 @@ impl Dht {
                 .store
                 .values()
                 .flat_map(|m| m.values())
+                .chain(self.learned.values())
                 .map(|r| {
                     std::mem::size_of::<SignedRecord>() + 64 + r.record.addrs.iter().map(|a| a.len()).sum::<usize>()
                 })
@@ -229,11 +241,47 @@ impl Dht {
         targets.into_iter().map(|t| self.start(now, t, Purpose::Publish(vec![record.clone()]))).collect()
     }
 
+    /// Peer exchange: asks `peer` (a node just found, e.g. one serving a service) for the
+    /// records it holds or learned for `target`. Answers arrive as a [`DhtEvent::LookupDone`].
+    pub fn exchange(&mut self, now: Instant, peer: Contact, target: Address) -> u32 {
+        self.start_with(now, target, Purpose::Exchange, vec![peer])
+    }
+
+    /// Records this node learned from its lookups and exchanges (verified when learned).
+    pub fn learned(&self) -> impl Iterator<Item = &SignedRecord> {
+        self.learned.values()
+    }
+
+    fn learn(&mut self, records: &[SignedRecord]) {
+        for r in records {
+            let a = r.record.key.address();
+            if a == self.my_address || self.config.max_learned == 0 {
+                continue;
+            }
+            match self.learned.get(&a) {
+                Some(old) if old.record.seq >= r.record.seq => continue,
+                Some(_) => {}
+                None => {
+                    if self.learned.len() >= self.config.max_learned {
+                        if let Some(oldest) = self.learned_order.pop_front() {
+                            self.learned.remove(&oldest);
+                        }
+                    }
+                    self.learned_order.push_back(a);
+                }
+            }
+            self.learned.insert(a, r.clone());
+        }
+    }
+
     fn start(&mut self, now: Instant, target: Address, purpose: Purpose) -> u32 {
+        let from = self.table.closest(&target, K);
+        self.start_with(now, target, purpose, from)
+    }
+
+    fn start_with(&mut self, now: Instant, target: Address, purpose: Purpose, from: Vec<Contact>) -> u32 {
         let id = self.id();
-        let cands = self
-            .table
-            .closest(&target, K)
+        let cands = from
             .into_iter()
             .map(|c| (distance(&c.address(), &target), Cand { contact: c, state: CandState::New, depth: 1 }))
             .collect();
@@ -303,14 +351,17 @@ impl Dht {
                 }
                 self.events.push_back(DhtEvent::Published { id, stored_at: closest.len() });
             }
-            Purpose::Find | Purpose::Value => self.events.push_back(DhtEvent::LookupDone(LookupResult {
-                id,
-                target: l.target,
-                records: l.records,
-                hops: l.found_at.unwrap_or(max_depth),
-                messages: l.messages,
-                closest,
-            })),
+            Purpose::Find | Purpose::Value | Purpose::Exchange => {
+                self.learn(&l.records);
+                self.events.push_back(DhtEvent::LookupDone(LookupResult {
+                    id,
+                    target: l.target,
+                    records: l.records,
+                    hops: l.found_at.unwrap_or(max_depth),
+                    messages: l.messages,
+                    closest,
+                }))
+            }
         }
     }
 
@@ -338,9 +389,14 @@ impl Dht {
                     .get(&key)
                     .map(|m| m.values().filter(|r| r.expires() > unix_now).take(message::MAX_VALUES).cloned().collect())
                     .unwrap_or_default();
-                if let Some(own) = self.own.as_ref().filter(|r| answers(r, &key) && r.expires() > unix_now) {
-                    if records.len() < message::MAX_VALUES && !records.iter().any(|r| r.record.key == own.record.key) {
-                        records.push(own.clone());
+                let own = self.own.iter();
+                let learned = self.learned.values().filter(|r| answers(r, &key));
+                for r in own.chain(learned).filter(|r| answers(r, &key) && r.expires() > unix_now) {
+                    if records.len() >= message::MAX_VALUES {
+                        break;
+                    }
+                    if !records.iter().any(|x| x.record.key == r.record.key) {
+                        records.push(r.clone());
                     }
                 }
                 let contacts = self.table.closest(&key, K);
@@ -425,7 +481,8 @@ impl Dht {
                 _ => self.stats.bad_records += 1,
             }
         }
-        for c in contacts.into_iter().take(K) {
+        let follow = !matches!(l.purpose, Purpose::Exchange);
+        for c in contacts.into_iter().take(K).filter(|_| follow) {
             let a = c.address();
             if a == self.my_address {
                 continue;
@@ -470,5 +527,8 @@ impl Dht {
             m.retain(|_, r| r.expires() > unix_now);
         }
         self.store.retain(|_, m| !m.is_empty());
+        self.learned.retain(|_, r| r.expires() > unix_now);
+        let learned = &self.learned;
+        self.learned_order.retain(|a| learned.contains_key(a));
     }
 }

@@ -38,6 +38,44 @@ pub struct Options {
     pub gateway: Option<skyroute_proto::vpn::GatewayConfig>,
     /// Announce our links to neighbours and learn the graph from theirs (off by default).
     pub discovery: bool,
+    /// Join the DHT: publish our record and answer and run lookups (off by default).
+    pub dht: Option<DhtOptions>,
+}
+
+/// What a node publishes in the DHT.
+#[derive(Debug, Clone, Default)]
+pub struct DhtOptions {
+    /// Services the node offers (names; the DHT keys them by hash).
+    pub services: Vec<String>,
+    /// Addresses others dial us at; empty: the listen addresses (those on a specified IP).
+    pub advertise: Vec<Addr>,
+}
+
+/// What to look up in the DHT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupTarget {
+    Node(PublicKey),
+    Address(skyroute_proto::Address),
+    Service(String),
+}
+
+impl std::str::FromStr for LookupTarget {
+    type Err = String;
+    /// A public key (66 hex digits), an address (40 hex digits) or `service:NAME`.
+    fn from_str(s: &str) -> Result<LookupTarget, String> {
+        if let Some(name) = s.strip_prefix("service:") {
+            if name.is_empty() {
+                return Err("service: needs a name".into());
+            }
+            return Ok(LookupTarget::Service(name.to_string()));
+        }
+        if let Ok(k) = PublicKey::from_hex(s) {
+            return Ok(LookupTarget::Node(k));
+        }
+        skyroute_proto::Address::from_hex(s).map(LookupTarget::Address).map_err(|_| {
+            format!("{s:?} is not a public key (66 hex digits), an address (40 hex digits) or service:NAME")
+        })
+    }
 }
 
 /// Packets to and from a tunnel: `tx` sends packets out of the node's side, `rx` takes them
@@ -71,6 +109,7 @@ impl Options {
             topology: Vec::new(),
             gateway: None,
             discovery: false,
+            dht: None,
         }
     }
 
@@ -176,6 +215,11 @@ pub(crate) enum Command {
         reply: oneshot::Sender<bool>,
     },
     NetworkChanged,
+    Lookup {
+        target: LookupTarget,
+        connect: bool,
+        reply: oneshot::Sender<Result<crate::control::LookupReport, String>>,
+    },
     Stop,
 }
 
@@ -281,6 +325,16 @@ impl NodeHandle {
     /// Ends the tunnel; false if there was none.
     pub async fn tunnel_down(&self) -> Result<bool, Stopped> {
         self.ask(|reply| Command::TunnelDown { reply }).await
+    }
+
+    /// Looks `target` up in the DHT: verified records (for a service, those the lookup found
+    /// plus those the first peer found passed on). `connect`: dial the node found.
+    pub async fn lookup(
+        &self,
+        target: LookupTarget,
+        connect: bool,
+    ) -> Result<Result<crate::control::LookupReport, String>, Stopped> {
+        self.ask(|reply| Command::Lookup { target, connect, reply }).await
     }
 
     /// Serves `channel`: messages that arrive on it come out of the returned queue.

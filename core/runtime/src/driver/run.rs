@@ -1,5 +1,6 @@
 //! The driver's event loop.
 
+mod dht;
 mod discovery;
 mod vpn;
 
@@ -81,6 +82,7 @@ pub(super) struct Driver {
     gateway: Option<vpn::GatewayState>,
     tunnel: Option<vpn::TunnelState>,
     discovery: discovery::Discovery,
+    dht: dht::DhtState,
 }
 
 impl Driver {
@@ -120,6 +122,12 @@ impl Driver {
         };
         let node = Node::new(o.identity.clone(), o.node, Box::new(rand_core::OsRng));
         let discovery = discovery::Discovery::new(o.discovery, o.identity.clone(), o.topology.clone(), Instant::now());
+        let listen_addrs: Vec<Addr> =
+            [listen.udp.map(Addr::Udp), listen.tcp.map(Addr::Tcp), listen.quic.map(Addr::Quic)]
+                .into_iter()
+                .flatten()
+                .collect();
+        let dht = dht::DhtState::new(o.dht.as_ref(), o.identity.clone(), &listen_addrs, o.gateway.is_some());
         let sessions = Sessions::new(o.identity, o.session, Box::new(rand_core::OsRng));
         let me = node.public_key();
         let mut graph = Graph::new();
@@ -134,6 +142,7 @@ impl Driver {
             _ => None,
         };
         let d = Driver {
+            dht,
             node,
             sessions,
             graph,
@@ -201,6 +210,7 @@ impl Driver {
                     self.sessions.handle_timeout(now, &mut self.node, &self.graph);
                     self.tick_jobs(now);
                     self.discovery_tick(now);
+                    self.dht_tick(now);
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Stop) | None => break,
@@ -252,7 +262,7 @@ impl Driver {
 
     fn next_timer(&self) -> Option<Instant> {
         let jobs = self.pings.values().map(|p| p.next_at).chain(self.echoes.values().map(|e| e.deadline)).min();
-        [self.node.poll_timeout(), self.sessions.poll_timeout(), jobs, self.discovery.deadline()]
+        [self.node.poll_timeout(), self.sessions.poll_timeout(), jobs, self.discovery.deadline(), self.dht.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -271,6 +281,7 @@ impl Driver {
                 self.on_session_event(now, e);
             }
             moved |= self.pump(now);
+            moved |= self.dht_pump(now);
             if !moved {
                 break;
             }
@@ -282,10 +293,12 @@ impl Driver {
             Event::LinkUp { peer, .. } => {
                 tracing::info!(peer = %short(peer), "link up");
                 self.discovery_link_changed(now, *peer, true);
+                self.dht_link_changed(now, *peer, true);
             }
             Event::LinkDown { peer, reason, .. } => {
                 tracing::info!(peer = %short(peer), ?reason, "link down");
                 self.discovery_link_changed(now, *peer, false);
+                self.dht_link_changed(now, *peer, false);
             }
             _ => {}
         }
@@ -371,6 +384,7 @@ impl Driver {
             },
             skyroute_proto::vpn::CHANNEL => self.on_vpn(now, session, peer, payload),
             discovery::CHANNEL => self.on_discovery(now, peer, payload),
+            dht::CHANNEL => self.on_dht(now, peer, payload),
             service::TRANSFER => match self.receiver.on_message(session, &peer.to_string(), payload, now) {
                 Outcome::None => {}
                 Outcome::Reply(m) => self.send_on(session, service::TRANSFER, &m),
@@ -683,6 +697,7 @@ impl Driver {
             Command::TunnelDown { reply } => {
                 let _ = reply.send(self.tunnel_down());
             }
+            Command::Lookup { target, connect, reply } => self.dht_lookup(now, target, connect, reply),
             Command::Stop => {}
         }
     }
@@ -693,11 +708,15 @@ impl Driver {
         }
         let addr = skyroute_proto::Address::from_hex(peer)
             .map_err(|_| format!("{peer:?} is neither a public key (66 hex digits) nor an address (40 hex digits)"))?;
-        let known = self.graph.nodes().copied().chain(self.node.links().into_iter().map(|l| l.peer));
-        known
-            .into_iter()
-            .find(|k| k.address().ct_eq(&addr))
-            .ok_or_else(|| format!("no known node has address {peer} (give its public key)"))
+        let known = self
+            .graph
+            .nodes()
+            .copied()
+            .chain(self.node.links().into_iter().map(|l| l.peer))
+            .chain(self.dht.learned_keys());
+        known.into_iter().find(|k| k.address().ct_eq(&addr)).ok_or_else(|| {
+            format!("no known node has address {peer} (give its public key, or look it up: skyroute lookup)")
+        })
     }
 
     fn status(&self) -> Status {
@@ -751,6 +770,7 @@ impl Driver {
             tunnel: self.tunnel_status(),
             discovered_nodes,
             known_links,
+            dht: self.dht_status(),
             connections: self.pool.len(),
             counters: nonzero(
                 self.counters

@@ -7,6 +7,8 @@
 //! - [`PING`]: round-trip time over the session;
 //! - [`TRANSFER`]: a file or a byte count, hashed on both ends, throughput reported.
 //!
+//! The node's own protocols use channel 4 (the VPN), 5 (link announcements) and 6 (the DHT).
+//!
 //! Other channels belong to services that register over the control socket; a message for a
 //! channel nobody serves is answered on channel 0 with an error.
 //!
