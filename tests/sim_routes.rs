@@ -182,3 +182,97 @@ fn reordering_and_duplication_deliver_each_message_once_in_order() {
     let replays: u64 = (0..5).flat_map(|i| w.node(i).links()).map(|l| l.stats.rejected.get(Reject::Replayed)).sum();
     assert!(replays > 0, "duplicated datagrams were filtered by the replay windows");
 }
+
+/// Virtual links (the seed's "virtual routes"): A - B - C - D - E. A opens a virtual link over
+/// B, C, D and builds 24 routes through it (12 ending at D, 12 going on to E): B and C hold
+/// one entry, the carrier, whatever the number of routes inside; data crosses every route
+/// intact both ways, also with 10% loss on every wire. Closing the virtual link breaks the
+/// routes inside and the carrier goes from B and C.
+#[test]
+fn a_virtual_link_carries_many_routes_as_one_entry_at_the_hops_between() {
+    for (seed, loss) in [(5, 0.0), (6, 0.1)] {
+        let spec = WireSpec { loss, ..WireSpec::default() };
+        let mut w = line(seed, 5, |_| NodeConfig::default(), spec);
+        let (a, b, c, d, e) = (w.key(0), w.key(1), w.key(2), w.key(3), w.key(4));
+        let v = w.act(0, |n, now| n.open_virtual_link(now, &[b, c, d])).unwrap();
+        let (mut near, mut far) = (false, false);
+        let limit = w.now() + Duration::from_secs(30);
+        w.run_until(limit, |_, node, ev| {
+            match ev {
+                Event::LinkUp { link, .. } if node == 0 && link == v => near = true,
+                Event::LinkUp { peer, .. } if node == 3 && peer == a => far = true,
+                _ => {}
+            }
+            !(near && far)
+        });
+        assert!(near && far, "the virtual link is up at both ends (loss {loss})");
+        let routes: Vec<RouteId> = (0..24)
+            .map(|i| {
+                let hops = if i % 2 == 0 { vec![d] } else { vec![d, e] };
+                w.act(0, |n, now| n.open_route(now, &hops)).unwrap()
+            })
+            .collect();
+        let mut ready = 0;
+        let limit = w.now() + Duration::from_secs(60);
+        w.run_until(limit, |_, node, ev| {
+            match ev {
+                Event::Route(RouteEvent::Ready { route }) if node == 0 && routes.contains(&route) => ready += 1,
+                Event::Route(RouteEvent::Failed { route, error }) if node == 0 && routes.contains(&route) => {
+                    panic!("route {route} failed: {error}")
+                }
+                _ => {}
+            }
+            ready < routes.len()
+        });
+        assert_eq!(ready, routes.len());
+        let counts: Vec<usize> = (0..5).map(|i| w.node(i).route_count()).collect();
+        assert_eq!(counts, vec![25, 1, 1, 25, 12], "route entries per node (loss {loss})");
+        // 40 KB on every route; each far end gets its bytes in order.
+        let msg = payload(1000, 7);
+        let mut sent = vec![0usize; routes.len()];
+        let mut got: std::collections::BTreeMap<(usize, RouteId), usize> = Default::default();
+        let mut far_ids = std::collections::BTreeSet::new();
+        let limit = w.now() + Duration::from_secs(60);
+        loop {
+            for (i, r) in routes.iter().enumerate() {
+                while sent[i] < 40 && w.act(0, |n, now| n.send(now, *r, &msg)).is_ok() {
+                    sent[i] += 1;
+                }
+            }
+            let evs = settle(&mut w, Duration::from_millis(50));
+            for (node, ev) in evs {
+                if let Event::Route(RouteEvent::Data { route, data, .. }) = ev {
+                    assert_eq!(data, msg);
+                    *got.entry((node, route)).or_default() += 1;
+                    far_ids.insert((node, route));
+                }
+            }
+            if got.values().sum::<usize>() == 40 * routes.len() || w.now() > limit {
+                break;
+            }
+        }
+        assert_eq!(got.len(), routes.len(), "every route delivered (loss {loss})");
+        assert!(got.values().all(|n| *n == 40), "{got:?}");
+        assert_eq!(got.keys().filter(|(n, _)| *n == 3).count(), 12);
+        assert_eq!(got.keys().filter(|(n, _)| *n == 4).count(), 12);
+        // The way back: E answers on its route.
+        let &(_, back) = far_ids.iter().find(|(n, _)| *n == 4).unwrap();
+        w.act(4, |n, now| n.send(now, back, b"back")).unwrap();
+        let evs = settle(&mut w, Duration::from_secs(2));
+        assert!(evs
+            .iter()
+            .any(|(n, ev)| *n == 0 && matches!(ev, Event::Route(RouteEvent::Data { data, .. }) if data == b"back")));
+        // Closing it: the routes inside break, the carrier leaves B and C.
+        w.act(0, |n, now| n.close_link(now, v));
+        let evs = settle(&mut w, Duration::from_secs(3));
+        let failed = evs
+            .iter()
+            .filter(|(n, ev)| {
+                *n == 0 && matches!(ev, Event::Route(RouteEvent::Failed { route, .. }) if routes.contains(route))
+            })
+            .count();
+        assert_eq!(failed, routes.len(), "the routes inside fail with their link");
+        assert!(evs.iter().any(|(n, ev)| *n == 3 && matches!(ev, Event::LinkDown { peer, .. } if *peer == a)));
+        assert_eq!((w.node(1).route_count(), w.node(2).route_count()), (0, 0));
+    }
+}

@@ -21,6 +21,7 @@ pub mod node;
 pub mod route;
 pub mod session;
 pub mod stats;
+pub mod vlink;
 pub mod vpn;
 pub mod wire;
 

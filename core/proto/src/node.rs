@@ -26,6 +26,7 @@ use crate::identity::{Address, PublicKey, SecretKey};
 use crate::link::{handshake, DownReason, Link, LinkConfig, LinkEvent, LinkId, LinkState, RngRef};
 use crate::route::{RouteConfig, RouteError, RouteEvent, RouteId, Router};
 use crate::stats::{LinkStats, Reject, RejectCounts};
+use crate::vlink::{self, VLink};
 use crate::wire::{Packet, DATA_HEADER_LEN};
 
 /// How long a link moved on purpose ignores packets from its old address.
@@ -109,10 +110,16 @@ pub struct Node<A> {
     /// Links moved on purpose (`connect` with a new address): until the time given, or until
     /// the peer answers there, packets still arriving at the old address do not move them back.
     pinned: BTreeMap<LinkId, Instant>,
+    /// Virtual links (carried by a route), and their carriers' route ids.
+    vlinks: BTreeMap<LinkId, VLink>,
+    by_carrier: BTreeMap<RouteId, LinkId>,
+    /// Carriers we opened that became ready (the link comes up at the next `now`).
+    carriers_ready: Vec<RouteId>,
 }
 
 struct LinkTable<'a, A> {
     links: &'a BTreeMap<LinkId, Link<A>>,
+    vlinks: &'a BTreeMap<LinkId, VLink>,
     by_peer: &'a BTreeMap<PublicKey, LinkId>,
     fwd: &'a mut Forwarder,
 }
@@ -122,7 +129,7 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
         self.by_peer.get(peer).copied().filter(|id| self.is_up(*id))
     }
     fn is_up(&self, link: LinkId) -> bool {
-        self.links.get(&link).is_some_and(|l| l.is_up())
+        self.links.get(&link).is_some_and(|l| l.is_up()) || self.vlinks.get(&link).is_some_and(|v| v.up)
     }
     fn send(&mut self, link: LinkId, frame: &Frame<'_>) -> Result<(), RouteError> {
         if !self.is_up(link) {
@@ -162,6 +169,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
             stats: NodeStats::default(),
             cursor: 0,
             pinned: BTreeMap::new(),
+            vlinks: BTreeMap::new(),
+            by_carrier: BTreeMap::new(),
+            carriers_ready: Vec::new(),
         }
     }
 
@@ -193,7 +203,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     fn table(&mut self) -> (LinkTable<'_, A>, &mut Router, &mut dyn CryptoRngCore, &SecretKey) {
         (
-            LinkTable { links: &self.links, by_peer: &self.by_peer, fwd: &mut self.fwd },
+            LinkTable { links: &self.links, vlinks: &self.vlinks, by_peer: &self.by_peer, fwd: &mut self.fwd },
             &mut self.router,
             &mut *self.rng,
             &self.identity,
@@ -278,6 +288,12 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     /// Closes a link (tells the peer, breaks routes through it, stops redialling).
     pub fn close_link(&mut self, now: Instant, id: LinkId) {
+        if let Some(carrier) = self.vlinks.get(&id).map(|v| v.carrier) {
+            let _ = self.close_route(carrier);
+            self.vlink_down(id, DownReason::Closed);
+            self.drain_router();
+            return;
+        }
         let ev = self.links.get_mut(&id).and_then(|l| l.close(now));
         self.after_link(id, ev);
     }
@@ -293,6 +309,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         if let Err(reason) = self.handle_inner(now, from.clone(), data) {
             self.count_reject(&from, reason);
         }
+        self.vlink_work(now);
     }
 
     fn count_reject(&mut self, from: &A, reason: Reject) {
@@ -409,7 +426,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     l.stats.rejected.add(reason);
                 }
             }
-            if !self.links.get(&id).is_some_and(|l| l.is_up()) {
+            if !self.link_is_up(id) {
                 break;
             }
         }
@@ -432,6 +449,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 let (mut table, router, _, _) = self.table();
                 let r = router.on_delivered(now, &mut table, msgs);
                 self.drain_router();
+                self.take_link_data(now);
                 r
             }
             Err(Reject::UnknownRoute) => {
@@ -445,10 +463,15 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     fn drain_router(&mut self) {
         while let Some(ev) = self.router.events.pop_front() {
-            self.events.push_back(Event::Route(ev));
+            if !self.carrier_event(&ev) {
+                self.events.push_back(Event::Route(ev));
+            }
         }
         for key in self.fwd.writable.drain(..) {
-            self.events.push_back(Event::Route(RouteEvent::Writable { route: key.route, class: key.class }));
+            // A carrier with room again: its virtual link is pumped at the next transmit.
+            if !self.by_carrier.contains_key(&key.route) {
+                self.events.push_back(Event::Route(RouteEvent::Writable { route: key.route, class: key.class }));
+            }
         }
     }
 
@@ -512,6 +535,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// socket being free): handshake messages first, then link control, acks, route control,
     /// credit updates, realtime and bulk messages, bundled up to the MTU.
     pub fn poll_transmit_on(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
+        self.vlink_work(now);
+        self.pump_virtual(now);
         let l = self.links.get_mut(&id)?;
         if let Some(p) = l.take_urgent() {
             *buf = p;
@@ -580,6 +605,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             self.fwd.handle_timeout(now);
             self.drain_router();
         }
+        self.vlink_work(now);
     }
 
     /// Starts building a source route through `hops` (telescoping). Watch for
@@ -669,5 +695,198 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     pub fn links(&self) -> Vec<LinkInfo<A>> {
         self.links.keys().filter_map(|id| self.link(*id)).collect()
+    }
+}
+
+/// Virtual links: a route that carries a link between its ends (see [`crate::vlink`]).
+impl<A: Clone + Ord + Debug> Node<A> {
+    /// Opens a virtual link to the last of `hops` over a route through them (at least two
+    /// hops: a neighbour has a physical link). It comes up (`Event::LinkUp` with the returned
+    /// id) when the route is ready; from then on routes can be built through it as through
+    /// any neighbour, and the nodes in between hold only the carrier route's entry. It goes
+    /// down (`Event::LinkDown`) when the carrier breaks, and closes with [`Node::close_link`].
+    pub fn open_virtual_link(&mut self, now: Instant, hops: &[PublicKey]) -> Result<LinkId, RouteError> {
+        let peer = *hops.last().ok_or(RouteError::InvalidHops)?;
+        if hops.len() < 2 {
+            return Err(RouteError::InvalidHops);
+        }
+        let carrier = self.open_route(now, hops)?;
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        self.vlinks.insert(id, VLink { peer, carrier, source: true, up: false, counter: 0, partial: Vec::new() });
+        self.by_carrier.insert(carrier, id);
+        Ok(id)
+    }
+
+    /// Whether `id` is one of our virtual links, and it is up.
+    pub fn virtual_link_up(&self, id: LinkId) -> bool {
+        self.vlinks.get(&id).is_some_and(|v| v.up)
+    }
+
+    /// The route carrying a virtual link.
+    pub fn virtual_link_carrier(&self, id: LinkId) -> Option<RouteId> {
+        self.vlinks.get(&id).map(|v| v.carrier)
+    }
+
+    fn link_is_up(&self, id: LinkId) -> bool {
+        self.links.get(&id).is_some_and(|l| l.is_up()) || self.vlinks.get(&id).is_some_and(|v| v.up)
+    }
+
+    /// Takes a route event about a carrier (the application never sees those). Returns
+    /// whether it was one.
+    fn carrier_event(&mut self, ev: &RouteEvent) -> bool {
+        let route = match ev {
+            RouteEvent::Ready { route }
+            | RouteEvent::Failed { route, .. }
+            | RouteEvent::Closed { route }
+            | RouteEvent::Data { route, .. }
+            | RouteEvent::Delivered { route, .. }
+            | RouteEvent::Writable { route, .. } => *route,
+        };
+        let Some(&id) = self.by_carrier.get(&route) else { return false };
+        match ev {
+            RouteEvent::Ready { .. } => self.carriers_ready.push(route),
+            RouteEvent::Failed { .. } => self.vlink_down(id, DownReason::Timeout),
+            RouteEvent::Closed { .. } => self.vlink_down(id, DownReason::PeerClosed),
+            _ => {}
+        }
+        true
+    }
+
+    /// Our carriers that became ready: introduce ourselves to the far end; the link is up.
+    fn vlink_work(&mut self, now: Instant) {
+        if self.carriers_ready.is_empty() {
+            return;
+        }
+        for route in std::mem::take(&mut self.carriers_ready) {
+            let Some(&id) = self.by_carrier.get(&route) else { continue };
+            let Some(peer) = self.vlinks.get(&id).map(|v| v.peer) else { continue };
+            let mut nonce = [0u8; 16];
+            self.rng.fill_bytes(&mut nonce);
+            let hello = vlink::hello(&self.identity, &peer, nonce);
+            let mtu = self.route_mtu();
+            let (mut table, router, _, _) = self.table();
+            if router.send_kind(now, &mut table, route, Class::Realtime, crate::route::MSG_LINK, &hello, mtu).is_err() {
+                let _ = router.close(&mut table, route);
+                self.vlink_down(id, DownReason::Timeout);
+                continue;
+            }
+            self.vlink_up(id, peer);
+        }
+        self.drain_router();
+    }
+
+    fn vlink_up(&mut self, id: LinkId, peer: PublicKey) {
+        if let Some(v) = self.vlinks.get_mut(&id) {
+            v.up = true;
+        }
+        // A physical link to the same peer keeps the name; the virtual one still carries
+        // the routes built over it.
+        self.by_peer.entry(peer).or_insert(id);
+        self.fwd.reset_link(id);
+        self.events.push_back(Event::LinkUp { link: id, peer });
+    }
+
+    fn vlink_down(&mut self, id: LinkId, reason: DownReason) {
+        let Some(v) = self.vlinks.remove(&id) else { return };
+        self.by_carrier.remove(&v.carrier);
+        if self.by_peer.get(&v.peer) == Some(&id) {
+            self.by_peer.remove(&v.peer);
+        }
+        if v.up {
+            self.events.push_back(Event::LinkDown { link: id, peer: v.peer, reason });
+        }
+        let (mut table, router, _, _) = self.table();
+        router.on_link_down(&mut table, id);
+        self.fwd.reset_link(id);
+        self.fwd.remove_link(id);
+    }
+
+    /// Virtual link messages that arrived at an end of a carrier: a far end's introduction,
+    /// or pieces of packets, whose frames are then handled as a physical link's.
+    fn take_link_data(&mut self, now: Instant) {
+        while let Some((route, body)) = self.router.link_data.pop_front() {
+            let Some(&id) = self.by_carrier.get(&route) else {
+                let r = match vlink::check_hello(&body, &self.public) {
+                    Ok(_) if !self.config.accept_incoming => Err(Reject::Handshake),
+                    r => r,
+                };
+                match r {
+                    Ok(peer) => {
+                        let id = LinkId(self.next_link);
+                        self.next_link += 1;
+                        let v =
+                            VLink { peer, carrier: route, source: false, up: false, counter: 0, partial: Vec::new() };
+                        self.vlinks.insert(id, v);
+                        self.by_carrier.insert(route, id);
+                        self.vlink_up(id, peer);
+                    }
+                    Err(e) => self.stats.rejected.add(e),
+                }
+                continue;
+            };
+            let Some(v) = self.vlinks.get_mut(&id) else { continue };
+            match v.take(&body) {
+                Ok(Some(packet)) => {
+                    let mut c = [0u8; 8];
+                    c.copy_from_slice(&packet[..8]);
+                    let elicits = self.handle_frames(now, id, &packet[8..]);
+                    self.fwd.on_datagram(id, u64::from_be_bytes(c), elicits, now);
+                }
+                Ok(None) => {}
+                Err(e) => self.stats.rejected.add(e),
+            }
+        }
+    }
+
+    /// Moves what the forwarder has for each virtual link into its carrier, a packet at a
+    /// time, while the carrier has little queued (so the virtual hop's RTT, and with it its
+    /// retransmission timer, reflects the path and not a deep queue).
+    fn pump_virtual(&mut self, now: Instant) {
+        if self.vlinks.is_empty() {
+            return;
+        }
+        const CARRIER_QUEUE: usize = 64 * 1024;
+        let mtu = self.route_mtu();
+        let room = self.config.link.max_plaintext();
+        let ids: Vec<LinkId> = self.vlinks.iter().filter(|(_, v)| v.up).map(|(id, _)| *id).collect();
+        for id in ids {
+            for _ in 0..64 {
+                let Some(v) = self.vlinks.get(&id) else { break };
+                let (carrier, counter) = (v.carrier, v.counter);
+                let key =
+                    FlowKey { route: carrier, dir: if v.source { Dir::Fwd } else { Dir::Back }, class: Class::Bulk };
+                let pieces = (8 + room).div_ceil(mtu.saturating_sub(1).max(1));
+                let needed = 8 + room + pieces * (crate::route::ROUTE_MSG_OVERHEAD + 1);
+                if !self.fwd.wants_send(id, now)
+                    || self.fwd.buffered(key) > CARRIER_QUEUE
+                    || self.fwd.room(key) < needed
+                {
+                    break;
+                }
+                let mut buf = Vec::with_capacity(8 + room);
+                buf.extend_from_slice(&counter.to_be_bytes());
+                let filled = self.fwd.fill(id, now, &mut buf, room);
+                if buf.len() == 8 {
+                    break;
+                }
+                let mut sent = true;
+                for p in vlink::pieces(&buf, mtu) {
+                    let (mut table, router, _, _) = self.table();
+                    sent &= router
+                        .send_kind(now, &mut table, carrier, Class::Bulk, crate::route::MSG_LINK, &p, mtu)
+                        .is_ok();
+                }
+                if !sent {
+                    // Cannot happen after the room check; the forwarder retransmits if it does.
+                    self.stats.rejected.add(Reject::QueueFull);
+                }
+                self.fwd.on_sent(id, counter, filled, buf.len(), now);
+                if let Some(v) = self.vlinks.get_mut(&id) {
+                    v.counter += 1;
+                }
+            }
+        }
+        self.drain_router();
     }
 }

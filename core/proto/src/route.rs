@@ -112,6 +112,8 @@ const MSG_EXTEND: u8 = 2;
 const MSG_EXTENDED: u8 = 3;
 const MSG_EXTEND_FAILED: u8 = 4;
 const MSG_DELIVERED: u8 = 5;
+/// A piece of a virtual link's packet (the route carries a link: see `vlink`).
+pub(crate) const MSG_LINK: u8 = 6;
 
 /// The last hop confirms delivery to the source every this many bytes...
 pub const DELIVERY_CONFIRM_BYTES: u64 = 64 * 1024;
@@ -258,6 +260,8 @@ pub struct Router {
     config: RouteConfig,
     routes: BTreeMap<RouteId, Entry>,
     pub(crate) events: std::collections::VecDeque<RouteEvent>,
+    /// Virtual link messages that arrived at an end of a route, for the node (never events).
+    pub(crate) link_data: std::collections::VecDeque<(RouteId, Vec<u8>)>,
 }
 
 /// The flow a route's own messages (extend, confirmations) travel on.
@@ -267,7 +271,7 @@ fn ctl(route: RouteId, dir: Dir) -> FlowKey {
 
 impl Router {
     pub fn new(config: RouteConfig) -> Self {
-        Router { config, routes: BTreeMap::new(), events: Default::default() }
+        Router { config, routes: BTreeMap::new(), events: Default::default(), link_data: Default::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -377,6 +381,21 @@ impl Router {
         data: &[u8],
         mtu: usize,
     ) -> Result<(), RouteError> {
+        self.send_kind(now, links, route, class, MSG_APP, data, mtu)
+    }
+
+    /// Like `send`, with the message kind (`MSG_APP`, or `MSG_LINK` for a virtual link).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_kind(
+        &mut self,
+        now: Instant,
+        links: &mut dyn Links,
+        route: RouteId,
+        class: Class,
+        kind: u8,
+        data: &[u8],
+        mtu: usize,
+    ) -> Result<(), RouteError> {
         if data.len() > mtu {
             return Err(RouteError::TooLarge { len: data.len(), max: mtu });
         }
@@ -393,7 +412,7 @@ impl Router {
                 }
                 let last = o.hops.len() - 1;
                 let h = &mut o.hops[last];
-                (key, seal_msg(&h.keys.fwd, &mut h.fwd_seqs, class, MSG_APP, data))
+                (key, seal_msg(&h.keys.fwd, &mut h.fwd_seqs, class, kind, data))
             }
             Entry::Relay(r) => {
                 if r.next.is_some() {
@@ -405,7 +424,7 @@ impl Router {
                     return Err(RouteError::QueueFull);
                 }
                 r.last_active = now;
-                (key, seal_msg(&r.keys.back, &mut r.back_seqs, class, MSG_APP, data))
+                (key, seal_msg(&r.keys.back, &mut r.back_seqs, class, kind, data))
             }
         };
         links.fwd().push_local(key, msg).map_err(|_| RouteError::QueueFull)
@@ -619,6 +638,10 @@ impl Router {
                         self.events.push_back(RouteEvent::Data { route, class: d.key.class, data: body });
                         Ok(())
                     }
+                    MSG_LINK if o.ready() => {
+                        self.link_data.push_back((route, body));
+                        Ok(())
+                    }
                     MSG_DELIVERED if o.ready() && body.len() == 9 => {
                         let class = Class::from_u8(body[0]).ok_or(Reject::BadRouteMessage)?;
                         let bytes = u64::from_be_bytes(body[1..9].try_into().map_err(|_| Reject::BadRouteMessage)?);
@@ -687,6 +710,10 @@ impl Router {
         match kind {
             MSG_APP => {
                 self.events.push_back(RouteEvent::Data { route, class, data: body });
+                Ok(())
+            }
+            MSG_LINK => {
+                self.link_data.push_back((route, body));
                 Ok(())
             }
             MSG_EXTEND => {
