@@ -276,3 +276,44 @@ fn a_virtual_link_carries_many_routes_as_one_entry_at_the_hops_between() {
         assert_eq!((w.node(1).route_count(), w.node(2).route_count()), (0, 0));
     }
 }
+
+/// An asymmetric link: the wire A -> B carries nothing back. Without a return route A's
+/// handshake is never answered; once B sends to A over a route B -> C -> A the link comes up
+/// and a route over the one-way wire delivers, B's acks and credit going the long way.
+#[test]
+fn a_one_way_wire_works_with_a_return_route_and_not_without() {
+    let (b, a, c) = (0, 1, 2);
+    let mut w = World::new(9);
+    for _ in 0..3 {
+        w.add_node(NodeConfig::default());
+    }
+    w.add_wire(a, b, WireSpec { one_way: true, ..WireSpec::default() });
+    w.add_wire(b, c, WireSpec::default());
+    w.add_wire(c, a, WireSpec::default());
+    w.connect(b, c);
+    w.connect(c, a);
+    settle(&mut w, Duration::from_secs(2));
+    let (ka, kb, kc) = (w.key(a), w.key(b), w.key(c));
+    w.act(a, |n, now| n.connect(now, kb, b));
+    let evs = settle(&mut w, Duration::from_secs(3));
+    assert!(!evs.iter().any(|(n, e)| *n == a && matches!(e, Event::LinkUp { peer, .. } if *peer == kb)));
+    let back = w.act(b, |n, now| n.open_route(now, &[kc, ka])).unwrap();
+    let evs = settle(&mut w, Duration::from_secs(2));
+    assert!(evs
+        .iter()
+        .any(|(n, e)| *n == b && matches!(e, Event::Route(RouteEvent::Ready { route }) if *route == back)));
+    w.act(b, |n, _| n.set_return_route(ka, Some(back)));
+    // (B's unanswered attempts so far went onto the one-way wire and were lost.)
+    let (lost_before, _) = w.wire_bytes(b, a);
+    let evs = settle(&mut w, Duration::from_secs(5));
+    assert!(evs.iter().any(|(n, e)| *n == a && matches!(e, Event::LinkUp { peer, .. } if *peer == kb)), "link up");
+    let route = w.act(a, |n, now| n.open_route(now, &[kb])).unwrap();
+    settle(&mut w, Duration::from_secs(2));
+    assert!(w.node(a).route_ready(route));
+    let data = payload(256 * 1024, 3);
+    let t = transfer(&mut w, a, b, route, data, Duration::from_secs(30));
+    assert!(t.check.intact(), "256 KiB intact over the one-way wire");
+    let (to_a, _) = w.wire_bytes(b, a);
+    assert_eq!(to_a, lost_before, "B sent nothing more on the one-way wire");
+    assert!(w.wire_bytes(b, c).0 > 0, "B's answers went the long way");
+}

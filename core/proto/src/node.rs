@@ -115,6 +115,10 @@ pub struct Node<A> {
     by_carrier: BTreeMap<RouteId, LinkId>,
     /// Carriers we opened that became ready (the link comes up at the next `now`).
     carriers_ready: Vec<RouteId>,
+    /// Asymmetric links: our datagrams to these peers go over a route, not their address.
+    return_routes: BTreeMap<PublicKey, RouteId>,
+    /// Datagrams arriving on return routes that end here, being reassembled.
+    returned: BTreeMap<RouteId, vlink::Reassembly>,
 }
 
 struct LinkTable<'a, A> {
@@ -172,6 +176,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
             vlinks: BTreeMap::new(),
             by_carrier: BTreeMap::new(),
             carriers_ready: Vec::new(),
+            return_routes: BTreeMap::new(),
+            returned: BTreeMap::new(),
         }
     }
 
@@ -306,7 +312,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     /// Feeds one received datagram. `data` is decrypted in place.
     pub fn handle_datagram(&mut self, now: Instant, from: A, data: &mut [u8]) {
-        if let Err(reason) = self.handle_inner(now, from.clone(), data) {
+        if let Err(reason) = self.handle_inner(now, Some(from.clone()), data) {
             self.count_reject(&from, reason);
         }
         self.vlink_work(now);
@@ -319,7 +325,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
-    fn handle_inner(&mut self, now: Instant, from: A, data: &mut [u8]) -> Result<(), Reject> {
+    /// `from`: where the datagram came from; `None` for one a return route brought (no
+    /// roaming, and no handshake starts that way).
+    fn handle_inner(&mut self, now: Instant, from: Option<A>, data: &mut [u8]) -> Result<(), Reject> {
         // A duplicate (or retransmission) of an init we answered: same answer, no new session
         // (a second one would orphan the first, which the initiator already uses).
         let is_init = data.len() == crate::wire::HANDSHAKE_INIT_LEN;
@@ -330,6 +338,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         let packet = Packet::parse(data).map_err(Reject::from)?;
         match packet {
             Packet::HandshakeInit(init) => {
+                let Some(from) = from else { return Err(Reject::Handshake) };
                 let idx = self.new_index();
                 let responded = handshake::respond(&mut RngRef(&mut *self.rng), &self.identity, &init, idx)
                     .map_err(|_| Reject::Handshake)?;
@@ -354,7 +363,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 let id = *self.by_index.get(&resp.receiver_index).ok_or(Reject::UnknownIndex)?;
                 let link = self.links.get_mut(&id).ok_or(Reject::UnknownIndex)?;
                 let ev = link.on_handshake_resp(now, &self.identity, &resp)?;
-                self.roam(now, id, from);
+                if let Some(from) = from {
+                    self.roam(now, id, from);
+                }
                 self.after_link(id, ev);
                 Ok(())
             }
@@ -364,7 +375,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 let (n, ev) = link.open(now, &hdr, data)?;
                 // Authenticated and the newest from the peer: it may have moved (roaming);
                 // follow it. A late packet still coming the old way does not move the link back.
-                if link.last_was_newest {
+                if let Some(from) = from.filter(|_| link.last_was_newest) {
                     self.roam(now, id, from);
                 }
                 self.after_link(id, ev);
@@ -537,6 +548,24 @@ impl<A: Clone + Ord + Debug> Node<A> {
     pub fn poll_transmit_on(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
         self.vlink_work(now);
         self.pump_virtual(now);
+        let returning = self.links.get(&id).and_then(|l| self.return_routes.get(&l.peer)).copied();
+        if let Some(route) = returning.filter(|r| self.router.is_ready(*r)) {
+            // An asymmetric link: what we send the peer goes over the return route.
+            self.fwd.set_sparse_acks(id);
+            for _ in 0..64 {
+                if !self.carrier_has_room(route, Dir::Fwd) || self.next_datagram(now, id, buf).is_none() {
+                    break;
+                }
+                self.send_pieces(now, route, vlink::RETURN_MORE, buf);
+            }
+            self.drain_router();
+            return None;
+        }
+        self.next_datagram(now, id, buf)
+    }
+
+    /// The link's next datagram into `buf`.
+    fn next_datagram(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
         let l = self.links.get_mut(&id)?;
         if let Some(p) = l.take_urgent() {
             *buf = p;
@@ -713,7 +742,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
         let carrier = self.open_route(now, hops)?;
         let id = LinkId(self.next_link);
         self.next_link += 1;
-        self.vlinks.insert(id, VLink { peer, carrier, source: true, up: false, counter: 0, partial: Vec::new() });
+        self.vlinks.insert(
+            id,
+            VLink { peer, carrier, source: true, up: false, counter: 0, partial: vlink::Reassembly::new(vlink::MORE) },
+        );
         self.by_carrier.insert(carrier, id);
         Ok(id)
     }
@@ -743,6 +775,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
             | RouteEvent::Delivered { route, .. }
             | RouteEvent::Writable { route, .. } => *route,
         };
+        if let RouteEvent::Closed { route } = ev {
+            self.returned.remove(route);
+        }
         let Some(&id) = self.by_carrier.get(&route) else { return false };
         match ev {
             RouteEvent::Ready { .. } => self.carriers_ready.push(route),
@@ -806,6 +841,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// or pieces of packets, whose frames are then handled as a physical link's.
     fn take_link_data(&mut self, now: Instant) {
         while let Some((route, body)) = self.router.link_data.pop_front() {
+            if matches!(body.first(), Some(&vlink::RETURN_MORE | &vlink::RETURN_END)) {
+                self.on_returned(now, route, &body);
+                continue;
+            }
             let Some(&id) = self.by_carrier.get(&route) else {
                 let r = match vlink::check_hello(&body, &self.public) {
                     Ok(_) if !self.config.accept_incoming => Err(Reject::Handshake),
@@ -815,8 +854,14 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     Ok(peer) => {
                         let id = LinkId(self.next_link);
                         self.next_link += 1;
-                        let v =
-                            VLink { peer, carrier: route, source: false, up: false, counter: 0, partial: Vec::new() };
+                        let v = VLink {
+                            peer,
+                            carrier: route,
+                            source: false,
+                            up: false,
+                            counter: 0,
+                            partial: vlink::Reassembly::new(vlink::MORE),
+                        };
                         self.vlinks.insert(id, v);
                         self.by_carrier.insert(route, id);
                         self.vlink_up(id, peer);
@@ -826,7 +871,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 continue;
             };
             let Some(v) = self.vlinks.get_mut(&id) else { continue };
-            match v.take(&body) {
+            match v.partial.take(&body) {
                 Ok(Some(packet)) => {
                     let mut c = [0u8; 8];
                     c.copy_from_slice(&packet[..8]);
@@ -839,6 +884,25 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
+    /// A piece of a datagram a peer sent us over its return route: whole, it is handled like
+    /// one from the network (found by its link index, authenticated by the link).
+    fn on_returned(&mut self, now: Instant, route: RouteId, piece: &[u8]) {
+        if !self.returned.contains_key(&route) && self.returned.len() >= self.config.route.max_routes {
+            self.stats.rejected.add(Reject::QueueFull);
+            return;
+        }
+        let r = self.returned.entry(route).or_insert_with(|| vlink::Reassembly::new(vlink::RETURN_MORE));
+        match r.take(piece) {
+            Ok(Some(mut datagram)) => {
+                if let Err(e) = self.handle_inner(now, None, &mut datagram) {
+                    self.stats.rejected.add(e);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.stats.rejected.add(e),
+        }
+    }
+
     /// Moves what the forwarder has for each virtual link into its carrier, a packet at a
     /// time, while the carrier has little queued (so the virtual hop's RTT, and with it its
     /// retransmission timer, reflects the path and not a deep queue).
@@ -846,22 +910,14 @@ impl<A: Clone + Ord + Debug> Node<A> {
         if self.vlinks.is_empty() {
             return;
         }
-        const CARRIER_QUEUE: usize = 64 * 1024;
-        let mtu = self.route_mtu();
         let room = self.config.link.max_plaintext();
         let ids: Vec<LinkId> = self.vlinks.iter().filter(|(_, v)| v.up).map(|(id, _)| *id).collect();
         for id in ids {
             for _ in 0..64 {
                 let Some(v) = self.vlinks.get(&id) else { break };
                 let (carrier, counter) = (v.carrier, v.counter);
-                let key =
-                    FlowKey { route: carrier, dir: if v.source { Dir::Fwd } else { Dir::Back }, class: Class::Bulk };
-                let pieces = (8 + room).div_ceil(mtu.saturating_sub(1).max(1));
-                let needed = 8 + room + pieces * (crate::route::ROUTE_MSG_OVERHEAD + 1);
-                if !self.fwd.wants_send(id, now)
-                    || self.fwd.buffered(key) > CARRIER_QUEUE
-                    || self.fwd.room(key) < needed
-                {
+                let dir = if v.source { Dir::Fwd } else { Dir::Back };
+                if !self.fwd.wants_send(id, now) || !self.carrier_has_room(carrier, dir) {
                     break;
                 }
                 let mut buf = Vec::with_capacity(8 + room);
@@ -870,17 +926,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 if buf.len() == 8 {
                     break;
                 }
-                let mut sent = true;
-                for p in vlink::pieces(&buf, mtu) {
-                    let (mut table, router, _, _) = self.table();
-                    sent &= router
-                        .send_kind(now, &mut table, carrier, Class::Bulk, crate::route::MSG_LINK, &p, mtu)
-                        .is_ok();
-                }
-                if !sent {
-                    // Cannot happen after the room check; the forwarder retransmits if it does.
-                    self.stats.rejected.add(Reject::QueueFull);
-                }
+                self.send_pieces(now, carrier, vlink::MORE, &buf);
                 self.fwd.on_sent(id, counter, filled, buf.len(), now);
                 if let Some(v) = self.vlinks.get_mut(&id) {
                     v.counter += 1;
@@ -888,5 +934,43 @@ impl<A: Clone + Ord + Debug> Node<A> {
             }
         }
         self.drain_router();
+    }
+
+    /// Whether a carrier can take a whole packet now and has little queued (so what rides on
+    /// it sees the path's RTT, not a deep queue's).
+    fn carrier_has_room(&self, route: RouteId, dir: Dir) -> bool {
+        const CARRIER_QUEUE: usize = 64 * 1024;
+        let mtu = self.route_mtu();
+        let packet = 8 + self.config.link.mtu.max(self.config.link.max_plaintext());
+        let needed = packet + packet.div_ceil(mtu.saturating_sub(1).max(1)) * (crate::route::ROUTE_MSG_OVERHEAD + 1);
+        let key = FlowKey { route, dir, class: Class::Bulk };
+        self.fwd.buffered(key) <= CARRIER_QUEUE && self.fwd.room(key) >= needed
+    }
+
+    /// Sends a packet over a carrier in route messages (`more` tags all but the last piece).
+    fn send_pieces(&mut self, now: Instant, route: RouteId, more: u8, packet: &[u8]) {
+        let mtu = self.route_mtu();
+        let mut sent = true;
+        for p in vlink::pieces(packet, mtu, more) {
+            let (mut table, router, _, _) = self.table();
+            sent &= router.send_kind(now, &mut table, route, Class::Bulk, crate::route::MSG_LINK, &p, mtu).is_ok();
+        }
+        if !sent {
+            // Not after a room check; a lost packet, which the link above recovers from.
+            self.stats.rejected.add(Reject::QueueFull);
+        }
+    }
+
+    /// Makes a link asymmetric (seed: "asymmetric connectivity"): from now on everything this
+    /// node sends to `peer` (handshake answers, acks, credit, route control and data) travels
+    /// over `route`, a route this node opened that ends at `peer`, instead of to the peer's
+    /// address, which only carries data from the peer to us. The peer needs no setting: it
+    /// takes what arrives on the route as datagrams of its link to us (sealed by the link, so
+    /// the route cannot forge them). `None` undoes it.
+    pub fn set_return_route(&mut self, peer: PublicKey, route: Option<RouteId>) {
+        match route {
+            Some(r) => self.return_routes.insert(peer, r),
+            None => self.return_routes.remove(&peer),
+        };
     }
 }

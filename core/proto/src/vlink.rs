@@ -19,6 +19,11 @@ use crate::stats::Reject;
 pub(crate) const HELLO: u8 = 1;
 pub(crate) const MORE: u8 = 2;
 pub(crate) const END: u8 = 3;
+/// Pieces of a link datagram on a return route (an asymmetric link's way back).
+pub(crate) const RETURN_MORE: u8 = 4;
+pub(crate) const RETURN_END: u8 = 5;
+// `pieces` tags the last piece `more + 1`.
+const _: () = assert!(END == MORE + 1 && RETURN_END == RETURN_MORE + 1);
 
 const HELLO_LABEL: &[u8] = b"skyroute virtual link v1";
 const NONCE_LEN: usize = 16;
@@ -36,7 +41,13 @@ pub(crate) struct VLink {
     /// Next virtual packet number (for the forwarder's acks).
     pub counter: u64,
     /// Pieces of the packet being received.
-    pub partial: Vec<u8>,
+    pub partial: Reassembly,
+}
+
+/// Pieces of one packet: `more`-tagged ones, then the one tagged `more + 1`.
+pub(crate) struct Reassembly {
+    more: u8,
+    buf: Vec<u8>,
 }
 
 fn signed(me: &PublicKey, peer: &PublicKey, nonce: &[u8]) -> Vec<u8> {
@@ -73,22 +84,26 @@ pub(crate) fn check_hello(b: &[u8], me: &PublicKey) -> Result<PublicKey, Reject>
     Ok(key)
 }
 
-impl VLink {
-    /// Takes one piece; returns a whole packet when the last piece came.
+impl Reassembly {
+    pub fn new(more: u8) -> Reassembly {
+        Reassembly { more, buf: Vec::new() }
+    }
+
+    /// Takes one piece; returns a whole packet (at least 8 bytes) when the last piece came.
     pub fn take(&mut self, piece: &[u8]) -> Result<Option<Vec<u8>>, Reject> {
         let (&tag, body) = piece.split_first().ok_or(Reject::Truncated)?;
-        if tag != MORE && tag != END {
+        if tag != self.more && tag != self.more + 1 {
             return Err(Reject::Malformed);
         }
-        if self.partial.len() + body.len() > MAX_PACKET {
-            self.partial.clear();
+        if self.buf.len() + body.len() > MAX_PACKET {
+            self.buf.clear();
             return Err(Reject::Oversized);
         }
-        self.partial.extend_from_slice(body);
-        if tag == MORE {
+        self.buf.extend_from_slice(body);
+        if tag == self.more {
             return Ok(None);
         }
-        let p = std::mem::take(&mut self.partial);
+        let p = std::mem::take(&mut self.buf);
         if p.len() < 8 {
             return Err(Reject::Truncated);
         }
@@ -96,8 +111,9 @@ impl VLink {
     }
 }
 
-/// Cuts a virtual packet into route messages of at most `mtu` bytes.
-pub(crate) fn pieces(packet: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+/// Cuts a packet into route messages of at most `mtu` bytes, tagged `more` (all but the
+/// last) and `more + 1` (the last).
+pub(crate) fn pieces(packet: &[u8], mtu: usize, more: u8) -> Vec<Vec<u8>> {
     let chunk = mtu.saturating_sub(1).max(1);
     let n = packet.len().div_ceil(chunk).max(1);
     packet
@@ -105,7 +121,7 @@ pub(crate) fn pieces(packet: &[u8], mtu: usize) -> Vec<Vec<u8>> {
         .enumerate()
         .map(|(i, c)| {
             let mut m = Vec::with_capacity(c.len() + 1);
-            m.push(if i + 1 == n { END } else { MORE });
+            m.push(if i + 1 == n { more + 1 } else { more });
             m.extend_from_slice(c);
             m
         })

@@ -238,6 +238,9 @@ pub enum Scenario {
     /// N nodes join the DHT, publish signed records and look each other up with --gone of
     /// them gone and --eclipse answering every lookup with themselves.
     Dht,
+    /// A fast one-way wire A -> B and a slow two-hop way back: B's acks and credit ride a
+    /// return route; bulk goodput over the fast wire against its capacity (clean, 5% loss).
+    Asymmetric,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -442,6 +445,13 @@ pub fn run(cli: Cli) -> i32 {
                     let r = scenario::eight_hop_loss(seed, loss, bytes.unwrap_or(10 << 20), 60);
                     (if json { to_json(&r) } else { r.table() }, r.intact)
                 }
+                Scenario::Asymmetric => match crate::sim::asymmetric::asymmetric(seed, bytes.unwrap_or(16 << 20)) {
+                    Ok(r) => {
+                        let ok = r.runs.iter().all(|x| x.intact);
+                        (if json { to_json(&r) } else { r.table() }, ok)
+                    }
+                    Err(e) => return fail(e),
+                },
                 Scenario::Qos => {
                     let r = scenario::qos(seed, std::time::Duration::from_secs(20));
                     let ok = r.realtime_p99_latency_ms.is_finite() && r.bulk_goodput > 0.0;

@@ -69,6 +69,23 @@ fn sim_eight_hop_json() {
     assert!(v["link_rekeys"].as_u64().unwrap() >= 8);
 }
 
+/// The asymmetric scenario (16 MiB, a few seconds): intact both runs, goodput over the
+/// one-way wire at least 0.8 of its capacity.
+#[test]
+fn sim_asymmetric_json_and_goal() {
+    let out = skyroute(&["sim", "asymmetric", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["scenario"], "asymmetric");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        assert_eq!(r["intact"], true, "{r}");
+        assert!(r["goodput_ratio"].as_f64().unwrap() >= 0.8, "{r}");
+        assert!(r["return_bytes_per_byte"].as_f64().unwrap() > 0.0, "acks went the way back: {r}");
+    }
+}
+
 /// The moving-car scenario at reduced length (the README's figures are the 300 s runs): the
 /// JSON names the issue fixes, and skyroute meets its goals against the baselines.
 #[test]

@@ -67,6 +67,10 @@ impl AckReceiver {
         AckReceiver { ack_every, ..Default::default() }
     }
 
+    pub fn set_ack_every(&mut self, n: u32) {
+        self.ack_every = n;
+    }
+
     /// Records a datagram. Ack-eliciting ones make an ack due: after `ack_every` of them, after
     /// the ack delay, or at once when one before this one is missing (the sender should learn
     /// of a loss as early as possible).

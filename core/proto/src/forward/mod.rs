@@ -116,6 +116,8 @@ struct LinkTx {
     tx: AckSender<Ref>,
     control: VecDeque<Vec<u8>>,
     credits: BTreeSet<FlowKey>,
+    /// Acks sparingly: the way back is a slow return route (an asymmetric link).
+    sparse_acks: bool,
     /// Flows with messages queued for this link, per class.
     active: [BTreeSet<FlowKey>; 2],
     cursor: [Option<FlowKey>; 2],
@@ -128,6 +130,7 @@ impl LinkTx {
             tx: AckSender::new(c.initial_rtt, c.min_rto, c.max_rto),
             control: VecDeque::new(),
             credits: BTreeSet::new(),
+            sparse_acks: false,
             active: [BTreeSet::new(), BTreeSet::new()],
             cursor: [None, None],
         }
@@ -189,6 +192,9 @@ pub struct Forwarder {
 
 /// Bytes a ROUTE_DATA frame adds to its payload.
 pub const ROUTE_DATA_OVERHEAD: usize = crate::frame::ROUTE_DATA_OVERHEAD;
+/// Ack spacing on links whose way back is slow (each ack covers the last 256 datagrams).
+pub const SPARSE_ACK_EVERY: u32 = 32;
+pub const SPARSE_ACK_DELAY: Duration = Duration::from_millis(10);
 /// Credits larger than this are clamped (no buffer is bigger).
 pub const MAX_CREDIT_WINDOW: u64 = 1 << 32;
 
@@ -496,14 +502,26 @@ impl Forwarder {
     pub(crate) fn on_datagram(&mut self, link: LinkId, counter: u64, eliciting: bool, now: Instant) {
         if self.config.hop_reliability {
             let d = self.config.max_ack_delay;
-            self.link(link).rx.on_datagram(counter, eliciting, now, d);
+            let l = self.link(link);
+            let d = if l.sparse_acks { SPARSE_ACK_DELAY.max(d) } else { d };
+            l.rx.on_datagram(counter, eliciting, now, d);
+        }
+    }
+
+    /// Acks on `link` every [`SPARSE_ACK_EVERY`] datagrams (and after [`SPARSE_ACK_DELAY`]),
+    /// for a link whose way back is slow: an asymmetric link's return route.
+    pub(crate) fn set_sparse_acks(&mut self, link: LinkId) {
+        let l = self.link(link);
+        if !l.sparse_acks {
+            l.sparse_acks = true;
+            l.rx.set_ack_every(SPARSE_ACK_EVERY);
         }
     }
 
     /// The link's session changed or it went down: in-flight datagrams are lost, acks restart.
     pub(crate) fn reset_link(&mut self, link: LinkId) {
         let Some(l) = self.links.get_mut(&link) else { return };
-        l.rx = AckReceiver::new(self.config.ack_every);
+        l.rx = AckReceiver::new(if l.sparse_acks { SPARSE_ACK_EVERY } else { self.config.ack_every });
         let lost = l.tx.reset();
         for s in lost {
             self.settle(link, s.refs, false);

@@ -10,6 +10,7 @@
 //! driver when it can take the next frame: queues live in the nodes' route buffers, where the
 //! protocol schedules them (realtime first), not in the wire.
 
+pub mod asymmetric;
 pub mod car;
 pub mod dht;
 pub mod plot;
@@ -63,6 +64,8 @@ struct Wire {
     spec: WireSpec,
     /// Per direction (from the lower node index, from the higher): when the wire is free again.
     busy_until: [Instant; 2],
+    /// Bytes put on the wire, per direction.
+    bytes: [u64; 2],
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -231,7 +234,7 @@ impl World {
 
     pub fn add_wire(&mut self, a: usize, b: usize, spec: WireSpec) {
         let key = (a.min(b), a.max(b));
-        self.wires.insert(key, Wire { spec, busy_until: [self.now; 2] });
+        self.wires.insert(key, Wire { spec, busy_until: [self.now; 2], bytes: [0; 2] });
     }
 
     /// Changes a wire's properties from now on (e.g. to cut or restore it).
@@ -324,6 +327,7 @@ impl World {
         };
         let serialise = Duration::from_nanos(payload.len() as u64 * 1_000_000_000 / wire.spec.bandwidth.max(1));
         wire.busy_until[dir] = now + serialise;
+        wire.bytes[dir] += payload.len() as u64;
         let arrive = now + serialise + wire.spec.latency;
         self.wire_stats.bytes += payload.len() as u64;
         if wire.spec.down.iter().any(|(a, b)| since >= *a && since < *b) || (wire.spec.one_way && dir == 0) {
@@ -492,6 +496,16 @@ impl World {
     }
 
     /// Completed key rotations over all links (each counted once, not once per side).
+    /// Bytes sent on the wire between `a` and `b`: from `a` to `b`, and back.
+    pub fn wire_bytes(&self, a: usize, b: usize) -> (u64, u64) {
+        let Some(w) = self.wires.get(&(a.min(b), a.max(b))) else { return (0, 0) };
+        if a < b {
+            (w.bytes[0], w.bytes[1])
+        } else {
+            (w.bytes[1], w.bytes[0])
+        }
+    }
+
     pub fn link_rekeys(&self) -> u64 {
         self.nodes.iter().flat_map(|n| n.links()).map(|l| l.stats.rekeys).sum::<u64>() / 2
     }
