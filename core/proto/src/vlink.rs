@@ -157,15 +157,8 @@ mod tests {
     #[test]
     fn pieces_reassemble_and_junk_is_refused() {
         let packet: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        let mut v = VLink {
-            peer: key(1).public_key(),
-            carrier: RouteId::new(1).unwrap(),
-            source: false,
-            up: true,
-            counter: 0,
-            partial: vec![],
-        };
-        let ps = pieces(&packet, 1200);
+        let mut v = Reassembly::new(MORE);
+        let ps = pieces(&packet, 1200, MORE);
         assert_eq!(ps.len(), 3);
         let mut out = None;
         for p in &ps {
@@ -173,6 +166,11 @@ mod tests {
         }
         assert_eq!(out.as_deref(), Some(&packet[..]));
         assert!(v.take(&[]).is_err() && v.take(&[9, 1]).is_err() && v.take(&[END, 1, 2]).is_err());
+        // Return-route pieces are not virtual link pieces.
+        assert!(v.take(&[RETURN_END, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let mut r = Reassembly::new(RETURN_MORE);
+        let p = pieces(&packet, 5000, RETURN_MORE);
+        assert_eq!(r.take(&p[0]).unwrap().as_deref(), Some(&packet[..]));
         let big = vec![0u8; 60_000];
         assert!(v.take(&[MORE].iter().chain(&big).copied().collect::<Vec<_>>()).is_ok());
         assert_eq!(v.take(&[MORE].iter().chain(&big).copied().collect::<Vec<_>>()), Err(Reject::Oversized));
