@@ -317,3 +317,94 @@ fn a_one_way_wire_works_with_a_return_route_and_not_without() {
     assert_eq!(to_a, lost_before, "B sent nothing more on the one-way wire");
     assert!(w.wire_bytes(b, c).0 > 0, "B's answers went the long way");
 }
+
+/// The `sim scale` table model against real nodes: a small edge / aggregation / backbone
+/// network in the simulator builds the model's physical routes, then (fresh) its overlay of
+/// virtual links and the routes over it; every node's route table has the size the model
+/// counts. Over the virtual links, twice the routes leave the backbone's tables as they were.
+#[test]
+fn the_scale_model_counts_what_real_nodes_hold() {
+    use skyroute::sim::scale::{self, Backbone, Shape};
+    let s = Shape { backbone: 3, aggs: 6, edges_per_agg: 2 };
+    let bb = Backbone::new(&s);
+    let build = |seed: u64| {
+        let mut w = World::new(seed);
+        for _ in 0..s.nodes() {
+            w.add_node(NodeConfig::default());
+        }
+        let mut wires: Vec<(usize, usize)> = s.backbone_links();
+        for g in 0..s.aggs {
+            wires.push((s.agg(g), s.bb(s.home(g))));
+            for k in 0..s.edges_per_agg {
+                wires.push((s.edge(g, k), s.agg(g)));
+            }
+        }
+        for &(a, b) in &wires {
+            w.add_wire(a, b, WireSpec::default());
+            w.connect(a, b);
+        }
+        let mut up = 0;
+        let limit = w.now() + Duration::from_secs(10);
+        w.run_until(limit, |_, _, e| {
+            up += matches!(e, Event::LinkUp { .. }) as usize;
+            up < 2 * wires.len()
+        });
+        assert_eq!(up, 2 * wires.len());
+        w
+    };
+    let ready = |w: &mut World, routes: &[(usize, Vec<usize>)]| {
+        let mut pending = std::collections::BTreeSet::new();
+        for (src, hops) in routes {
+            let keys: Vec<_> = hops.iter().map(|h| w.key(*h)).collect();
+            pending.insert((*src, w.act(*src, |n, now| n.open_route(now, &keys)).unwrap()));
+        }
+        let limit = w.now() + Duration::from_secs(30);
+        w.run_until(limit, |_, node, e| {
+            match e {
+                Event::Route(RouteEvent::Ready { route }) => {
+                    pending.remove(&(node, route));
+                }
+                Event::Route(RouteEvent::Failed { route, error }) if pending.contains(&(node, route)) => {
+                    panic!("route failed: {error}")
+                }
+                _ => {}
+            }
+            !pending.is_empty()
+        });
+        assert!(pending.is_empty(), "every route ready");
+    };
+    let counts = |w: &World| (0..s.nodes()).map(|i| w.node(i).route_count()).collect::<Vec<_>>();
+
+    let physical = scale::physical_routes(&s, &bb, 4);
+    let mut w = build(11);
+    ready(&mut w, &physical);
+    let without = counts(&w);
+    assert_eq!(without, scale::tables(&s, &physical));
+
+    let mut w = build(12);
+    let carriers = scale::carriers(&s, &bb);
+    let mut links = 0;
+    for (src, hops) in &carriers {
+        let keys: Vec<_> = hops.iter().map(|h| w.key(*h)).collect();
+        w.act(*src, |n, now| n.open_virtual_link(now, &keys)).unwrap();
+    }
+    let limit = w.now() + Duration::from_secs(30);
+    w.run_until(limit, |_, node, e| {
+        links += matches!(e, Event::LinkUp { .. } if node >= s.backbone && node < s.backbone + s.aggs) as usize;
+        links < 2 * carriers.len()
+    });
+    assert_eq!(links, 2 * carriers.len(), "every virtual link up at both ends");
+    let inner = scale::virtual_routes(&s, 4);
+    ready(&mut w, &inner);
+    let with = counts(&w);
+    let mut all = carriers.clone();
+    all.extend(inner);
+    assert_eq!(with, scale::tables(&s, &all));
+    let more = scale::virtual_routes(&s, 5);
+    ready(&mut w, &more);
+    let doubled = counts(&w);
+    all.extend(more);
+    assert_eq!(doubled, scale::tables(&s, &all));
+    assert_eq!(doubled[..s.backbone], with[..s.backbone], "the backbone holds carriers only");
+    assert!(doubled[s.backbone..].iter().sum::<usize>() > with[s.backbone..].iter().sum::<usize>());
+}

@@ -241,6 +241,9 @@ pub enum Scenario {
     /// A fast one-way wire A -> B and a slow two-hop way back: B's acks and credit ride a
     /// return route; bulk goodput over the fast wire against its capacity (clean, 5% loss).
     Asymmetric,
+    /// Edge, aggregation and backbone nodes, one route per edge node: the largest route
+    /// table with and without virtual routes at 1k, 10k and 100k nodes (or --nodes N).
+    Scale,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -452,6 +455,15 @@ pub fn run(cli: Cli) -> i32 {
                     }
                     Err(e) => return fail(e),
                 },
+                Scenario::Scale => {
+                    let sizes: Vec<usize> = match nodes {
+                        Some(n) if (50..=10_000_000).contains(&n) => vec![n],
+                        Some(_) => return fail("--nodes must be 50 to 10000000"),
+                        None => vec![1_000, 10_000, 100_000],
+                    };
+                    let r = crate::sim::scale::scale(seed, &sizes);
+                    (if json { to_json(&r) } else { r.table() }, true)
+                }
                 Scenario::Qos => {
                     let r = scenario::qos(seed, std::time::Duration::from_secs(20));
                     let ok = r.realtime_p99_latency_ms.is_finite() && r.bulk_goodput > 0.0;

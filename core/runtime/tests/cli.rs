@@ -86,6 +86,26 @@ fn sim_asymmetric_json_and_goal() {
     }
 }
 
+/// The scale model at 1k, 10k and 100k nodes: virtual routes keep the largest table smaller,
+/// and it grows about like log(nodes), not like nodes.
+#[test]
+fn sim_scale_json() {
+    let out = skyroute(&["sim", "scale", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert!(r["max_table_with"].as_u64() < r["max_table_without"].as_u64(), "{r}");
+        assert!(r["max_backbone_with"].as_u64() < r["max_backbone_without"].as_u64(), "{r}");
+        assert!(r["diameter"].as_u64().unwrap() >= 5);
+    }
+    assert!(rows[2]["nodes"].as_u64().unwrap() >= 100_000);
+    let growth = v["growth_with"].as_f64().unwrap();
+    assert!(growth < 2.0 * v["growth_log_n"].as_f64().unwrap(), "{v}");
+    assert!(skyroute(&["sim", "scale", "--nodes", "3"]).status.code() != Some(0));
+}
+
 /// The moving-car scenario at reduced length (the README's figures are the 300 s runs): the
 /// JSON names the issue fixes, and skyroute meets its goals against the baselines.
 #[test]

@@ -14,6 +14,7 @@ pub mod asymmetric;
 pub mod car;
 pub mod dht;
 pub mod plot;
+pub mod scale;
 pub mod scenario;
 
 use std::cmp::Reverse;
