@@ -181,7 +181,11 @@ async fn routes_are_discovered_from_link_announcements() {
 async fn nodes_are_found_by_address_and_service_through_the_dht() {
     use skyroute::driver::{DhtOptions, LookupTarget};
     let dht_node = |services: &[&str]| {
-        let dht = DhtOptions { services: services.iter().map(|s| s.to_string()).collect(), advertise: vec![] };
+        let dht = DhtOptions {
+            services: services.iter().map(|s| s.to_string()).collect(),
+            advertise: vec![],
+            guards: vec![],
+        };
         let o = Options { dht: Some(dht), ..Options::loopback(SecretKey::generate(&mut OsRng)) };
         async move { RunningNode::spawn(o).await.unwrap() }
     };
@@ -246,6 +250,56 @@ async fn nodes_are_found_by_address_and_service_through_the_dht() {
     let e = plain.lookup(LookupTarget::Node(c.public_key), false).await.unwrap().unwrap_err();
     assert!(e.contains("DHT is off"), "{e}");
     for n in [a, b, c, d, plain] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// Guard nodes: D names B its guard. Its record carries the guard and no address; A, which
+/// knows the cheaper way A - X - D, still reaches D only through B once it has D's record.
+#[tokio::test]
+async fn sources_enter_a_guarded_node_through_its_guard() {
+    use skyroute::driver::{DhtOptions, LookupTarget};
+    let spawn = |guards: Vec<skyroute_proto::PublicKey>| async move {
+        let dht = DhtOptions { guards, ..DhtOptions::default() };
+        let o = Options { dht: Some(dht), ..Options::loopback(SecretKey::generate(&mut OsRng)) };
+        RunningNode::spawn(o).await.unwrap()
+    };
+    let (mut a, b, x) = (spawn(vec![]).await, spawn(vec![]).await, spawn(vec![]).await);
+    let mut d = spawn(vec![b.public_key]).await;
+    d.connect(b.public_key, b.udp_addr()).unwrap();
+    d.connect(x.public_key, x.udp_addr()).unwrap();
+    link_up(&mut d).await;
+    link_up(&mut d).await;
+    a.connect(b.public_key, b.udp_addr()).unwrap();
+    a.connect(x.public_key, x.udp_addr()).unwrap();
+    link_up(&mut a).await;
+    link_up(&mut a).await;
+    a.add_topology(x.public_key, d.public_key).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let rec = loop {
+        let r = a.lookup(LookupTarget::Node(d.public_key), false).await.unwrap().unwrap();
+        if let Some(x) = r.records.into_iter().find(|x| x.key == d.public_key.to_string()) {
+            break x;
+        }
+        assert!(std::time::Instant::now() < deadline, "D's record found");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rec.guards, vec![b.public_key.to_string()]);
+    assert!(rec.addrs.is_empty(), "a guarded node publishes no address: {rec:?}");
+    let ping = a.ping(d.public_key, 2, Duration::from_millis(20)).await.unwrap().unwrap();
+    assert_eq!(ping.received, 2, "{ping:?}");
+    let s = a.status().await.unwrap();
+    // The ping's session: not the DHT's own (opened before D's record was known, it went
+    // directly), nor one D opened to us (its paths list no hops at this end).
+    let ours = |x: &&skyroute::control::SessionStatus| x.paths.iter().all(|p| !p.hops.is_empty());
+    let session =
+        s.sessions.iter().filter(ours).find(|x| x.peer == d.public_key.to_string() && !x.dht && !x.paths.is_empty());
+    let session = session.unwrap_or_else(|| panic!("{s:#?}"));
+    for p in &session.paths {
+        let short = |k: skyroute_proto::PublicKey| k.to_string()[..16].to_string();
+        assert_eq!(p.hops, vec![short(b.public_key), short(d.public_key)], "through the guard: {p:?}");
+    }
+    for n in [a, b, x, d] {
         n.stop().await.unwrap();
     }
 }

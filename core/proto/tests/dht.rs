@@ -28,6 +28,7 @@ fn record(k: &SecretKey, seq: u64) -> Record {
         roles: dht::record::ROLE_GATEWAY,
         cost: 3,
         services: vec![service_key("blockchain-x")],
+        guards: vec![],
     }
 }
 
@@ -61,6 +62,18 @@ fn records_verify_and_refuse_forgery_expiry_and_oversize() {
     let mut twin = r.clone();
     twin.signature[0] ^= 0x80;
     assert!(twin.verify(NOW).is_err());
+    // Guards: at most MAX_GUARDS, never the node itself; they survive encoding.
+    let k = key(41);
+    let mut r = record(&k, 1);
+    r.guards = vec![key(42).public_key(), key(43).public_key()];
+    let signed = r.clone().sign(&k).unwrap();
+    assert_eq!(SignedRecord::decode(&signed.encode()).unwrap().0, signed);
+    let mut many = r.clone();
+    many.guards = (0..=dht::record::MAX_GUARDS as u64).map(|i| key(50 + i).public_key()).collect();
+    assert_eq!(many.sign(&k).unwrap_err(), RecordError::TooLarge);
+    let mut selfish = r;
+    selfish.guards = vec![k.public_key()];
+    assert!(selfish.sign(&k).is_err());
 }
 
 proptest! {

@@ -46,7 +46,17 @@ fn mesh(k: &[SecretKey], links: &[(usize, usize, u16, u16)], one_sided: &[(usize
 }
 
 fn role(t: &mut Topology, k: &SecretKey, roles: u8, cost: u32) {
-    let r = Record { key: k.public_key(), seq: 1, issued: NOW, ttl: 600, addrs: vec![], roles, cost, services: vec![] };
+    let r = Record {
+        key: k.public_key(),
+        seq: 1,
+        issued: NOW,
+        ttl: 600,
+        addrs: vec![],
+        roles,
+        cost,
+        services: vec![],
+        guards: vec![],
+    };
     t.record(r.sign(k).unwrap(), NOW).unwrap();
 }
 
@@ -97,10 +107,21 @@ fn the_nearest_gateways_come_first_and_guards_are_honoured() {
     role(&mut t, &k[5], ROLE_GATEWAY, 0);
     let gws = t.nearest_gateways(&pk(&k, 0), 5);
     assert_eq!(gws, vec![(pk(&k, 2), 2), (pk(&k, 5), 3)]);
-    // Node 6 requires guards 1 and 4: the cheap path through 7 must not be used.
-    role(&mut t, &k[6], ROLE_GUARD, 0);
+    // Node 6's record names guards 1 and 4: the cheap path through 7 must not be used.
+    let guarded = Record {
+        key: pk(&k, 6),
+        seq: 2,
+        issued: NOW,
+        ttl: 600,
+        addrs: vec![],
+        roles: 0,
+        cost: 0,
+        services: vec![],
+        guards: vec![pk(&k, 1), pk(&k, 4)],
+    };
+    t.record(guarded.sign(&k[6]).unwrap(), NOW).unwrap();
     let firsts: BTreeSet<PublicKey> = [1, 3, 7].iter().map(|i| pk(&k, *i)).collect();
-    let routes = t.routes_via_guards(&pk(&k, 0), &pk(&k, 6), &[pk(&k, 1), pk(&k, 4)], 2, &firsts);
+    let routes = t.graph().find(&pk(&k, 0), &pk(&k, 6), 2, &firsts, &BTreeSet::new());
     assert_eq!(routes.len(), 2, "{routes:?}");
     for r in &routes {
         let n = r.len();

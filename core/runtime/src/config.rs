@@ -39,6 +39,7 @@
 //! dht = true                      # publish our record in the DHT, run and answer lookups
 //! services = ["chain-x"]          # services published with it (found by service:NAME)
 //! advertise = ["udp://203.0.113.5:7070"]  # addresses others dial [the listen addresses]
+//! guards = ["02ab..."]            # reach us only through these nodes; publish no address
 //! ```
 
 use std::net::SocketAddr;
@@ -90,6 +91,8 @@ struct RawDiscovery {
     services: Vec<String>,
     #[serde(default)]
     advertise: Vec<String>,
+    #[serde(default)]
+    guards: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,8 +302,8 @@ fn key(field_name: String, v: &str) -> Result<PublicKey, ConfigError> {
 fn dht_options(d: &RawDiscovery) -> Result<Option<crate::driver::DhtOptions>, ConfigError> {
     use skyroute_proto::dht::record::{MAX_ADDRS, MAX_ADDR_LEN, MAX_SERVICES};
     if !d.dht {
-        if !d.services.is_empty() || !d.advertise.is_empty() {
-            return Err(field("discovery.dht", "services and advertise need dht = true"));
+        if !d.services.is_empty() || !d.advertise.is_empty() || !d.guards.is_empty() {
+            return Err(field("discovery.dht", "services, advertise and guards need dht = true"));
         }
         return Ok(None);
     }
@@ -326,7 +329,19 @@ fn dht_options(d: &RawDiscovery) -> Result<Option<crate::driver::DhtOptions>, Co
             Ok(parsed)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(crate::driver::DhtOptions { services: d.services.clone(), advertise }))
+    if d.guards.len() > skyroute_proto::dht::record::MAX_GUARDS {
+        return Err(field("discovery.guards", format!("at most {} guards", skyroute_proto::dht::record::MAX_GUARDS)));
+    }
+    if !d.guards.is_empty() && !d.advertise.is_empty() {
+        return Err(field("discovery.advertise", "a guarded node advertises no address (guards hide it)"));
+    }
+    let guards = d
+        .guards
+        .iter()
+        .enumerate()
+        .map(|(i, g)| key(format!("discovery.guards[{i}]"), g))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(crate::driver::DhtOptions { services: d.services.clone(), advertise, guards }))
 }
 
 /// A configuration error, naming the field.
@@ -538,5 +553,6 @@ mod tests {
         assert!(e("[discovery]\ndht = true\nadvertise = [\"0.0.0.0:1\"]").starts_with("discovery.advertise[0]:"));
         assert!(e("[discovery]\ndht = true\nadvertise = [\"nope\"]").starts_with("discovery.advertise[0]:"));
         assert!(e("[discovery]\ndht = true\nservices = [\"\"]").starts_with("discovery.services[0]:"));
+        assert!(e("[discovery]\ndht = true\nguards = [\"zz\"]").starts_with("discovery.guards[0]:"));
     }
 }

@@ -147,6 +147,8 @@ pub struct RecordView {
     pub roles: Vec<String>,
     pub cost: u32,
     pub services: usize,
+    /// Guards the node requires routes to enter it through.
+    pub guards: Vec<String>,
     /// Unix seconds.
     pub expires: u64,
 }
@@ -258,6 +260,9 @@ pub struct SessionStatus {
     pub paths_retired: u64,
     /// Refused session packets by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// A session the node opened for DHT messages (not an application's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dht: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

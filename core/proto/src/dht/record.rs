@@ -15,6 +15,8 @@ pub const MAX_SKEW_SECS: u64 = 600;
 pub const MAX_ADDRS: usize = 4;
 pub const MAX_SERVICES: usize = 8;
 pub const MAX_ADDR_LEN: usize = 64;
+/// Guards a node may name.
+pub const MAX_GUARDS: usize = 4;
 
 /// Roles a node may advertise.
 pub const ROLE_ANCHOR: u8 = 1;
@@ -37,6 +39,9 @@ pub struct Record {
     pub cost: u32,
     /// Service keys (hashes) this node offers, e.g. "syncs blockchain X".
     pub services: Vec<[u8; 32]>,
+    /// The node's guards (seed: "guard nodes"): sources must enter it through one of them,
+    /// so its key is never tied to its own links. A guarded node publishes no addresses.
+    pub guards: Vec<PublicKey>,
 }
 
 /// A record and its signature, as stored and sent.
@@ -94,12 +99,18 @@ impl Record {
         for s in &self.services {
             b.extend_from_slice(s);
         }
+        b.push(self.guards.len() as u8);
+        for g in &self.guards {
+            b.extend_from_slice(&g.to_bytes());
+        }
         b
     }
 
     fn check_limits(&self) -> Result<(), RecordError> {
         if self.addrs.len() > MAX_ADDRS
             || self.services.len() > MAX_SERVICES
+            || self.guards.len() > MAX_GUARDS
+            || self.guards.contains(&self.key)
             || self.addrs.iter().any(|a| a.len() > MAX_ADDR_LEN)
             || self.ttl > MAX_TTL_SECS
         {
@@ -153,11 +164,16 @@ impl SignedRecord {
             return Err(RecordError::TooLarge);
         }
         let services = (0..n).map(|_| r.array()).collect::<Result<Vec<[u8; 32]>, _>>()?;
+        let n = r.take(1)?[0] as usize;
+        if n > MAX_GUARDS {
+            return Err(RecordError::TooLarge);
+        }
+        let guards = (0..n).map(|_| r.key()).collect::<Result<Vec<PublicKey>, _>>()?;
         let signature = r.array()?;
         if r.at - start > MAX_RECORD {
             return Err(RecordError::TooLarge);
         }
-        let record = Record { key, seq, issued, ttl, addrs, roles, cost, services };
+        let record = Record { key, seq, issued, ttl, addrs, roles, cost, services, guards };
         Ok((SignedRecord { record, signature }, r.at))
     }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use super::record::{check_time, Reader, RecordError, MAX_TTL_SECS, ROLE_GATEWAY};
 use super::SignedRecord;
 use crate::identity::{PublicKey, SecretKey, SIGNATURE_LEN};
-use crate::session::{Graph, RouteFinder};
+use crate::session::Graph;
 
 /// Links one announcement lists at most.
 pub const MAX_LINKS: usize = 64;
@@ -185,6 +185,9 @@ impl Topology {
                 g.add_edge(*a, l.peer, cost + price);
             }
         }
+        for (k, r) in &self.records {
+            g.set_guards(*k, r.record.guards.clone());
+        }
         g
     }
 
@@ -205,34 +208,6 @@ impl Topology {
                 if seen.insert(next) {
                     queue.push_back((next, depth + 1));
                 }
-            }
-        }
-        out
-    }
-
-    /// Routes to `dest` that enter it through one of `guards` (the destination's required
-    /// transit points, so its key is never linked to its own links by a source): routes to
-    /// each guard, then the guard's hop to `dest`. Node-disjoint, at most `k`.
-    pub fn routes_via_guards(
-        &self,
-        from: &PublicKey,
-        dest: &PublicKey,
-        guards: &[PublicKey],
-        k: usize,
-        first_hops: &BTreeSet<PublicKey>,
-    ) -> Vec<Vec<PublicKey>> {
-        let g = self.graph();
-        let mut used: BTreeSet<PublicKey> = BTreeSet::from([*dest]);
-        let mut out = Vec::new();
-        for guard in guards {
-            if out.len() >= k || !g.neighbours(guard).any(|n| n == *dest) {
-                continue;
-            }
-            let avoid: BTreeSet<PublicKey> = used.iter().copied().filter(|n| n != guard).collect();
-            for mut r in g.find(from, guard, 1, first_hops, &avoid) {
-                used.extend(r.iter().copied());
-                r.push(*dest);
-                out.push(r);
             }
         }
         out

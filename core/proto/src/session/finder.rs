@@ -29,6 +29,8 @@ pub trait RouteFinder {
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     edges: BTreeMap<PublicKey, BTreeMap<PublicKey, u32>>,
+    /// Nodes that must be entered through one of their guards.
+    guards: BTreeMap<PublicKey, Vec<PublicKey>>,
 }
 
 impl Graph {
@@ -39,6 +41,21 @@ impl Graph {
     pub fn add_edge(&mut self, a: PublicKey, b: PublicKey, cost: u32) {
         self.edges.entry(a).or_default().insert(b, cost.max(1));
         self.edges.entry(b).or_default().insert(a, cost.max(1));
+    }
+
+    /// `dest` is entered only through one of `guards` (from its signed record); empty: no
+    /// requirement. Routes then end `.., guard, dest`; the guard's link to `dest` need not be
+    /// known (the destination named it).
+    pub fn set_guards(&mut self, dest: PublicKey, guards: Vec<PublicKey>) {
+        if guards.is_empty() {
+            self.guards.remove(&dest);
+        } else {
+            self.guards.insert(dest, guards);
+        }
+    }
+
+    pub fn guards(&self, dest: &PublicKey) -> &[PublicKey] {
+        self.guards.get(dest).map_or(&[], |g| g.as_slice())
     }
 
     pub fn remove_edge(&mut self, a: &PublicKey, b: &PublicKey) {
@@ -123,6 +140,10 @@ impl RouteFinder for Graph {
         first_hops: &BTreeSet<PublicKey>,
         avoid: &BTreeSet<PublicKey>,
     ) -> Vec<Vec<PublicKey>> {
+        let guards = self.guards(to);
+        if !guards.is_empty() && !guards.contains(from) {
+            return self.find_via_guards(from, to, guards, k, first_hops, avoid);
+        }
         let mut blocked = avoid.clone();
         let mut out = Vec::new();
         // A direct link is a route of one hop; it can be used once.
@@ -135,6 +156,36 @@ impl RouteFinder for Graph {
             if r.len() == 1 {
                 firsts.remove(to);
             }
+            out.push(r);
+        }
+        out
+    }
+}
+
+impl Graph {
+    /// Routes that enter `to` through its guards: the cheapest route to each guard (not
+    /// through `to`, disjoint from the others), then `to`. Never a route around the guards.
+    fn find_via_guards(
+        &self,
+        from: &PublicKey,
+        to: &PublicKey,
+        guards: &[PublicKey],
+        k: usize,
+        first_hops: &BTreeSet<PublicKey>,
+        avoid: &BTreeSet<PublicKey>,
+    ) -> Vec<Vec<PublicKey>> {
+        let mut blocked = avoid.clone();
+        blocked.insert(*to);
+        let mut out = Vec::new();
+        for guard in guards.iter().filter(|g| !avoid.contains(g)) {
+            if out.len() >= k {
+                break;
+            }
+            let mut others = blocked.clone();
+            others.remove(guard);
+            let Some(mut r) = self.shortest(from, guard, first_hops, &others) else { continue };
+            blocked.extend(r.iter().copied());
+            r.push(*to);
             out.push(r);
         }
         out
@@ -173,5 +224,15 @@ mod tests {
         // Avoided nodes are not used.
         let r = g.find(&src, &dst, 3, &all, &[k[2], k[3]].into());
         assert_eq!(r, vec![vec![k[1], k[5], dst]]);
+        // Guards: dst is entered only through 3 or 5 (the cheap way through 2 is never used),
+        // and a guard that cannot be reached gives no route rather than a way around it.
+        g.set_guards(dst, vec![k[3], k[5]]);
+        let r = g.find(&src, &dst, 3, &all, &BTreeSet::new());
+        assert_eq!(r, vec![vec![k[3], dst], vec![k[1], k[5], dst]]);
+        let unknown = SecretKey::generate(&mut rng).public_key();
+        g.set_guards(dst, vec![unknown]);
+        assert!(g.find(&src, &dst, 3, &all, &BTreeSet::new()).is_empty());
+        g.set_guards(dst, vec![]);
+        assert_eq!(g.find(&src, &dst, 1, &all, &BTreeSet::new()), vec![vec![k[1], k[2], dst]]);
     }
 }

@@ -49,6 +49,8 @@ pub struct DhtOptions {
     pub services: Vec<String>,
     /// Addresses others dial us at; empty: the listen addresses (those on a specified IP).
     pub advertise: Vec<Addr>,
+    /// Our guards: sources reach us only through them, and our record carries no address.
+    pub guards: Vec<PublicKey>,
 }
 
 /// What to look up in the DHT.

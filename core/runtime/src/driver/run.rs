@@ -497,6 +497,7 @@ impl Driver {
     fn session_gone(&mut self, now: Instant, session: SessionId, why: &str) {
         tracing::info!(session, why, "session ended");
         self.to_peer.retain(|_, s| *s != session);
+        self.dht.sessions.retain(|_, s| *s != session);
         let conn = self.conns.remove(&session);
         self.vpn_session_gone(now, session);
         let Some(conn) = conn else { return };
@@ -798,6 +799,7 @@ impl Driver {
             ("unknown", s.rejected_unknown),
         ]);
         Some(SessionStatus {
+            dht: self.dht.sessions.values().any(|s| *s == id),
             id,
             peer: self.sessions.peer(id)?.to_string(),
             established: self.sessions.is_established(id),

@@ -216,6 +216,7 @@ pub fn dht(seed: u64, nodes: usize, gone: f64, eclipse: f64, lookups: usize) -> 
             roles: 0,
             cost: 0,
             services: if offers_service(i) { vec![service] } else { Vec::new() },
+            guards: Vec::new(),
         }
         .sign(k);
         // Signing with the node's own key within the limits cannot fail; a node that could

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use skyroute_proto::dht::{self, service_address, service_key, Contact, Dht, DhtConfig, DhtEvent, Record};
-use skyroute_proto::{Address, LinkState, PublicKey, SecretKey};
+use skyroute_proto::{Address, LinkState, PublicKey, SecretKey, SessionId};
 use tokio::sync::oneshot;
 
 use super::discovery::unix_now;
@@ -28,6 +28,8 @@ const FIRST_PUBLISH_AFTER: Duration = Duration::from_millis(300);
 /// Messages held for a contact whose link is still coming up, and contacts held.
 const MAX_PENDING: usize = 16;
 const MAX_PENDING_PEERS: usize = 256;
+/// Guarded nodes whose guards we keep.
+const MAX_GUARDED: usize = 4096;
 
 struct Job {
     target: Address,
@@ -45,9 +47,15 @@ pub(in crate::driver) struct DhtState {
     services: Vec<[u8; 32]>,
     advertise: Vec<String>,
     roles: u8,
+    guards: Vec<PublicKey>,
+    /// Guards other nodes' records name (route finding honours them).
+    pub(super) required: BTreeMap<PublicKey, Vec<PublicKey>>,
     next_publish: Option<Instant>,
     pending: BTreeMap<PublicKey, Vec<Vec<u8>>>,
     jobs: BTreeMap<u32, Job>,
+    /// Sessions opened for DHT messages (applications open their own: a session's routes
+    /// are chosen when it opens, and an application's must honour guards learned since).
+    pub(super) sessions: BTreeMap<PublicKey, SessionId>,
 }
 
 impl DhtState {
@@ -56,6 +64,8 @@ impl DhtState {
     pub fn new(o: Option<&DhtOptions>, secret: SecretKey, listen: &[Addr], gateway: bool) -> DhtState {
         let me = secret.public_key();
         let advertise: Vec<String> = match o {
+            // A guarded node's key is not tied to an address.
+            Some(o) if !o.guards.is_empty() => Vec::new(),
             Some(o) if !o.advertise.is_empty() => o.advertise.iter().map(Addr::to_string).collect(),
             _ => listen.iter().filter(|a| !a.socket().ip().is_unspecified()).map(Addr::to_string).collect(),
         };
@@ -69,9 +79,12 @@ impl DhtState {
             services: o.map(|o| o.services.iter().map(|s| service_key(s)).collect()).unwrap_or_default(),
             advertise: advertise.into_iter().take(dht::record::MAX_ADDRS).collect(),
             roles: if gateway { dht::record::ROLE_GATEWAY } else { 0 },
+            guards: o.map(|o| o.guards.clone()).unwrap_or_default(),
+            required: BTreeMap::new(),
             next_publish: None,
             pending: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 
@@ -104,6 +117,7 @@ fn view(r: &dht::SignedRecord) -> RecordView {
         roles,
         cost: r.cost,
         services: r.services.len(),
+        guards: r.guards.iter().map(|g| g.to_string()).collect(),
         expires: r.issued + r.ttl as u64,
     }
 }
@@ -154,6 +168,7 @@ impl Driver {
                 roles: self.dht.roles,
                 cost: 0,
                 services: self.dht.services.clone(),
+                guards: self.dht.guards.clone(),
             };
             match record.sign(&self.dht.secret) {
                 Ok(r) => {
@@ -192,13 +207,18 @@ impl Driver {
         if c.key == self.me {
             return;
         }
-        if let Some(&s) = self.to_peer.get(&c.key) {
+        if let Some(&s) = self.to_peer.get(&c.key).or(self.dht.sessions.get(&c.key)) {
             self.send_on(s, CHANNEL, &m);
             return;
         }
         if self.link_addr(&c.key).is_some() {
-            match self.session_with_routes(now, c.key, Some(1)) {
-                Ok(s) => self.send_on(s, CHANNEL, &m),
+            let s = self.sessions.connect_with_routes(now, &mut self.node, &self.graph, c.key, Some(1));
+            match s {
+                Ok(s) => {
+                    self.dht.sessions.insert(c.key, s);
+                    self.conns.insert(s, crate::service::Conn::new(c.key));
+                    self.send_on(s, CHANNEL, &m);
+                }
                 Err(_) => self.count("dht_unreachable"),
             }
             return;
@@ -263,6 +283,16 @@ impl Driver {
     }
 
     fn dht_lookup_done(&mut self, now: Instant, r: dht::LookupResult) {
+        // Routes to nodes that name guards go through them.
+        for x in &r.records {
+            let (k, g) = (x.record.key, x.record.guards.clone());
+            self.graph.set_guards(k, g.clone());
+            if g.is_empty() {
+                self.dht.required.remove(&k);
+            } else if self.dht.required.len() < MAX_GUARDED || self.dht.required.contains_key(&k) {
+                self.dht.required.insert(k, g);
+            }
+        }
         let Some(mut job) = self.dht.jobs.remove(&r.id) else { return };
         let Some(d) = self.dht.dht.as_mut() else { return };
         let exchange_with = match (&job.found, job.service) {

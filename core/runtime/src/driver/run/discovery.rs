@@ -185,6 +185,9 @@ impl Driver {
                 g.add_edge(self.me, l.peer, LINK_COST);
             }
         }
+        for (k, guards) in &self.dht.required {
+            g.set_guards(*k, guards.clone());
+        }
         self.graph = g;
     }
 
