@@ -408,3 +408,26 @@ fn the_scale_model_counts_what_real_nodes_hold() {
     assert_eq!(doubled[..s.backbone], with[..s.backbone], "the backbone holds carriers only");
     assert!(doubled[s.backbone..].iter().sum::<usize>() > with[s.backbone..].iter().sum::<usize>());
 }
+
+/// An idle virtual link stays up: its source keeps the carrier alive past the relays' idle
+/// timeout (120 s), and a route built through it after 5 idle minutes works.
+#[test]
+fn an_idle_virtual_link_outlives_the_relays_idle_timeout() {
+    let mut w = line(8, 4, |_| NodeConfig::default(), WireSpec::default());
+    let (b, c, d) = (w.key(1), w.key(2), w.key(3));
+    let v = w.act(0, |n, now| n.open_virtual_link(now, &[b, c, d])).unwrap();
+    let evs = settle(&mut w, Duration::from_secs(2));
+    assert!(evs.iter().any(|(n, e)| *n == 0 && matches!(e, Event::LinkUp { link, .. } if *link == v)));
+    let evs = settle(&mut w, Duration::from_secs(300));
+    assert!(!evs.iter().any(|(_, e)| matches!(e, Event::LinkDown { .. })), "nothing went down");
+    assert!(w.node(0).virtual_link_up(v));
+    assert_eq!((w.node(1).route_count(), w.node(2).route_count()), (1, 1), "the relays kept the carrier");
+    let r = w.act(0, |n, now| n.open_route(now, &[d])).unwrap();
+    settle(&mut w, Duration::from_secs(2));
+    assert!(w.node(0).route_ready(r));
+    w.act(0, |n, now| n.send(now, r, b"still here")).unwrap();
+    let evs = settle(&mut w, Duration::from_secs(1));
+    assert!(evs
+        .iter()
+        .any(|(n, e)| *n == 3 && matches!(e, Event::Route(RouteEvent::Data { data, .. }) if data == b"still here")));
+}

@@ -600,11 +600,13 @@ impl<A: Clone + Ord + Debug> Node<A> {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let keepalive = self.config.route.idle_timeout / 4;
         self.links
             .values()
             .filter_map(|l| l.poll_timeout())
             .chain(self.router.poll_timeout())
             .chain(self.fwd.poll_timeout())
+            .chain(self.vlinks.values().filter(|v| v.source && v.up).filter_map(|v| Some(v.last_sent? + keepalive)))
             .min()
     }
 
@@ -634,6 +636,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             self.fwd.handle_timeout(now);
             self.drain_router();
         }
+        self.vlink_keepalive(now);
         self.vlink_work(now);
     }
 
@@ -744,7 +747,15 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.next_link += 1;
         self.vlinks.insert(
             id,
-            VLink { peer, carrier, source: true, up: false, counter: 0, partial: vlink::Reassembly::new(vlink::MORE) },
+            VLink {
+                peer,
+                carrier,
+                source: true,
+                up: false,
+                counter: 0,
+                partial: vlink::Reassembly::new(vlink::MORE),
+                last_sent: None,
+            },
         );
         self.by_carrier.insert(carrier, id);
         Ok(id)
@@ -788,6 +799,35 @@ impl<A: Clone + Ord + Debug> Node<A> {
         true
     }
 
+    /// A carrier we opened that carried nothing for a quarter of the relays' idle timeout gets
+    /// a message that says nothing, so they keep it.
+    fn vlink_keepalive(&mut self, now: Instant) {
+        let every = self.config.route.idle_timeout / 4;
+        let due: Vec<(LinkId, RouteId)> = self
+            .vlinks
+            .iter()
+            .filter(|(_, v)| v.source && v.up && v.last_sent.is_some_and(|t| t + every <= now))
+            .map(|(id, v)| (*id, v.carrier))
+            .collect();
+        let mtu = self.route_mtu();
+        for (id, carrier) in due {
+            let (mut table, router, _, _) = self.table();
+            let _ = router.send_kind(
+                now,
+                &mut table,
+                carrier,
+                Class::Realtime,
+                crate::route::MSG_LINK,
+                &[vlink::KEEPALIVE],
+                mtu,
+            );
+            if let Some(v) = self.vlinks.get_mut(&id) {
+                v.last_sent = Some(now);
+            }
+        }
+        self.drain_router();
+    }
+
     /// Our carriers that became ready: introduce ourselves to the far end; the link is up.
     fn vlink_work(&mut self, now: Instant) {
         if self.carriers_ready.is_empty() {
@@ -807,6 +847,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 continue;
             }
             self.vlink_up(id, peer);
+            if let Some(v) = self.vlinks.get_mut(&id) {
+                v.last_sent = Some(now);
+            }
         }
         self.drain_router();
     }
@@ -841,6 +884,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
     /// or pieces of packets, whose frames are then handled as a physical link's.
     fn take_link_data(&mut self, now: Instant) {
         while let Some((route, body)) = self.router.link_data.pop_front() {
+            if body == [vlink::KEEPALIVE] {
+                continue;
+            }
             if matches!(body.first(), Some(&vlink::RETURN_MORE | &vlink::RETURN_END)) {
                 self.on_returned(now, route, &body);
                 continue;
@@ -861,6 +907,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                             up: false,
                             counter: 0,
                             partial: vlink::Reassembly::new(vlink::MORE),
+                            last_sent: None,
                         };
                         self.vlinks.insert(id, v);
                         self.by_carrier.insert(route, id);
@@ -930,6 +977,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 self.fwd.on_sent(id, counter, filled, buf.len(), now);
                 if let Some(v) = self.vlinks.get_mut(&id) {
                     v.counter += 1;
+                    v.last_sent = Some(now);
                 }
             }
         }

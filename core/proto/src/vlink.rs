@@ -16,6 +16,8 @@ use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::route::RouteId;
 use crate::stats::Reject;
 
+/// Nothing: keeps an idle carrier's relays from forgetting it.
+pub(crate) const KEEPALIVE: u8 = 0;
 pub(crate) const HELLO: u8 = 1;
 pub(crate) const MORE: u8 = 2;
 pub(crate) const END: u8 = 3;
@@ -42,6 +44,8 @@ pub(crate) struct VLink {
     pub counter: u64,
     /// Pieces of the packet being received.
     pub partial: Reassembly,
+    /// When we last put something on the carrier (the source keeps an idle carrier alive).
+    pub last_sent: Option<std::time::Instant>,
 }
 
 /// Pieces of one packet: `more`-tagged ones, then the one tagged `more + 1`.

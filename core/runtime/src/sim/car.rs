@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use skyroute_proto::{Graph, NodeConfig, SessionConfig, SessionEvent, SessionId, Strategy};
+use skyroute_proto::{NodeConfig, SessionConfig, SessionEvent, SessionId, Strategy};
 
 use super::{WireSpec, World};
 
@@ -187,18 +187,15 @@ fn build(seed: u64, duration: Duration, sched: &Schedule, cfg: &SessionConfig) -
     let backbone: Vec<usize> = (0..4).map(|_| w.add_node(nc.clone())).collect();
     let wifi: Vec<usize> = (0..WIFI).map(|_| w.add_node(nc.clone())).collect();
     let lte = w.add_node(nc.clone());
-    let mut g = Graph::new();
     let wired = WireSpec { latency: Duration::from_millis(8), bandwidth: 6_250_000, ..WireSpec::default() };
     for &b in &backbone {
         w.add_wire(b, server, wired.clone());
         w.connect(b, server);
-        g.add_edge(w.key(b), w.key(server), 8);
     }
     for (i, &ap) in wifi.iter().enumerate() {
         let b = backbone[i % 3];
         w.add_wire(ap, b, WireSpec { latency: Duration::from_millis(4), ..wired.clone() });
         w.connect(ap, b);
-        g.add_edge(w.key(ap), w.key(b), 4);
         let spec = WireSpec {
             latency: Duration::from_millis(3),
             bandwidth: 1_000_000,
@@ -207,11 +204,9 @@ fn build(seed: u64, duration: Duration, sched: &Schedule, cfg: &SessionConfig) -
             ..WireSpec::default()
         };
         w.add_wire(car, ap, spec);
-        g.add_edge(w.key(car), w.key(ap), 5);
     }
     w.add_wire(lte, backbone[3], WireSpec { latency: Duration::from_millis(10), ..wired.clone() });
     w.connect(lte, backbone[3]);
-    g.add_edge(w.key(lte), w.key(backbone[3]), 10);
     let spec = WireSpec {
         latency: sched.lte_latency[0].1,
         bandwidth: 500_000,
@@ -220,7 +215,9 @@ fn build(seed: u64, duration: Duration, sched: &Schedule, cfg: &SessionConfig) -
         ..WireSpec::default()
     };
     w.add_wire(car, lte, spec);
-    g.add_edge(w.key(car), w.key(lte), 50);
+    // Routes come from discovery: the graph of the nodes' signed link announcements (each
+    // node announces its wires, the car and the access nodes their radio links too).
+    let g = w.discovered().graph();
     w.add_sessions(car, cfg.clone(), g.clone());
     w.add_sessions(server, cfg.clone(), g);
     let mut others = wifi;

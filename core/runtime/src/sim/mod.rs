@@ -29,6 +29,9 @@ use skyroute_proto::{
     Event, Graph, LinkId, Node, NodeConfig, PublicKey, SecretKey, SessionConfig, SessionEvent, Sessions,
 };
 
+/// The wall clock the simulator's signed statements are dated by (virtual time added).
+pub const SIM_UNIX_TIME: u64 = 1_800_000_000;
+
 /// Properties of one wire between two nodes (the same both ways).
 #[derive(Debug, Clone)]
 pub struct WireSpec {
@@ -497,6 +500,35 @@ impl World {
     }
 
     /// Completed key rotations over all links (each counted once, not once per side).
+    /// Route discovery as flooding leaves it: every node signs an announcement of its wires'
+    /// far ends (RTT twice the wire's latency, its loss), and a topology takes all of them,
+    /// checking each signature. The graph of what both ends announce is what route finding
+    /// then uses (the flooding itself runs on real nodes: tests/real_nodes.rs).
+    pub fn discovered(&self) -> skyroute_proto::dht::topology::Topology {
+        use skyroute_proto::dht::topology::{LinkAnnouncement, LinkReport, Topology, MAX_LINKS};
+        let unix = SIM_UNIX_TIME + self.elapsed().as_secs();
+        let mut t = Topology::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let links: Vec<LinkReport> = self
+                .wires
+                .iter()
+                .filter(|((a, b), _)| *a == i || *b == i)
+                .map(|((a, b), w)| LinkReport {
+                    peer: self.key(if *a == i { *b } else { *a }),
+                    rtt_ms: (2 * w.spec.latency.as_millis()).clamp(1, 60_000) as u16,
+                    loss_permille: (w.spec.loss * 1000.0) as u16,
+                })
+                .take(MAX_LINKS)
+                .collect();
+            let signed = LinkAnnouncement::sign(&node.identity_copy(), 1, unix, 3600, links);
+            // An announcement that does not sign or verify is left out (and its links with it).
+            if let Ok(a) = signed {
+                let _ = t.announce(a, unix);
+            }
+        }
+        t
+    }
+
     /// Bytes sent on the wire between `a` and `b`: from `a` to `b`, and back.
     pub fn wire_bytes(&self, a: usize, b: usize) -> (u64, u64) {
         let Some(w) = self.wires.get(&(a.min(b), a.max(b))) else { return (0, 0) };

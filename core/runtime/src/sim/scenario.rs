@@ -163,8 +163,8 @@ pub fn transfer(w: &mut World, src: usize, dst: usize, route: RouteId, data: Vec
     Transfer { sent: tx.pos as u64, check, duration: w.now() - start, delivered_confirmed: confirmed }
 }
 
-/// A line of `hops + 1` nodes, a route from the first over all the others, and `data` sent
-/// through it. Returns how long the route took to build and the transfer's outcome (empty if
+/// A line of `hops + 1` nodes, a route from the first to the last as route discovery finds
+/// it (over all the others), and `data` sent through it. Returns how long the route took to build and the transfer's outcome (empty if
 /// the links or the route never came up within `limit_s` simulated seconds each).
 pub fn line_transfer(
     w: &mut World,
@@ -177,13 +177,29 @@ pub fn line_transfer(
     let limit = Duration::from_secs(limit_s);
     let nodes = line(w, hops + 1, config, spec, limit);
     let setup_start = w.now();
-    let route = nodes.as_ref().ok_or(RouteError::NoLink).and_then(|n| open_route(w, n[0], &n[1..], limit));
+    let route = nodes
+        .as_ref()
+        .ok_or(RouteError::NoLink)
+        .and_then(|n| Ok((n[0], discovered_route(w, n[0], n[hops])?)))
+        .and_then(|(src, path)| open_route(w, src, &path, limit));
     let route_setup = w.now() - setup_start;
     let t = match route {
         Ok(route) => transfer(w, 0, hops, route, data, limit * 12),
         Err(_) => Transfer { sent: 0, check: StreamCheck::new(data), duration: Duration::ZERO, delivered_confirmed: 0 },
     };
     (route_setup, t)
+}
+
+/// The route from `src` to `dst` that route discovery finds: the cheapest path in the graph
+/// of signed link announcements (see [`World::discovered`]), as node indices.
+pub fn discovered_route(w: &World, src: usize, dst: usize) -> Result<Vec<usize>, RouteError> {
+    use skyroute_proto::RouteFinder;
+    let g = w.discovered().graph();
+    let firsts: std::collections::BTreeSet<_> = g.neighbours(&w.key(src)).collect();
+    let found = g.find(&w.key(src), &w.key(dst), 1, &firsts, &Default::default());
+    let keys = found.into_iter().next().ok_or(RouteError::NoLink)?;
+    let index: std::collections::BTreeMap<_, _> = (0..w.nodes()).map(|i| (w.key(i), i)).collect();
+    keys.iter().map(|k| index.get(k).copied().ok_or(RouteError::InvalidHops)).collect()
 }
 
 /// Largest route buffer occupancy seen at any node, for any route.
