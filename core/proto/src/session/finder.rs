@@ -54,6 +54,43 @@ impl Graph {
         }
     }
 
+    /// A multiple-input, multiple-output virtual route (seed: "SONET topology"): `members`
+    /// (a ring, or any set with full transit between them, each pair joined by a virtual
+    /// link) offer transit between any two of them at `transit_cost`. Each pair becomes an
+    /// edge whose cost obeys the seed's triangle inequality: never below the cheapest path
+    /// between the two already known (a virtual route costs at least what it rides on), so
+    /// summarising links cannot make a route look cheaper than its parts.
+    pub fn add_virtual_route(&mut self, members: &[PublicKey], transit_cost: u32) {
+        let mut edges = Vec::new();
+        for (i, a) in members.iter().enumerate() {
+            for b in &members[i + 1..] {
+                if a == b {
+                    continue;
+                }
+                let underlying = self.path_cost(a, b).unwrap_or(0);
+                edges.push((*a, *b, (transit_cost as u64).max(underlying).min(u32::MAX as u64) as u32));
+            }
+        }
+        for (a, b, c) in edges {
+            if self.cost(&a, &b).is_none_or(|old| c < old) {
+                self.add_edge(a, b, c);
+            }
+        }
+    }
+
+    /// The cost of the cheapest known path between `a` and `b`.
+    pub fn path_cost(&self, a: &PublicKey, b: &PublicKey) -> Option<u64> {
+        let all: BTreeSet<PublicKey> = self.neighbours(a).collect();
+        let path = self.shortest(a, b, &all, &BTreeSet::new())?;
+        let mut cost = 0u64;
+        let mut prev = a;
+        for n in &path {
+            cost += self.cost(prev, n)? as u64;
+            prev = n;
+        }
+        Some(cost)
+    }
+
     pub fn guards(&self, dest: &PublicKey) -> &[PublicKey] {
         self.guards.get(dest).map_or(&[], |g| g.as_slice())
     }
@@ -234,5 +271,37 @@ mod tests {
         assert!(g.find(&src, &dst, 3, &all, &BTreeSet::new()).is_empty());
         g.set_guards(dst, vec![]);
         assert_eq!(g.find(&src, &dst, 1, &all, &BTreeSet::new()), vec![vec![k[1], k[2], dst]]);
+    }
+
+    #[test]
+    fn virtual_routes_cost_at_least_what_they_ride_on() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let k: Vec<PublicKey> = (0..6).map(|_| SecretKey::generate(&mut rng).public_key()).collect();
+        let mut g = Graph::new();
+        // A ring 0 - 1 - 2 - 3 - 0 (cost 10 each) and a spur 3 - 4, 5 alone.
+        for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0), (3, 4)] {
+            g.add_edge(k[a], k[b], 10);
+        }
+        // The ring as a MIMO virtual route offering transit at 5: each pair costs at least the
+        // path under it (0 - 2 is 20 over the ring), neighbours on the ring stay at 10.
+        g.add_virtual_route(&[k[0], k[1], k[2], k[3]], 5);
+        assert_eq!(g.cost(&k[0], &k[2]), Some(20));
+        assert_eq!(g.cost(&k[1], &k[3]), Some(20));
+        assert_eq!(g.cost(&k[0], &k[1]), Some(10));
+        // A pricier transit than the paths keeps its price; a member with no known path
+        // gets the transit cost alone.
+        g.add_virtual_route(&[k[4], k[5]], 50);
+        assert_eq!(g.cost(&k[4], &k[5]), Some(50));
+        // Route finding takes the virtual hop: 4 -> 3 -> 1 (one virtual hop) -> ...
+        let r = g.find(&k[4], &k[1], 1, &[k[3]].into(), &BTreeSet::new());
+        assert_eq!(r, vec![vec![k[3], k[1]]]);
+        // The triangle inequality for the virtual pairs: without the virtual edge, the path
+        // under it never costs more than the edge.
+        for (a, b) in [(0, 2), (1, 3)] {
+            let mut without = g.clone();
+            without.remove_edge(&k[a], &k[b]);
+            let under = without.path_cost(&k[a], &k[b]).unwrap();
+            assert!(g.cost(&k[a], &k[b]).unwrap() as u64 >= under);
+        }
     }
 }
