@@ -303,3 +303,59 @@ async fn sources_enter_a_guarded_node_through_its_guard() {
         n.stop().await.unwrap();
     }
 }
+
+/// Route discovery toward any gateway: gateways publish themselves in the DHT; A (linked to B)
+/// finds both, G two hops away and H three, and picks G.
+#[tokio::test]
+async fn the_nearest_gateway_is_found_through_the_dht() {
+    use skyroute::driver::DhtOptions;
+    let spawn = |gateway: bool| async move {
+        let gw = skyroute_proto::vpn::GatewayConfig {
+            access: skyroute_proto::vpn::Access::Open,
+            pool: std::net::Ipv4Addr::new(10, 77, 0, 0),
+            prefix_len: 16,
+            rate_limit: None,
+            client_to_client: false,
+            blocked: Vec::new(),
+            mtu: 1400,
+        };
+        let o = Options {
+            dht: Some(DhtOptions::default()),
+            gateway: gateway.then_some(gw),
+            ..Options::loopback(SecretKey::generate(&mut OsRng))
+        };
+        RunningNode::spawn(o).await.unwrap()
+    };
+    let (mut a, b, c) = (spawn(false).await, spawn(false).await, spawn(false).await);
+    let (mut g, mut h) = (spawn(true).await, spawn(true).await);
+    g.connect(b.public_key, b.udp_addr()).unwrap();
+    c.connect(b.public_key, b.udp_addr()).unwrap();
+    h.connect(c.public_key, c.udp_addr()).unwrap();
+    link_up(&mut g).await;
+    link_up(&mut h).await;
+    a.connect(b.public_key, b.udp_addr()).unwrap();
+    link_up(&mut a).await;
+    a.add_topology(b.public_key, g.public_key).unwrap();
+    a.add_topology(b.public_key, c.public_key).unwrap();
+    a.add_topology(c.public_key, h.public_key).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (mut seen_g, mut seen_h) = (false, false);
+    loop {
+        let r = a.lookup(skyroute::driver::LookupTarget::Service(skyroute_proto::vpn::GATEWAY_SERVICE.into()), false);
+        let r = r.await.unwrap().unwrap();
+        seen_g |= r.records.iter().any(|x| x.key == g.public_key.to_string() && x.roles == ["gateway"]);
+        seen_h |= r.records.iter().any(|x| x.key == h.public_key.to_string());
+        if seen_g && seen_h {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "both gateways published: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.nearest_gateway().await.unwrap(), Ok(g.public_key));
+    // A node with no way to any gateway says so.
+    let lonely = spawn(false).await;
+    assert!(lonely.nearest_gateway().await.unwrap().is_err());
+    for n in [a, b, c, g, h, lonely] {
+        n.stop().await.unwrap();
+    }
+}

@@ -191,7 +191,8 @@ pub enum VpnCommand {
     /// TUN device and routes everything (or the --prefix networks) into it; the node's own
     /// traffic to its neighbours stays outside.
     Up {
-        /// The gateway node: its public key, or an address the node knows.
+        /// The gateway node: its public key, an address the node knows, or `nearest` (the
+        /// gateway fewest hops away among those the DHT knows).
         #[arg(long)]
         gateway: String,
         /// Disjoint routes to the gateway [default: the session configuration's].

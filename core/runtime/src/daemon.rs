@@ -334,7 +334,11 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
                 return Err("routes: must be between 1 and 8".into());
             }
             let req = TunnelRequest {
-                gateway: resolve(gateway).await?,
+                gateway: if gateway == "nearest" {
+                    node.nearest_gateway().await.map_err(stopped)??
+                } else {
+                    resolve(gateway).await?
+                },
                 routes,
                 prefixes: crate::vpn::prefixes(&prefixes)?,
                 tun: tun.unwrap_or_else(|| crate::vpn::DEFAULT_CLIENT_TUN.into()),

@@ -18,6 +18,8 @@ pub use gateway::{Access, Assignment, ClientStats, Gateway, GatewayConfig, Refus
 
 /// The session channel of the gateway service.
 pub const CHANNEL: u16 = 4;
+/// The service name gateways publish in the DHT (clients look it up to find one).
+pub const GATEWAY_SERVICE: &str = "skyroute/ipv4-gateway";
 
 const HELLO: u8 = 0;
 const PACKET: u8 = 1;

@@ -217,6 +217,9 @@ pub(crate) enum Command {
         reply: oneshot::Sender<bool>,
     },
     NetworkChanged,
+    NearestGateway {
+        reply: oneshot::Sender<Result<PublicKey, String>>,
+    },
     Lookup {
         target: LookupTarget,
         connect: bool,
@@ -337,6 +340,12 @@ impl NodeHandle {
         connect: bool,
     ) -> Result<Result<crate::control::LookupReport, String>, Stopped> {
         self.ask(|reply| Command::Lookup { target, connect, reply }).await
+    }
+
+    /// The gateway fewest hops away among those the DHT knows (gateways publish
+    /// `skyroute_proto::vpn::GATEWAY_SERVICE`); route finding must know a way to it.
+    pub async fn nearest_gateway(&self) -> Result<Result<PublicKey, String>, Stopped> {
+        self.ask(|reply| Command::NearestGateway { reply }).await
     }
 
     /// Serves `channel`: messages that arrive on it come out of the returned queue.

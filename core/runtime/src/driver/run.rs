@@ -699,6 +699,7 @@ impl Driver {
                 let _ = reply.send(self.tunnel_down());
             }
             Command::Lookup { target, connect, reply } => self.dht_lookup(now, target, connect, reply),
+            Command::NearestGateway { reply } => self.nearest_gateway(now, reply),
             Command::Stop => {}
         }
     }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use skyroute_proto::dht::{self, service_address, service_key, Contact, Dht, DhtConfig, DhtEvent, Record};
+use skyroute_proto::vpn::GATEWAY_SERVICE;
 use skyroute_proto::{Address, LinkState, PublicKey, SecretKey, SessionId};
 use tokio::sync::oneshot;
 
@@ -38,7 +39,13 @@ struct Job {
     connect: bool,
     /// Records from the lookup, while the peer exchange that follows it runs.
     found: Option<dht::LookupResult>,
-    reply: oneshot::Sender<Result<LookupReport, String>>,
+    reply: Reply,
+}
+
+enum Reply {
+    Lookup(oneshot::Sender<Result<LookupReport, String>>),
+    /// The gateway fewest hops away among those found.
+    Nearest(oneshot::Sender<Result<PublicKey, String>>),
 }
 
 pub(in crate::driver) struct DhtState {
@@ -76,7 +83,12 @@ impl DhtState {
         DhtState {
             dht,
             secret,
-            services: o.map(|o| o.services.iter().map(|s| service_key(s)).collect()).unwrap_or_default(),
+            services: o
+                .map(|o| {
+                    let gw = gateway.then(|| service_key(GATEWAY_SERVICE));
+                    o.services.iter().map(|s| service_key(s)).chain(gw).take(dht::record::MAX_SERVICES).collect()
+                })
+                .unwrap_or_default(),
             advertise: advertise.into_iter().take(dht::record::MAX_ADDRS).collect(),
             roles: if gateway { dht::record::ROLE_GATEWAY } else { 0 },
             guards: o.map(|o| o.guards.clone()).unwrap_or_default(),
@@ -279,7 +291,53 @@ impl Driver {
             LookupTarget::Service(s) => (service_address(&service_key(s)), true),
         };
         let id = d.find_value(now, address);
-        self.dht.jobs.insert(id, Job { target: address, service, connect: connect && !service, found: None, reply });
+        let job =
+            Job { target: address, service, connect: connect && !service, found: None, reply: Reply::Lookup(reply) };
+        self.dht.jobs.insert(id, job);
+    }
+
+    /// Finds the gateways of the DHT (they publish [`GATEWAY_SERVICE`]) and answers with the
+    /// one fewest hops away in the graph route finding uses (the seed: the best routes to
+    /// the clearnet have small depth), cheapest first among equals.
+    pub(super) fn nearest_gateway(&mut self, now: Instant, reply: oneshot::Sender<Result<PublicKey, String>>) {
+        let Some(d) = self.dht.dht.as_mut() else {
+            let _ = reply.send(Err("the DHT is off on this node ([discovery] dht = true)".into()));
+            return;
+        };
+        let target = service_address(&service_key(GATEWAY_SERVICE));
+        let id = d.find_value(now, target);
+        self.dht
+            .jobs
+            .insert(id, Job { target, service: true, connect: false, found: None, reply: Reply::Nearest(reply) });
+    }
+
+    fn rank_gateways(&self, records: &[dht::SignedRecord]) -> Result<PublicKey, String> {
+        let gateways: Vec<PublicKey> = records
+            .iter()
+            .filter(|r| r.record.roles & dht::record::ROLE_GATEWAY != 0 && r.record.key != self.me)
+            .map(|r| r.record.key)
+            .collect();
+        if gateways.is_empty() {
+            return Err("no gateway found in the DHT".into());
+        }
+        // Breadth-first from us: depth, then cost of the cheapest route.
+        let mut depth: BTreeMap<PublicKey, u32> = BTreeMap::from([(self.me, 0)]);
+        let mut queue = std::collections::VecDeque::from([self.me]);
+        while let Some(n) = queue.pop_front() {
+            let dn = depth[&n];
+            for m in self.graph.neighbours(&n) {
+                if let std::collections::btree_map::Entry::Vacant(v) = depth.entry(m) {
+                    v.insert(dn + 1);
+                    queue.push_back(m);
+                }
+            }
+        }
+        gateways
+            .into_iter()
+            .filter_map(|g| Some((depth.get(&g).copied()?, self.graph.path_cost(&self.me, &g).unwrap_or(u64::MAX), g)))
+            .min()
+            .map(|(_, _, g)| g)
+            .ok_or_else(|| "gateways found, but no route to any is known".into())
     }
 
     fn dht_lookup_done(&mut self, now: Instant, r: dht::LookupResult) {
@@ -331,13 +389,20 @@ impl Driver {
                 self.node.connect(now, x.record.key, a);
             }
         }
-        let _ = job.reply.send(Ok(LookupReport {
-            target: job.target.to_string(),
-            records: result.records.iter().map(view).collect(),
-            hops: result.hops,
-            messages: result.messages,
-            exchanged,
-        }));
+        match job.reply {
+            Reply::Lookup(reply) => {
+                let _ = reply.send(Ok(LookupReport {
+                    target: job.target.to_string(),
+                    records: result.records.iter().map(view).collect(),
+                    hops: result.hops,
+                    messages: result.messages,
+                    exchanged,
+                }));
+            }
+            Reply::Nearest(reply) => {
+                let _ = reply.send(self.rank_gateways(&result.records));
+            }
+        }
     }
 
     pub(super) fn dht_status(&self) -> Option<crate::control::DhtStatus> {
