@@ -894,6 +894,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
             let Some(&id) = self.by_carrier.get(&route) else {
                 let r = match vlink::check_hello(&body, &self.public) {
                     Ok(_) if !self.config.accept_incoming => Err(Reject::Handshake),
+                    // Only the source opens a virtual link: a last hop cannot turn our own
+                    // route into one.
+                    Ok(_) if self.router.is_origin(route) => Err(Reject::BadRouteMessage),
                     r => r,
                 };
                 match r {

@@ -297,6 +297,11 @@ impl Router {
         matches!(self.routes.get(&route), Some(Entry::Origin(o)) if o.ready())
     }
 
+    /// Whether we are the source of `route`.
+    pub(crate) fn is_origin(&self, route: RouteId) -> bool {
+        matches!(self.routes.get(&route), Some(Entry::Origin(_)))
+    }
+
     /// Every route id held here.
     pub fn ids(&self) -> Vec<RouteId> {
         self.routes.keys().copied().collect()

@@ -179,4 +179,20 @@ mod tests {
         assert!(v.take(&[MORE].iter().chain(&big).copied().collect::<Vec<_>>()).is_ok());
         assert_eq!(v.take(&[MORE].iter().chain(&big).copied().collect::<Vec<_>>()), Err(Reject::Oversized));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn random_pieces_and_hellos_never_panic(pieces in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..40)) {
+            let me = key(9).public_key();
+            let mut a = Reassembly::new(MORE);
+            let mut b = Reassembly::new(RETURN_MORE);
+            for p in &pieces {
+                let _ = check_hello(p, &me);
+                if let Ok(Some(x)) = a.take(p) {
+                    proptest::prop_assert!(x.len() >= 8 && x.len() <= MAX_PACKET);
+                }
+                let _ = b.take(p);
+            }
+        }
+    }
 }
