@@ -10,6 +10,7 @@
 //! end-to-end route messages) -> [`node`] (the object a driver talks to) -> [`session`]
 //! (end-to-end sessions over several routes with RaptorQ coding, driven next to the node).
 
+pub mod accounting;
 pub mod channel;
 pub mod crypto;
 pub mod dht;
