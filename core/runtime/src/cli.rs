@@ -95,6 +95,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs the escrow (anonymous accounts, settlement of route receipts, withdrawals) as its
+    /// own process: JSON lines over TCP, state in <data dir>/escrow.redb.
+    Escrow {
+        /// Data directory [default: ~/.local/share/skyroute].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to answer on.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: std::net::SocketAddr,
+    },
     /// Looks a node (public key or address) or a service (service:NAME) up in the DHT and
     /// prints the signed records found (the node needs `[discovery] dht = true`).
     Lookup {
@@ -289,6 +299,26 @@ pub fn run(cli: Cli) -> i32 {
                     }
                     0
                 }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Escrow { data_dir, listen } => {
+            let dir = data_dir.unwrap_or_else(keyfile::default_data_dir);
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                return fail(format!("{}: {e}", dir.display()));
+            }
+            // The faucet stands in for a chain: every deposit is credited.
+            let escrow = match crate::escrow::Escrow::open(&dir.join("escrow.redb"), Box::new(crate::escrow::Faucet)) {
+                Ok(e) => e,
+                Err(e) => return fail(e),
+            };
+            let listener = match std::net::TcpListener::bind(listen) {
+                Ok(l) => l,
+                Err(e) => return fail(format!("{listen}: {e}")),
+            };
+            eprintln!("skyroute escrow: {} (test faucet as the chain)", listener.local_addr().map_or(listen, |a| a));
+            match crate::escrow::server::run(escrow, listener) {
+                Ok(()) => 0,
                 Err(e) => fail(e),
             }
         }

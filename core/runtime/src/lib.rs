@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod driver;
+pub mod escrow;
 pub mod impair;
 pub mod keyfile;
 pub mod netconf;

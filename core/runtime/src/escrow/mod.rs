@@ -1,0 +1,387 @@
+//! The escrow (seed: "incentives: payment protocol"): a third party that holds sources' coins
+//! in anonymous accounts and pays hops against the sources' receipts, off-chain.
+//!
+//! An account is a random id and a secret (its hash is stored): nothing ties it to a node
+//! key, and a node may open as many as it likes (a source uses several unlinkable accounts,
+//! a relay too). Coins come in through a [`Chain`] (the test [`Faucet`] stands in for a real
+//! chain client). The owner authorises route keys to spend from an account; a hop settles a
+//! [`Receipt`] of such a key into an account of its own, proving with its route key's
+//! signature that the receipt is its own. Receipts are cumulative: the escrow keeps what it
+//! paid per (payer, payee) and pays only the difference, so a receipt settled twice pays once
+//! and an older one pays nothing. A settlement that the payer's balance cannot cover is
+//! refused whole. Balances above the threshold (1 coin) can be withdrawn to an address.
+//!
+//! State lives in `redb` (an embedded, transactional, crash-safe store): every request is one
+//! write transaction, so a process killed at any instant restarts with every request either
+//! applied or not.
+
+pub mod server;
+
+use std::path::Path;
+
+use rand_core::{OsRng, RngCore};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use skyroute_proto::accounting::Receipt;
+use skyroute_proto::{PublicKey, SecretKey};
+use subtle::ConstantTimeEq;
+
+/// The smallest units in a coin.
+pub const COIN: u64 = 1_000_000;
+
+const ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("accounts");
+const SPENDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("spenders");
+const SETTLED: TableDefinition<&[u8], u64> = TableDefinition::new("settled");
+const WITHDRAWALS: TableDefinition<u64, &[u8]> = TableDefinition::new("withdrawals");
+
+const SETTLE_LABEL: &[u8] = b"skyroute settle v1";
+const ID_LEN: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EscrowError {
+    #[error("no such account, or a wrong secret")]
+    NoAccount,
+    #[error("the receipt's payer key is not authorised to spend from any account")]
+    UnknownPayer,
+    #[error("this key already spends from an account")]
+    KeyTaken,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("the receipt pays nothing new (settled already, or older)")]
+    NothingNew,
+    #[error("a newer receipt of the same payer and payee is in this batch")]
+    Superseded,
+    #[error("the payer's account cannot cover {needed} (balance {balance})")]
+    Insufficient { needed: u64, balance: u64 },
+    #[error("withdrawals need a balance of at least {threshold} and an amount within it")]
+    BelowThreshold { threshold: u64 },
+    #[error("the chain refused: {0}")]
+    Chain(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for EscrowError {
+    fn from(e: E) -> Self {
+        EscrowError::Store(e.into().to_string())
+    }
+}
+
+/// Where coins come from and go to. A real chain client confirms a deposit on chain and sends
+/// withdrawals; the [`Faucet`] does neither.
+pub trait Chain: Send + Sync {
+    /// Confirms that `amount` was deposited for `account` (returns what to credit).
+    fn deposit(&self, account: &str, amount: u64) -> Result<u64, String>;
+    /// Sends `amount` to `address`; returns a transaction id.
+    fn withdraw(&self, address: &str, amount: u64) -> Result<String, String>;
+}
+
+/// Test only: every deposit is confirmed, every withdrawal "sent".
+pub struct Faucet;
+
+impl Chain for Faucet {
+    fn deposit(&self, _account: &str, amount: u64) -> Result<u64, String> {
+        Ok(amount)
+    }
+    fn withdraw(&self, address: &str, amount: u64) -> Result<String, String> {
+        Ok(hex::encode(&Sha256::digest(format!("{address}:{amount}").as_bytes())[..16]))
+    }
+}
+
+/// A hop's request to be paid: the receipt, the account to credit, and the payee route key's
+/// signature over both (only the receipt's payee can settle it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settle {
+    /// The receipt's encoding, hex.
+    pub receipt: String,
+    pub account: String,
+    /// Hex: the payee key's signature over [`settle_message`].
+    pub payee_sig: String,
+}
+
+/// What the payee signs to settle `receipt` into `account`.
+pub fn settle_message(receipt: &[u8], account: &str) -> Vec<u8> {
+    [SETTLE_LABEL, account.as_bytes(), receipt].concat()
+}
+
+/// Builds a settle request (the hop's side).
+pub fn settle_request(payee: &SecretKey, receipt: &Receipt, account: &str) -> Settle {
+    let r = receipt.encode();
+    let sig = payee.sign(&settle_message(&r, account));
+    Settle { receipt: hex::encode(&r), account: account.to_string(), payee_sig: hex::encode(sig) }
+}
+
+/// The outcome of one settlement: what moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    pub paid: u64,
+}
+
+/// A settle request whose signatures checked out.
+struct Checked {
+    payer: PublicKey,
+    payee: PublicKey,
+    amount: u64,
+    account: Vec<u8>,
+}
+
+pub struct Escrow {
+    db: Database,
+    chain: Box<dyn Chain>,
+    threshold: u64,
+}
+
+fn parse_id(account: &str) -> Result<Vec<u8>, EscrowError> {
+    let b = hex::decode(account).map_err(|_| EscrowError::NoAccount)?;
+    if b.len() != ID_LEN {
+        return Err(EscrowError::NoAccount);
+    }
+    Ok(b)
+}
+
+fn record(balance: u64, secret_hash: &[u8]) -> Vec<u8> {
+    [&balance.to_be_bytes()[..], secret_hash].concat()
+}
+
+fn balance_of(rec: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&rec[..8]);
+    u64::from_be_bytes(b)
+}
+
+impl Escrow {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, chain: Box<dyn Chain>) -> Result<Escrow, EscrowError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        tx.open_table(ACCOUNTS)?;
+        tx.open_table(SPENDERS)?;
+        tx.open_table(SETTLED)?;
+        tx.open_table(WITHDRAWALS)?;
+        tx.commit()?;
+        Ok(Escrow { db, chain, threshold: COIN })
+    }
+
+    /// A new anonymous account: its id and secret (hex). The secret is shown once.
+    pub fn open_account(&self) -> Result<(String, String), EscrowError> {
+        let mut id = [0u8; ID_LEN];
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut id);
+        OsRng.fill_bytes(&mut secret);
+        let tx = self.db.begin_write()?;
+        tx.open_table(ACCOUNTS)?.insert(&id[..], &record(0, &Sha256::digest(secret))[..])?;
+        tx.commit()?;
+        Ok((hex::encode(id), hex::encode(secret)))
+    }
+
+    /// Checks an account's secret; returns its id bytes.
+    fn owner(&self, account: &str, secret: &str) -> Result<Vec<u8>, EscrowError> {
+        let id = parse_id(account)?;
+        let secret = hex::decode(secret).map_err(|_| EscrowError::NoAccount)?;
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ACCOUNTS)?;
+        let rec = t.get(&id[..])?.ok_or(EscrowError::NoAccount)?;
+        let hash = Sha256::digest(&secret);
+        if !bool::from(rec.value()[8..].ct_eq(&hash[..])) {
+            return Err(EscrowError::NoAccount);
+        }
+        Ok(id)
+    }
+
+    /// Credits a deposit the chain confirms.
+    pub fn deposit(&self, account: &str, amount: u64) -> Result<u64, EscrowError> {
+        let id = parse_id(account)?;
+        let credit = self.chain.deposit(account, amount).map_err(EscrowError::Chain)?;
+        let tx = self.db.begin_write()?;
+        let balance = {
+            let mut t = tx.open_table(ACCOUNTS)?;
+            let rec = t.get(&id[..])?.ok_or(EscrowError::NoAccount)?.value().to_vec();
+            let balance = balance_of(&rec).checked_add(credit).ok_or(EscrowError::BadRequest("overflow".into()))?;
+            t.insert(&id[..], &record(balance, &rec[8..])[..])?;
+            balance
+        };
+        tx.commit()?;
+        Ok(balance)
+    }
+
+    /// Lets `payer` (a route key) spend from the account.
+    pub fn authorize(&self, account: &str, secret: &str, payer: &PublicKey) -> Result<(), EscrowError> {
+        let id = self.owner(account, secret)?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SPENDERS)?;
+            if t.get(&payer.to_bytes()[..])?.is_some() {
+                return Err(EscrowError::KeyTaken);
+            }
+            t.insert(&payer.to_bytes()[..], &id[..])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The balance (the owner only).
+    pub fn balance(&self, account: &str, secret: &str) -> Result<u64, EscrowError> {
+        let id = self.owner(account, secret)?;
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ACCOUNTS)?;
+        let rec = t.get(&id[..])?.ok_or(EscrowError::NoAccount)?;
+        Ok(balance_of(rec.value()))
+    }
+
+    /// Withdraws `amount` to `address` when the balance is at least the threshold.
+    pub fn withdraw(&self, account: &str, secret: &str, address: &str, amount: u64) -> Result<String, EscrowError> {
+        let id = self.owner(account, secret)?;
+        if address.is_empty() || address.len() > 128 {
+            return Err(EscrowError::BadRequest("address".into()));
+        }
+        let tx = self.db.begin_write()?;
+        let txid = {
+            let mut t = tx.open_table(ACCOUNTS)?;
+            let rec = t.get(&id[..])?.ok_or(EscrowError::NoAccount)?.value().to_vec();
+            let balance = balance_of(&rec);
+            if balance < self.threshold || amount == 0 || amount > balance {
+                return Err(EscrowError::BelowThreshold { threshold: self.threshold });
+            }
+            // Sent only if the debit commits below; a real chain client would queue it
+            // and send after the commit (at-least-once with its own idempotency key).
+            let txid = self.chain.withdraw(address, amount).map_err(EscrowError::Chain)?;
+            t.insert(&id[..], &record(balance - amount, &rec[8..])[..])?;
+            let mut w = tx.open_table(WITHDRAWALS)?;
+            let n = w.last()?.map_or(0, |(k, _)| k.value() + 1);
+            let entry = serde_json::json!({ "to": address, "amount": amount, "txid": txid }).to_string();
+            w.insert(n, entry.as_bytes())?;
+            txid
+        };
+        tx.commit()?;
+        Ok(txid)
+    }
+
+    /// Checks a settle request's signatures (no store access: run it on any thread).
+    fn check(s: &Settle) -> Result<Checked, EscrowError> {
+        let bytes = hex::decode(&s.receipt).map_err(|_| EscrowError::BadRequest("receipt: not hex".into()))?;
+        let r = Receipt::decode(&bytes).map_err(|e| EscrowError::BadRequest(format!("receipt: {e}")))?;
+        r.verify().map_err(|_| EscrowError::BadSignature)?;
+        let sig = hex::decode(&s.payee_sig).map_err(|_| EscrowError::BadSignature)?;
+        if !r.payee.verify(&settle_message(&bytes, &s.account), &sig) {
+            return Err(EscrowError::BadSignature);
+        }
+        Ok(Checked { payer: r.payer, payee: r.payee, amount: r.amount, account: parse_id(&s.account)? })
+    }
+
+    /// Settles receipts, each on its own (one refused does not stop the others), all in one
+    /// transaction. Signatures are checked first, on up to `threads` threads.
+    pub fn settle(&self, batch: &[Settle]) -> Result<Vec<Result<Settled, EscrowError>>, EscrowError> {
+        let checked: Vec<Result<Checked, EscrowError>> = check_all(batch, &newest_only(batch));
+        let tx = self.db.begin_write()?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut accounts = tx.open_table(ACCOUNTS)?;
+            let spenders = tx.open_table(SPENDERS)?;
+            let mut settled = tx.open_table(SETTLED)?;
+            for c in checked {
+                out.push(c.and_then(|c| {
+                    let payer_account =
+                        spenders.get(&c.payer.to_bytes()[..])?.ok_or(EscrowError::UnknownPayer)?.value().to_vec();
+                    let pair = [c.payer.to_bytes(), c.payee.to_bytes()].concat();
+                    let done = settled.get(&pair[..])?.map_or(0, |v| v.value());
+                    if c.amount <= done {
+                        return Err(EscrowError::NothingNew);
+                    }
+                    let delta = c.amount - done;
+                    let from = accounts.get(&payer_account[..])?.ok_or(EscrowError::NoAccount)?.value().to_vec();
+                    let to = accounts.get(&c.account[..])?.ok_or(EscrowError::NoAccount)?.value().to_vec();
+                    let balance = balance_of(&from);
+                    if balance < delta {
+                        return Err(EscrowError::Insufficient { needed: delta, balance });
+                    }
+                    if payer_account != c.account {
+                        accounts.insert(&payer_account[..], &record(balance - delta, &from[8..])[..])?;
+                        let credit = balance_of(&to).saturating_add(delta);
+                        accounts.insert(&c.account[..], &record(credit, &to[8..])[..])?;
+                    }
+                    settled.insert(&pair[..], c.amount)?;
+                    Ok(Settled { paid: delta })
+                }));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Every account's balance added up (for consistency checks).
+    pub fn total(&self) -> Result<u64, EscrowError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ACCOUNTS)?;
+        let mut sum = 0u64;
+        for e in t.iter()? {
+            let (_, v) = e?;
+            sum = sum.saturating_add(balance_of(v.value()));
+        }
+        Ok(sum)
+    }
+
+    /// Coins withdrawn so far.
+    pub fn withdrawn(&self) -> Result<u64, EscrowError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(WITHDRAWALS)?;
+        let mut sum = 0u64;
+        for e in t.iter()? {
+            let (_, v) = e?;
+            let j: serde_json::Value =
+                serde_json::from_slice(v.value()).map_err(|e| EscrowError::Store(e.to_string()))?;
+            sum += j["amount"].as_u64().unwrap_or(0);
+        }
+        Ok(sum)
+    }
+}
+
+/// Receipts are cumulative: of several in one batch for the same payer and payee only the
+/// newest can pay anything, so only it is checked and settled (the others are answered
+/// [`EscrowError::Superseded`] without spending two signature checks on them).
+fn newest_only(batch: &[Settle]) -> Vec<bool> {
+    let mut newest: std::collections::HashMap<Vec<u8>, (u64, usize)> = Default::default();
+    let mut keep = vec![true; batch.len()];
+    for (i, s) in batch.iter().enumerate() {
+        let Some(r) = hex::decode(&s.receipt).ok().and_then(|b| Receipt::decode(&b).ok()) else { continue };
+        let pair = [r.payer.to_bytes(), r.payee.to_bytes()].concat();
+        match newest.get(&pair) {
+            Some(&(amount, _)) if amount >= r.amount => keep[i] = false,
+            Some(&(_, j)) => {
+                keep[j] = false;
+                newest.insert(pair, (r.amount, i));
+            }
+            None => {
+                newest.insert(pair, (r.amount, i));
+            }
+        }
+    }
+    keep
+}
+
+/// Checks signatures on the machine's cores (ECDSA verification is most of a settlement).
+fn check_all(batch: &[Settle], keep: &[bool]) -> Vec<Result<Checked, EscrowError>> {
+    let check = |(s, k): (&Settle, &bool)| if *k { Escrow::check(s) } else { Err(EscrowError::Superseded) };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if batch.len() < 64 || threads == 1 {
+        return batch.iter().zip(keep).map(check).collect();
+    }
+    let chunk = batch.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = batch
+            .chunks(chunk)
+            .zip(keep.chunks(chunk))
+            .map(|(c, k)| (c.len(), s.spawn(move || c.iter().zip(k).map(check).collect::<Vec<_>>())))
+            .collect();
+        // One result per request, in order, whatever happens to a thread.
+        handles
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join()
+                    .unwrap_or_else(|_| (0..n).map(|_| Err(EscrowError::BadRequest("check failed".into()))).collect())
+            })
+            .collect()
+    })
+}
