@@ -29,6 +29,8 @@ const FIRST_PUBLISH_AFTER: Duration = Duration::from_millis(300);
 /// Messages held for a contact whose link is still coming up, and contacts held.
 const MAX_PENDING: usize = 16;
 const MAX_PENDING_PEERS: usize = 256;
+/// A contact that does not answer the dial within this is given up (and not redialled).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Guarded nodes whose guards we keep.
 const MAX_GUARDED: usize = 4096;
 
@@ -58,7 +60,8 @@ pub(in crate::driver) struct DhtState {
     /// Guards other nodes' records name (route finding honours them).
     pub(super) required: BTreeMap<PublicKey, Vec<PublicKey>>,
     next_publish: Option<Instant>,
-    pending: BTreeMap<PublicKey, Vec<Vec<u8>>>,
+    /// Messages for contacts being dialled, since when, and whether the DHT made that link.
+    pending: BTreeMap<PublicKey, (Instant, Vec<Vec<u8>>, bool)>,
     jobs: BTreeMap<u32, Job>,
     /// Sessions opened for DHT messages (applications open their own: a session's routes
     /// are chosen when it opens, and an application's must honour guards learned since).
@@ -102,7 +105,8 @@ impl DhtState {
 
     pub fn deadline(&self) -> Option<Instant> {
         let d = self.dht.as_ref()?;
-        [d.poll_timeout(), self.next_publish].into_iter().flatten().min()
+        let dial = self.pending.values().map(|(t, _, _)| *t + DIAL_TIMEOUT).min();
+        [d.poll_timeout(), self.next_publish, dial].into_iter().flatten().min()
     }
 
     /// Keys of nodes whose records this node learned.
@@ -151,7 +155,7 @@ impl Driver {
             let me = d.me().address();
             d.find_node(now, me);
         }
-        if let Some(queued) = self.dht.pending.remove(&peer) {
+        if let Some((_, queued, _)) = self.dht.pending.remove(&peer) {
             for m in queued {
                 self.dht_send(now, Contact { key: peer, addr: String::new() }, m);
             }
@@ -166,6 +170,23 @@ impl Driver {
     pub(super) fn dht_tick(&mut self, now: Instant) {
         let Some(d) = self.dht.dht.as_mut() else { return };
         d.handle_timeout(now, unix_now());
+        // Contacts that never answered the dial: stop dialling them.
+        let given_up: Vec<(PublicKey, bool)> = self
+            .dht
+            .pending
+            .iter()
+            .filter(|(_, (t, _, _))| *t + DIAL_TIMEOUT <= now)
+            .map(|(k, (_, _, made))| (*k, *made))
+            .collect();
+        for (k, made) in given_up {
+            self.dht.pending.remove(&k);
+            // Only a link the DHT made (a configured peer keeps being dialled).
+            if let Some(id) = self.node.link_to(&k).filter(|_| made && self.link_addr(&k).is_none()) {
+                self.node.close_link(now, id);
+                self.count("dht_dial_failed");
+            }
+        }
+        let Some(d) = self.dht.dht.as_mut() else { return };
         if self.dht.next_publish.is_some_and(|t| now >= t) {
             self.dht.next_publish = Some(now + Duration::from_secs(RECORD_TTL as u64 / 2));
             let record = Record {
@@ -246,7 +267,9 @@ impl Driver {
             self.count("dht_pending_full");
             return;
         }
-        let q = p.entry(c.key).or_default();
+        let made = self.node.link_to(&c.key).is_none();
+        let p = &mut self.dht.pending;
+        let (_, q, _) = p.entry(c.key).or_insert_with(|| (now, Vec::new(), made));
         if q.len() >= MAX_PENDING {
             self.count("dht_pending_full");
             return;
