@@ -305,7 +305,7 @@ async fn sources_enter_a_guarded_node_through_its_guard() {
 }
 
 /// Route discovery toward any gateway: gateways publish themselves in the DHT; A (linked to B)
-/// finds both, G two hops away and H three, and picks G.
+/// finds both, G two hops away and H three, and picks the nearer.
 #[tokio::test]
 async fn the_nearest_gateway_is_found_through_the_dht() {
     use skyroute::driver::DhtOptions;
@@ -351,7 +351,18 @@ async fn the_nearest_gateway_is_found_through_the_dht() {
         assert!(std::time::Instant::now() < deadline, "both gateways published: {r:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(a.nearest_gateway().await.unwrap(), Ok(g.public_key));
+    // The DHT's own messages may have made a gateway a neighbour of A (contacts are dialled
+    // directly): then that one is nearest; otherwise G, two hops away, beats H at three.
+    let gateways = [g.public_key, h.public_key];
+    let direct = |s: &skyroute::control::Status| -> Vec<skyroute_proto::PublicKey> {
+        gateways.into_iter().filter(|k| s.links.iter().any(|l| l.peer == k.to_string() && l.state == "up")).collect()
+    };
+    let before = direct(&a.status().await.unwrap());
+    let nearest = a.nearest_gateway().await.unwrap().unwrap();
+    let after = direct(&a.status().await.unwrap());
+    let fits =
+        |d: &[skyroute_proto::PublicKey]| if d.is_empty() { nearest == g.public_key } else { d.contains(&nearest) };
+    assert!(fits(&before) || fits(&after), "{nearest:?}: direct before {before:?}, after {after:?}");
     // A node with no way to any gateway says so.
     let lonely = spawn(false).await;
     assert!(lonely.nearest_gateway().await.unwrap().is_err());
