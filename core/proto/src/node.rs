@@ -133,7 +133,7 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
         self.by_peer.get(peer).copied().filter(|id| self.is_up(*id))
     }
     fn is_up(&self, link: LinkId) -> bool {
-        self.links.get(&link).is_some_and(|l| l.is_up()) || self.vlinks.get(&link).is_some_and(|v| v.up)
+        link_up(self.links, self.vlinks, link)
     }
     fn send(&mut self, link: LinkId, frame: &Frame<'_>) -> Result<(), RouteError> {
         if !self.is_up(link) {
@@ -145,6 +145,11 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
     fn fwd(&mut self) -> &mut Forwarder {
         self.fwd
     }
+}
+
+/// Whether `id` is a link, physical or virtual, that is up.
+fn link_up<A: Clone>(links: &BTreeMap<LinkId, Link<A>>, vlinks: &BTreeMap<LinkId, VLink>, id: LinkId) -> bool {
+    links.get(&id).is_some_and(|l| l.is_up()) || vlinks.get(&id).is_some_and(|v| v.up)
 }
 
 /// Whether a received frame asks for a link ack.
@@ -772,7 +777,14 @@ impl<A: Clone + Ord + Debug> Node<A> {
     }
 
     fn link_is_up(&self, id: LinkId) -> bool {
-        self.links.get(&id).is_some_and(|l| l.is_up()) || self.vlinks.get(&id).is_some_and(|v| v.up)
+        link_up(&self.links, &self.vlinks, id)
+    }
+
+    /// Queues one virtual link message (`MSG_LINK`) on a carrier.
+    fn send_link_msg(&mut self, now: Instant, route: RouteId, class: Class, body: &[u8]) -> Result<(), RouteError> {
+        let mtu = self.route_mtu();
+        let (mut table, router, _, _) = self.table();
+        router.send_kind(now, &mut table, route, class, crate::route::MSG_LINK, body, mtu)
     }
 
     /// Takes a route event about a carrier (the application never sees those). Returns
@@ -809,18 +821,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
             .filter(|(_, v)| v.source && v.up && v.last_sent.is_some_and(|t| t + every <= now))
             .map(|(id, v)| (*id, v.carrier))
             .collect();
-        let mtu = self.route_mtu();
         for (id, carrier) in due {
-            let (mut table, router, _, _) = self.table();
-            let _ = router.send_kind(
-                now,
-                &mut table,
-                carrier,
-                Class::Realtime,
-                crate::route::MSG_LINK,
-                &[vlink::KEEPALIVE],
-                mtu,
-            );
+            let _ = self.send_link_msg(now, carrier, Class::Realtime, &[vlink::KEEPALIVE]);
             if let Some(v) = self.vlinks.get_mut(&id) {
                 v.last_sent = Some(now);
             }
@@ -839,10 +841,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
             let mut nonce = [0u8; 16];
             self.rng.fill_bytes(&mut nonce);
             let hello = vlink::hello(&self.identity, &peer, nonce);
-            let mtu = self.route_mtu();
-            let (mut table, router, _, _) = self.table();
-            if router.send_kind(now, &mut table, route, Class::Realtime, crate::route::MSG_LINK, &hello, mtu).is_err() {
-                let _ = router.close(&mut table, route);
+            if self.send_link_msg(now, route, Class::Realtime, &hello).is_err() {
+                let _ = self.close_route(route);
                 self.vlink_down(id, DownReason::Timeout);
                 continue;
             }
@@ -1000,11 +1000,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     /// Sends a packet over a carrier in route messages (`more` tags all but the last piece).
     fn send_pieces(&mut self, now: Instant, route: RouteId, more: u8, packet: &[u8]) {
-        let mtu = self.route_mtu();
         let mut sent = true;
-        for p in vlink::pieces(packet, mtu, more) {
-            let (mut table, router, _, _) = self.table();
-            sent &= router.send_kind(now, &mut table, route, Class::Bulk, crate::route::MSG_LINK, &p, mtu).is_ok();
+        for p in vlink::pieces(packet, self.route_mtu(), more) {
+            sent &= self.send_link_msg(now, route, Class::Bulk, &p).is_ok();
         }
         if !sent {
             // Not after a room check; a lost packet, which the link above recovers from.

@@ -5,7 +5,7 @@
 //! from the resulting [`Graph`]. Also: the nearest gateways (fewest hops first, the seed's
 //! "the best routes have small depth"), and routes that end through a destination's guards.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 
 use super::record::{check_time, Reader, RecordError, MAX_TTL_SECS, ROLE_GATEWAY};
 use super::SignedRecord;
@@ -193,23 +193,7 @@ impl Topology {
 
     /// Gateways reachable from `from`, fewest hops first (breadth-first), at most `n`.
     pub fn nearest_gateways(&self, from: &PublicKey, n: usize) -> Vec<(PublicKey, u32)> {
-        let g = self.graph();
-        let mut seen = BTreeSet::from([*from]);
-        let mut queue = VecDeque::from([(*from, 0u32)]);
-        let mut out = Vec::new();
-        while let Some((node, depth)) = queue.pop_front() {
-            if node != *from && self.records.get(&node).is_some_and(|r| r.record.roles & ROLE_GATEWAY != 0) {
-                out.push((node, depth));
-                if out.len() >= n {
-                    break;
-                }
-            }
-            for next in g.neighbours(&node) {
-                if seen.insert(next) {
-                    queue.push_back((next, depth + 1));
-                }
-            }
-        }
-        out
+        let is_gateway = |k: &PublicKey| self.records.get(k).is_some_and(|r| r.record.roles & ROLE_GATEWAY != 0);
+        self.graph().by_hops(from).into_iter().filter(|(k, _)| k != from && is_gateway(k)).take(n).collect()
     }
 }

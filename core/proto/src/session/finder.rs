@@ -6,7 +6,7 @@
 //! of each route found, so the routes share no relay and lose no more than one route to one
 //! failed node.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use crate::identity::PublicKey;
 
@@ -76,6 +76,23 @@ impl Graph {
                 self.add_edge(a, b, c);
             }
         }
+    }
+
+    /// Every node reachable from `from` with its distance in hops, breadth-first (nearest
+    /// first; `from` itself at 0).
+    pub fn by_hops(&self, from: &PublicKey) -> Vec<(PublicKey, u32)> {
+        let mut seen = BTreeSet::from([*from]);
+        let mut queue = VecDeque::from([(*from, 0u32)]);
+        let mut out = Vec::new();
+        while let Some((node, depth)) = queue.pop_front() {
+            out.push((node, depth));
+            for next in self.neighbours(&node) {
+                if seen.insert(next) {
+                    queue.push_back((next, depth + 1));
+                }
+            }
+        }
+        out
     }
 
     /// The cost of the cheapest known path between `a` and `b`.

@@ -344,17 +344,7 @@ impl Driver {
             return Err("no gateway found in the DHT".into());
         }
         // Breadth-first from us: depth, then cost of the cheapest route.
-        let mut depth: BTreeMap<PublicKey, u32> = BTreeMap::from([(self.me, 0)]);
-        let mut queue = std::collections::VecDeque::from([self.me]);
-        while let Some(n) = queue.pop_front() {
-            let dn = depth[&n];
-            for m in self.graph.neighbours(&n) {
-                if let std::collections::btree_map::Entry::Vacant(v) = depth.entry(m) {
-                    v.insert(dn + 1);
-                    queue.push_back(m);
-                }
-            }
-        }
+        let depth: BTreeMap<PublicKey, u32> = self.graph.by_hops(&self.me).into_iter().collect();
         gateways
             .into_iter()
             .filter_map(|g| Some((depth.get(&g).copied()?, self.graph.path_cost(&self.me, &g).unwrap_or(u64::MAX), g)))
