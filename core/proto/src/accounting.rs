@@ -82,7 +82,7 @@ impl ReceiptError {
 pub struct Refused([u64; 8]);
 
 impl Refused {
-    fn add(&mut self, e: ReceiptError) {
+    pub fn add(&mut self, e: ReceiptError) {
         self.0[e as usize] += 1;
     }
 
@@ -251,6 +251,16 @@ impl Payer {
         self.sent = self.sent.saturating_add(bytes);
     }
 
+    /// Bytes the route carried so far as the source counts them (cumulative; never lowers).
+    pub fn set_sent(&mut self, total: u64) {
+        self.sent = self.sent.max(total);
+    }
+
+    /// The newest receipt given to a hop: bytes and amount.
+    pub fn receipted(&self, payee: &PublicKey) -> Option<(u64, u64)> {
+        self.hops.get(payee).map(|(b, p)| (*b, amount(*b, *p)))
+    }
+
     pub fn sent(&self) -> u64 {
         self.sent
     }
@@ -314,7 +324,8 @@ pub enum Verdict {
 /// A hop's side of one route: counts what it carried, claims it, takes the receipts.
 pub struct Payee {
     key: SecretKey,
-    payer: PublicKey,
+    /// The source's route key, once the source made itself known.
+    payer: Option<PublicKey>,
     price_per_mib: u32,
     carried: [u64; 2],
     claimed: u64,
@@ -338,9 +349,17 @@ impl Payee {
         grace: Duration,
         policy: Policy,
     ) -> Payee {
+        let mut p = Payee::unbound(key, price_per_mib, allowance, grace, policy);
+        p.bind(payer);
+        p
+    }
+
+    /// A hop's side before the source named its route key: it counts, and nothing it carries
+    /// is paid until [`Payee::bind`].
+    pub fn unbound(key: SecretKey, price_per_mib: u32, allowance: u64, grace: Duration, policy: Policy) -> Payee {
         Payee {
             key,
-            payer,
+            payer: None,
             price_per_mib,
             carried: [0; 2],
             claimed: 0,
@@ -357,6 +376,31 @@ impl Payee {
         self.key.public_key()
     }
 
+    /// The source's route key (the first one named stays).
+    pub fn bind(&mut self, payer: PublicKey) {
+        self.payer.get_or_insert(payer);
+    }
+
+    pub fn payer(&self) -> Option<PublicKey> {
+        self.payer
+    }
+
+    pub fn price_per_mib(&self) -> u32 {
+        self.price_per_mib
+    }
+
+    /// Signs with this route's payee key (e.g. a settlement request to the escrow).
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.key.sign(message)
+    }
+
+    /// Bytes carried so far in `class` (cumulative, as the hop's buffers count them; never
+    /// lowers).
+    pub fn set_carried(&mut self, class: Class, total: u64) {
+        let c = &mut self.carried[class as usize];
+        *c = (*c).max(total);
+    }
+
     /// Bytes this hop carried for the route.
     pub fn count(&mut self, class: Class, bytes: u64) {
         let c = &mut self.carried[class as usize];
@@ -367,7 +411,8 @@ impl Payee {
         self.carried[class as usize]
     }
 
-    fn carried_total(&self) -> u64 {
+    /// Bytes carried, both classes.
+    pub fn carried_total(&self) -> u64 {
         self.carried[0].saturating_add(self.carried[1])
     }
 
@@ -382,12 +427,13 @@ impl Payee {
 
     /// A claim for what was carried since the last one (`None` if nothing new).
     pub fn claim(&mut self) -> Option<Claim> {
+        let payer = self.payer?;
         let total = self.carried_total();
         if total <= self.claimed {
             return None;
         }
         self.claimed = total;
-        Some(Claim::sign(&self.key, self.payer, total, self.price_per_mib))
+        Some(Claim::sign(&self.key, payer, total, self.price_per_mib))
     }
 
     /// The source's receipt (counted if refused).
@@ -402,7 +448,7 @@ impl Payee {
     }
 
     fn check_receipt(&self, r: &Receipt) -> Result<(), ReceiptError> {
-        if r.payer != self.payer || r.payee != self.key.public_key() {
+        if Some(r.payer) != self.payer || r.payee != self.key.public_key() {
             return Err(ReceiptError::WrongParty);
         }
         r.verify()?;

@@ -18,6 +18,7 @@ pub const FRAME_ROUTE_SETUP_OK: u8 = 0x12;
 pub const FRAME_ROUTE_ERROR: u8 = 0x13;
 pub const FRAME_ROUTE_CLOSE: u8 = 0x14;
 pub const FRAME_MAX_DATA: u8 = 0x15;
+pub const FRAME_ROUTE_NOTE: u8 = 0x16;
 
 /// Length of the key confirmation a hop returns when it joins a route.
 pub const PROOF_LEN: usize = 16;
@@ -43,6 +44,12 @@ pub enum Frame<'a> {
     },
     /// Selective acknowledgement of link datagrams (by counter).
     Ack(AckFrame),
+    /// An accounting note between a route's source and one of its hops (end-to-end sealed to
+    /// that hop), passed along the route hop by hop as reliable control: see `route`.
+    RouteNote {
+        route: RouteId,
+        payload: &'a [u8],
+    },
     /// A message of the receiver's route `route`: service class, stream offset, bytes.
     RouteData {
         route: RouteId,
@@ -156,6 +163,11 @@ impl<'a> Frame<'a> {
             FRAME_ROUTE_SETUP_OK => Frame::RouteSetupOk { route: r.route()?, hop_route: r.route()?, proof: r.array()? },
             FRAME_ROUTE_ERROR => Frame::RouteError { route: r.route()?, code: r.u8()? },
             FRAME_ROUTE_CLOSE => Frame::RouteClose { route: r.route()? },
+            FRAME_ROUTE_NOTE => {
+                let route = r.route()?;
+                let len = r.u16()? as usize;
+                Frame::RouteNote { route, payload: r.take(len)? }
+            }
             t => return Err(DecodeError::UnknownType(t)),
         };
         *buf = r.buf;
@@ -174,6 +186,7 @@ impl<'a> Frame<'a> {
             Frame::RouteSetupOk { .. } => 8 + PROOF_LEN,
             Frame::RouteError { .. } => 5,
             Frame::RouteClose { .. } => 4,
+            Frame::RouteNote { payload, .. } => 4 + 2 + payload.len(),
         }
     }
 
@@ -232,6 +245,12 @@ impl<'a> Frame<'a> {
                 out.push(FRAME_ROUTE_CLOSE);
                 out.extend_from_slice(&route.get().to_be_bytes());
             }
+            Frame::RouteNote { route, payload } => {
+                out.push(FRAME_ROUTE_NOTE);
+                out.extend_from_slice(&route.get().to_be_bytes());
+                out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+                out.extend_from_slice(payload);
+            }
         }
     }
 }
@@ -262,6 +281,7 @@ mod tests {
             Frame::RouteSetupOk { route: rid(9), hop_route: rid(10), proof: &p },
             Frame::RouteError { route: rid(11), code: 2 },
             Frame::RouteClose { route: rid(12) },
+            Frame::RouteNote { route: rid(13), payload: b"note" },
         ];
         let mut buf = Vec::new();
         for f in &frames {

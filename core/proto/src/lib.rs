@@ -30,7 +30,7 @@ pub use forward::{Class, Dir, FlowStats, ForwardConfig};
 pub use identity::{Address, KeyError, PublicKey, SecretKey};
 pub use link::{DownReason, LinkConfig, LinkId, LinkState};
 pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};
-pub use route::{RouteConfig, RouteError, RouteEvent, RouteId};
+pub use route::{AccountingConfig, AccountingStats, RouteConfig, RouteError, RouteEvent, RouteId};
 pub use session::{
     Graph, PathState, RouteFinder, SessionConfig, SessionError, SessionEvent, SessionId, SessionStats, Sessions,
     Strategy,

@@ -685,6 +685,26 @@ impl<A: Clone + Ord + Debug> Node<A> {
         self.router.is_ready(route)
     }
 
+    /// Payment counters: what this node earned as a hop and owes as a source.
+    pub fn accounting(&self) -> crate::route::AccountingStats {
+        self.router.accounting()
+    }
+
+    /// The pseudonymous key our route `route` pays its hops with (an escrow account authorises
+    /// it), if the route pays.
+    pub fn route_payer_key(&self, route: RouteId) -> Option<PublicKey> {
+        self.router.payer_key(route)
+    }
+
+    /// The newest receipts of the routes this node charged, not handed out before, each signed
+    /// by its route key over `message(receipt)` (the escrow's settle request).
+    pub fn settlements(
+        &mut self,
+        message: &dyn Fn(&crate::accounting::Receipt) -> Vec<u8>,
+    ) -> Vec<(crate::accounting::Receipt, [u8; crate::identity::SIGNATURE_LEN])> {
+        self.router.settlements(message)
+    }
+
     /// Number of entries in the route table (as source, relay or last hop).
     pub fn route_count(&self) -> usize {
         self.router.len()

@@ -115,6 +115,8 @@ pub(crate) struct Flow {
     /// Credit that arrived from a link before it became this flow's downstream (the next hop's
     /// credit can overtake its setup answer).
     pub early_credit: Option<(LinkId, u64)>,
+    /// A smaller window granted upstream than the buffer (a hop throttling an unpaid route).
+    pub throttle: Option<usize>,
     pub stats: FlowStats,
 }
 
@@ -134,13 +136,15 @@ impl Flow {
             next_offset: 0,
             want_writable: false,
             early_credit: None,
+            throttle: None,
             stats: FlowStats { capacity, announced_limit: INITIAL_CREDIT_BYTES, ..Default::default() },
         }
     }
 
-    /// The cumulative limit this flow grants upstream.
+    /// The cumulative limit this flow grants upstream (never below what it already granted).
     pub fn limit(&self) -> u64 {
-        self.freed + self.capacity as u64
+        let window = self.throttle.map_or(self.capacity, |w| w.min(self.capacity));
+        (self.freed + window as u64).max(self.stats.announced_limit)
     }
 
     /// Puts a message on the downstream leg (the buffer is already charged for it).

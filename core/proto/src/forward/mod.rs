@@ -346,6 +346,18 @@ impl Forwarder {
             .sum()
     }
 
+    /// Grants a route's upstreams at most `window` bytes beyond what was forwarded (`None`:
+    /// the whole buffer again): a hop slows a route down without dropping anything.
+    pub(crate) fn throttle_route(&mut self, route: RouteId, window: Option<usize>) {
+        for dir in [Dir::Fwd, Dir::Back] {
+            for class in Class::ALL {
+                if let Some(f) = self.flows.get_mut(&FlowKey { route, dir, class }) {
+                    f.throttle = window;
+                }
+            }
+        }
+    }
+
     /// Bytes held in one flow's buffer.
     pub fn buffered(&self, key: FlowKey) -> usize {
         self.flows.get(&key).map_or(0, |f| f.bytes)

@@ -109,9 +109,20 @@ pub fn settle_message(receipt: &[u8], account: &str) -> Vec<u8> {
 
 /// Builds a settle request (the hop's side).
 pub fn settle_request(payee: &SecretKey, receipt: &Receipt, account: &str) -> Settle {
-    let r = receipt.encode();
-    let sig = payee.sign(&settle_message(&r, account));
-    Settle { receipt: hex::encode(&r), account: account.to_string(), payee_sig: hex::encode(sig) }
+    let sig = payee.sign(&settle_message(&receipt.encode(), account));
+    Settle::signed(receipt, account, &sig)
+}
+
+impl Settle {
+    /// A settle request from a receipt and the payee's signature over [`settle_message`]
+    /// (as `Node::settlements` returns them).
+    pub fn signed(receipt: &Receipt, account: &str, payee_sig: &[u8]) -> Settle {
+        Settle {
+            receipt: hex::encode(receipt.encode()),
+            account: account.to_string(),
+            payee_sig: hex::encode(payee_sig),
+        }
+    }
 }
 
 /// The outcome of one settlement: what moved.

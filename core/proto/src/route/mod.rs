@@ -17,12 +17,15 @@ use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
 
 use crate::crypto::{self, dh_static, hkdf, AeadKey, Ephemeral, TAG_LEN};
-use crate::forward::{Class, Delivered, Dir, FlowKey, Forwarder};
+use crate::forward::{Class, Delivered, Dir, FlowKey, ForwardConfig, Forwarder};
 use crate::frame::{Frame, PROOF_LEN};
 use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
 use crate::link::replay::ReplayWindow;
 use crate::link::{LinkId, RngRef};
 use crate::stats::Reject;
+
+mod account;
+pub use account::{AccountingConfig, AccountingStats};
 
 /// A node-local route identifier (never 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,6 +96,8 @@ pub struct RouteConfig {
     pub idle_timeout: Duration,
     /// Most routes (as source or relay) this node holds.
     pub max_routes: usize,
+    /// Paying hops, and being paid as one.
+    pub accounting: AccountingConfig,
 }
 
 impl Default for RouteConfig {
@@ -102,6 +107,7 @@ impl Default for RouteConfig {
             // Long enough for sessions' probes (every few seconds) to keep used routes alive.
             idle_timeout: Duration::from_secs(120),
             max_routes: 65_536,
+            accounting: AccountingConfig::default(),
         }
     }
 }
@@ -193,6 +199,7 @@ struct Origin {
     /// How many hops joined so far.
     joined: usize,
     deadline: Option<Instant>,
+    pay: Option<account::Pay>,
 }
 
 impl Origin {
@@ -219,6 +226,7 @@ struct Relay {
     confirm_at: Option<Instant>,
     /// Bytes the route's buffers had taken in at the last idle check.
     seen_activity: u64,
+    charge: Option<account::Charge>,
 }
 
 enum Entry {
@@ -262,6 +270,7 @@ pub struct Router {
     pub(crate) events: std::collections::VecDeque<RouteEvent>,
     /// Virtual link messages that arrived at an end of a route, for the node (never events).
     pub(crate) link_data: std::collections::VecDeque<(RouteId, Vec<u8>)>,
+    ledger: account::Ledger,
 }
 
 /// The flow a route's own messages (extend, confirmations) travel on.
@@ -271,7 +280,13 @@ fn ctl(route: RouteId, dir: Dir) -> FlowKey {
 
 impl Router {
     pub fn new(config: RouteConfig) -> Self {
-        Router { config, routes: BTreeMap::new(), events: Default::default(), link_data: Default::default() }
+        Router {
+            config,
+            routes: BTreeMap::new(),
+            events: Default::default(),
+            link_data: Default::default(),
+            ledger: Default::default(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -345,6 +360,7 @@ impl Router {
             })
             .collect();
         let e_pub = source_hops[0].e_pub;
+        let pay = account::Pay::new(rng, &self.config.accounting, links.fwd().config(), hops.len());
         if let Err(e) = links.send(first_link, &Frame::RouteSetup { route: id, ephemeral: &e_pub }) {
             links.fwd().remove_route(id);
             return Err(e);
@@ -357,6 +373,7 @@ impl Router {
                 hops: source_hops,
                 joined: 0,
                 deadline: Some(now + self.config.setup_timeout),
+                pay,
             }),
         );
         Ok(id)
@@ -437,15 +454,19 @@ impl Router {
 
     /// Tears down a route we hold (as source or last hop).
     pub(crate) fn close(&mut self, links: &mut dyn Links, route: RouteId) -> Result<(), RouteError> {
-        let entry = self.routes.remove(&route).ok_or(RouteError::UnknownRoute)?;
-        links.fwd().remove_route(route);
+        let entry = self.remove(links, route).ok_or(RouteError::UnknownRoute)?;
         Self::send_closes(links, &entry, None);
         Ok(())
     }
 
     fn remove(&mut self, links: &mut dyn Links, route: RouteId) -> Option<Entry> {
-        let e = self.routes.remove(&route)?;
+        let mut e = self.routes.remove(&route)?;
         links.fwd().remove_route(route);
+        if let Entry::Relay(Relay { charge, .. }) = &mut e {
+            if let Some(c) = charge.take() {
+                self.ledger.retire(c);
+            }
+        }
         Some(e)
     }
 
@@ -509,6 +530,7 @@ impl Router {
                         confirmed: [0; 2],
                         confirm_at: None,
                         seen_activity: 0,
+                        charge: account::Charge::new(now, rng, &self.config.accounting),
                     }),
                 );
                 let fwd = links.fwd();
@@ -582,6 +604,7 @@ impl Router {
                 }
                 Ok(())
             }
+            Frame::RouteNote { route, payload } => self.on_note(now, links, from, route, payload),
             _ => Err(Reject::UnknownType),
         }
     }
@@ -753,6 +776,7 @@ impl Router {
         let Some(Entry::Origin(o)) = self.routes.get_mut(&route) else { return };
         if o.ready() {
             o.deadline = None;
+            Self::announce_payer(o, links);
             self.events.push_back(RouteEvent::Ready { route });
             return;
         }
@@ -840,9 +864,10 @@ impl Router {
             .values()
             .filter_map(|e| match e {
                 Entry::Origin(o) => o.deadline,
-                Entry::Relay(r) => Some(r.confirm_at.map_or(r.last_active + self.config.idle_timeout, |c| {
-                    c.min(r.last_active + self.config.idle_timeout)
-                })),
+                Entry::Relay(r) => {
+                    let idle = r.last_active + self.config.idle_timeout;
+                    Some([r.confirm_at, Self::next_claim(r)].into_iter().flatten().fold(idle, Instant::min))
+                }
             })
             .min()
     }
@@ -865,6 +890,11 @@ impl Router {
                 if r.confirm_at.is_some_and(|c| c <= now) {
                     Self::confirm(r, links, *route);
                 }
+            }
+        }
+        for route in self.claim_due(now, links) {
+            if let Some(entry) = self.remove(links, route) {
+                Self::send_closes(links, &entry, None);
             }
         }
         let expired: Vec<(RouteId, bool)> = self
