@@ -370,3 +370,98 @@ async fn the_nearest_gateway_is_found_through_the_dht() {
         n.stop().await.unwrap();
     }
 }
+
+/// One JSON-lines request to the escrow.
+fn escrow_ask(addr: std::net::SocketAddr, req: serde_json::Value) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Payments on real nodes: A's session to C runs through B, which charges for what it
+/// carries. B claims, A receipts, B settles its receipts at a running escrow where A's
+/// account authorised the route's key; `status` shows B's traffic and earnings and A's debt,
+/// and the escrow moved exactly that.
+#[tokio::test]
+async fn a_relay_earns_for_the_traffic_it_carried_and_settles_it() {
+    use serde_json::json;
+    use skyroute::driver::EscrowOptions;
+    use skyroute::escrow::{Escrow, Faucet};
+    use skyroute_proto::accounting::{amount, MIB};
+
+    let dir = std::env::temp_dir().join(format!("skyroute-pay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let escrow = Escrow::open(&dir.join("escrow.redb"), Box::new(Faucet)).unwrap();
+    let (src_acct, src_secret) = escrow.open_account().unwrap();
+    escrow.deposit(&src_acct, 10_000_000).unwrap();
+    let (relay_acct, relay_secret) = escrow.open_account().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || skyroute::escrow::server::run(escrow, listener));
+
+    let price = 300;
+    let source = Options {
+        escrow: Some(EscrowOptions { addr, account: src_acct.clone(), secret: Some(src_secret.clone()) }),
+        ..Options::loopback(SecretKey::generate(&mut OsRng))
+    };
+    let mut relay = Options {
+        escrow: Some(EscrowOptions { addr, account: relay_acct.clone(), secret: None }),
+        ..Options::loopback(SecretKey::generate(&mut OsRng))
+    };
+    relay.node.route.accounting.price_per_mib = price;
+    relay.node.route.accounting.interval = Duration::from_millis(200);
+    let mut a = RunningNode::spawn(source).await.unwrap();
+    let mut b = RunningNode::spawn(relay).await.unwrap();
+    let mut c = node().await;
+    a.connect(b.public_key, b.listen.addr(Kind::Udp).unwrap()).unwrap();
+    b.connect(c.public_key, c.listen.addr(Kind::Udp).unwrap()).unwrap();
+    a.add_topology(b.public_key, c.public_key).unwrap();
+    link_up(&mut a).await;
+    link_up(&mut c).await;
+    link_up(&mut b).await;
+    let t = a.transfer(c.public_key, Source::Bytes(4 << 20)).await.unwrap().unwrap();
+    assert!(t.ok, "{t:?}");
+
+    // The session's probes keep a trickle going after the transfer, so earnings keep
+    // growing a little; wait until the transfer's share is settled.
+    let due = amount(4 * MIB, price);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (sa, sb) = loop {
+        let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
+        if sb.accounting.settled_amount >= due && sa.accounting.authorized_keys >= 1 {
+            break (sa, sb);
+        }
+        let (pa, pb) = (&sa.accounting, &sb.accounting);
+        assert!(std::time::Instant::now() < deadline, "not settled in time:\n{pa:?}\n{pb:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (pa, pb) = (&sa.accounting, &sb.accounting);
+    assert!(pb.carried_bytes >= 4 * MIB, "{pb:?}");
+    assert!(pb.paid_bytes <= pb.carried_bytes && pb.paid_bytes >= 4 * MIB, "{pb:?}");
+    assert_eq!(pb.earned, amount(pb.paid_bytes, price));
+    assert!(pb.settled_amount <= pb.earned, "{pb:?}");
+    assert!(pb.settle_refused == 0 && pb.escrow_errors == 0, "{pb:?}");
+    assert!(pa.authorized_keys >= 1 && pa.escrow_errors == 0 && pa.claims_refused.is_empty(), "{pa:?}");
+    // C ends the route and charges nothing; A charges nothing either.
+    assert_eq!(c.status().await.unwrap().accounting.carried_bytes, 0);
+    assert_eq!(pa.carried_bytes, 0);
+    let table = sb.table();
+    assert!(table.contains("earnings") && table.contains("settled"), "{table}");
+
+    // The escrow moved what B settled (rounds may have settled a little more since), from A.
+    let balance = |acct: &str, secret: &str| {
+        escrow_ask(addr, json!({"cmd": "balance", "account": acct, "secret": secret}))["balance"].as_u64().unwrap()
+    };
+    let (earned, source_left) = (balance(&relay_acct, &relay_secret), balance(&src_acct, &src_secret));
+    let later = b.status().await.unwrap().accounting;
+    assert!(earned >= pb.settled_amount && earned <= later.earned, "{earned} {pb:?} {later:?}");
+    assert_eq!(source_left + earned, 10_000_000, "coins conserved");
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

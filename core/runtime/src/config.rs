@@ -40,6 +40,17 @@
 //! services = ["chain-x"]          # services published with it (found by service:NAME)
 //! advertise = ["udp://203.0.113.5:7070"]  # addresses others dial [the listen addresses]
 //! guards = ["02ab..."]            # reach us only through these nodes; publish no address
+//! [accounting]
+//! price_per_mib = 300             # as a relay: charge per MiB carried [0: free]
+//! max_price_per_mib = 1000        # as a source: pay hops up to this [1000]
+//! pay = true                      # as a source: pay hops' claims at all [true]
+//! interval_ms = 1000              # a relay claims this often
+//! allowance_bytes = 4194304       # unpaid bytes a relay tolerates...
+//! grace_ms = 10000                # ...for this long, then applies the policy
+//! policy = "throttle"             # "ignore", "throttle" or "drop" an unpaid route
+//! escrow = "127.0.0.1:7480"       # settle receipts there (skyroute escrow)
+//! account = "..."                 # our escrow account: credited as a relay, debited as
+//! secret = "..."                  # a source (whose route keys it authorises: needs secret)
 //! ```
 
 use std::net::SocketAddr;
@@ -78,6 +89,23 @@ struct Raw {
     gateway: Option<RawGateway>,
     #[serde(default)]
     discovery: RawDiscovery,
+    #[serde(default)]
+    accounting: RawAccounting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccounting {
+    price_per_mib: Option<u32>,
+    max_price_per_mib: Option<u32>,
+    pay: Option<bool>,
+    interval_ms: Option<u64>,
+    allowance_bytes: Option<u64>,
+    grace_ms: Option<u64>,
+    policy: Option<String>,
+    escrow: Option<String>,
+    account: Option<String>,
+    secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +303,8 @@ pub struct Config {
     pub discovery: bool,
     /// Take part in the DHT (`[discovery] dht = true`), publishing these services.
     pub dht: Option<crate::driver::DhtOptions>,
+    /// Settle payments at an escrow (`[accounting] escrow`).
+    pub escrow: Option<crate::driver::EscrowOptions>,
 }
 
 /// The node settings for real sockets.
@@ -297,6 +327,64 @@ fn bind(field_name: &str, v: &Option<String>) -> Result<Bind, ConfigError> {
 
 fn key(field_name: String, v: &str) -> Result<PublicKey, ConfigError> {
     PublicKey::from_hex(v).map_err(|_| field(field_name, "not a compressed secp256k1 public key (66 hex digits)"))
+}
+
+/// `[accounting]` into the node's payment settings, and where to settle.
+fn accounting(
+    raw: &RawAccounting,
+    a: &mut skyroute_proto::AccountingConfig,
+) -> Result<Option<crate::driver::EscrowOptions>, ConfigError> {
+    use skyroute_proto::accounting::Policy;
+    if let Some(v) = raw.price_per_mib {
+        a.price_per_mib = v;
+    }
+    if let Some(v) = raw.max_price_per_mib {
+        a.max_price_per_mib = Some(v);
+    }
+    if raw.pay == Some(false) {
+        a.max_price_per_mib = None;
+    }
+    if let Some(v) = raw.interval_ms {
+        if !(100..=3_600_000).contains(&v) {
+            return Err(field("accounting.interval_ms", "must be between 100 and 3600000"));
+        }
+        a.interval = std::time::Duration::from_millis(v);
+    }
+    if let Some(v) = raw.allowance_bytes {
+        a.allowance = v;
+    }
+    if let Some(v) = raw.grace_ms {
+        if v > 86_400_000 {
+            return Err(field("accounting.grace_ms", "at most a day (86400000)"));
+        }
+        a.grace = std::time::Duration::from_millis(v);
+    }
+    if let Some(p) = &raw.policy {
+        a.policy = match p.as_str() {
+            "ignore" => Policy::Ignore,
+            "throttle" => Policy::Throttle,
+            "drop" => Policy::Drop,
+            _ => return Err(field("accounting.policy", format!("\"ignore\", \"throttle\" or \"drop\", not {p:?}"))),
+        };
+    }
+    let Some(addr) = &raw.escrow else {
+        if raw.account.is_some() || raw.secret.is_some() {
+            return Err(field("accounting.escrow", "account and secret need an escrow address"));
+        }
+        return Ok(None);
+    };
+    let addr = addr.parse().map_err(|_| field("accounting.escrow", format!("not an address and port: {addr:?}")))?;
+    let hex_field = |name: &str, v: &Option<String>| -> Result<Option<String>, ConfigError> {
+        match v {
+            Some(x) if x.is_empty() || !x.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Err(field(format!("accounting.{name}"), "hex digits, as `skyroute escrow` gave them"))
+            }
+            v => Ok(v.clone()),
+        }
+    };
+    let account = hex_field("account", &raw.account)?
+        .ok_or_else(|| field("accounting.account", "an escrow needs the account to credit or debit"))?;
+    Ok(Some(crate::driver::EscrowOptions { addr, account, secret: hex_field("secret", &raw.secret)? }))
 }
 
 fn dht_options(d: &RawDiscovery) -> Result<Option<crate::driver::DhtOptions>, ConfigError> {
@@ -374,6 +462,7 @@ impl Default for Config {
             gateway: None,
             discovery: false,
             dht: None,
+            escrow: None,
         })
     }
 }
@@ -456,6 +545,7 @@ impl Config {
             }
             f.memory_budget_bytes = v;
         }
+        let escrow = accounting(&raw.accounting, &mut node.route.accounting)?;
         let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
         Ok(Config {
             udp,
@@ -469,6 +559,7 @@ impl Config {
             gateway,
             discovery: raw.discovery.announce,
             dht: dht_options(&raw.discovery)?,
+            escrow,
         })
     }
 }
@@ -550,6 +641,18 @@ mod tests {
         );
         assert!(Config::parse("").unwrap().dht.is_none(), "off by default");
         assert!(e("[discovery]\nservices = [\"x\"]").starts_with("discovery.dht:"));
+        assert!(e("[accounting]\npolicy = \"maybe\"").starts_with("accounting.policy:"));
+        assert!(e("[accounting]\naccount = \"ab\"").starts_with("accounting.escrow:"));
+        assert!(e("[accounting]\nescrow = \"127.0.0.1:7480\"").starts_with("accounting.account:"));
+        assert!(e("[accounting]\nescrow = \"127.0.0.1:7480\"\naccount = \"xyz\"").starts_with("accounting.account:"));
+        assert!(e("[accounting]\ninterval_ms = 5").starts_with("accounting.interval_ms:"));
+        let ok = Config::parse(
+            "[accounting]\nprice_per_mib = 300\npay = false\npolicy = \"drop\"\nescrow = \"127.0.0.1:7480\"\naccount = \"ab12\"",
+        )
+        .unwrap();
+        assert_eq!(ok.node.route.accounting.price_per_mib, 300);
+        assert_eq!(ok.node.route.accounting.max_price_per_mib, None);
+        assert_eq!(ok.escrow.unwrap().account, "ab12");
         assert!(e("[discovery]\ndht = true\nadvertise = [\"0.0.0.0:1\"]").starts_with("discovery.advertise[0]:"));
         assert!(e("[discovery]\ndht = true\nadvertise = [\"nope\"]").starts_with("discovery.advertise[0]:"));
         assert!(e("[discovery]\ndht = true\nservices = [\"\"]").starts_with("discovery.services[0]:"));

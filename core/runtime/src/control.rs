@@ -153,6 +153,88 @@ pub struct RecordView {
     pub expires: u64,
 }
 
+/// Payments (`[accounting]`): amounts are in the escrow's smallest unit (1 coin = 1,000,000).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AccountingStatus {
+    /// Our price as a relay, and the most we pay as a source (none: we pay nobody).
+    pub price_per_mib: u32,
+    pub max_price_per_mib: Option<u32>,
+    /// As a relay: routes charged now, throttled now, dropped for not paying.
+    pub charged_routes: usize,
+    pub throttled_routes: usize,
+    pub dropped_routes: u64,
+    /// Bytes carried on charged routes, bytes receipted by their sources, what that earned.
+    pub carried_bytes: u64,
+    pub paid_bytes: u64,
+    pub earned: u64,
+    pub receipts_refused: BTreeMap<String, u64>,
+    /// As a source: bytes our receipts cover and what they owe.
+    pub receipted_bytes: u64,
+    pub owed: u64,
+    pub claims_refused: BTreeMap<String, u64>,
+    /// Accounting notes that nobody on a route could open.
+    pub bad_notes: u64,
+    /// The escrow, and what it did for us: route keys authorised, receipts settled and the
+    /// amount credited, receipts it refused, failed rounds.
+    pub escrow: Option<String>,
+    pub authorized_keys: u64,
+    pub settled_receipts: u64,
+    pub settled_amount: u64,
+    pub settle_refused: u64,
+    pub escrow_errors: u64,
+    pub escrow_last_error: Option<String>,
+}
+
+impl AccountingStatus {
+    fn table(&self) -> String {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let refused = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                String::new()
+            } else {
+                format!(" (refused: {})", m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+            }
+        };
+        let mut out = format!(
+            "
+traffic     carried {:.2} MiB on {} charged routes ({} throttled, {} dropped unpaid) at {}/MiB
+",
+            mib(self.carried_bytes),
+            self.charged_routes,
+            self.throttled_routes,
+            self.dropped_routes,
+            self.price_per_mib
+        );
+        out += &format!(
+            "earnings    {} for {:.2} MiB receipted{}
+",
+            self.earned,
+            mib(self.paid_bytes),
+            refused(&self.receipts_refused)
+        );
+        out += &format!(
+            "payments    owe {} for {:.2} MiB receipted to relays{}
+",
+            self.owed,
+            mib(self.receipted_bytes),
+            refused(&self.claims_refused)
+        );
+        if let Some(e) = &self.escrow {
+            out += &format!(
+                "escrow      {e}: {} settled in {} receipts ({} refused), {} route keys authorised, {} failed rounds{}
+",
+                self.settled_amount,
+                self.settled_receipts,
+                self.settle_refused,
+                self.authorized_keys,
+                self.escrow_errors,
+                self.escrow_last_error.as_ref().map_or(String::new(), |e| format!(" (last: {e})"))
+            );
+        }
+        out
+    }
+}
+
 /// The node's part in the DHT.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DhtStatus {
@@ -235,6 +317,10 @@ pub struct Status {
     /// The DHT, when the node takes part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dht: Option<DhtStatus>,
+    /// Traffic and earnings: what the node carried and earned as a relay, what it owes as a
+    /// source, and what the escrow settled.
+    #[serde(default)]
+    pub accounting: AccountingStatus,
     /// Open TCP and QUIC connections.
     pub connections: usize,
     /// Driver counters: packets the OS refused to send, packets dropped at full queues,
@@ -434,6 +520,7 @@ impl Status {
                 t.dropped
             );
         }
+        out += &self.accounting.table();
         out
     }
 }

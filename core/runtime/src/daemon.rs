@@ -68,6 +68,7 @@ pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io:
             gateway: config.gateway.as_ref().map(|g| g.service.clone()),
             discovery: config.discovery,
             dht: config.dht.clone(),
+            escrow: config.escrow.clone(),
         };
         match RunningNode::spawn(o).await {
             Ok(n) => {

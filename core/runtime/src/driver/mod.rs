@@ -40,6 +40,19 @@ pub struct Options {
     pub discovery: bool,
     /// Join the DHT: publish our record and answer and run lookups (off by default).
     pub dht: Option<DhtOptions>,
+    /// Settle payments at an escrow: authorise our routes' payer keys, cash our receipts.
+    pub escrow: Option<EscrowOptions>,
+}
+
+/// Where and as whom a node settles payments (`skyroute escrow`).
+#[derive(Debug, Clone)]
+pub struct EscrowOptions {
+    pub addr: SocketAddr,
+    /// Our account: credited with what our relay routes earned, debited for our routes.
+    pub account: String,
+    /// Its secret: needed to authorise our routes' payer keys (a source); a relay that only
+    /// earns leaves it out.
+    pub secret: Option<String>,
 }
 
 /// What a node publishes in the DHT.
@@ -112,6 +125,7 @@ impl Options {
             gateway: None,
             discovery: false,
             dht: None,
+            escrow: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod dht;
 mod discovery;
+mod pay;
 mod vpn;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,7 @@ pub(super) struct Driver {
     tunnel: Option<vpn::TunnelState>,
     discovery: discovery::Discovery,
     dht: dht::DhtState,
+    pay: pay::PayState,
 }
 
 impl Driver {
@@ -143,6 +145,7 @@ impl Driver {
         };
         let d = Driver {
             dht,
+            pay: pay::PayState::new(o.escrow),
             node,
             sessions,
             graph,
@@ -211,6 +214,7 @@ impl Driver {
                     self.tick_jobs(now);
                     self.discovery_tick(now);
                     self.dht_tick(now);
+                    self.pay_tick(now);
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Stop) | None => break,
@@ -262,10 +266,17 @@ impl Driver {
 
     fn next_timer(&self) -> Option<Instant> {
         let jobs = self.pings.values().map(|p| p.next_at).chain(self.echoes.values().map(|e| e.deadline)).min();
-        [self.node.poll_timeout(), self.sessions.poll_timeout(), jobs, self.discovery.deadline(), self.dht.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.node.poll_timeout(),
+            self.sessions.poll_timeout(),
+            jobs,
+            self.discovery.deadline(),
+            self.dht.deadline(),
+            self.pay.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs node and session events and service work until nothing moves.
@@ -773,6 +784,7 @@ impl Driver {
             discovered_nodes,
             known_links,
             dht: self.dht_status(),
+            accounting: self.accounting_status(),
             connections: self.pool.len(),
             counters: nonzero(
                 self.counters

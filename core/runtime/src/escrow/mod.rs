@@ -64,6 +64,25 @@ pub enum EscrowError {
     Store(String),
 }
 
+impl EscrowError {
+    /// A short stable name, for programs (the escrow's JSON answers carry it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EscrowError::NoAccount => "no_account",
+            EscrowError::UnknownPayer => "unknown_payer",
+            EscrowError::KeyTaken => "key_taken",
+            EscrowError::BadSignature => "bad_signature",
+            EscrowError::NothingNew => "nothing_new",
+            EscrowError::Superseded => "superseded",
+            EscrowError::Insufficient { .. } => "insufficient",
+            EscrowError::BelowThreshold { .. } => "below_threshold",
+            EscrowError::Chain(_) => "chain",
+            EscrowError::BadRequest(_) => "bad_request",
+            EscrowError::Store(_) => "store",
+        }
+    }
+}
+
 impl<E: Into<redb::Error>> From<E> for EscrowError {
     fn from(e: E) -> Self {
         EscrowError::Store(e.into().to_string())

@@ -5,7 +5,7 @@
 //! `{"cmd":"deposit","account","amount"}` -> `{"ok":true,"balance"}`;
 //! `{"cmd":"authorize","account","secret","payer"}` (a route key, hex) -> `{"ok":true}`;
 //! `{"cmd":"settle","items":[{"receipt","account","payee_sig"}]}` -> `{"ok":true,"results":
-//! [{"paid"} | {"error"}]}`; `{"cmd":"balance","account","secret"}` -> `{"ok":true,"balance"}`;
+//! [{"paid"} | {"error","code"}]}` (`code`: see `EscrowError::code`); `{"cmd":"balance","account","secret"}` -> `{"ok":true,"balance"}`;
 //! `{"cmd":"withdraw","account","secret","to","amount"}` -> `{"ok":true,"txid"}`.
 //! Errors: `{"ok":false,"error"}`. Answers name accounts and amounts only, never a payer.
 
@@ -60,7 +60,7 @@ fn answer(e: &Escrow, line: &str) -> Value {
                     .into_iter()
                     .map(|r| match r {
                         Ok(s) => json!({ "paid": s.paid }),
-                        Err(x) => json!({ "error": x.to_string() }),
+                        Err(x) => json!({ "error": x.to_string(), "code": x.code() }),
                     })
                     .collect();
                 json!({ "ok": true, "results": results })
