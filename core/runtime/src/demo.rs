@@ -1,7 +1,9 @@
 //! The out-of-the-box demo (`cargo run --release`, or `skyroute` with no command): five real
 //! nodes on loopback in this process, with real UDP, TCP and QUIC sockets, two of the links
 //! through the impairment proxy. A phone streams to a server over one session spread on two
-//! disjoint routes while its WiFi and then its LTE link are cut and restored.
+//! disjoint routes while its WiFi and then its LTE link are cut and restored. The relays
+//! charge for what they carry; the phone pays them with receipts that the relays settle at an
+//! escrow running in the same process (its store in a temporary file).
 //!
 //! ```text
 //!            wifi (UDP, via proxy: loss, delay)      TCP            UDP
@@ -20,7 +22,8 @@ use rand_core::OsRng;
 use skyroute_proto::SecretKey;
 
 use crate::control::Status;
-use crate::driver::{Options, RunningNode};
+use crate::driver::{EscrowOptions, Options, RunningNode};
+use crate::escrow::{Escrow, Faucet};
 use crate::impair::{self, ImpairStats, Impairment};
 use crate::service::transfer::Source;
 use crate::transport::Addr;
@@ -29,6 +32,13 @@ use crate::transport::Addr;
 const STREAM: Duration = Duration::from_secs(12);
 /// Bytes per transfer; transfers run back to back.
 const CHUNK: u64 = 8 << 20;
+
+/// What the relays charge per MiB (wifi-ap, lte-tower, core), in the escrow's smallest unit
+/// (1 coin = 1,000,000), and what the phone deposits.
+const PRICES: [u32; 3] = [2_000, 5_000, 1_000];
+const DEPOSIT: u64 = 10_000_000;
+/// The most a node pays per MiB.
+const MAX_PRICE: u32 = 10_000;
 
 /// What happens when (seconds into the stream).
 const SCRIPT: [(f64, Cut, bool, &str); 4] = [
@@ -105,11 +115,38 @@ fn links_up(s: &Status) -> usize {
     s.links.iter().filter(|l| l.state == "up").count()
 }
 
+/// The escrow on a loopback port, with an account for each node (the phone's funded).
+struct DemoEscrow {
+    addr: SocketAddr,
+    accounts: Vec<(String, String)>,
+    path: std::path::PathBuf,
+}
+
+fn escrow(nodes: usize) -> std::io::Result<DemoEscrow> {
+    let path = std::env::temp_dir().join(format!("skyroute-demo-escrow-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let e = Escrow::open(&path, Box::new(Faucet)).map_err(std::io::Error::other)?;
+    let accounts =
+        (0..nodes).map(|_| e.open_account()).collect::<Result<Vec<_>, _>>().map_err(std::io::Error::other)?;
+    e.deposit(&accounts[0].0, DEPOSIT).map_err(std::io::Error::other)?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || crate::escrow::server::run(e, listener));
+    Ok(DemoEscrow { addr, accounts, path })
+}
+
 async fn demo() -> std::io::Result<DemoReport> {
     let names = ["phone", "wifi-ap", "lte-tower", "core", "server"];
+    let bank = escrow(names.len())?;
     let mut nodes = Vec::new();
-    for _ in names {
-        nodes.push(RunningNode::spawn(Options::loopback_all(SecretKey::generate(&mut OsRng))).await?);
+    for (i, (account, secret)) in bank.accounts.iter().enumerate() {
+        let mut o = Options::loopback_all(SecretKey::generate(&mut OsRng));
+        o.escrow = Some(EscrowOptions { addr: bank.addr, account: account.clone(), secret: Some(secret.clone()) });
+        if (1..=3).contains(&i) {
+            o.node.route.accounting.price_per_mib = PRICES[i - 1];
+        }
+        o.node.route.accounting.max_price_per_mib = Some(MAX_PRICE);
+        nodes.push(RunningNode::spawn(o).await?);
     }
     let keys: Vec<_> = nodes.iter().map(|n| n.public_key).collect();
     let key = |i: usize| keys[i];
@@ -196,6 +233,13 @@ async fn demo() -> std::io::Result<DemoReport> {
         .await
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
+    // The relays settle their last receipts at the escrow (a round every 2 s).
+    let mut earnings = Vec::new();
+    for relay in [wifi, lte, core] {
+        let due = nodes[relay].status().await.map_err(std::io::Error::other)?.accounting.earned;
+        let s = wait_for("the relays' settlements", &nodes[relay], |s| s.accounting.settled_amount >= due).await?;
+        earnings.push((names[relay], s.accounting));
+    }
     let phone_status = nodes[phone].status().await.map_err(std::io::Error::other)?;
     let server_got = nodes[server].received().await.map_err(std::io::Error::other)?;
 
@@ -206,6 +250,7 @@ async fn demo() -> std::io::Result<DemoReport> {
     for n in nodes {
         n.stop().await?;
     }
+    let _ = std::fs::remove_file(&bank.path);
 
     // The table.
     let ok_transfers = reports.iter().filter(|r| matches!(r, Ok(t) if t.ok)).count();
@@ -246,6 +291,22 @@ async fn demo() -> std::io::Result<DemoReport> {
             );
         }
     }
+    t += &format!(
+        "\n{:<10} {:>9} {:>12} {:>10} {:>10} {:>9}\n",
+        "relay", "price/MiB", "carried MiB", "earned", "settled", "throttled"
+    );
+    for (name, a) in &earnings {
+        t += &format!(
+            "{:<10} {:>9} {:>12.1} {:>10} {:>10} {:>9}\n",
+            name,
+            a.price_per_mib,
+            a.carried_bytes as f64 / 1048576.0,
+            a.earned,
+            a.settled_amount,
+            a.throttled_routes
+        );
+    }
+    let settled: u64 = earnings.iter().map(|(_, a)| a.settled_amount).sum();
     let rows: Vec<(&str, String)> = vec![
         (
             "delivered, intact (sha256 both ends)",
@@ -272,12 +333,21 @@ async fn demo() -> std::io::Result<DemoReport> {
         ("link rekeys (phone)", format!("{}", phone_status.links.iter().map(|l| l.rekeys).sum::<u64>())),
         ("session repair symbols sent", format!("{}", first_session.map_or(0, |s| s.repair_sent))),
         ("transfers received by the server", format!("{}", server_got.iter().filter(|r| r.ok).count())),
+        (
+            "phone paid the relays (escrow)",
+            format!(
+                "owes {} for {:.0} MiB relayed (summed over relays); {settled} settled of its {DEPOSIT} deposit",
+                phone_status.accounting.owed,
+                phone_status.accounting.receipted_bytes as f64 / 1048576.0
+            ),
+        ),
         ("session breaks", format!("{breaks}")),
     ];
     t += "\n";
     for (k, v) in rows {
         t += &format!("{k:<38} {v}\n");
     }
-    let ok = breaks == 0 && ok_transfers == reports.len() && !reports.is_empty() && ping_after.received > 0;
+    let paid = earnings.iter().all(|(_, a)| a.earned > 0 && a.settled_amount > 0 && a.throttled_routes == 0);
+    let ok = breaks == 0 && ok_transfers == reports.len() && !reports.is_empty() && ping_after.received > 0 && paid;
     Ok(DemoReport { ok, table: t })
 }
