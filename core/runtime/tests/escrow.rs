@@ -70,11 +70,29 @@ fn receipts_pay_once_and_only_from_what_the_payer_holds() {
         e.settle(&[settle_request(&route.payee_key, &ra, &hop), settle_request(&route.payee_key, &rb, &hop)]).unwrap();
     assert_eq!(out, vec![Err(EscrowError::Superseded), Ok(skyroute::escrow::Settled { paid: 10_000 })]);
     assert_eq!(e.balance(&src, &src_secret).unwrap(), 3 * COIN - 160_000);
-    // Someone else cannot settle the hop's receipt (the payee key signs the account).
+    let hop_before_fresh = e.balance(&hop, &hop_secret).unwrap();
+    // Someone else cannot settle the hop's receipt into another account: the route key is
+    // bound to the hop's account since its first (signed) settlement, whoever signs.
+    let (thief_acct, _) = e.open_account().unwrap();
     let thief = SecretKey::generate(&mut OsRng);
     let r3 = route.carry(10);
-    let stolen = settle_request(&thief, &r3, &hop);
-    assert_eq!(paid(e.settle(&[stolen]).unwrap()), Err(EscrowError::BadSignature));
+    assert_eq!(paid(e.settle(&[settle_request(&thief, &r3, &thief_acct)]).unwrap()), Err(EscrowError::BadSignature));
+    assert_eq!(
+        paid(e.settle(&[settle_request(&route.payee_key, &r3, &thief_acct)]).unwrap()),
+        Err(EscrowError::PayeeBound)
+    );
+    // A new route's first settlement needs the payee's signature, and a bad one binds nothing.
+    let mut fresh = Route::new();
+    e.authorize(&src, &src_secret, &fresh.payer.public_key()).unwrap();
+    let rf = fresh.carry(1);
+    assert_eq!(paid(e.settle(&[settle_request(&thief, &rf, &thief_acct)]).unwrap()), Err(EscrowError::BadSignature));
+    assert_eq!(paid(e.settle(&[settle_request(&fresh.payee_key, &rf, &hop)]).unwrap()).unwrap().paid, 1_000);
+    // Once bound, a later receipt of the route pays the bound account with the receipt's own
+    // signature alone (the payee's is not checked again; it could only pay the hop).
+    let mut unsigned = settle_request(&thief, &fresh.carry(1), &hop);
+    unsigned.payee_sig.clear();
+    assert_eq!(paid(e.settle(&[unsigned]).unwrap()).unwrap().paid, 1_000);
+    assert_eq!(e.balance(&hop, &hop_secret).unwrap(), hop_before_fresh + 2_000);
     let mut forged = settle_request(&route.payee_key, &r3, &hop);
     forged.receipt.replace_range(150..152, "ff"); // the amount's top byte
     assert!(paid(e.settle(&[forged]).unwrap()).is_err());

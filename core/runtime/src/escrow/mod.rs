@@ -6,7 +6,9 @@
 //! a relay too). Coins come in through a [`Chain`] (the test [`Faucet`] stands in for a real
 //! chain client). The owner authorises route keys to spend from an account; a hop settles a
 //! [`Receipt`] of such a key into an account of its own, proving with its route key's
-//! signature that the receipt is its own. Receipts are cumulative: the escrow keeps what it
+//! signature that the receipt is its own; that first settlement binds the route key to the
+//! account, so later receipts of the route (which can only pay that account) need only the
+//! payer's signature checked. Receipts are cumulative: the escrow keeps what it
 //! paid per (payer, payee) and pays only the difference, so a receipt settled twice pays once
 //! and an older one pays nothing. A settlement that the payer's balance cannot cover is
 //! refused whole. Balances above the threshold (1 coin) can be withdrawn to an address.
@@ -34,6 +36,8 @@ const ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("accounts")
 const SPENDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("spenders");
 const SETTLED: TableDefinition<&[u8], u64> = TableDefinition::new("settled");
 const WITHDRAWALS: TableDefinition<u64, &[u8]> = TableDefinition::new("withdrawals");
+/// Payee route key -> the account its receipts pay (bound by its first signed settlement).
+const PAYEES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("payees");
 
 const SETTLE_LABEL: &[u8] = b"skyroute settle v1";
 const ID_LEN: usize = 16;
@@ -46,6 +50,8 @@ pub enum EscrowError {
     UnknownPayer,
     #[error("this key already spends from an account")]
     KeyTaken,
+    #[error("this payee key settles into another account")]
+    PayeeBound,
     #[error("bad signature")]
     BadSignature,
     #[error("the receipt pays nothing new (settled already, or older)")]
@@ -71,6 +77,7 @@ impl EscrowError {
             EscrowError::NoAccount => "no_account",
             EscrowError::UnknownPayer => "unknown_payer",
             EscrowError::KeyTaken => "key_taken",
+            EscrowError::PayeeBound => "payee_bound",
             EscrowError::BadSignature => "bad_signature",
             EscrowError::NothingNew => "nothing_new",
             EscrowError::Superseded => "superseded",
@@ -156,6 +163,8 @@ struct Checked {
     payee: PublicKey,
     amount: u64,
     account: Vec<u8>,
+    /// The payee's signature was checked (it was not bound to this account yet).
+    signed: bool,
 }
 
 pub struct Escrow {
@@ -191,6 +200,7 @@ impl Escrow {
         tx.open_table(SPENDERS)?;
         tx.open_table(SETTLED)?;
         tx.open_table(WITHDRAWALS)?;
+        tx.open_table(PAYEES)?;
         tx.commit()?;
         Ok(Escrow { db, chain, threshold: COIN })
     }
@@ -289,30 +299,63 @@ impl Escrow {
         Ok(txid)
     }
 
-    /// Checks a settle request's signatures (no store access: run it on any thread).
-    fn check(s: &Settle) -> Result<Checked, EscrowError> {
+    /// Checks a settle request's signatures (no store access: run it on any thread). The
+    /// payee's is skipped when its key is `bound` to the request's account already.
+    fn check(s: &Settle, bound: bool) -> Result<Checked, EscrowError> {
         let bytes = hex::decode(&s.receipt).map_err(|_| EscrowError::BadRequest("receipt: not hex".into()))?;
         let r = Receipt::decode(&bytes).map_err(|e| EscrowError::BadRequest(format!("receipt: {e}")))?;
         r.verify().map_err(|_| EscrowError::BadSignature)?;
-        let sig = hex::decode(&s.payee_sig).map_err(|_| EscrowError::BadSignature)?;
-        if !r.payee.verify(&settle_message(&bytes, &s.account), &sig) {
-            return Err(EscrowError::BadSignature);
+        if !bound {
+            let sig = hex::decode(&s.payee_sig).map_err(|_| EscrowError::BadSignature)?;
+            if !r.payee.verify(&settle_message(&bytes, &s.account), &sig) {
+                return Err(EscrowError::BadSignature);
+            }
         }
-        Ok(Checked { payer: r.payer, payee: r.payee, amount: r.amount, account: parse_id(&s.account)? })
+        let account = parse_id(&s.account)?;
+        Ok(Checked { payer: r.payer, payee: r.payee, amount: r.amount, account, signed: !bound })
+    }
+
+    /// Which requests name the account their payee key is bound to.
+    fn bound(&self, batch: &[Settle], keep: &[bool]) -> Result<Vec<bool>, EscrowError> {
+        let tx = self.db.begin_read()?;
+        let payees = tx.open_table(PAYEES)?;
+        batch
+            .iter()
+            .zip(keep)
+            .map(|(s, k)| {
+                let r = hex::decode(&s.receipt).ok().and_then(|b| Receipt::decode(&b).ok());
+                let (Some(r), Ok(account), true) = (r, parse_id(&s.account), *k) else { return Ok(false) };
+                Ok(payees.get(&r.payee.to_bytes()[..])?.is_some_and(|a| a.value() == &account[..]))
+            })
+            .collect()
     }
 
     /// Settles receipts, each on its own (one refused does not stop the others), all in one
     /// transaction. Signatures are checked first, on up to `threads` threads.
     pub fn settle(&self, batch: &[Settle]) -> Result<Vec<Result<Settled, EscrowError>>, EscrowError> {
-        let checked: Vec<Result<Checked, EscrowError>> = check_all(batch, &newest_only(batch));
+        let keep = newest_only(batch);
+        let bound = self.bound(batch, &keep)?;
+        let checked: Vec<Result<Checked, EscrowError>> = check_all(batch, &keep, &bound);
         let tx = self.db.begin_write()?;
         let mut out = Vec::with_capacity(batch.len());
         {
             let mut accounts = tx.open_table(ACCOUNTS)?;
             let spenders = tx.open_table(SPENDERS)?;
             let mut settled = tx.open_table(SETTLED)?;
+            let mut payees = tx.open_table(PAYEES)?;
             for c in checked {
                 out.push(c.and_then(|c| {
+                    let payee = c.payee.to_bytes();
+                    let bound_to = payees.get(&payee[..])?.map(|a| a.value().to_vec());
+                    match bound_to {
+                        Some(a) if a != c.account => return Err(EscrowError::PayeeBound),
+                        Some(_) => {}
+                        // Bound by a settlement whose payee signature checked out.
+                        None if c.signed => {
+                            payees.insert(&payee[..], &c.account[..])?;
+                        }
+                        None => return Err(EscrowError::BadSignature),
+                    }
                     let payer_account =
                         spenders.get(&c.payer.to_bytes()[..])?.ok_or(EscrowError::UnknownPayer)?.value().to_vec();
                     let pair = [c.payer.to_bytes(), c.payee.to_bytes()].concat();
@@ -392,18 +435,25 @@ fn newest_only(batch: &[Settle]) -> Vec<bool> {
 }
 
 /// Checks signatures on the machine's cores (ECDSA verification is most of a settlement).
-fn check_all(batch: &[Settle], keep: &[bool]) -> Vec<Result<Checked, EscrowError>> {
-    let check = |(s, k): (&Settle, &bool)| if *k { Escrow::check(s) } else { Err(EscrowError::Superseded) };
+fn check_all(batch: &[Settle], keep: &[bool], bound: &[bool]) -> Vec<Result<Checked, EscrowError>> {
+    let check = |((s, k), b): ((&Settle, &bool), &bool)| {
+        if *k {
+            Escrow::check(s, *b)
+        } else {
+            Err(EscrowError::Superseded)
+        }
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     if batch.len() < 64 || threads == 1 {
-        return batch.iter().zip(keep).map(check).collect();
+        return batch.iter().zip(keep).zip(bound).map(check).collect();
     }
     let chunk = batch.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = batch
             .chunks(chunk)
             .zip(keep.chunks(chunk))
-            .map(|(c, k)| (c.len(), s.spawn(move || c.iter().zip(k).map(check).collect::<Vec<_>>())))
+            .zip(bound.chunks(chunk))
+            .map(|((c, k), b)| (c.len(), s.spawn(move || c.iter().zip(k).zip(b).map(check).collect::<Vec<_>>())))
             .collect();
         // One result per request, in order, whatever happens to a thread.
         handles
