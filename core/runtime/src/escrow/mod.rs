@@ -299,43 +299,38 @@ impl Escrow {
         Ok(txid)
     }
 
-    /// Checks a settle request's signatures (no store access: run it on any thread). The
-    /// payee's is skipped when its key is `bound` to the request's account already.
-    fn check(s: &Settle, bound: bool) -> Result<Checked, EscrowError> {
-        let bytes = hex::decode(&s.receipt).map_err(|_| EscrowError::BadRequest("receipt: not hex".into()))?;
-        let r = Receipt::decode(&bytes).map_err(|e| EscrowError::BadRequest(format!("receipt: {e}")))?;
-        r.verify().map_err(|_| EscrowError::BadSignature)?;
-        if !bound {
-            let sig = hex::decode(&s.payee_sig).map_err(|_| EscrowError::BadSignature)?;
-            if !r.payee.verify(&settle_message(&bytes, &s.account), &sig) {
-                return Err(EscrowError::BadSignature);
-            }
-        }
-        let account = parse_id(&s.account)?;
-        Ok(Checked { payer: r.payer, payee: r.payee, amount: r.amount, account, signed: !bound })
-    }
-
     /// Which requests name the account their payee key is bound to.
-    fn bound(&self, batch: &[Settle], keep: &[bool]) -> Result<Vec<bool>, EscrowError> {
+    fn bound(&self, parsed: &[Result<Parsed, EscrowError>], keep: &[bool]) -> Result<Vec<bool>, EscrowError> {
         let tx = self.db.begin_read()?;
         let payees = tx.open_table(PAYEES)?;
-        batch
-            .iter()
-            .zip(keep)
-            .map(|(s, k)| {
-                let r = hex::decode(&s.receipt).ok().and_then(|b| Receipt::decode(&b).ok());
-                let (Some(r), Ok(account), true) = (r, parse_id(&s.account), *k) else { return Ok(false) };
-                Ok(payees.get(&r.payee.to_bytes()[..])?.is_some_and(|a| a.value() == &account[..]))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(parsed.len());
+        for (p, k) in parsed.iter().zip(keep) {
+            out.push(match (p, k) {
+                (Ok(p), true) => {
+                    payees.get(&p.receipt.payee.to_bytes()[..])?.is_some_and(|a| a.value() == &p.account[..])
+                }
+                _ => false,
+            });
+        }
+        Ok(out)
     }
 
     /// Settles receipts, each on its own (one refused does not stop the others), all in one
     /// transaction. Signatures are checked first, on up to `threads` threads.
     pub fn settle(&self, batch: &[Settle]) -> Result<Vec<Result<Settled, EscrowError>>, EscrowError> {
-        let keep = newest_only(batch);
-        let bound = self.bound(batch, &keep)?;
-        let checked: Vec<Result<Checked, EscrowError>> = check_all(batch, &keep, &bound);
+        let parsed = par_map(batch, parse, lost);
+        let keep = newest_only(&parsed);
+        let bound = self.bound(&parsed, &keep)?;
+        let jobs: Vec<_> = batch.iter().zip(&parsed).zip(keep.iter().zip(bound)).collect();
+        let checked = par_map(
+            &jobs,
+            |((s, p), (keep, bound))| match p {
+                Err(e) => Err(e.clone()),
+                Ok(_) if !**keep => Err(EscrowError::Superseded),
+                Ok(p) => check(s, p, *bound),
+            },
+            lost,
+        );
         let tx = self.db.begin_write()?;
         let mut out = Vec::with_capacity(batch.len());
         {
@@ -411,14 +406,42 @@ impl Escrow {
     }
 }
 
+/// A settle request decoded (each receipt once: decoding its keys is a point decompression).
+struct Parsed {
+    receipt: Receipt,
+    bytes: Vec<u8>,
+    account: Vec<u8>,
+}
+
+fn parse(s: &Settle) -> Result<Parsed, EscrowError> {
+    let bytes = hex::decode(&s.receipt).map_err(|_| EscrowError::BadRequest("receipt: not hex".into()))?;
+    let receipt = Receipt::decode(&bytes).map_err(|e| EscrowError::BadRequest(format!("receipt: {e}")))?;
+    Ok(Parsed { receipt, bytes, account: parse_id(&s.account)? })
+}
+
+/// Checks a decoded request's signatures (no store access: runs on any thread). The payee's
+/// is skipped when its key is `bound` to the request's account already.
+fn check(s: &Settle, p: &Parsed, bound: bool) -> Result<Checked, EscrowError> {
+    let r = &p.receipt;
+    r.verify().map_err(|_| EscrowError::BadSignature)?;
+    if !bound {
+        let sig = hex::decode(&s.payee_sig).map_err(|_| EscrowError::BadSignature)?;
+        if !r.payee.verify(&settle_message(&p.bytes, &s.account), &sig) {
+            return Err(EscrowError::BadSignature);
+        }
+    }
+    Ok(Checked { payer: r.payer, payee: r.payee, amount: r.amount, account: p.account.clone(), signed: !bound })
+}
+
 /// Receipts are cumulative: of several in one batch for the same payer and payee only the
 /// newest can pay anything, so only it is checked and settled (the others are answered
-/// [`EscrowError::Superseded`] without spending two signature checks on them).
-fn newest_only(batch: &[Settle]) -> Vec<bool> {
+/// [`EscrowError::Superseded`] without spending signature checks on them).
+fn newest_only(parsed: &[Result<Parsed, EscrowError>]) -> Vec<bool> {
     let mut newest: std::collections::HashMap<Vec<u8>, (u64, usize)> = Default::default();
-    let mut keep = vec![true; batch.len()];
-    for (i, s) in batch.iter().enumerate() {
-        let Some(r) = hex::decode(&s.receipt).ok().and_then(|b| Receipt::decode(&b).ok()) else { continue };
+    let mut keep = vec![true; parsed.len()];
+    for (i, p) in parsed.iter().enumerate() {
+        let Ok(p) = p else { continue };
+        let r = &p.receipt;
         let pair = [r.payer.to_bytes(), r.payee.to_bytes()].concat();
         match newest.get(&pair) {
             Some(&(amount, _)) if amount >= r.amount => keep[i] = false,
@@ -434,34 +457,24 @@ fn newest_only(batch: &[Settle]) -> Vec<bool> {
     keep
 }
 
-/// Checks signatures on the machine's cores (ECDSA verification is most of a settlement).
-fn check_all(batch: &[Settle], keep: &[bool], bound: &[bool]) -> Vec<Result<Checked, EscrowError>> {
-    let check = |((s, k), b): ((&Settle, &bool), &bool)| {
-        if *k {
-            Escrow::check(s, *b)
-        } else {
-            Err(EscrowError::Superseded)
-        }
-    };
+/// The answer for a request whose checking thread died.
+fn lost<T>() -> Result<T, EscrowError> {
+    Err(EscrowError::BadRequest("check failed".into()))
+}
+
+/// `f` over `items` on the machine's cores (decoding and checking signatures are most of a
+/// settlement), results in order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync, lost: impl Fn() -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    if batch.len() < 64 || threads == 1 {
-        return batch.iter().zip(keep).zip(bound).map(check).collect();
+    if items.len() < 64 || threads == 1 {
+        return items.iter().map(f).collect();
     }
-    let chunk = batch.len().div_ceil(threads);
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = batch
-            .chunks(chunk)
-            .zip(keep.chunks(chunk))
-            .zip(bound.chunks(chunk))
-            .map(|((c, k), b)| (c.len(), s.spawn(move || c.iter().zip(k).zip(b).map(check).collect::<Vec<_>>())))
-            .collect();
-        // One result per request, in order, whatever happens to a thread.
-        handles
-            .into_iter()
-            .flat_map(|(n, h)| {
-                h.join()
-                    .unwrap_or_else(|_| (0..n).map(|_| Err(EscrowError::BadRequest("check failed".into()))).collect())
-            })
-            .collect()
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|c| (c.len(), s.spawn(move || c.iter().map(f).collect::<Vec<_>>()))).collect();
+        // One result per item, in order, whatever happens to a thread.
+        handles.into_iter().flat_map(|(n, h)| h.join().unwrap_or_else(|_| (0..n).map(|_| lost()).collect())).collect()
     })
 }
