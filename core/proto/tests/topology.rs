@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use skyroute_proto::dht::record::{ROLE_GATEWAY, ROLE_GUARD};
+use skyroute_proto::dht::record::ROLE_GATEWAY;
 use skyroute_proto::dht::topology::{LinkAnnouncement, LinkReport, Topology, MAX_LINKS};
 use skyroute_proto::dht::{Record, RecordError};
 use skyroute_proto::{PublicKey, RouteFinder, SecretKey};
