@@ -389,15 +389,9 @@ fn escrow_ask(addr: std::net::SocketAddr, req: serde_json::Value) -> serde_json:
 async fn a_relay_earns_for_the_traffic_it_carried_and_settles_it() {
     use serde_json::json;
     use skyroute::driver::EscrowOptions;
-    use skyroute::escrow::{Escrow, Faucet};
     use skyroute_proto::accounting::{amount, MIB};
 
-    let dir = std::env::temp_dir().join(format!("skyroute-pay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let escrow = Escrow::open(&dir.join("escrow.redb"), Box::new(Faucet)).unwrap();
-    let (src_acct, src_secret) = escrow.open_account().unwrap();
-    escrow.deposit(&src_acct, 10_000_000).unwrap();
+    let (escrow, (src_acct, src_secret), dir) = skyroute_scenarios::funded_escrow("pay", 10_000_000);
     let (relay_acct, relay_secret) = escrow.open_account().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

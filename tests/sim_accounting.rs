@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use skyroute::escrow::{settle_message, Escrow, Faucet, Settle};
+use skyroute::escrow::{settle_message, Settle};
 use skyroute::sim::scenario::{open_route, payload, transfer};
 use skyroute::sim::{WireSpec, World};
 use skyroute_proto::accounting::{amount, Policy, ReceiptError, MIB};
 use skyroute_proto::{AccountingStats, Event, NodeConfig, RouteError, RouteEvent, RouteId};
+use skyroute_scenarios::funded_escrow;
 
 const PRICE: u32 = 300;
 
@@ -92,12 +93,7 @@ fn relays_earn_for_what_they_carried_and_settle_it_at_the_escrow() {
     assert!(b.earned > 0 && c.earned > 0);
 
     // Settle at the escrow: the source's account authorises the route's payer key.
-    let dir = std::env::temp_dir().join(format!("skyroute-acct-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let escrow = Escrow::open(&dir.join("escrow.redb"), Box::new(Faucet)).unwrap();
-    let (src_acct, src_secret) = escrow.open_account().unwrap();
-    escrow.deposit(&src_acct, 10_000_000).unwrap();
+    let (escrow, (src_acct, src_secret), dir) = funded_escrow("acct", 10_000_000);
     let payer = w.node(0).route_payer_key(route).expect("the route pays");
     escrow.authorize(&src_acct, &src_secret, &payer).unwrap();
     let mut earned_at_escrow = 0;
@@ -142,12 +138,7 @@ fn a_relays_view_names_no_source() {
             assert!(!contains(&bytes, a), "a receipt names a node address");
         }
         // What the escrow answers a relay (settlement outcome) names no one either.
-        let dir = std::env::temp_dir().join(format!("skyroute-acct-priv-{}-{relay}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let escrow = Escrow::open(&dir.join("escrow.redb"), Box::new(Faucet)).unwrap();
-        let (src_acct, src_secret) = escrow.open_account().unwrap();
-        escrow.deposit(&src_acct, 1_000_000).unwrap();
+        let (escrow, (src_acct, src_secret), dir) = funded_escrow(&format!("acct-priv-{relay}"), 1_000_000);
         escrow.authorize(&src_acct, &src_secret, &payer).unwrap();
         let (acct, _) = escrow.open_account().unwrap();
         let settle = Settle::signed(receipt, &acct, &receipt.payee.to_bytes()); // wrong signature
