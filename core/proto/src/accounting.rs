@@ -452,8 +452,8 @@ impl Payee {
             return Err(ReceiptError::WrongParty);
         }
         r.verify()?;
-        let (bytes, _) = self.paid();
-        if r.bytes < bytes {
+        let (bytes, paid) = self.paid();
+        if r.bytes < bytes || r.amount < paid {
             return Err(ReceiptError::Decreasing);
         }
         if self.latest.is_some() && r.bytes == bytes {

@@ -90,10 +90,15 @@ fn forged_replayed_decreasing_and_over_claiming_statements_are_refused_and_count
     assert_eq!(hop.on_receipt(now, &other), Err(ReceiptError::WrongParty));
     let lower = Receipt::sign(&key(1), hop.public_key(), MIB, PRICE as u64);
     assert_eq!(hop.on_receipt(now, &lower), Err(ReceiptError::Decreasing));
-    let cheap = Receipt::sign(&key(1), hop.public_key(), 3 * MIB, 1);
+    let cheap = Receipt::sign(&key(1), hop.public_key(), 3 * MIB, 2 * PRICE as u64 + 1);
     assert_eq!(hop.on_receipt(now, &cheap), Err(ReceiptError::Underpaid));
-    assert_eq!(hop.refused.total(), 5);
-    assert_eq!(hop.paid(), (2 * MIB, 2 * PRICE as u64), "only the good receipt counts");
+    // More bytes for less money than already receipted (after an overpaying receipt).
+    let generous = Receipt::sign(&key(1), hop.public_key(), 3 * MIB, 100 * PRICE as u64);
+    hop.on_receipt(now, &generous).unwrap();
+    let less = Receipt::sign(&key(1), hop.public_key(), 4 * MIB, 4 * PRICE as u64);
+    assert_eq!(hop.on_receipt(now, &less), Err(ReceiptError::Decreasing));
+    assert_eq!(hop.refused.total(), 6);
+    assert_eq!(hop.paid(), (3 * MIB, 100 * PRICE as u64), "only the good receipts count");
 }
 
 #[test]

@@ -107,6 +107,27 @@ pub(super) struct Ledger {
 
 /// Receipts of closed routes kept for settlement; beyond this the oldest go.
 const MAX_RETIRED: usize = 4096;
+/// Notes a relay passes on per route per second. Honest traffic is about two per hop per
+/// claim interval; notes bypass the route's credit, so a neighbour flooding them is cut here.
+const MAX_NOTES_PER_SECOND: u16 = 256;
+
+/// A relay's budget of notes to pass on (per route).
+#[derive(Default)]
+pub(super) struct NoteBudget {
+    since: Option<Instant>,
+    passed: u16,
+}
+
+impl NoteBudget {
+    fn take(&mut self, now: Instant) -> bool {
+        let since = *self.since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= Duration::from_secs(1) {
+            (self.since, self.passed) = (Some(now), 0);
+        }
+        self.passed = self.passed.saturating_add(1);
+        self.passed <= MAX_NOTES_PER_SECOND
+    }
+}
 
 impl Ledger {
     /// A charged route is going: keep its receipt for settlement.
@@ -246,8 +267,9 @@ impl Router {
                             match receipt.and_then(|rc| c.payee.on_receipt(now, &rc)) {
                                 Ok(()) => {
                                     let (bytes, amount) = c.payee.paid();
-                                    stats.paid_bytes += bytes - c.paid;
-                                    stats.earned += amount - c.earned;
+                                    // Both only grow (the hop refuses a receipt that lowers either).
+                                    stats.paid_bytes += bytes.saturating_sub(c.paid);
+                                    stats.earned += amount.saturating_sub(c.earned);
                                     (c.paid, c.earned) = (bytes, amount);
                                     let v = c.payee.verdict(now);
                                     if v != Verdict::Drop {
@@ -263,6 +285,7 @@ impl Router {
                 }
                 // Not for us: on towards the hops after us.
                 Err(_) => match r.next {
+                    Some(_) if !r.notes.take(now) => Err(Reject::QueueFull),
                     Some(next) => {
                         send_note(links, next, payload);
                         Ok(())
@@ -274,6 +297,9 @@ impl Router {
                 },
             },
             Some(Entry::Relay(r)) if r.next.is_some_and(|(l, _)| l == from) => {
+                if !r.notes.take(now) {
+                    return Err(Reject::QueueFull);
+                }
                 send_note(links, r.prev, payload);
                 Ok(())
             }
@@ -359,5 +385,19 @@ impl Router {
         }
         stats.dropped_routes += drop.len() as u64;
         drop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_passes_a_bounded_number_of_notes_per_second() {
+        let t0 = Instant::now(); // test-only clock
+        let mut b = NoteBudget::default();
+        assert!((0..MAX_NOTES_PER_SECOND).all(|_| b.take(t0)));
+        assert!((0..70_000).all(|_| !b.take(t0 + Duration::from_millis(999))), "cut, and no overflow");
+        assert!(b.take(t0 + Duration::from_secs(1)), "a new second");
     }
 }

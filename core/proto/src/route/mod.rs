@@ -227,6 +227,7 @@ struct Relay {
     /// Bytes the route's buffers had taken in at the last idle check.
     seen_activity: u64,
     charge: Option<account::Charge>,
+    notes: account::NoteBudget,
 }
 
 enum Entry {
@@ -531,6 +532,7 @@ impl Router {
                         confirm_at: None,
                         seen_activity: 0,
                         charge: account::Charge::new(now, rng, &self.config.accounting),
+                        notes: Default::default(),
                     }),
                 );
                 let fwd = links.fwd();
