@@ -318,8 +318,8 @@ impl Router {
                     Some(k) if k != c.payee => Err(ReceiptError::WrongParty),
                     _ => Ok(c),
                 });
-                let sent = Class::ALL.iter().map(|c| carried(links.fwd(), route, *c)).sum();
-                pay.payer.set_sent(sent);
+                // Everything the route's buffers here took in, both ways, both classes.
+                pay.payer.set_sent(links.fwd().route_activity(route));
                 let before = claim.as_ref().ok().and_then(|c| pay.payer.receipted(&c.payee)).unwrap_or((0, 0));
                 match claim.and_then(|c| pay.payer.on_claim(&c).map(|r| (c.payee, r))) {
                     Ok((payee, receipt)) => {
