@@ -114,9 +114,9 @@ fn bench_link(c: &mut Criterion) {
     let mut pkt = Vec::with_capacity(2048);
     // The send path: start the packet, write the frame bytes into it, pad and seal in place.
     let seal = |a: &mut Link<u8>, pkt: &mut Vec<u8>| {
-        a.begin_packet(pkt).unwrap();
+        a.begin_packet(now, pkt).unwrap();
         pkt.extend_from_slice(&payload);
-        a.seal_packet(now, pkt).unwrap();
+        a.seal_packet(now, pkt, true).unwrap();
     };
     g.bench_function("link_seal", |bch| {
         bch.iter(|| {

@@ -12,6 +12,7 @@ pub const FRAME_REKEY: u8 = 0x02;
 pub const FRAME_REKEY_ACK: u8 = 0x03;
 pub const FRAME_CLOSE: u8 = 0x04;
 pub const FRAME_ACK: u8 = 0x05;
+pub const FRAME_PROBE: u8 = 0x06;
 pub const FRAME_ROUTE_DATA: u8 = 0x10;
 pub const FRAME_ROUTE_SETUP: u8 = 0x11;
 pub const FRAME_ROUTE_SETUP_OK: u8 = 0x12;
@@ -27,7 +28,11 @@ pub const ROUTE_DATA_OVERHEAD: usize = 1 + 4 + 1 + 8 + 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// A keepalive or key confirmation: asks for nothing.
     Ping,
+    /// Asks the peer for an ack (the link's on-demand liveness check: after the network
+    /// changed, or when a link that was idle is used again).
+    Probe,
     /// Start of a rekey: the sender's new ephemeral key for `epoch`.
     Rekey {
         epoch: u8,
@@ -142,6 +147,7 @@ impl<'a> Frame<'a> {
         r.take(1)?;
         let frame = match ty {
             FRAME_PING => Frame::Ping,
+            FRAME_PROBE => Frame::Probe,
             FRAME_REKEY => Frame::Rekey { epoch: r.u8()?, ephemeral: r.array()? },
             FRAME_REKEY_ACK => Frame::RekeyAck { epoch: r.u8()?, ephemeral: r.array()? },
             FRAME_CLOSE => Frame::Close { reason: r.u8()? },
@@ -176,7 +182,7 @@ impl<'a> Frame<'a> {
 
     pub fn encoded_len(&self) -> usize {
         1 + match self {
-            Frame::Ping => 0,
+            Frame::Ping | Frame::Probe => 0,
             Frame::Rekey { .. } | Frame::RekeyAck { .. } => 1 + PUBLIC_KEY_LEN,
             Frame::Close { .. } => 1,
             Frame::Ack(_) => 8 + 4 + 32,
@@ -195,6 +201,7 @@ impl<'a> Frame<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Frame::Ping => out.push(FRAME_PING),
+            Frame::Probe => out.push(FRAME_PROBE),
             Frame::Rekey { epoch, ephemeral } => {
                 out.extend_from_slice(&[FRAME_REKEY, *epoch]);
                 out.extend_from_slice(&ephemeral[..]);

@@ -157,6 +157,12 @@ fn eliciting(f: &Frame<'_>) -> bool {
     !matches!(f, Frame::Ack(_) | Frame::Ping | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. })
 }
 
+/// Whether a frame is the link's own business (keepalive, probe, key rotation, close) rather
+/// than traffic: only traffic makes a link rotate its key.
+fn link_control(f: &Frame<'_>) -> bool {
+    matches!(f, Frame::Ping | Frame::Probe | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. })
+}
+
 impl<A: Clone + Ord + Debug> Node<A> {
     pub fn new(identity: SecretKey, config: NodeConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
         let public = identity.public_key();
@@ -384,16 +390,23 @@ impl<A: Clone + Ord + Debug> Node<A> {
                     self.roam(now, id, from);
                 }
                 self.after_link(id, ev);
-                let elicits = self.handle_frames(now, id, &data[DATA_HEADER_LEN..DATA_HEADER_LEN + n]);
+                let (elicits, traffic) = self.handle_frames(now, id, &data[DATA_HEADER_LEN..DATA_HEADER_LEN + n]);
+                if traffic {
+                    if let Some(l) = self.links.get_mut(&id) {
+                        l.note_traffic();
+                    }
+                }
                 self.fwd.on_datagram(id, hdr.counter, elicits, now);
                 Ok(())
             }
         }
     }
 
-    /// Handles the frames of one packet; returns whether any asks for an ack.
-    fn handle_frames(&mut self, now: Instant, id: LinkId, mut plain: &[u8]) -> bool {
+    /// Handles the frames of one packet; returns whether any asks for an ack, and whether any
+    /// is traffic (not link control).
+    fn handle_frames(&mut self, now: Instant, id: LinkId, mut plain: &[u8]) -> (bool, bool) {
         let mut elicits = false;
+        let mut traffic = false;
         loop {
             let frame = match Frame::decode(&mut plain) {
                 Ok(Some(f)) => f,
@@ -407,8 +420,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 }
             };
             elicits |= eliciting(&frame);
+            traffic |= !link_control(&frame);
             let result = match frame {
-                Frame::Ping | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. } => {
+                Frame::Ping | Frame::Probe | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. } => {
                     let Some(l) = self.links.get_mut(&id) else { break };
                     match l.on_frame(now, &mut *self.rng, &frame) {
                         Ok(ev) => {
@@ -446,7 +460,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 break;
             }
         }
-        elicits
+        (elicits, traffic)
     }
 
     fn on_route_data(
@@ -459,7 +473,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
         payload: &[u8],
     ) -> Result<(), Reject> {
         let class = Class::from_u8(class).ok_or(Reject::Malformed)?;
-        match self.fwd.on_data(id, route, class, offset, payload) {
+        match self.fwd.on_data(now, id, route, class, offset, payload) {
             Ok(delivered) => {
                 let Some(msgs) = delivered else { return Ok(()) };
                 let (mut table, router, _, _) = self.table();
@@ -571,17 +585,29 @@ impl<A: Clone + Ord + Debug> Node<A> {
 
     /// The link's next datagram into `buf`.
     fn next_datagram(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
+        let l = self.links.get(&id)?;
+        let wants = l.has_control() || self.fwd.wants_send(id, now);
+        if wants && l.is_up() && l.key_expired(now) && !l.handshaking() {
+            // Idle past the key's hard limit: a fresh handshake first; what waits goes out
+            // under its keys (one round trip later, as WireGuard after REJECT_AFTER_TIME).
+            let idx = self.new_index();
+            self.by_index.insert(idx, id);
+            let l = self.links.get_mut(&id)?;
+            if !l.refresh_session(now, &mut *self.rng, &self.identity, idx) {
+                self.by_index.remove(&idx);
+            }
+        }
         let l = self.links.get_mut(&id)?;
-        if let Some(p) = l.take_urgent() {
+        if let Some(p) = l.take_urgent(now) {
             *buf = p;
             return Some(l.addr.clone());
         }
-        if !l.has_control() && !self.fwd.wants_send(id, now) {
+        if !wants {
             return None;
         }
-        let room = l.begin_packet(buf)?;
+        let room = l.begin_packet(now, buf)?;
         let filled = self.fwd.fill(id, now, buf, room);
-        let counter = l.seal_packet(now, buf)?;
+        let counter = l.seal_packet(now, buf, filled.eliciting)?;
         let dst = l.addr.clone();
         self.fwd.on_sent(id, counter, filled, buf.len(), now);
         if !self.fwd.writable.is_empty() {
@@ -945,7 +971,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 Ok(Some(packet)) => {
                     let mut c = [0u8; 8];
                     c.copy_from_slice(&packet[..8]);
-                    let elicits = self.handle_frames(now, id, &packet[8..]);
+                    let (elicits, _) = self.handle_frames(now, id, &packet[8..]);
                     self.fwd.on_datagram(id, u64::from_be_bytes(c), elicits, now);
                 }
                 Ok(None) => {}

@@ -17,6 +17,8 @@ struct Pair {
     events: [Vec<Event>; 2],
     /// Drop datagrams from node i while set.
     mute: [bool; 2],
+    /// Timer expiries handled, per node (a phone's wakeups).
+    wakeups: [u64; 2],
 }
 
 impl Pair {
@@ -37,6 +39,7 @@ impl Pair {
             sent: Vec::new(),
             events: [Vec::new(), Vec::new()],
             mute: [false; 2],
+            wakeups: [0; 2],
         }
     }
 
@@ -73,8 +76,9 @@ impl Pair {
                 Some(t) if t <= until => {
                     self.now = self.now.max(t);
                     let now = self.now;
-                    for n in &mut self.nodes {
+                    for (i, n) in self.nodes.iter_mut().enumerate() {
                         if n.poll_timeout().is_some_and(|d| d <= now) {
+                            self.wakeups[i] += 1;
                             n.handle_timeout(now);
                         }
                     }
@@ -191,7 +195,20 @@ fn data_nonces(sent: &[(u8, Vec<u8>)], from: u8) -> Vec<(u8, u32, u64)> {
 fn nonces_never_repeat_across_rekeys_and_restarts() {
     let mut p = Pair::new(4);
     p.connect();
-    p.drive_for(Duration::from_secs(5));
+    p.drive_for(Duration::from_millis(5));
+    let r = p.route();
+    // Traffic both ways for 5 s (keys rotate only while it flows), then idle past the key's
+    // hard limit and traffic again (a fresh handshake under the up link, counters from 0).
+    for round in 0..2 {
+        for i in 0u32..50 {
+            let now = p.now;
+            p.nodes[0].send(now, r, &i.to_be_bytes()).unwrap();
+            p.drive_for(Duration::from_millis(100));
+        }
+        if round == 0 {
+            p.drive_for(Duration::from_secs(150));
+        }
+    }
     let a = data_nonces(&p.sent, 0);
     let b = data_nonces(&p.sent, 1);
     assert!(a.len() >= 8 && b.len() >= 8, "{} {}", a.len(), b.len());
@@ -201,6 +218,8 @@ fn nonces_never_repeat_across_rekeys_and_restarts() {
     }
     let epochs: HashSet<u8> = a.iter().map(|n| n.0).collect();
     assert!(epochs.len() >= 4, "several key epochs seen: {epochs:?}");
+    let indexes: HashSet<u32> = a.iter().map(|n| n.1).collect();
+    assert_eq!(indexes.len(), 2, "a second session after the idle spell: {indexes:?}");
 
     // A restarted node (same identity, fresh state) derives fresh keys from a new handshake:
     // the first packet of each run uses counter 0 under different keys, so the ciphertexts of
@@ -325,14 +344,23 @@ fn bad_input_is_typed_counted_and_harmless() {
 }
 
 #[test]
-fn dead_peer_is_detected_and_redialled() {
+fn dead_peer_is_detected_on_demand_and_redialled() {
     let mut p = Pair::new(7);
     p.connect();
     p.drive_for(Duration::from_millis(5));
+    let r = p.route();
+    // The route's setup was traffic: the key rotates a second later; then all is quiet.
+    p.drive_for(Duration::from_secs(3));
     p.mute = [true, true];
+    // Nobody uses the link: it is not probed, and silence alone is no death.
+    p.drive_for(Duration::from_secs(30));
+    assert!(p.events.iter().flatten().all(|e| !matches!(e, Event::LinkDown { .. })));
+    // Data that goes unanswered is: within `dead_after` (4 s) plus a retransmission timeout.
+    let now = p.now;
+    p.nodes[0].send(now, r, b"anyone?").unwrap();
     p.drive_for(Duration::from_secs(6));
     assert!(p.events[0].iter().any(|e| matches!(e, Event::LinkDown { reason: DownReason::Timeout, .. })));
-    assert!(p.events[1].iter().any(|e| matches!(e, Event::LinkDown { reason: DownReason::Timeout, .. })));
+    assert!(p.events[1].iter().all(|e| !matches!(e, Event::LinkDown { .. })), "the silent side sent nothing");
     p.mute = [false, false];
     p.drive_for(Duration::from_secs(10));
     assert_eq!(p.link_state(0), LinkState::Up, "the dialling side reconnects");
@@ -342,16 +370,84 @@ fn dead_peer_is_detected_and_redialled() {
 }
 
 #[test]
-fn keepalives_keep_an_idle_link_up() {
-    let mut cfg = NodeConfig::default();
-    cfg.link.rekey_interval = Duration::from_secs(3600);
-    let mut p = Pair::with_config(8, cfg);
+fn an_idle_link_is_silent_and_asks_for_no_timer() {
+    let mut p = Pair::new(8);
     p.connect();
+    p.drive_for(Duration::from_millis(5));
+    let r = p.route();
+    for i in 0u32..20 {
+        let now = p.now;
+        p.nodes[0].send(now, r, &i.to_be_bytes()).unwrap();
+        p.drive_for(Duration::from_millis(100));
+    }
+    // Let the last acks, rotation and old-key grace settle.
+    p.drive_for(Duration::from_secs(5));
+    let (sent, rekeys, wakeups) = (p.sent.len(), p.nodes[0].links()[0].stats.rekeys, p.wakeups);
+    assert!(rekeys >= 1);
+    // The last hop forgets the route after 30 idle minutes: the one deadline left.
+    let soon = p.now + Duration::from_secs(1700);
+    assert!(p.nodes.iter().all(|n| n.poll_timeout().is_none_or(|t| t > soon)), "no deadline while idle");
+    p.drive_for(Duration::from_secs(600));
+    assert_eq!(p.sent.len(), sent, "ten idle minutes: no packet");
+    assert_eq!(p.nodes[0].links()[0].stats.rekeys, rekeys, "and no rekey");
+    assert_eq!(p.wakeups, wakeups, "and no wakeup");
+    assert_eq!((p.link_state(0), p.link_state(1)), (LinkState::Up, LinkState::Up));
+    // The first packet after idle finds the key past its hard limit (120 s): a handshake
+    // first, then the message under the new keys; nothing goes out under the old key.
+    let before = p.sent.len();
+    let now = p.now;
+    p.nodes[0].send(now, r, b"back").unwrap();
+    p.drive_for(Duration::from_millis(20));
+    assert!(p.received(1).contains(&b"back".to_vec()));
+    let first = p.sent[before..].iter().find(|(f, _)| *f == 0).map(|(_, b)| b.clone()).unwrap();
+    assert!(matches!(Packet::parse(&first), Ok(Packet::HandshakeInit(_))), "a handshake before any data");
+}
+
+#[test]
+fn lazy_rekey_rotates_on_the_first_packet_after_idle() {
+    let mut p = Pair::new(18);
+    p.connect();
+    p.drive_for(Duration::from_millis(5));
+    let r = p.route();
+    for i in 0u32..30 {
+        let now = p.now;
+        p.nodes[0].send(now, r, &i.to_be_bytes()).unwrap();
+        p.drive_for(Duration::from_millis(100));
+    }
     p.drive_for(Duration::from_secs(30));
-    assert_eq!(p.link_state(0), LinkState::Up);
-    assert_eq!(p.link_state(1), LinkState::Up);
-    assert!(p.events[0].iter().all(|e| !matches!(e, Event::LinkDown { .. })));
-    assert!(p.sent.len() > 60, "keepalives flowed both ways");
+    let epoch = p.nodes[0].links()[0].epoch;
+    let rekeys = p.nodes[0].links()[0].stats.rekeys;
+    p.drive_for(Duration::from_secs(30));
+    assert_eq!(p.nodes[0].links()[0].stats.rekeys, rekeys, "no rotation while idle");
+    // Within the hard limit the first packet goes under the current key, and starts the
+    // rotation a round trip later.
+    let before = p.sent.len();
+    let now = p.now;
+    p.nodes[0].send(now, r, b"again").unwrap();
+    p.drive_for(Duration::from_millis(50));
+    let first = p.sent[before..].iter().find(|(f, _)| *f == 0).map(|(_, b)| b.clone()).unwrap();
+    assert!(matches!(Packet::parse(&first), Ok(Packet::Data(h)) if Some(h.epoch) == epoch));
+    assert_eq!(p.nodes[0].links()[0].stats.rekeys, rekeys + 1, "traffic after idle rotates the key");
+    assert!(p.received(1).contains(&b"again".to_vec()));
+}
+
+#[test]
+fn keepalives_only_where_configured_at_wireguards_rate() {
+    let mut cfg = NodeConfig::default();
+    cfg.link.keepalive = Some(Duration::from_secs(25));
+    let mut p = Pair::with_config(28, cfg);
+    p.connect();
+    p.drive_for(Duration::from_secs(1));
+    let before: Vec<usize> = (0..2u8).map(|i| p.sent.iter().filter(|(f, _)| *f == i).count()).collect();
+    let rekeys = p.nodes[0].links()[0].stats.rekeys;
+    p.drive_for(Duration::from_secs(600));
+    for i in 0..2u8 {
+        let n = p.sent.iter().filter(|(f, _)| *f == i).count() - before[i as usize];
+        // 24 keepalives, and a handshake (2 packets) every time the key passes 120 s.
+        assert!((20..=30).contains(&n), "node {i}: {n} packets in 10 idle minutes");
+    }
+    assert_eq!(p.nodes[0].links()[0].stats.rekeys, rekeys, "keepalives are no traffic: no rekey");
+    assert_eq!((p.link_state(0), p.link_state(1)), (LinkState::Up, LinkState::Up));
 }
 
 #[test]
@@ -443,7 +539,9 @@ mod fuzz {
 /// from the old address. The link follows the newest and stays there.
 #[test]
 fn a_late_packet_from_the_old_address_does_not_move_the_link_back() {
-    let mut p = Pair::new(41);
+    let mut cfg = NodeConfig::default();
+    cfg.link.keepalive = Some(Duration::from_millis(250));
+    let mut p = Pair::with_config(41, cfg);
     p.connect();
     p.drive_for(Duration::from_secs(1));
     assert_eq!(p.nodes[1].links()[0].state, LinkState::Up);
@@ -473,17 +571,25 @@ fn network_changed_probes_up_links_and_redials_down_ones_at_once() {
     p.drive_for(Duration::from_millis(5));
     assert_eq!(p.link_state(0), LinkState::Up);
     // Just after traffic, nothing is due for a while...
-    p.drive_for(Duration::from_millis(10));
+    p.drive_for(Duration::from_secs(3));
     let now = p.now;
-    assert!(p.nodes[0].poll_timeout().is_some_and(|t| t > now + Duration::from_millis(100)));
-    // ...until the OS says the network changed: a probe goes out now.
+    assert!(p.nodes[0].poll_timeout().is_none_or(|t| t > now + Duration::from_millis(100)));
+    assert!(p.nodes[0].poll_transmit(now).is_none());
+    // ...until the OS says the network changed: a probe goes out now, and the peer acks it.
     p.nodes[0].network_changed(now);
-    assert!(p.nodes[0].poll_timeout().is_some_and(|t| t <= now), "due now");
-    p.nodes[0].handle_timeout(now);
-    assert!(p.nodes[0].poll_transmit(now).is_some(), "a keepalive at once");
+    let mut probe = p.nodes[0].poll_transmit(now).expect("a probe at once").payload;
+    p.deliver(1, 0, probe.clone());
+    p.drive_for(Duration::from_millis(50));
+    assert!(p.sent.iter().any(|(f, _)| *f == 1), "answered");
+    assert_eq!(p.rejected(1, Reject::Replayed), 0);
+    p.deliver(1, 0, std::mem::take(&mut probe));
+    assert_eq!(p.rejected(1, Reject::Replayed), 1, "a probe is authenticated like any packet");
 
-    // A dialled link that died waits out its backoff; network_changed cuts it short.
+    // A probe that nobody answers finds the dead path; the dialled link then waits out its
+    // backoff, which network_changed cuts short.
     p.mute = [true, true];
+    let now = p.now;
+    p.nodes[0].network_changed(now);
     p.drive_for(Duration::from_secs(40));
     assert_ne!(p.link_state(0), LinkState::Up);
     p.mute = [false, false];
@@ -494,3 +600,5 @@ fn network_changed_probes_up_links_and_redials_down_ones_at_once() {
     p.drive_for(Duration::from_millis(50));
     assert_eq!(p.link_state(0), LinkState::Up);
 }
+
+

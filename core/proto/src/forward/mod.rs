@@ -147,7 +147,8 @@ pub struct Delivered {
 /// Result of filling one packet: what it carried, and whether the next hop must ack it.
 pub(crate) struct Filled {
     refs: Vec<Ref>,
-    eliciting: bool,
+    /// The packet carries something the next hop acks.
+    pub(crate) eliciting: bool,
 }
 
 /// A packet being filled: frames go into `buf` after `start`, at most `room` bytes.
@@ -377,6 +378,7 @@ impl Forwarder {
     /// A ROUTE_DATA frame arrived on `link` for our route `route`.
     pub(crate) fn on_data(
         &mut self,
+        now: Instant,
         link: LinkId,
         route: RouteId,
         class: Class,
@@ -397,6 +399,11 @@ impl Forwarder {
             Accept::Stored => {}
             Accept::Duplicate => return Ok(None),
             Accept::OverCredit => return Err(Reject::OverCredit),
+        }
+        if self.next_refresh.is_none() && f.stats.received_bytes + 2048 >= f.stats.announced_limit {
+            // The upstream may run out of credit: the refresh timer guards it until it has
+            // room again (and only then: an idle forwarder asks for no timer).
+            self.next_refresh = Some(now + self.config.credit_refresh);
         }
         match f.downstream {
             Some((l, _)) => {
@@ -720,23 +727,19 @@ impl Forwarder {
                 }
             }
         }
-        match self.next_refresh {
-            Some(t) if t <= now => {
-                // Re-announce credit to upstreams that used all they had: a lost update can
-                // never leave them waiting forever.
-                let stuck: Vec<(LinkId, FlowKey)> = self
-                    .flows
-                    .iter()
-                    .filter(|(_, f)| f.stats.received_bytes + 2048 >= f.stats.announced_limit)
-                    .filter_map(|(k, f)| f.upstream.map(|(l, _)| (l, *k)))
-                    .collect();
-                for (l, k) in stuck {
-                    self.link(l).credits.insert(k);
-                }
-                self.next_refresh = Some(now + self.config.credit_refresh);
+        if self.next_refresh.is_some_and(|t| t <= now) {
+            // Re-announce credit to upstreams that used all they had: a lost update can never
+            // leave them waiting forever. The timer stays armed while any may be waiting.
+            let stuck: Vec<(LinkId, FlowKey)> = self
+                .flows
+                .iter()
+                .filter(|(_, f)| f.stats.received_bytes + 2048 >= f.stats.announced_limit)
+                .filter_map(|(k, f)| f.upstream.map(|(l, _)| (l, *k)))
+                .collect();
+            self.next_refresh = (!stuck.is_empty()).then(|| now + self.config.credit_refresh);
+            for (l, k) in stuck {
+                self.link(l).credits.insert(k);
             }
-            None => self.next_refresh = Some(now + self.config.credit_refresh),
-            _ => {}
         }
     }
 
@@ -806,7 +809,7 @@ mod tests {
         // Data from upstream, sent downstream, acked twice (duplicated ack) and once reordered.
         let mut delivered = None;
         for i in 0..4u64 {
-            delivered = f.on_data(LinkId(1), r, Class::Bulk, i * 100, &[i as u8; 100]).unwrap();
+            delivered = f.on_data(now, LinkId(1), r, Class::Bulk, i * 100, &[i as u8; 100]).unwrap();
         }
         assert!(delivered.is_none(), "a relay forwards, it does not deliver");
         let mut buf = Vec::new();
@@ -826,11 +829,12 @@ mod tests {
 
     #[test]
     fn upstream_that_ignores_credit_is_cut_off_and_memory_stays_bounded() {
+        let now = Instant::now(); // test-only clock
         let (mut f, r) = relay();
         let cap = f.capacity(Class::Bulk) as u64;
         let mut over = 0;
         for i in 0..(2 * cap / 1000) {
-            if matches!(f.on_data(LinkId(1), r, Class::Bulk, i * 1000, &[0; 1000]), Err(Reject::OverCredit)) {
+            if matches!(f.on_data(now, LinkId(1), r, Class::Bulk, i * 1000, &[0; 1000]), Err(Reject::OverCredit)) {
                 over += 1;
             }
         }
@@ -839,8 +843,8 @@ mod tests {
         assert!(over > 0);
         assert!(f.buffered_bytes() <= f.reserved_bytes());
         // Data for an unknown route or from a link that is not the route's upstream.
-        assert_eq!(f.on_data(LinkId(1), rid(77), Class::Bulk, 0, b"x").unwrap_err(), Reject::UnknownRoute);
-        assert_eq!(f.on_data(LinkId(3), r, Class::Bulk, 0, b"x").unwrap_err(), Reject::UnknownRoute);
+        assert_eq!(f.on_data(now, LinkId(1), rid(77), Class::Bulk, 0, b"x").unwrap_err(), Reject::UnknownRoute);
+        assert_eq!(f.on_data(now, LinkId(3), r, Class::Bulk, 0, b"x").unwrap_err(), Reject::UnknownRoute);
     }
 
     #[test]

@@ -2,9 +2,20 @@
 //! padding, keepalive and dead-peer detection. Sans-IO: fed packets and `now`, it returns
 //! packets to send and the next deadline.
 //!
+//! Quiet when idle (a phone's radio wakes for every packet): a link that carries nothing sends
+//! nothing and asks for no timer. Keys rotate only while traffic flows, keepalives go out only
+//! where configured ([`LinkConfig::keepalive`], for NAT bindings), and dead-peer detection is on
+//! demand: a link is declared dead when something it sent that asks for an answer (data, a
+//! rekey, a probe, a handshake) stays unanswered for [`LinkConfig::dead_after`], never for
+//! merely being silent.
+//!
 //! Rekeying (seed: "link layer encryption"): the side that initiated the handshake starts a
-//! rekey every [`LinkConfig::rekey_interval`] (or after [`LinkConfig::rekey_after_packets`]) by
-//! sending a fresh ephemeral key inside the link; the peer answers with its own; both derive
+//! rekey [`LinkConfig::rekey_interval`] after the last one once the link has carried traffic
+//! since (or after [`LinkConfig::rekey_after_packets`]): the first packet after an idle spell
+//! goes out under the current key and starts the rotation, as WireGuard's REKEY_AFTER_TIME
+//! applies on send. A key older than [`LinkConfig::key_max_age`] is never used to send: the link
+//! handshakes again first. The rekey sends a fresh ephemeral key inside the link; the peer
+//! answers with its own; both derive
 //! `ck', k_send', k_recv' = HKDF(ck, ECDH(e_a, e_b))`, so each key is hashed with the previous
 //! chain. The initiator switches its sending key when the answer arrives (the peer confirmed);
 //! the answering side switches when the first packet under the new key arrives. The previous
@@ -33,17 +44,23 @@ pub const REJECT_AFTER_PACKETS: u64 = 1 << 60;
 /// Link timing and framing settings.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// Key rotation period. The seed: "once a second or twice the round trip".
+    /// Key rotation period while the link carries traffic. The seed: "once a second or twice
+    /// the round trip". A link that carried nothing since its last rotation does not rotate.
     pub rekey_interval: Duration,
     /// Rotate earlier after this many packets under one key.
     pub rekey_after_packets: u64,
+    /// Hard limit: a key older than this never sends (not even a keepalive); the link
+    /// handshakes again before its next packet (WireGuard's REJECT_AFTER_TIME is 180 s).
+    pub key_max_age: Duration,
     /// How long the previous receive key is still accepted after a rotation.
     pub old_key_grace: Duration,
     /// Resend an unanswered rekey after this long.
     pub rekey_retry: Duration,
-    /// Send a keepalive when nothing was sent for this long.
-    pub keepalive_interval: Duration,
-    /// Declare the peer dead when nothing authenticated arrived for this long.
+    /// Send a keepalive (a PING, which asks for no answer) when nothing was sent for this
+    /// long; `None`: never. For NAT bindings only: liveness does not depend on it.
+    pub keepalive: Option<Duration>,
+    /// Declare the peer dead when a packet that asks for an answer (data, rekey, probe,
+    /// handshake) stays unanswered this long: nothing authenticated arrives after it.
     pub dead_after: Duration,
     /// First handshake retry delay; doubles up to `handshake_retry_max`.
     pub handshake_retry: Duration,
@@ -60,11 +77,14 @@ impl Default for LinkConfig {
             rekey_interval: Duration::from_secs(1),
             // At 1 Gb/s of 1400-byte packets this is about 12 s: time decides on real links.
             rekey_after_packets: 1 << 20,
+            key_max_age: Duration::from_secs(120),
             old_key_grace: Duration::from_secs(2),
             rekey_retry: Duration::from_millis(300),
-            // Small and cheap; frequent enough that 50% loss never looks like a dead peer
-            // (16 chances per `dead_after`).
-            keepalive_interval: Duration::from_millis(250),
+            // Off: every packet wakes a phone's radio. A node behind NAT whose peers must reach
+            // it while idle sets 25 s (WireGuard's PersistentKeepalive).
+            keepalive: None,
+            // Retransmissions (every RTO, at most 4 s apart) keep asking meanwhile, so even a
+            // very lossy link gets many chances to answer before it is declared dead.
             dead_after: Duration::from_secs(4),
             handshake_retry: Duration::from_millis(500),
             handshake_retry_max: Duration::from_secs(8),
@@ -197,6 +217,18 @@ pub struct Link<A> {
     retired: Vec<u32>,
     /// The peer's counter passed `rekey_after_packets`: rotate at the next chance.
     force_rekey: bool,
+    /// Traffic (anything but link control) went either way since the last rotation: the
+    /// initiator rotates `rekey_interval` after it.
+    traffic_since_rekey: bool,
+    /// Since when a packet we sent that asks for an answer is unanswered (nothing
+    /// authenticated arrived after it): on-demand dead-peer detection.
+    unanswered_since: Option<Instant>,
+    /// A queued control frame asks for an answer (REKEY, PROBE): the packet that carries it
+    /// starts `unanswered_since`.
+    control_elicits: bool,
+    /// Length of the packet being built after its link control frames (see `begin_packet`):
+    /// anything after them is traffic.
+    control_end: usize,
     /// The last handshake init we answered and our answer, so a duplicated copy of it gets the
     /// same answer instead of replacing the session.
     answered: Option<(Vec<u8>, Vec<u8>)>,
@@ -240,6 +272,10 @@ impl<A: Clone> Link<A> {
             last_send: now,
             retired: Vec::new(),
             force_rekey: false,
+            traffic_since_rekey: false,
+            unanswered_since: None,
+            control_elicits: false,
+            control_end: 0,
             answered: None,
             last_was_newest: false,
             stats: LinkStats::default(),
@@ -279,6 +315,11 @@ impl<A: Clone> Link<A> {
         self.handshake_attempts += 1;
         if self.state == LinkState::Down {
             self.state = LinkState::Connecting;
+        }
+        if self.state == LinkState::Up {
+            // A new session under an up link (its key grew too old): an unanswered handshake
+            // means the peer is gone, like unanswered data.
+            self.unanswered_since.get_or_insert(now);
         }
     }
 
@@ -377,6 +418,9 @@ impl<A: Clone> Link<A> {
         self.handshake_attempts = 0;
         self.next_handshake = None;
         self.last_recv = now;
+        self.unanswered_since = None;
+        self.force_rekey = false;
+        self.traffic_since_rekey = false;
     }
 
     fn mark_up(&mut self) -> Option<LinkEvent> {
@@ -446,6 +490,8 @@ impl<A: Clone> Link<A> {
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += (DATA_HEADER_LEN + body.len()) as u64;
         self.last_recv = now;
+        // The peer is there: whatever we sent before this is answered.
+        self.unanswered_since = None;
         if matches!(which, Which::Next) {
             // The initiator confirmed the new epoch: switch our sending key too.
             if let Some(s) = if in_pending { self.pending.as_mut() } else { self.session.as_mut() } {
@@ -486,7 +532,8 @@ impl<A: Clone> Link<A> {
         frame: &Frame<'_>,
     ) -> Result<Option<LinkEvent>, Reject> {
         match frame {
-            Frame::Ping => Ok(None),
+            // A probe's answer is the ack the forwarder sends for it.
+            Frame::Ping | Frame::Probe => Ok(None),
             Frame::Close { .. } => Ok(self.go_down(now, DownReason::PeerClosed)),
             Frame::Rekey { epoch, ephemeral } => {
                 let Some(s) = self.session.as_mut() else { return Err(Reject::StaleKey) };
@@ -524,6 +571,7 @@ impl<A: Clone> Link<A> {
                 s.prev = Some((old, now + self.config.old_key_grace));
                 s.rekey = None;
                 self.force_rekey = false;
+                self.traffic_since_rekey = false;
                 self.stats.rekeys += 1;
                 // Confirms the new epoch to the peer, which then switches its sending key.
                 self.push_control(Frame::Ping);
@@ -534,7 +582,49 @@ impl<A: Clone> Link<A> {
     }
 
     fn push_control(&mut self, frame: Frame<'_>) {
+        if matches!(frame, Frame::Rekey { .. } | Frame::Probe) {
+            self.control_elicits = true;
+        }
         self.control.push(&frame);
+    }
+
+    /// Traffic (route frames, acks, credit) arrived on this link: the key rotates after
+    /// `rekey_interval` (the node calls this after handling a packet's frames).
+    pub fn note_traffic(&mut self) {
+        self.traffic_since_rekey = true;
+    }
+
+    /// Whether the current key may no longer send (older than `key_max_age`): the link must
+    /// handshake again before its next packet.
+    pub fn key_expired(&self, now: Instant) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| now.saturating_duration_since(s.cur.started) >= self.config.key_max_age)
+    }
+
+    /// Starts a fresh handshake under an up link whose key expired, unless one is under way.
+    /// Returns whether one was started.
+    pub fn refresh_session(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+        local: &SecretKey,
+        local_index: u32,
+    ) -> bool {
+        // Not while a handshake is under way either way: ours, or the peer's that we answered
+        // (its answer waits in `handshake_out`, its session in `pending`).
+        if self.handshake.is_some() || self.pending.is_some() || self.handshake_out.is_some() || !self.key_expired(now)
+        {
+            return false;
+        }
+        self.start_handshake(now, rng, local, local_index);
+        true
+    }
+
+    /// Whether a handshake is under way: ours waiting for its answer, or the peer's that we
+    /// answered waiting for its first packet.
+    pub fn handshaking(&self) -> bool {
+        self.handshake.is_some() || self.pending.is_some()
     }
 
     /// Closes the link: tells the peer and stops dialling.
@@ -556,8 +646,11 @@ impl<A: Clone> Link<A> {
             self.retired.push(h.state.sender_index);
         }
         self.control.clear();
+        self.control_elicits = false;
         self.handshake_out = close;
         self.force_rekey = false;
+        self.traffic_since_rekey = false;
+        self.unanswered_since = None;
         let was = self.state;
         self.state = LinkState::Down;
         if self.dial {
@@ -568,8 +661,8 @@ impl<A: Clone> Link<A> {
 
     fn seal_control_only(&mut self, now: Instant) -> Option<Vec<u8>> {
         let mut pkt = Vec::new();
-        self.begin_packet(&mut pkt)?;
-        self.seal_packet(now, &mut pkt).map(|_| pkt)
+        self.begin_packet(now, &mut pkt)?;
+        self.seal_packet(now, &mut pkt, false).map(|_| pkt)
     }
 
     /// The network changed (an interface came up, a radio associated): if the link is not up,
@@ -582,12 +675,12 @@ impl<A: Clone> Link<A> {
         }
     }
 
-    /// The network changed under an up link (the OS switched WiFi and LTE): send a keepalive
-    /// now, so the path is tried at once (and a peer that moved is found) rather than at the
-    /// next keepalive; a link that is down handshakes again now.
+    /// The network changed under an up link (the OS switched WiFi and LTE): send a probe now
+    /// (the peer acks it), so the path is tried at once and a peer that moved, or a path that
+    /// died, is found within `dead_after`; a link that is down handshakes again now.
     pub fn probe_now(&mut self, now: Instant) {
         if self.state == LinkState::Up {
-            self.last_send = now.checked_sub(self.config.keepalive_interval).unwrap_or(self.last_send);
+            self.push_control(Frame::Probe);
         } else if self.dial {
             self.dial_now(now);
         }
@@ -604,8 +697,10 @@ impl<A: Clone> Link<A> {
     }
 
     /// A handshake message (or final close) waiting to go out before anything else.
-    pub fn take_urgent(&mut self) -> Option<Vec<u8>> {
+    pub fn take_urgent(&mut self, now: Instant) -> Option<Vec<u8>> {
         let p = self.handshake_out.take()?;
+        // Refreshes NAT bindings as well as a keepalive would.
+        self.last_send = now;
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += p.len() as u64;
         Some(p)
@@ -619,22 +714,23 @@ impl<A: Clone> Link<A> {
     /// The next packet carrying only link-level frames, if any (the node adds route frames
     /// through [`Link::begin_packet`] / [`Link::seal_packet`]).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if let Some(p) = self.take_urgent() {
+        if let Some(p) = self.take_urgent(now) {
             return Some(p);
         }
         if self.control.is_empty() {
             return None;
         }
         let mut pkt = Vec::new();
-        self.begin_packet(&mut pkt)?;
-        self.seal_packet(now, &mut pkt).map(|_| pkt)
+        self.begin_packet(now, &mut pkt)?;
+        self.seal_packet(now, &mut pkt, false).map(|_| pkt)
     }
 
     /// Starts a data packet in `buf`: header space, then queued link-level frames. Returns the
-    /// room left for more frames, or `None` if the link cannot send (no session yet).
-    pub fn begin_packet(&mut self, buf: &mut Vec<u8>) -> Option<usize> {
+    /// room left for more frames, or `None` if the link cannot send (no session yet, or its
+    /// key is past `key_max_age`: see [`Link::refresh_session`]).
+    pub fn begin_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<usize> {
         let s = self.session.as_ref()?;
-        if s.cur.send_counter >= REJECT_AFTER_PACKETS {
+        if s.cur.send_counter >= REJECT_AFTER_PACKETS || self.key_expired(now) {
             return None;
         }
         let cap = self.config.max_plaintext();
@@ -642,13 +738,16 @@ impl<A: Clone> Link<A> {
         buf.reserve(self.config.mtu);
         buf.resize(DATA_HEADER_LEN, 0);
         let used = self.control.drain_into(buf, cap);
+        self.control_end = buf.len();
         Some(cap - used)
     }
 
     /// Pads and seals the packet begun by [`Link::begin_packet`]; returns its counter, or
-    /// `None` if it holds no frame.
-    pub fn seal_packet(&mut self, now: Instant, pkt: &mut Vec<u8>) -> Option<u64> {
+    /// `None` if it holds no frame. `eliciting`: the frames added after the link's own ask the
+    /// peer for an answer (an ack), which starts on-demand dead-peer detection.
+    pub fn seal_packet(&mut self, now: Instant, pkt: &mut Vec<u8>, eliciting: bool) -> Option<u64> {
         let pad = self.config.pad_to.max(1);
+        let traffic = pkt.len() > self.control_end.max(DATA_HEADER_LEN);
         let s = self.session.as_mut()?;
         let plain = pkt.len().checked_sub(DATA_HEADER_LEN).filter(|n| *n > 0)?;
         let padded = plain.div_ceil(pad) * pad;
@@ -670,6 +769,17 @@ impl<A: Clone> Link<A> {
         self.last_send = now;
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += pkt.len() as u64;
+        let control_elicits = self.control_elicits && self.control_end > DATA_HEADER_LEN;
+        if control_elicits && self.control.is_empty() {
+            self.control_elicits = false;
+        }
+        if eliciting || control_elicits {
+            self.unanswered_since.get_or_insert(now);
+        }
+        if traffic {
+            self.traffic_since_rekey = true;
+        }
+        self.control_end = 0;
         Some(counter)
     }
 
@@ -686,11 +796,21 @@ impl<A: Clone> Link<A> {
                 match &s.rekey {
                     Some(p) => Some(p.sent + self.config.rekey_retry),
                     None if self.force_rekey => Some(s.cur.started),
-                    None => Some(s.cur.started + self.config.rekey_interval),
+                    // Idle since the last rotation: nothing to protect, no timer. An expired
+                    // key is replaced by a handshake when something must be sent.
+                    None if self.traffic_since_rekey && !self.handshaking() => {
+                        Some(s.cur.started + self.config.rekey_interval)
+                    }
+                    None => None,
                 }
             }
-            Timer::Keepalive => self.session.as_ref().map(|_| self.last_send + self.config.keepalive_interval),
-            Timer::Dead => (self.state == LinkState::Up).then(|| self.last_recv + self.config.dead_after),
+            Timer::Keepalive => {
+                let every = self.config.keepalive?;
+                (self.session.is_some() && self.state == LinkState::Up).then(|| self.last_send + every)
+            }
+            Timer::Dead => {
+                (self.state == LinkState::Up).then_some(self.unanswered_since?).map(|t| t + self.config.dead_after)
+            }
             Timer::OldKey => self.session.as_ref().and_then(|s| s.prev.as_ref().map(|(_, exp)| *exp)),
         }
     }

@@ -104,8 +104,10 @@ impl Default for RouteConfig {
     fn default() -> Self {
         RouteConfig {
             setup_timeout: Duration::from_secs(10),
-            // Long enough for sessions' probes (every few seconds) to keep used routes alive.
-            idle_timeout: Duration::from_secs(120),
+            // Idle sessions send nothing (a phone's radio sleeps), so their routes must outlive
+            // long quiet spells: half an hour, bounded in memory by `max_routes` and the
+            // forwarder's budget. A route whose link goes down is torn down at once anyway.
+            idle_timeout: Duration::from_secs(30 * 60),
             max_routes: 65_536,
             accounting: AccountingConfig::default(),
         }

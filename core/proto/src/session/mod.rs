@@ -111,6 +111,11 @@ pub struct SessionConfig {
     pub max_sessions: usize,
     /// Timer granularity while sessions are active.
     pub tick: Duration,
+    /// A session that wrote, sent or received nothing for this long (and has nothing
+    /// unconfirmed or due) is idle: it stops probing its paths and asks for no timer. The first
+    /// write after that probes every path and spreads its first blocks over all of them until
+    /// each has answered, so a path that died silently meanwhile costs no waiting.
+    pub idle_after: Duration,
 }
 
 impl Default for SessionConfig {
@@ -141,6 +146,7 @@ impl Default for SessionConfig {
             accept: true,
             max_sessions: 1024,
             tick: Duration::from_millis(10),
+            idle_after: Duration::from_secs(1),
         }
     }
 }
@@ -385,8 +391,9 @@ impl Sessions {
         if s.failed {
             return Err(SessionError::Closed);
         }
-        let n = s.stream_write(&self.config, data);
         let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+        s.wake(&mut ctx);
+        let n = s.stream_write(&self.config, data);
         s.pump(&mut ctx);
         Ok(n)
     }
@@ -416,7 +423,24 @@ impl Sessions {
             return Err(SessionError::Closed);
         }
         let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+        s.wake(&mut ctx);
         Ok(s.send_datagram(&mut ctx, data, budget))
+    }
+
+    /// The host's network changed (call with [`Node::network_changed`]): every session probes
+    /// all its paths now, so within a round trip it knows which still work, and its next
+    /// blocks go over all of them until each has answered.
+    pub fn network_changed<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>) {
+        for s in self.sessions.values_mut() {
+            let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
+            s.probe_all(&mut ctx);
+        }
+    }
+
+    /// Whether a session is idle: nothing to send, confirm or acknowledge, and no traffic for
+    /// [`SessionConfig::idle_after`]; it sends nothing and asks for no timer.
+    pub fn is_idle(&self, now: Instant, id: SessionId) -> bool {
+        self.sessions.get(&id).is_some_and(|s| !s.active(now, &self.config) && !s.awaiting())
     }
 
     pub fn close<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>, id: SessionId) {
@@ -663,6 +687,7 @@ impl Sessions {
     ) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         let cfg = &self.config;
+        let active = s.active(now, cfg);
         let mut ctx = Ctx { now, node, cfg, events: &mut self.events, by_route: &mut self.by_route };
         // Session liveness (both sides).
         if s.live_paths() > 0 {
@@ -694,6 +719,11 @@ impl Sessions {
             .collect();
         for p in retire {
             s.retire_path(&mut ctx, p);
+        }
+        if !active {
+            // Idle: nothing to send, so nothing to hear; routes are rebuilt and the peer
+            // re-greeted when traffic resumes.
+            return;
         }
         // Re-handshake if the peer has been silent (it may have restarted).
         if let Handshake::Waiting { sent, .. } = &mut s.handshake {
@@ -771,7 +801,7 @@ impl Sessions {
             return None;
         }
         let tick = self.next_tick?;
-        self.sessions.values().filter_map(|s| s.next_timeout(tick)).min()
+        self.sessions.values().filter_map(|s| s.next_timeout(tick, &self.config)).min()
     }
 
     pub fn handle_timeout<A: Clone + Ord + Debug>(

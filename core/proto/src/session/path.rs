@@ -51,6 +51,8 @@ pub struct Path {
     pub sent: [VecDeque<Sent>; 2],
     pub inflight_bulk: usize,
     pub last_realtime_sent: Option<Instant>,
+    /// When the peer last reported a packet of this path passed.
+    pub confirmed_at: Option<Instant>,
     /// Route buffer refused a send: wait for `Writable`.
     pub blocked: bool,
     /// Receive side: highest sequence number and count per class.
@@ -85,6 +87,7 @@ impl Path {
             sent: [VecDeque::new(), VecDeque::new()],
             inflight_bulk: 0,
             last_realtime_sent: None,
+            confirmed_at: None,
             blocked: false,
             recv_last: [None, None],
             recv_count: [0, 0],
@@ -162,6 +165,9 @@ impl Path {
         if let Some(at) = newest.filter(|_| realtime) {
             self.rtt.sample(now.saturating_duration_since(at));
         }
+        if newest.is_some() {
+            self.confirmed_at = Some(now);
+        }
         if newest.is_some() && self.state == PathState::Suspect {
             self.state = PathState::Live;
             self.since = now;
@@ -213,6 +219,11 @@ impl Path {
         self.symbols_lost += lost.len() as u64;
         self.inflight_bulk = 0;
         lost
+    }
+
+    /// Whether packets sent on this path wait for the peer's report.
+    pub fn awaiting(&self) -> bool {
+        self.sent.iter().any(|q| !q.is_empty())
     }
 
     /// Forgets what is in flight without counting it lost (the peer's state was reset).

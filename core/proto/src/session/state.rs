@@ -104,6 +104,12 @@ pub(crate) struct Session {
     pub failed_first_hops: BTreeMap<PublicKey, Instant>,
     /// Disjoint routes this session keeps, if not the configured number.
     pub routes: Option<usize>,
+    /// Last time the application wrote or sent, or the peer's data arrived: the session is
+    /// active (probes its paths, ticks) until `idle_after` past it.
+    last_activity: Instant,
+    /// Woken from idle (or the network changed) at this time: bulk goes over every live path
+    /// until each has answered since.
+    waking: Option<Instant>,
 }
 
 /// Application bytes in a full block.
@@ -149,6 +155,60 @@ impl Session {
             failed: false,
             handshakes: 0,
             failed_first_hops: BTreeMap::new(),
+            last_activity: now,
+            waking: None,
+        }
+    }
+
+    /// Whether the session has work: handshake or paths being built, stream bytes unsent or
+    /// unconfirmed, an ack due, or traffic within `idle_after`.
+    pub fn active(&self, now: Instant, cfg: &SessionConfig) -> bool {
+        !self.established()
+            || !self.pending.is_empty()
+            || !self.out.is_empty()
+            || self.ack_due.is_some()
+            || self.paths.values().any(|p| p.state == PathState::Building)
+            || now.saturating_duration_since(self.last_activity) < cfg.idle_after
+    }
+
+    /// Whether packets sent wait for the peer's report (the timer runs until they are settled
+    /// or their path is declared suspect).
+    pub fn awaiting(&self) -> bool {
+        self.paths.values().any(|p| p.awaiting())
+    }
+
+    /// Before the application sends: a session coming back from idle learns at once which of
+    /// its paths still work (a probe on each) and sends its first blocks over all of them.
+    pub fn wake<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+        let was_idle = !self.active(ctx.now, ctx.cfg);
+        self.last_activity = ctx.now;
+        if !was_idle || !self.established() {
+            return;
+        }
+        // The peer had nothing to say while we were quiet: its silence so far is no sign of
+        // trouble (the re-handshake clock starts now).
+        self.last_recv = self.last_recv.max(ctx.now);
+        self.probe_all(ctx);
+    }
+
+    /// Probes every path that is not being built, and spreads bulk over all live paths until
+    /// each has answered.
+    pub fn probe_all<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+        if !self.established() {
+            return;
+        }
+        self.waking = Some(ctx.now);
+        let ids: Vec<u32> = self.paths.values().filter(|p| p.state != PathState::Building).map(|p| p.id).collect();
+        for id in ids {
+            let _ = self.send_on(ctx, id, Class::Realtime, &[Frame::Probe], None);
+        }
+    }
+
+    /// Ends the waking spread once every live path answered after it began.
+    fn check_awake(&mut self) {
+        let Some(since) = self.waking else { return };
+        if self.paths.values().filter(|p| p.usable()).all(|p| p.confirmed_at.is_some_and(|t| t >= since)) {
+            self.waking = None;
         }
     }
 
@@ -398,6 +458,11 @@ impl Session {
     /// Chooses the paths for the next bulk symbol, by strategy; empty if none has room.
     fn bulk_targets(&self, cfg: &SessionConfig, sym: usize) -> Vec<u32> {
         let room = |p: &&Path| p.usable() && !p.blocked && p.inflight_bulk + sym <= cfg.path_window;
+        if self.waking.is_some() && cfg.strategy == Strategy::Fountain {
+            // Back from idle: which paths survived is not known yet, so every symbol goes on
+            // every live path with room until each has answered (one round trip of copies).
+            return self.paths.values().filter(room).map(|p| p.id).collect();
+        }
         match cfg.strategy {
             Strategy::Fountain | Strategy::SingleRoute => self
                 .paths
@@ -550,6 +615,7 @@ impl Session {
                 self.symbol_passed(b, e);
             }
         }
+        self.check_awake();
         self.confirm_below(ack.next_block);
         for e in &ack.blocks {
             if let Some(b) = self.out.get_mut(&e.block) {
@@ -645,9 +711,11 @@ impl Session {
             eliciting |= f.eliciting();
             match f {
                 Frame::Symbol { block, offset, block_len, esi, data } => {
+                    self.last_activity = ctx.now;
                     urgent |= self.on_symbol(ctx, *block, *offset, *block_len, *esi, data);
                 }
                 Frame::Datagram { id, budget_ms, data } => {
+                    self.last_activity = ctx.now;
                     // Acked after `ack_delay`, so the copies from several paths share one ack.
                     self.on_datagram(ctx, body.path, *id, *budget_ms, data);
                 }
@@ -839,6 +907,11 @@ impl Session {
             self.path_failed(ctx.cfg, id);
             ctx.events.push_back(SessionEvent::PathDown { session: self.id, path: id });
         }
+        self.check_awake();
+        if !self.active(ctx.now, ctx.cfg) {
+            // Idle: no probes (a phone's radio sleeps); the next write probes every path.
+            return;
+        }
         // Probe paths that carried no realtime packet for a while (suspect ones too: a probe
         // that gets through brings the path back).
         let due: Vec<u32> = self
@@ -859,10 +932,16 @@ impl Session {
         self.pump(ctx);
     }
 
-    pub fn next_timeout(&self, tick: Instant) -> Option<Instant> {
-        match self.ack_due {
-            Some(d) => Some(d.min(tick)),
-            None => Some(tick),
+    /// The session's next deadline: the tick while it is active or waits for reports, its
+    /// ack delay, or none at all when idle.
+    pub fn next_timeout(&self, tick: Instant, cfg: &SessionConfig) -> Option<Instant> {
+        // `tick` may lie in the past when the session wakes: it fires at once, then ticks on.
+        let ticking = self.active(tick, cfg) || self.awaiting();
+        match (self.ack_due, ticking) {
+            (Some(d), true) => Some(d.min(tick)),
+            (Some(d), false) => Some(d),
+            (None, true) => Some(tick),
+            (None, false) => None,
         }
     }
 
