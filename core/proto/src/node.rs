@@ -157,10 +157,11 @@ fn eliciting(f: &Frame<'_>) -> bool {
     !matches!(f, Frame::Ack(_) | Frame::Ping | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. })
 }
 
-/// Whether a frame is the link's own business (keepalive, probe, key rotation, close) rather
-/// than traffic: only traffic makes a link rotate its key.
-fn link_control(f: &Frame<'_>) -> bool {
-    matches!(f, Frame::Ping | Frame::Probe | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. })
+/// Whether a frame is traffic (route messages, route control, credit) rather than the link's
+/// own business (keepalive, probe, key rotation, close) or an ack of something: only traffic
+/// makes a link rotate its key.
+fn traffic(f: &Frame<'_>) -> bool {
+    eliciting(f) && !matches!(f, Frame::Probe)
 }
 
 impl<A: Clone + Ord + Debug> Node<A> {
@@ -420,7 +421,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 }
             };
             elicits |= eliciting(&frame);
-            traffic |= !link_control(&frame);
+            traffic |= self::traffic(&frame);
             let result = match frame {
                 Frame::Ping | Frame::Probe | Frame::Rekey { .. } | Frame::RekeyAck { .. } | Frame::Close { .. } => {
                     let Some(l) = self.links.get_mut(&id) else { break };

@@ -192,6 +192,12 @@ pub enum Command {
         /// Lookups (dht).
         #[arg(long, default_value_t = 1000)]
         lookups: usize,
+        /// Idle minutes (idle).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// The phone's keepalive interval in seconds, 0 = off (idle).
+        #[arg(long = "keepalive-s", default_value_t = 0)]
+        keepalive_s: u64,
     },
 }
 
@@ -255,6 +261,10 @@ pub enum Scenario {
     /// Edge, aggregation and backbone nodes, one route per edge node: the largest route
     /// table with and without virtual routes at 1k, 10k and 100k nodes (or --nodes N).
     Scale,
+    /// A phone with a session over 3 disjoint routes sends for 30 s, idles --minutes (one
+    /// route dies silently meanwhile), then writes again: packets, wakeups and rekeys while
+    /// idle, and how long the first write after idle takes to arrive.
+    Idle,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -466,7 +476,21 @@ pub fn run(cli: Cli) -> i32 {
                 }
             })
         }
-        Command::Sim { scenario, seed, json, loss, bytes, duration, plot, nodes, gone, eclipse, lookups } => {
+        Command::Sim {
+            scenario,
+            seed,
+            json,
+            loss,
+            bytes,
+            duration,
+            plot,
+            nodes,
+            gone,
+            eclipse,
+            lookups,
+            minutes,
+            keepalive_s,
+        } => {
             let (out, ok) = match scenario {
                 Scenario::EightHop => {
                     let r = scenario::eight_hop(seed, bytes.unwrap_or(1 << 20));
@@ -510,6 +534,14 @@ pub fn run(cli: Cli) -> i32 {
                     }
                     let r = crate::sim::dht::dht(seed, n, gone, eclipse, lookups);
                     (if json { to_json(&r) } else { r.table() }, r.success_rate > 0.0)
+                }
+                Scenario::Idle => {
+                    if !(0.5..=24.0 * 60.0).contains(&minutes) || keepalive_s > 3600 {
+                        return fail("--minutes must be 0.5 to 1440, --keepalive-s at most 3600");
+                    }
+                    let r = crate::sim::idle::idle(seed, minutes, keepalive_s);
+                    let ok = r.resume_intact && r.direct_resume_intact && r.session_breaks == 0;
+                    (if json { to_json(&r) } else { r.table() }, ok)
                 }
                 Scenario::MovingCar => {
                     let secs = duration.unwrap_or(300.0);

@@ -226,9 +226,12 @@ pub struct Link<A> {
     /// A queued control frame asks for an answer (REKEY, PROBE): the packet that carries it
     /// starts `unanswered_since`.
     control_elicits: bool,
-    /// Length of the packet being built after its link control frames (see `begin_packet`):
-    /// anything after them is traffic.
+    /// Length of the packet being built after its link control frames (see `begin_packet`).
     control_end: usize,
+    /// Initiator of the current session, not yet heard from under it: its key confirmation
+    /// (a PROBE) is repeated every `rekey_retry` until the responder answers, as a lossy link
+    /// may lose it (the responder sends nothing before it).
+    confirm_sent: Option<Instant>,
     /// The last handshake init we answered and our answer, so a duplicated copy of it gets the
     /// same answer instead of replacing the session.
     answered: Option<(Vec<u8>, Vec<u8>)>,
@@ -242,6 +245,8 @@ pub struct Link<A> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
     Handshake,
+    /// Repeat the key confirmation until the responder answers.
+    Confirm,
     Rekey,
     Keepalive,
     Dead,
@@ -249,7 +254,8 @@ pub enum Timer {
 }
 
 impl Timer {
-    pub const ALL: [Timer; 5] = [Timer::Handshake, Timer::Rekey, Timer::Keepalive, Timer::Dead, Timer::OldKey];
+    pub const ALL: [Timer; 6] =
+        [Timer::Handshake, Timer::Confirm, Timer::Rekey, Timer::Keepalive, Timer::Dead, Timer::OldKey];
 }
 
 impl<A: Clone> Link<A> {
@@ -276,6 +282,7 @@ impl<A: Clone> Link<A> {
             unanswered_since: None,
             control_elicits: false,
             control_end: 0,
+            confirm_sent: None,
             answered: None,
             last_was_newest: false,
             stats: LinkStats::default(),
@@ -357,7 +364,9 @@ impl<A: Clone> Link<A> {
         self.install(session, now);
         self.stats.rtt = Some(now.saturating_duration_since(sent));
         // Key confirmation: the responder starts sending once it sees a packet under these keys.
-        self.push_control(Frame::Ping);
+        // A probe, so the responder's ack tells us it arrived; repeated until then.
+        self.push_control(Frame::Probe);
+        self.confirm_sent = Some(now);
         Ok(self.mark_up().or(replaced.then_some(LinkEvent::Reset)))
     }
 
@@ -492,6 +501,9 @@ impl<A: Clone> Link<A> {
         self.last_recv = now;
         // The peer is there: whatever we sent before this is answered.
         self.unanswered_since = None;
+        if !in_pending {
+            self.confirm_sent = None;
+        }
         if matches!(which, Which::Next) {
             // The initiator confirmed the new epoch: switch our sending key too.
             if let Some(s) = if in_pending { self.pending.as_mut() } else { self.session.as_mut() } {
@@ -651,6 +663,7 @@ impl<A: Clone> Link<A> {
         self.force_rekey = false;
         self.traffic_since_rekey = false;
         self.unanswered_since = None;
+        self.confirm_sent = None;
         let was = self.state;
         self.state = LinkState::Down;
         if self.dial {
@@ -743,11 +756,11 @@ impl<A: Clone> Link<A> {
     }
 
     /// Pads and seals the packet begun by [`Link::begin_packet`]; returns its counter, or
-    /// `None` if it holds no frame. `eliciting`: the frames added after the link's own ask the
-    /// peer for an answer (an ack), which starts on-demand dead-peer detection.
+    /// `None` if it holds no frame. `eliciting`: the frames added after the link's own are
+    /// traffic the peer acks (route messages, route control, credit), which starts on-demand
+    /// dead-peer detection and makes the key rotate; a bare ack is neither.
     pub fn seal_packet(&mut self, now: Instant, pkt: &mut Vec<u8>, eliciting: bool) -> Option<u64> {
         let pad = self.config.pad_to.max(1);
-        let traffic = pkt.len() > self.control_end.max(DATA_HEADER_LEN);
         let s = self.session.as_mut()?;
         let plain = pkt.len().checked_sub(DATA_HEADER_LEN).filter(|n| *n > 0)?;
         let padded = plain.div_ceil(pad) * pad;
@@ -776,7 +789,7 @@ impl<A: Clone> Link<A> {
         if eliciting || control_elicits {
             self.unanswered_since.get_or_insert(now);
         }
-        if traffic {
+        if eliciting {
             self.traffic_since_rekey = true;
         }
         self.control_end = 0;
@@ -791,6 +804,7 @@ impl<A: Clone> Link<A> {
                 None if self.session.is_none() && self.dial => self.next_handshake,
                 None => None,
             },
+            Timer::Confirm => self.confirm_sent.map(|t| t + self.config.rekey_retry),
             Timer::Rekey => {
                 let s = self.session.as_ref().filter(|s| s.initiator)?;
                 match &s.rekey {
@@ -839,6 +853,10 @@ impl<A: Clone> Link<A> {
             if let Some(s) = self.session.as_mut() {
                 s.prev = None;
             }
+        }
+        if self.deadline(Timer::Confirm).is_some_and(|d| d <= now) {
+            self.confirm_sent = Some(now);
+            self.push_control(Frame::Probe);
         }
         if self.deadline(Timer::Rekey).is_some_and(|d| d <= now) {
             self.rekey_step(now, rng);

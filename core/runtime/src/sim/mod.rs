@@ -13,6 +13,7 @@
 pub mod asymmetric;
 pub mod car;
 pub mod dht;
+pub mod idle;
 pub mod plot;
 pub mod scale;
 pub mod scenario;
@@ -125,6 +126,11 @@ pub struct World {
     same_instant_timers: u64,
     /// Events of a step not yet handed out because a run stopped in the middle of them.
     backlog: std::collections::VecDeque<(usize, Event)>,
+    /// Per node: datagrams and bytes it put on its wires.
+    sent_by: Vec<(u64, u64)>,
+    /// Per node: timer wakeups (node or session timer expiries, one per distinct instant).
+    wakeups: Vec<u64>,
+    last_wake: Vec<Option<Instant>>,
 }
 
 impl World {
@@ -149,6 +155,9 @@ impl World {
             steps: 0,
             same_instant_timers: 0,
             backlog: Default::default(),
+            sent_by: Vec::new(),
+            wakeups: Vec::new(),
+            last_wake: Vec::new(),
         }
     }
 
@@ -167,6 +176,9 @@ impl World {
         self.nodes.push(Node::new(key, config, Box::new(node_rng)));
         self.timers.push(None);
         self.hosts.push(None);
+        self.sent_by.push((0, 0));
+        self.wakeups.push(0);
+        self.last_wake.push(None);
         self.nodes.len() - 1
     }
 
@@ -325,6 +337,8 @@ impl World {
         let now = self.now;
         let since = now - self.start;
         self.wire_stats.sent += 1;
+        self.sent_by[from].0 += 1;
+        self.sent_by[from].1 += payload.len() as u64;
         let Some(wire) = self.wires.get_mut(&key) else {
             self.wire_stats.dropped_down += 1;
             return;
@@ -394,6 +408,7 @@ impl World {
                 if self.timers[node].is_some_and(|t| t <= self.now) {
                     self.timers[node] = None;
                     let now = self.now;
+                    self.note_wake(node);
                     self.nodes[node].handle_timeout(now);
                 }
                 node
@@ -402,6 +417,9 @@ impl World {
                 self.same_instant_timers += 1;
                 assert!(self.same_instant_timers < 100_000, "node {node}'s sessions keep a deadline in the past");
                 let now = self.now;
+                if self.hosts[node].as_ref().is_some_and(|h| h.timer.is_some_and(|t| t <= now)) {
+                    self.note_wake(node);
+                }
                 if let Some(h) = self.hosts[node].as_mut().filter(|h| h.timer.is_some_and(|t| t <= now)) {
                     h.timer = None;
                     h.sessions.handle_timeout(now, &mut self.nodes[node], &h.graph);
@@ -492,6 +510,24 @@ impl World {
         }
         self.now = self.now.max(deadline);
         false
+    }
+
+    fn note_wake(&mut self, node: usize) {
+        if self.last_wake[node] != Some(self.now) {
+            self.last_wake[node] = Some(self.now);
+            self.wakeups[node] += 1;
+        }
+    }
+
+    /// Datagrams and bytes `node` has put on its wires so far.
+    pub fn sent_by(&self, node: usize) -> (u64, u64) {
+        self.sent_by[node]
+    }
+
+    /// Timer wakeups of `node` so far: expiries of its node or session timer, counted once
+    /// per distinct instant (what would wake a phone's CPU).
+    pub fn wakeups(&self, node: usize) -> u64 {
+        self.wakeups[node]
     }
 
     /// Fingerprint of every datagram delivered and every event raised so far.
