@@ -145,10 +145,11 @@ impl NodeCore {
         });
         if let Some(sink) = events {
             let handle = core.handle.clone();
+            let mut nudges = handle.watch_sessions()?;
             core.rt.spawn(async move {
                 let mut sessions = SessionWatch::default();
-                // Session changes are read from status once a second (cheap, and quiet on a phone).
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                // Session changes are read from status when the node says one happened: no
+                // timer, so an idle phone is not woken.
                 loop {
                     tokio::select! {
                         e = node_events.recv() => match e {
@@ -159,9 +160,12 @@ impl NodeCore {
                             Some(_) => {}
                             None => return,
                         },
-                        _ = tick.tick() => match handle.status().await {
-                            Ok(s) => sessions.update(&s, &*sink),
-                            Err(_) => return,
+                        n = nudges.recv() => match n {
+                            Some(()) => match handle.status().await {
+                                Ok(s) => sessions.update(&s, &*sink),
+                                Err(_) => return,
+                            },
+                            None => return,
                         },
                     }
                 }

@@ -34,61 +34,29 @@ pub enum Frame<'a> {
     /// changed, or when a link that was idle is used again).
     Probe,
     /// Start of a rekey: the sender's new ephemeral key for `epoch`.
-    Rekey {
-        epoch: u8,
-        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
-    },
+    Rekey { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
     /// Answer to a rekey: the receiver's new ephemeral key for `epoch`.
-    RekeyAck {
-        epoch: u8,
-        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
-    },
+    RekeyAck { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
     /// The peer closes the link.
-    Close {
-        reason: u8,
-    },
+    Close { reason: u8 },
     /// Selective acknowledgement of link datagrams (by counter).
     Ack(AckFrame),
     /// An accounting note between a route's source and one of its hops (end-to-end sealed to
     /// that hop), passed along the route hop by hop as reliable control: see `route`.
-    RouteNote {
-        route: RouteId,
-        payload: &'a [u8],
-    },
+    RouteNote { route: RouteId, payload: &'a [u8] },
     /// A message of the receiver's route `route`: service class, stream offset, bytes.
-    RouteData {
-        route: RouteId,
-        class: u8,
-        offset: u64,
-        payload: &'a [u8],
-    },
+    RouteData { route: RouteId, class: u8, offset: u64, payload: &'a [u8] },
     /// Credit: the sender may have sent up to `limit` bytes of the receiver's route `route`
     /// in `class` (cumulative).
-    MaxData {
-        route: RouteId,
-        class: u8,
-        limit: u64,
-    },
+    MaxData { route: RouteId, class: u8, limit: u64 },
     /// Join a route: `route` is the sender's id for it; `ephemeral` keys the hop secret.
-    RouteSetup {
-        route: RouteId,
-        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
-    },
+    RouteSetup { route: RouteId, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
     /// Joined: `route` is the receiver's id, `hop_route` the sender's, `proof` confirms the key.
-    RouteSetupOk {
-        route: RouteId,
-        hop_route: RouteId,
-        proof: &'a [u8; PROOF_LEN],
-    },
+    RouteSetupOk { route: RouteId, hop_route: RouteId, proof: &'a [u8; PROOF_LEN] },
     /// The receiver's route `route` failed downstream/upstream with `code`.
-    RouteError {
-        route: RouteId,
-        code: u8,
-    },
+    RouteError { route: RouteId, code: u8 },
     /// Tear down the receiver's route `route`.
-    RouteClose {
-        route: RouteId,
-    },
+    RouteClose { route: RouteId },
 }
 
 /// Reads big-endian fields off a byte slice; running out is `DecodeError::Truncated`. Shared

@@ -1,6 +1,6 @@
 //! Counters: what each link carried and what it refused, by reason.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::wire::DecodeError;
 
@@ -109,6 +109,53 @@ impl RejectCounts {
     }
 }
 
+/// Packets sent and key changes over the last minute, in one-second buckets, read without a
+/// timer (an idle node must not wake up to keep statistics): each count lands in the bucket
+/// of its second, and a read sums the buckets of the last 60 seconds.
+#[derive(Debug, Clone, Default)]
+pub struct LastMinute {
+    base: Option<Instant>,
+    /// (second since `base`, packets, key changes), at `second % 60`.
+    buckets: Vec<(u64, u32, u32)>,
+}
+
+impl LastMinute {
+    fn bucket(&mut self, now: Instant) -> &mut (u64, u32, u32) {
+        let base = *self.base.get_or_insert(now);
+        if self.buckets.is_empty() {
+            self.buckets = vec![(u64::MAX, 0, 0); 60];
+        }
+        let sec = now.saturating_duration_since(base).as_secs();
+        let b = &mut self.buckets[(sec % 60) as usize];
+        if b.0 != sec {
+            *b = (sec, 0, 0);
+        }
+        b
+    }
+
+    /// One packet sent at `now`.
+    pub fn packet(&mut self, now: Instant) {
+        let b = self.bucket(now);
+        b.1 = b.1.saturating_add(1);
+    }
+
+    /// One key change (rotation or handshake) at `now`.
+    pub fn rekey(&mut self, now: Instant) {
+        let b = self.bucket(now);
+        b.2 = b.2.saturating_add(1);
+    }
+
+    /// (packets, key changes) in the 60 seconds up to `now`.
+    pub fn read(&self, now: Instant) -> (u64, u64) {
+        let Some(base) = self.base else { return (0, 0) };
+        let sec = now.saturating_duration_since(base).as_secs();
+        self.buckets
+            .iter()
+            .filter(|b| b.0 != u64::MAX && b.0 <= sec && sec - b.0 < 60)
+            .fold((0, 0), |(p, r), b| (p + b.1 as u64, r + b.2 as u64))
+    }
+}
+
 /// Per-link counters.
 #[derive(Debug, Clone, Default)]
 pub struct LinkStats {
@@ -122,6 +169,10 @@ pub struct LinkStats {
     pub handshakes: u64,
     /// Round trip measured by the last rekey or handshake exchange.
     pub rtt: Option<Duration>,
+    /// Packets sent and key changes (rotations, handshakes) over the last minute.
+    pub last_minute: LastMinute,
+    /// Keepalives sent (only where configured).
+    pub keepalives: u64,
     pub rejected: RejectCounts,
 }
 

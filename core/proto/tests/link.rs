@@ -600,5 +600,3 @@ fn network_changed_probes_up_links_and_redials_down_ones_at_once() {
     p.drive_for(Duration::from_millis(50));
     assert_eq!(p.link_state(0), LinkState::Up);
 }
-
-

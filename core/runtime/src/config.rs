@@ -15,6 +15,10 @@
 //! [session]
 //! routes = 3                      # disjoint routes per session
 //! realtime_copies = 3             # copies of each deadline datagram
+//! [link]
+//! keepalive_s = 0                 # keepalive when nothing was sent this long, 0 = off [0];
+//!                                 # 25 for a node behind NAT that peers must reach while idle
+//! key_max_age_s = 120             # a key older than this never sends: handshake again [120]
 //! [log]
 //! level = "info"                  # tracing filter; RUST_LOG overrides it
 //! [forward]
@@ -82,6 +86,8 @@ struct Raw {
     topology: Vec<RawEdge>,
     #[serde(default)]
     forward: RawForward,
+    #[serde(default)]
+    link: RawLink,
     #[serde(default)]
     session: RawSession,
     #[serde(default)]
@@ -259,6 +265,13 @@ struct RawLog {
 struct RawPeer {
     key: String,
     addr: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    keepalive_s: Option<u64>,
+    key_max_age_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -545,6 +558,18 @@ impl Config {
             }
             f.memory_budget_bytes = v;
         }
+        if let Some(v) = raw.link.keepalive_s {
+            if v > 3600 {
+                return Err(field("link.keepalive_s", "at most 3600 (0 turns keepalives off)"));
+            }
+            node.link.keepalive = (v > 0).then(|| std::time::Duration::from_secs(v));
+        }
+        if let Some(v) = raw.link.key_max_age_s {
+            if !(10..=86_400).contains(&v) {
+                return Err(field("link.key_max_age_s", "must be between 10 and 86400"));
+            }
+            node.link.key_max_age = std::time::Duration::from_secs(v);
+        }
         let escrow = accounting(&raw.accounting, &mut node.route.accounting)?;
         let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
         Ok(Config {
@@ -586,6 +611,14 @@ mod tests {
         let bad_addr = format!("[[peers]]\nkey = \"{k}\"\naddr = \"x\"");
         assert!(e(&bad_addr).starts_with("peers[0].addr:") || e(&bad_addr).starts_with("peers[0].key:"));
         assert!(e("[forward]\nroute_buffer_bytes = 5").starts_with("forward.route_buffer_bytes:"));
+        assert!(e("[link]\nkeepalive_s = 99999").starts_with("link.keepalive_s:"));
+        assert!(e("[link]\nkey_max_age_s = 1").starts_with("link.key_max_age_s:"));
+        assert!(e("[link]\nkeepalive = 5").contains("keepalive"));
+        let quiet = Config::parse("").unwrap();
+        assert_eq!(quiet.node.link.keepalive, None, "keepalives off by default (a phone's radio)");
+        let nat = Config::parse("[link]\nkeepalive_s = 25\nkey_max_age_s = 180").unwrap();
+        assert_eq!(nat.node.link.keepalive, Some(std::time::Duration::from_secs(25)));
+        assert_eq!(nat.node.link.key_max_age, std::time::Duration::from_secs(180));
         assert!(e("colour = 3").contains("colour"), "unknown fields are named: {}", e("colour = 3"));
         assert!(e("listen = ").contains("line 1"));
         let ok = Config::parse(&format!(

@@ -340,6 +340,14 @@ pub struct SessionStatus {
     pub repair_sent: u64,
     pub rehandshakes: u64,
     pub rekeys: u64,
+    /// Session packets sent and rekeys in the last minute; `idle`: nothing to send or confirm
+    /// and no traffic for a second (no probes, no timer).
+    #[serde(default)]
+    pub packets_last_min: u64,
+    #[serde(default)]
+    pub rekeys_last_min: u64,
+    #[serde(default)]
+    pub idle: bool,
     pub path_failures: u64,
     /// Paths this end closed (suspect or replaced).
     #[serde(default)]
@@ -414,6 +422,18 @@ pub struct LinkStatus {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub rekeys: u64,
+    /// Handshakes completed (the first, and fresh ones after a key passed its hard limit).
+    #[serde(default)]
+    pub handshakes: u64,
+    /// Keepalives sent (only with `[link] keepalive_s`).
+    #[serde(default)]
+    pub keepalives: u64,
+    /// Packets sent and key changes (rotations, handshakes) in the last minute: an idle link
+    /// shows 0 and 0.
+    #[serde(default)]
+    pub packets_last_min: u64,
+    #[serde(default)]
+    pub rekeys_last_min: u64,
     pub in_flight: usize,
     /// Datagrams declared lost on this link (and retransmitted), and that over all settled.
     pub lost_packets: u64,
@@ -435,13 +455,13 @@ impl Status {
             self.reserved_bytes
         );
         out += &format!(
-            "\n{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>6} {:>7}  rejected\n",
-            "peer", "transport", "address", "state", "rtt ms", "tx pkts", "rx pkts", "loss", "rekeys"
+            "\n{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>6} {:>7} {:>13}  rejected\n",
+            "peer", "transport", "address", "state", "rtt ms", "tx pkts", "rx pkts", "loss", "rekeys", "last min p/k"
         );
         for l in &self.links {
             let rejected: Vec<String> = l.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out += &format!(
-                "{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>5.1}% {:>7}  {}\n",
+                "{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>5.1}% {:>7} {:>13}  {}\n",
                 &l.peer[..16.min(l.peer.len())],
                 l.transport,
                 l.addr,
@@ -451,12 +471,15 @@ impl Status {
                 l.rx_packets,
                 l.loss * 100.0,
                 l.rekeys,
+                format!("{}/{}", l.packets_last_min, l.rekeys_last_min),
                 if rejected.is_empty() { "-".to_string() } else { rejected.join(" ") }
             );
         }
         if !self.sessions.is_empty() {
-            out +=
-                &format!("\n{:<10} {:<16} {:<6} {:>12} {:>12}  paths\n", "session", "peer", "up", "sent", "received");
+            out += &format!(
+                "\n{:<10} {:<16} {:<6} {:>12} {:>12} {:>13}  paths\n",
+                "session", "peer", "up", "sent", "received", "last min p/k"
+            );
             for s in &self.sessions {
                 let paths: Vec<String> = s
                     .paths
@@ -471,12 +494,13 @@ impl Status {
                     })
                     .collect();
                 out += &format!(
-                    "{:<10} {:<16} {:<6} {:>12} {:>12}  {}\n",
+                    "{:<10} {:<16} {:<6} {:>12} {:>12} {:>13}  {}\n",
                     s.id,
                     &s.peer[..16.min(s.peer.len())],
                     s.established,
                     s.stream_bytes_written,
                     s.stream_bytes_received,
+                    format!("{}/{}{}", s.packets_last_min, s.rekeys_last_min, if s.idle { " idle" } else { "" }),
                     paths.join(", ")
                 );
             }

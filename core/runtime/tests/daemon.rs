@@ -474,3 +474,42 @@ fn kill_9_of_a_middle_node_during_a_transfer() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// Quiet when idle (a phone's radio wakes for every packet): two daemons with a session open,
+/// then a minute of nothing: at most WireGuard's keepalive rate per link, no rekey, an idle
+/// session, all read from the daemons' status.
+#[test]
+fn an_idle_pair_with_a_session_is_quiet_for_a_minute() {
+    let (da, db) = (tmpdir("idle-a"), tmpdir("idle-b"));
+    let quiet = "[link]\nkeepalive_s = 25\n";
+    let b = Daemon::start(&db, quiet);
+    let a = Daemon::start(&da, &format!("{quiet}{}", b.peer("udp")));
+    a.status_until(|v| v["links"][0]["state"] == "up");
+    let out = a.cli(&["ping", &b.key, "-c", "3", "--interval-ms", "20", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The last acks, the rotation after the ping's traffic and the old key's grace settle.
+    std::thread::sleep(Duration::from_secs(5));
+    let counts = |d: &Daemon| {
+        let s = d.status_until(|v| v["links"][0]["state"] == "up");
+        let l = &s["links"][0];
+        let n = |k: &str| l[k].as_u64().unwrap();
+        (n("tx_packets"), n("rekeys"), n("handshakes"), s)
+    };
+    let (a0, b0) = (counts(&a), counts(&b));
+    assert_eq!(a0.3["sessions"][0]["established"], true);
+    std::thread::sleep(Duration::from_secs(60));
+    let (a1, b1) = (counts(&a), counts(&b));
+    for (name, x, y) in [("a", &a0, &a1), ("b", &b0, &b1)] {
+        assert!(y.0 - x.0 <= 3, "{name}: {} packets in an idle minute (keepalive 25 s)", y.0 - x.0);
+        assert_eq!((y.1 - x.1, y.2 - x.2), (0, 0), "{name}: no rekey or handshake while idle");
+        let l = &y.3["links"][0];
+        assert!(l["packets_last_min"].as_u64().unwrap() <= 3, "{name}: {l}");
+        assert_eq!(l["rekeys_last_min"], 0, "{name}: {l}");
+    }
+    let s = &a1.3["sessions"][0];
+    assert_eq!((s["idle"].as_bool(), s["packets_last_min"].as_u64()), (Some(true), Some(0)), "{s}");
+    assert!(a1.0 - a0.0 >= 2, "the keepalives did go out: {}", a1.0 - a0.0);
+    // And the idle session still works at once.
+    let out = a.cli(&["ping", &b.key, "-c", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -424,6 +424,7 @@ impl<A: Clone> Link<A> {
             self.retired.push(p.local_index);
         }
         self.stats.handshakes += 1;
+        self.stats.last_minute.rekey(now);
         self.handshake_attempts = 0;
         self.next_handshake = None;
         self.last_recv = now;
@@ -513,6 +514,7 @@ impl<A: Clone> Link<A> {
                     let old = std::mem::replace(&mut s.cur, next);
                     s.prev = Some((old, now + self.config.old_key_grace));
                     self.stats.rekeys += 1;
+                    self.stats.last_minute.rekey(now);
                 }
             }
         }
@@ -585,6 +587,7 @@ impl<A: Clone> Link<A> {
                 self.force_rekey = false;
                 self.traffic_since_rekey = false;
                 self.stats.rekeys += 1;
+                self.stats.last_minute.rekey(now);
                 // Confirms the new epoch to the peer, which then switches its sending key.
                 self.push_control(Frame::Ping);
                 Ok(None)
@@ -609,9 +612,7 @@ impl<A: Clone> Link<A> {
     /// Whether the current key may no longer send (older than `key_max_age`): the link must
     /// handshake again before its next packet.
     pub fn key_expired(&self, now: Instant) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| now.saturating_duration_since(s.cur.started) >= self.config.key_max_age)
+        self.session.as_ref().is_some_and(|s| now.saturating_duration_since(s.cur.started) >= self.config.key_max_age)
     }
 
     /// Starts a fresh handshake under an up link whose key expired, unless one is under way.
@@ -714,6 +715,7 @@ impl<A: Clone> Link<A> {
         let p = self.handshake_out.take()?;
         // Refreshes NAT bindings as well as a keepalive would.
         self.last_send = now;
+        self.stats.last_minute.packet(now);
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += p.len() as u64;
         Some(p)
@@ -780,6 +782,7 @@ impl<A: Clone> Link<A> {
             self.force_rekey = true;
         }
         self.last_send = now;
+        self.stats.last_minute.packet(now);
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += pkt.len() as u64;
         let control_elicits = self.control_elicits && self.control_end > DATA_HEADER_LEN;
@@ -863,6 +866,7 @@ impl<A: Clone> Link<A> {
         }
         if self.deadline(Timer::Keepalive).is_some_and(|d| d <= now) && self.control.is_empty() {
             self.push_control(Frame::Ping);
+            self.stats.keepalives += 1;
             // Counts as sent for scheduling even if the packet goes out a moment later.
             self.last_send = now;
         }

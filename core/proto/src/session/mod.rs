@@ -437,6 +437,11 @@ impl Sessions {
         }
     }
 
+    /// Packets the session sent and its rekeys over the 60 seconds up to `now`.
+    pub fn last_minute(&self, id: SessionId, now: Instant) -> (u64, u64) {
+        self.sessions.get(&id).map_or((0, 0), |s| s.recent.read(now))
+    }
+
     /// Whether a session is idle: nothing to send, confirm or acknowledge, and no traffic for
     /// [`SessionConfig::idle_after`]; it sends nothing and asks for no timer.
     pub fn is_idle(&self, now: Instant, id: SessionId) -> bool {

@@ -110,6 +110,8 @@ pub(crate) struct Session {
     /// Woken from idle (or the network changed) at this time: bulk goes over every live path
     /// until each has answered since.
     waking: Option<Instant>,
+    /// Packets sent and rekeys over the last minute (for status: an idle session is quiet).
+    pub recent: crate::stats::LastMinute,
 }
 
 /// Application bytes in a full block.
@@ -157,6 +159,7 @@ impl Session {
             failed_first_hops: BTreeMap::new(),
             last_activity: now,
             waking: None,
+            recent: Default::default(),
         }
     }
 
@@ -290,6 +293,7 @@ impl Session {
         let mut pkt = Vec::with_capacity(body.len() + 40);
         if keys.seal(ctx.now, ctx.cfg.rekey_after, ctx.cfg.rekey_packets, &body, &mut pkt) {
             self.stats.rekeys += 1;
+            self.recent.rekey(ctx.now);
         }
         ctx.node.send_class(ctx.now, p.route, class, &pkt).inspect_err(|e| {
             if *e == RouteError::QueueFull {
@@ -297,6 +301,7 @@ impl Session {
             }
         })?;
         p.record(ctx.now, class, pkt.len(), symbol, eliciting);
+        self.recent.packet(ctx.now);
         self.stats.route_bytes_sent += pkt.len() as u64;
         self.stats.packets_sent += 1;
         Ok(())

@@ -221,6 +221,9 @@ pub(crate) enum Command {
         to: mpsc::Sender<ServiceMessage>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    WatchSessions {
+        to: mpsc::Sender<()>,
+    },
     TunnelUp {
         gateway: PublicKey,
         routes: Option<usize>,
@@ -360,6 +363,15 @@ impl NodeHandle {
     /// `skyroute_proto::vpn::GATEWAY_SERVICE`); route finding must know a way to it.
     pub async fn nearest_gateway(&self) -> Result<Result<PublicKey, String>, Stopped> {
         self.ask(|reply| Command::NearestGateway { reply }).await
+    }
+
+    /// A nudge whenever a session is established, accepted, gains or loses a path, fails or
+    /// closes (nudges coalesce: read the status to see what changed). Event-driven, so a
+    /// watcher needs no timer of its own (an idle phone wakes for nothing).
+    pub fn watch_sessions(&self) -> Result<mpsc::Receiver<()>, Stopped> {
+        let (to, rx) = mpsc::channel(1);
+        self.commands.send(Command::WatchSessions { to }).map_err(|_| Stopped)?;
+        Ok(rx)
     }
 
     /// Serves `channel`: messages that arrive on it come out of the returned queue.

@@ -67,6 +67,8 @@ pub(super) struct Driver {
     inbound: mpsc::Receiver<Inbound>,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
+    /// Nudged on every session lifecycle change (see `NodeHandle::watch_sessions`).
+    session_watch: Option<mpsc::Sender<()>>,
     /// Channel state of every session (ours and accepted).
     conns: BTreeMap<SessionId, Conn>,
     /// Sessions we opened, by destination.
@@ -156,6 +158,7 @@ impl Driver {
             inbound,
             commands,
             events,
+            session_watch: None,
             conns: BTreeMap::new(),
             to_peer: BTreeMap::new(),
             pings: BTreeMap::new(),
@@ -319,6 +322,12 @@ impl Driver {
     }
 
     fn on_session_event(&mut self, now: Instant, e: SessionEvent) {
+        if !matches!(e, SessionEvent::Stream { .. } | SessionEvent::Datagram { .. }) {
+            if let Some(w) = &self.session_watch {
+                // A full queue already holds a nudge: the watcher reads the newest status.
+                let _ = w.try_send(());
+            }
+        }
         match e {
             SessionEvent::Established { session, peer } => {
                 tracing::info!(session, peer = %short(&peer), "session established");
@@ -686,6 +695,7 @@ impl Driver {
                 let r = self.session_to(now, peer).map(|s| self.send_on(s, channel, &data));
                 let _ = reply.send(r);
             }
+            Command::WatchSessions { to } => self.session_watch = Some(to),
             Command::Register { channel, to, reply } => {
                 self.services.retain(|_, tx| !tx.is_closed());
                 let r = if channel < service::FIRST_FREE_CHANNEL {
@@ -703,8 +713,9 @@ impl Driver {
             }
             Command::TunnelUp { gateway, routes, port, reply } => self.tunnel_up(now, gateway, routes, port, reply),
             Command::NetworkChanged => {
-                tracing::info!("network changed: probing every link");
+                tracing::info!("network changed: probing every link and session path");
                 self.node.network_changed(now);
+                self.sessions.network_changed(now, &mut self.node);
             }
             Command::TunnelDown { reply } => {
                 let _ = reply.send(self.tunnel_down());
@@ -767,6 +778,10 @@ impl Driver {
                     tx_bytes: l.stats.tx_bytes,
                     rx_bytes: l.stats.rx_bytes,
                     rekeys: l.stats.rekeys,
+                    handshakes: l.stats.handshakes,
+                    keepalives: l.stats.keepalives,
+                    packets_last_min: l.stats.last_minute.read(Instant::now()).0,
+                    rekeys_last_min: l.stats.last_minute.read(Instant::now()).1,
                     in_flight: l.in_flight,
                     lost_packets: l.lost,
                     loss: l.lost as f64 / (l.acked + l.lost).max(1) as f64,
@@ -811,7 +826,11 @@ impl Driver {
             ("over_limit", s.rejected_over_limit),
             ("unknown", s.rejected_unknown),
         ]);
+        let (packets_last_min, rekeys_last_min) = self.sessions.last_minute(id, Instant::now());
         Some(SessionStatus {
+            packets_last_min,
+            rekeys_last_min,
+            idle: self.sessions.is_idle(Instant::now(), id),
             dht: self.dht.sessions.values().any(|s| *s == id),
             id,
             peer: self.sessions.peer(id)?.to_string(),

@@ -85,11 +85,7 @@ impl IdleReport {
         let f = |x: f64| format!("{x:.2}");
         let mut out = format!(
             "idle phone, seed {}, {} idle minutes, keepalive {} s, {} links ({:.1} s wall)\n",
-            self.seed,
-            self.minutes,
-            self.keepalive_s,
-            self.links,
-            self.wall_s
+            self.seed, self.minutes, self.keepalive_s, self.links, self.wall_s
         );
         out += &row("", "3 routes".into(), "direct".into());
         out += &row("packets / min", f(self.idle_packets_per_min), f(self.direct_idle_packets_per_min));
@@ -181,14 +177,22 @@ pub fn run(seed: u64, idle: Duration, keepalive_s: u64, direct: bool) -> IdleFig
     // The wire that goes dark during the idle spell: the best route's, between its relays.
     let mut doomed = None;
     let routes = if direct {
-        w.add_wire(phone, server, WireSpec { latency: Duration::from_millis(4), bandwidth: 2_500_000, ..wired.clone() });
+        w.add_wire(
+            phone,
+            server,
+            WireSpec { latency: Duration::from_millis(4), bandwidth: 2_500_000, ..wired.clone() },
+        );
         w.connect(phone, server);
         1
     } else {
         for (i, (ms, bw)) in radios.iter().enumerate() {
             let access = w.add_node(NodeConfig::default());
             let relay = w.add_node(NodeConfig::default());
-            w.add_wire(phone, access, WireSpec { latency: Duration::from_millis(*ms), bandwidth: *bw, ..wired.clone() });
+            w.add_wire(
+                phone,
+                access,
+                WireSpec { latency: Duration::from_millis(*ms), bandwidth: *bw, ..wired.clone() },
+            );
             w.add_wire(access, relay, wired.clone());
             w.add_wire(relay, server, wired.clone());
             w.connect(phone, access);
@@ -290,9 +294,9 @@ pub fn run(seed: u64, idle: Duration, keepalive_s: u64, direct: bool) -> IdleFig
         on_event(&mut received, node, ev);
         true
     });
-    let paths_after = w.host(phone).map_or(0, |h| {
-        h.sessions.paths(sid).iter().filter(|p| p.1 == skyroute_proto::PathState::Live).count()
-    });
+    let paths_after = w
+        .host(phone)
+        .map_or(0, |h| h.sessions.paths(sid).iter().filter(|p| p.1 == skyroute_proto::PathState::Live).count());
 
     let mins = b.at.saturating_duration_since(a.at).as_secs_f64() / 60.0;
     let per_min = |x: u64, y: u64| if mins > 0.0 { y.saturating_sub(x) as f64 / mins } else { 0.0 };
