@@ -116,7 +116,7 @@ fn bench_link(c: &mut Criterion) {
     let seal = |a: &mut Link<u8>, pkt: &mut Vec<u8>| {
         a.begin_packet(now, pkt).unwrap();
         pkt.extend_from_slice(&payload);
-        a.seal_packet(now, pkt, true).unwrap();
+        a.seal_packet(now, pkt, true, true).unwrap();
     };
     g.bench_function("link_seal", |bch| {
         bch.iter(|| {

@@ -41,6 +41,7 @@ fn main() {
     let r = |n| RouteId::new(n).unwrap();
     let frames = [
         ("PING", Frame::Ping),
+        ("PROBE", Frame::Probe),
         ("REKEY", Frame::Rekey { epoch: 5, ephemeral: &e }),
         ("REKEY_ACK", Frame::RekeyAck { epoch: 5, ephemeral: &e }),
         ("CLOSE", Frame::Close { reason: 0 }),

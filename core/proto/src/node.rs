@@ -608,7 +608,9 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
         let room = l.begin_packet(now, buf)?;
         let filled = self.fwd.fill(id, now, buf, room);
-        let counter = l.seal_packet(now, buf, filled.eliciting)?;
+        // Without per-hop acks (the end-to-end baseline) nothing answers traffic.
+        let answered = filled.eliciting && self.fwd.config().hop_reliability;
+        let counter = l.seal_packet(now, buf, filled.eliciting, answered)?;
         let dst = l.addr.clone();
         self.fwd.on_sent(id, counter, filled, buf.len(), now);
         if !self.fwd.writable.is_empty() {

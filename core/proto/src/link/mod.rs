@@ -676,7 +676,7 @@ impl<A: Clone> Link<A> {
     fn seal_control_only(&mut self, now: Instant) -> Option<Vec<u8>> {
         let mut pkt = Vec::new();
         self.begin_packet(now, &mut pkt)?;
-        self.seal_packet(now, &mut pkt, false).map(|_| pkt)
+        self.seal_packet(now, &mut pkt, false, false).map(|_| pkt)
     }
 
     /// The network changed (an interface came up, a radio associated): if the link is not up,
@@ -737,7 +737,7 @@ impl<A: Clone> Link<A> {
         }
         let mut pkt = Vec::new();
         self.begin_packet(now, &mut pkt)?;
-        self.seal_packet(now, &mut pkt, false).map(|_| pkt)
+        self.seal_packet(now, &mut pkt, false, false).map(|_| pkt)
     }
 
     /// Starts a data packet in `buf`: header space, then queued link-level frames. Returns the
@@ -758,10 +758,11 @@ impl<A: Clone> Link<A> {
     }
 
     /// Pads and seals the packet begun by [`Link::begin_packet`]; returns its counter, or
-    /// `None` if it holds no frame. `eliciting`: the frames added after the link's own are
-    /// traffic the peer acks (route messages, route control, credit), which starts on-demand
-    /// dead-peer detection and makes the key rotate; a bare ack is neither.
-    pub fn seal_packet(&mut self, now: Instant, pkt: &mut Vec<u8>, eliciting: bool) -> Option<u64> {
+    /// `None` if it holds no frame. `traffic`: the frames added after the link's own are route
+    /// messages, route control or credit (a bare ack is not), which makes the key rotate;
+    /// `answered`: the peer will ack them, so silence after them means it is gone (on-demand
+    /// dead-peer detection).
+    pub fn seal_packet(&mut self, now: Instant, pkt: &mut Vec<u8>, traffic: bool, answered: bool) -> Option<u64> {
         let pad = self.config.pad_to.max(1);
         let s = self.session.as_mut()?;
         let plain = pkt.len().checked_sub(DATA_HEADER_LEN).filter(|n| *n > 0)?;
@@ -789,10 +790,10 @@ impl<A: Clone> Link<A> {
         if control_elicits && self.control.is_empty() {
             self.control_elicits = false;
         }
-        if eliciting || control_elicits {
+        if answered || control_elicits {
             self.unanswered_since.get_or_insert(now);
         }
-        if eliciting {
+        if traffic {
             self.traffic_since_rekey = true;
         }
         self.control_end = 0;

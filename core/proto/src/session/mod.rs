@@ -694,8 +694,10 @@ impl Sessions {
         let cfg = &self.config;
         let active = s.active(now, cfg);
         let mut ctx = Ctx { now, node, cfg, events: &mut self.events, by_route: &mut self.by_route };
-        // Session liveness (both sides).
-        if s.live_paths() > 0 {
+        // Session liveness (both sides): the clock runs only while the session has work. An
+        // idle session whose routes were forgotten (relays drop routes idle for 30 minutes)
+        // rebuilds them when it is used again, and has the whole timeout for it.
+        if s.live_paths() > 0 || !active {
             s.no_path_since = None;
         } else if s.no_path_since.is_none() {
             s.no_path_since = Some(now);
