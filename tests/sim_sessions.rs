@@ -453,22 +453,30 @@ fn a_responder_refuses_sessions_beyond_its_limit() {
 fn an_idle_phone_is_silent_and_resumes_within_three_round_trips() {
     use skyroute::sim::idle::idle;
     let off = idle(3, 3.0, 0);
-    assert_eq!(off.idle_packets_per_min, 0.0, "{off:?}");
-    assert_eq!(off.idle_rekeys_per_min, 0.0, "{off:?}");
-    assert_eq!(off.idle_handshakes_per_min, 0.0, "{off:?}");
-    assert!(off.idle_wakeups_per_min <= 1.0, "{off:?}");
+    assert_eq!(off.routed.idle_packets_per_min, 0.0, "{off:?}");
+    assert_eq!(off.routed.idle_rekeys_per_min, 0.0, "{off:?}");
+    assert_eq!(off.routed.idle_handshakes_per_min, 0.0, "{off:?}");
+    assert!(off.routed.idle_wakeups_per_min <= 1.0, "{off:?}");
     assert_eq!(off.direct_idle_packets_per_min + off.direct_idle_wakeups_per_min, 0.0, "{off:?}");
     {
         let r = &off;
-        assert!(r.resume_intact && r.direct_resume_intact, "{r:?}");
-        assert_eq!(r.session_breaks, 0, "{r:?}");
-        assert!(r.resume_ms <= 3.0 * r.rtt_ms, "resume {} ms, best RTT {} ms", r.resume_ms, r.rtt_ms);
+        assert!(r.routed.resume_intact && r.direct_resume_intact, "{r:?}");
+        assert_eq!(r.routed.session_breaks, 0, "{r:?}");
+        assert!(
+            r.routed.resume_ms <= 3.0 * r.routed.rtt_ms,
+            "resume {} ms, best RTT {} ms",
+            r.routed.resume_ms,
+            r.routed.rtt_ms
+        );
         assert!(r.direct_resume_ms <= 3.0 * r.direct_rtt_ms, "{r:?}");
-        assert_eq!(r.paths_before, 3, "{r:?}");
+        assert_eq!(r.routed.paths_before, 3, "{r:?}");
     }
     let ka = idle(3, 3.0, 25);
-    assert!(ka.idle_packets_per_min <= 3.0 * ka.links as f64, "{ka:?}");
-    assert!(ka.idle_packets_per_min >= 2.0 * ka.links as f64, "the keepalives went out: {ka:?}");
-    assert_eq!(ka.idle_rekeys_per_min, 0.0, "keepalives are no traffic: {ka:?}");
-    assert!(ka.resume_intact && ka.session_breaks == 0 && ka.resume_ms <= 3.0 * ka.rtt_ms, "{ka:?}");
+    assert!(ka.routed.idle_packets_per_min <= 3.0 * ka.links as f64, "{ka:?}");
+    assert!(ka.routed.idle_packets_per_min >= 2.0 * ka.links as f64, "the keepalives went out: {ka:?}");
+    assert_eq!(ka.routed.idle_rekeys_per_min, 0.0, "keepalives are no traffic: {ka:?}");
+    assert!(
+        ka.routed.resume_intact && ka.routed.session_breaks == 0 && ka.routed.resume_ms <= 3.0 * ka.routed.rtt_ms,
+        "{ka:?}"
+    );
 }

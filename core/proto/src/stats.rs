@@ -181,3 +181,27 @@ impl RejectCounts {
         self.0[r as usize] += n;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_minute_counts_the_last_sixty_seconds_only() {
+        let t0 = Instant::now(); // test-only clock
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut m = LastMinute::default();
+        assert_eq!(m.read(t0), (0, 0));
+        for s in 0..30 {
+            m.packet(at(s));
+        }
+        m.rekey(at(10));
+        assert_eq!(m.read(at(29)), (30, 1));
+        assert_eq!(m.read(at(69)), (20, 1), "seconds 0-9 have left the window");
+        assert_eq!(m.read(at(70)), (19, 0), "and second 10 with its rekey");
+        // A bucket reused a minute later starts from zero.
+        m.packet(at(75));
+        assert_eq!(m.read(at(75)), (15, 0));
+        assert_eq!(m.read(at(600)), (0, 0), "ten quiet minutes read as nothing");
+    }
+}

@@ -115,6 +115,20 @@ impl Pair {
         r
     }
 
+    /// Node 0 sends `n` small messages on `route`, one every 100 ms (traffic: keys rotate).
+    fn traffic(&mut self, route: skyroute_proto::RouteId, n: u32) {
+        for i in 0..n {
+            let now = self.now;
+            self.nodes[0].send(now, route, &i.to_be_bytes()).unwrap();
+            self.drive_for(Duration::from_millis(100));
+        }
+    }
+
+    /// The first datagram node `from` sent after `self.sent[before]`.
+    fn first_sent_after(&self, before: usize, from: u8) -> Vec<u8> {
+        self.sent[before..].iter().find(|(f, _)| *f == from).map(|(_, b)| b.clone()).unwrap()
+    }
+
     fn received(&self, i: usize) -> Vec<Vec<u8>> {
         self.events[i]
             .iter()
@@ -200,11 +214,7 @@ fn nonces_never_repeat_across_rekeys_and_restarts() {
     // Traffic both ways for 5 s (keys rotate only while it flows), then idle past the key's
     // hard limit and traffic again (a fresh handshake under the up link, counters from 0).
     for round in 0..2 {
-        for i in 0u32..50 {
-            let now = p.now;
-            p.nodes[0].send(now, r, &i.to_be_bytes()).unwrap();
-            p.drive_for(Duration::from_millis(100));
-        }
+        p.traffic(r, 50);
         if round == 0 {
             p.drive_for(Duration::from_secs(150));
         }
@@ -375,11 +385,7 @@ fn an_idle_link_is_silent_and_asks_for_no_timer() {
     p.connect();
     p.drive_for(Duration::from_millis(5));
     let r = p.route();
-    for i in 0u32..20 {
-        let now = p.now;
-        p.nodes[0].send(now, r, &i.to_be_bytes()).unwrap();
-        p.drive_for(Duration::from_millis(100));
-    }
+    p.traffic(r, 20);
     // Let the last acks, rotation and old-key grace settle.
     p.drive_for(Duration::from_secs(5));
     let (sent, rekeys, wakeups) = (p.sent.len(), p.nodes[0].links()[0].stats.rekeys, p.wakeups);
@@ -399,7 +405,7 @@ fn an_idle_link_is_silent_and_asks_for_no_timer() {
     p.nodes[0].send(now, r, b"back").unwrap();
     p.drive_for(Duration::from_millis(20));
     assert!(p.received(1).contains(&b"back".to_vec()));
-    let first = p.sent[before..].iter().find(|(f, _)| *f == 0).map(|(_, b)| b.clone()).unwrap();
+    let first = p.first_sent_after(before, 0);
     assert!(matches!(Packet::parse(&first), Ok(Packet::HandshakeInit(_))), "a handshake before any data");
 }
 
@@ -409,11 +415,7 @@ fn lazy_rekey_rotates_on_the_first_packet_after_idle() {
     p.connect();
     p.drive_for(Duration::from_millis(5));
     let r = p.route();
-    for i in 0u32..30 {
-        let now = p.now;
-        p.nodes[0].send(now, r, &i.to_be_bytes()).unwrap();
-        p.drive_for(Duration::from_millis(100));
-    }
+    p.traffic(r, 30);
     p.drive_for(Duration::from_secs(30));
     let epoch = p.nodes[0].links()[0].epoch;
     let rekeys = p.nodes[0].links()[0].stats.rekeys;
@@ -425,7 +427,7 @@ fn lazy_rekey_rotates_on_the_first_packet_after_idle() {
     let now = p.now;
     p.nodes[0].send(now, r, b"again").unwrap();
     p.drive_for(Duration::from_millis(50));
-    let first = p.sent[before..].iter().find(|(f, _)| *f == 0).map(|(_, b)| b.clone()).unwrap();
+    let first = p.first_sent_after(before, 0);
     assert!(matches!(Packet::parse(&first), Ok(Packet::Data(h)) if Some(h.epoch) == epoch));
     assert_eq!(p.nodes[0].links()[0].stats.rekeys, rekeys + 1, "traffic after idle rotates the key");
     assert!(p.received(1).contains(&b"again".to_vec()));

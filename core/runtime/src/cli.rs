@@ -540,7 +540,7 @@ pub fn run(cli: Cli) -> i32 {
                         return fail("--minutes must be 0.5 to 1440, --keepalive-s at most 3600");
                     }
                     let r = crate::sim::idle::idle(seed, minutes, keepalive_s);
-                    let ok = r.resume_intact && r.direct_resume_intact && r.session_breaks == 0;
+                    let ok = r.routed.resume_intact && r.direct_resume_intact && r.routed.session_breaks == 0;
                     (if json { to_json(&r) } else { r.table() }, ok)
                 }
                 Scenario::MovingCar => {

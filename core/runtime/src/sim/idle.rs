@@ -57,17 +57,9 @@ pub struct IdleReport {
     pub minutes: f64,
     pub keepalive_s: u64,
     pub links: usize,
-    pub idle_packets_per_min: f64,
-    pub idle_bytes_per_min: f64,
-    pub idle_wakeups_per_min: f64,
-    pub idle_rekeys_per_min: f64,
-    pub idle_handshakes_per_min: f64,
-    pub resume_ms: f64,
-    pub rtt_ms: f64,
-    pub resume_intact: bool,
-    pub session_breaks: u64,
-    pub paths_before: usize,
-    pub paths_after: usize,
+    /// The phone with three relayed routes (`session_breaks` counts both variants).
+    #[serde(flatten)]
+    pub routed: IdleFigures,
     pub direct_idle_packets_per_min: f64,
     pub direct_idle_bytes_per_min: f64,
     pub direct_idle_wakeups_per_min: f64,
@@ -88,17 +80,17 @@ impl IdleReport {
             self.seed, self.minutes, self.keepalive_s, self.links, self.wall_s
         );
         out += &row("", "3 routes".into(), "direct".into());
-        out += &row("packets / min", f(self.idle_packets_per_min), f(self.direct_idle_packets_per_min));
-        out += &row("bytes / min", f(self.idle_bytes_per_min), f(self.direct_idle_bytes_per_min));
-        out += &row("wakeups / min", f(self.idle_wakeups_per_min), f(self.direct_idle_wakeups_per_min));
-        out += &row("rekeys / min", f(self.idle_rekeys_per_min), f(self.direct_idle_rekeys_per_min));
-        out += &row("handshakes / min", f(self.idle_handshakes_per_min), f(self.direct_idle_handshakes_per_min));
-        out += &row("resume (ms)", f(self.resume_ms), f(self.direct_resume_ms));
-        out += &row("best RTT (ms)", f(self.rtt_ms), f(self.direct_rtt_ms));
-        out += &row("resume intact", self.resume_intact.to_string(), self.direct_resume_intact.to_string());
+        out += &row("packets / min", f(self.routed.idle_packets_per_min), f(self.direct_idle_packets_per_min));
+        out += &row("bytes / min", f(self.routed.idle_bytes_per_min), f(self.direct_idle_bytes_per_min));
+        out += &row("wakeups / min", f(self.routed.idle_wakeups_per_min), f(self.direct_idle_wakeups_per_min));
+        out += &row("rekeys / min", f(self.routed.idle_rekeys_per_min), f(self.direct_idle_rekeys_per_min));
+        out += &row("handshakes / min", f(self.routed.idle_handshakes_per_min), f(self.direct_idle_handshakes_per_min));
+        out += &row("resume (ms)", f(self.routed.resume_ms), f(self.direct_resume_ms));
+        out += &row("best RTT (ms)", f(self.routed.rtt_ms), f(self.direct_rtt_ms));
+        out += &row("resume intact", self.routed.resume_intact.to_string(), self.direct_resume_intact.to_string());
         out += &format!(
             "session breaks {}, paths {} before idle, {} live after resume (one died silently)\n",
-            self.session_breaks, self.paths_before, self.paths_after
+            self.routed.session_breaks, self.routed.paths_before, self.routed.paths_after
         );
         out
     }
@@ -135,23 +127,14 @@ pub fn idle(seed: u64, minutes: f64, keepalive_s: u64) -> IdleReport {
     let idle = Duration::from_secs_f64(minutes * 60.0);
     let routed = run(seed, idle, keepalive_s, false);
     let direct = run(seed, idle, keepalive_s, true);
+    let session_breaks = routed.session_breaks + direct.session_breaks;
     IdleReport {
         scenario: "idle",
         seed,
         minutes,
         keepalive_s,
         links: 3,
-        idle_packets_per_min: routed.idle_packets_per_min,
-        idle_bytes_per_min: routed.idle_bytes_per_min,
-        idle_wakeups_per_min: routed.idle_wakeups_per_min,
-        idle_rekeys_per_min: routed.idle_rekeys_per_min,
-        idle_handshakes_per_min: routed.idle_handshakes_per_min,
-        resume_ms: routed.resume_ms,
-        rtt_ms: routed.rtt_ms,
-        resume_intact: routed.resume_intact,
-        session_breaks: routed.session_breaks + direct.session_breaks,
-        paths_before: routed.paths_before,
-        paths_after: routed.paths_after,
+        routed: IdleFigures { session_breaks, ..routed },
         direct_idle_packets_per_min: direct.idle_packets_per_min,
         direct_idle_bytes_per_min: direct.idle_bytes_per_min,
         direct_idle_wakeups_per_min: direct.idle_wakeups_per_min,
