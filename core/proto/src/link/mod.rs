@@ -603,8 +603,9 @@ impl<A: Clone> Link<A> {
         self.control.push(&frame);
     }
 
-    /// Traffic (route frames, acks, credit) arrived on this link: the key rotates after
-    /// `rekey_interval` (the node calls this after handling a packet's frames).
+    /// Traffic (route messages, route control, credit; not bare acks, pings or probes)
+    /// arrived on this link: the key rotates `rekey_interval` after the last rotation (the
+    /// node calls this after handling a packet's frames).
     pub fn note_traffic(&mut self) {
         self.traffic_since_rekey = true;
     }
