@@ -493,7 +493,8 @@ fn an_idle_pair_with_a_session_is_quiet_for_a_minute() {
         let s = d.status_until(|v| v["links"][0]["state"] == "up");
         let l = &s["links"][0];
         let n = |k: &str| l[k].as_u64().unwrap();
-        (n("tx_packets"), n("rekeys"), n("handshakes"), s)
+        let wakeups = s["counters"]["timer_wakeups"].as_u64().unwrap_or(0);
+        (n("tx_packets"), n("rekeys"), n("handshakes"), s, wakeups)
     };
     let (a0, b0) = (counts(&a), counts(&b));
     assert_eq!(a0.3["sessions"][0]["established"], true);
@@ -502,6 +503,8 @@ fn an_idle_pair_with_a_session_is_quiet_for_a_minute() {
     for (name, x, y) in [("a", &a0, &a1), ("b", &b0, &b1)] {
         assert!(y.0 - x.0 <= 3, "{name}: {} packets in an idle minute (keepalive 25 s)", y.0 - x.0);
         assert_eq!((y.1 - x.1, y.2 - x.2), (0, 0), "{name}: no rekey or handshake while idle");
+        // The keepalives (2-3 in a minute) are the only timers an idle node asks for.
+        assert!(y.4 - x.4 <= 4, "{name}: {} timer wakeups in an idle minute", y.4 - x.4);
         let l = &y.3["links"][0];
         assert!(l["packets_last_min"].as_u64().unwrap() <= 3, "{name}: {l}");
         assert_eq!(l["rekeys_last_min"], 0, "{name}: {l}");

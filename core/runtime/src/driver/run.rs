@@ -211,6 +211,8 @@ impl Driver {
                     }
                 }
                 _ = sleep_until(timer) => {
+                    // What would wake a phone's CPU: an idle node asks for no timer at all.
+                    self.count("timer_wakeups");
                     let now = Instant::now();
                     self.node.handle_timeout(now);
                     self.sessions.handle_timeout(now, &mut self.node, &self.graph);
