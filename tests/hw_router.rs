@@ -181,7 +181,7 @@ fn bad_calls(target: Option<&str>) {
 }
 
 /// The sizes of the static library and of the linked router for `target`, stripped of debug
-/// information (printed for the README).
+/// information (printed for docs/measurements.md).
 fn stripped_sizes(target: Option<&str>) {
     let name = target.unwrap_or("x86_64");
     let lib = match target {

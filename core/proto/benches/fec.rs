@@ -1,5 +1,5 @@
 //! Fountain coding through the session layer against bare `raptorq`, same data, same run.
-//! `cargo bench -p skyroute-proto --bench fec` ends with the ratio the README reports:
+//! `cargo bench -p skyroute-proto --bench fec` ends with the ratio docs/measurements.md reports:
 //! session encode+decode / bare raptorq encode+decode (goal >= 0.8).
 //!
 //! Both sides code one 32 KiB block (32 symbols of 1 KiB), lose 4 source symbols and decode

@@ -106,7 +106,7 @@ fn sim_scale_json() {
     assert!(skyroute(&["sim", "scale", "--nodes", "3"]).status.code() != Some(0));
 }
 
-/// The moving-car scenario at reduced length (the README's figures are the 300 s runs): the
+/// The moving-car scenario at reduced length (docs/measurements.md has the 300 s runs): the
 /// JSON names the issue fixes, and skyroute meets its goals against the baselines.
 #[test]
 fn sim_moving_car_json_and_goals() {
@@ -128,7 +128,7 @@ fn sim_moving_car_json_and_goals() {
     let s = |name: &str, f: &str| v["strategies"][name][f].as_f64().unwrap();
     assert_eq!(s("skyroute", "session_breaks"), 0.0);
     assert!(s("skyroute", "deadline_met") >= 0.99, "{line}");
-    // The 1/2-of-duplicate-all overhead goal is a 300 s figure (README): in 25 s the car meets
+    // The 1/2-of-duplicate-all overhead goal is a 300 s figure (docs/measurements.md): in 25 s the car meets
     // fewer overlapping WiFi nodes, so duplicate-all has fewer routes to copy onto.
     assert!(s("skyroute", "overhead") < 0.6 * s("duplicate_all", "overhead"), "{line}");
     assert!(s("skyroute", "overhead") < 1.25, "{line}");

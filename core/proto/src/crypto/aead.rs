@@ -46,7 +46,7 @@ enum Inner {
 /// One direction's ChaCha20-Poly1305 key.
 ///
 /// Our own copies of key bytes are zeroized; the soft backend zeroizes its state on drop; `ring`
-/// keeps its own copy inside `LessSafeKey`, which it does not wipe (noted in the README).
+/// keeps its own copy inside `LessSafeKey`, which it does not wipe (noted in docs/limitations.md).
 pub struct AeadKey {
     inner: Inner,
 }
