@@ -1,5 +1,5 @@
 //! Link, forwarding and key-exchange benchmarks, each against a baseline measured in the same
-//! run. `cargo bench -p skyroute-proto --bench link` ends with a table of ratios (the figures the
+//! run. `cargo bench -p skyroute-proto --bench link` ends with a table of ratios (the figures
 //! docs/measurements.md reports):
 //! - link seal+open / raw ring ChaCha20-Poly1305 seal+open (goal >= 0.8)
 //! - link seal / boringtun encapsulate, link open / boringtun decapsulate (goal >= 1.0)
