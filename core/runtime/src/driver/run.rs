@@ -747,6 +747,7 @@ impl Driver {
 
     fn status(&self) -> Status {
         let reasons = |r: &skyroute_proto::RejectCounts| r.iter().map(|(k, v)| (k.name().to_string(), v)).collect();
+        let now = Instant::now();
         let (buffered_bytes, reserved_bytes) = self.node.buffered_bytes();
         let (discovered_nodes, known_links) = self.discovery_status();
         let es = self.sessions.endpoint_stats();
@@ -764,7 +765,8 @@ impl Driver {
                 .node
                 .links()
                 .into_iter()
-                .map(|l| LinkStatus {
+                .map(|l| (l.stats.last_minute.read(now), l))
+                .map(|((packets_last_min, rekeys_last_min), l)| LinkStatus {
                     peer: l.peer.to_string(),
                     transport: l.addr.kind().name().into(),
                     addr: l.addr.socket().to_string(),
@@ -782,8 +784,8 @@ impl Driver {
                     rekeys: l.stats.rekeys,
                     handshakes: l.stats.handshakes,
                     keepalives: l.stats.keepalives,
-                    packets_last_min: l.stats.last_minute.read(Instant::now()).0,
-                    rekeys_last_min: l.stats.last_minute.read(Instant::now()).1,
+                    packets_last_min,
+                    rekeys_last_min,
                     in_flight: l.in_flight,
                     lost_packets: l.lost,
                     loss: l.lost as f64 / (l.acked + l.lost).max(1) as f64,
@@ -828,11 +830,12 @@ impl Driver {
             ("over_limit", s.rejected_over_limit),
             ("unknown", s.rejected_unknown),
         ]);
-        let (packets_last_min, rekeys_last_min) = self.sessions.last_minute(id, Instant::now());
+        let now = Instant::now();
+        let (packets_last_min, rekeys_last_min) = self.sessions.last_minute(id, now);
         Some(SessionStatus {
             packets_last_min,
             rekeys_last_min,
-            idle: self.sessions.is_idle(Instant::now(), id),
+            idle: self.sessions.is_idle(now, id),
             dht: self.dht.sessions.values().any(|s| *s == id),
             id,
             peer: self.sessions.peer(id)?.to_string(),
