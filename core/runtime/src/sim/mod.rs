@@ -419,10 +419,10 @@ impl World {
                 let now = self.now;
                 if self.hosts[node].as_ref().is_some_and(|h| h.timer.is_some_and(|t| t <= now)) {
                     self.note_wake(node);
-                }
-                if let Some(h) = self.hosts[node].as_mut().filter(|h| h.timer.is_some_and(|t| t <= now)) {
-                    h.timer = None;
-                    h.sessions.handle_timeout(now, &mut self.nodes[node], &h.graph);
+                    if let Some(h) = self.hosts[node].as_mut() {
+                        h.timer = None;
+                        h.sessions.handle_timeout(now, &mut self.nodes[node], &h.graph);
+                    }
                 }
                 node
             }
