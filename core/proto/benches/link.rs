@@ -42,8 +42,8 @@ fn link_pair() -> (Link<u8>, Link<u8>) {
     let ka = SecretKey::generate(&mut rng);
     let kb = SecretKey::generate(&mut rng);
     let now = Instant::now();
-    let mut a = Link::new(LinkId(1), kb.public_key(), 1u8, link_config(), true, now);
-    let mut b = Link::new(LinkId(1), ka.public_key(), 0u8, link_config(), false, now);
+    let mut a = Link::new(LinkId(1), kb.public_key(), 1u8, 0, link_config(), true, now);
+    let mut b = Link::new(LinkId(1), ka.public_key(), 0u8, 0, link_config(), false, now);
     a.start_handshake(now, &mut rng, &ka, 11);
     let init_bytes = a.poll_transmit(now).unwrap();
     let Ok(Packet::HandshakeInit(init)) = Packet::parse(&init_bytes) else { panic!() };
@@ -357,7 +357,7 @@ fn bench_keys(c: &mut Criterion) {
     let kb = SecretKey::generate(&mut rng);
     g.bench_function("handshake", |bch| {
         bch.iter(|| {
-            let (ini, init) = handshake::initiate(&mut rng, &ka, &kb.public_key(), 1);
+            let (ini, init) = handshake::initiate(&mut rng, &ka, &kb.public_key(), 1, 0);
             let Ok(Packet::HandshakeInit(i)) = Packet::parse(&init) else { panic!() };
             let r = handshake::respond(&mut rng, &kb, &i, 2).unwrap();
             let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&r.packet) else { panic!() };

@@ -28,7 +28,7 @@ pub mod wire;
 
 pub use forward::{Class, Dir, FlowStats, ForwardConfig};
 pub use identity::{Address, KeyError, PublicKey, SecretKey};
-pub use link::{DownReason, LinkConfig, LinkId, LinkState};
+pub use link::{DownReason, Endpoint, Interface, LinkConfig, LinkId, LinkState};
 pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};
 pub use route::{AccountingConfig, AccountingStats, RouteConfig, RouteError, RouteEvent, RouteId};
 pub use session::{

@@ -29,6 +29,9 @@ use crate::stats::{LinkStats, Reject, RejectCounts};
 use crate::vlink::{self, VLink};
 use crate::wire::{Packet, DATA_HEADER_LEN};
 
+/// The `by_peer` slot of virtual links (physical slots are 0..=255).
+const VIRTUAL_SLOT: u16 = 256;
+
 /// How long a link moved on purpose ignores packets from its old address.
 const PIN_NEW_ADDRESS: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -97,7 +100,9 @@ pub struct Node<A> {
     config: NodeConfig,
     rng: Box<dyn CryptoRngCore + Send>,
     links: BTreeMap<LinkId, Link<A>>,
-    by_peer: BTreeMap<PublicKey, LinkId>,
+    /// Links by neighbour and slot (a neighbour reachable over two interfaces has two;
+    /// a virtual link uses [`VIRTUAL_SLOT`]).
+    by_peer: BTreeMap<(PublicKey, u16), LinkId>,
     by_index: BTreeMap<u32, LinkId>,
     by_addr: BTreeMap<A, LinkId>,
     next_link: u32,
@@ -119,18 +124,20 @@ pub struct Node<A> {
     return_routes: BTreeMap<PublicKey, RouteId>,
     /// Datagrams arriving on return routes that end here, being reassembled.
     returned: BTreeMap<RouteId, vlink::Reassembly>,
+    /// Local interfaces the driver marked as metered.
+    metered: std::collections::BTreeSet<crate::link::Interface>,
 }
 
 struct LinkTable<'a, A> {
     links: &'a BTreeMap<LinkId, Link<A>>,
     vlinks: &'a BTreeMap<LinkId, VLink>,
-    by_peer: &'a BTreeMap<PublicKey, LinkId>,
+    by_peer: &'a BTreeMap<(PublicKey, u16), LinkId>,
     fwd: &'a mut Forwarder,
 }
 
 impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
     fn link_to(&self, peer: &PublicKey) -> Option<LinkId> {
-        self.by_peer.get(peer).copied().filter(|id| self.is_up(*id))
+        best_link(self.links, self.vlinks, self.by_peer, self.fwd, peer)
     }
     fn is_up(&self, link: LinkId) -> bool {
         link_up(self.links, self.vlinks, link)
@@ -145,6 +152,25 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
     fn fwd(&mut self) -> &mut Forwarder {
         self.fwd
     }
+}
+
+/// Every link to `peer`, physical (by slot) then virtual.
+fn links_of<'a>(by_peer: &'a BTreeMap<(PublicKey, u16), LinkId>, peer: &PublicKey) -> impl Iterator<Item = LinkId> + 'a {
+    by_peer.range((*peer, 0)..=(*peer, VIRTUAL_SLOT)).map(|(_, id)| *id)
+}
+
+/// The link a route to `peer` takes when the caller does not choose: an up physical link,
+/// the one with the shortest round trip (then the lowest slot), else an up virtual link.
+fn best_link<A: Clone>(
+    links: &BTreeMap<LinkId, Link<A>>,
+    vlinks: &BTreeMap<LinkId, VLink>,
+    by_peer: &BTreeMap<(PublicKey, u16), LinkId>,
+    fwd: &Forwarder,
+    peer: &PublicKey,
+) -> Option<LinkId> {
+    links_of(by_peer, peer)
+        .filter(|id| link_up(links, vlinks, *id))
+        .min_by_key(|id| (vlinks.contains_key(id), fwd.link_rtt(*id).unwrap_or(std::time::Duration::MAX)))
 }
 
 /// Whether `id` is a link, physical or virtual, that is up.
@@ -164,7 +190,7 @@ fn traffic(f: &Frame<'_>) -> bool {
     eliciting(f) && !matches!(f, Frame::Probe)
 }
 
-impl<A: Clone + Ord + Debug> Node<A> {
+impl<A: crate::link::Endpoint> Node<A> {
     pub fn new(identity: SecretKey, config: NodeConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
         let public = identity.public_key();
         let router = Router::new(config.route.clone());
@@ -190,6 +216,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             carriers_ready: Vec::new(),
             return_routes: BTreeMap::new(),
             returned: BTreeMap::new(),
+            metered: Default::default(),
         }
     }
 
@@ -237,20 +264,23 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
-    fn add_link(&mut self, now: Instant, peer: PublicKey, addr: A, dial: bool) -> LinkId {
+    fn add_link(&mut self, now: Instant, peer: PublicKey, addr: A, slot: u8, dial: bool) -> LinkId {
         let id = LinkId(self.next_link);
         self.next_link += 1;
-        self.links.insert(id, Link::new(id, peer, addr.clone(), self.config.link.clone(), dial, now));
-        self.by_peer.insert(peer, id);
+        self.links.insert(id, Link::new(id, peer, addr.clone(), slot, self.config.link.clone(), dial, now));
+        self.by_peer.insert((peer, slot as u16), id);
         self.by_addr.insert(addr, id);
         id
     }
 
-    /// Dials a neighbour: starts the handshake now and keeps the link up (redialling when it
-    /// dies). Returns the existing link if there is one to that key; if that link is down it
-    /// handshakes again at once (the way to say "this neighbour is reachable again").
+    /// Dials a neighbour over the interface `addr` names: starts the handshake now and keeps
+    /// the link up (redialling when it dies). Returns the existing link if there is one to
+    /// that key on that interface; if that link is down it handshakes again at once (the way
+    /// to say "this neighbour is reachable again"). Dialling the same key over another
+    /// interface makes another link.
     pub fn connect(&mut self, now: Instant, peer: PublicKey, addr: A) -> LinkId {
-        if let Some(&id) = self.by_peer.get(&peer) {
+        let slot = addr.interface().0;
+        if let Some(&id) = self.by_peer.get(&(peer, slot as u16)) {
             if self.links.get(&id).is_some_and(|l| l.addr != addr) {
                 self.pinned.insert(id, now + PIN_NEW_ADDRESS);
             }
@@ -260,7 +290,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
             }
             return id;
         }
-        let id = self.add_link(now, peer, addr, true);
+        let id = self.add_link(now, peer, addr, slot, true);
         let idx = self.new_index();
         self.by_index.insert(idx, id);
         if let Some(l) = self.links.get_mut(&id) {
@@ -279,12 +309,55 @@ impl<A: Clone + Ord + Debug> Node<A> {
         }
     }
 
+    /// A local interface went away (the driver saw it go): every link on it is down now,
+    /// without waiting for dead-peer detection, and routes over them break at once; dialled
+    /// links wait for [`Node::interface_up`] instead of redialling into nothing.
+    pub fn interface_down(&mut self, now: Instant, iface: crate::link::Interface) {
+        let ids: Vec<LinkId> =
+            self.links.iter().filter(|(_, l)| l.addr.interface() == iface).map(|(id, _)| *id).collect();
+        for id in ids {
+            let ev = self.links.get_mut(&id).and_then(|l| l.park(now));
+            self.after_link(id, ev);
+        }
+    }
+
+    /// A local interface is (back) up: the dialled links parked on it handshake at once.
+    /// New links over it come from [`Node::connect`] with an address on it.
+    pub fn interface_up(&mut self, now: Instant, iface: crate::link::Interface) {
+        for l in self.links.values_mut().filter(|l| l.addr.interface() == iface) {
+            l.unpark(now);
+        }
+    }
+
+    /// Marks a local interface as metered (cellular) or not; sessions with
+    /// `bulk_on_metered = false` keep bulk off routes whose first link is on a metered one.
+    pub fn set_metered(&mut self, iface: crate::link::Interface, metered: bool) {
+        if metered {
+            self.metered.insert(iface);
+        } else {
+            self.metered.remove(&iface);
+        }
+    }
+
+    /// Whether a link lives on a metered interface.
+    pub fn link_metered(&self, id: LinkId) -> bool {
+        self.links.get(&id).is_some_and(|l| self.metered.contains(&l.addr.interface()))
+    }
+
+    /// The local interface a link lives on (virtual links: none).
+    pub fn link_interface(&self, id: LinkId) -> Option<crate::link::Interface> {
+        self.links.get(&id).map(|l| l.addr.interface())
+    }
+
     /// An authenticated packet came from `from`: follow the peer there, unless we moved the
     /// link on purpose a moment ago and this is the old address still delivering.
     fn roam(&mut self, now: Instant, id: LinkId, from: A) {
         let Some(l) = self.links.get(&id) else { return };
         if l.addr == from {
             self.pinned.remove(&id);
+        } else if l.addr.interface() != from.interface() {
+            // Our side stays on the interface the link was made on: a packet that found its
+            // way in through another one does not move the link there.
         } else if self.pinned.get(&id).is_some_and(|until| now < *until) {
             // Keep sending to the address we chose: the peer follows once it hears us there.
         } else {
@@ -354,10 +427,10 @@ impl<A: Clone + Ord + Debug> Node<A> {
                 let idx = self.new_index();
                 let responded = handshake::respond(&mut RngRef(&mut *self.rng), &self.identity, &init, idx)
                     .map_err(|_| Reject::Handshake)?;
-                let peer = responded.initiator;
-                let id = match self.by_peer.get(&peer) {
+                let (peer, slot) = (responded.initiator, responded.slot);
+                let id = match self.by_peer.get(&(peer, slot as u16)) {
                     Some(&id) => id,
-                    None if self.config.accept_incoming => self.add_link(now, peer, from.clone(), false),
+                    None if self.config.accept_incoming => self.add_link(now, peer, from.clone(), slot, false),
                     None => return Err(Reject::Handshake),
                 };
                 let accepted = match self.links.get_mut(&id) {
@@ -679,7 +752,23 @@ impl<A: Clone + Ord + Debug> Node<A> {
     pub fn open_route(&mut self, now: Instant, hops: &[PublicKey]) -> Result<RouteId, RouteError> {
         let public = self.public;
         let (mut table, router, rng, _) = self.table();
-        router.open(now, rng, &public, &mut table, hops)
+        router.open(now, rng, &public, &mut table, hops, None)
+    }
+
+    /// [`Node::open_route`] whose first hop goes over `link` (one of the links to `hops[0]`,
+    /// e.g. the one on the cellular interface): the route stays on that link.
+    pub fn open_route_on(&mut self, now: Instant, link: LinkId, hops: &[PublicKey]) -> Result<RouteId, RouteError> {
+        let public = self.public;
+        if !self.links_to(hops.first().ok_or(RouteError::InvalidHops)?).contains(&link) {
+            return Err(RouteError::NoLink);
+        }
+        let (mut table, router, rng, _) = self.table();
+        router.open(now, rng, &public, &mut table, hops, Some(link))
+    }
+
+    /// The link a route we opened leaves through.
+    pub fn route_first_link(&self, route: RouteId) -> Option<LinkId> {
+        self.router.first_link(route)
     }
 
     /// Sends application bytes on a route as bulk (source to last hop, or back).
@@ -754,8 +843,16 @@ impl<A: Clone + Ord + Debug> Node<A> {
         (self.fwd.buffered_bytes(), self.fwd.reserved_bytes())
     }
 
+    /// The link a route to `peer` would take: the up one with the shortest round trip; if
+    /// none is up, the first one there is (to read its state).
     pub fn link_to(&self, peer: &PublicKey) -> Option<LinkId> {
-        self.by_peer.get(peer).copied()
+        best_link(&self.links, &self.vlinks, &self.by_peer, &self.fwd, peer)
+            .or_else(|| links_of(&self.by_peer, peer).next())
+    }
+
+    /// Every link to `peer`: one per slot (interface), then a virtual one.
+    pub fn links_to(&self, peer: &PublicKey) -> Vec<LinkId> {
+        links_of(&self.by_peer, peer).collect()
     }
 
     pub fn link(&self, id: LinkId) -> Option<LinkInfo<A>> {
@@ -785,7 +882,7 @@ impl<A: Clone + Ord + Debug> Node<A> {
 }
 
 /// Virtual links: a route that carries a link between its ends (see [`crate::vlink`]).
-impl<A: Clone + Ord + Debug> Node<A> {
+impl<A: crate::link::Endpoint> Node<A> {
     /// Opens a virtual link to the last of `hops` over a route through them (at least two
     /// hops: a neighbour has a physical link). It comes up (`Event::LinkUp` with the returned
     /// id) when the route is ready; from then on routes can be built through it as through
@@ -907,9 +1004,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
         if let Some(v) = self.vlinks.get_mut(&id) {
             v.up = true;
         }
-        // A physical link to the same peer keeps the name; the virtual one still carries
-        // the routes built over it.
-        self.by_peer.entry(peer).or_insert(id);
+        // Routes prefer a physical link to the same peer (see `best_link`).
+        self.by_peer.insert((peer, VIRTUAL_SLOT), id);
         self.fwd.reset_link(id);
         self.events.push_back(Event::LinkUp { link: id, peer });
     }
@@ -917,8 +1013,8 @@ impl<A: Clone + Ord + Debug> Node<A> {
     fn vlink_down(&mut self, id: LinkId, reason: DownReason) {
         let Some(v) = self.vlinks.remove(&id) else { return };
         self.by_carrier.remove(&v.carrier);
-        if self.by_peer.get(&v.peer) == Some(&id) {
-            self.by_peer.remove(&v.peer);
+        if self.by_peer.get(&(v.peer, VIRTUAL_SLOT)) == Some(&id) {
+            self.by_peer.remove(&(v.peer, VIRTUAL_SLOT));
         }
         if v.up {
             self.events.push_back(Event::LinkDown { link: id, peer: v.peer, reason });

@@ -48,6 +48,9 @@ pub enum Packet<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct HandshakeInit<'a> {
+    /// The initiator's link slot: which of its interfaces the link lives on (0: unbound).
+    /// A neighbour reachable over two radios has a link per slot.
+    pub slot: u8,
     pub sender_index: u32,
     pub ephemeral: &'a [u8; PUBLIC_KEY_LEN],
     pub enc_static: &'a [u8; ENC_STATIC_LEN],
@@ -97,12 +100,13 @@ impl<'a> Packet<'a> {
             TYPE_HANDSHAKE_INIT => {
                 need(HANDSHAKE_INIT_LEN)?;
                 exact(HANDSHAKE_INIT_LEN)?;
-                if datagram[1..4] != [0, 0, 0] {
+                if datagram[2..4] != [0, 0] {
                     return Err(DecodeError::Malformed("reserved bytes not zero"));
                 }
                 let e_end = 8 + PUBLIC_KEY_LEN;
                 let s_end = e_end + ENC_STATIC_LEN;
                 Ok(Packet::HandshakeInit(HandshakeInit {
+                    slot: datagram[1],
                     sender_index: be32(&datagram[4..8]),
                     ephemeral: arr(&datagram[8..e_end]),
                     enc_static: arr(&datagram[e_end..s_end]),

@@ -92,8 +92,9 @@ pub fn initiate(
     local: &SecretKey,
     remote: &PublicKey,
     sender_index: u32,
+    slot: u8,
 ) -> (Initiator, Vec<u8>) {
-    initiate_with(PROLOGUE, rng, local, remote, sender_index)
+    initiate_inner(PROLOGUE, rng, local, remote, sender_index, slot)
 }
 
 /// [`initiate`] under another prologue (sessions use [`SESSION_PROLOGUE`]).
@@ -104,15 +105,26 @@ pub fn initiate_with(
     remote: &PublicKey,
     sender_index: u32,
 ) -> (Initiator, Vec<u8>) {
+    initiate_inner(prologue, rng, local, remote, sender_index, 0)
+}
+
+fn initiate_inner(
+    prologue: &[u8],
+    rng: &mut impl CryptoRngCore,
+    local: &SecretKey,
+    remote: &PublicKey,
+    sender_index: u32,
+    slot: u8,
+) -> (Initiator, Vec<u8>) {
     let mut st = SymmetricState::new(prologue, remote);
     let e = Ephemeral::generate(rng);
     let e_pub = e.public_bytes();
     let mut pkt = Vec::with_capacity(HANDSHAKE_INIT_LEN);
-    pkt.extend_from_slice(&[wire::VERSION << 4 | wire::TYPE_HANDSHAKE_INIT, 0, 0, 0]);
+    pkt.extend_from_slice(&[wire::VERSION << 4 | wire::TYPE_HANDSHAKE_INIT, slot, 0, 0]);
     pkt.extend_from_slice(&sender_index.to_be_bytes());
     pkt.extend_from_slice(&e_pub);
     st.mix_hash(&e_pub);
-    st.mix_hash(&sender_index.to_be_bytes());
+    st.mix_hash(&index_and_slot(sender_index, slot));
     let k = st.mix_key(&e.dh(remote));
     st.encrypt_and_hash(&k, &local.public_key().to_bytes(), &mut pkt);
     let k = st.mix_key(&dh_static(local, remote));
@@ -121,10 +133,20 @@ pub fn initiate_with(
     (Initiator { state: st, e, sender_index, remote: *remote }, pkt)
 }
 
+/// What the init's hash binds besides the ephemeral key: the sender index and the link slot,
+/// so neither can be altered in flight.
+fn index_and_slot(sender_index: u32, slot: u8) -> [u8; 5] {
+    let i = sender_index.to_be_bytes();
+    [i[0], i[1], i[2], i[3], slot]
+}
+
 /// What the responder learns from a valid init.
 pub struct Responded {
     pub initiator: PublicKey,
     pub initiator_index: u32,
+    /// The initiator's link slot (its local interface): a neighbour's links over different
+    /// radios are different links.
+    pub slot: u8,
     pub packet: Vec<u8>,
     pub keys: EpochKeys,
 }
@@ -150,7 +172,7 @@ pub fn respond_with(
     let mut st = SymmetricState::new(prologue, &local.public_key());
     let re = PublicKey::from_bytes(init.ephemeral).map_err(|_| HandshakeError::BadKey)?;
     st.mix_hash(init.ephemeral);
-    st.mix_hash(&init.sender_index.to_be_bytes());
+    st.mix_hash(&index_and_slot(init.sender_index, init.slot));
     let k = st.mix_key(&dh_static(local, &re));
     let s_bytes = st.decrypt_and_hash(&k, &init.enc_static[..])?;
     debug_assert_eq!(s_bytes.len(), ENC_STATIC_LEN - crypto::TAG_LEN);
@@ -175,6 +197,7 @@ pub fn respond_with(
     Ok(Responded {
         initiator: rs,
         initiator_index: init.sender_index,
+        slot: init.slot,
         packet: pkt,
         keys: EpochKeys { send: r2i, recv: i2r, chain },
     })
@@ -224,7 +247,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
         let a = SecretKey::generate(&mut rng);
         let b = SecretKey::generate(&mut rng);
-        let (ini, init_pkt) = initiate(&mut rng, &a, &b.public_key(), 11);
+        let (ini, init_pkt) = initiate(&mut rng, &a, &b.public_key(), 11, 0);
         let Ok(Packet::HandshakeInit(init)) = Packet::parse(&init_pkt) else { panic!() };
         let r = respond(&mut rng, &b, &init, 22).unwrap();
         assert_eq!(r.initiator, a.public_key());

@@ -105,7 +105,37 @@ impl LinkConfig {
     }
 }
 
-/// Stable local handle of a link (one per neighbour key).
+/// A local network interface a link lives on, as the driver numbers them: 0 is unbound (the OS
+/// picks the way out), bound interfaces (a WiFi, a cellular modem) are 1..=255. A link stays
+/// on the interface it was made on; a neighbour reachable over two interfaces has two links.
+/// The initiator's interface is the link's *slot*, carried (authenticated) in the handshake,
+/// so the responder tells the links apart too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Interface(pub u8);
+
+impl Interface {
+    /// No interface chosen: the OS routes the packet.
+    pub const UNBOUND: Interface = Interface(0);
+}
+
+/// A transport address as the node sees it: where the peer is and which local interface
+/// reaches it. Drivers whose sockets are not bound to interfaces use the default (every
+/// address on [`Interface::UNBOUND`]).
+pub trait Endpoint: Clone + Ord + std::fmt::Debug {
+    /// The local interface packets to this address leave through (and arrived on).
+    fn interface(&self) -> Interface {
+        Interface::UNBOUND
+    }
+}
+
+impl Endpoint for u8 {}
+impl Endpoint for u16 {}
+impl Endpoint for u32 {}
+impl Endpoint for u64 {}
+impl Endpoint for usize {}
+impl Endpoint for std::net::SocketAddr {}
+
+/// Stable local handle of a link (one per neighbour key and slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinkId(pub u32);
 
@@ -125,6 +155,8 @@ pub enum DownReason {
     PeerClosed,
     /// Closed locally.
     Closed,
+    /// The local interface it lived on went away.
+    InterfaceGone,
 }
 
 /// What a link tells the node after an input or timer.
@@ -199,9 +231,13 @@ pub struct Link<A> {
     pub id: LinkId,
     pub peer: PublicKey,
     pub addr: A,
+    /// The link's slot: the initiator's interface, sent in every handshake of this link.
+    pub slot: u8,
     config: LinkConfig,
     /// We dial this peer (static peer): retry handshakes when down.
     dial: bool,
+    /// The interface the link lives on is gone: no handshakes until it is back.
+    parked: bool,
     state: LinkState,
     session: Option<Session>,
     /// A responder-side session waiting for the initiator's first packet.
@@ -259,13 +295,15 @@ impl Timer {
 }
 
 impl<A: Clone> Link<A> {
-    pub fn new(id: LinkId, peer: PublicKey, addr: A, config: LinkConfig, dial: bool, now: Instant) -> Self {
+    pub fn new(id: LinkId, peer: PublicKey, addr: A, slot: u8, config: LinkConfig, dial: bool, now: Instant) -> Self {
         Link {
             id,
             peer,
             addr,
+            slot,
             config,
             dial,
+            parked: false,
             state: if dial { LinkState::Connecting } else { LinkState::Down },
             session: None,
             pending: None,
@@ -316,7 +354,7 @@ impl<A: Clone> Link<A> {
         if let Some(old) = self.handshake.take() {
             self.retired.push(old.state.sender_index);
         }
-        let (state, pkt) = handshake::initiate(&mut RngRef(rng), local, &self.peer, local_index);
+        let (state, pkt) = handshake::initiate(&mut RngRef(rng), local, &self.peer, local_index, self.slot);
         self.handshake = Some(OutgoingHandshake { state, sent: now });
         self.handshake_out = Some(pkt);
         self.handshake_attempts += 1;
@@ -680,10 +718,30 @@ impl<A: Clone> Link<A> {
         self.seal_packet(now, &mut pkt, false, false).map(|_| pkt)
     }
 
+    /// The interface the link lives on went away: the link is down now (no dead-peer wait)
+    /// and does not handshake until [`Link::unpark`].
+    pub fn park(&mut self, now: Instant) -> Option<LinkEvent> {
+        self.parked = true;
+        self.go_down(now, DownReason::InterfaceGone)
+    }
+
+    /// The interface is back: a dialled link handshakes at once.
+    pub fn unpark(&mut self, now: Instant) {
+        if std::mem::take(&mut self.parked) && self.dial {
+            self.dial_now(now);
+        }
+    }
+
+    /// Whether the link waits for its interface to come back.
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+
     /// The network changed (an interface came up, a radio associated): if the link is not up,
     /// handshake again now instead of waiting out the backoff, and keep dialling it.
     pub fn dial_now(&mut self, now: Instant) {
         self.dial = true;
+        self.parked = false;
         if self.state != LinkState::Up {
             self.handshake_attempts = 0;
             self.next_handshake = Some(now);
@@ -696,7 +754,7 @@ impl<A: Clone> Link<A> {
     pub fn probe_now(&mut self, now: Instant) {
         if self.state == LinkState::Up {
             self.push_control(Frame::Probe);
-        } else if self.dial {
+        } else if self.dial && !self.parked {
             self.dial_now(now);
         }
     }
@@ -806,7 +864,7 @@ impl<A: Clone> Link<A> {
         match timer {
             Timer::Handshake => match &self.handshake {
                 Some(h) => Some(h.sent + self.retry_delay()),
-                None if self.session.is_none() && self.dial => self.next_handshake,
+                None if self.session.is_none() && self.dial && !self.parked => self.next_handshake,
                 None => None,
             },
             Timer::Confirm => self.confirm_sent.map(|t| t + self.config.rekey_retry),

@@ -333,7 +333,16 @@ impl Router {
         }
     }
 
-    /// Starts building a route through `hops` (the first must be a neighbour with an up link).
+    /// The link a route of ours leaves through.
+    pub fn first_link(&self, route: RouteId) -> Option<LinkId> {
+        match self.routes.get(&route)? {
+            Entry::Origin(o) => Some(o.first_link),
+            Entry::Relay(_) => None,
+        }
+    }
+
+    /// Starts building a route through `hops` (the first must be a neighbour with an up link;
+    /// `first`: that link, if the caller chose one of several to it).
     pub(crate) fn open(
         &mut self,
         now: Instant,
@@ -341,6 +350,7 @@ impl Router {
         local: &PublicKey,
         links: &mut dyn Links,
         hops: &[PublicKey],
+        first: Option<LinkId>,
     ) -> Result<RouteId, RouteError> {
         if hops.is_empty() || hops.contains(local) || (1..hops.len()).any(|i| hops[..i].contains(&hops[i])) {
             return Err(RouteError::InvalidHops);
@@ -348,7 +358,11 @@ impl Router {
         if self.routes.len() >= self.config.max_routes {
             return Err(RouteError::TableFull);
         }
-        let first_link = links.link_to(&hops[0]).ok_or(RouteError::NoLink)?;
+        let first_link = match first {
+            Some(l) if links.is_up(l) => l,
+            Some(_) => return Err(RouteError::NoLink),
+            None => links.link_to(&hops[0]).ok_or(RouteError::NoLink)?,
+        };
         let id = self.alloc_id(rng);
         if !links.fwd().add_route(id) {
             return Err(RouteError::TableFull);

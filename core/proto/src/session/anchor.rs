@@ -64,7 +64,7 @@ impl Anchor {
     }
 
     /// Handles a session event of the anchor node; returns events that are not the anchor's.
-    pub fn handle<A: Clone + Ord + Debug>(
+    pub fn handle<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         sessions: &mut Sessions,
@@ -130,7 +130,7 @@ impl Anchor {
     }
 
     /// Writes held bytes into sessions that have room now.
-    pub fn flush<A: Clone + Ord + Debug>(&mut self, now: Instant, sessions: &mut Sessions, node: &mut Node<A>) {
+    pub fn flush<A: crate::link::Endpoint>(&mut self, now: Instant, sessions: &mut Sessions, node: &mut Node<A>) {
         for (sid, q) in self.held.iter_mut() {
             while !q.is_empty() {
                 let (a, _) = q.as_slices();

@@ -38,7 +38,7 @@ use rand_core::CryptoRngCore;
 
 use crate::identity::{PublicKey, SecretKey};
 use crate::link::handshake::{self, SESSION_PROLOGUE};
-use crate::link::RngRef;
+use crate::link::{Interface, LinkId, RngRef};
 use crate::node::{Event, Node};
 use crate::route::{RouteEvent, RouteId};
 use crate::wire::Packet;
@@ -116,6 +116,9 @@ pub struct SessionConfig {
     /// write after that probes every path and spreads its first blocks over all of them until
     /// each has answered, so a path that died silently meanwhile costs no waiting.
     pub idle_after: Duration,
+    /// Whether bulk may use routes whose first link is on a metered interface (cellular)
+    /// while a route on an unmetered one is live. Realtime uses every route regardless.
+    pub bulk_on_metered: bool,
 }
 
 impl Default for SessionConfig {
@@ -147,6 +150,7 @@ impl Default for SessionConfig {
             max_sessions: 1024,
             tick: Duration::from_millis(10),
             idle_after: Duration::from_secs(1),
+            bulk_on_metered: true,
         }
     }
 }
@@ -315,6 +319,16 @@ impl Sessions {
             .unwrap_or_default()
     }
 
+    /// The link a path of ours leaves through (its interface is the radio it uses).
+    pub fn path_link(&self, id: SessionId, path: u32) -> Option<LinkId> {
+        self.sessions.get(&id)?.paths.get(&path)?.link
+    }
+
+    /// The route under a path.
+    pub fn path_route(&self, id: SessionId, path: u32) -> Option<RouteId> {
+        Some(self.sessions.get(&id)?.paths.get(&path)?.route)
+    }
+
     pub fn is_established(&self, id: SessionId) -> bool {
         self.sessions.get(&id).is_some_and(|s| s.established())
     }
@@ -345,7 +359,7 @@ impl Sessions {
     /// Opens a session to `dest`; routes are built through `finder` and the handshake runs on
     /// the first one ready. Watch for [`SessionEvent::Established`]; data written before then
     /// is held.
-    pub fn connect<A: Clone + Ord + Debug>(
+    pub fn connect<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -357,7 +371,7 @@ impl Sessions {
 
     /// [`Sessions::connect`] keeping `routes` disjoint routes (1 to 8) instead of the
     /// configured number.
-    pub fn connect_with_routes<A: Clone + Ord + Debug>(
+    pub fn connect_with_routes<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -380,7 +394,7 @@ impl Sessions {
     }
 
     /// Writes stream bytes; returns how many were taken (the rest: wait for room).
-    pub fn stream_send<A: Clone + Ord + Debug>(
+    pub fn stream_send<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -410,7 +424,7 @@ impl Sessions {
 
     /// Sends a deadline datagram; it is dropped, not delivered late, if it cannot arrive within
     /// `budget`. Returns whether it went out on some path.
-    pub fn send_datagram<A: Clone + Ord + Debug>(
+    pub fn send_datagram<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -430,7 +444,7 @@ impl Sessions {
     /// The host's network changed (call with [`Node::network_changed`]): every session probes
     /// all its paths now, so within a round trip it knows which still work, and its next
     /// blocks go over all of them until each has answered.
-    pub fn network_changed<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>) {
+    pub fn network_changed<A: crate::link::Endpoint>(&mut self, now: Instant, node: &mut Node<A>) {
         for s in self.sessions.values_mut() {
             let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
             s.probe_all(&mut ctx);
@@ -448,7 +462,7 @@ impl Sessions {
         self.sessions.get(&id).is_some_and(|s| !s.active(now, &self.config) && !s.awaiting())
     }
 
-    pub fn close<A: Clone + Ord + Debug>(&mut self, now: Instant, node: &mut Node<A>, id: SessionId) {
+    pub fn close<A: crate::link::Endpoint>(&mut self, now: Instant, node: &mut Node<A>, id: SessionId) {
         if let Some(mut s) = self.sessions.remove(&id) {
             let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
             s.close(&mut ctx);
@@ -457,7 +471,7 @@ impl Sessions {
     }
 
     /// Feeds a node event. Returns it back if it is not for sessions (link events are both).
-    pub fn handle_event<A: Clone + Ord + Debug>(
+    pub fn handle_event<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -533,7 +547,7 @@ impl Sessions {
 
     /// A session packet arrived on `route`. Returns false if it is not one (then `data` is
     /// left as it was).
-    fn handle_packet<A: Clone + Ord + Debug>(
+    fn handle_packet<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -605,7 +619,7 @@ impl Sessions {
         true
     }
 
-    fn on_init<A: Clone + Ord + Debug>(
+    fn on_init<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -683,7 +697,7 @@ impl Sessions {
     }
 
     /// Keeps `k` routes under an initiator's session: retires dead ones, builds new ones.
-    fn maintain<A: Clone + Ord + Debug>(
+    fn maintain<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -711,14 +725,21 @@ impl Sessions {
         if !s.initiator {
             return;
         }
-        // Retire paths whose first link went away or that stayed suspect too long.
+        // Retire paths whose first link went away or that stayed suspect too long; note which
+        // paths' interfaces are metered now.
+        for p in s.paths.values_mut() {
+            p.metered = p.link.is_some_and(|l| ctx.node.link_metered(l));
+        }
         let retire: Vec<u32> = s
             .paths
             .values()
             .filter(|p| {
-                let first_down = p.hops.first().is_none_or(|h| {
-                    ctx.node.link_to(h).and_then(|l| ctx.node.link(l)).is_none_or(|l| l.state != crate::LinkState::Up)
-                });
+                let first_down = match p.link {
+                    Some(l) => ctx.node.link(l).is_none_or(|l| l.state != crate::LinkState::Up),
+                    None => p.hops.first().is_none_or(|h| {
+                        ctx.node.link_to(h).and_then(|l| ctx.node.link(l)).is_none_or(|l| l.state != crate::LinkState::Up)
+                    }),
+                };
                 let stale = p.state == PathState::Suspect && now.saturating_duration_since(p.since) >= cfg.retire_after;
                 first_down || stale
             })
@@ -761,46 +782,119 @@ impl Sessions {
             PathState::Suspect => false,
         };
         let healthy = s.paths.values().filter(|p| is_healthy(p)).count();
-        if healthy >= want || now < s.next_find {
+        // A path moving to another radio: the old one retires once the new one is live.
+        if let Some((old, new)) = s.rebalance {
+            match s.paths.get(&new).map(|p| p.state) {
+                Some(PathState::Live) => {
+                    s.rebalance = None;
+                    if s.paths.contains_key(&old) {
+                        s.retire_path(&mut ctx, old);
+                    }
+                }
+                Some(PathState::Building) if is_healthy(&s.paths[&new]) => {}
+                _ => s.rebalance = None,
+            }
+        }
+        if now < s.next_find {
             return;
         }
-        // Links that are up, except those under a suspect or stuck path: a neighbour that just
-        // went out of range still looks up until its link times out.
-        s.failed_first_hops.retain(|_, t| now.saturating_duration_since(*t) < cfg.retire_after);
-        let doubtful: BTreeSet<PublicKey> = s
+        // Up links, except those of this session's paths and of paths that went suspect a
+        // moment ago (a neighbour that just went out of range still looks up until its link
+        // times out).
+        s.failed_first_links.retain(|_, t| now.saturating_duration_since(*t) < cfg.retire_after);
+        let mut used: BTreeSet<LinkId> = s
             .paths
             .values()
-            .filter(|p| !is_healthy(p))
-            .filter_map(|p| p.hops.first().copied())
-            .chain(s.failed_first_hops.keys().copied())
+            .filter_map(|p| p.link)
+            .chain(s.failed_first_links.keys().copied())
             .collect();
-        let first_hops: BTreeSet<PublicKey> = ctx
+        let firsts: Vec<(LinkId, PublicKey, Interface)> = ctx
             .node
             .links()
             .into_iter()
-            .filter(|l| l.state == crate::LinkState::Up && !doubtful.contains(&l.peer))
-            .map(|l| l.peer)
+            .filter(|l| l.state == crate::LinkState::Up)
+            .map(|l| (l.id, l.peer, l.addr.interface()))
             .collect();
-        let mut avoid = BTreeSet::new();
+        // Healthy paths per interface: the next route starts on the least used radio.
+        let mut per_iface: BTreeMap<Interface, Vec<u32>> = firsts.iter().map(|f| (f.2, Vec::new())).collect();
         for p in s.paths.values().filter(|p| is_healthy(p)) {
+            if let Some(i) = p.link.and_then(|l| ctx.node.link_interface(l)) {
+                per_iface.entry(i).or_default().push(p.id);
+            }
+        }
+        // All paths healthy but a radio unused while another carries two (it came back after
+        // the session moved off it): move the slowest path of the busiest radio onto it.
+        let mut moving = None;
+        if healthy >= want {
+            let spare = per_iface.iter().find(|(_, ps)| ps.is_empty()).map(|(i, _)| *i);
+            let busiest = per_iface.values().filter(|ps| ps.len() >= 2).max_by_key(|ps| ps.len());
+            let victim = busiest.and_then(|ps| {
+                ps.iter().copied().max_by_key(|p| s.paths[p].srtt().unwrap_or(Duration::MAX))
+            });
+            match (spare, victim) {
+                (Some(spare), Some(victim)) => moving = Some((spare, victim)),
+                _ => return,
+            }
+        }
+        let mut avoid = BTreeSet::new();
+        for p in s.paths.values().filter(|p| is_healthy(p) && Some(p.id) != moving.map(|m| m.1)) {
             for h in &p.hops {
                 if *h != s.peer {
                     avoid.insert(*h);
                 }
             }
         }
-        let found = finder.find(&self.public, &s.peer, want - healthy, &first_hops, &avoid);
-        // Paced: a route that fails at once (a hop without a link) is not rebuilt in a loop.
-        s.next_find = now + if found.len() < want - healthy { cfg.find_retry } else { cfg.find_retry / 4 };
-        for hops in found {
-            if let Ok(route) = ctx.node.open_route(now, &hops) {
-                let pid = s.next_path;
-                s.next_path += 1;
-                s.paths.insert(pid, path::Path::new(pid, route, hops, PathState::Building, now));
-                ctx.by_route.insert(route, (id, pid));
-                s.stats.paths_opened += 1;
+        // One route at a time, each node-disjoint from the others and, while there is a choice,
+        // leaving through an interface no other path uses: with WiFi and LTE up, two routes
+        // use both radios.
+        let target = want.max(healthy + moving.is_some() as usize);
+        let mut found = 0;
+        while healthy + found < target {
+            let mut ifaces: Vec<(usize, Interface)> = match moving {
+                Some((spare, _)) => vec![(0, spare)],
+                None => per_iface.iter().map(|(i, ps)| (ps.len(), *i)).collect(),
+            };
+            ifaces.sort();
+            let mut built = None;
+            for (_, iface) in ifaces {
+                let on_iface = |f: &&(LinkId, PublicKey, Interface)| f.2 == iface && !used.contains(&f.0);
+                let starts: BTreeSet<PublicKey> = firsts.iter().filter(on_iface).map(|f| f.1).collect();
+                if starts.is_empty() {
+                    continue;
+                }
+                let Some(hops) = finder.find(&self.public, &s.peer, 1, &starts, &avoid).into_iter().next() else {
+                    continue;
+                };
+                let Some(link) = firsts.iter().filter(on_iface).find(|f| Some(&f.1) == hops.first()).map(|f| f.0) else {
+                    continue;
+                };
+                built = Some((iface, link, hops));
+                break;
+            }
+            let Some((iface, link, hops)) = built else { break };
+            found += 1;
+            used.insert(link);
+            for h in &hops {
+                if *h != s.peer {
+                    avoid.insert(*h);
+                }
+            }
+            let Ok(route) = ctx.node.open_route_on(now, link, &hops) else { continue };
+            let pid = s.next_path;
+            s.next_path += 1;
+            per_iface.entry(iface).or_default().push(pid);
+            let mut p = path::Path::new(pid, route, hops, PathState::Building, now);
+            p.link = Some(link);
+            p.metered = ctx.node.link_metered(link);
+            s.paths.insert(pid, p);
+            ctx.by_route.insert(route, (id, pid));
+            s.stats.paths_opened += 1;
+            if let Some((_, victim)) = moving {
+                s.rebalance = Some((victim, pid));
             }
         }
+        // Paced: a route that fails at once (a hop without a link) is not rebuilt in a loop.
+        s.next_find = now + if healthy + found < target { cfg.find_retry } else { cfg.find_retry / 4 };
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -811,7 +905,7 @@ impl Sessions {
         self.sessions.values().filter_map(|s| s.next_timeout(tick, &self.config)).min()
     }
 
-    pub fn handle_timeout<A: Clone + Ord + Debug>(
+    pub fn handle_timeout<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::forward::ack::Rtt;
 use crate::forward::Class;
 use crate::identity::PublicKey;
+use crate::link::LinkId;
 use crate::route::RouteId;
 
 /// The top bit of a path sequence number marks the realtime class.
@@ -42,6 +43,11 @@ pub struct Path {
     pub route: RouteId,
     /// The hops (known at the side that built the route).
     pub hops: Vec<PublicKey>,
+    /// The link the route leaves through (the side that built it): its interface is the
+    /// radio this path uses.
+    pub link: Option<LinkId>,
+    /// That link's interface is metered (bulk may be kept off it).
+    pub metered: bool,
     pub state: PathState,
     pub since: Instant,
     /// RTT of realtime packets (the forwarder's RFC 6298 estimator).
@@ -80,6 +86,8 @@ impl Path {
             id,
             route,
             hops,
+            link: None,
+            metered: false,
             state,
             since: now,
             rtt: Rtt::new(Duration::ZERO),

@@ -1,12 +1,12 @@
 //! One end-to-end session: keys, paths, the coded stream in both directions, datagrams.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use crate::forward::Class;
 use crate::identity::PublicKey;
 use crate::link::handshake::Initiator;
+use crate::link::LinkId;
 use crate::node::Node;
 use crate::route::{RouteError, RouteId};
 
@@ -94,14 +94,16 @@ pub(crate) struct Session {
     /// This side's session state is new (a responder that had never seen the session).
     pub fresh: bool,
     pub next_find: Instant,
+    /// A path moving to a radio no path used (`.0` retires once `.1` is live).
+    pub rebalance: Option<(u32, u32)>,
     pub stats: SessionStats,
     pub failed: bool,
     /// Handshakes completed (the first, then re-handshakes).
     handshakes: u32,
-    /// First hops of paths that went suspect, and when: a neighbour that just went out of
+    /// First links of paths that went suspect, and when: a neighbour that just went out of
     /// range still looks up until its link times out, so it is not offered for new routes
     /// for a while.
-    pub failed_first_hops: BTreeMap<PublicKey, Instant>,
+    pub failed_first_links: BTreeMap<LinkId, Instant>,
     /// Disjoint routes this session keeps, if not the configured number.
     pub routes: Option<usize>,
     /// Last time the application wrote or sent, or the peer's data arrived: the session is
@@ -153,10 +155,11 @@ impl Session {
             no_path_since: Some(now),
             fresh: !initiator,
             next_find: now,
+            rebalance: None,
             stats: SessionStats::default(),
             failed: false,
             handshakes: 0,
-            failed_first_hops: BTreeMap::new(),
+            failed_first_links: BTreeMap::new(),
             last_activity: now,
             waking: None,
             recent: Default::default(),
@@ -182,7 +185,7 @@ impl Session {
 
     /// Before the application sends: a session coming back from idle learns at once which of
     /// its paths still work (a probe on each) and sends its first blocks over all of them.
-    pub fn wake<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+    pub fn wake<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
         let was_idle = !self.active(ctx.now, ctx.cfg);
         self.last_activity = ctx.now;
         if !was_idle || !self.established() {
@@ -196,7 +199,7 @@ impl Session {
 
     /// Probes every path that is not being built, and spreads bulk over all live paths until
     /// each has answered.
-    pub fn probe_all<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+    pub fn probe_all<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
         if !self.established() {
             return;
         }
@@ -253,7 +256,7 @@ impl Session {
     }
 
     /// The largest symbol whose packet (with a RESUME frame, padded to 16) fits the route MTU.
-    fn symbol_size<A: Clone + Ord + Debug>(ctx: &Ctx<'_, A>) -> usize {
+    fn symbol_size<A: crate::link::Endpoint>(ctx: &Ctx<'_, A>) -> usize {
         let sealed = ctx.node.route_mtu().saturating_sub(crate::wire::DATA_HEADER_LEN + crate::crypto::TAG_LEN);
         let body = sealed - sealed % 16;
         let room = body.saturating_sub(wire::BODY_HEADER_LEN + wire::RESUME_LEN + wire::SYMBOL_OVERHEAD);
@@ -263,7 +266,7 @@ impl Session {
     // ---- sending packets -------------------------------------------------------------------
 
     /// Seals `frames` into one packet on `path` in `class`. Returns false if the route refused.
-    fn send_on<A: Clone + Ord + Debug>(
+    fn send_on<A: crate::link::Endpoint>(
         &mut self,
         ctx: &mut Ctx<'_, A>,
         path: u32,
@@ -308,7 +311,7 @@ impl Session {
     }
 
     /// Sends the handshake init on `path` (initiator, before the response).
-    pub fn send_init<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
+    pub fn send_init<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
         let Handshake::Waiting { packet, .. } = &self.handshake else { return };
         let Some(p) = self.paths.get(&path) else { return };
         if ctx.node.send_class(ctx.now, p.route, Class::Realtime, packet).is_ok() {
@@ -317,14 +320,14 @@ impl Session {
     }
 
     /// Sends the handshake init on every path that is not being built.
-    pub fn send_init_all<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+    pub fn send_init_all<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
         let ids: Vec<u32> = self.paths.values().filter(|p| p.state != PathState::Building).map(|p| p.id).collect();
         for id in ids {
             self.send_init(ctx, id);
         }
     }
 
-    fn send_ack<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+    fn send_ack<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
         // Whatever happens, this ack is no longer due: with no path to send it on, the next
         // packet that arrives asks again.
         self.ack_due = None;
@@ -383,7 +386,7 @@ impl Session {
         out
     }
 
-    pub fn send_datagram<A: Clone + Ord + Debug>(
+    pub fn send_datagram<A: crate::link::Endpoint>(
         &mut self,
         ctx: &mut Ctx<'_, A>,
         data: &[u8],
@@ -426,7 +429,7 @@ impl Session {
         ((k as f64) * (1.5 * loss + few)).ceil() as usize
     }
 
-    fn cut_block<A: Clone + Ord + Debug>(&mut self, ctx: &Ctx<'_, A>, t: usize) -> bool {
+    fn cut_block<A: crate::link::Endpoint>(&mut self, ctx: &Ctx<'_, A>, t: usize) -> bool {
         if self.pending.is_empty() || self.out.len() >= ctx.cfg.max_blocks_in_flight {
             return false;
         }
@@ -462,7 +465,11 @@ impl Session {
 
     /// Chooses the paths for the next bulk symbol, by strategy; empty if none has room.
     fn bulk_targets(&self, cfg: &SessionConfig, sym: usize) -> Vec<u32> {
-        let room = |p: &&Path| p.usable() && !p.blocked && p.inflight_bulk + sym <= cfg.path_window;
+        // Metered routes carry bulk only when no unmetered one is live (if so configured).
+        let skip_metered = !cfg.bulk_on_metered && self.paths.values().any(|p| p.usable() && !p.metered);
+        let room = |p: &&Path| {
+            p.usable() && !p.blocked && p.inflight_bulk + sym <= cfg.path_window && !(skip_metered && p.metered)
+        };
         if self.waking.is_some() && cfg.strategy == Strategy::Fountain {
             // Back from idle: which paths survived is not known yet, so every symbol goes on
             // every live path with room until each has answered (one round trip of copies).
@@ -481,7 +488,8 @@ impl Session {
                 best.into_iter().filter(|id| self.paths.get(id).is_some_and(|p| room(&p))).collect()
             }
             Strategy::DuplicateAll => {
-                let live = self.best_paths(usize::MAX);
+                let mut live = self.best_paths(usize::MAX);
+                live.retain(|id| !(skip_metered && self.paths.get(id).is_some_and(|p| p.metered)));
                 if live.iter().all(|id| self.paths.get(id).is_some_and(|p| room(&p))) {
                     live
                 } else {
@@ -492,7 +500,7 @@ impl Session {
     }
 
     /// Sends stream symbols while some path has room.
-    pub fn pump<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+    pub fn pump<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
         if !self.established() {
             return;
         }
@@ -605,7 +613,7 @@ impl Session {
         self.top_up(cfg);
     }
 
-    fn apply_ack<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>, ack: &Ack) {
+    fn apply_ack<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>, ack: &Ack) {
         if self.peer_ack_seq.is_some_and(|s| ack.ack_seq.wrapping_sub(s) as i32 <= 0) {
             return;
         }
@@ -654,7 +662,7 @@ impl Session {
     // ---- receiving ---------------------------------------------------------------------------
 
     /// Handles an authenticated-to-be data packet that arrived on `route`.
-    pub fn on_data<A: Clone + Ord + Debug>(
+    pub fn on_data<A: crate::link::Endpoint>(
         &mut self,
         ctx: &mut Ctx<'_, A>,
         route: RouteId,
@@ -796,7 +804,7 @@ impl Session {
     }
 
     /// Returns whether an ACK should go out now (a block decoded).
-    fn on_symbol<A: Clone + Ord + Debug>(
+    fn on_symbol<A: crate::link::Endpoint>(
         &mut self,
         ctx: &mut Ctx<'_, A>,
         block: u32,
@@ -888,7 +896,7 @@ impl Session {
 
     // ---- timers ------------------------------------------------------------------------------
 
-    pub fn on_timeout<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+    pub fn on_timeout<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
         if self.ack_due.is_some_and(|d| d <= ctx.now) {
             self.send_ack(ctx);
         }
@@ -902,8 +910,8 @@ impl Session {
                 p.state = PathState::Suspect;
                 p.since = ctx.now;
                 failed.push(p.id);
-                if let Some(first) = p.hops.first() {
-                    self.failed_first_hops.insert(*first, ctx.now);
+                if let Some(link) = p.link {
+                    self.failed_first_links.insert(link, ctx.now);
                 }
             }
         }
@@ -961,7 +969,7 @@ impl Session {
     }
 
     /// Closes a path we built (initiator): tells the peer, closes the route.
-    pub fn retire_path<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
+    pub fn retire_path<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
         let others: Vec<u32> = self.best_paths(2).into_iter().filter(|p| *p != path).collect();
         if let Some(o) = others.first() {
             let _ = self.send_on(ctx, *o, Class::Realtime, &[Frame::PathClose { path }], None);
@@ -975,7 +983,7 @@ impl Session {
         }
     }
 
-    pub fn close<A: Clone + Ord + Debug>(&mut self, ctx: &mut Ctx<'_, A>) {
+    pub fn close<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
         let ids: Vec<u32> = self.best_paths(usize::MAX);
         for id in &ids {
             let _ = self.send_on(ctx, *id, Class::Realtime, &[Frame::Close], None);

@@ -1,0 +1,423 @@
+//! Every radio at once, through the public `Node` and `Sessions` API: a phone with two
+//! interfaces (1 = WiFi, 2 = LTE) whose paths could each reach both relays (the routers behind
+//! them reach each other). Links live on the interface they were made on, a neighbour reachable
+//! over both has two links, a gone interface takes its links down at once, and a two-route
+//! session leaves through both radios and does not stall when one goes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use skyroute_proto::{
+    Class, Dir, DownReason, Endpoint, Event, Graph, Interface, LinkId, LinkState, Node, NodeConfig, PathState,
+    PublicKey, RouteEvent, SecretKey, SessionConfig, SessionEvent, SessionId, Sessions,
+};
+
+const PHONE: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const SERVER: u8 = 3;
+const WIFI: u8 = 1;
+const LTE: u8 = 2;
+
+/// An address as one node sees another: our interface, the peer, the peer's interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct At {
+    local: u8,
+    node: u8,
+    remote: u8,
+}
+
+impl Endpoint for At {
+    fn interface(&self) -> Interface {
+        Interface(self.local)
+    }
+}
+
+struct World {
+    now: Instant,
+    nodes: Vec<Node<At>>,
+    sessions: Vec<Sessions>,
+    graph: Graph,
+    /// In flight: arrival time, receiver, from (as the receiver sees it), bytes.
+    wire: VecDeque<(Instant, u8, At, Vec<u8>)>,
+    /// The phone's interfaces that are up.
+    up: BTreeSet<u8>,
+    /// Packets for the phone's interface `k` arrive on `v` (return traffic that found its way
+    /// round through the other path).
+    divert: BTreeMap<u8, u8>,
+    /// Datagrams the phone sent on each of its interfaces.
+    sent_on: BTreeMap<u8, u64>,
+    node_events: Vec<(u8, Instant, Event)>,
+    session_events: Vec<(u8, Instant, SessionEvent)>,
+}
+
+/// One-way latency between two interfaces: the phone's WiFi is near R1, its LTE near R2; the
+/// crossed ways are longer.
+fn latency(a: u8, ai: u8, b: u8, bi: u8) -> Duration {
+    let (p, pi, other) = if a == PHONE { (a, ai, b) } else { (b, bi, a) };
+    let ms = match (p, pi, other) {
+        (PHONE, WIFI, R1) | (PHONE, LTE, R2) => 10,
+        (PHONE, _, _) => 25,
+        _ => 5,
+    };
+    Duration::from_millis(ms)
+}
+
+impl World {
+    fn new(seed: u64, cfg: SessionConfig) -> World {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let keys: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate(&mut rng)).collect();
+        let nodes: Vec<Node<At>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Node::new(k.clone(), NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(seed + 1 + i as u64))))
+            .collect();
+        let sessions = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Sessions::new(k.clone(), cfg.clone(), Box::new(ChaCha20Rng::seed_from_u64(seed + 10 + i as u64))))
+            .collect();
+        let mut graph = Graph::new();
+        let pk: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
+        for (a, b) in [(PHONE, R1), (PHONE, R2), (R1, SERVER), (R2, SERVER)] {
+            graph.add_edge(pk[a as usize], pk[b as usize], 10);
+        }
+        World {
+            now: Instant::now(),
+            nodes,
+            sessions,
+            graph,
+            wire: VecDeque::new(),
+            up: [WIFI, LTE].into(),
+            divert: BTreeMap::new(),
+            sent_on: BTreeMap::new(),
+            node_events: Vec::new(),
+            session_events: Vec::new(),
+        }
+    }
+
+    fn key(&self, n: u8) -> PublicKey {
+        self.nodes[n as usize].public_key()
+    }
+
+    /// The phone dials `relay` over `iface`; the relays dial the server.
+    fn dial(&mut self, relay: u8, iface: u8) {
+        let key = self.key(relay);
+        let now = self.now;
+        self.nodes[PHONE as usize].connect(now, key, At { local: iface, node: relay, remote: 0 });
+    }
+
+    fn dial_servers(&mut self) {
+        let server = self.key(SERVER);
+        let now = self.now;
+        for r in [R1, R2] {
+            self.nodes[r as usize].connect(now, server, At { local: 0, node: SERVER, remote: 0 });
+        }
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            let n = i as u8;
+            while let Some(t) = self.nodes[i].poll_transmit(now) {
+                let at = t.dst;
+                if n == PHONE {
+                    *self.sent_on.entry(at.local).or_default() += 1;
+                    if !self.up.contains(&at.local) {
+                        continue;
+                    }
+                }
+                let mut arrive_on = at.remote;
+                if at.node == PHONE {
+                    if !self.up.contains(&at.remote) {
+                        continue;
+                    }
+                    arrive_on = *self.divert.get(&at.remote).unwrap_or(&at.remote);
+                }
+                let when = now + latency(n, at.local, at.node, at.remote);
+                self.wire.push_back((when, at.node, At { local: arrive_on, node: n, remote: at.local }, t.payload));
+            }
+        }
+        let mut later = VecDeque::new();
+        while let Some((when, to, from, mut bytes)) = self.wire.pop_front() {
+            if when <= now {
+                self.nodes[to as usize].handle_datagram(now, from, &mut bytes);
+            } else {
+                later.push_back((when, to, from, bytes));
+            }
+        }
+        self.wire = later;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
+                self.nodes[i].handle_timeout(now);
+            }
+            if self.sessions[i].poll_timeout().is_some_and(|t| t <= now) {
+                self.sessions[i].handle_timeout(now, &mut self.nodes[i], &self.graph);
+            }
+            self.events(i);
+        }
+    }
+
+    fn events(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(ev) = self.nodes[i].poll_event() {
+            if let Some(ev) = self.sessions[i].handle_event(now, &mut self.nodes[i], &self.graph, ev) {
+                self.node_events.push((i as u8, now, ev));
+            }
+        }
+        while let Some(ev) = self.sessions[i].poll_event() {
+            self.session_events.push((i as u8, now, ev));
+        }
+    }
+
+    /// Runs in 1 ms steps.
+    fn run(&mut self, d: Duration) {
+        let until = self.now + d;
+        while self.now < until {
+            self.step();
+            self.now += Duration::from_millis(1);
+        }
+    }
+
+    fn phone(&mut self) -> &mut Node<At> {
+        &mut self.nodes[PHONE as usize]
+    }
+
+    fn link_on(&self, peer: u8, iface: u8) -> LinkId {
+        let key = self.key(peer);
+        let phone = &self.nodes[PHONE as usize];
+        phone.links_to(&key).into_iter().find(|l| phone.link_interface(*l) == Some(Interface(iface))).expect("link")
+    }
+
+    fn state(&self, link: LinkId) -> LinkState {
+        self.nodes[PHONE as usize].link(link).expect("link").state
+    }
+}
+
+#[test]
+fn a_neighbour_over_two_interfaces_has_two_links_that_stay_on_their_interface() {
+    let mut w = World::new(1, SessionConfig::default());
+    w.dial(R1, WIFI);
+    w.dial(R1, LTE);
+    w.run(Duration::from_millis(300));
+    let (wifi, lte) = (w.link_on(R1, WIFI), w.link_on(R1, LTE));
+    assert_ne!(wifi, lte);
+    assert_eq!((w.state(wifi), w.state(lte)), (LinkState::Up, LinkState::Up));
+    // The relay tells them apart too (by the slot in the handshake): two up links.
+    let phone_key = w.key(PHONE);
+    let relay = &w.nodes[R1 as usize];
+    let theirs = relay.links_to(&phone_key);
+    assert_eq!(theirs.len(), 2);
+    assert!(theirs.iter().all(|l| relay.link(*l).unwrap().state == LinkState::Up));
+
+    // Return traffic for the WiFi link now comes in through LTE (the routers reach each
+    // other): a route over the WiFi link keeps working, and the link stays on WiFi.
+    w.divert.insert(WIFI, LTE);
+    let now = w.now;
+    let r1 = w.key(R1);
+    let route = w.phone().open_route_on(now, wifi, &[r1]).unwrap();
+    w.run(Duration::from_millis(200));
+    assert!(w.nodes[PHONE as usize].route_ready(route));
+    for _ in 0..20 {
+        let now = w.now;
+        w.phone().send(now, route, &[7; 1000]).unwrap();
+        w.run(Duration::from_millis(10));
+    }
+    w.run(Duration::from_millis(300));
+    let link = w.nodes[PHONE as usize].link(wifi).unwrap();
+    assert_eq!(link.addr.interface(), Interface(WIFI), "the WiFi link roamed onto {:?}", link.addr);
+    let stats = w.nodes[PHONE as usize].flow_stats(route, Dir::Fwd, Class::Bulk).unwrap();
+    assert_eq!(stats.sent_bytes, 20 * 1000 + 20 * skyroute_proto::route::ROUTE_MSG_OVERHEAD as u64);
+    let before = *w.sent_on.get(&LTE).unwrap_or(&0);
+    w.run(Duration::from_millis(100));
+    assert_eq!(w.sent_on.get(&LTE).copied().unwrap_or(0), before, "the idle LTE link sent nothing");
+}
+
+#[test]
+fn a_gone_interface_takes_its_links_down_at_once_and_a_returning_one_is_up_within_a_handshake() {
+    let mut w = World::new(2, SessionConfig::default());
+    w.dial(R1, WIFI);
+    w.dial(R2, LTE);
+    w.run(Duration::from_millis(300));
+    let (wifi, lte) = (w.link_on(R1, WIFI), w.link_on(R2, LTE));
+    let now = w.now;
+    let r1 = w.key(R1);
+    let route = w.phone().open_route_on(now, wifi, &[r1]).unwrap();
+    w.run(Duration::from_millis(100));
+    assert!(w.nodes[PHONE as usize].route_ready(route));
+
+    // WiFi goes: the link and the route over it are down in the same call, no timer.
+    w.up.remove(&WIFI);
+    let now = w.now;
+    w.phone().interface_down(now, Interface(WIFI));
+    let mut down = false;
+    let mut failed = false;
+    while let Some(ev) = w.phone().poll_event() {
+        down |= matches!(ev, Event::LinkDown { link, reason: DownReason::InterfaceGone, .. } if link == wifi);
+        failed |= matches!(ev, Event::Route(RouteEvent::Failed { route: r, .. }) if r == route);
+    }
+    assert!(down && failed, "link down {down}, route failed {failed}");
+    assert_eq!(w.state(wifi), LinkState::Down);
+    assert_eq!(w.state(lte), LinkState::Up);
+    // Parked: it does not redial into a missing interface (a phone's radio stays asleep).
+    let before = w.sent_on.get(&WIFI).copied().unwrap_or(0);
+    w.run(Duration::from_secs(30));
+    assert_eq!(w.sent_on.get(&WIFI).copied().unwrap_or(0), before);
+    assert_eq!(w.state(lte), LinkState::Up);
+
+    // WiFi is back: the handshake goes out at once; up within one round trip (20 ms here).
+    w.up.insert(WIFI);
+    let back = w.now;
+    w.phone().interface_up(back, Interface(WIFI));
+    let mut up_after = None;
+    for _ in 0..200 {
+        w.run(Duration::from_millis(1));
+        if w.state(wifi) == LinkState::Up {
+            up_after = Some(w.now - back);
+            break;
+        }
+    }
+    // One round trip (20 ms) plus the harness's 1 ms steps.
+    let up_after = up_after.expect("the link came back");
+    assert!(up_after <= Duration::from_millis(25), "up after {up_after:?}");
+}
+
+/// A two-route session from the phone to the server, with the phone dialling both relays
+/// over both interfaces (four links).
+fn session(cfg: SessionConfig, seed: u64) -> (World, SessionId) {
+    let mut w = World::new(seed, cfg);
+    for r in [R1, R2] {
+        for i in [WIFI, LTE] {
+            w.dial(r, i);
+        }
+    }
+    w.dial_servers();
+    w.run(Duration::from_millis(300));
+    let server = w.key(SERVER);
+    let now = w.now;
+    let (nodes, sessions, graph) = (&mut w.nodes, &mut w.sessions, &w.graph);
+    let sid = sessions[PHONE as usize].connect_with_routes(now, &mut nodes[PHONE as usize], graph, server, Some(2)).unwrap();
+    w.run(Duration::from_millis(500));
+    assert!(w.sessions[PHONE as usize].is_established(sid));
+    (w, sid)
+}
+
+/// The interfaces the session's live paths leave through.
+fn radios(w: &World, sid: SessionId) -> Vec<u8> {
+    let phone = &w.nodes[PHONE as usize];
+    let live: Vec<u32> = w.sessions[PHONE as usize]
+        .paths(sid)
+        .into_iter()
+        .filter(|p| p.1 == PathState::Live)
+        .map(|p| p.0)
+        .collect();
+    let mut out: Vec<u8> = live
+        .iter()
+        .filter_map(|p| w.sessions[PHONE as usize].path_link(sid, *p))
+        .filter_map(|l| phone.link_interface(l))
+        .map(|i| i.0)
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_two_route_session_uses_both_radios_and_does_not_stall_when_one_goes() {
+    let (mut w, sid) = session(SessionConfig::default(), 3);
+    assert_eq!(radios(&w, sid), vec![WIFI, LTE]);
+
+    // Stream while WiFi goes away (the driver reports it) and comes back, then LTE.
+    // Paced at 2 MB/s over 2.5 s, so every cut falls inside the transfer.
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut pos = 0;
+    let start = w.now;
+    let mut last_arrival = start;
+    let mut worst_gap = Duration::ZERO;
+    let mut got = 0usize;
+    while got < data.len() && w.now < start + Duration::from_secs(30) {
+        let t = w.now - start;
+        let now = w.now;
+        if t == Duration::from_millis(300) {
+            w.up.remove(&WIFI);
+            w.phone().interface_down(now, Interface(WIFI));
+        } else if t == Duration::from_millis(800) {
+            w.up.insert(WIFI);
+            w.phone().interface_up(now, Interface(WIFI));
+        } else if t == Duration::from_millis(1400) {
+            // WiFi is back: the session uses both radios again.
+            assert_eq!(radios(&w, sid), vec![WIFI, LTE]);
+        } else if t == Duration::from_millis(1500) {
+            w.up.remove(&LTE);
+            w.phone().interface_down(now, Interface(LTE));
+        }
+        let allowed = (t.as_millis() as usize * 2000).min(data.len());
+        if pos < allowed {
+            let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
+            pos += sessions[PHONE as usize].stream_send(now, &mut nodes[PHONE as usize], sid, &data[pos..allowed]).unwrap();
+        }
+        w.run(Duration::from_millis(1));
+        for (n, at, ev) in w.session_events.drain(..) {
+            if let (SERVER, SessionEvent::Stream { offset, data: d, .. }) = (n, ev) {
+                assert_eq!(offset as usize, got);
+                assert_eq!(&d[..], &data[got..got + d.len()]);
+                got += d.len();
+                worst_gap = worst_gap.max(at - last_arrival);
+                last_arrival = at;
+            }
+        }
+    }
+    assert_eq!(got, data.len(), "stream complete");
+    assert!(last_arrival > start + Duration::from_millis(2000), "the stream ended before LTE went away");
+    assert!(worst_gap < Duration::from_millis(200), "a stall of {worst_gap:?}");
+    // With LTE gone, both routes leave through WiFi.
+    assert_eq!(radios(&w, sid), vec![WIFI, WIFI]);
+}
+
+#[test]
+fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
+    let cfg = SessionConfig { bulk_on_metered: false, ..SessionConfig::default() };
+    let (mut w, sid) = session(cfg, 4);
+    w.phone().set_metered(Interface(LTE), true);
+    w.run(Duration::from_millis(300));
+    let data = vec![5u8; 400_000];
+    let mut pos = 0;
+    let start = w.now;
+    while pos < data.len() && w.now < start + Duration::from_secs(10) {
+        let now = w.now;
+        let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
+        pos += sessions[PHONE as usize].stream_send(now, &mut nodes[PHONE as usize], sid, &data[pos..]).unwrap();
+        w.run(Duration::from_millis(1));
+    }
+    w.run(Duration::from_millis(500));
+    let bulk_on = |w: &World, iface: u8| -> u64 {
+        let phone = &w.nodes[PHONE as usize];
+        let sessions = &w.sessions[PHONE as usize];
+        sessions
+            .paths(sid)
+            .into_iter()
+            .filter(|p| sessions.path_link(sid, p.0).and_then(|l| phone.link_interface(l)) == Some(Interface(iface)))
+            .filter_map(|p| sessions.path_route(sid, p.0))
+            .filter_map(|r| phone.flow_stats(r, Dir::Fwd, Class::Bulk))
+            .map(|f| f.sent_bytes)
+            .sum()
+    };
+    assert!(bulk_on(&w, WIFI) >= 400_000, "bulk over WiFi: {}", bulk_on(&w, WIFI));
+    assert_eq!(bulk_on(&w, LTE), 0, "bulk over metered LTE");
+    // Without WiFi, bulk takes LTE rather than stopping.
+    w.up.remove(&WIFI);
+    let now = w.now;
+    w.phone().interface_down(now, Interface(WIFI));
+    let more = vec![6u8; 100_000];
+    let mut pos = 0;
+    let start = w.now;
+    while pos < more.len() && w.now < start + Duration::from_secs(10) {
+        let now = w.now;
+        let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
+        pos += sessions[PHONE as usize].stream_send(now, &mut nodes[PHONE as usize], sid, &more[pos..]).unwrap();
+        w.run(Duration::from_millis(1));
+    }
+    w.run(Duration::from_millis(500));
+    assert!(bulk_on(&w, LTE) >= 100_000, "bulk over LTE once WiFi is gone: {}", bulk_on(&w, LTE));
+}
