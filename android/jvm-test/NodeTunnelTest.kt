@@ -17,8 +17,16 @@ class Recorder : NodeListener {
 
 class Protector : SocketProtector {
     val fds = CopyOnWriteArrayList<Int>()
+    /** (socket, network handle) the node asked to bind; on the host nothing is bound for real
+     *  (Android's Network.bindSocket), so the sockets still reach loopback. */
+    val binds = CopyOnWriteArrayList<Pair<Int, ULong>>()
     override fun protect(fd: Int): Boolean { fds.add(fd); return true }
+    override fun bindToNetwork(fd: Int, network: ULong): Boolean { binds.add(fd to network); return true }
 }
+
+/** A link of the node on `iface` in state `state`, from the status JSON. */
+fun linkOn(node: Node, iface: String, state: String): Boolean =
+    Regex("\"interface\":\"$iface\",\"addr\":\"[^\"]*\",\"state\":\"$state\"").containsMatchIn(node.status().json)
 
 var passed = 0
 var failed = 0
@@ -114,6 +122,42 @@ fun main() {
     check("session event", waitFor("session") { rec.events.any { it is NodeEvent.SessionChanged && it.established } })
     check("log lines reach the listener", rec.logs.isNotEmpty())
 
+    // Every radio at once: the platform reports WiFi and cellular; the node opens a socket for
+    // each, asks the protector to bind it to the handle it was given (after protecting it), and
+    // dials the gateway over both, a link each; the tunnel goes on over them.
+    val wifi = NetworkInfo(101uL, "wlan0", NetworkKind.WIFI, false, true, 0u)
+    val cell = NetworkInfo(202uL, "rmnet0", NetworkKind.CELLULAR, true, true, 0u)
+    client.networkChanged(listOf(wifi, cell))
+    check("the node asks to bind a socket to each network handle it was given", waitFor("binds") {
+        protector.binds.map { it.second }.sorted() == listOf(101uL, 202uL)
+    }) { "${protector.binds}" }
+    check("each network has its own socket, protected before it is bound",
+        protector.binds.map { it.first }.distinct().size == 2 && protector.binds.all { it.first in protector.fds }) {
+        "binds ${protector.binds}, protected ${protector.fds}"
+    }
+    check("a link over each network", waitFor("links on wlan0 and rmnet0") {
+        linkOn(client, "wlan0", "up") && linkOn(client, "rmnet0", "up")
+    }) { client.status().json }
+    var again = false
+    for (i in 0 until 50) {
+        val payload = ByteArray(64) { (it + i).toByte() }
+        tunnel.sendPacket(udp(addr(me), internet, payload))
+        val out = uplink.recvPacket(200u) ?: continue
+        uplink.sendPacket(udp(internet, addr(me), out.copyOfRange(28, out.size)))
+        val back = tunnel.recvPacket(2000u) ?: continue
+        if (back.copyOfRange(28, back.size).contentEquals(payload)) { again = true; break }
+    }
+    check("the tunnel carries packets over the networks' links", again)
+    // Cellular lost: its link goes down at once (no dead-peer wait); WiFi's stays.
+    val lost = System.currentTimeMillis()
+    client.networkChanged(listOf(wifi, cell.copy(up = false)))
+    check("a lost network takes its link down at once", waitFor("rmnet0 down", 2_000) { linkOn(client, "rmnet0", "down") }) {
+        client.status().json
+    }
+    println("rmnet0 link down ${System.currentTimeMillis() - lost} ms after the report (status polled every 20 ms)")
+    check("the other network's link stays up", linkOn(client, "wlan0", "up")) { client.status().json }
+    check("status lists the networks", client.status().json.contains("\"name\":\"rmnet0\",\"kind\":\"cellular\",\"metered\":true,\"up\":false"))
+
     // Bad calls: typed exceptions, never a crash.
     throws<SkyrouteException.BadConfig>("bad config") { Node.start("[listen]\nudp = \"nope\"", "$tmp/bad", null, null) }
     throws<SkyrouteException.InvalidArgument>("empty data dir") { Node.start(local, "", null, null) }
@@ -125,7 +169,7 @@ fun main() {
     throws<SkyrouteException.InvalidArgument>("bad fd") { client.startTunnelFd(gateway.publicKey(), 1u, -1, TunFraming.PLAIN) }
     throws<SkyrouteException.InvalidArgument>("uplink of a client") { client.gatewayUplink() }
     throws<SkyrouteException.InvalidArgument>("uplink taken twice") { gateway.gatewayUplink() }
-    client.networkChanged()
+    client.networkChanged(listOf(wifi))
     tunnel.stop()
     check("tunnel down event", waitFor("tunnel down") { rec.events.any { it is NodeEvent.TunnelDown } })
     throws<SkyrouteException.Stopped>("tunnel used after stop") { tunnel.sendPacket(udp(addr(me), internet, ByteArray(4))) }

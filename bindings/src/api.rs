@@ -15,11 +15,62 @@ pub trait NodeListener: Send + Sync {
     fn on_log(&self, level: LogLevel, message: String);
 }
 
-/// Android's `VpnService.protect(fd)`: called with every socket the node opens, so its own
-/// traffic stays outside the VPN. Return false if it could not be protected.
+/// The platform's hand on the node's sockets (Android).
 #[uniffi::export(with_foreign)]
 pub trait SocketProtector: Send + Sync {
+    /// `VpnService.protect(fd)`: called with every socket the node opens, so its own traffic
+    /// stays outside the VPN. Return false if it could not be protected.
     fn protect(&self, fd: i32) -> bool;
+    /// Binds socket `fd` to the network whose handle is `network` (as given in
+    /// [`NetworkInfo::id`]): Android's `Network.bindSocket`. Called once per network for the
+    /// socket the node sends over it; return false if it could not be bound.
+    fn bind_to_network(&self, fd: i32, network: u64) -> bool;
+}
+
+/// What kind of network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum NetworkKind {
+    Wifi,
+    Cellular,
+    Ethernet,
+    Other,
+}
+
+/// One network the platform offers (Android: a `Network` from `ConnectivityManager`; iOS:
+/// an interface of the `NWPath`).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NetworkInfo {
+    /// Stable while the network exists: `Network.getNetworkHandle()` on Android, the
+    /// interface index on iOS.
+    pub id: u64,
+    /// Interface name (`wlan0`, `rmnet0`, `en0`, `pdp_ip0`).
+    pub name: String,
+    pub kind: NetworkKind,
+    /// Costs per byte: with `[session] bulk_on_metered = false` bulk stays off it while
+    /// another network works.
+    pub metered: bool,
+    pub up: bool,
+    /// OS interface index (iOS binds with `IP_BOUND_IF` to it); 0 if unknown.
+    pub index: u32,
+}
+
+impl From<NetworkInfo> for skyroute::transport::iface::Network {
+    fn from(n: NetworkInfo) -> Self {
+        use skyroute::transport::iface::NetKind;
+        skyroute::transport::iface::Network {
+            id: n.id,
+            name: n.name,
+            kind: match n.kind {
+                NetworkKind::Wifi => NetKind::Wifi,
+                NetworkKind::Cellular => NetKind::Cellular,
+                NetworkKind::Ethernet => NetKind::Ethernet,
+                NetworkKind::Other => NetKind::Other,
+            },
+            metered: n.metered,
+            up: n.up,
+            index: n.index,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -93,7 +144,9 @@ impl Node {
         guard(|| {
             let protects = protector.is_some();
             if let Some(p) = protector {
+                let b = p.clone();
                 skyroute::transport::set_socket_hook(Some(Arc::new(move |fd| p.protect(fd))));
+                skyroute::transport::iface::set_bind_hook(Some(Arc::new(move |fd, net| b.bind_to_network(fd, net.id))));
             }
             let log_sink = listener.clone().map(logging::register);
             let events = listener.map(|l| Arc::new(move |e| l.on_event(e)) as crate::core::EventSink);
@@ -105,6 +158,7 @@ impl Node {
                     }
                     if protects {
                         skyroute::transport::set_socket_hook(None);
+                        skyroute::transport::iface::set_bind_hook(None);
                     }
                     Err(e)
                 }
@@ -149,9 +203,13 @@ impl Node {
         guard(|| self.core.add_topology(&a, &b))
     }
 
-    /// The OS reports a connectivity change (WiFi <-> LTE): links are probed now.
-    pub fn network_changed(&self) -> Result<()> {
-        guard(|| self.core.network_changed())
+    /// The OS reports its networks (call at start and on every change: Android's
+    /// `NetworkCallback`, iOS's `NWPathMonitor`): each up network gets a socket bound to it
+    /// (through [`SocketProtector::bind_to_network`] on Android, `IP_BOUND_IF` on iOS) and the
+    /// neighbours are dialled over each, so WiFi and cellular carry routes at once; a network
+    /// gone or down takes its links down at once. Every link and path is probed.
+    pub fn network_changed(&self, networks: Vec<NetworkInfo>) -> Result<()> {
+        guard(|| self.core.set_networks(networks.into_iter().map(Into::into).collect()))
     }
 
     /// Starts the VPN tunnel to `gateway` (its key, or an address the node knows), with
@@ -186,6 +244,7 @@ impl Drop for Node {
         }
         if self.protects {
             skyroute::transport::set_socket_hook(None);
+            skyroute::transport::iface::set_bind_hook(None);
         }
     }
 }

@@ -229,6 +229,10 @@ impl NodeCore {
         Ok(self.handle()?.network_changed()?)
     }
 
+    pub fn set_networks(&self, networks: Vec<skyroute::transport::iface::Network>) -> Result<()> {
+        Ok(self.handle()?.set_networks(networks)?)
+    }
+
     fn gateway_key(&self, gateway: &str) -> Result<PublicKey> {
         let h = self.handle()?;
         self.rt.block_on(h.resolve(gateway))?.map_err(invalid)

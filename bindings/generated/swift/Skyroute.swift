@@ -669,9 +669,13 @@ public protocol NodeProtocol: AnyObject, Sendable {
     func listenAddresses()  -> [String]
     
     /**
-     * The OS reports a connectivity change (WiFi <-> LTE): links are probed now.
+     * The OS reports its networks (call at start and on every change: Android's
+     * `NetworkCallback`, iOS's `NWPathMonitor`): each up network gets a socket bound to it
+     * (through [`SocketProtector::bind_to_network`] on Android, `IP_BOUND_IF` on iOS) and the
+     * neighbours are dialled over each, so WiFi and cellular carry routes at once; a network
+     * gone or down takes its links down at once. Every link and path is probed.
      */
-    func networkChanged() throws 
+    func networkChanged(networks: [NetworkInfo]) throws 
     
     func publicKey()  -> String
     
@@ -831,12 +835,17 @@ open func listenAddresses() -> [String]  {
 }
     
     /**
-     * The OS reports a connectivity change (WiFi <-> LTE): links are probed now.
+     * The OS reports its networks (call at start and on every change: Android's
+     * `NetworkCallback`, iOS's `NWPathMonitor`): each up network gets a socket bound to it
+     * (through [`SocketProtector::bind_to_network`] on Android, `IP_BOUND_IF` on iOS) and the
+     * neighbours are dialled over each, so WiFi and cellular carry routes at once; a network
+     * gone or down takes its links down at once. Every link and path is probed.
      */
-open func networkChanged()throws   {try rustCallWithError(FfiConverterTypeSkyrouteError_lift) {
+open func networkChanged(networks: [NetworkInfo])throws   {try rustCallWithError(FfiConverterTypeSkyrouteError_lift) {
         uniffiCallStatus in
     uniffi_skyroute_ffi_fn_method_node_network_changed(
-            self.uniffiCloneHandle(),uniffiCallStatus
+            self.uniffiCloneHandle(),
+        FfiConverterSequenceTypeNetworkInfo.lower(networks),uniffiCallStatus
     )
 }
 }
@@ -1331,17 +1340,26 @@ public func FfiConverterTypePacketQueue_lower(_ value: PacketQueue) -> UInt64 {
 
 
 /**
- * Android's `VpnService.protect(fd)`: called with every socket the node opens, so its own
- * traffic stays outside the VPN. Return false if it could not be protected.
+ * The platform's hand on the node's sockets (Android).
  */
 public protocol SocketProtector: AnyObject, Sendable {
     
+    /**
+     * `VpnService.protect(fd)`: called with every socket the node opens, so its own traffic
+     * stays outside the VPN. Return false if it could not be protected.
+     */
     func protect(fd: Int32)  -> Bool
+    
+    /**
+     * Binds socket `fd` to the network whose handle is `network` (as given in
+     * [`NetworkInfo::id`]): Android's `Network.bindSocket`. Called once per network for the
+     * socket the node sends over it; return false if it could not be bound.
+     */
+    func bindToNetwork(fd: Int32, network: UInt64)  -> Bool
     
 }
 /**
- * Android's `VpnService.protect(fd)`: called with every socket the node opens, so its own
- * traffic stays outside the VPN. Return false if it could not be protected.
+ * The platform's hand on the node's sockets (Android).
  */
 open class SocketProtectorImpl: SocketProtector, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1396,12 +1414,32 @@ open class SocketProtectorImpl: SocketProtector, @unchecked Sendable {
     
 
     
+    /**
+     * `VpnService.protect(fd)`: called with every socket the node opens, so its own traffic
+     * stays outside the VPN. Return false if it could not be protected.
+     */
 open func protect(fd: Int32) -> Bool  {
     return try!  FfiConverterBool.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_skyroute_ffi_fn_method_socketprotector_protect(
             self.uniffiCloneHandle(),
         FfiConverterInt32.lower(fd),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Binds socket `fd` to the network whose handle is `network` (as given in
+     * [`NetworkInfo::id`]): Android's `Network.bindSocket`. Called once per network for the
+     * socket the node sends over it; return false if it could not be bound.
+     */
+open func bindToNetwork(fd: Int32, network: UInt64) -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_skyroute_ffi_fn_method_socketprotector_bind_to_network(
+            self.uniffiCloneHandle(),
+        FfiConverterInt32.lower(fd),
+        FfiConverterUInt64.lower(network),uniffiCallStatus
     )
 })
 }
@@ -1447,6 +1485,32 @@ fileprivate struct UniffiCallbackInterfaceSocketProtector {
                 }
                 return uniffiObj.protect(
                      fd: try FfiConverterInt32.lift(fd)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        bindToNetwork: { (
+            uniffiHandle: UInt64,
+            fd: Int32,
+            network: UInt64,
+            uniffiOutReturn: UnsafeMutablePointer<Int8>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Bool in
+                guard let uniffiObj = try? FfiConverterTypeSocketProtector.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.bindToNetwork(
+                     fd: try FfiConverterInt32.lift(fd),
+                     network: try FfiConverterUInt64.lift(network)
                 )
             }
 
@@ -1782,6 +1846,108 @@ public func FfiConverterTypeTunnel_lower(_ value: Tunnel) -> UInt64 {
 
 
 /**
+ * One network the platform offers (Android: a `Network` from `ConnectivityManager`; iOS:
+ * an interface of the `NWPath`).
+ */
+public struct NetworkInfo: Equatable, Hashable {
+    /**
+     * Stable while the network exists: `Network.getNetworkHandle()` on Android, the
+     * interface index on iOS.
+     */
+    public var id: UInt64
+    /**
+     * Interface name (`wlan0`, `rmnet0`, `en0`, `pdp_ip0`).
+     */
+    public var name: String
+    public var kind: NetworkKind
+    /**
+     * Costs per byte: with `[session] bulk_on_metered = false` bulk stays off it while
+     * another network works.
+     */
+    public var metered: Bool
+    public var up: Bool
+    /**
+     * OS interface index (iOS binds with `IP_BOUND_IF` to it); 0 if unknown.
+     */
+    public var index: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Stable while the network exists: `Network.getNetworkHandle()` on Android, the
+         * interface index on iOS.
+         */id: UInt64, 
+        /**
+         * Interface name (`wlan0`, `rmnet0`, `en0`, `pdp_ip0`).
+         */name: String, kind: NetworkKind, 
+        /**
+         * Costs per byte: with `[session] bulk_on_metered = false` bulk stays off it while
+         * another network works.
+         */metered: Bool, up: Bool, 
+        /**
+         * OS interface index (iOS binds with `IP_BOUND_IF` to it); 0 if unknown.
+         */index: UInt32) {
+        self.id = id
+        self.name = name
+        self.kind = kind
+        self.metered = metered
+        self.up = up
+        self.index = index
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NetworkInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNetworkInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NetworkInfo {
+        return
+            try NetworkInfo(
+                id: FfiConverterUInt64.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterTypeNetworkKind.read(from: &buf), 
+                metered: FfiConverterBool.read(from: &buf), 
+                up: FfiConverterBool.read(from: &buf), 
+                index: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NetworkInfo, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.id, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterTypeNetworkKind.write(value.kind, into: &buf)
+        FfiConverterBool.write(value.metered, into: &buf)
+        FfiConverterBool.write(value.up, into: &buf)
+        FfiConverterUInt32.write(value.index, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkInfo_lift(_ buf: RustBuffer) throws -> NetworkInfo {
+    return try FfiConverterTypeNetworkInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkInfo_lower(_ value: NetworkInfo) -> RustBuffer {
+    return FfiConverterTypeNetworkInfo.lower(value)
+}
+
+
+/**
  * A snapshot of the node.
  */
 public struct NodeStatus: Equatable, Hashable {
@@ -2008,6 +2174,89 @@ public func FfiConverterTypeLogLevel_lift(_ buf: RustBuffer) throws -> LogLevel 
 #endif
 public func FfiConverterTypeLogLevel_lower(_ value: LogLevel) -> RustBuffer {
     return FfiConverterTypeLogLevel.lower(value)
+}
+
+
+
+/**
+ * What kind of network.
+ */
+
+public enum NetworkKind: Equatable, Hashable {
+    
+    case wifi
+    case cellular
+    case ethernet
+    case other
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension NetworkKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNetworkKind: FfiConverterRustBuffer {
+    typealias SwiftType = NetworkKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NetworkKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .wifi
+        
+        case 2: return .cellular
+        
+        case 3: return .ethernet
+        
+        case 4: return .other
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: NetworkKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .wifi:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .cellular:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .ethernet:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .other:
+            writeInt(&buf, Int32(4))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkKind_lift(_ buf: RustBuffer) throws -> NetworkKind {
+    return try FfiConverterTypeNetworkKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNetworkKind_lower(_ value: NetworkKind) -> RustBuffer {
+    return FfiConverterTypeNetworkKind.lower(value)
 }
 
 
@@ -2461,6 +2710,31 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
         return seq
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeNetworkInfo: FfiConverterRustBuffer {
+    typealias SwiftType = [NetworkInfo]
+
+    public static func write(_ value: [NetworkInfo], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeNetworkInfo.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [NetworkInfo] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [NetworkInfo]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeNetworkInfo.read(from: &buf))
+        }
+        return seq
+    }
+}
 /**
  * Checks a configuration without starting anything: `None` if good, else the error (naming
  * the field).
@@ -2520,7 +2794,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_skyroute_ffi_checksum_method_node_listen_addresses() != 2144) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_skyroute_ffi_checksum_method_node_network_changed() != 26233) {
+    if (uniffi_skyroute_ffi_checksum_method_node_network_changed() != 50217) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_skyroute_ffi_checksum_method_node_public_key() != 47992) {
@@ -2550,7 +2824,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_skyroute_ffi_checksum_method_packetqueue_send_packet() != 3918) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_skyroute_ffi_checksum_method_socketprotector_protect() != 58545) {
+    if (uniffi_skyroute_ffi_checksum_method_socketprotector_protect() != 14079) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_skyroute_ffi_checksum_method_socketprotector_bind_to_network() != 61414) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_skyroute_ffi_checksum_method_tunnel_address() != 13505) {

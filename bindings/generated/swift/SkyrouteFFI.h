@@ -264,6 +264,13 @@ typedef void (*UniffiCallbackInterfaceSocketProtectorMethod0)(uint64_t, int32_t,
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_SOCKET_PROTECTOR_METHOD1
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_SOCKET_PROTECTOR_METHOD1
+typedef void (*UniffiCallbackInterfaceSocketProtectorMethod1)(uint64_t, int32_t, uint64_t, int8_t* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_NODE_LISTENER
 #define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_NODE_LISTENER
 typedef struct UniffiVTableCallbackInterfaceNodeListener {
@@ -280,6 +287,7 @@ typedef struct UniffiVTableCallbackInterfaceSocketProtector {
     UniffiCallbackInterfaceFree _Nonnull uniffiFree;
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceSocketProtectorMethod0 _Nonnull protect;
+    UniffiCallbackInterfaceSocketProtectorMethod1 _Nonnull bindToNetwork;
 } UniffiVTableCallbackInterfaceSocketProtector;
 
 #endif
@@ -325,7 +333,7 @@ RustBuffer uniffi_skyroute_ffi_fn_method_node_listen_addresses(uint64_t ptr, Rus
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_NODE_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_NODE_NETWORK_CHANGED
-void uniffi_skyroute_ffi_fn_method_node_network_changed(uint64_t ptr, RustCallStatus *_Nonnull out_status
+void uniffi_skyroute_ffi_fn_method_node_network_changed(uint64_t ptr, RustBuffer networks, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_NODE_PUBLIC_KEY
@@ -416,6 +424,11 @@ void uniffi_skyroute_ffi_fn_init_callback_vtable_socketprotector(const UniffiVTa
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_SOCKETPROTECTOR_PROTECT
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_SOCKETPROTECTOR_PROTECT
 int8_t uniffi_skyroute_ffi_fn_method_socketprotector_protect(uint64_t ptr, int32_t fd, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_SOCKETPROTECTOR_BIND_TO_NETWORK
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_SOCKETPROTECTOR_BIND_TO_NETWORK
+int8_t uniffi_skyroute_ffi_fn_method_socketprotector_bind_to_network(uint64_t ptr, int32_t fd, uint64_t network, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_CLONE_TUNNEL
@@ -849,6 +862,12 @@ uint16_t uniffi_skyroute_ffi_checksum_method_packetqueue_send_packet(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_SOCKETPROTECTOR_PROTECT
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_SOCKETPROTECTOR_PROTECT
 uint16_t uniffi_skyroute_ffi_checksum_method_socketprotector_protect(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_SOCKETPROTECTOR_BIND_TO_NETWORK
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_SOCKETPROTECTOR_BIND_TO_NETWORK
+uint16_t uniffi_skyroute_ffi_checksum_method_socketprotector_bind_to_network(void
     
 );
 #endif

@@ -155,7 +155,10 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
 }
 
 /// Every link to `peer`, physical (by slot) then virtual.
-fn links_of<'a>(by_peer: &'a BTreeMap<(PublicKey, u16), LinkId>, peer: &PublicKey) -> impl Iterator<Item = LinkId> + 'a {
+fn links_of<'a>(
+    by_peer: &'a BTreeMap<(PublicKey, u16), LinkId>,
+    peer: &PublicKey,
+) -> impl Iterator<Item = LinkId> + 'a {
     by_peer.range((*peer, 0)..=(*peer, VIRTUAL_SLOT)).map(|(_, id)| *id)
 }
 

@@ -72,12 +72,16 @@ impl World {
         let nodes: Vec<Node<At>> = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| Node::new(k.clone(), NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(seed + 1 + i as u64))))
+            .map(|(i, k)| {
+                Node::new(k.clone(), NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(seed + 1 + i as u64)))
+            })
             .collect();
         let sessions = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| Sessions::new(k.clone(), cfg.clone(), Box::new(ChaCha20Rng::seed_from_u64(seed + 10 + i as u64))))
+            .map(|(i, k)| {
+                Sessions::new(k.clone(), cfg.clone(), Box::new(ChaCha20Rng::seed_from_u64(seed + 10 + i as u64)))
+            })
             .collect();
         let mut graph = Graph::new();
         let pk: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
@@ -298,7 +302,8 @@ fn session(cfg: SessionConfig, seed: u64) -> (World, SessionId) {
     let server = w.key(SERVER);
     let now = w.now;
     let (nodes, sessions, graph) = (&mut w.nodes, &mut w.sessions, &w.graph);
-    let sid = sessions[PHONE as usize].connect_with_routes(now, &mut nodes[PHONE as usize], graph, server, Some(2)).unwrap();
+    let sid =
+        sessions[PHONE as usize].connect_with_routes(now, &mut nodes[PHONE as usize], graph, server, Some(2)).unwrap();
     w.run(Duration::from_millis(500));
     assert!(w.sessions[PHONE as usize].is_established(sid));
     (w, sid)
@@ -307,12 +312,8 @@ fn session(cfg: SessionConfig, seed: u64) -> (World, SessionId) {
 /// The interfaces the session's live paths leave through.
 fn radios(w: &World, sid: SessionId) -> Vec<u8> {
     let phone = &w.nodes[PHONE as usize];
-    let live: Vec<u32> = w.sessions[PHONE as usize]
-        .paths(sid)
-        .into_iter()
-        .filter(|p| p.1 == PathState::Live)
-        .map(|p| p.0)
-        .collect();
+    let live: Vec<u32> =
+        w.sessions[PHONE as usize].paths(sid).into_iter().filter(|p| p.1 == PathState::Live).map(|p| p.0).collect();
     let mut out: Vec<u8> = live
         .iter()
         .filter_map(|p| w.sessions[PHONE as usize].path_link(sid, *p))
@@ -355,7 +356,9 @@ fn a_two_route_session_uses_both_radios_and_does_not_stall_when_one_goes() {
         let allowed = (t.as_millis() as usize * 2000).min(data.len());
         if pos < allowed {
             let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
-            pos += sessions[PHONE as usize].stream_send(now, &mut nodes[PHONE as usize], sid, &data[pos..allowed]).unwrap();
+            pos += sessions[PHONE as usize]
+                .stream_send(now, &mut nodes[PHONE as usize], sid, &data[pos..allowed])
+                .unwrap();
         }
         w.run(Duration::from_millis(1));
         for (n, at, ev) in w.session_events.drain(..) {

@@ -6,6 +6,9 @@
 //! udp = "127.0.0.1:7070"          # default port (UDP and TCP 7070, QUIC 7071), or the
 //! tcp = "127.0.0.1:7070"          # next free one
 //! quic = "off"
+//! interfaces = ["wlan0", "wwan0"] # a UDP socket bound to each, UDP peers dialled over each
+//!                                 # (a link per interface; [] = none, one unbound socket)
+//!                                 # [every up interface with a default route, if two or more]
 //! [[peers]]                       # static neighbours, dialled and kept up
 //! key = "02ab...33 bytes hex"
 //! addr = "192.0.2.1:7070"         # UDP; or "tcp://192.0.2.1:7070", "quic://192.0.2.1:7071"
@@ -15,6 +18,8 @@
 //! [session]
 //! routes = 3                      # disjoint routes per session
 //! realtime_copies = 3             # copies of each deadline datagram
+//! bulk_on_metered = true          # bulk may use routes over metered (cellular) interfaces
+//!                                 # while an unmetered one works [true]
 //! [link]
 //! keepalive_s = 0                 # keepalive when nothing was sent this long, 0 = off [0];
 //!                                 # 25 for a node behind NAT that peers must reach while idle
@@ -238,6 +243,7 @@ struct RawListen {
     udp: Option<String>,
     tcp: Option<String>,
     quic: Option<String>,
+    interfaces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +258,7 @@ struct RawEdge {
 struct RawSession {
     routes: Option<usize>,
     realtime_copies: Option<usize>,
+    bulk_on_metered: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +312,8 @@ pub struct Config {
     pub udp: Bind,
     pub tcp: Bind,
     pub quic: Bind,
+    /// Which interfaces get a bound UDP socket (`[listen] interfaces`).
+    pub interfaces: crate::transport::iface::Policy,
     pub peers: Vec<Peer>,
     pub topology: Vec<(PublicKey, PublicKey)>,
     pub node: NodeConfig,
@@ -476,6 +485,7 @@ impl Default for Config {
             discovery: false,
             dht: None,
             escrow: None,
+            interfaces: crate::transport::iface::Policy::Auto,
         })
     }
 }
@@ -521,6 +531,19 @@ impl Config {
             }
             session.routes = v;
         }
+        if let Some(v) = raw.session.bulk_on_metered {
+            session.bulk_on_metered = v;
+        }
+        let interfaces = match &raw.listen.interfaces {
+            None => crate::transport::iface::Policy::Auto,
+            Some(names) if names.is_empty() => crate::transport::iface::Policy::Off,
+            Some(names) => {
+                for (i, n) in names.iter().enumerate() {
+                    check_ifname(n).map_err(|e| field(format!("listen.interfaces[{i}]"), e))?;
+                }
+                crate::transport::iface::Policy::Named(names.clone())
+            }
+        };
         if let Some(v) = raw.session.realtime_copies {
             if !(1..=8).contains(&v) {
                 return Err(field("session.realtime_copies", "must be between 1 and 8"));
@@ -585,6 +608,7 @@ impl Config {
             discovery: raw.discovery.announce,
             dht: dht_options(&raw.discovery)?,
             escrow,
+            interfaces,
         })
     }
 }

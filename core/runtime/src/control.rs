@@ -285,6 +285,19 @@ pub struct TransferReport {
     pub error: Option<String>,
 }
 
+/// One local network the node binds sockets to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    /// wifi, cellular, ethernet or other.
+    pub kind: String,
+    pub metered: bool,
+    /// A socket is bound to it now (a network that went is kept, down, with its slot).
+    pub up: bool,
+    /// Its number in the link layer (1-255): the slot a link on it carries in its handshake.
+    pub slot: u8,
+}
+
 /// A snapshot of a running node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -292,6 +305,10 @@ pub struct Status {
     pub address: String,
     pub listen: Vec<String>,
     pub links: Vec<LinkStatus>,
+    /// The local networks the node binds sockets to (`[listen] interfaces`, or the
+    /// platform's): empty when its sockets are unbound.
+    #[serde(default)]
+    pub networks: Vec<NetworkStatus>,
     /// Route table entries (as source, relay or last hop).
     pub routes: usize,
     /// Bytes held in route buffers now, and reserved for them.
@@ -414,6 +431,10 @@ pub struct PathStatus {
 pub struct LinkStatus {
     pub peer: String,
     pub transport: String,
+    /// The local interface the link lives on (`wlan0`, `rmnet0`); null: an unbound socket
+    /// (the OS picks the way out).
+    #[serde(default)]
+    pub interface: Option<String>,
     pub addr: String,
     pub state: String,
     pub rtt_ms: Option<f64>,

@@ -69,6 +69,7 @@ pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io:
             discovery: config.discovery,
             dht: config.dht.clone(),
             escrow: config.escrow.clone(),
+            interfaces: config.interfaces.clone(),
         };
         match RunningNode::spawn(o).await {
             Ok(n) => {

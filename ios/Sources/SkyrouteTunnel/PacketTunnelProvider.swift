@@ -7,8 +7,11 @@ import Skyroute
 /// The iOS VPN: a skyroute node inside the network extension, a tunnel to the gateway over
 /// every route its session finds, and `packetFlow` moved through the tunnel's packet calls.
 /// The provider configuration carries "gateway" (public key), and optionally "config" (the
-/// node's TOML) and "routes". Path changes (WiFi <-> cellular) go to the node at once.
-/// (The extension's own sockets bypass the tunnel on iOS, so no protect() is needed.)
+/// node's TOML) and "routes". Every radio at once: the path monitor's interfaces (WiFi and
+/// cellular, both when both are up) go to the node at each change, and the node binds a
+/// socket to each with `IP_BOUND_IF` (the interface index), so its routes leave through both
+/// radios rather than only the default one. (The extension's own sockets bypass the tunnel
+/// on iOS, so no protect() is needed.)
 open class PacketTunnelProvider: NEPacketTunnelProvider {
     private let log = OSLog(subsystem: "net.skyroute", category: "tunnel")
     private var node: Node?
@@ -92,9 +95,31 @@ open class PacketTunnelProvider: NEPacketTunnelProvider {
 
     private func watchPath() {
         let m = NWPathMonitor()
-        m.pathUpdateHandler = { [weak self] _ in try? self?.node?.networkChanged() }
+        m.pathUpdateHandler = { [weak self] path in
+            try? self?.node?.networkChanged(networks: Self.networks(path))
+        }
         m.start(queue: queue)
         monitor = m
+    }
+
+    /// The path's usable interfaces as the node's networks (cellular is metered; the index
+    /// is what `IP_BOUND_IF` takes).
+    static func networks(_ path: NWPath) -> [NetworkInfo] {
+        guard path.status == .satisfied else { return [] }
+        return path.availableInterfaces.compactMap { i in
+            let kind: NetworkKind
+            switch i.type {
+            case .wifi: kind = .wifi
+            case .cellular: kind = .cellular
+            case .wiredEthernet: kind = .ethernet
+            case .loopback: return nil
+            default: kind = .other
+            }
+            // Our own tunnel's utun is "other": never a way out for the node itself.
+            if i.name.hasPrefix("utun") || i.name.hasPrefix("ipsec") { return nil }
+            return NetworkInfo(id: UInt64(i.index), name: i.name, kind: kind,
+                               metered: kind == .cellular || path.isExpensive, up: true, index: UInt32(i.index))
+        }
     }
 
     open override func stopTunnel(with reason: NEProviderStopReason, completionHandler: @escaping () -> Void) {

@@ -737,7 +737,10 @@ impl Sessions {
                 let first_down = match p.link {
                     Some(l) => ctx.node.link(l).is_none_or(|l| l.state != crate::LinkState::Up),
                     None => p.hops.first().is_none_or(|h| {
-                        ctx.node.link_to(h).and_then(|l| ctx.node.link(l)).is_none_or(|l| l.state != crate::LinkState::Up)
+                        ctx.node
+                            .link_to(h)
+                            .and_then(|l| ctx.node.link(l))
+                            .is_none_or(|l| l.state != crate::LinkState::Up)
                     }),
                 };
                 let stale = p.state == PathState::Suspect && now.saturating_duration_since(p.since) >= cfg.retire_after;
@@ -802,12 +805,8 @@ impl Sessions {
         // moment ago (a neighbour that just went out of range still looks up until its link
         // times out).
         s.failed_first_links.retain(|_, t| now.saturating_duration_since(*t) < cfg.retire_after);
-        let mut used: BTreeSet<LinkId> = s
-            .paths
-            .values()
-            .filter_map(|p| p.link)
-            .chain(s.failed_first_links.keys().copied())
-            .collect();
+        let mut used: BTreeSet<LinkId> =
+            s.paths.values().filter_map(|p| p.link).chain(s.failed_first_links.keys().copied()).collect();
         let firsts: Vec<(LinkId, PublicKey, Interface)> = ctx
             .node
             .links()
@@ -828,9 +827,8 @@ impl Sessions {
         if healthy >= want {
             let spare = per_iface.iter().find(|(_, ps)| ps.is_empty()).map(|(i, _)| *i);
             let busiest = per_iface.values().filter(|ps| ps.len() >= 2).max_by_key(|ps| ps.len());
-            let victim = busiest.and_then(|ps| {
-                ps.iter().copied().max_by_key(|p| s.paths[p].srtt().unwrap_or(Duration::MAX))
-            });
+            let victim =
+                busiest.and_then(|ps| ps.iter().copied().max_by_key(|p| s.paths[p].srtt().unwrap_or(Duration::MAX)));
             match (spare, victim) {
                 (Some(spare), Some(victim)) => moving = Some((spare, victim)),
                 _ => return,
@@ -865,7 +863,8 @@ impl Sessions {
                 let Some(hops) = finder.find(&self.public, &s.peer, 1, &starts, &avoid).into_iter().next() else {
                     continue;
                 };
-                let Some(link) = firsts.iter().filter(on_iface).find(|f| Some(&f.1) == hops.first()).map(|f| f.0) else {
+                let Some(link) = firsts.iter().filter(on_iface).find(|f| Some(&f.1) == hops.first()).map(|f| f.0)
+                else {
                     continue;
                 };
                 built = Some((iface, link, hops));

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{PingReport, ServiceMessage, Status, TransferReport};
 use crate::service::transfer::{Received, Source};
+use crate::transport::iface::Policy;
 use crate::transport::Addr;
 
 /// How to run a node.
@@ -42,6 +43,9 @@ pub struct Options {
     pub dht: Option<DhtOptions>,
     /// Settle payments at an escrow: authorise our routes' payer keys, cash our receipts.
     pub escrow: Option<EscrowOptions>,
+    /// Which local networks get a UDP socket of their own, UDP neighbours being dialled over
+    /// each (off: one unbound socket, the OS routes).
+    pub interfaces: crate::transport::iface::Policy,
 }
 
 /// Where and as whom a node settles payments (`skyroute escrow`).
@@ -126,6 +130,7 @@ impl Options {
             discovery: false,
             dht: None,
             escrow: None,
+            interfaces: crate::transport::iface::Policy::Off,
         }
     }
 
@@ -234,6 +239,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<bool>,
     },
     NetworkChanged,
+    /// The OS reported an interface or address change: list the interfaces again.
+    Rescan,
+    /// The platform's networks now.
+    Networks(Vec<crate::transport::iface::Network>),
     NearestGateway {
         reply: oneshot::Sender<Result<PublicKey, String>>,
     },
@@ -344,6 +353,14 @@ impl NodeHandle {
         self.commands.send(Command::NetworkChanged).map_err(|_| Stopped)
     }
 
+    /// The platform's networks now (Android `ConnectivityManager`, iOS `NWPathMonitor`): each
+    /// up network gets a UDP socket bound to it and the UDP neighbours are dialled over it at
+    /// once; a network no longer listed, or listed down, takes its links down at once. Every
+    /// link and session path is probed, as with [`NodeHandle::network_changed`].
+    pub fn set_networks(&self, networks: Vec<crate::transport::iface::Network>) -> Result<(), Stopped> {
+        self.commands.send(Command::Networks(networks)).map_err(|_| Stopped)
+    }
+
     /// Ends the tunnel; false if there was none.
     pub async fn tunnel_down(&self) -> Result<bool, Stopped> {
         self.ask(|reply| Command::TunnelDown { reply }).await
@@ -392,6 +409,8 @@ pub struct RunningNode {
     /// A gateway's uplink: packets clients send out arrive here; packets for clients go in.
     pub uplink: Option<PacketPort>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The rtnetlink watcher (Linux, when the node binds to interfaces itself).
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::ops::Deref for RunningNode {
@@ -413,9 +432,33 @@ impl RunningNode {
             }
             None => (None, None),
         };
+        let watch = matches!(options.interfaces, Policy::Auto | Policy::Named(_));
         let (driver, listen, public_key, route_mtu) = run::Driver::bind(options, cmd_rx, ev_tx, inner).await?;
         let task = tokio::spawn(driver.run());
-        Ok(RunningNode { handle: NodeHandle { commands }, events, listen, public_key, route_mtu, uplink, task })
+        // The kernel tells us when interfaces or addresses change: no polling.
+        let watcher = if watch {
+            let tx = commands.clone();
+            match crate::transport::iface::watch(move || tx.send(Command::Rescan).is_ok()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    // Android apps may not open rtnetlink: the platform reports networks instead.
+                    tracing::warn!("not watching interfaces (changes are seen only when reported): {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(RunningNode {
+            handle: NodeHandle { commands },
+            events,
+            listen,
+            public_key,
+            route_mtu,
+            uplink,
+            task,
+            watcher,
+        })
     }
 
     pub fn handle(&self) -> NodeHandle {
@@ -430,6 +473,9 @@ impl RunningNode {
     /// Closes sessions and links, sends what is queued, and waits for the driver to end.
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.handle.commands.send(Command::Stop);
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         self.task.await.map_err(std::io::Error::other)?
     }
 }

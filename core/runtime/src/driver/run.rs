@@ -3,6 +3,7 @@
 mod dht;
 mod discovery;
 mod pay;
+mod radios;
 mod vpn;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,8 @@ pub(super) struct Driver {
     me: PublicKey,
     listen: Listening,
     udp: Option<Udp>,
+    /// UDP sockets bound to each local network, and the neighbours dialled over them.
+    radios: radios::Radios,
     pool: Pool,
     inbound: mpsc::Receiver<Inbound>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -154,6 +157,7 @@ impl Driver {
             me,
             listen,
             udp,
+            radios: radios::Radios::new(o.interfaces, in_tx.clone()),
             pool: Pool::new(tcp, quic),
             inbound,
             commands,
@@ -173,6 +177,8 @@ impl Driver {
             tunnel: None,
             discovery,
         };
+        let mut d = d;
+        d.rescan(Instant::now());
         Ok((d, listen, me, route_mtu))
     }
 
@@ -250,6 +256,15 @@ impl Driver {
                     // A failed send is a lost packet: the protocol recovers, the driver goes on.
                     Some(u) => {
                         if u.push(a, out).await.is_err() {
+                            self.count("send_errors");
+                        }
+                    }
+                    None => self.count("no_transport"),
+                },
+                Addr::UdpOn(i, a) => match self.radios.bound.get(&i.0) {
+                    // Phones' radios are not the fast path: one datagram per call, never waiting.
+                    Some(b) => {
+                        if b.socket.try_send_to(out, a).is_err() {
                             self.count("send_errors");
                         }
                     }
@@ -618,7 +633,7 @@ impl Driver {
     fn on_command(&mut self, now: Instant, c: Command) {
         match c {
             Command::Connect { peer, addr } => {
-                self.node.connect(now, peer, addr);
+                self.dial(now, peer, addr);
             }
             Command::AddTopology { a, b } => self.graph.add_edge(a, b, LINK_COST),
             Command::OpenRoute { hops, reply } => {
@@ -714,6 +729,8 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Command::TunnelUp { gateway, routes, port, reply } => self.tunnel_up(now, gateway, routes, port, reply),
+            Command::Rescan => self.rescan(now),
+            Command::Networks(nets) => self.set_networks(now, nets),
             Command::NetworkChanged => {
                 tracing::info!("network changed: probing every link and session path");
                 self.node.network_changed(now);
@@ -769,6 +786,7 @@ impl Driver {
                 .map(|((packets_last_min, rekeys_last_min), l)| LinkStatus {
                     peer: l.peer.to_string(),
                     transport: l.addr.kind().name().into(),
+                    interface: self.radios.name(skyroute_proto::Endpoint::interface(&l.addr)),
                     addr: l.addr.socket().to_string(),
                     state: match l.state {
                         skyroute_proto::LinkState::Up => "up",
@@ -792,6 +810,7 @@ impl Driver {
                     rejected: reasons(&l.stats.rejected),
                 })
                 .collect(),
+            networks: self.radios.status(),
             routes: self.node.route_count(),
             buffered_bytes,
             reserved_bytes,

@@ -7,6 +7,7 @@
 //! TCP and QUIC are connection-oriented: a connection per peer address, opened on first send,
 //! registered with the driver when accepted, and forgotten when it closes ([`Pool`]).
 
+pub mod iface;
 pub mod pool;
 pub mod quic;
 pub mod tcp;
@@ -71,12 +72,25 @@ pub const CONN_QUEUE: usize = 1024;
 /// Packets received by all connection-oriented transports, waiting for the driver.
 pub const INBOUND_QUEUE: usize = 4096;
 
-/// A transport and an address: where a link packet goes.
+/// A transport and an address: where a link packet goes (and, for UDP over a bound
+/// interface, which of the node's interfaces it leaves through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Addr {
     Udp(SocketAddr),
     Tcp(SocketAddr),
     Quic(SocketAddr),
+    /// UDP through the socket bound to one local interface (see [`iface`]); the link stays on
+    /// that interface.
+    UdpOn(skyroute_proto::Interface, SocketAddr),
+}
+
+impl skyroute_proto::Endpoint for Addr {
+    fn interface(&self) -> skyroute_proto::Interface {
+        match self {
+            Addr::UdpOn(i, _) => *i,
+            _ => skyroute_proto::Interface::UNBOUND,
+        }
+    }
 }
 
 /// The transports, by name.
@@ -121,7 +135,7 @@ impl FromStr for Kind {
 impl Addr {
     pub fn kind(&self) -> Kind {
         match self {
-            Addr::Udp(_) => Kind::Udp,
+            Addr::Udp(_) | Addr::UdpOn(..) => Kind::Udp,
             Addr::Tcp(_) => Kind::Tcp,
             Addr::Quic(_) => Kind::Quic,
         }
@@ -129,7 +143,7 @@ impl Addr {
 
     pub fn socket(&self) -> SocketAddr {
         match self {
-            Addr::Udp(a) | Addr::Tcp(a) | Addr::Quic(a) => *a,
+            Addr::Udp(a) | Addr::Tcp(a) | Addr::Quic(a) | Addr::UdpOn(_, a) => *a,
         }
     }
 }

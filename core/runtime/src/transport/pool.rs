@@ -60,7 +60,7 @@ impl Pool {
         let tx = match addr {
             Addr::Tcp(a) => self.tcp.as_ref().ok_or(Dropped::NoTransport)?.dial(a),
             Addr::Quic(a) => self.quic.as_ref().ok_or(Dropped::NoTransport)?.dial(a),
-            Addr::Udp(_) => return Err(Dropped::NoTransport),
+            Addr::Udp(_) | Addr::UdpOn(..) => return Err(Dropped::NoTransport),
         };
         let r = tx.try_send(Bytes::copy_from_slice(packet)).map_err(|_| Dropped::Full);
         self.conns.insert(addr, tx);

@@ -659,6 +659,9 @@ internal interface UniffiCallbackInterfaceNodeListenerMethod1 : com.sun.jna.Call
 internal interface UniffiCallbackInterfaceSocketProtectorMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`fd`: Int,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceSocketProtectorMethod1 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`fd`: Int,`network`: Long,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
+}
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "onEvent", "onLog")
 internal open class UniffiVTableCallbackInterfaceNodeListener(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
@@ -681,22 +684,25 @@ internal open class UniffiVTableCallbackInterfaceNodeListener(
     }
 
 }
-@Structure.FieldOrder("uniffiFree", "uniffiClone", "protect")
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "protect", "bindToNetwork")
 internal open class UniffiVTableCallbackInterfaceSocketProtector(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
     @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
     @JvmField internal var `protect`: UniffiCallbackInterfaceSocketProtectorMethod0? = null,
+    @JvmField internal var `bindToNetwork`: UniffiCallbackInterfaceSocketProtectorMethod1? = null,
 ) : Structure() {
     class UniffiByValue(
         `uniffiFree`: UniffiCallbackInterfaceFree? = null,
         `uniffiClone`: UniffiCallbackInterfaceClone? = null,
         `protect`: UniffiCallbackInterfaceSocketProtectorMethod0? = null,
-    ): UniffiVTableCallbackInterfaceSocketProtector(`uniffiFree`,`uniffiClone`,`protect`,), Structure.ByValue
+        `bindToNetwork`: UniffiCallbackInterfaceSocketProtectorMethod1? = null,
+    ): UniffiVTableCallbackInterfaceSocketProtector(`uniffiFree`,`uniffiClone`,`protect`,`bindToNetwork`,), Structure.ByValue
 
    internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceSocketProtector) {
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `protect` = other.`protect`
+        `bindToNetwork` = other.`bindToNetwork`
     }
 
 }
@@ -761,6 +767,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_skyroute_ffi_checksum_method_socketprotector_protect(
     ): Int
+    external fun uniffi_skyroute_ffi_checksum_method_socketprotector_bind_to_network(
+    ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_address(
     ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd(
@@ -819,7 +827,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_skyroute_ffi_fn_method_node_listen_addresses(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_skyroute_ffi_fn_method_node_network_changed(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_skyroute_ffi_fn_method_node_network_changed(`ptr`: Long,`networks`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_skyroute_ffi_fn_method_node_public_key(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -856,6 +864,8 @@ internal object UniffiLib {
     external fun uniffi_skyroute_ffi_fn_init_callback_vtable_socketprotector(`vtable`: UniffiVTableCallbackInterfaceSocketProtector,
     ): Unit
     external fun uniffi_skyroute_ffi_fn_method_socketprotector_protect(`ptr`: Long,`fd`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
+    external fun uniffi_skyroute_ffi_fn_method_socketprotector_bind_to_network(`ptr`: Long,`fd`: Int,`network`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Byte
     external fun uniffi_skyroute_ffi_fn_clone_tunnel(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1023,7 +1033,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_skyroute_ffi_checksum_method_node_listen_addresses() and 0xFFFF) != 2144) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_skyroute_ffi_checksum_method_node_network_changed() and 0xFFFF) != 26233) {
+    if ((lib.uniffi_skyroute_ffi_checksum_method_node_network_changed() and 0xFFFF) != 50217) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_skyroute_ffi_checksum_method_node_public_key() and 0xFFFF) != 47992) {
@@ -1053,7 +1063,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_skyroute_ffi_checksum_method_packetqueue_send_packet() and 0xFFFF) != 3918) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_skyroute_ffi_checksum_method_socketprotector_protect() and 0xFFFF) != 58545) {
+    if ((lib.uniffi_skyroute_ffi_checksum_method_socketprotector_protect() and 0xFFFF) != 14079) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_skyroute_ffi_checksum_method_socketprotector_bind_to_network() and 0xFFFF) != 61414) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_address() and 0xFFFF) != 13505) {
@@ -1622,9 +1635,13 @@ public interface NodeInterface {
     fun `listenAddresses`(): List<kotlin.String>
     
     /**
-     * The OS reports a connectivity change (WiFi <-> LTE): links are probed now.
+     * The OS reports its networks (call at start and on every change: Android's
+     * `NetworkCallback`, iOS's `NWPathMonitor`): each up network gets a socket bound to it
+     * (through [`SocketProtector::bind_to_network`] on Android, `IP_BOUND_IF` on iOS) and the
+     * neighbours are dialled over each, so WiFi and cellular carry routes at once; a network
+     * gone or down takes its links down at once. Every link and path is probed.
      */
-    fun `networkChanged`()
+    fun `networkChanged`(`networks`: List<NetworkInfo>)
     
     fun `publicKey`(): kotlin.String
     
@@ -1841,15 +1858,20 @@ open class Node: Disposable, AutoCloseable, NodeInterface
 
     
     /**
-     * The OS reports a connectivity change (WiFi <-> LTE): links are probed now.
+     * The OS reports its networks (call at start and on every change: Android's
+     * `NetworkCallback`, iOS's `NWPathMonitor`): each up network gets a socket bound to it
+     * (through [`SocketProtector::bind_to_network`] on Android, `IP_BOUND_IF` on iOS) and the
+     * neighbours are dialled over each, so WiFi and cellular carry routes at once; a network
+     * gone or down takes its links down at once. Every link and path is probed.
      */
-    @Throws(SkyrouteException::class)override fun `networkChanged`()
+    @Throws(SkyrouteException::class)override fun `networkChanged`(`networks`: List<NetworkInfo>)
         = 
     callWithHandle {
     uniffiRustCallWithError(SkyrouteException) { _status ->
     UniffiLib.uniffi_skyroute_ffi_fn_method_node_network_changed(
         it,
-        _status)
+        
+        FfiConverterSequenceTypeNetworkInfo.lower(`networks`),_status)
 }
     }
     
@@ -2721,19 +2743,28 @@ public object FfiConverterTypePacketQueue: FfiConverter<PacketQueue, Long> {
 
 
 /**
- * Android's `VpnService.protect(fd)`: called with every socket the node opens, so its own
- * traffic stays outside the VPN. Return false if it could not be protected.
+ * The platform's hand on the node's sockets (Android).
  */
 public interface SocketProtector {
     
+    /**
+     * `VpnService.protect(fd)`: called with every socket the node opens, so its own traffic
+     * stays outside the VPN. Return false if it could not be protected.
+     */
     fun `protect`(`fd`: kotlin.Int): kotlin.Boolean
+    
+    /**
+     * Binds socket `fd` to the network whose handle is `network` (as given in
+     * [`NetworkInfo::id`]): Android's `Network.bindSocket`. Called once per network for the
+     * socket the node sends over it; return false if it could not be bound.
+     */
+    fun `bindToNetwork`(`fd`: kotlin.Int, `network`: kotlin.ULong): kotlin.Boolean
     
     companion object
 }
 
 /**
- * Android's `VpnService.protect(fd)`: called with every socket the node opens, so its own
- * traffic stays outside the VPN. Return false if it could not be protected.
+ * The platform's hand on the node's sockets (Android).
  */
 open class SocketProtectorImpl: Disposable, AutoCloseable, SocketProtector
 {
@@ -2836,7 +2867,11 @@ open class SocketProtectorImpl: Disposable, AutoCloseable, SocketProtector
         }
     }
 
-    override fun `protect`(`fd`: kotlin.Int): kotlin.Boolean {
+    
+    /**
+     * `VpnService.protect(fd)`: called with every socket the node opens, so its own traffic
+     * stays outside the VPN. Return false if it could not be protected.
+     */override fun `protect`(`fd`: kotlin.Int): kotlin.Boolean {
             return FfiConverterBoolean.lift(
     callWithHandle {
     uniffiRustCall() { _status ->
@@ -2844,6 +2879,26 @@ open class SocketProtectorImpl: Disposable, AutoCloseable, SocketProtector
         it,
         
         FfiConverterInt.lower(`fd`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Binds socket `fd` to the network whose handle is `network` (as given in
+     * [`NetworkInfo::id`]): Android's `Network.bindSocket`. Called once per network for the
+     * socket the node sends over it; return false if it could not be bound.
+     */override fun `bindToNetwork`(`fd`: kotlin.Int, `network`: kotlin.ULong): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_skyroute_ffi_fn_method_socketprotector_bind_to_network(
+        it,
+        
+        FfiConverterInt.lower(`fd`),
+        FfiConverterULong.lower(`network`),_status)
 }
     }
     )
@@ -2880,6 +2935,19 @@ internal object uniffiCallbackInterfaceSocketProtector {
             uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
         }
     }
+    internal object `bindToNetwork`: UniffiCallbackInterfaceSocketProtectorMethod1 {
+        override fun callback(`uniffiHandle`: Long,`fd`: Int,`network`: Long,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeSocketProtector.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`bindToNetwork`(
+                    FfiConverterInt.lift(`fd`),
+                    FfiConverterULong.lift(`network`),
+                )
+            }
+            val writeReturn = { value: kotlin.Boolean -> uniffiOutReturn.setValue(FfiConverterBoolean.lower(value)) }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
 
     internal object uniffiFree: UniffiCallbackInterfaceFree {
         override fun callback(handle: Long) {
@@ -2897,6 +2965,7 @@ internal object uniffiCallbackInterfaceSocketProtector {
         uniffiFree,
         uniffiClone,
         `protect`,
+        `bindToNetwork`,
     )
 
     // Registers the foreign callback with the Rust side.
@@ -3368,6 +3437,82 @@ public object FfiConverterTypeTunnel: FfiConverter<Tunnel, Long> {
 
 
 /**
+ * One network the platform offers (Android: a `Network` from `ConnectivityManager`; iOS:
+ * an interface of the `NWPath`).
+ */
+data class NetworkInfo (
+    /**
+     * Stable while the network exists: `Network.getNetworkHandle()` on Android, the
+     * interface index on iOS.
+     */
+    var `id`: kotlin.ULong
+    , 
+    /**
+     * Interface name (`wlan0`, `rmnet0`, `en0`, `pdp_ip0`).
+     */
+    var `name`: kotlin.String
+    , 
+    var `kind`: NetworkKind
+    , 
+    /**
+     * Costs per byte: with `[session] bulk_on_metered = false` bulk stays off it while
+     * another network works.
+     */
+    var `metered`: kotlin.Boolean
+    , 
+    var `up`: kotlin.Boolean
+    , 
+    /**
+     * OS interface index (iOS binds with `IP_BOUND_IF` to it); 0 if unknown.
+     */
+    var `index`: kotlin.UInt
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNetworkInfo: FfiConverterRustBuffer<NetworkInfo> {
+    override fun read(buf: ByteBuffer): NetworkInfo {
+        return NetworkInfo(
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeNetworkKind.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: NetworkInfo) = (
+            FfiConverterULong.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterTypeNetworkKind.allocationSize(value.`kind`) +
+            FfiConverterBoolean.allocationSize(value.`metered`) +
+            FfiConverterBoolean.allocationSize(value.`up`) +
+            FfiConverterUInt.allocationSize(value.`index`)
+    )
+
+    override fun write(value: NetworkInfo, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`id`, buf)
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterTypeNetworkKind.write(value.`kind`, buf)
+            FfiConverterBoolean.write(value.`metered`, buf)
+            FfiConverterBoolean.write(value.`up`, buf)
+            FfiConverterUInt.write(value.`index`, buf)
+    }
+}
+
+
+
+/**
  * A snapshot of the node.
  */
 data class NodeStatus (
@@ -3511,6 +3656,45 @@ public object FfiConverterTypeLogLevel: FfiConverterRustBuffer<LogLevel> {
     override fun allocationSize(value: LogLevel) = 4UL
 
     override fun write(value: LogLevel, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * What kind of network.
+ */
+
+enum class NetworkKind {
+    
+    WIFI,
+    CELLULAR,
+    ETHERNET,
+    OTHER;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNetworkKind: FfiConverterRustBuffer<NetworkKind> {
+    override fun read(buf: ByteBuffer) = try {
+        NetworkKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: NetworkKind) = 4UL
+
+    override fun write(value: NetworkKind, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -4097,6 +4281,34 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterString.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeNetworkInfo: FfiConverterRustBuffer<List<NetworkInfo>> {
+    override fun read(buf: ByteBuffer): List<NetworkInfo> {
+        val len = buf.getInt()
+        return List<NetworkInfo>(len) {
+            FfiConverterTypeNetworkInfo.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<NetworkInfo>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeNetworkInfo.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<NetworkInfo>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeNetworkInfo.write(it, buf)
         }
     }
 }

@@ -277,7 +277,7 @@ impl Driver {
         let first = q.is_empty();
         q.push(m);
         if first {
-            self.node.connect(now, c.key, addr);
+            self.dial(now, c.key, addr);
         }
     }
 
@@ -399,7 +399,7 @@ impl Driver {
             found.filter(|x| job.connect && x.record.key != self.me && self.link_addr(&x.record.key).is_none())
         {
             if let Some(a) = x.record.addrs.iter().find_map(|a| a.parse::<Addr>().ok()) {
-                self.node.connect(now, x.record.key, a);
+                self.dial(now, x.record.key, a);
             }
         }
         match job.reply {

@@ -5,13 +5,18 @@ import android.app.NotificationChannel
 import android.app.NotificationManager
 import android.content.Intent
 import android.net.ConnectivityManager
+import android.net.LinkProperties
 import android.net.Network
 import android.net.NetworkCapabilities
 import android.net.NetworkRequest
 import android.net.VpnService
 import android.os.Build
+import android.os.ParcelFileDescriptor
 import android.util.Log
+import java.util.concurrent.ConcurrentHashMap
 import net.skyroute.LogLevel
+import net.skyroute.NetworkInfo
+import net.skyroute.NetworkKind
 import net.skyroute.Node
 import net.skyroute.NodeEvent
 import net.skyroute.NodeListener
@@ -26,8 +31,14 @@ import net.skyroute.Tunnel
  *
  * Start it with an Intent carrying [EXTRA_GATEWAY] (the gateway's public key) and optionally
  * [EXTRA_CONFIG] (the node's TOML: peers, session routes). The node's own sockets are excluded
- * from the VPN through [protect]; connectivity changes are reported to the node so it probes
- * its links at once instead of waiting for a timeout.
+ * from the VPN through [protect].
+ *
+ * Every radio at once: Android sends an app's sockets over the default network only (WiFi
+ * whenever it is up), so the service asks for cellular as well (`requestNetwork` keeps it up
+ * beside WiFi), reports every network it has (handle, kind, metered) to the node on each
+ * change, and binds each socket the node asks for to its network (`Network.bindSocket`). The
+ * node dials its neighbours over each network: routes leave through WiFi and LTE at once, and
+ * a lost network takes its links down at once instead of after a timeout.
  */
 class SkyrouteVpnService : VpnService() {
     companion object {
@@ -60,22 +71,69 @@ class SkyrouteVpnService : VpnService() {
         }
     }
 
-    /** Every socket the node opens stays outside the VPN. */
+    /** The networks the node may use, by handle, with what we last heard of them. */
+    private class Known(val network: Network, var caps: NetworkCapabilities?, var link: LinkProperties?)
+    private val networks = ConcurrentHashMap<Long, Known>()
+
+    /** Every socket the node opens stays outside the VPN; the ones it asks for are bound to
+     *  the network whose handle it gives. */
     private val protector = object : SocketProtector {
         override fun protect(fd: Int): Boolean = this@SkyrouteVpnService.protect(fd)
+
+        override fun bindToNetwork(fd: Int, network: ULong): Boolean {
+            val known = networks[network.toLong()] ?: return false
+            return try {
+                // fromFd duplicates the descriptor: binding applies to the socket both share.
+                ParcelFileDescriptor.fromFd(fd).use { known.network.bindSocket(it.fileDescriptor) }
+                true
+            } catch (e: Exception) {
+                Log.w(TAG, "bindSocket on $network: $e")
+                false
+            }
+        }
     }
 
     private val networkCallback = object : ConnectivityManager.NetworkCallback() {
-        override fun onAvailable(network: Network) = changed()
-        override fun onLost(network: Network) = changed()
-        override fun onCapabilitiesChanged(network: Network, caps: NetworkCapabilities) = changed()
+        override fun onAvailable(network: Network) {
+            networks.getOrPut(network.networkHandle) { Known(network, null, null) }
+            report()
+        }
+        override fun onLost(network: Network) {
+            networks.remove(network.networkHandle)
+            report()
+        }
+        override fun onCapabilitiesChanged(network: Network, caps: NetworkCapabilities) {
+            networks.getOrPut(network.networkHandle) { Known(network, null, null) }.caps = caps
+            report()
+        }
+        override fun onLinkPropertiesChanged(network: Network, link: LinkProperties) {
+            networks.getOrPut(network.networkHandle) { Known(network, null, null) }.link = link
+            report()
+        }
+    }
 
-        private fun changed() {
-            try {
-                node?.networkChanged()
-            } catch (e: SkyrouteException) {
-                Log.w(TAG, "network_changed: $e")
+    /** Keeps cellular up beside WiFi (without a request Android tears it down when WiFi is up). */
+    private val cellularCallback = object : ConnectivityManager.NetworkCallback() {}
+
+    /** Tells the node every network we have now. */
+    private fun report() {
+        val list = networks.entries.mapNotNull { (handle, k) ->
+            val caps = k.caps ?: return@mapNotNull null
+            val name = k.link?.interfaceName ?: return@mapNotNull null
+            val kind = when {
+                caps.hasTransport(NetworkCapabilities.TRANSPORT_WIFI) -> NetworkKind.WIFI
+                caps.hasTransport(NetworkCapabilities.TRANSPORT_CELLULAR) -> NetworkKind.CELLULAR
+                caps.hasTransport(NetworkCapabilities.TRANSPORT_ETHERNET) -> NetworkKind.ETHERNET
+                else -> NetworkKind.OTHER
             }
+            val metered = !caps.hasCapability(NetworkCapabilities.NET_CAPABILITY_NOT_METERED)
+            NetworkInfo(handle.toULong(), name, kind, metered, true, 0u)
+        }
+        try {
+            node?.networkChanged(list)
+            setUnderlyingNetworks(networks.values.map { it.network }.toTypedArray())
+        } catch (e: SkyrouteException) {
+            Log.w(TAG, "network_changed: $e")
         }
     }
 
@@ -98,9 +156,20 @@ class SkyrouteVpnService : VpnService() {
             val n = Node.start(config, filesDir.resolve("skyroute").path, listener, protector)
             node = n
             val cm = getSystemService(ConnectivityManager::class.java)
+            // Every network with internet except VPNs (ours included).
             cm.registerNetworkCallback(
-                NetworkRequest.Builder().addCapability(NetworkCapabilities.NET_CAPABILITY_INTERNET).build(),
+                NetworkRequest.Builder()
+                    .addCapability(NetworkCapabilities.NET_CAPABILITY_INTERNET)
+                    .addCapability(NetworkCapabilities.NET_CAPABILITY_NOT_VPN)
+                    .build(),
                 networkCallback,
+            )
+            cm.requestNetwork(
+                NetworkRequest.Builder()
+                    .addTransportType(NetworkCapabilities.TRANSPORT_CELLULAR)
+                    .addCapability(NetworkCapabilities.NET_CAPABILITY_INTERNET)
+                    .build(),
+                cellularCallback,
             )
             // The gateway assigns the address; the interface is built with it.
             val t = n.startTunnel(gateway, routes.toUInt())
@@ -123,10 +192,14 @@ class SkyrouteVpnService : VpnService() {
     }
 
     private fun shutdown() {
-        try {
-            getSystemService(ConnectivityManager::class.java).unregisterNetworkCallback(networkCallback)
-        } catch (_: IllegalArgumentException) {
+        val cm = getSystemService(ConnectivityManager::class.java)
+        for (cb in listOf(networkCallback, cellularCallback)) {
+            try {
+                cm.unregisterNetworkCallback(cb)
+            } catch (_: IllegalArgumentException) {
+            }
         }
+        networks.clear()
         try { tunnel?.stop() } catch (_: SkyrouteException) {}
         try { node?.stop() } catch (_: SkyrouteException) {}
         tunnel?.close(); node?.close()

@@ -1,0 +1,220 @@
+//! Every radio at once: one UDP socket per local network, bound to it, and the node's UDP
+//! neighbours dialled over each (a link per neighbour and network). Networks come from the
+//! OS (Linux: [`iface::scan`] on start and on every rtnetlink change) or from the platform
+//! (the bindings' `network_changed`). A network that goes takes its links down at once; one
+//! that comes is dialled over at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skyroute_proto::{Interface, PublicKey};
+use tokio::sync::mpsc;
+
+use super::Driver;
+use crate::control::NetworkStatus;
+use crate::transport::iface::{self, Network, Policy};
+use crate::transport::{Addr, Inbound};
+
+/// A socket bound to one network, and the task that reads it.
+pub(super) struct Bound {
+    net: Network,
+    pub(super) socket: Arc<tokio::net::UdpSocket>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(super) struct Radios {
+    pub(super) policy: Policy,
+    /// Up networks by slot (the link layer's interface number).
+    pub(super) bound: BTreeMap<u8, Bound>,
+    /// Every network seen, by id: its slot (kept while it is down, so it comes back on the
+    /// same slot and its parked links resume) and what was last known of it.
+    known: BTreeMap<u64, (u8, Network)>,
+    /// UDP neighbours we dial, dialled again over every network that comes up.
+    peers: BTreeMap<PublicKey, SocketAddr>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl Radios {
+    pub(super) fn new(policy: Policy, inbound: mpsc::Sender<Inbound>) -> Radios {
+        Radios { policy, bound: BTreeMap::new(), known: BTreeMap::new(), peers: BTreeMap::new(), inbound }
+    }
+
+    /// Whether a neighbour at `a` is dialled over the bound networks: the platform's choice
+    /// always; the OS's interfaces not for loopback (tests, local tools).
+    fn over_networks(&self, a: &SocketAddr) -> bool {
+        match self.policy {
+            Policy::Off => false,
+            Policy::Platform => true,
+            Policy::Auto | Policy::Named(_) => !a.ip().is_loopback(),
+        }
+    }
+
+    /// The name of the network on `slot`, for status.
+    pub(super) fn name(&self, slot: Interface) -> Option<String> {
+        self.known.values().find(|(s, _)| *s == slot.0).map(|(_, n)| n.name.clone())
+    }
+
+    pub(super) fn status(&self) -> Vec<NetworkStatus> {
+        self.known
+            .values()
+            .map(|(slot, n)| NetworkStatus {
+                name: n.name.clone(),
+                kind: n.kind.name().into(),
+                metered: n.metered,
+                up: self.bound.contains_key(slot),
+                slot: *slot,
+            })
+            .collect()
+    }
+
+    /// A free slot for a new network: one never used, else one whose network is down.
+    fn slot_for(&self, id: u64) -> Option<u8> {
+        if let Some((s, _)) = self.known.get(&id) {
+            return Some(*s);
+        }
+        let used: Vec<u8> = self.known.values().map(|(s, _)| *s).collect();
+        (1..=255u8).find(|s| !used.contains(s)).or_else(|| (1..=255u8).find(|s| !self.bound.contains_key(s)))
+    }
+}
+
+/// Reads one bound socket into the driver's inbound queue.
+async fn recv_loop(socket: Arc<tokio::net::UdpSocket>, slot: u8, tx: mpsc::Sender<Inbound>) {
+    let mut buf = vec![0u8; crate::transport::MAX_PACKET];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let addr = Addr::UdpOn(Interface(slot), from);
+                if tx.send(Inbound::Packet(addr, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            // An ICMP error or a network going away: not a reason to stop, nor to spin.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+impl Driver {
+    /// Dials a neighbour: UDP neighbours off loopback go over every bound network (a link
+    /// each); anything else, or a node with no bound networks and nothing to wait for, as
+    /// before (one unbound link).
+    pub(super) fn dial(&mut self, now: Instant, peer: PublicKey, addr: Addr) {
+        if let Addr::Udp(a) = addr {
+            let r = &mut self.radios;
+            if r.policy != Policy::Off {
+                // Remembered even when dialled unbound: the platform may hand in networks later.
+                r.peers.insert(peer, a);
+            }
+            if r.over_networks(&a) {
+                let slots: Vec<u8> = r.bound.keys().copied().collect();
+                let waits = matches!(r.policy, Policy::Named(_) | Policy::Platform);
+                if !slots.is_empty() || waits {
+                    for s in slots {
+                        self.node.connect(now, peer, Addr::UdpOn(Interface(s), a));
+                    }
+                    return;
+                }
+            }
+        }
+        self.node.connect(now, peer, addr);
+    }
+
+    /// Reads the OS's interfaces again (Linux: the rtnetlink watcher calls this on every
+    /// change) and applies what the policy selects.
+    pub(super) fn rescan(&mut self, now: Instant) {
+        if matches!(self.radios.policy, Policy::Off | Policy::Platform) {
+            return;
+        }
+        match iface::scan() {
+            Ok(os) => {
+                let nets = iface::select(&self.radios.policy, &os, &iface::default_route_interfaces());
+                self.apply_networks(now, nets);
+            }
+            Err(e) => tracing::warn!("listing interfaces: {e}"),
+        }
+    }
+
+    /// The platform's networks now (the bindings' `network_changed`): from here on the
+    /// platform decides which networks the node uses.
+    pub(super) fn set_networks(&mut self, now: Instant, nets: Vec<Network>) {
+        self.radios.policy = Policy::Platform;
+        self.apply_networks(now, nets);
+        self.node.network_changed(now);
+        self.sessions.network_changed(now, &mut self.node);
+    }
+
+    /// Brings the bound sockets in line with `nets`: gone or down networks take their links
+    /// down at once; new ones get a socket and are dialled over at once.
+    fn apply_networks(&mut self, now: Instant, nets: Vec<Network>) {
+        let up: Vec<&Network> = nets.iter().filter(|n| n.up).collect();
+        let gone: Vec<u8> =
+            self.radios.bound.iter().filter(|(_, b)| !up.iter().any(|n| n.id == b.net.id)).map(|(s, _)| *s).collect();
+        for slot in gone {
+            if let Some(b) = self.radios.bound.remove(&slot) {
+                tracing::info!(interface = %b.net.name, "network gone: its links are down");
+                self.count("interfaces_down");
+            }
+            self.node.interface_down(now, Interface(slot));
+        }
+        for net in nets {
+            let Some(slot) = self.radios.slot_for(net.id) else {
+                self.count("interfaces_refused");
+                continue;
+            };
+            self.node.set_metered(Interface(slot), net.metered);
+            if net.up && !self.radios.bound.contains_key(&slot) {
+                match iface::bind_udp(&net)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| tokio::net::UdpSocket::from_std(s).map_err(|e| e.to_string()))
+                {
+                    Ok(socket) => {
+                        let socket = Arc::new(socket);
+                        let task = tokio::spawn(recv_loop(socket.clone(), slot, self.radios.inbound.clone()));
+                        tracing::info!(interface = %net.name, slot, kind = net.kind.name(), "network up: dialling over it");
+                        self.radios.bound.insert(slot, Bound { net: net.clone(), socket, task });
+                        self.count("interfaces_up");
+                        self.node.interface_up(now, Interface(slot));
+                        let peers: Vec<(PublicKey, SocketAddr)> = self
+                            .radios
+                            .peers
+                            .iter()
+                            .filter(|(_, a)| self.radios.over_networks(a))
+                            .map(|(k, a)| (*k, *a))
+                            .collect();
+                        for (peer, a) in peers {
+                            self.node.connect(now, peer, Addr::UdpOn(Interface(slot), a));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %net.name, "cannot bind a socket to it: {e}");
+                        self.count("bind_errors");
+                    }
+                }
+            } else if let Some(b) = self.radios.bound.get_mut(&slot) {
+                b.net = net.clone();
+            }
+            self.radios.known.insert(net.id, (slot, net));
+        }
+        // Bound networks replace the unbound links to the same neighbours (made before any
+        // network was known): those would use whatever the OS routes, one radio for all.
+        if !self.radios.bound.is_empty() {
+            let peers: Vec<PublicKey> =
+                self.radios.peers.iter().filter(|(_, a)| self.radios.over_networks(a)).map(|(k, _)| *k).collect();
+            for peer in peers {
+                for id in self.node.links_to(&peer) {
+                    if self.node.link(id).is_some_and(|l| matches!(l.addr, Addr::Udp(_))) {
+                        self.node.close_link(now, id);
+                    }
+                }
+            }
+        }
+    }
+}
