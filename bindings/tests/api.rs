@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use skyroute_ffi::api::{LogLevel, Node, NodeListener, SocketProtector, TunFraming};
+use skyroute_ffi::api::{LogLevel, NetworkInfo, NetworkKind, Node, NodeListener, SocketProtector, TunFraming};
 use skyroute_ffi::core::{NodeEvent, SkyrouteError};
 use skyroute_proto::vpn::ip;
 
@@ -18,6 +18,7 @@ struct Recorder {
     events: Mutex<Vec<NodeEvent>>,
     logs: Mutex<usize>,
     protected: Mutex<Vec<i32>>,
+    refused_binds: Mutex<Vec<u64>>,
 }
 
 impl NodeListener for Recorder {
@@ -33,6 +34,11 @@ impl SocketProtector for Recorder {
     fn protect(&self, fd: i32) -> bool {
         self.protected.lock().unwrap().push(fd);
         true
+    }
+    /// Refuses: a network the platform cannot bind to gets no socket and no links.
+    fn bind_to_network(&self, _fd: i32, network: u64) -> bool {
+        self.refused_binds.lock().unwrap().push(network);
+        false
     }
 }
 
@@ -118,7 +124,15 @@ fn a_tunnel_through_the_api_by_calls_then_on_an_fd() {
         client.start_tunnel_fd(gateway.public_key(), 1, 987_654, TunFraming::Plain).err(),
         Some(SkyrouteError::InvalidArgument { .. })
     ));
-    client.network_changed().unwrap();
+    let cell =
+        NetworkInfo { id: 7, name: "rmnet0".into(), kind: NetworkKind::Cellular, metered: true, up: true, index: 0 };
+    client.network_changed(vec![cell]).unwrap();
+    wait("the refused bind is counted", || client.status().unwrap().json.contains("\"bind_errors\":1"));
+    assert_eq!(*rec.refused_binds.lock().unwrap(), vec![7]);
+    assert!(
+        !client.status().unwrap().json.contains("\"interface\":\"rmnet0\""),
+        "no link on a network it could not bind"
+    );
     tunnel.stop().unwrap();
     assert_eq!(tunnel.stop().unwrap_err(), SkyrouteError::Stopped);
     wait("tunnel down event", || rec.events.lock().unwrap().contains(&NodeEvent::TunnelDown));
