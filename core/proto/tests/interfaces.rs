@@ -290,7 +290,7 @@ fn a_gone_interface_takes_its_links_down_at_once_and_a_returning_one_is_up_withi
 
 /// A two-route session from the phone to the server, with the phone dialling both relays
 /// over both interfaces (four links).
-fn session(cfg: SessionConfig, seed: u64) -> (World, SessionId) {
+fn session(cfg: SessionConfig, seed: u64) -> (World, SessionId, SessionId) {
     let mut w = World::new(seed, cfg);
     for r in [R1, R2] {
         for i in [WIFI, LTE] {
@@ -306,7 +306,35 @@ fn session(cfg: SessionConfig, seed: u64) -> (World, SessionId) {
         sessions[PHONE as usize].connect_with_routes(now, &mut nodes[PHONE as usize], graph, server, Some(2)).unwrap();
     w.run(Duration::from_millis(500));
     assert!(w.sessions[PHONE as usize].is_established(sid));
-    (w, sid)
+    let theirs = w
+        .session_events
+        .iter()
+        .find_map(|(n, _, e)| match e {
+            SessionEvent::Accepted { session, .. } if *n == SERVER => Some(*session),
+            _ => None,
+        })
+        .expect("the server accepted");
+    w.session_events.clear();
+    (w, sid, theirs)
+}
+
+/// A stream as one side receives it: in order, intact, and the longest wait between pieces.
+struct Received {
+    got: usize,
+    last: Option<Instant>,
+    worst_gap: Duration,
+}
+
+impl Received {
+    fn accept(&mut self, data: &[u8], at: Instant, offset: u64, piece: &[u8]) {
+        assert_eq!(offset as usize, self.got);
+        assert_eq!(piece, &data[self.got..self.got + piece.len()]);
+        self.got += piece.len();
+        if let Some(last) = self.last {
+            self.worst_gap = self.worst_gap.max(at - last);
+        }
+        self.last = Some(at);
+    }
 }
 
 /// The interfaces the session's live paths leave through.
@@ -326,18 +354,17 @@ fn radios(w: &World, sid: SessionId) -> Vec<u8> {
 
 #[test]
 fn a_two_route_session_uses_both_radios_and_does_not_stall_when_one_goes() {
-    let (mut w, sid) = session(SessionConfig::default(), 3);
+    let (mut w, sid, theirs) = session(SessionConfig::default(), 3);
     assert_eq!(radios(&w, sid), vec![WIFI, LTE]);
 
-    // Stream while WiFi goes away (the driver reports it) and comes back, then LTE.
-    // Paced at 2 MB/s over 2.5 s, so every cut falls inside the transfer.
+    // Both ways at once (an upload and a download), paced at 2 MB/s each over 2.5 s, while
+    // WiFi goes away (the driver reports it) and comes back, then LTE goes.
     let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut pos = 0;
+    let (mut up_pos, mut down_pos) = (0, 0);
     let start = w.now;
-    let mut last_arrival = start;
-    let mut worst_gap = Duration::ZERO;
-    let mut got = 0usize;
-    while got < data.len() && w.now < start + Duration::from_secs(30) {
+    let new = || Received { got: 0, last: None, worst_gap: Duration::ZERO };
+    let (mut up, mut down) = (new(), new());
+    while (up.got < data.len() || down.got < data.len()) && w.now < start + Duration::from_secs(30) {
         let t = w.now - start;
         let now = w.now;
         if t == Duration::from_millis(300) {
@@ -354,26 +381,32 @@ fn a_two_route_session_uses_both_radios_and_does_not_stall_when_one_goes() {
             w.phone().interface_down(now, Interface(LTE));
         }
         let allowed = (t.as_millis() as usize * 2000).min(data.len());
-        if pos < allowed {
-            let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
-            pos += sessions[PHONE as usize]
-                .stream_send(now, &mut nodes[PHONE as usize], sid, &data[pos..allowed])
+        let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
+        if up_pos < allowed {
+            up_pos += sessions[PHONE as usize]
+                .stream_send(now, &mut nodes[PHONE as usize], sid, &data[up_pos..allowed])
                 .unwrap();
+        }
+        if down_pos < allowed {
+            let (n, s) = (&mut nodes[SERVER as usize], &mut sessions[SERVER as usize]);
+            down_pos += s.stream_send(now, n, theirs, &data[down_pos..allowed]).unwrap();
         }
         w.run(Duration::from_millis(1));
         for (n, at, ev) in w.session_events.drain(..) {
-            if let (SERVER, SessionEvent::Stream { offset, data: d, .. }) = (n, ev) {
-                assert_eq!(offset as usize, got);
-                assert_eq!(&d[..], &data[got..got + d.len()]);
-                got += d.len();
-                worst_gap = worst_gap.max(at - last_arrival);
-                last_arrival = at;
+            if let SessionEvent::Stream { offset, data: d, .. } = ev {
+                match n {
+                    SERVER => up.accept(&data, at, offset, &d),
+                    PHONE => down.accept(&data, at, offset, &d),
+                    _ => {}
+                }
             }
         }
     }
-    assert_eq!(got, data.len(), "stream complete");
-    assert!(last_arrival > start + Duration::from_millis(2000), "the stream ended before LTE went away");
-    assert!(worst_gap < Duration::from_millis(200), "a stall of {worst_gap:?}");
+    for (what, r) in [("upload", &up), ("download", &down)] {
+        assert_eq!(r.got, data.len(), "{what} complete");
+        assert!(r.last.unwrap() > start + Duration::from_millis(2000), "the {what} ended before LTE went away");
+        assert!(r.worst_gap < Duration::from_millis(200), "{what}: a stall of {:?}", r.worst_gap);
+    }
     // With LTE gone, both routes leave through WiFi.
     assert_eq!(radios(&w, sid), vec![WIFI, WIFI]);
 }
@@ -381,7 +414,7 @@ fn a_two_route_session_uses_both_radios_and_does_not_stall_when_one_goes() {
 #[test]
 fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
     let cfg = SessionConfig { bulk_on_metered: false, ..SessionConfig::default() };
-    let (mut w, sid) = session(cfg, 4);
+    let (mut w, sid, _) = session(cfg, 4);
     w.phone().set_metered(Interface(LTE), true);
     w.run(Duration::from_millis(300));
     let data = vec![5u8; 400_000];

@@ -959,7 +959,16 @@ impl Session {
     }
 
     /// The route under a path failed or closed.
-    pub fn route_gone<A>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
+    pub fn route_gone<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
+        if self.initiator {
+            // Our route broke (its first link went down with its interface, a relay refused
+            // it): the peer hears it over another path now, rather than when its own probes
+            // of the path go unanswered, so data towards us stops going into it at once.
+            let others: Vec<u32> = self.best_paths(2).into_iter().filter(|p| *p != path).collect();
+            if let Some(o) = others.first() {
+                let _ = self.send_on(ctx, *o, Class::Realtime, &[Frame::PathClose { path }], None);
+            }
+        }
         self.path_failed(ctx.cfg, path);
         if let Some(p) = self.paths.remove(&path) {
             ctx.by_route.remove(&p.route);
