@@ -425,6 +425,10 @@ pub struct PathStatus {
     pub rtt_ms: Option<f64>,
     /// Relays and destination (as short keys).
     pub hops: Vec<String>,
+    /// The local interface the path's first link lives on (the radio it uses), on the side
+    /// that built it; null when unbound or not known here.
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -868,6 +868,11 @@ impl Driver {
                     state: format!("{state:?}").to_lowercase(),
                     rtt_ms: rtt.map(|r| r.as_secs_f64() * 1e3),
                     hops: hops.iter().map(short).collect(),
+                    interface: self
+                        .sessions
+                        .path_link(id, pid)
+                        .and_then(|l| self.node.link(l))
+                        .and_then(|l| self.radios.name(skyroute_proto::Endpoint::interface(&l.addr))),
                 })
                 .collect(),
             stream_bytes_written: s.stream_bytes_written,

@@ -245,9 +245,16 @@ pub fn serve(
 /// Downloads from `addr` until the server closes: (bytes, SHA-256 if `verify`, time), or the
 /// error (a reset shows up here).
 pub fn download(addr: std::net::SocketAddr, verify: bool) -> std::io::Result<(u64, String, Duration)> {
+    download_timed(addr, verify).map(|(bytes, sha, took, _)| (bytes, sha, took))
+}
+
+/// [`download`], also returning the longest wait between two reads after the first (a stall).
+pub fn download_timed(addr: std::net::SocketAddr, verify: bool) -> std::io::Result<(u64, String, Duration, Duration)> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let start = Instant::now();
+    let mut last: Option<Instant> = None;
+    let mut worst = Duration::ZERO;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut h = Sha256::new();
@@ -258,10 +265,15 @@ pub fn download(addr: std::net::SocketAddr, verify: bool) -> std::io::Result<(u6
         if n == 0 {
             break;
         }
+        let now = Instant::now();
+        if let Some(l) = last {
+            worst = worst.max(now - l);
+        }
+        last = Some(now);
         if verify {
             h.update(&buf[..n]);
         }
         total += n as u64;
     }
-    Ok((total, hex::encode(h.finalize()), start.elapsed()))
+    Ok((total, hex::encode(h.finalize()), start.elapsed(), worst))
 }
