@@ -312,6 +312,15 @@ impl<A: crate::link::Endpoint> Node<A> {
         }
     }
 
+    /// The host's routes changed (a default route came back with DHCP): every dialled link
+    /// that is not up handshakes now instead of at its next retry (its last attempt may have
+    /// found no route). Up links are left alone: nothing is sent on them.
+    pub fn redial(&mut self, now: Instant) {
+        for l in self.links.values_mut().filter(|l| l.state() != LinkState::Up && l.dialled() && !l.parked()) {
+            l.dial_now(now);
+        }
+    }
+
     /// A local interface went away (the driver saw it go): every link on it is down now,
     /// without waiting for dead-peer detection, and routes over them break at once; dialled
     /// links wait for [`Node::interface_up`] instead of redialling into nothing.

@@ -732,6 +732,11 @@ impl<A: Clone> Link<A> {
         }
     }
 
+    /// Whether we dial this peer (and so redial it when the link is down).
+    pub fn dialled(&self) -> bool {
+        self.dial
+    }
+
     /// Whether the link waits for its interface to come back.
     pub fn parked(&self) -> bool {
         self.parked
@@ -745,6 +750,11 @@ impl<A: Clone> Link<A> {
         if self.state != LinkState::Up {
             self.handshake_attempts = 0;
             self.next_handshake = Some(now);
+            // A handshake in flight may have gone nowhere (no route then): a fresh one now
+            // rather than at its retry.
+            if let Some(old) = self.handshake.take() {
+                self.retired.push(old.state.sender_index);
+            }
         }
     }
 

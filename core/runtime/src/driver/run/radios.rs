@@ -137,6 +137,8 @@ impl Driver {
             Ok(os) => {
                 let nets = iface::select(&self.radios.policy, &os, &iface::default_route_interfaces());
                 self.apply_networks(now, nets);
+                // A route may have come back: links still down try now, not at their next retry.
+                self.node.redial(now);
             }
             Err(e) => tracing::warn!("listing interfaces: {e}"),
         }
