@@ -133,7 +133,6 @@ impl Endpoint for u16 {}
 impl Endpoint for u32 {}
 impl Endpoint for u64 {}
 impl Endpoint for usize {}
-impl Endpoint for std::net::SocketAddr {}
 
 /// Stable local handle of a link (one per neighbour key and slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
