@@ -411,13 +411,8 @@ fn a_two_route_session_uses_both_radios_and_does_not_stall_when_one_goes() {
     assert_eq!(radios(&w, sid), vec![WIFI, WIFI]);
 }
 
-#[test]
-fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
-    let cfg = SessionConfig { bulk_on_metered: false, ..SessionConfig::default() };
-    let (mut w, sid, _) = session(cfg, 4);
-    w.phone().set_metered(Interface(LTE), true);
-    w.run(Duration::from_millis(300));
-    let data = vec![5u8; 400_000];
+/// Writes `data` on the phone's session as fast as it takes it, then lets it settle.
+fn write_all(w: &mut World, sid: SessionId, data: &[u8]) {
     let mut pos = 0;
     let start = w.now;
     while pos < data.len() && w.now < start + Duration::from_secs(10) {
@@ -426,7 +421,17 @@ fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
         pos += sessions[PHONE as usize].stream_send(now, &mut nodes[PHONE as usize], sid, &data[pos..]).unwrap();
         w.run(Duration::from_millis(1));
     }
+    assert_eq!(pos, data.len(), "the session took everything");
     w.run(Duration::from_millis(500));
+}
+
+#[test]
+fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
+    let cfg = SessionConfig { bulk_on_metered: false, ..SessionConfig::default() };
+    let (mut w, sid, _) = session(cfg, 4);
+    w.phone().set_metered(Interface(LTE), true);
+    w.run(Duration::from_millis(300));
+    write_all(&mut w, sid, &[5u8; 400_000]);
     let bulk_on = |w: &World, iface: u8| -> u64 {
         let phone = &w.nodes[PHONE as usize];
         let sessions = &w.sessions[PHONE as usize];
@@ -445,15 +450,6 @@ fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
     w.up.remove(&WIFI);
     let now = w.now;
     w.phone().interface_down(now, Interface(WIFI));
-    let more = vec![6u8; 100_000];
-    let mut pos = 0;
-    let start = w.now;
-    while pos < more.len() && w.now < start + Duration::from_secs(10) {
-        let now = w.now;
-        let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
-        pos += sessions[PHONE as usize].stream_send(now, &mut nodes[PHONE as usize], sid, &more[pos..]).unwrap();
-        w.run(Duration::from_millis(1));
-    }
-    w.run(Duration::from_millis(500));
+    write_all(&mut w, sid, &[6u8; 100_000]);
     assert!(bulk_on(&w, LTE) >= 100_000, "bulk over LTE once WiFi is gone: {}", bulk_on(&w, LTE));
 }

@@ -643,6 +643,14 @@ mod tests {
         let nat = Config::parse("[link]\nkeepalive_s = 25\nkey_max_age_s = 180").unwrap();
         assert_eq!(nat.node.link.keepalive, Some(std::time::Duration::from_secs(25)));
         assert_eq!(nat.node.link.key_max_age, std::time::Duration::from_secs(180));
+        use crate::transport::iface::Policy;
+        assert_eq!(quiet.interfaces, Policy::Auto, "every default-route interface, when two or more");
+        assert_eq!(Config::parse("[listen]\ninterfaces = []").unwrap().interfaces, Policy::Off);
+        let two = Config::parse("[listen]\ninterfaces = [\"wlan0\", \"wwan0\"]").unwrap();
+        assert_eq!(two.interfaces, Policy::Named(vec!["wlan0".into(), "wwan0".into()]));
+        assert!(e("[listen]\ninterfaces = [\"a/b\"]").starts_with("listen.interfaces[0]:"));
+        assert!(quiet.session.bulk_on_metered);
+        assert!(!Config::parse("[session]\nbulk_on_metered = false").unwrap().session.bulk_on_metered);
         assert!(e("colour = 3").contains("colour"), "unknown fields are named: {}", e("colour = 3"));
         assert!(e("listen = ").contains("line 1"));
         let ok = Config::parse(&format!(

@@ -480,15 +480,27 @@ impl Status {
             self.reserved_bytes
         );
         out += &format!(
-            "\n{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>6} {:>7} {:>13}  rejected\n",
-            "peer", "transport", "address", "state", "rtt ms", "tx pkts", "rx pkts", "loss", "rekeys", "last min p/k"
+            "\n{:<16} {:<14} {:<22} {:<11} {:>8} {:>10} {:>10} {:>6} {:>7} {:>13}  rejected\n",
+            "peer",
+            "transport@if",
+            "address",
+            "state",
+            "rtt ms",
+            "tx pkts",
+            "rx pkts",
+            "loss",
+            "rekeys",
+            "last min p/k"
         );
         for l in &self.links {
             let rejected: Vec<String> = l.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out += &format!(
-                "{:<16} {:<9} {:<22} {:<11} {:>8} {:>10} {:>10} {:>5.1}% {:>7} {:>13}  {}\n",
+                "{:<16} {:<14} {:<22} {:<11} {:>8} {:>10} {:>10} {:>5.1}% {:>7} {:>13}  {}\n",
                 &l.peer[..16.min(l.peer.len())],
-                l.transport,
+                match &l.interface {
+                    Some(i) => format!("{}@{i}", l.transport),
+                    None => l.transport.clone(),
+                },
                 l.addr,
                 l.state,
                 l.rtt_ms.map_or("-".to_string(), |r| format!("{r:.2}")),
@@ -511,10 +523,11 @@ impl Status {
                     .iter()
                     .map(|p| {
                         format!(
-                            "{}[{}]{}",
+                            "{}[{}]{}{}",
                             p.hops.join(">"),
                             p.state,
-                            p.rtt_ms.map_or(String::new(), |r| format!(" {r:.1}ms"))
+                            p.rtt_ms.map_or(String::new(), |r| format!(" {r:.1}ms")),
+                            p.interface.as_ref().map_or(String::new(), |i| format!(" @{i}"))
                         )
                     })
                     .collect();

@@ -292,7 +292,11 @@ pub fn watch(mut changed: impl FnMut() -> bool + Send + 'static) -> io::Result<t
     // SAFETY: sockaddr_nl is plain data; zeroed is a valid start.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;
-    sa.nl_groups = (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE) as u32;
+    // rtnetlink multicast groups (linux/rtnetlink.h; Bionic's libc crate lacks the names).
+    const RTMGRP_LINK: u32 = 0x1;
+    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+    const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+    sa.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE;
     // SAFETY: bind with a valid sockaddr_nl and its size.
     let r = unsafe {
         libc::bind(
@@ -374,6 +378,36 @@ mod tests {
         let nets = select(&Policy::Named(vec!["wwan0".into()]), &down, &BTreeSet::new());
         assert_eq!((nets.len(), nets[0].up, nets[0].id), (1, false, 3));
         assert!(select(&Policy::Off, &all, &two).is_empty());
+    }
+
+    /// A socket bound to the loopback interface reaches a loopback listener; one bound to an
+    /// interface that does not exist is refused with an error, not a panic.
+    #[tokio::test]
+    async fn bound_sockets_send_through_their_interface() {
+        let lo = scan().unwrap().into_iter().find(|i| i.loopback).unwrap();
+        let net = |name: &str, index| Network {
+            id: index as u64,
+            name: name.into(),
+            kind: NetKind::Other,
+            metered: false,
+            up: true,
+            index,
+        };
+        let sock = match bind_udp(&net(&lo.name, lo.index)) {
+            Ok(s) => s,
+            Err(BindError::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("SKIPPED: SO_BINDTODEVICE needs CAP_NET_RAW on this kernel");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        sock.send_to(b"over lo", rx.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 16];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"over lo");
+        assert!(bind_udp(&net("nonexistent0", 0)).is_err());
     }
 
     /// The loopback interface exists on every test machine and is found with its index.
