@@ -459,3 +459,84 @@ async fn a_relay_earns_for_the_traffic_it_carried_and_settles_it() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Networks handed in by the platform on real sockets: a node that gets networks opens a
+/// socket on each and dials over each (a link per network, up); the links a multi-homed
+/// neighbour made to us stay (only the unbound links we dialled ourselves are replaced), and a
+/// network reported down takes its link down at once. Loopback stands in for the radios
+/// (SO_BINDTODEVICE "lo"; skipped where the kernel refuses it without CAP_NET_RAW).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_networks_get_a_socket_and_a_link_each() {
+    use skyroute::transport::iface::{self, NetKind, Network, Policy};
+    let Some(lo) = iface::scan().unwrap().into_iter().find(|i| i.loopback) else { return };
+    let net = |id, kind, metered| Network { id, name: lo.name.clone(), kind, metered, up: true, index: lo.index };
+    let auto = || {
+        let mut o = Options::loopback(SecretKey::generate(&mut OsRng));
+        o.interfaces = Policy::Auto;
+        o
+    };
+    let (mut gw, mut c) = (RunningNode::spawn(auto()).await.unwrap(), RunningNode::spawn(auto()).await.unwrap());
+    // The neighbour is multi-homed: it dials us over two networks of its own (slots 1 and 2).
+    gw.set_networks(vec![net(1, NetKind::Wifi, false), net(2, NetKind::Cellular, true)]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if gw.status().await.unwrap().counters.contains_key("bind_errors") {
+        eprintln!("SKIPPED: binding to {} needs CAP_NET_RAW here", lo.name);
+        return;
+    }
+    gw.connect(c.public_key, c.udp_addr()).unwrap();
+    let mut theirs = Vec::new();
+    while theirs.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), gw.events.recv()).await.expect("gw's links up");
+        if let Some(Event::LinkUp { link, .. }) = e {
+            theirs.push(link);
+        }
+    }
+    // We dial it on our unbound socket (loopback, no network handed in yet).
+    c.connect(gw.public_key, c.udp_addr().kind().at(gw.listen.udp.unwrap())).unwrap();
+    for _ in 0..3 {
+        link_up(&mut c).await;
+    }
+    let up = |s: &skyroute::control::Status, bound: bool| {
+        s.links.iter().filter(|l| l.state == "up" && l.interface.is_some() == bound).count()
+    };
+    assert_eq!(up(&c.status().await.unwrap(), false), 3, "two links gw made, one we made");
+
+    // Our WiFi arrives (slot 1): a socket and a link over it; our unbound link goes; the link
+    // gw made from its slot 2 stays up (gw sees none of its own links go down).
+    c.set_networks(vec![net(7, NetKind::Wifi, false)]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status().await.unwrap();
+        if up(&s, true) == 1 && up(&s, false) == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "one bound link, gw's other one: {:?}", s.links);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(e) = gw.events.try_recv() {
+        if let Event::LinkDown { link, .. } = e {
+            assert!(!theirs.contains(&link), "a link gw made was closed by us: {e:?}");
+        }
+    }
+
+    // Cellular comes (slot 2) and goes: its link is down at once, WiFi's stays.
+    c.set_networks(vec![net(7, NetKind::Wifi, false), net(8, NetKind::Cellular, true)]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while up(&c.status().await.unwrap(), true) < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", c.status().await.unwrap().links);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = c.status().await.unwrap();
+    assert!(s.networks.iter().any(|n| n.kind == "cellular" && n.metered && n.up && n.slot == 2), "{:?}", s.networks);
+    let cut = std::time::Instant::now();
+    c.set_networks(vec![net(7, NetKind::Wifi, false), Network { up: false, ..net(8, NetKind::Cellular, true) }])
+        .unwrap();
+    while up(&c.status().await.unwrap(), true) != 1 {
+        assert!(cut.elapsed() < Duration::from_secs(2), "{:?}", c.status().await.unwrap().links);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("the cellular link went down {:?} after the report", cut.elapsed());
+    c.stop().await.unwrap();
+    gw.stop().await.unwrap();
+}

@@ -78,6 +78,9 @@ pub struct LinkInfo<A> {
     pub peer: PublicKey,
     pub addr: A,
     pub state: LinkState,
+    /// We dial this neighbour (and redial it when the link is down); false for a link the
+    /// peer made.
+    pub dialled: bool,
     pub epoch: Option<u8>,
     /// Datagrams sent and not yet acknowledged.
     pub in_flight: usize,
@@ -879,6 +882,7 @@ impl<A: crate::link::Endpoint> Node<A> {
                 peer: l.peer,
                 addr: l.addr.clone(),
                 state: l.state(),
+                dialled: l.dialled(),
                 epoch: l.epoch(),
                 in_flight: self.fwd.in_flight(id),
                 acked,

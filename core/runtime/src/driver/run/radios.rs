@@ -205,14 +205,15 @@ impl Driver {
             }
             self.radios.known.insert(net.id, (slot, net));
         }
-        // Bound networks replace the unbound links to the same neighbours (made before any
-        // network was known): those would use whatever the OS routes, one radio for all.
+        // Bound networks replace the unbound links we dialled to the same neighbours (made
+        // before any network was known): those would use whatever the OS routes, one radio
+        // for all. Links the neighbours made to us are theirs to keep.
         if !self.radios.bound.is_empty() {
             let peers: Vec<PublicKey> =
                 self.radios.peers.iter().filter(|(_, a)| self.radios.over_networks(a)).map(|(k, _)| *k).collect();
             for peer in peers {
                 for id in self.node.links_to(&peer) {
-                    if self.node.link(id).is_some_and(|l| matches!(l.addr, Addr::Udp(_))) {
+                    if self.node.link(id).is_some_and(|l| l.dialled && matches!(l.addr, Addr::Udp(_))) {
                         self.node.close_link(now, id);
                     }
                 }
