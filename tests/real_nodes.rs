@@ -540,3 +540,58 @@ async fn platform_networks_get_a_socket_and_a_link_each() {
     c.stop().await.unwrap();
     gw.stop().await.unwrap();
 }
+
+/// TCP and QUIC neighbours are dialled over every network too: a connection from a socket
+/// bound to each (TCP), or through an endpoint bound to each (QUIC), a link per network, and a
+/// session over them; a network reported down takes its TCP and QUIC links down at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_quic_neighbours_get_a_link_per_network() {
+    use skyroute::transport::iface::{self, NetKind, Network, Policy};
+    let Some(lo) = iface::scan().unwrap().into_iter().find(|i| i.loopback) else { return };
+    let net = |id, kind| Network { id, name: lo.name.clone(), kind, metered: false, up: true, index: lo.index };
+    let mut o = Options::loopback_all(SecretKey::generate(&mut OsRng));
+    o.interfaces = Policy::Auto;
+    let (c, mut t, mut q) = (RunningNode::spawn(o).await.unwrap(), node().await, node().await);
+    c.set_networks(vec![net(1, NetKind::Wifi), net(2, NetKind::Cellular)]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if c.status().await.unwrap().counters.contains_key("bind_errors") {
+        eprintln!("SKIPPED: binding to {} needs CAP_NET_RAW here", lo.name);
+        return;
+    }
+    c.connect(t.public_key, t.listen.addr(Kind::Tcp).unwrap()).unwrap();
+    c.connect(q.public_key, q.listen.addr(Kind::Quic).unwrap()).unwrap();
+    for _ in 0..2 {
+        link_up(&mut t).await;
+        link_up(&mut q).await;
+    }
+    let bound = |s: &skyroute::control::Status, transport: &str, state: &str| {
+        s.links.iter().filter(|l| l.transport == transport && l.interface.is_some() && l.state == state).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status().await.unwrap();
+        if bound(&s, "tcp", "up") == 2 && bound(&s, "quic", "up") == 2 {
+            assert!(s.links.iter().all(|l| l.interface.is_some()), "no unbound link: {:?}", s.links);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "two TCP and two QUIC links: {:?}", s.links);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for peer in [t.public_key, q.public_key] {
+        let ping = c.ping(peer, 3, Duration::from_millis(20)).await.unwrap().unwrap();
+        assert_eq!(ping.received, 3, "{ping:?}");
+    }
+    c.set_networks(vec![net(1, NetKind::Wifi), Network { up: false, ..net(2, NetKind::Cellular) }]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let s = c.status().await.unwrap();
+        if bound(&s, "tcp", "up") == 1 && bound(&s, "quic", "up") == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "one of each left: {:?}", s.links);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for n in [c, t, q] {
+        n.stop().await.unwrap();
+    }
+}

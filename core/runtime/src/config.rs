@@ -6,7 +6,7 @@
 //! udp = "127.0.0.1:7070"          # default port (UDP and TCP 7070, QUIC 7071), or the
 //! tcp = "127.0.0.1:7070"          # next free one
 //! quic = "off"
-//! interfaces = ["wlan0", "wwan0"] # a UDP socket bound to each, UDP peers dialled over each
+//! interfaces = ["wlan0", "wwan0"] # sockets bound to each, peers dialled over each
 //!                                 # (a link per interface; [] = none, one unbound socket)
 //!                                 # [every up interface with a default route, if two or more]
 //! [[peers]]                       # static neighbours, dialled and kept up

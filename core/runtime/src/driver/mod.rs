@@ -43,8 +43,8 @@ pub struct Options {
     pub dht: Option<DhtOptions>,
     /// Settle payments at an escrow: authorise our routes' payer keys, cash our receipts.
     pub escrow: Option<EscrowOptions>,
-    /// Which local networks get a UDP socket of their own, UDP neighbours being dialled over
-    /// each (off: one unbound socket, the OS routes).
+    /// Which local networks get sockets of their own (UDP, QUIC, TCP), neighbours being
+    /// dialled over each (off: unbound sockets, the OS routes).
     pub interfaces: crate::transport::iface::Policy,
 }
 
@@ -354,8 +354,8 @@ impl NodeHandle {
     }
 
     /// The platform's networks now (Android `ConnectivityManager`, iOS `NWPathMonitor`): each
-    /// up network gets a UDP socket bound to it and the UDP neighbours are dialled over it at
-    /// once; a network no longer listed, or listed down, takes its links down at once. Every
+    /// up network gets a UDP socket bound to it and the neighbours are dialled over it at
+    /// once (TCP and QUIC ones from sockets bound to it too); a network no longer listed, or listed down, takes its links down at once. Every
     /// link and session path is probed, as with [`NodeHandle::network_changed`].
     pub fn set_networks(&self, networks: Vec<crate::transport::iface::Network>) -> Result<(), Stopped> {
         self.commands.send(Command::Networks(networks)).map_err(|_| Stopped)

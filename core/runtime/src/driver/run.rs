@@ -261,6 +261,7 @@ impl Driver {
                     }
                     None => self.count("no_transport"),
                 },
+                Addr::TcpOn(..) | Addr::QuicOn(..) => self.send_bound(dst, out),
                 Addr::UdpOn(i, a) => match self.radios.bound.get(&i.0) {
                     // Phones' radios are not the fast path: one datagram per call, never waiting.
                     Some(b) => {

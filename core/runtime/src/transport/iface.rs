@@ -4,7 +4,8 @@
 //! unless a socket is bound to the cellular network, LTE is never used while WiFi is up and two
 //! "disjoint" routes share one radio. The node therefore opens one UDP socket per interface,
 //! bound to it (Linux `SO_BINDTODEVICE`, Apple `IP_BOUND_IF`, Android `Network.bindSocket`
-//! through [`set_bind_hook`]), and dials its UDP neighbours over each: a link lives on one
+//! through [`set_bind_hook`]), and dials its neighbours over each (TCP ones from a socket
+//! bound the same way, QUIC ones through an endpoint on such a socket): a link lives on one
 //! interface and stays there.
 //!
 //! On Linux the node finds its interfaces itself ([`scan`]) and hears about changes from the
@@ -83,20 +84,7 @@ pub enum BindError {
 pub fn bind_udp(net: &Network) -> Result<std::net::UdpSocket, BindError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    super::mark(&s);
-    let hook = BIND_HOOK.read().ok().and_then(|h| h.clone());
-    match hook {
-        Some(hook) => {
-            #[cfg(unix)]
-            {
-                use std::os::fd::AsRawFd;
-                if !hook(s.as_raw_fd(), net) {
-                    return Err(BindError::Refused(net.name.clone()));
-                }
-            }
-        }
-        None => bind_os(&s, net)?,
-    }
+    bind_to(&s, net)?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
     s.set_nonblocking(true)?;
     Ok(s.into())
@@ -124,6 +112,34 @@ fn bind_os(s: &socket2::Socket, net: &Network) -> io::Result<()> {
 )))]
 fn bind_os(_: &socket2::Socket, net: &Network) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, format!("binding to {} is not supported here", net.name)))
+}
+
+/// A TCP socket (IPv4) whose connection will leave through `net` only.
+pub fn bind_tcp(net: &Network) -> Result<tokio::net::TcpSocket, BindError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    bind_to(&s, net)?;
+    s.set_nonblocking(true)?;
+    Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
+}
+
+/// Binds `s` to `net`: the platform's hook if set, else the OS's option.
+fn bind_to(s: &socket2::Socket, net: &Network) -> Result<(), BindError> {
+    super::mark(s);
+    let hook = BIND_HOOK.read().ok().and_then(|h| h.clone());
+    match hook {
+        Some(hook) => {
+            #[cfg(unix)]
+            {
+                use std::os::fd::AsRawFd;
+                if !hook(s.as_raw_fd(), net) {
+                    return Err(BindError::Refused(net.name.clone()));
+                }
+            }
+            Ok(())
+        }
+        None => Ok(bind_os(s, net)?),
+    }
 }
 
 /// An interface as the OS lists it.

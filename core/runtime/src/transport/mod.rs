@@ -82,12 +82,16 @@ pub enum Addr {
     /// UDP through the socket bound to one local interface (see [`iface`]); the link stays on
     /// that interface.
     UdpOn(skyroute_proto::Interface, SocketAddr),
+    /// TCP over a connection whose socket is bound to one local interface.
+    TcpOn(skyroute_proto::Interface, SocketAddr),
+    /// QUIC through an endpoint whose socket is bound to one local interface.
+    QuicOn(skyroute_proto::Interface, SocketAddr),
 }
 
 impl skyroute_proto::Endpoint for Addr {
     fn interface(&self) -> skyroute_proto::Interface {
         match self {
-            Addr::UdpOn(i, _) => *i,
+            Addr::UdpOn(i, _) | Addr::TcpOn(i, _) | Addr::QuicOn(i, _) => *i,
             _ => skyroute_proto::Interface::UNBOUND,
         }
     }
@@ -136,15 +140,31 @@ impl Addr {
     pub fn kind(&self) -> Kind {
         match self {
             Addr::Udp(_) | Addr::UdpOn(..) => Kind::Udp,
-            Addr::Tcp(_) => Kind::Tcp,
-            Addr::Quic(_) => Kind::Quic,
+            Addr::Tcp(_) | Addr::TcpOn(..) => Kind::Tcp,
+            Addr::Quic(_) | Addr::QuicOn(..) => Kind::Quic,
         }
     }
 
     pub fn socket(&self) -> SocketAddr {
         match self {
-            Addr::Udp(a) | Addr::Tcp(a) | Addr::Quic(a) | Addr::UdpOn(_, a) => *a,
+            Addr::Udp(a) | Addr::Tcp(a) | Addr::Quic(a) => *a,
+            Addr::UdpOn(_, a) | Addr::TcpOn(_, a) | Addr::QuicOn(_, a) => *a,
         }
+    }
+
+    /// The same transport and address through the local interface `i`.
+    pub fn on(&self, i: skyroute_proto::Interface) -> Addr {
+        let a = self.socket();
+        match self.kind() {
+            Kind::Udp => Addr::UdpOn(i, a),
+            Kind::Tcp => Addr::TcpOn(i, a),
+            Kind::Quic => Addr::QuicOn(i, a),
+        }
+    }
+
+    /// Whether the address names no local interface (the OS picks the way out).
+    pub fn is_unbound(&self) -> bool {
+        matches!(self, Addr::Udp(_) | Addr::Tcp(_) | Addr::Quic(_))
     }
 }
 

@@ -38,6 +38,12 @@ impl Pool {
         }
     }
 
+    /// Forgets the connections opened through local interface `i` (it went away): their
+    /// queues close, so their tasks end, and a returning interface dials afresh.
+    pub fn drop_interface(&mut self, i: skyroute_proto::Interface) {
+        self.conns.retain(|a, _| skyroute_proto::Endpoint::interface(a) != i);
+    }
+
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -48,6 +54,22 @@ impl Pool {
 
     /// Queues a packet for a TCP or QUIC peer, dialling it if there is no connection.
     pub fn send(&mut self, addr: Addr, packet: &[u8]) -> Result<(), Dropped> {
+        let (tcp, quic) = (self.tcp.clone(), self.quic.clone());
+        self.send_via(addr, packet, || match addr {
+            Addr::Tcp(a) => tcp.map(|t| t.dial(a)),
+            Addr::Quic(a) => quic.map(|q| q.dial(a)),
+            _ => None,
+        })
+    }
+
+    /// Queues a packet for `addr` on its connection, opening one with `dial` if there is none
+    /// (`None`: no transport for it).
+    pub fn send_via(
+        &mut self,
+        addr: Addr,
+        packet: &[u8],
+        dial: impl FnOnce() -> Option<mpsc::Sender<Bytes>>,
+    ) -> Result<(), Dropped> {
         if let Some(tx) = self.conns.get(&addr) {
             match tx.try_send(Bytes::copy_from_slice(packet)) {
                 Ok(()) => return Ok(()),
@@ -57,11 +79,7 @@ impl Pool {
                 }
             }
         }
-        let tx = match addr {
-            Addr::Tcp(a) => self.tcp.as_ref().ok_or(Dropped::NoTransport)?.dial(a),
-            Addr::Quic(a) => self.quic.as_ref().ok_or(Dropped::NoTransport)?.dial(a),
-            Addr::Udp(_) | Addr::UdpOn(..) => return Err(Dropped::NoTransport),
-        };
+        let tx = dial().ok_or(Dropped::NoTransport)?;
         let r = tx.try_send(Bytes::copy_from_slice(packet)).map_err(|_| Dropped::Full);
         self.conns.insert(addr, tx);
         r

@@ -29,6 +29,8 @@ pub const MAX_CONNS: usize = 256;
 #[derive(Clone)]
 pub struct Quic {
     endpoint: quinn::Endpoint,
+    /// The local interface the endpoint's socket is bound to (dialling only), if any.
+    on: Option<skyroute_proto::Interface>,
     inbound: mpsc::Sender<Inbound>,
     /// Packets larger than the connection's datagram limit (dropped).
     pub too_large: Arc<AtomicU64>,
@@ -119,7 +121,7 @@ impl Quic {
         super::mark(&socket);
         let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         endpoint.set_default_client_config(client_config().map_err(std::io::Error::other)?);
-        let q = Quic { endpoint, inbound, too_large: Arc::new(AtomicU64::new(0)) };
+        let q = Quic { endpoint, on: None, inbound, too_large: Arc::new(AtomicU64::new(0)) };
         let acceptor = q.clone();
         tokio::spawn(async move {
             while let Some(incoming) = acceptor.endpoint.accept().await {
@@ -130,7 +132,7 @@ impl Quic {
                         Ok(Ok(conn)) => {
                             let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
                             if tx.send(Inbound::Connected(Addr::Quic(remote), out_tx)).await.is_ok() {
-                                run(conn, out_rx, tx, too_large).await;
+                                run(conn, Addr::Quic(remote), out_rx, tx, too_large).await;
                             }
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, "quic: handshake failed: {e}"),
@@ -142,6 +144,21 @@ impl Quic {
         Ok(q)
     }
 
+    /// A dialling-only endpoint whose socket is bound to `net` (its connections' packets come
+    /// from `Addr::QuicOn(on, ..)`).
+    pub fn bound(
+        net: &super::iface::Network,
+        on: skyroute_proto::Interface,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> std::io::Result<Quic> {
+        let mut config = quinn::EndpointConfig::default();
+        config.cid_generator(|| Box::new(NoConnectionIds));
+        let socket = super::iface::bind_udp(net).map_err(std::io::Error::other)?;
+        let mut endpoint = quinn::Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))?;
+        endpoint.set_default_client_config(client_config().map_err(std::io::Error::other)?);
+        Ok(Quic { endpoint, on: Some(on), inbound, too_large: Arc::new(AtomicU64::new(0)) })
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }
@@ -150,8 +167,11 @@ impl Quic {
     pub fn dial(&self, addr: SocketAddr) -> mpsc::Sender<Bytes> {
         let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
         let (endpoint, tx, too_large) = (self.endpoint.clone(), self.inbound.clone(), self.too_large.clone());
+        let a = match self.on {
+            Some(i) => Addr::QuicOn(i, addr),
+            None => Addr::Quic(addr),
+        };
         tokio::spawn(async move {
-            let a = Addr::Quic(addr);
             let conn = match endpoint.connect(addr, "skyroute") {
                 Ok(c) => tokio::time::timeout(HANDSHAKE_TIMEOUT, c).await,
                 Err(e) => {
@@ -160,7 +180,7 @@ impl Quic {
                 }
             };
             match conn {
-                Ok(Ok(conn)) => run(conn, out_rx, tx, too_large).await,
+                Ok(Ok(conn)) => run(conn, a, out_rx, tx, too_large).await,
                 Ok(Err(e)) => {
                     let _ = tx.send(Inbound::Closed(a, format!("connect: {e}"))).await;
                 }
@@ -180,11 +200,11 @@ impl Quic {
 
 async fn run(
     conn: quinn::Connection,
+    addr: Addr,
     mut out: mpsc::Receiver<Bytes>,
     inbound: mpsc::Sender<Inbound>,
     too_large: Arc<AtomicU64>,
 ) {
-    let addr = Addr::Quic(conn.remote_address());
     let reader = async {
         loop {
             match conn.read_datagram().await {

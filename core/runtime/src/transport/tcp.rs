@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::iface::Network;
 use super::{Addr, Inbound, CONN_QUEUE};
 
 /// A connection with nothing received for this long is closed (links send keepalives well
@@ -58,11 +59,21 @@ impl Tcp {
 
     /// A queue for packets to `addr`; the connection is opened in the background.
     pub fn dial(&self, addr: SocketAddr) -> mpsc::Sender<Bytes> {
+        self.dial_from(Addr::Tcp(addr), None)
+    }
+
+    /// [`Tcp::dial`] from a socket bound to `net` (`a`: the peer as `Addr::TcpOn`, which its
+    /// packets are reported from).
+    pub fn dial_on(&self, a: Addr, net: Network) -> mpsc::Sender<Bytes> {
+        self.dial_from(a, Some(net))
+    }
+
+    fn dial_from(&self, a: Addr, net: Option<Network>) -> mpsc::Sender<Bytes> {
         let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
         let tx = self.inbound.clone();
+        let addr = a.socket();
         tokio::spawn(async move {
-            let a = Addr::Tcp(addr);
-            match tokio::time::timeout(DIAL_TIMEOUT, connect(addr)).await {
+            match tokio::time::timeout(DIAL_TIMEOUT, connect(addr, net.as_ref())).await {
                 Ok(Ok(stream)) => run(stream, a, out_rx, tx).await,
                 Ok(Err(e)) => {
                     let _ = tx.send(Inbound::Closed(a, format!("connect: {e}"))).await;
@@ -76,10 +87,18 @@ impl Tcp {
     }
 }
 
-/// Opens a marked connection (see [`super::SOCKET_MARK`]).
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    super::mark(&socket);
+/// Opens a marked connection (see [`super::SOCKET_MARK`]), from a socket bound to `net` if
+/// given.
+async fn connect(addr: SocketAddr, net: Option<&Network>) -> std::io::Result<TcpStream> {
+    let socket = match net {
+        // Marked (and protected) as it is bound.
+        Some(net) => super::iface::bind_tcp(net).map_err(std::io::Error::other)?,
+        None => {
+            let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            super::mark(&s);
+            s
+        }
+    };
     socket.connect(addr).await
 }
 

@@ -1,5 +1,6 @@
-//! Every radio at once: one UDP socket per local network, bound to it, and the node's UDP
-//! neighbours dialled over each (a link per neighbour and network). Networks come from the
+//! Every radio at once: one UDP socket per local network, bound to it (and, when a neighbour
+//! is dialled over TCP or QUIC, a bound TCP socket per connection or a bound QUIC endpoint),
+//! and the node's neighbours dialled over each (a link per neighbour and network). Networks come from the
 //! OS (Linux: [`iface::scan`] on start and on every rtnetlink change) or from the platform
 //! (the bindings' `network_changed`). A network that goes takes its links down at once; one
 //! that comes is dialled over at once.
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 use super::Driver;
 use crate::control::NetworkStatus;
 use crate::transport::iface::{self, Network, Policy};
+use crate::transport::quic::Quic;
 use crate::transport::{Addr, Inbound};
 
 /// A socket bound to one network, and the task that reads it.
@@ -22,11 +24,16 @@ pub(super) struct Bound {
     net: Network,
     pub(super) socket: Arc<tokio::net::UdpSocket>,
     task: tokio::task::JoinHandle<()>,
+    /// A QUIC endpoint bound to the network, opened for the first QUIC neighbour.
+    quic: Option<Quic>,
 }
 
 impl Drop for Bound {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(q) = &self.quic {
+            q.close();
+        }
     }
 }
 
@@ -37,8 +44,9 @@ pub(super) struct Radios {
     /// Every network seen, by id: its slot (kept while it is down, so it comes back on the
     /// same slot and its parked links resume) and what was last known of it.
     known: BTreeMap<u64, (u8, Network)>,
-    /// UDP neighbours we dial, dialled again over every network that comes up.
-    peers: BTreeMap<PublicKey, SocketAddr>,
+    /// Neighbours we dial (their unbound address), dialled again over every network that
+    /// comes up.
+    peers: BTreeMap<PublicKey, Addr>,
     inbound: mpsc::Sender<Inbound>,
 }
 
@@ -103,28 +111,61 @@ async fn recv_loop(socket: Arc<tokio::net::UdpSocket>, slot: u8, tx: mpsc::Sende
 }
 
 impl Driver {
-    /// Dials a neighbour: UDP neighbours off loopback go over every bound network (a link
-    /// each); anything else, or a node with no bound networks and nothing to wait for, as
-    /// before (one unbound link).
+    /// Dials a neighbour: neighbours off loopback go over every bound network (a link each,
+    /// on the transport of `addr`); anything else, or a node with no bound networks and
+    /// nothing to wait for, as before (one unbound link).
     pub(super) fn dial(&mut self, now: Instant, peer: PublicKey, addr: Addr) {
-        if let Addr::Udp(a) = addr {
+        if addr.is_unbound() {
             let r = &mut self.radios;
             if r.policy != Policy::Off {
                 // Remembered even when dialled unbound: the platform may hand in networks later.
-                r.peers.insert(peer, a);
+                r.peers.insert(peer, addr);
             }
-            if r.over_networks(&a) {
+            if r.over_networks(&addr.socket()) {
                 let slots: Vec<u8> = r.bound.keys().copied().collect();
                 let waits = matches!(r.policy, Policy::Named(_) | Policy::Platform);
                 if !slots.is_empty() || waits {
                     for s in slots {
-                        self.node.connect(now, peer, Addr::UdpOn(Interface(s), a));
+                        self.node.connect(now, peer, addr.on(Interface(s)));
                     }
                     return;
                 }
             }
         }
         self.node.connect(now, peer, addr);
+    }
+
+    /// Sends a link packet over TCP or QUIC through a bound network: on the connection to it
+    /// from that network, opened (from a bound socket, or the network's QUIC endpoint) if
+    /// there is none.
+    pub(super) fn send_bound(&mut self, dst: Addr, packet: &[u8]) {
+        let slot = skyroute_proto::Endpoint::interface(&dst);
+        let Some(b) = self.radios.bound.get_mut(&slot.0) else {
+            self.count("no_transport");
+            return;
+        };
+        let net = b.net.clone();
+        let inbound = self.radios.inbound.clone();
+        let r = match dst {
+            Addr::TcpOn(..) => {
+                let tcp = self.pool.tcp.clone();
+                self.pool.send_via(dst, packet, || tcp.map(|t| t.dial_on(dst, net)))
+            }
+            Addr::QuicOn(_, a) => {
+                if b.quic.is_none() {
+                    match Quic::bound(&net, slot, inbound) {
+                        Ok(q) => b.quic = Some(q),
+                        Err(e) => tracing::warn!(interface = %net.name, "no QUIC endpoint on it: {e}"),
+                    }
+                }
+                let quic = b.quic.clone();
+                self.pool.send_via(dst, packet, || quic.map(|q| q.dial(a)))
+            }
+            _ => return,
+        };
+        if r.is_err() {
+            self.count("send_queue_full");
+        }
     }
 
     /// Reads the OS's interfaces again (Linux: the rtnetlink watcher calls this on every
@@ -165,6 +206,7 @@ impl Driver {
                 self.count("interfaces_down");
             }
             self.node.interface_down(now, Interface(slot));
+            self.pool.drop_interface(Interface(slot));
         }
         for net in nets {
             let Some(slot) = self.radios.slot_for(net.id) else {
@@ -181,18 +223,18 @@ impl Driver {
                         let socket = Arc::new(socket);
                         let task = tokio::spawn(recv_loop(socket.clone(), slot, self.radios.inbound.clone()));
                         tracing::info!(interface = %net.name, slot, kind = net.kind.name(), "network up: dialling over it");
-                        self.radios.bound.insert(slot, Bound { net: net.clone(), socket, task });
+                        self.radios.bound.insert(slot, Bound { net: net.clone(), socket, task, quic: None });
                         self.count("interfaces_up");
                         self.node.interface_up(now, Interface(slot));
-                        let peers: Vec<(PublicKey, SocketAddr)> = self
+                        let peers: Vec<(PublicKey, Addr)> = self
                             .radios
                             .peers
                             .iter()
-                            .filter(|(_, a)| self.radios.over_networks(a))
+                            .filter(|(_, a)| self.radios.over_networks(&a.socket()))
                             .map(|(k, a)| (*k, *a))
                             .collect();
                         for (peer, a) in peers {
-                            self.node.connect(now, peer, Addr::UdpOn(Interface(slot), a));
+                            self.node.connect(now, peer, a.on(Interface(slot)));
                         }
                     }
                     Err(e) => {
@@ -209,11 +251,16 @@ impl Driver {
         // before any network was known): those would use whatever the OS routes, one radio
         // for all. Links the neighbours made to us are theirs to keep.
         if !self.radios.bound.is_empty() {
-            let peers: Vec<PublicKey> =
-                self.radios.peers.iter().filter(|(_, a)| self.radios.over_networks(a)).map(|(k, _)| *k).collect();
+            let peers: Vec<PublicKey> = self
+                .radios
+                .peers
+                .iter()
+                .filter(|(_, a)| self.radios.over_networks(&a.socket()))
+                .map(|(k, _)| *k)
+                .collect();
             for peer in peers {
                 for id in self.node.links_to(&peer) {
-                    if self.node.link(id).is_some_and(|l| l.dialled && matches!(l.addr, Addr::Udp(_))) {
+                    if self.node.link(id).is_some_and(|l| l.dialled && l.addr.is_unbound()) {
                         self.node.close_link(now, id);
                     }
                 }
