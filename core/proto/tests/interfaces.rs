@@ -129,13 +129,14 @@ impl World {
                 let at = t.dst;
                 if n == PHONE {
                     *self.sent_on.entry(at.local).or_default() += 1;
-                    if !self.up.contains(&at.local) {
+                    // Interface 0 is the phone's unbound socket: the OS picks a radio.
+                    if at.local != 0 && !self.up.contains(&at.local) {
                         continue;
                     }
                 }
                 let mut arrive_on = at.remote;
                 if at.node == PHONE {
-                    if !self.up.contains(&at.remote) {
+                    if at.remote != 0 && !self.up.contains(&at.remote) {
                         continue;
                     }
                     arrive_on = *self.divert.get(&at.remote).unwrap_or(&at.remote);
@@ -452,4 +453,24 @@ fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
     w.phone().interface_down(now, Interface(WIFI));
     write_all(&mut w, sid, &[6u8; 100_000]);
     assert!(bulk_on(&w, LTE) >= 100_000, "bulk over LTE once WiFi is gone: {}", bulk_on(&w, LTE));
+}
+
+/// A link on the phone's unbound socket (one it made before it knew its networks, or one a
+/// neighbour made to it) is not a radio of its own: the session's two routes take WiFi and LTE.
+#[test]
+fn an_unbound_link_does_not_count_as_a_radio() {
+    let mut w = World::new(5, SessionConfig::default());
+    w.dial(R1, 0);
+    w.dial(R1, WIFI);
+    w.dial(R2, LTE);
+    w.dial_servers();
+    w.run(Duration::from_millis(300));
+    let server = w.key(SERVER);
+    let now = w.now;
+    let (nodes, sessions, graph) = (&mut w.nodes, &mut w.sessions, &w.graph);
+    let sid =
+        sessions[PHONE as usize].connect_with_routes(now, &mut nodes[PHONE as usize], graph, server, Some(2)).unwrap();
+    w.run(Duration::from_millis(500));
+    assert!(w.sessions[PHONE as usize].is_established(sid));
+    assert_eq!(radios(&w, sid), vec![WIFI, LTE]);
 }

@@ -823,9 +823,15 @@ impl Sessions {
         }
         // All paths healthy but a radio unused while another carries two (it came back after
         // the session moved off it): move the slowest path of the busiest radio onto it.
+        // The unbound "interface" is whatever the OS routes through, likely one of the bound
+        // radios: never a radio of its own while bound ones are there.
+        let bound_radios = per_iface.keys().any(|i| *i != Interface::UNBOUND);
         let mut moving = None;
         if healthy >= want {
-            let spare = per_iface.iter().find(|(_, ps)| ps.is_empty()).map(|(i, _)| *i);
+            let spare = per_iface
+                .iter()
+                .find(|(i, ps)| ps.is_empty() && !(bound_radios && **i == Interface::UNBOUND))
+                .map(|(i, _)| *i);
             let busiest = per_iface.values().filter(|ps| ps.len() >= 2).max_by_key(|ps| ps.len());
             let victim =
                 busiest.and_then(|ps| ps.iter().copied().max_by_key(|p| s.paths[p].srtt().unwrap_or(Duration::MAX)));
@@ -848,13 +854,14 @@ impl Sessions {
         let target = want.max(healthy + moving.is_some() as usize);
         let mut found = 0;
         while healthy + found < target {
-            let mut ifaces: Vec<(usize, Interface)> = match moving {
-                Some((spare, _)) => vec![(0, spare)],
-                None => per_iface.iter().map(|(i, ps)| (ps.len(), *i)).collect(),
+            // Least used first; bound radios before the unbound socket.
+            let mut ifaces: Vec<(usize, bool, Interface)> = match moving {
+                Some((spare, _)) => vec![(0, false, spare)],
+                None => per_iface.iter().map(|(i, ps)| (ps.len(), *i == Interface::UNBOUND, *i)).collect(),
             };
             ifaces.sort();
             let mut built = None;
-            for (_, iface) in ifaces {
+            for (_, _, iface) in ifaces {
                 let on_iface = |f: &&(LinkId, PublicKey, Interface)| f.2 == iface && !used.contains(&f.0);
                 let starts: BTreeSet<PublicKey> = firsts.iter().filter(on_iface).map(|f| f.1).collect();
                 if starts.is_empty() {

@@ -163,8 +163,10 @@ impl Driver {
             }
             _ => return,
         };
-        if r.is_err() {
-            self.count("send_queue_full");
+        match r {
+            Ok(()) => {}
+            Err(crate::transport::pool::Dropped::Full) => self.count("send_queue_full"),
+            Err(crate::transport::pool::Dropped::NoTransport) => self.count("no_transport"),
         }
     }
 
