@@ -184,16 +184,17 @@ pub fn scan() -> io::Result<Vec<OsInterface>> {
                 Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
             })
         };
-        let entry = match out.iter_mut().find(|i| i.name == name) {
-            Some(e) => e,
+        let at = match out.iter().position(|i| i.name == name) {
+            Some(at) => at,
             None => {
                 let cname = std::ffi::CString::new(name.clone()).unwrap_or_default();
                 // SAFETY: if_nametoindex reads a NUL-terminated string.
                 let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
                 out.push(OsInterface { name: name.clone(), index, up: false, loopback: false, ipv4: None });
-                out.last_mut().expect("just pushed")
+                out.len() - 1
             }
         };
+        let entry = &mut out[at];
         entry.up = flags & (libc::IFF_UP as u32) != 0 && flags & (libc::IFF_RUNNING as u32) != 0;
         entry.loopback = flags & (libc::IFF_LOOPBACK as u32) != 0;
         if entry.ipv4.is_none() {
