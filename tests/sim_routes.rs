@@ -28,7 +28,7 @@ fn line(seed: u64, n: usize, configs: impl Fn(usize) -> NodeConfig, spec: WireSp
 
 fn open(w: &mut World, hops: &[usize]) -> (RouteId, Result<(), RouteError>) {
     let keys: Vec<_> = hops.iter().map(|h| w.key(*h)).collect();
-    let route = w.act(0, |n, now| n.open_route(now, &keys)).expect("first hop linked");
+    let route = w.act(0, |n, now| n.open_route(now, None, &keys)).expect("first hop linked");
     let mut outcome = None;
     let limit = w.now() + Duration::from_secs(30);
     w.run_until(limit, |_, node, e| {
@@ -209,7 +209,7 @@ fn a_virtual_link_carries_many_routes_as_one_entry_at_the_hops_between() {
         let routes: Vec<RouteId> = (0..24)
             .map(|i| {
                 let hops = if i % 2 == 0 { vec![d] } else { vec![d, e] };
-                w.act(0, |n, now| n.open_route(now, &hops)).unwrap()
+                w.act(0, |n, now| n.open_route(now, None, &hops)).unwrap()
             })
             .collect();
         let mut ready = 0;
@@ -297,7 +297,7 @@ fn a_one_way_wire_works_with_a_return_route_and_not_without() {
     w.act(a, |n, now| n.connect(now, kb, b));
     let evs = settle(&mut w, Duration::from_secs(3));
     assert!(!evs.iter().any(|(n, e)| *n == a && matches!(e, Event::LinkUp { peer, .. } if *peer == kb)));
-    let back = w.act(b, |n, now| n.open_route(now, &[kc, ka])).unwrap();
+    let back = w.act(b, |n, now| n.open_route(now, None, &[kc, ka])).unwrap();
     let evs = settle(&mut w, Duration::from_secs(2));
     assert!(evs
         .iter()
@@ -307,7 +307,7 @@ fn a_one_way_wire_works_with_a_return_route_and_not_without() {
     let (lost_before, _) = w.wire_bytes(b, a);
     let evs = settle(&mut w, Duration::from_secs(5));
     assert!(evs.iter().any(|(n, e)| *n == a && matches!(e, Event::LinkUp { peer, .. } if *peer == kb)), "link up");
-    let route = w.act(a, |n, now| n.open_route(now, &[kb])).unwrap();
+    let route = w.act(a, |n, now| n.open_route(now, None, &[kb])).unwrap();
     settle(&mut w, Duration::from_secs(2));
     assert!(w.node(a).route_ready(route));
     let data = payload(256 * 1024, 3);
@@ -356,7 +356,7 @@ fn the_scale_model_counts_what_real_nodes_hold() {
         let mut pending = std::collections::BTreeSet::new();
         for (src, hops) in routes {
             let keys: Vec<_> = hops.iter().map(|h| w.key(*h)).collect();
-            pending.insert((*src, w.act(*src, |n, now| n.open_route(now, &keys)).unwrap()));
+            pending.insert((*src, w.act(*src, |n, now| n.open_route(now, None, &keys)).unwrap()));
         }
         let limit = w.now() + Duration::from_secs(30);
         w.run_until(limit, |_, node, e| {
@@ -422,7 +422,7 @@ fn an_idle_virtual_link_outlives_the_relays_idle_timeout() {
     assert!(!evs.iter().any(|(_, e)| matches!(e, Event::LinkDown { .. })), "nothing went down");
     assert!(w.node(0).virtual_link_up(v));
     assert_eq!((w.node(1).route_count(), w.node(2).route_count()), (1, 1), "the relays kept the carrier");
-    let r = w.act(0, |n, now| n.open_route(now, &[d])).unwrap();
+    let r = w.act(0, |n, now| n.open_route(now, None, &[d])).unwrap();
     settle(&mut w, Duration::from_secs(2));
     assert!(w.node(0).route_ready(r));
     w.act(0, |n, now| n.send(now, r, b"still here")).unwrap();

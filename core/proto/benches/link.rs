@@ -225,7 +225,7 @@ fn three_nodes() -> (Vec<Node<u8>>, skyroute_proto::RouteId) {
         ready
     };
     pump(&mut nodes);
-    nodes[0].open_route(now, &[kb, kc]).unwrap();
+    nodes[0].open_route(now, None, &[kb, kc]).unwrap();
     let route = pump(&mut nodes).expect("route ready");
     (nodes, route)
 }

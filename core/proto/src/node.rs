@@ -764,26 +764,24 @@ impl<A: crate::link::Endpoint> Node<A> {
 
     /// Starts building a source route through `hops` (telescoping). Watch for
     /// `RouteEvent::Ready` or `RouteEvent::Failed` with the returned id.
-    pub fn open_route(&mut self, now: Instant, hops: &[PublicKey]) -> Result<RouteId, RouteError> {
+    ///
+    /// `first`: the link the route leaves through, one of the links to `hops[0]` (e.g. the
+    /// one on the cellular interface), and the route stays on it; `None`: the up link to it
+    /// with the shortest round trip.
+    pub fn open_route(
+        &mut self,
+        now: Instant,
+        first: Option<LinkId>,
+        hops: &[PublicKey],
+    ) -> Result<RouteId, RouteError> {
         let public = self.public;
-        let (mut table, router, rng, _) = self.table();
-        router.open(now, rng, &public, &mut table, hops, None)
-    }
-
-    /// [`Node::open_route`] whose first hop goes over `link` (one of the links to `hops[0]`,
-    /// e.g. the one on the cellular interface): the route stays on that link.
-    pub fn open_route_on(&mut self, now: Instant, link: LinkId, hops: &[PublicKey]) -> Result<RouteId, RouteError> {
-        let public = self.public;
-        if !self.links_to(hops.first().ok_or(RouteError::InvalidHops)?).contains(&link) {
-            return Err(RouteError::NoLink);
+        if let Some(link) = first {
+            if !self.links_to(hops.first().ok_or(RouteError::InvalidHops)?).contains(&link) {
+                return Err(RouteError::NoLink);
+            }
         }
         let (mut table, router, rng, _) = self.table();
-        router.open(now, rng, &public, &mut table, hops, Some(link))
-    }
-
-    /// The link a route we opened leaves through.
-    pub fn route_first_link(&self, route: RouteId) -> Option<LinkId> {
-        self.router.first_link(route)
+        router.open(now, rng, &public, &mut table, hops, first)
     }
 
     /// Sends application bytes on a route as bulk (source to last hop, or back).
@@ -909,7 +907,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         if hops.len() < 2 {
             return Err(RouteError::InvalidHops);
         }
-        let carrier = self.open_route(now, hops)?;
+        let carrier = self.open_route(now, None, hops)?;
         let id = LinkId(self.next_link);
         self.next_link += 1;
         self.vlinks.insert(

@@ -222,7 +222,7 @@ fn a_neighbour_over_two_interfaces_has_two_links_that_stay_on_their_interface() 
     w.divert.insert(WIFI, LTE);
     let now = w.now;
     let r1 = w.key(R1);
-    let route = w.phone().open_route_on(now, wifi, &[r1]).unwrap();
+    let route = w.phone().open_route(now, Some(wifi), &[r1]).unwrap();
     w.run(Duration::from_millis(200));
     assert!(w.nodes[PHONE as usize].route_ready(route));
     for _ in 0..20 {
@@ -249,7 +249,7 @@ fn a_gone_interface_takes_its_links_down_at_once_and_a_returning_one_is_up_withi
     let (wifi, lte) = (w.link_on(R1, WIFI), w.link_on(R2, LTE));
     let now = w.now;
     let r1 = w.key(R1);
-    let route = w.phone().open_route_on(now, wifi, &[r1]).unwrap();
+    let route = w.phone().open_route(now, Some(wifi), &[r1]).unwrap();
     w.run(Duration::from_millis(100));
     assert!(w.nodes[PHONE as usize].route_ready(route));
 

@@ -109,7 +109,7 @@ impl Pair {
     fn route(&mut self) -> skyroute_proto::RouteId {
         let key = self.nodes[1].public_key();
         let now = self.now;
-        let r = self.nodes[0].open_route(now, &[key]).unwrap();
+        let r = self.nodes[0].open_route(now, None, &[key]).unwrap();
         self.drive_for(Duration::from_millis(10));
         assert!(self.events[0].contains(&Event::Route(RouteEvent::Ready { route: r })));
         r

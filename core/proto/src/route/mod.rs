@@ -333,14 +333,6 @@ impl Router {
         }
     }
 
-    /// The link a route of ours leaves through.
-    pub fn first_link(&self, route: RouteId) -> Option<LinkId> {
-        match self.routes.get(&route)? {
-            Entry::Origin(o) => Some(o.first_link),
-            Entry::Relay(_) => None,
-        }
-    }
-
     /// Starts building a route through `hops` (the first must be a neighbour with an up link;
     /// `first`: that link, if the caller chose one of several to it).
     pub(crate) fn open(

@@ -885,7 +885,7 @@ impl Sessions {
                     avoid.insert(*h);
                 }
             }
-            let Ok(route) = ctx.node.open_route_on(now, link, &hops) else { continue };
+            let Ok(route) = ctx.node.open_route(now, Some(link), &hops) else { continue };
             let pid = s.next_path;
             s.next_path += 1;
             per_iface.entry(iface).or_default().push(pid);

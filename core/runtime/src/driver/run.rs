@@ -638,7 +638,7 @@ impl Driver {
             }
             Command::AddTopology { a, b } => self.graph.add_edge(a, b, LINK_COST),
             Command::OpenRoute { hops, reply } => {
-                let _ = reply.send(self.node.open_route(now, &hops));
+                let _ = reply.send(self.node.open_route(now, None, &hops));
             }
             Command::SendRoute { route, class, data, reply } => {
                 let _ = reply.send(self.node.send_class(now, route, class, &data));

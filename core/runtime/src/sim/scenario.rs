@@ -113,7 +113,7 @@ pub fn line(w: &mut World, n: usize, config: &NodeConfig, spec: &WireSpec, limit
 /// Opens a route from `src` through `hops` and runs until it is ready or failed.
 pub fn open_route(w: &mut World, src: usize, hops: &[usize], limit: Duration) -> Result<RouteId, RouteError> {
     let keys: Vec<_> = hops.iter().map(|h| w.key(*h)).collect();
-    let route = w.act(src, |n, now| n.open_route(now, &keys))?;
+    let route = w.act(src, |n, now| n.open_route(now, None, &keys))?;
     let mut outcome = Err(RouteError::Timeout { joined: 0, total: hops.len() });
     let deadline = w.now() + limit;
     w.run_until(deadline, |_, node, e| match e {
