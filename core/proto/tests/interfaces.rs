@@ -292,11 +292,15 @@ fn a_gone_interface_takes_its_links_down_at_once_and_a_returning_one_is_up_withi
 /// A two-route session from the phone to the server, with the phone dialling both relays
 /// over both interfaces (four links).
 fn session(cfg: SessionConfig, seed: u64) -> (World, SessionId, SessionId) {
+    session_over(cfg, seed, &[(R1, WIFI), (R1, LTE), (R2, WIFI), (R2, LTE)])
+}
+
+/// A two-route session from the phone to the server once the phone dialled each (relay,
+/// interface) of `dials`: the world, our session and the server's.
+fn session_over(cfg: SessionConfig, seed: u64, dials: &[(u8, u8)]) -> (World, SessionId, SessionId) {
     let mut w = World::new(seed, cfg);
-    for r in [R1, R2] {
-        for i in [WIFI, LTE] {
-            w.dial(r, i);
-        }
+    for (r, i) in dials {
+        w.dial(*r, *i);
     }
     w.dial_servers();
     w.run(Duration::from_millis(300));
@@ -459,18 +463,6 @@ fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
 /// neighbour made to it) is not a radio of its own: the session's two routes take WiFi and LTE.
 #[test]
 fn an_unbound_link_does_not_count_as_a_radio() {
-    let mut w = World::new(5, SessionConfig::default());
-    w.dial(R1, 0);
-    w.dial(R1, WIFI);
-    w.dial(R2, LTE);
-    w.dial_servers();
-    w.run(Duration::from_millis(300));
-    let server = w.key(SERVER);
-    let now = w.now;
-    let (nodes, sessions, graph) = (&mut w.nodes, &mut w.sessions, &w.graph);
-    let sid =
-        sessions[PHONE as usize].connect_with_routes(now, &mut nodes[PHONE as usize], graph, server, Some(2)).unwrap();
-    w.run(Duration::from_millis(500));
-    assert!(w.sessions[PHONE as usize].is_established(sid));
+    let (w, sid, _) = session_over(SessionConfig::default(), 5, &[(R1, 0), (R1, WIFI), (R2, LTE)]);
     assert_eq!(radios(&w, sid), vec![WIFI, LTE]);
 }
