@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use skyroute::sim::scenario::{payload, StreamCheck};
 use skyroute::sim::{WireSpec, World};
-use skyroute_proto::session::anchor::Anchor;
+use skyroute_proto::host::anchor::Anchor;
 use skyroute_proto::{Event, Graph, NodeConfig, RouteEvent, SessionConfig, SessionEvent, SessionId, Strategy};
 
 struct Net {
@@ -49,7 +49,7 @@ fn diamond(seed: u64, cfg: SessionConfig) -> Net {
 
 fn connect(net: &mut Net) -> SessionId {
     let dest = net.w.key(net.dst);
-    let sid = net.w.act_sessions(net.src, |s, n, g, now| s.connect(now, n, g, dest)).unwrap();
+    let sid = net.w.act_host(net.src, |h, now| h.connect(now, dest, None)).unwrap();
     let mut ok = false;
     let deadline = net.w.now() + Duration::from_secs(5);
     net.w.run_sessions_until(deadline, |_, _, ev| {
@@ -89,7 +89,7 @@ fn stream(
             next += Duration::from_millis(50);
         }
         if pos < data.len() {
-            pos += net.w.act_sessions(net.src, |s, n, _, now| s.stream_send(now, n, sid, &data[pos..])).unwrap_or(0);
+            pos += net.w.act_host(net.src, |h, now| h.stream_write(now, sid, &data[pos..])).unwrap_or(0);
         }
         let (dst, src) = (net.sink, net.src);
         let slice = next.min(start + limit);
@@ -127,7 +127,8 @@ fn new_neighbours(net: &mut Net, n: usize) -> Vec<usize> {
         net.graph.add_edge(a, b, 5);
         net.graph.add_edge(b, c, 5);
     }
-    net.w.host_mut(net.src).unwrap().graph = net.graph.clone();
+    let graph = net.graph.clone();
+    net.w.act_host(net.src, |h, _| *h.graph_mut() = graph);
     fresh
 }
 
@@ -148,13 +149,13 @@ fn stream_over_three_routes_is_intact_and_cheap() {
     let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(60), |_, _| {});
     assert!(check.intact(), "received {} of {}", check.received, data.len());
     assert_eq!(run.failed, 0);
-    let st = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap().clone();
+    let st = net.w.host(net.src).sessions().stats(sid).unwrap().clone();
     // Clean paths: no repair planned, and only the packet headers and acks on top.
     assert_eq!(st.repair_planned, 0);
     let overhead = st.route_bytes_sent as f64 / data.len() as f64;
     assert!(overhead < 1.12, "overhead {overhead}");
     // All three routes carried symbols.
-    assert_eq!(net.w.host(net.src).unwrap().sessions.paths(sid).len(), 3);
+    assert_eq!(net.w.host(net.src).sessions().paths(sid).len(), 3);
 }
 
 #[test]
@@ -175,7 +176,7 @@ fn all_routes_broken_shorter_than_timeout_then_restored() {
     });
     assert!(check.intact(), "received {} of {}", check.received, data.len());
     assert_eq!(run.failed, 0, "the application never saw the session fail");
-    let st = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap().clone();
+    let st = net.w.host(net.src).sessions().stats(sid).unwrap().clone();
     assert!(st.path_suspects + st.path_failures >= 3, "{st:?}");
 }
 
@@ -204,7 +205,7 @@ fn the_link_set_is_replaced_entirely() {
     // The old paths are retired (their links died), only routes over the new neighbours stay.
     let deadline = net.w.now() + Duration::from_secs(6);
     net.w.run_sessions_until(deadline, |_, _, _| true);
-    let paths = net.w.host(net.src).unwrap().sessions.paths(sid);
+    let paths = net.w.host(net.src).sessions().paths(sid);
     let fresh_keys: Vec<_> = fresh.iter().map(|f| net.w.key(*f)).collect();
     assert!(!paths.is_empty() && paths.iter().all(|(_, _, _, hops)| fresh_keys.contains(&hops[0])), "{paths:?}");
 }
@@ -228,7 +229,7 @@ fn the_peer_restarting_resumes_the_stream() {
     assert_eq!(run.restarted, 1, "accepted again after the restart");
     // The overlap is what was delivered but not yet confirmed when the peer crashed.
     assert!(run.overlap <= SessionConfig::default().send_buffer as u64, "overlap {}", run.overlap);
-    let st = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap().clone();
+    let st = net.w.host(net.src).sessions().stats(sid).unwrap().clone();
     assert!(st.rehandshakes >= 1, "{st:?}");
 }
 
@@ -242,16 +243,14 @@ fn stale_foreign_and_forged_packets_are_refused_and_counted() {
     net.w.capture_route_data(dst, 40);
     for sid in [a, b] {
         for i in 0..8u8 {
-            net.w
-                .act_sessions(src, |s, n, _, now| s.send_datagram(now, n, sid, &[i; 100], Duration::from_secs(1)))
-                .unwrap();
+            net.w.act_host(src, |h, now| h.send_datagram(now, sid, &[i; 100], Duration::from_secs(1))).unwrap();
         }
     }
     let deadline = net.w.now() + Duration::from_millis(300);
     net.w.run_sessions_until(deadline, |_, _, _| true);
-    let captured = std::mem::take(&mut net.w.host_mut(dst).unwrap().captured);
+    let captured = net.w.take_captured(dst);
     assert!(captured.len() >= 16, "captured {}", captured.len());
-    let ids = net.w.host(dst).unwrap().sessions.ids();
+    let ids = net.w.host(dst).sessions().ids();
     let index = |p: &[u8]| u32::from_be_bytes(p[4..8].try_into().unwrap());
     let data_pkts: Vec<(skyroute_proto::RouteId, Vec<u8>)> = captured
         .iter()
@@ -263,19 +262,12 @@ fn stale_foreign_and_forged_packets_are_refused_and_counted() {
     let (route0, p0) = data_pkts[0].clone();
     let other_route = data_pkts.iter().find(|(r, _)| *r != route0).map(|(r, _)| *r).expect("two routes");
     let feed = |net: &mut Net, route, data: Vec<u8>| {
-        net.w.act_sessions(dst, |s, n, g, now| {
-            s.handle_event(
-                now,
-                n,
-                g,
-                Event::Route(RouteEvent::Data { route, class: skyroute_proto::Class::Realtime, data }),
-            )
-        });
+        net.w.act_host(dst, |h, now| h.inject_route_data(now, route, data));
     };
     let sid_of = |p: &[u8]| index(p);
     let target = sid_of(&p0);
     assert!(ids.contains(&target));
-    let before = net.w.host(dst).unwrap().sessions.stats(target).unwrap().clone();
+    let before = net.w.host(dst).sessions().stats(target).unwrap().clone();
     // 1. The genuine packet, first on a route its path is not bound to: stale route (and not
     //    recorded, so it does not spoil the genuine delivery).
     feed(&mut net, other_route, p0.clone());
@@ -295,12 +287,12 @@ fn stale_foreign_and_forged_packets_are_refused_and_counted() {
     let mut junk = p0.clone();
     junk[4..8].copy_from_slice(&0xdead_beefu32.to_be_bytes());
     feed(&mut net, route0, junk);
-    let after = net.w.host(dst).unwrap().sessions.stats(target).unwrap().clone();
+    let after = net.w.host(dst).sessions().stats(target).unwrap().clone();
     assert!(after.rejected_stale_path > before.rejected_stale_path, "{after:?}");
     assert_eq!(after.rejected_replay, before.rejected_replay + 1, "{after:?}");
     assert_eq!(after.rejected_auth, before.rejected_auth + 2, "{after:?}");
     assert_eq!(after.packets_received, before.packets_received + 1);
-    assert!(net.w.host(dst).unwrap().sessions.endpoint_stats().unknown_session >= 1);
+    assert!(net.w.host(dst).sessions().endpoint_stats().unknown_session >= 1);
     // And the session still works.
     let data = payload(11, 256 << 10);
     let (check, _) = stream(&mut net, a, &data, Duration::from_secs(20), |_, _| {});
@@ -347,11 +339,8 @@ fn an_anchor_holds_the_session_to_the_server_while_the_mobile_routes_change() {
     net.w.add_sessions(server, SessionConfig::default(), bg.clone());
     let server_key = net.w.key(server);
     let anchor = net.dst;
-    {
-        let h = net.w.host_mut(anchor).unwrap();
-        h.graph = bg;
-        h.anchor = Some(Anchor::new(server_key, Duration::from_millis(150)));
-    }
+    net.w.act_host(anchor, |h, _| *h.graph_mut() = bg);
+    net.w.set_anchor(anchor, Anchor::new(server_key, Duration::from_millis(150)));
     net.sink = server;
     let sid = connect(&mut net);
     let data = payload(13, 3 << 20);
@@ -371,13 +360,13 @@ fn an_anchor_holds_the_session_to_the_server_while_the_mobile_routes_change() {
     assert_eq!(run.failed, 0);
     let deadline = net.w.now() + Duration::from_millis(100);
     net.w.run_sessions_until(deadline, |_, _, _| true);
-    let h = net.w.host(anchor).unwrap();
-    let a = h.anchor.as_ref().unwrap();
+    let h = net.w.host(anchor);
+    let a = net.w.anchor(anchor).unwrap();
     assert_eq!(a.stats.sessions_anchored, 1);
     assert_eq!(a.stats.stream_bytes_relayed, data.len() as u64);
-    let up = a.paired(h.sessions.ids().into_iter().find(|s| a.paired(*s).is_some()).unwrap()).unwrap();
-    let upstream = h.sessions.stats(up).unwrap();
-    let car = net.w.host(net.src).unwrap().sessions.stats(sid).unwrap();
+    let up = a.paired(h.sessions().ids().into_iter().find(|s| a.paired(*s).is_some()).unwrap()).unwrap();
+    let upstream = h.sessions().stats(up).unwrap();
+    let car = net.w.host(net.src).sessions().stats(sid).unwrap();
     car_path_downs += car.path_suspects + car.path_failures;
     server_path_downs += upstream.path_suspects + upstream.path_failures;
     assert!(car_path_downs >= 3, "the mobile side's paths broke: {car:?}");
@@ -393,7 +382,7 @@ fn a_download_survives_the_initiator_retiring_its_paths() {
     let sid = connect(&mut net);
     let fresh = new_neighbours(&mut net, 2);
     let (src, dst) = (net.src, net.dst);
-    let down = net.w.host(dst).unwrap().sessions.ids()[0];
+    let down = net.w.host(dst).sessions().ids()[0];
     let data = payload(14, 16 << 20);
     let mut check = StreamCheck::new(data.clone());
     let (mut pos, mut stage, mut failed) = (0, 0, 0);
@@ -409,7 +398,7 @@ fn a_download_survives_the_initiator_retiring_its_paths() {
             }
         }
         if pos < data.len() {
-            pos += net.w.act_sessions(dst, |s, n, _, now| s.stream_send(now, n, down, &data[pos..])).unwrap_or(0);
+            pos += net.w.act_host(dst, |h, now| h.stream_write(now, down, &data[pos..])).unwrap_or(0);
         }
         let slice = net.w.now() + Duration::from_millis(20);
         net.w.run_sessions_until(slice, |_, node, ev| {
@@ -423,7 +412,7 @@ fn a_download_survives_the_initiator_retiring_its_paths() {
     }
     assert!(check.intact(), "received {} of {}", check.received, data.len());
     assert_eq!(failed, 0);
-    let up = net.w.host(src).unwrap().sessions.stats(sid).unwrap();
+    let up = net.w.host(src).sessions().stats(sid).unwrap();
     assert!(up.paths_retired >= 3, "{up:?}");
 }
 
@@ -432,7 +421,7 @@ fn a_responder_refuses_sessions_beyond_its_limit() {
     let mut net = diamond(9, SessionConfig { max_sessions: 1, ..SessionConfig::default() });
     connect(&mut net);
     let dest = net.w.key(net.dst);
-    let second = net.w.act_sessions(net.src, |s, n, g, now| s.connect(now, n, g, dest)).unwrap();
+    let second = net.w.act_host(net.src, |h, now| h.connect(now, dest, None)).unwrap();
     let deadline = net.w.now() + Duration::from_secs(2);
     let mut established = false;
     net.w.run_sessions_until(deadline, |_, _, ev| {
@@ -440,9 +429,9 @@ fn a_responder_refuses_sessions_beyond_its_limit() {
         true
     });
     assert!(!established);
-    let h = net.w.host(net.dst).unwrap();
-    assert_eq!(h.sessions.ids().len(), 1);
-    assert!(h.sessions.endpoint_stats().refused >= 1);
+    let h = net.w.host(net.dst);
+    assert_eq!(h.sessions().ids().len(), 1);
+    assert!(h.sessions().endpoint_stats().refused >= 1);
 }
 
 /// Quiet when idle (issue 17, reduced size): a phone with three routes idles three minutes

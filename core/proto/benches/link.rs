@@ -211,9 +211,9 @@ fn three_nodes() -> (Vec<Node<u8>>, skyroute_proto::RouteId) {
         let mut ready = None;
         for _ in 0..50 {
             for i in 0..3 {
-                while let Some(t) = nodes[i].poll_transmit(now) {
-                    let mut p = t.payload;
-                    nodes[t.dst as usize].handle_datagram(now, i as u8, &mut p);
+                while let Some(t) = next_tx(&mut nodes[i], now) {
+                    let mut p = t.1;
+                    nodes[t.0 as usize].handle_datagram(now, i as u8, &mut p);
                 }
                 while let Some(e) = nodes[i].poll_event() {
                     if let Event::Route(RouteEvent::Ready { route }) = e {
@@ -277,23 +277,23 @@ fn bench_forward(c: &mut Criterion) {
                 if src.send(now, route, &data).is_err() {
                     // The source's buffer is full of unacked data: let every node catch up.
                     for _ in 0..4 {
-                        while let Some(mut t) = src.poll_transmit(now) {
-                            relay.handle_datagram(now, 0, &mut t.payload);
+                        while let Some(mut t) = next_tx(src, now) {
+                            relay.handle_datagram(now, 0, &mut t.1);
                         }
-                        while let Some(mut t) = relay.poll_transmit(now) {
-                            if t.dst == 0 {
-                                src.handle_datagram(now, 1, &mut t.payload);
+                        while let Some(mut t) = next_tx(relay, now) {
+                            if t.0 == 0 {
+                                src.handle_datagram(now, 1, &mut t.1);
                             } else {
-                                far.handle_datagram(now, 1, &mut t.payload);
+                                far.handle_datagram(now, 1, &mut t.1);
                             }
                         }
-                        while let Some(mut t) = far.poll_transmit(now) {
-                            relay.handle_datagram(now, 2, &mut t.payload);
+                        while let Some(mut t) = next_tx(far, now) {
+                            relay.handle_datagram(now, 2, &mut t.1);
                         }
                     }
                     src.send(now, route, &data).unwrap();
                 }
-                while src.poll_transmit_on(now, to_b, &mut pkt).is_some() {
+                while src.poll_transmit(now, Some(to_b), &mut pkt).is_some() {
                     if pkt.len() < 1000 {
                         relay.handle_datagram(now, 0, &mut pkt);
                         continue;
@@ -301,7 +301,7 @@ fn bench_forward(c: &mut Criterion) {
                     let t = Instant::now();
                     relay.handle_datagram(now, 0, &mut pkt);
                     let t_mid = Instant::now();
-                    let sent = relay.poll_transmit_on(now, to_c, &mut out);
+                    let sent = relay.poll_transmit(now, Some(to_c), &mut out);
                     let t_end = Instant::now();
                     total += t_end - t;
                     seg[0] += t_mid - t;
@@ -313,14 +313,14 @@ fn bench_forward(c: &mut Criterion) {
                     }
                     far.handle_datagram(now, 1, &mut out);
                 }
-                while let Some(mut t) = far.poll_transmit(now) {
+                while let Some(mut t) = next_tx(far, now) {
                     let start = Instant::now();
-                    relay.handle_datagram(now, 2, &mut t.payload);
+                    relay.handle_datagram(now, 2, &mut t.1);
                     let e = start.elapsed();
                     total += e;
                     seg[2] += e;
                 }
-                while relay.poll_transmit_on(now, to_a, &mut out).is_some() {
+                while relay.poll_transmit(now, Some(to_a), &mut out).is_some() {
                     src.handle_datagram(now, 1, &mut out);
                 }
                 while far.poll_event().is_some() {}
@@ -417,4 +417,14 @@ fn main() {
     if let Some(h) = m("keys", "handshake") {
         println!("{:<52} {:>6.0}", "full handshakes per second per core (both sides)", 1e9 / h);
     }
+}
+
+/// The node's next datagram and where it goes.
+fn next_tx<A: skyroute_proto::Endpoint>(
+    n: &mut skyroute_proto::Node<A>,
+    now: std::time::Instant,
+) -> Option<(A, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let dst = n.poll_transmit(now, None, &mut buf)?;
+    Some((dst, buf))
 }

@@ -26,13 +26,13 @@ fn main() {
     let mut na: Node<u8> = Node::new(a, NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(1)));
     let mut nb: Node<u8> = Node::new(b.clone(), NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(2)));
     na.connect(now, b.public_key(), 1);
-    let mut init = na.poll_transmit(now).unwrap().payload;
+    let mut init = next_tx(&mut na, now).unwrap().1;
     show("HandshakeInit", &init);
     nb.handle_datagram(now, 0, &mut init);
-    let mut resp = nb.poll_transmit(now).unwrap().payload;
+    let mut resp = next_tx(&mut nb, now).unwrap().1;
     show("HandshakeResp", &resp);
     na.handle_datagram(now, 1, &mut resp);
-    let data = na.poll_transmit(now).unwrap().payload;
+    let data = next_tx(&mut na, now).unwrap().1;
     assert!(matches!(Packet::parse(&data), Ok(Packet::Data(_))));
     show("Data (carrying one PING frame, padded to 16)", &data);
 
@@ -61,4 +61,14 @@ fn main() {
         f.encode(&mut v);
         show(name, &v);
     }
+}
+
+/// The node's next datagram and where it goes.
+fn next_tx<A: skyroute_proto::Endpoint>(
+    n: &mut skyroute_proto::Node<A>,
+    now: std::time::Instant,
+) -> Option<(A, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let dst = n.poll_transmit(now, None, &mut buf)?;
+    Some((dst, buf))
 }

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod dht;
 pub mod forward;
 pub mod frame;
+pub mod host;
 pub mod identity;
 pub mod link;
 pub mod node;
@@ -27,9 +28,10 @@ pub mod vpn;
 pub mod wire;
 
 pub use forward::{Class, Dir, FlowStats, ForwardConfig};
+pub use host::{Host, HostConfig, HostEvent, NodeMut};
 pub use identity::{Address, KeyError, PublicKey, SecretKey};
 pub use link::{DownReason, Endpoint, Interface, LinkConfig, LinkId, LinkState};
-pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats, Transmit};
+pub use node::{Event, LinkInfo, Node, NodeConfig, NodeStats};
 pub use route::{AccountingConfig, AccountingStats, RouteConfig, RouteError, RouteEvent, RouteId};
 pub use session::{
     Graph, PathState, RouteFinder, SessionConfig, SessionError, SessionEvent, SessionId, SessionStats, Sessions,

@@ -1,12 +1,12 @@
 //! The node: one identity, its links to neighbours, its route table and its store-and-forward
-//! buffers. The only object a driver (simulator or tokio runtime) talks to, in the quinn-proto
-//! style:
+//! buffers, in the quinn-proto style. Drivers talk to the [`Host`](crate::host::Host) that owns
+//! it next to the sessions; protocol tests drive a bare node:
 //!
 //! ```text
 //! driver                          Node
 //!   handle_datagram(now, from, bytes) ->
 //!   handle_timeout(now)              ->
-//!   <- poll_transmit(now)  (destination + bytes, until None; or per link: poll_transmit_on)
+//!   <- poll_transmit(now, link, buf)  (destination, bytes in buf; until None)
 //!   <- poll_event()        (link up/down, route ready/failed, route data, delivery)
 //!   <- poll_timeout()      (arm one timer)
 //! ```
@@ -54,13 +54,6 @@ impl Default for NodeConfig {
             accept_incoming: true,
         }
     }
-}
-
-/// A datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit<A> {
-    pub dst: A,
-    pub payload: Vec<u8>,
 }
 
 /// What happened, for the application and the driver.
@@ -625,16 +618,17 @@ impl<A: crate::link::Endpoint> Node<A> {
         }
     }
 
-    /// The next datagram to send on any link, links served round robin.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<A>> {
-        let mut payload = Vec::new();
-        let dst = self.poll_transmit_into(now, &mut payload)?;
-        Some(Transmit { dst, payload })
-    }
-
-    /// Like [`Node::poll_transmit`], writing the datagram into `buf` (reusing its allocation);
-    /// returns its destination.
-    pub fn poll_transmit_into(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<A> {
+    /// The next datagram to send, written into `buf` (its allocation reused); returns where it
+    /// goes, `None` when nothing is due now. `link: None` serves every link round robin;
+    /// `Some(id)` only that link (for drivers that pace each link, e.g. by its wire or socket
+    /// being free). Per link: handshake messages first, then link control, acks, route
+    /// control, credit updates, realtime and bulk messages, bundled up to the MTU. Call until
+    /// `None` after every other call.
+    #[must_use = "the datagram in `buf` must be sent to the returned address"]
+    pub fn poll_transmit(&mut self, now: Instant, link: Option<LinkId>, buf: &mut Vec<u8>) -> Option<A> {
+        if let Some(id) = link {
+            return self.poll_link(now, id, buf);
+        }
         let ids: Vec<LinkId> = self
             .links
             .range(LinkId(self.cursor)..)
@@ -642,7 +636,7 @@ impl<A: crate::link::Endpoint> Node<A> {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(dst) = self.poll_transmit_on(now, id, buf) {
+            if let Some(dst) = self.poll_link(now, id, buf) {
                 self.cursor = id.0 + 1;
                 return Some(dst);
             }
@@ -650,10 +644,8 @@ impl<A: crate::link::Endpoint> Node<A> {
         None
     }
 
-    /// The next datagram for one link (for drivers that pace each link, e.g. by its wire or
-    /// socket being free): handshake messages first, then link control, acks, route control,
-    /// credit updates, realtime and bulk messages, bundled up to the MTU.
-    pub fn poll_transmit_on(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
+    /// The next datagram of one link.
+    fn poll_link(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
         self.vlink_work(now);
         self.pump_virtual(now);
         let returning = self.links.get(&id).and_then(|l| self.return_routes.get(&l.peer)).copied();

@@ -1,4 +1,4 @@
-//! Every radio at once, through the public `Node` and `Sessions` API: a phone with two
+//! Every radio at once, through the public `Host` API: a phone with two
 //! interfaces (1 = WiFi, 2 = LTE) whose paths could each reach both relays (the routers behind
 //! them reach each other). Links live on the interface they were made on, a neighbour reachable
 //! over both has two links, a gone interface takes its links down at once, and a two-route
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use skyroute_proto::{
-    Class, Dir, DownReason, Endpoint, Event, Graph, Interface, LinkId, LinkState, Node, NodeConfig, PathState,
-    PublicKey, RouteEvent, SecretKey, SessionConfig, SessionEvent, SessionId, Sessions,
+    Class, Dir, DownReason, Endpoint, Event, Host, HostConfig, HostEvent, Interface, LinkId, LinkState, Node,
+    NodeConfig, NodeMut, PathState, PublicKey, RouteEvent, SecretKey, SessionConfig, SessionEvent, SessionId,
 };
 
 const PHONE: u8 = 0;
@@ -37,9 +37,7 @@ impl Endpoint for At {
 
 struct World {
     now: Instant,
-    nodes: Vec<Node<At>>,
-    sessions: Vec<Sessions>,
-    graph: Graph,
+    hosts: Vec<Host<At>>,
     /// In flight: arrival time, receiver, from (as the receiver sees it), bytes.
     wire: VecDeque<(Instant, u8, At, Vec<u8>)>,
     /// The phone's interfaces that are up.
@@ -69,30 +67,23 @@ impl World {
     fn new(seed: u64, cfg: SessionConfig) -> World {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let keys: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate(&mut rng)).collect();
-        let nodes: Vec<Node<At>> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                Node::new(k.clone(), NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(seed + 1 + i as u64)))
-            })
-            .collect();
-        let sessions = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                Sessions::new(k.clone(), cfg.clone(), Box::new(ChaCha20Rng::seed_from_u64(seed + 10 + i as u64)))
-            })
-            .collect();
-        let mut graph = Graph::new();
+        let config = HostConfig { node: NodeConfig::default(), session: cfg };
         let pk: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
-        for (a, b) in [(PHONE, R1), (PHONE, R2), (R1, SERVER), (R2, SERVER)] {
-            graph.add_edge(pk[a as usize], pk[b as usize], 10);
-        }
+        let hosts: Vec<Host<At>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let rng = ChaCha20Rng::seed_from_u64(seed + 1 + i as u64);
+                let mut h = Host::new(k.clone(), config.clone(), Box::new(rng));
+                for (a, b) in [(PHONE, R1), (PHONE, R2), (R1, SERVER), (R2, SERVER)] {
+                    h.graph_mut().add_edge(pk[a as usize], pk[b as usize], 10);
+                }
+                h
+            })
+            .collect();
         World {
             now: Instant::now(),
-            nodes,
-            sessions,
-            graph,
+            hosts,
             wire: VecDeque::new(),
             up: [WIFI, LTE].into(),
             divert: BTreeMap::new(),
@@ -103,30 +94,30 @@ impl World {
     }
 
     fn key(&self, n: u8) -> PublicKey {
-        self.nodes[n as usize].public_key()
+        self.hosts[n as usize].public_key()
     }
 
     /// The phone dials `relay` over `iface`; the relays dial the server.
     fn dial(&mut self, relay: u8, iface: u8) {
         let key = self.key(relay);
         let now = self.now;
-        self.nodes[PHONE as usize].connect(now, key, At { local: iface, node: relay, remote: 0 });
+        self.phone().connect(now, key, At { local: iface, node: relay, remote: 0 });
     }
 
     fn dial_servers(&mut self) {
         let server = self.key(SERVER);
         let now = self.now;
         for r in [R1, R2] {
-            self.nodes[r as usize].connect(now, server, At { local: 0, node: SERVER, remote: 0 });
+            self.hosts[r as usize].node_mut(now).connect(now, server, At { local: 0, node: SERVER, remote: 0 });
         }
     }
 
     fn step(&mut self) {
         let now = self.now;
-        for i in 0..self.nodes.len() {
+        let mut buf = Vec::new();
+        for i in 0..self.hosts.len() {
             let n = i as u8;
-            while let Some(t) = self.nodes[i].poll_transmit(now) {
-                let at = t.dst;
+            while let Some(at) = self.hosts[i].poll_transmit(now, None, &mut buf) {
                 if n == PHONE {
                     *self.sent_on.entry(at.local).or_default() += 1;
                     // Interface 0 is the phone's unbound socket: the OS picks a radio.
@@ -142,38 +133,29 @@ impl World {
                     arrive_on = *self.divert.get(&at.remote).unwrap_or(&at.remote);
                 }
                 let when = now + latency(n, at.local, at.node, at.remote);
-                self.wire.push_back((when, at.node, At { local: arrive_on, node: n, remote: at.local }, t.payload));
+                let bytes = std::mem::take(&mut buf);
+                self.wire.push_back((when, at.node, At { local: arrive_on, node: n, remote: at.local }, bytes));
             }
         }
         let mut later = VecDeque::new();
         while let Some((when, to, from, mut bytes)) = self.wire.pop_front() {
             if when <= now {
-                self.nodes[to as usize].handle_datagram(now, from, &mut bytes);
+                self.hosts[to as usize].handle_datagram(now, from, &mut bytes);
             } else {
                 later.push_back((when, to, from, bytes));
             }
         }
         self.wire = later;
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
-                self.nodes[i].handle_timeout(now);
+        for i in 0..self.hosts.len() {
+            if self.hosts[i].poll_timeout().is_some_and(|t| t <= now) {
+                self.hosts[i].handle_timeout(now);
             }
-            if self.sessions[i].poll_timeout().is_some_and(|t| t <= now) {
-                self.sessions[i].handle_timeout(now, &mut self.nodes[i], &self.graph);
+            while let Some(ev) = self.hosts[i].poll_event() {
+                match ev {
+                    HostEvent::Node(ev) => self.node_events.push((i as u8, now, ev)),
+                    HostEvent::Session(ev) => self.session_events.push((i as u8, now, ev)),
+                }
             }
-            self.events(i);
-        }
-    }
-
-    fn events(&mut self, i: usize) {
-        let now = self.now;
-        while let Some(ev) = self.nodes[i].poll_event() {
-            if let Some(ev) = self.sessions[i].handle_event(now, &mut self.nodes[i], &self.graph, ev) {
-                self.node_events.push((i as u8, now, ev));
-            }
-        }
-        while let Some(ev) = self.sessions[i].poll_event() {
-            self.session_events.push((i as u8, now, ev));
         }
     }
 
@@ -186,18 +168,24 @@ impl World {
         }
     }
 
-    fn phone(&mut self) -> &mut Node<At> {
-        &mut self.nodes[PHONE as usize]
+    /// The phone's node, to act on (what it raises is handled when the handle goes).
+    fn phone(&mut self) -> NodeMut<'_, At> {
+        let now = self.now;
+        self.hosts[PHONE as usize].node_mut(now)
+    }
+
+    fn node(&self, n: u8) -> &Node<At> {
+        self.hosts[n as usize].node()
     }
 
     fn link_on(&self, peer: u8, iface: u8) -> LinkId {
         let key = self.key(peer);
-        let phone = &self.nodes[PHONE as usize];
+        let phone = self.node(PHONE);
         phone.links_to(&key).into_iter().find(|l| phone.link_interface(*l) == Some(Interface(iface))).expect("link")
     }
 
     fn state(&self, link: LinkId) -> LinkState {
-        self.nodes[PHONE as usize].link(link).expect("link").state
+        self.node(PHONE).link(link).expect("link").state
     }
 }
 
@@ -212,7 +200,7 @@ fn a_neighbour_over_two_interfaces_has_two_links_that_stay_on_their_interface() 
     assert_eq!((w.state(wifi), w.state(lte)), (LinkState::Up, LinkState::Up));
     // The relay tells them apart too (by the slot in the handshake): two up links.
     let phone_key = w.key(PHONE);
-    let relay = &w.nodes[R1 as usize];
+    let relay = w.node(R1);
     let theirs = relay.links_to(&phone_key);
     assert_eq!(theirs.len(), 2);
     assert!(theirs.iter().all(|l| relay.link(*l).unwrap().state == LinkState::Up));
@@ -224,16 +212,16 @@ fn a_neighbour_over_two_interfaces_has_two_links_that_stay_on_their_interface() 
     let r1 = w.key(R1);
     let route = w.phone().open_route(now, Some(wifi), &[r1]).unwrap();
     w.run(Duration::from_millis(200));
-    assert!(w.nodes[PHONE as usize].route_ready(route));
+    assert!(w.node(PHONE).route_ready(route));
     for _ in 0..20 {
         let now = w.now;
         w.phone().send(now, route, &[7; 1000]).unwrap();
         w.run(Duration::from_millis(10));
     }
     w.run(Duration::from_millis(300));
-    let link = w.nodes[PHONE as usize].link(wifi).unwrap();
+    let link = w.node(PHONE).link(wifi).unwrap();
     assert_eq!(link.addr.interface(), Interface(WIFI), "the WiFi link roamed onto {:?}", link.addr);
-    let stats = w.nodes[PHONE as usize].flow_stats(route, Dir::Fwd, Class::Bulk).unwrap();
+    let stats = w.node(PHONE).flow_stats(route, Dir::Fwd, Class::Bulk).unwrap();
     assert_eq!(stats.sent_bytes, 20 * 1000 + 20 * skyroute_proto::route::ROUTE_MSG_OVERHEAD as u64);
     let before = *w.sent_on.get(&LTE).unwrap_or(&0);
     w.run(Duration::from_millis(100));
@@ -251,7 +239,7 @@ fn a_gone_interface_takes_its_links_down_at_once_and_a_returning_one_is_up_withi
     let r1 = w.key(R1);
     let route = w.phone().open_route(now, Some(wifi), &[r1]).unwrap();
     w.run(Duration::from_millis(100));
-    assert!(w.nodes[PHONE as usize].route_ready(route));
+    assert!(w.node(PHONE).route_ready(route));
 
     // WiFi goes: the link and the route over it are down in the same call, no timer.
     w.up.remove(&WIFI);
@@ -259,7 +247,8 @@ fn a_gone_interface_takes_its_links_down_at_once_and_a_returning_one_is_up_withi
     w.phone().interface_down(now, Interface(WIFI));
     let mut down = false;
     let mut failed = false;
-    while let Some(ev) = w.phone().poll_event() {
+    while let Some(ev) = w.hosts[PHONE as usize].poll_event() {
+        let HostEvent::Node(ev) = ev else { continue };
         down |= matches!(ev, Event::LinkDown { link, reason: DownReason::InterfaceGone, .. } if link == wifi);
         failed |= matches!(ev, Event::Route(RouteEvent::Failed { route: r, .. }) if r == route);
     }
@@ -306,11 +295,9 @@ fn session_over(cfg: SessionConfig, seed: u64, dials: &[(u8, u8)]) -> (World, Se
     w.run(Duration::from_millis(300));
     let server = w.key(SERVER);
     let now = w.now;
-    let (nodes, sessions, graph) = (&mut w.nodes, &mut w.sessions, &w.graph);
-    let sid =
-        sessions[PHONE as usize].connect_with_routes(now, &mut nodes[PHONE as usize], graph, server, Some(2)).unwrap();
+    let sid = w.hosts[PHONE as usize].connect(now, server, Some(2)).unwrap();
     w.run(Duration::from_millis(500));
-    assert!(w.sessions[PHONE as usize].is_established(sid));
+    assert!(w.hosts[PHONE as usize].sessions().is_established(sid));
     let theirs = w
         .session_events
         .iter()
@@ -344,12 +331,12 @@ impl Received {
 
 /// The interfaces the session's live paths leave through.
 fn radios(w: &World, sid: SessionId) -> Vec<u8> {
-    let phone = &w.nodes[PHONE as usize];
-    let live: Vec<u32> =
-        w.sessions[PHONE as usize].paths(sid).into_iter().filter(|p| p.1 == PathState::Live).map(|p| p.0).collect();
+    let phone = w.node(PHONE);
+    let sessions = w.hosts[PHONE as usize].sessions();
+    let live: Vec<u32> = sessions.paths(sid).into_iter().filter(|p| p.1 == PathState::Live).map(|p| p.0).collect();
     let mut out: Vec<u8> = live
         .iter()
-        .filter_map(|p| w.sessions[PHONE as usize].path_link(sid, *p))
+        .filter_map(|p| sessions.path_link(sid, *p))
         .filter_map(|l| phone.link_interface(l))
         .map(|i| i.0)
         .collect();
@@ -386,15 +373,11 @@ fn a_two_route_session_uses_both_radios_and_does_not_stall_when_one_goes() {
             w.phone().interface_down(now, Interface(LTE));
         }
         let allowed = (t.as_millis() as usize * 2000).min(data.len());
-        let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
         if up_pos < allowed {
-            up_pos += sessions[PHONE as usize]
-                .stream_send(now, &mut nodes[PHONE as usize], sid, &data[up_pos..allowed])
-                .unwrap();
+            up_pos += w.hosts[PHONE as usize].stream_write(now, sid, &data[up_pos..allowed]).unwrap();
         }
         if down_pos < allowed {
-            let (n, s) = (&mut nodes[SERVER as usize], &mut sessions[SERVER as usize]);
-            down_pos += s.stream_send(now, n, theirs, &data[down_pos..allowed]).unwrap();
+            down_pos += w.hosts[SERVER as usize].stream_write(now, theirs, &data[down_pos..allowed]).unwrap();
         }
         w.run(Duration::from_millis(1));
         for (n, at, ev) in w.session_events.drain(..) {
@@ -422,8 +405,7 @@ fn write_all(w: &mut World, sid: SessionId, data: &[u8]) {
     let start = w.now;
     while pos < data.len() && w.now < start + Duration::from_secs(10) {
         let now = w.now;
-        let (nodes, sessions) = (&mut w.nodes, &mut w.sessions);
-        pos += sessions[PHONE as usize].stream_send(now, &mut nodes[PHONE as usize], sid, &data[pos..]).unwrap();
+        pos += w.hosts[PHONE as usize].stream_write(now, sid, &data[pos..]).unwrap();
         w.run(Duration::from_millis(1));
     }
     assert_eq!(pos, data.len(), "the session took everything");
@@ -438,8 +420,8 @@ fn bulk_stays_off_a_metered_radio_while_an_unmetered_one_works() {
     w.run(Duration::from_millis(300));
     write_all(&mut w, sid, &[5u8; 400_000]);
     let bulk_on = |w: &World, iface: u8| -> u64 {
-        let phone = &w.nodes[PHONE as usize];
-        let sessions = &w.sessions[PHONE as usize];
+        let phone = w.node(PHONE);
+        let sessions = w.hosts[PHONE as usize].sessions();
         sessions
             .paths(sid)
             .into_iter()

@@ -16,13 +16,13 @@
 //! block still short after its symbols passed gets fresh repair symbols, never its source data
 //! again. Deadline datagrams (small, realtime) are copied onto the best `realtime_copies`
 //! paths that look well (three by default), and onto every path when fewer look well; the
-//! receiver drops one that cannot be in time instead of delivering it late. An [`anchor`] on the
-//! backbone can hold a mobile node's session and proxy it to the destination.
+//! receiver drops one that cannot be in time instead of delivering it late. An
+//! [`anchor`](crate::host::anchor) on the backbone can hold a mobile node's session and proxy
+//! it to the destination.
 //!
-//! [`Sessions`] is the endpoint, driven next to a [`Node`] the quinn way: feed it the node's
-//! events and timer expiries, read its events.
+//! [`Sessions`] is the endpoint. It is driven by a [`Host`](crate::host::Host), which owns it
+//! next to the node: applications act on sessions through the host and read them here.
 
-pub mod anchor;
 pub mod fec;
 pub mod finder;
 pub mod keys;
@@ -295,6 +295,10 @@ impl Sessions {
         &self.config
     }
 
+    pub(crate) fn set_config(&mut self, config: SessionConfig) {
+        self.config = config;
+    }
+
     pub fn endpoint_stats(&self) -> &EndpointStats {
         &self.stats
     }
@@ -333,7 +337,7 @@ impl Sessions {
         self.sessions.get(&id).is_some_and(|s| s.established())
     }
 
-    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<SessionEvent> {
         self.events.pop_front()
     }
 
@@ -356,22 +360,10 @@ impl Sessions {
         Ctx { now, node, cfg, events, by_route }
     }
 
-    /// Opens a session to `dest`; routes are built through `finder` and the handshake runs on
-    /// the first one ready. Watch for [`SessionEvent::Established`]; data written before then
-    /// is held.
-    pub fn connect<A: crate::link::Endpoint>(
-        &mut self,
-        now: Instant,
-        node: &mut Node<A>,
-        finder: &dyn RouteFinder,
-        dest: PublicKey,
-    ) -> Result<SessionId, SessionError> {
-        self.connect_with_routes(now, node, finder, dest, None)
-    }
-
-    /// [`Sessions::connect`] keeping `routes` disjoint routes (1 to 8) instead of the
-    /// configured number.
-    pub fn connect_with_routes<A: crate::link::Endpoint>(
+    /// Opens a session to `dest`, keeping `routes` disjoint routes (1 to 8; `None`: the
+    /// configured number); routes are built through `finder` and the handshake runs on the
+    /// first one ready. Data written before [`SessionEvent::Established`] is held.
+    pub(crate) fn connect<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -394,7 +386,7 @@ impl Sessions {
     }
 
     /// Writes stream bytes; returns how many were taken (the rest: wait for room).
-    pub fn stream_send<A: crate::link::Endpoint>(
+    pub(crate) fn stream_send<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -424,7 +416,7 @@ impl Sessions {
 
     /// Sends a deadline datagram; it is dropped, not delivered late, if it cannot arrive within
     /// `budget`. Returns whether it went out on some path.
-    pub fn send_datagram<A: crate::link::Endpoint>(
+    pub(crate) fn send_datagram<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -441,10 +433,10 @@ impl Sessions {
         Ok(s.send_datagram(&mut ctx, data, budget))
     }
 
-    /// The host's network changed (call with [`Node::network_changed`]): every session probes
+    /// The host's network changed (with [`Node::network_changed`]): every session probes
     /// all its paths now, so within a round trip it knows which still work, and its next
     /// blocks go over all of them until each has answered.
-    pub fn network_changed<A: crate::link::Endpoint>(&mut self, now: Instant, node: &mut Node<A>) {
+    pub(crate) fn network_changed<A: crate::link::Endpoint>(&mut self, now: Instant, node: &mut Node<A>) {
         for s in self.sessions.values_mut() {
             let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
             s.probe_all(&mut ctx);
@@ -462,7 +454,7 @@ impl Sessions {
         self.sessions.get(&id).is_some_and(|s| !s.active(now, &self.config) && !s.awaiting())
     }
 
-    pub fn close<A: crate::link::Endpoint>(&mut self, now: Instant, node: &mut Node<A>, id: SessionId) {
+    pub(crate) fn close<A: crate::link::Endpoint>(&mut self, now: Instant, node: &mut Node<A>, id: SessionId) {
         if let Some(mut s) = self.sessions.remove(&id) {
             let mut ctx = Self::ctx(now, node, &self.config, &mut self.events, &mut self.by_route);
             s.close(&mut ctx);
@@ -471,7 +463,7 @@ impl Sessions {
     }
 
     /// Feeds a node event. Returns it back if it is not for sessions (link events are both).
-    pub fn handle_event<A: crate::link::Endpoint>(
+    pub(crate) fn on_node_event<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,
@@ -903,7 +895,7 @@ impl Sessions {
         s.next_find = now + if healthy + found < target { cfg.find_retry } else { cfg.find_retry / 4 };
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.sessions.is_empty() {
             return None;
         }
@@ -911,7 +903,7 @@ impl Sessions {
         self.sessions.values().filter_map(|s| s.next_timeout(tick, &self.config)).min()
     }
 
-    pub fn handle_timeout<A: crate::link::Endpoint>(
+    pub(crate) fn handle_timeout<A: crate::link::Endpoint>(
         &mut self,
         now: Instant,
         node: &mut Node<A>,

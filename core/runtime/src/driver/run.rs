@@ -9,7 +9,7 @@ mod vpn;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use skyroute_proto::{Event, Graph, Node, PublicKey, SessionEvent, SessionId, Sessions};
+use skyroute_proto::{Event, Host, HostConfig, HostEvent, PublicKey, SessionEvent, SessionId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Listening, Options};
@@ -58,9 +58,7 @@ struct SendJob {
 }
 
 pub(super) struct Driver {
-    node: Node<Addr>,
-    sessions: Sessions,
-    graph: Graph,
+    host: Host<Addr>,
     me: PublicKey,
     listen: Listening,
     udp: Option<Udp>,
@@ -127,7 +125,6 @@ impl Driver {
             }
             None => None,
         };
-        let node = Node::new(o.identity.clone(), o.node, Box::new(rand_core::OsRng));
         let discovery = discovery::Discovery::new(o.discovery, o.identity.clone(), o.topology.clone(), Instant::now());
         let listen_addrs: Vec<Addr> =
             [listen.udp.map(Addr::Udp), listen.tcp.map(Addr::Tcp), listen.quic.map(Addr::Quic)]
@@ -135,13 +132,13 @@ impl Driver {
                 .flatten()
                 .collect();
         let dht = dht::DhtState::new(o.dht.as_ref(), o.identity.clone(), &listen_addrs, o.gateway.is_some());
-        let sessions = Sessions::new(o.identity, o.session, Box::new(rand_core::OsRng));
-        let me = node.public_key();
-        let mut graph = Graph::new();
+        let mut host =
+            Host::new(o.identity, HostConfig { node: o.node, session: o.session }, Box::new(rand_core::OsRng));
+        let me = host.public_key();
         for (a, b) in o.topology {
-            graph.add_edge(a, b, LINK_COST);
+            host.graph_mut().add_edge(a, b, LINK_COST);
         }
-        let route_mtu = node.route_mtu();
+        let route_mtu = host.node().route_mtu();
         let gateway = match (o.gateway, uplink) {
             (Some(cfg), Some(port)) => {
                 Some(vpn::GatewayState { gw: skyroute_proto::vpn::Gateway::new(cfg), port, sessions: BTreeMap::new() })
@@ -151,9 +148,7 @@ impl Driver {
         let d = Driver {
             dht,
             pay: pay::PayState::new(o.escrow),
-            node,
-            sessions,
-            graph,
+            host,
             me,
             listen,
             udp,
@@ -194,7 +189,7 @@ impl Driver {
             self.transmit(now, &mut out).await;
             let timer = self.next_timer().map(tokio::time::Instant::from_std);
             tokio::select! {
-                r = recv_udp(self.udp.as_mut(), &mut self.node) => {
+                r = recv_udp(self.udp.as_mut(), &mut self.host) => {
                     if r.is_err() {
                         self.count("recv_errors");
                     }
@@ -220,8 +215,7 @@ impl Driver {
                     // What would wake a phone's CPU: an idle node asks for no timer at all.
                     self.count("timer_wakeups");
                     let now = Instant::now();
-                    self.node.handle_timeout(now);
-                    self.sessions.handle_timeout(now, &mut self.node, &self.graph);
+                    self.host.handle_timeout(now);
                     self.tick_jobs(now);
                     self.discovery_tick(now);
                     self.dht_tick(now);
@@ -239,7 +233,7 @@ impl Driver {
 
     fn on_inbound(&mut self, i: Inbound) {
         match i {
-            Inbound::Packet(from, mut data) => self.node.handle_datagram(Instant::now(), from, &mut data),
+            Inbound::Packet(from, mut data) => self.host.handle_datagram(Instant::now(), from, &mut data),
             Inbound::Connected(addr, tx) => self.pool.connected(addr, tx),
             Inbound::Closed(addr, why) => {
                 tracing::debug!(%addr, why, "connection closed");
@@ -250,7 +244,7 @@ impl Driver {
 
     /// Sends everything the node has to send.
     async fn transmit(&mut self, now: Instant, out: &mut Vec<u8>) {
-        while let Some(dst) = self.node.poll_transmit_into(now, out) {
+        while let Some(dst) = self.host.poll_transmit(now, None, out) {
             match dst {
                 Addr::Udp(a) => match &mut self.udp {
                     // A failed send is a lost packet: the protocol recovers, the driver goes on.
@@ -287,30 +281,23 @@ impl Driver {
 
     fn next_timer(&self) -> Option<Instant> {
         let jobs = self.pings.values().map(|p| p.next_at).chain(self.echoes.values().map(|e| e.deadline)).min();
-        [
-            self.node.poll_timeout(),
-            self.sessions.poll_timeout(),
-            jobs,
-            self.discovery.deadline(),
-            self.dht.deadline(),
-            self.pay.deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.host.poll_timeout(), jobs, self.discovery.deadline(), self.dht.deadline(), self.pay.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Runs node and session events and service work until nothing moves.
+    /// Hands the host's events to the services, and lets the services write, until nothing
+    /// moves (a service's write raises events of its own).
     fn settle(&mut self, now: Instant) {
         for _ in 0..64 {
             let mut moved = false;
-            while let Some(e) = self.node.poll_event() {
+            while let Some(e) = self.host.poll_event() {
                 moved = true;
-                self.on_node_event(now, e);
-            }
-            while let Some(e) = self.sessions.poll_event() {
-                moved = true;
-                self.on_session_event(now, e);
+                match e {
+                    HostEvent::Node(e) => self.on_node_event(now, e),
+                    HostEvent::Session(e) => self.on_session_event(now, e),
+                }
             }
             moved |= self.pump(now);
             moved |= self.dht_pump(now);
@@ -334,9 +321,7 @@ impl Driver {
             }
             _ => {}
         }
-        if let Some(e) = self.sessions.handle_event(now, &mut self.node, &self.graph, e) {
-            let _ = self.events.send(e);
-        }
+        let _ = self.events.send(e);
     }
 
     fn on_session_event(&mut self, now: Instant, e: SessionEvent) {
@@ -390,7 +375,7 @@ impl Driver {
         if let Err(e) = conn.receive(offset, data, |c, p| msgs.push((c, p.to_vec()))) {
             tracing::warn!(session, peer = %short(&peer), "closing a session with a corrupt channel stream: {e}");
             self.count("channel_errors");
-            self.sessions.close(now, &mut self.node, session);
+            self.host.close(now, session);
             self.session_gone(now, session, "corrupt channel stream");
         }
         for (channel, payload) in msgs {
@@ -591,12 +576,12 @@ impl Driver {
             if c.queued() == 0 {
                 continue;
             }
-            let room = self.sessions.stream_room(sid);
+            let room = self.host.sessions().stream_room(sid);
             if room == 0 {
                 continue;
             }
             let n = c.queued().min(room);
-            match self.sessions.stream_send(now, &mut self.node, sid, &c.unsent()[..n]) {
+            match self.host.stream_write(now, sid, &c.unsent()[..n]) {
                 Ok(taken) if taken > 0 => {
                     c.advance(taken);
                     moved = true;
@@ -622,10 +607,7 @@ impl Driver {
         if let Some(&s) = self.to_peer.get(&peer) {
             return Ok(s);
         }
-        let s = self
-            .sessions
-            .connect_with_routes(now, &mut self.node, &self.graph, peer, routes)
-            .map_err(|e| e.to_string())?;
+        let s = self.host.connect(now, peer, routes).map_err(|e| e.to_string())?;
         self.to_peer.insert(peer, s);
         self.conns.insert(s, Conn::new(peer));
         Ok(s)
@@ -636,12 +618,12 @@ impl Driver {
             Command::Connect { peer, addr } => {
                 self.dial(now, peer, addr);
             }
-            Command::AddTopology { a, b } => self.graph.add_edge(a, b, LINK_COST),
+            Command::AddTopology { a, b } => self.host.graph_mut().add_edge(a, b, LINK_COST),
             Command::OpenRoute { hops, reply } => {
-                let _ = reply.send(self.node.open_route(now, None, &hops));
+                let _ = reply.send(self.host.node_mut(now).open_route(now, None, &hops));
             }
             Command::SendRoute { route, class, data, reply } => {
-                let _ = reply.send(self.node.send_class(now, route, class, &data));
+                let _ = reply.send(self.host.node_mut(now).send_class(now, route, class, &data));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -651,7 +633,7 @@ impl Driver {
             }
             Command::Ping { peer, count, interval, reply } => match self.session_to(now, peer) {
                 Ok(session) => {
-                    let established = self.sessions.is_established(session);
+                    let established = self.host.sessions().is_established(session);
                     let job = self.next_id;
                     self.next_id += 1;
                     let p = PingJob {
@@ -734,8 +716,7 @@ impl Driver {
             Command::Networks(nets) => self.set_networks(now, nets),
             Command::NetworkChanged => {
                 tracing::info!("network changed: probing every link and session path");
-                self.node.network_changed(now);
-                self.sessions.network_changed(now, &mut self.node);
+                self.host.network_changed(now);
             }
             Command::TunnelDown { reply } => {
                 let _ = reply.send(self.tunnel_down());
@@ -753,10 +734,11 @@ impl Driver {
         let addr = skyroute_proto::Address::from_hex(peer)
             .map_err(|_| format!("{peer:?} is neither a public key (66 hex digits) nor an address (40 hex digits)"))?;
         let known = self
-            .graph
+            .host
+            .graph()
             .nodes()
             .copied()
-            .chain(self.node.links().into_iter().map(|l| l.peer))
+            .chain(self.host.node().links().into_iter().map(|l| l.peer))
             .chain(self.dht.learned_keys());
         known.into_iter().find(|k| k.address().ct_eq(&addr)).ok_or_else(|| {
             format!("no known node has address {peer} (give its public key, or look it up: skyroute lookup)")
@@ -766,9 +748,9 @@ impl Driver {
     fn status(&self) -> Status {
         let reasons = |r: &skyroute_proto::RejectCounts| r.iter().map(|(k, v)| (k.name().to_string(), v)).collect();
         let now = Instant::now();
-        let (buffered_bytes, reserved_bytes) = self.node.buffered_bytes();
+        let (buffered_bytes, reserved_bytes) = self.host.node().buffered_bytes();
         let (discovered_nodes, known_links) = self.discovery_status();
-        let es = self.sessions.endpoint_stats();
+        let es = self.host.sessions().endpoint_stats();
         let session_rejected = nonzero([
             ("unknown_session", es.unknown_session),
             ("bad_handshake", es.bad_handshake),
@@ -780,7 +762,8 @@ impl Driver {
             address: self.me.address().to_string(),
             listen: self.listen.list(),
             links: self
-                .node
+                .host
+                .node()
                 .links()
                 .into_iter()
                 .map(|l| (l.stats.last_minute.read(now), l))
@@ -812,11 +795,11 @@ impl Driver {
                 })
                 .collect(),
             networks: self.radios.status(),
-            routes: self.node.route_count(),
+            routes: self.host.node().route_count(),
             buffered_bytes,
             reserved_bytes,
-            rejected: reasons(&self.node.stats().rejected),
-            sessions: self.sessions.ids().into_iter().filter_map(|id| self.session_status(id)).collect(),
+            rejected: reasons(&self.host.node().stats().rejected),
+            sessions: self.host.sessions().ids().into_iter().filter_map(|id| self.session_status(id)).collect(),
             session_rejected,
             gateway: self.gateway_status(),
             tunnel: self.tunnel_status(),
@@ -841,7 +824,7 @@ impl Driver {
     }
 
     fn session_status(&self, id: SessionId) -> Option<SessionStatus> {
-        let s = self.sessions.stats(id)?;
+        let s = self.host.sessions().stats(id)?;
         let rejected = nonzero([
             ("auth", s.rejected_auth),
             ("replay", s.rejected_replay),
@@ -851,17 +834,18 @@ impl Driver {
             ("unknown", s.rejected_unknown),
         ]);
         let now = Instant::now();
-        let (packets_last_min, rekeys_last_min) = self.sessions.last_minute(id, now);
+        let (packets_last_min, rekeys_last_min) = self.host.sessions().last_minute(id, now);
         Some(SessionStatus {
             packets_last_min,
             rekeys_last_min,
-            idle: self.sessions.is_idle(now, id),
+            idle: self.host.sessions().is_idle(now, id),
             dht: self.dht.sessions.values().any(|s| *s == id),
             id,
-            peer: self.sessions.peer(id)?.to_string(),
-            established: self.sessions.is_established(id),
+            peer: self.host.sessions().peer(id)?.to_string(),
+            established: self.host.sessions().is_established(id),
             paths: self
-                .sessions
+                .host
+                .sessions()
                 .paths(id)
                 .into_iter()
                 .map(|(pid, state, rtt, hops)| PathStatus {
@@ -870,9 +854,10 @@ impl Driver {
                     rtt_ms: rtt.map(|r| r.as_secs_f64() * 1e3),
                     hops: hops.iter().map(short).collect(),
                     interface: self
-                        .sessions
+                        .host
+                        .sessions()
                         .path_link(id, pid)
-                        .and_then(|l| self.node.link(l))
+                        .and_then(|l| self.host.node().link(l))
                         .and_then(|l| self.radios.name(skyroute_proto::Endpoint::interface(&l.addr))),
                 })
                 .collect(),
@@ -891,12 +876,12 @@ impl Driver {
     /// Closes sessions and links and sends the goodbyes.
     async fn shutdown(&mut self, out: &mut Vec<u8>) {
         let now = Instant::now();
-        for id in self.sessions.ids() {
-            self.sessions.close(now, &mut self.node, id);
+        for id in self.host.sessions().ids() {
+            self.host.close(now, id);
         }
         self.transmit(now, out).await;
-        for id in self.node.link_ids() {
-            self.node.close_link(now, id);
+        for id in self.host.node().link_ids() {
+            self.host.node_mut(now).close_link(now, id);
         }
         self.transmit(now, out).await;
         // Let TCP and QUIC connections write the last packets.
@@ -923,9 +908,9 @@ async fn recv_port(port: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>
 }
 
 /// Waits for UDP datagrams and feeds them to the node.
-async fn recv_udp(udp: Option<&mut Udp>, node: &mut Node<Addr>) -> std::io::Result<()> {
+async fn recv_udp(udp: Option<&mut Udp>, host: &mut Host<Addr>) -> std::io::Result<()> {
     match udp {
-        Some(u) => u.recv(|from, d| node.handle_datagram(Instant::now(), Addr::Udp(from), d)).await,
+        Some(u) => u.recv(|from, d| host.handle_datagram(Instant::now(), Addr::Udp(from), d)).await,
         None => std::future::pending().await,
     }
 }

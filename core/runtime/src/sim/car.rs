@@ -277,13 +277,13 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
         let mut rep = 0;
         let mut fails = 0;
         let mut opened = 0;
-        if let Some(s) = car_sid.and_then(|id| w.host(car).and_then(|h| h.sessions.stats(id))) {
+        if let Some(s) = car_sid.and_then(|id| w.host(car).sessions().stats(id)) {
             bytes += s.route_bytes_sent;
             rep += s.repair_sent;
             fails += s.path_failures + s.path_suspects;
             opened += s.paths_opened;
         }
-        if let Some(s) = server_sid.and_then(|id| w.host(server).and_then(|h| h.sessions.stats(id))) {
+        if let Some(s) = server_sid.and_then(|id| w.host(server).sessions().stats(id)) {
             bytes += s.route_bytes_sent;
             rep += s.repair_sent;
         }
@@ -303,17 +303,17 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
             }
         }
         if car_sid.is_none() && connect_at.is_some_and(|t| since >= t) {
-            car_sid = w.act_sessions(car, |s, n, g, now| s.connect(now, n, g, server_key)).ok();
+            car_sid = w.act_host(car, |h, now| h.connect(now, server_key, None)).ok();
             connect_at = None;
         }
         // Voice: one frame every 20 ms carrying its sequence number and send time.
         if now >= next_frame {
-            if let Some(sid) = car_sid.filter(|s| w.host(car).is_some_and(|h| h.sessions.is_established(*s))) {
+            if let Some(sid) = car_sid.filter(|s| w.host(car).sessions().is_established(*s)) {
                 let mut frame = vec![0u8; FRAME_LEN];
                 frame[..8].copy_from_slice(&frame_seq.to_be_bytes());
                 let sent_ns = (now - start).as_nanos() as u64;
                 frame[8..16].copy_from_slice(&sent_ns.to_be_bytes());
-                let _ = w.act_sessions(car, |s, n, _, now| s.send_datagram(now, n, sid, &frame, DEADLINE));
+                let _ = w.act_host(car, |h, now| h.send_datagram(now, sid, &frame, DEADLINE));
                 let sec = ((now - start).as_secs() as usize).min(seconds - 1);
                 tl_frames[sec].0 += 1;
                 frame_seq += 1;
@@ -322,18 +322,16 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
         }
         // Bulk: the server keeps its stream full.
         if let Some(sid) = server_sid {
-            if w.host(server).is_some_and(|h| h.sessions.stream_room(sid) > 0) {
-                let _ = w.act_sessions(server, |s, n, _, now| s.stream_send(now, n, sid, &fill));
+            if w.host(server).sessions().stream_room(sid) > 0 {
+                let _ = w.act_host(server, |h, now| h.stream_write(now, sid, &fill));
             }
         }
         let slice = (now + Duration::from_millis(5)).min(next_frame).min(end);
         let debug = std::env::var_os("SKYROUTE_CAR_DEBUG").is_some() && strategy == Strategy::Fountain;
         w.run_sessions_until(slice, |w, node, ev| {
             if debug && node == car && matches!(ev, SessionEvent::PathUp { .. } | SessionEvent::PathDown { .. }) {
-                let names: Vec<String> = w
-                    .host(car)
-                    .and_then(|h| car_sid.map(|sid| h.sessions.paths(sid)))
-                    .unwrap_or_default()
+                let paths = car_sid.map(|sid| w.host(car).sessions().paths(sid)).unwrap_or_default();
+                let names: Vec<String> = paths
                     .iter()
                     .map(|(id, st, _, hops)| {
                         let first = hops.first().and_then(|k| (0..w.nodes()).find(|i| w.key(*i) == *k)).unwrap_or(0);
@@ -385,7 +383,7 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
     }
     if std::env::var_os("SKYROUTE_CAR_DEBUG").is_some() {
         for (name, node, sid) in [("car", car, car_sid), ("server", server, server_sid)] {
-            if let Some(st) = sid.and_then(|id| w.host(node).and_then(|h| h.sessions.stats(id))) {
+            if let Some(st) = sid.and_then(|id| w.host(node).sessions().stats(id)) {
                 eprintln!("{strategy:?} {name} {st:?}");
             }
         }

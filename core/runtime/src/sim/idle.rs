@@ -110,7 +110,7 @@ struct Snapshot {
 fn snapshot(w: &World, phone: usize, sid: SessionId) -> Snapshot {
     let (packets, bytes) = w.sent_by(phone);
     let links = w.node(phone).links();
-    let session_rekeys = w.host(phone).and_then(|h| h.sessions.stats(sid)).map_or(0, |s| s.rekeys);
+    let session_rekeys = w.host(phone).sessions().stats(sid).map_or(0, |s| s.rekeys);
     Snapshot {
         at: w.now(),
         packets,
@@ -194,7 +194,7 @@ pub fn run(seed: u64, idle: Duration, keepalive_s: u64, direct: bool) -> IdleFig
     let start = w.now();
     w.run_until(start + Duration::from_millis(200), |_, _, _| true);
     let server_key = w.key(server);
-    let Ok(sid) = w.act_sessions(phone, |s, n, g, now| s.connect(now, n, g, server_key)) else {
+    let Ok(sid) = w.act_host(phone, |h, now| h.connect(now, server_key, None)) else {
         return IdleFigures::default();
     };
 
@@ -213,10 +213,10 @@ pub fn run(seed: u64, idle: Duration, keepalive_s: u64, direct: bool) -> IdleFig
     let mut next = active_from;
     while w.now() < active_from + ACTIVE + Duration::from_secs(2) {
         if w.now() >= next {
-            let established = w.host(phone).is_some_and(|h| h.sessions.is_established(sid));
+            let established = w.host(phone).sessions().is_established(sid);
             if established && written + 2 * CHUNK <= data.len() && w.now() < active_from + ACTIVE {
                 let chunk = &data[written..written + CHUNK];
-                let n = w.act_sessions(phone, |s, n, _, now| s.stream_send(now, n, sid, chunk)).unwrap_or(0);
+                let n = w.act_host(phone, |h, now| h.stream_write(now, sid, chunk)).unwrap_or(0);
                 written += n;
             }
             next += Duration::from_millis(100);
@@ -227,7 +227,7 @@ pub fn run(seed: u64, idle: Duration, keepalive_s: u64, direct: bool) -> IdleFig
             true
         });
     }
-    let paths = w.host(phone).map(|h| h.sessions.paths(sid)).unwrap_or_default();
+    let paths = w.host(phone).sessions().paths(sid);
     let rtt_ms = paths.iter().filter_map(|p| p.2).min().map_or(0.0, |d| d.as_secs_f64() * 1e3);
     let paths_before = paths.len();
 
@@ -258,7 +258,7 @@ pub fn run(seed: u64, idle: Duration, keepalive_s: u64, direct: bool) -> IdleFig
     // Resume: one chunk, timed to its delivery.
     let resume_at = w.now();
     let chunk = data[written..written + CHUNK].to_vec();
-    let n = w.act_sessions(phone, |s, n, _, now| s.stream_send(now, n, sid, &chunk)).unwrap_or(0);
+    let n = w.act_host(phone, |h, now| h.stream_write(now, sid, &chunk)).unwrap_or(0);
     written += n;
     let mut delivered_at = None;
     let limit = resume_at + Duration::from_secs(30);
@@ -277,9 +277,8 @@ pub fn run(seed: u64, idle: Duration, keepalive_s: u64, direct: bool) -> IdleFig
         on_event(&mut received, node, ev);
         true
     });
-    let paths_after = w
-        .host(phone)
-        .map_or(0, |h| h.sessions.paths(sid).iter().filter(|p| p.1 == skyroute_proto::PathState::Live).count());
+    let paths_after =
+        w.host(phone).sessions().paths(sid).iter().filter(|p| p.1 == skyroute_proto::PathState::Live).count();
 
     let mins = b.at.saturating_duration_since(a.at).as_secs_f64() / 60.0;
     let per_min = |x: u64, y: u64| if mins > 0.0 { y.saturating_sub(x) as f64 / mins } else { 0.0 };

@@ -19,15 +19,16 @@ pub mod scale;
 pub mod scenario;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
-use skyroute_proto::session::anchor::Anchor;
+use skyroute_proto::host::anchor::Anchor;
 use skyroute_proto::{
-    Event, Graph, LinkId, Node, NodeConfig, PublicKey, SecretKey, SessionConfig, SessionEvent, Sessions,
+    Event, Graph, Host, HostConfig, HostEvent, LinkId, Node, NodeConfig, PublicKey, RouteEvent, SecretKey,
+    SessionConfig, SessionEvent,
 };
 
 /// The wall clock the simulator's signed statements are dated by (virtual time added).
@@ -77,7 +78,6 @@ struct Wire {
 enum Pending {
     Deliver { to: usize, from: usize, payload: Vec<u8> },
     Timer { node: usize },
-    SessionTimer { node: usize },
     WireFree { node: usize, link: LinkId },
 }
 
@@ -92,24 +92,24 @@ pub struct WireStats {
     pub bytes: u64,
 }
 
-/// The session endpoint of a node and its view of the topology.
-pub struct Host {
-    pub sessions: Sessions,
-    pub graph: Graph,
-    config: SessionConfig,
-    timer: Option<Instant>,
-    /// Route data events withheld from the sessions (for tests that replay or alter them).
+/// The application side of a node: what the world does with its host's events.
+#[derive(Default)]
+struct App {
+    /// Whether the node's session events are handed out (see [`World::add_sessions`]).
+    sessions: bool,
+    session_events: VecDeque<SessionEvent>,
+    /// Route data events still to withhold from the sessions, and those withheld.
     capture: usize,
-    pub captured: Vec<Event>,
+    captured: Vec<Event>,
     /// Proxies the sessions this node accepts to another node.
-    pub anchor: Option<Anchor>,
+    anchor: Option<Anchor>,
 }
 
 pub struct World {
     start: Instant,
-    hosts: Vec<Option<Host>>,
     now: Instant,
-    nodes: Vec<Node<usize>>,
+    hosts: Vec<Host<usize>>,
+    apps: Vec<App>,
     timers: Vec<Option<Instant>>,
     wires: BTreeMap<(usize, usize), Wire>,
     queue: BinaryHeap<Reverse<(Instant, u64, Pending)>>,
@@ -124,11 +124,11 @@ pub struct World {
     /// Timer events handled at the current instant (a guard against a node that never moves
     /// its deadline forward).
     same_instant_timers: u64,
-    /// Events of a step not yet handed out because a run stopped in the middle of them.
-    backlog: std::collections::VecDeque<(usize, Event)>,
+    /// Node events not yet handed out.
+    backlog: VecDeque<(usize, Event)>,
     /// Per node: datagrams and bytes it put on its wires.
     sent_by: Vec<(u64, u64)>,
-    /// Per node: timer wakeups (node or session timer expiries, one per distinct instant).
+    /// Per node: timer wakeups (one per distinct instant).
     wakeups: Vec<u64>,
     last_wake: Vec<Option<Instant>>,
 }
@@ -140,9 +140,9 @@ impl World {
         let start = Instant::now();
         World {
             start,
-            hosts: Vec::new(),
             now: start,
-            nodes: Vec::new(),
+            hosts: Vec::new(),
+            apps: Vec::new(),
             timers: Vec::new(),
             wires: BTreeMap::new(),
             queue: BinaryHeap::new(),
@@ -170,82 +170,91 @@ impl World {
         self.now - self.start
     }
 
+    /// Adds a node (a host with default session settings; see [`World::add_sessions`]).
     pub fn add_node(&mut self, config: NodeConfig) -> usize {
         let key = SecretKey::generate(&mut self.rng);
         let node_rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
-        self.nodes.push(Node::new(key, config, Box::new(node_rng)));
+        let config = HostConfig { node: config, session: SessionConfig::default() };
+        self.hosts.push(Host::new(key, config, Box::new(node_rng)));
+        self.apps.push(App::default());
         self.timers.push(None);
-        self.hosts.push(None);
         self.sent_by.push((0, 0));
         self.wakeups.push(0);
         self.last_wake.push(None);
-        self.nodes.len() - 1
+        self.hosts.len() - 1
     }
 
-    /// Gives a node a session endpoint (its key, its own RNG from the world's seed).
+    /// Makes a node a session endpoint: its session settings, the topology it finds routes
+    /// in, and its session events handed out by [`World::run_sessions_until`].
     pub fn add_sessions(&mut self, node: usize, config: SessionConfig, graph: Graph) {
-        self.hosts[node] = Some(self.new_host(node, config, graph, None));
+        let h = &mut self.hosts[node];
+        h.set_session_config(config);
+        *h.graph_mut() = graph;
+        self.apps[node].sessions = true;
     }
 
-    fn new_host(&mut self, node: usize, config: SessionConfig, graph: Graph, anchor: Option<Anchor>) -> Host {
-        let key = self.nodes[node].identity_copy();
-        let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
-        let sessions = Sessions::new(key, config.clone(), Box::new(rng));
-        Host { sessions, graph, config, timer: None, capture: 0, captured: Vec::new(), anchor }
+    /// Proxies the sessions `node` accepts to another node (see [`Anchor`]).
+    pub fn set_anchor(&mut self, node: usize, anchor: Anchor) {
+        self.apps[node].anchor = Some(anchor);
+    }
+
+    /// The anchor of `node`, if it has one.
+    pub fn anchor(&self, node: usize) -> Option<&Anchor> {
+        self.apps[node].anchor.as_ref()
     }
 
     /// Withholds the next `n` route data events of `node` from its sessions (see
-    /// [`Host::captured`]): lets a test replay, reroute or alter real session packets.
+    /// [`World::take_captured`]): lets a test replay, reroute or alter real session packets.
     pub fn capture_route_data(&mut self, node: usize, n: usize) {
-        if let Some(h) = self.hosts[node].as_mut() {
-            h.capture = n;
-        }
+        self.hosts[node].divert_route_data(n);
+        self.apps[node].capture = n;
+    }
+
+    /// The route data events withheld so far (see [`World::capture_route_data`]).
+    pub fn take_captured(&mut self, node: usize) -> Vec<Event> {
+        std::mem::take(&mut self.apps[node].captured)
     }
 
     /// Crashes and restarts a node: same key, no state (links, routes, sessions all gone).
     pub fn restart(&mut self, node: usize) {
-        let key = self.nodes[node].identity_copy();
-        let config = self.nodes[node].config().clone();
+        let old = &self.hosts[node];
+        let key = old.node().identity_copy();
+        let config = HostConfig { node: old.node().config().clone(), session: old.sessions().config().clone() };
+        let graph = old.graph().clone();
         let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
-        self.nodes[node] = Node::new(key.clone(), config, Box::new(rng));
+        let mut h = Host::new(key, config, Box::new(rng));
+        *h.graph_mut() = graph;
+        self.hosts[node] = h;
         self.timers[node] = None;
-        if let Some(h) = self.hosts[node].take() {
-            self.hosts[node] = Some(self.new_host(node, h.config, h.graph, h.anchor.map(|a| a.restarted())));
-        }
+        let app = &mut self.apps[node];
+        app.anchor = app.anchor.as_ref().map(|a| a.restarted());
+        app.session_events.clear();
         self.wakes.retain(|(n, _), _| *n != node);
     }
 
-    pub fn host(&self, node: usize) -> Option<&Host> {
-        self.hosts[node].as_ref()
+    /// A node's host, to read (sessions, node, graph).
+    pub fn host(&self, node: usize) -> &Host<usize> {
+        &self.hosts[node]
     }
 
-    pub fn host_mut(&mut self, node: usize) -> Option<&mut Host> {
-        self.hosts[node].as_mut()
-    }
-
-    /// Runs `f` on a node's session endpoint, then sends what it produced.
-    pub fn act_sessions<R>(
-        &mut self,
-        node: usize,
-        f: impl FnOnce(&mut Sessions, &mut Node<usize>, &Graph, Instant) -> R,
-    ) -> R {
+    /// Runs `f` on a node's host (an application action), then sends what it produced.
+    pub fn act_host<R>(&mut self, node: usize, f: impl FnOnce(&mut Host<usize>, Instant) -> R) -> R {
         let now = self.now;
-        let host = self.hosts[node].as_mut().expect("node has a session endpoint");
-        let r = f(&mut host.sessions, &mut self.nodes[node], &host.graph, now);
+        let r = f(&mut self.hosts[node], now);
         self.flush(node);
         r
     }
 
     pub fn key(&self, node: usize) -> PublicKey {
-        self.nodes[node].public_key()
+        self.hosts[node].public_key()
     }
 
     pub fn node(&self, i: usize) -> &Node<usize> {
-        &self.nodes[i]
+        self.hosts[i].node()
     }
 
     pub fn nodes(&self) -> usize {
-        self.nodes.len()
+        self.hosts.len()
     }
 
     pub fn add_wire(&mut self, a: usize, b: usize, spec: WireSpec) {
@@ -266,12 +275,10 @@ impl World {
         });
     }
 
-    /// Runs `f` on a node (an application action), then sends what it produced.
+    /// Runs `f` on a node (an application action on links or routes), then sends what it
+    /// produced.
     pub fn act<R>(&mut self, node: usize, f: impl FnOnce(&mut Node<usize>, Instant) -> R) -> R {
-        let now = self.now;
-        let r = f(&mut self.nodes[node], now);
-        self.flush(node);
-        r
+        self.act_host(node, |h, now| f(&mut h.node_mut(now), now))
     }
 
     fn push(&mut self, at: Instant, ev: Pending) {
@@ -279,27 +286,31 @@ impl World {
         self.queue.push(Reverse((at, self.seq, ev)));
     }
 
-    /// Gives every free wire of a node its next datagram and re-arms the node's timer.
+    /// Gives every free wire of a node its next datagram, re-arms the node's timer and takes
+    /// its events.
     fn flush(&mut self, i: usize) {
-        for link in self.nodes[i].link_ids() {
+        for link in self.hosts[i].node().link_ids() {
             self.pump(i, link);
         }
         let now = self.now;
-        if let Some(h) = self.hosts[i].as_mut() {
-            let next = h.sessions.poll_timeout();
-            if next != h.timer {
-                h.timer = next;
-                if let Some(at) = next {
-                    self.seq += 1;
-                    self.queue.push(Reverse((at.max(now), self.seq, Pending::SessionTimer { node: i })));
-                }
-            }
-        }
-        let next = self.nodes[i].poll_timeout();
+        let next = self.hosts[i].poll_timeout();
         if next != self.timers[i] {
             self.timers[i] = next;
             if let Some(at) = next {
                 self.push(at.max(now), Pending::Timer { node: i });
+            }
+        }
+        while let Some(e) = self.hosts[i].poll_event() {
+            self.log.update(format!("{:?} {i} {e:?}", self.now - self.start).as_bytes());
+            let app = &mut self.apps[i];
+            match e {
+                HostEvent::Node(e @ Event::Route(RouteEvent::Data { .. })) if app.capture > 0 => {
+                    app.capture -= 1;
+                    app.captured.push(e);
+                }
+                HostEvent::Node(e) => self.backlog.push_back((i, e)),
+                HostEvent::Session(e) if app.sessions => app.session_events.push_back(e),
+                HostEvent::Session(_) => {}
             }
         }
     }
@@ -308,7 +319,7 @@ impl World {
     fn pump(&mut self, i: usize, link: LinkId) {
         let now = self.now;
         loop {
-            let Some(&to) = self.nodes[i].link_addr(link) else { return };
+            let Some(&to) = self.hosts[i].node().link_addr(link) else { return };
             let key = (i.min(to), i.max(to));
             let dir = usize::from(i > to);
             let busy = self.wires.get(&key).map(|w| w.busy_until[dir]);
@@ -320,7 +331,7 @@ impl World {
                 return;
             }
             let mut buf = std::mem::take(&mut self.buf);
-            let sent = self.nodes[i].poll_transmit_on(now, link, &mut buf);
+            let sent = self.hosts[i].poll_transmit(now, Some(link), &mut buf);
             if sent.is_some() {
                 self.transmit(i, to, &buf);
             }
@@ -376,27 +387,27 @@ impl World {
         Duration::from_nanos(self.rng.next_u64() % max.as_nanos() as u64)
     }
 
-    /// Processes the next event. Returns the node events it caused, or `None` when nothing is
-    /// left to do before `deadline`.
-    pub fn step(&mut self, deadline: Instant) -> Option<Vec<(usize, Event)>> {
-        let Reverse((at, _, _)) = self.queue.peek()?;
+    /// Processes the next event (its node events join the backlog). Returns `false` when
+    /// nothing is left to do before `deadline`.
+    fn step(&mut self, deadline: Instant) -> bool {
+        let Some(Reverse((at, _, _))) = self.queue.peek() else { return false };
         if *at > deadline {
-            return None;
+            return false;
         }
-        let Reverse((at, _, ev)) = self.queue.pop()?;
+        let Some(Reverse((at, _, ev))) = self.queue.pop() else { return false };
         if at > self.now {
             self.same_instant_timers = 0;
         }
         self.now = self.now.max(at);
         self.steps += 1;
+        let now = self.now;
         let node = match ev {
             Pending::Deliver { to, from, mut payload } => {
                 self.wire_stats.delivered += 1;
-                self.log.update((self.now - self.start).as_nanos().to_be_bytes());
+                self.log.update((now - self.start).as_nanos().to_be_bytes());
                 self.log.update([b'D', to as u8, from as u8]);
                 self.log.update(&payload);
-                let now = self.now;
-                self.nodes[to].handle_datagram(now, from, &mut payload);
+                self.hosts[to].handle_datagram(now, from, &mut payload);
                 to
             }
             Pending::Timer { node } => {
@@ -405,24 +416,10 @@ impl World {
                     self.same_instant_timers < 100_000,
                     "node {node} keeps a deadline in the past: a timer that never advances"
                 );
-                if self.timers[node].is_some_and(|t| t <= self.now) {
+                if self.timers[node].is_some_and(|t| t <= now) {
                     self.timers[node] = None;
-                    let now = self.now;
                     self.note_wake(node);
-                    self.nodes[node].handle_timeout(now);
-                }
-                node
-            }
-            Pending::SessionTimer { node } => {
-                self.same_instant_timers += 1;
-                assert!(self.same_instant_timers < 100_000, "node {node}'s sessions keep a deadline in the past");
-                let now = self.now;
-                if self.hosts[node].as_ref().is_some_and(|h| h.timer.is_some_and(|t| t <= now)) {
-                    self.note_wake(node);
-                    if let Some(h) = self.hosts[node].as_mut() {
-                        h.timer = None;
-                        h.sessions.handle_timeout(now, &mut self.nodes[node], &h.graph);
-                    }
+                    self.hosts[node].handle_timeout(now);
                 }
                 node
             }
@@ -433,39 +430,22 @@ impl World {
                 node
             }
         };
-        let mut events = Vec::new();
-        // Node events go through the node's session endpoint first (it takes route data for
-        // sessions); what it sends is flushed below, with the node's own datagrams.
-        while let Some(e) = self.nodes[node].poll_event() {
-            self.log.update(format!("{:?} {node} {e:?}", self.now - self.start).as_bytes());
-            let e = match self.hosts[node].as_mut() {
-                Some(h) if h.capture > 0 && matches!(e, Event::Route(skyroute_proto::RouteEvent::Data { .. })) => {
-                    h.capture -= 1;
-                    h.captured.push(e);
-                    None
-                }
-                Some(h) => h.sessions.handle_event(self.now, &mut self.nodes[node], &h.graph, e),
-                None => Some(e),
-            };
-            events.extend(e.map(|e| (node, e)));
-        }
         self.flush(node);
-        Some(events)
+        true
     }
 
-    /// Runs until `deadline` (virtual) or until `on_event` returns `false`. Every event is
-    /// passed to `on_event`, which may act on the world.
+    /// Runs until `deadline` (virtual) or until `on_event` returns `false`. Every node event
+    /// the sessions did not take is passed to `on_event`, which may act on the world.
     pub fn run_until(&mut self, deadline: Instant, mut on_event: impl FnMut(&mut World, usize, Event) -> bool) -> bool {
         loop {
             while let Some((node, ev)) = self.backlog.pop_front() {
                 if !on_event(self, node, ev) {
-                    // The rest of this step's events wait for the next run.
+                    // The rest wait for the next run.
                     return true;
                 }
             }
-            match self.step(deadline) {
-                Some(events) => self.backlog.extend(events),
-                None => break,
+            if !self.step(deadline) {
+                break;
             }
         }
         self.now = self.now.max(deadline);
@@ -473,7 +453,7 @@ impl World {
     }
 
     /// Runs until `deadline` or until `on_event` returns `false`, handing out session events of
-    /// every node with a session endpoint (node events not taken by sessions are dropped).
+    /// every node with a session endpoint (node events are dropped).
     pub fn run_sessions_until(
         &mut self,
         deadline: Instant,
@@ -481,16 +461,15 @@ impl World {
     ) -> bool {
         loop {
             for i in 0..self.hosts.len() {
-                while let Some(ev) = self.hosts[i].as_mut().and_then(|h| h.sessions.poll_event()) {
-                    self.log.update(format!("{:?} {i} {ev:?}", self.now - self.start).as_bytes());
+                while let Some(ev) = self.apps[i].session_events.pop_front() {
                     let now = self.now;
-                    let ev = match self.hosts[i].as_mut() {
-                        Some(Host { anchor: Some(a), sessions, graph, .. }) => {
-                            let ev = a.handle(now, sessions, &mut self.nodes[i], graph, ev);
+                    let ev = match self.apps[i].anchor.as_mut() {
+                        Some(a) => {
+                            let ev = a.handle(now, &mut self.hosts[i], ev);
                             self.flush(i);
                             ev
                         }
-                        _ => Some(ev),
+                        None => Some(ev),
                     };
                     if let Some(ev) = ev {
                         if !on_event(self, i, ev) {
@@ -498,13 +477,13 @@ impl World {
                         }
                     }
                 }
-                if let Some(Host { anchor: Some(a), sessions, .. }) = self.hosts[i].as_mut() {
-                    a.flush(self.now, sessions, &mut self.nodes[i]);
+                if let Some(a) = self.apps[i].anchor.as_mut() {
+                    a.flush(self.now, &mut self.hosts[i]);
                     self.flush(i);
                 }
             }
             self.backlog.clear();
-            if self.step(deadline).is_none() {
+            if !self.step(deadline) {
                 break;
             }
         }
@@ -544,7 +523,7 @@ impl World {
         use skyroute_proto::dht::topology::{LinkAnnouncement, LinkReport, Topology, MAX_LINKS};
         let unix = SIM_UNIX_TIME + self.elapsed().as_secs();
         let mut t = Topology::new();
-        for (i, node) in self.nodes.iter().enumerate() {
+        for (i, node) in self.hosts.iter().map(|h| h.node()).enumerate() {
             let links: Vec<LinkReport> = self
                 .wires
                 .iter()
@@ -576,6 +555,6 @@ impl World {
     }
 
     pub fn link_rekeys(&self) -> u64 {
-        self.nodes.iter().flat_map(|n| n.links()).map(|l| l.stats.rekeys).sum::<u64>() / 2
+        self.hosts.iter().flat_map(|h| h.node().links()).map(|l| l.stats.rekeys).sum::<u64>() / 2
     }
 }

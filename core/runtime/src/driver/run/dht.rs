@@ -163,7 +163,7 @@ impl Driver {
     }
 
     fn link_addr(&self, peer: &PublicKey) -> Option<Addr> {
-        self.node.links().into_iter().find(|l| l.peer == *peer && l.state == LinkState::Up).map(|l| l.addr)
+        self.host.node().links().into_iter().find(|l| l.peer == *peer && l.state == LinkState::Up).map(|l| l.addr)
     }
 
     /// Republishes our record when due and lets the DHT's requests time out.
@@ -181,8 +181,8 @@ impl Driver {
         for (k, made) in given_up {
             self.dht.pending.remove(&k);
             // Only a link the DHT made (a configured peer keeps being dialled).
-            if let Some(id) = self.node.link_to(&k).filter(|_| made && self.link_addr(&k).is_none()) {
-                self.node.close_link(now, id);
+            if let Some(id) = self.host.node().link_to(&k).filter(|_| made && self.link_addr(&k).is_none()) {
+                self.host.node_mut(now).close_link(now, id);
                 self.count("dht_dial_failed");
             }
         }
@@ -245,7 +245,7 @@ impl Driver {
             return;
         }
         if self.link_addr(&c.key).is_some() {
-            let s = self.sessions.connect_with_routes(now, &mut self.node, &self.graph, c.key, Some(1));
+            let s = self.host.connect(now, c.key, Some(1));
             match s {
                 Ok(s) => {
                     self.dht.sessions.insert(c.key, s);
@@ -267,7 +267,7 @@ impl Driver {
             self.count("dht_pending_full");
             return;
         }
-        let made = self.node.link_to(&c.key).is_none();
+        let made = self.host.node().link_to(&c.key).is_none();
         let p = &mut self.dht.pending;
         let (_, q, _) = p.entry(c.key).or_insert_with(|| (now, Vec::new(), made));
         if q.len() >= MAX_PENDING {
@@ -344,10 +344,12 @@ impl Driver {
             return Err("no gateway found in the DHT".into());
         }
         // Breadth-first from us: depth, then cost of the cheapest route.
-        let depth: BTreeMap<PublicKey, u32> = self.graph.by_hops(&self.me).into_iter().collect();
+        let depth: BTreeMap<PublicKey, u32> = self.host.graph().by_hops(&self.me).into_iter().collect();
         gateways
             .into_iter()
-            .filter_map(|g| Some((depth.get(&g).copied()?, self.graph.path_cost(&self.me, &g).unwrap_or(u64::MAX), g)))
+            .filter_map(|g| {
+                Some((depth.get(&g).copied()?, self.host.graph().path_cost(&self.me, &g).unwrap_or(u64::MAX), g))
+            })
             .min()
             .map(|(_, _, g)| g)
             .ok_or_else(|| "gateways found, but no route to any is known".into())
@@ -357,7 +359,7 @@ impl Driver {
         // Routes to nodes that name guards go through them.
         for x in &r.records {
             let (k, g) = (x.record.key, x.record.guards.clone());
-            self.graph.set_guards(k, g.clone());
+            self.host.graph_mut().set_guards(k, g.clone());
             if g.is_empty() {
                 self.dht.required.remove(&k);
             } else if self.dht.required.len() < MAX_GUARDED || self.dht.required.contains_key(&k) {

@@ -90,7 +90,7 @@ impl Driver {
     pub(super) fn discovery_link_changed(&mut self, now: Instant, peer: PublicKey, up: bool) {
         if !self.discovery.enabled {
             if up {
-                self.graph.add_edge(self.me, peer, LINK_COST);
+                self.host.graph_mut().add_edge(self.me, peer, LINK_COST);
             }
             return;
         }
@@ -116,7 +116,8 @@ impl Driver {
         }
         self.discovery.next_announce = now + ANNOUNCE_EVERY;
         let links: Vec<LinkReport> = self
-            .node
+            .host
+            .node()
             .links()
             .iter()
             .filter(|l| l.state == LinkState::Up)
@@ -180,7 +181,7 @@ impl Driver {
                 g.add_edge(*a, *b, LINK_COST);
             }
         }
-        for l in self.node.links().iter().filter(|l| l.state == LinkState::Up) {
+        for l in self.host.node().links().iter().filter(|l| l.state == LinkState::Up) {
             if g.cost(&self.me, &l.peer).is_none() {
                 g.add_edge(self.me, l.peer, LINK_COST);
             }
@@ -188,10 +189,10 @@ impl Driver {
         for (k, guards) in &self.dht.required {
             g.set_guards(*k, guards.clone());
         }
-        self.graph = g;
+        *self.host.graph_mut() = g;
     }
 
     pub(super) fn discovery_status(&self) -> (usize, usize) {
-        (self.discovery.known.len(), self.graph.edge_count())
+        (self.discovery.known.len(), self.host.graph().edge_count())
     }
 }

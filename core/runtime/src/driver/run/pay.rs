@@ -99,11 +99,11 @@ impl Driver {
             self.pay.round = None;
         }
         // New work: payer keys of our routes (a source with the account's secret), receipts.
-        let live: BTreeSet<RouteId> = self.node.route_ids().into_iter().collect();
+        let live: BTreeSet<RouteId> = self.host.node().route_ids().into_iter().collect();
         self.pay.authorized_routes.retain(|r| live.contains(r));
         if escrow.secret.is_some() {
             for r in live {
-                if let Some(k) = self.node.route_payer_key(r) {
+                if let Some(k) = self.host.node().route_payer_key(r) {
                     if self.pay.authorized_routes.insert(r) {
                         self.pay.keys.push(k);
                     }
@@ -111,7 +111,7 @@ impl Driver {
             }
         }
         let account = escrow.account.clone();
-        let settlements = self.node.settlements(&|r| settle_message(&r.encode(), &account));
+        let settlements = self.host.node_mut(now).settlements(&|r| settle_message(&r.encode(), &account));
         self.pay.items.extend(settlements.iter().map(|(r, sig)| (Settle::signed(r, &account, sig), 0)));
         let excess = self.pay.keys.len().saturating_sub(MAX_PENDING);
         self.pay.keys.drain(..excess);
@@ -153,10 +153,10 @@ impl Driver {
     }
 
     pub(super) fn accounting_status(&self) -> AccountingStatus {
-        let a = self.node.accounting();
+        let a = self.host.node().accounting();
         let reasons =
             |r: &skyroute_proto::accounting::Refused| r.iter().map(|(e, n)| (e.name().to_string(), n)).collect();
-        let c = &self.node.config().route.accounting;
+        let c = &self.host.node().config().route.accounting;
         AccountingStatus {
             price_per_mib: c.price_per_mib,
             max_price_per_mib: c.max_price_per_mib,

@@ -126,13 +126,13 @@ impl Driver {
                 let waits = matches!(r.policy, Policy::Named(_) | Policy::Platform);
                 if !slots.is_empty() || waits {
                     for s in slots {
-                        self.node.connect(now, peer, addr.on(Interface(s)));
+                        self.host.node_mut(now).connect(now, peer, addr.on(Interface(s)));
                     }
                     return;
                 }
             }
         }
-        self.node.connect(now, peer, addr);
+        self.host.node_mut(now).connect(now, peer, addr);
     }
 
     /// Sends a link packet over TCP or QUIC through a bound network: on the connection to it
@@ -181,7 +181,7 @@ impl Driver {
                 let nets = iface::select(&self.radios.policy, &os, &iface::default_route_interfaces());
                 self.apply_networks(now, nets);
                 // A route may have come back: links still down try now, not at their next retry.
-                self.node.redial(now);
+                self.host.node_mut(now).redial(now);
             }
             Err(e) => tracing::warn!("listing interfaces: {e}"),
         }
@@ -192,8 +192,7 @@ impl Driver {
     pub(super) fn set_networks(&mut self, now: Instant, nets: Vec<Network>) {
         self.radios.policy = Policy::Platform;
         self.apply_networks(now, nets);
-        self.node.network_changed(now);
-        self.sessions.network_changed(now, &mut self.node);
+        self.host.network_changed(now);
     }
 
     /// Brings the bound sockets in line with `nets`: gone or down networks take their links
@@ -207,7 +206,7 @@ impl Driver {
                 tracing::info!(interface = %b.net.name, "network gone: its links are down");
                 self.count("interfaces_down");
             }
-            self.node.interface_down(now, Interface(slot));
+            self.host.node_mut(now).interface_down(now, Interface(slot));
             self.pool.drop_interface(Interface(slot));
         }
         for net in nets {
@@ -215,7 +214,7 @@ impl Driver {
                 self.count("interfaces_refused");
                 continue;
             };
-            self.node.set_metered(Interface(slot), net.metered);
+            self.host.node_mut(now).set_metered(Interface(slot), net.metered);
             if net.up && !self.radios.bound.contains_key(&slot) {
                 match iface::bind_udp(&net)
                     .map_err(|e| e.to_string())
@@ -227,7 +226,7 @@ impl Driver {
                         tracing::info!(interface = %net.name, slot, kind = net.kind.name(), "network up: dialling over it");
                         self.radios.bound.insert(slot, Bound { net: net.clone(), socket, task, quic: None });
                         self.count("interfaces_up");
-                        self.node.interface_up(now, Interface(slot));
+                        self.host.node_mut(now).interface_up(now, Interface(slot));
                         let peers: Vec<(PublicKey, Addr)> = self
                             .radios
                             .peers
@@ -236,7 +235,7 @@ impl Driver {
                             .map(|(k, a)| (*k, *a))
                             .collect();
                         for (peer, a) in peers {
-                            self.node.connect(now, peer, a.on(Interface(slot)));
+                            self.host.node_mut(now).connect(now, peer, a.on(Interface(slot)));
                         }
                     }
                     Err(e) => {
@@ -261,9 +260,9 @@ impl Driver {
                 .map(|(k, _)| *k)
                 .collect();
             for peer in peers {
-                for id in self.node.links_to(&peer) {
-                    if self.node.link(id).is_some_and(|l| l.dialled && l.addr.is_unbound()) {
-                        self.node.close_link(now, id);
+                for id in self.host.node().links_to(&peer) {
+                    if self.host.node().link(id).is_some_and(|l| l.dialled && l.addr.is_unbound()) {
+                        self.host.node_mut(now).close_link(now, id);
                     }
                 }
             }

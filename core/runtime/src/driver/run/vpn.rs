@@ -43,7 +43,7 @@ impl Driver {
         let payload = m.encode();
         if class == Class::Realtime {
             let framed = channel::framed(vpn::CHANNEL, &payload);
-            if let Ok(true) = self.sessions.send_datagram(now, &mut self.node, session, &framed, REALTIME_BUDGET) {
+            if let Ok(true) = self.host.send_datagram(now, session, &framed, REALTIME_BUDGET) {
                 return;
             }
         }
@@ -180,7 +180,7 @@ impl Driver {
         };
         // The largest IP packet one session datagram carries: the route MTU less the session's
         // and the channel's framing.
-        let path_mtu = (self.node.route_mtu().saturating_sub(SESSION_DATAGRAM_OVERHEAD)) as u16;
+        let path_mtu = (self.host.node().route_mtu().saturating_sub(SESSION_DATAGRAM_OVERHEAD)) as u16;
         self.tunnel = Some(TunnelState {
             client: TunnelClient::new(path_mtu),
             gateway,

@@ -4,18 +4,18 @@
 //! and datagrams between the two. The mobile side's short routes come and go under the first
 //! session; the destination's session (over stable backbone routes) never notices.
 //!
-//! The anchor is application-level piping over the public session API, driven like the
-//! session endpoint: feed it the anchor node's session events and call [`Anchor::flush`] when
-//! the endpoint's timers run.
+//! The anchor is application-level piping over the public host API: feed it the anchor
+//! host's session events and call [`Anchor::flush`] after the host's timers run.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use crate::identity::PublicKey;
-use crate::node::Node;
+use crate::link::Endpoint;
+use crate::session::{SessionEvent, SessionId};
 
-use super::{RouteFinder, SessionEvent, SessionId, Sessions};
+use super::Host;
 
 /// Most bytes held per direction while the other session has no room (then the mobile side's
 /// own flow control takes over: it gets no confirmations until room frees).
@@ -64,23 +64,21 @@ impl Anchor {
     }
 
     /// Handles a session event of the anchor node; returns events that are not the anchor's.
-    pub fn handle<A: crate::link::Endpoint>(
+    pub fn handle<A: Endpoint>(
         &mut self,
         now: Instant,
-        sessions: &mut Sessions,
-        node: &mut Node<A>,
-        finder: &dyn RouteFinder,
+        host: &mut Host<A>,
         event: SessionEvent,
     ) -> Option<SessionEvent> {
         match event {
             SessionEvent::Accepted { session, peer } if peer != self.target => {
-                match sessions.connect(now, node, finder, self.target) {
+                match host.connect(now, self.target, None) {
                     Ok(up) => {
                         self.peer_of.insert(session, up);
                         self.peer_of.insert(up, session);
                         self.stats.sessions_anchored += 1;
                     }
-                    Err(_) => sessions.close(now, node, session),
+                    Err(_) => host.close(now, session),
                 }
                 None
             }
@@ -92,12 +90,12 @@ impl Anchor {
                 } else {
                     q.extend(&data);
                 }
-                self.flush(now, sessions, node);
+                self.flush(now, host);
                 None
             }
             SessionEvent::Datagram { session, data } if self.peer_of.contains_key(&session) => {
                 let other = self.peer_of[&session];
-                match sessions.send_datagram(now, node, other, &data, self.datagram_budget) {
+                match host.send_datagram(now, other, &data, self.datagram_budget) {
                     Ok(true) => self.stats.datagrams_relayed += 1,
                     _ => self.stats.datagrams_dropped += 1,
                 }
@@ -107,17 +105,17 @@ impl Anchor {
                 if self.peer_of.contains_key(&session) =>
             {
                 // One side is gone for good: so is the other.
-                let other = self.peer_of.remove(&session).expect("checked");
+                let Some(other) = self.peer_of.remove(&session) else { return None };
                 self.peer_of.remove(&other);
                 self.held.remove(&session);
                 self.held.remove(&other);
-                sessions.close(now, node, other);
+                host.close(now, other);
                 None
             }
             SessionEvent::Established { session, .. } | SessionEvent::PathUp { session, .. }
                 if self.peer_of.contains_key(&session) =>
             {
-                self.flush(now, sessions, node);
+                self.flush(now, host);
                 None
             }
             SessionEvent::PathDown { session, .. } | SessionEvent::PeerRestarted { session, .. }
@@ -130,11 +128,11 @@ impl Anchor {
     }
 
     /// Writes held bytes into sessions that have room now.
-    pub fn flush<A: crate::link::Endpoint>(&mut self, now: Instant, sessions: &mut Sessions, node: &mut Node<A>) {
+    pub fn flush<A: Endpoint>(&mut self, now: Instant, host: &mut Host<A>) {
         for (sid, q) in self.held.iter_mut() {
             while !q.is_empty() {
                 let (a, _) = q.as_slices();
-                let n = sessions.stream_send(now, node, *sid, a).unwrap_or(0);
+                let n = host.stream_write(now, *sid, a).unwrap_or(0);
                 if n == 0 {
                     break;
                 }
