@@ -14,7 +14,8 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use skyroute_proto::crypto::Ephemeral;
-use skyroute_proto::link::{handshake, Link, LinkConfig, LinkId};
+use skyroute_proto::link::{Link, LinkConfig, LinkId};
+use skyroute_proto::noise as handshake;
 use skyroute_proto::wire::Packet;
 use skyroute_proto::{Event, Node, NodeConfig, RouteEvent, SecretKey};
 

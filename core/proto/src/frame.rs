@@ -1,10 +1,46 @@
 //! Frames carried inside an encrypted link packet. One packet bundles any number of frames
 //! (of any routes) up to the link MTU; zero bytes after the last frame are padding.
 
-use crate::forward::ack::AckFrame;
 use crate::identity::PUBLIC_KEY_LEN;
-use crate::route::RouteId;
+use crate::types::RouteId;
 use crate::wire::DecodeError;
+
+/// How many counters below `largest` one ack frame covers.
+pub const ACK_BITMAP_BITS: u64 = 256;
+/// Encoded size of an ACK frame.
+pub const ACK_FRAME_LEN: usize = 1 + 8 + 4 + ACK_BITMAP_BITS as usize / 8;
+
+/// A selective acknowledgement as carried in an ACK frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckFrame {
+    pub largest: u64,
+    /// How long the receiver held the ack, in microseconds (for RTT samples).
+    pub delay_us: u32,
+    /// Bit `i` (byte `i / 8`, bit `i % 8`) set: counter `largest - 1 - i` was received.
+    pub bitmap: [u8; 32],
+}
+
+impl AckFrame {
+    /// Whether this frame acknowledges `counter`.
+    pub fn covers(&self, counter: u64) -> bool {
+        if counter == self.largest {
+            return true;
+        }
+        if counter > self.largest || self.largest - counter > ACK_BITMAP_BITS {
+            return false;
+        }
+        let i = self.largest - 1 - counter;
+        self.bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0
+    }
+
+    /// Every counter this frame acknowledges.
+    pub fn acked(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.largest).chain((0..ACK_BITMAP_BITS).filter_map(move |i| {
+            let set = self.bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0;
+            (set && self.largest > i).then(|| self.largest - 1 - i)
+        }))
+    }
+}
 
 pub const FRAME_PADDING: u8 = 0x00;
 pub const FRAME_PING: u8 = 0x01;

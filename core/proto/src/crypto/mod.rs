@@ -1,6 +1,7 @@
 //! Cryptographic building blocks: secp256k1 ECDH, HKDF-SHA256 chaining, ChaCha20-Poly1305.
 
 pub mod aead;
+pub mod replay;
 
 use k256::elliptic_curve::sec1::ToEncodedPoint;
 use rand_core::CryptoRngCore;

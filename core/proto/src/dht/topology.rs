@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use super::record::{check_time, Reader, RecordError, MAX_TTL_SECS, ROLE_GATEWAY};
 use super::SignedRecord;
+use crate::graph::Graph;
 use crate::identity::{PublicKey, SecretKey, SIGNATURE_LEN};
-use crate::session::Graph;
 
 /// Links one announcement lists at most.
 pub const MAX_LINKS: usize = 64;

@@ -7,42 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// How many counters below `largest` one ack frame covers.
-pub const ACK_BITMAP_BITS: u64 = 256;
+pub use crate::frame::{AckFrame, ACK_BITMAP_BITS};
 /// A datagram this many counters below the largest acked is lost.
 pub const PACKET_THRESHOLD: u64 = 3;
-
-/// A selective acknowledgement as carried in an ACK frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AckFrame {
-    pub largest: u64,
-    /// How long the receiver held the ack, in microseconds (for RTT samples).
-    pub delay_us: u32,
-    /// Bit `i` (byte `i / 8`, bit `i % 8`) set: counter `largest - 1 - i` was received.
-    pub bitmap: [u8; 32],
-}
-
-impl AckFrame {
-    /// Whether this frame acknowledges `counter`.
-    pub fn covers(&self, counter: u64) -> bool {
-        if counter == self.largest {
-            return true;
-        }
-        if counter > self.largest || self.largest - counter > ACK_BITMAP_BITS {
-            return false;
-        }
-        let i = self.largest - 1 - counter;
-        self.bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0
-    }
-
-    /// Every counter this frame acknowledges.
-    pub fn acked(&self) -> impl Iterator<Item = u64> + '_ {
-        std::iter::once(self.largest).chain((0..ACK_BITMAP_BITS).filter_map(move |i| {
-            let set = self.bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0;
-            (set && self.largest > i).then(|| self.largest - 1 - i)
-        }))
-    }
-}
 
 /// Receiving side: which datagrams arrived, and when an ack is owed.
 #[derive(Debug, Default)]

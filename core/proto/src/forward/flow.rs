@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::link::LinkId;
-use crate::route::RouteId;
+use crate::types::LinkId;
+use crate::types::RouteId;
 
 /// Credit every flow starts with before the first credit update arrives (both ends assume it).
 pub const INITIAL_CREDIT_BYTES: u64 = 64 * 1024;

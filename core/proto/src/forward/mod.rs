@@ -15,38 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
-use crate::link::LinkId;
-use crate::route::RouteId;
 use crate::stats::Reject;
+use crate::types::LinkId;
+use crate::types::RouteId;
+pub use crate::types::{Class, Dir};
 use ack::{AckFrame, AckReceiver, AckSender, Sent};
 use flow::{Accept, BufPool, Flow};
 pub use flow::{FlowStats, INITIAL_CREDIT_BYTES};
-
-/// Service class of a route message. Realtime frames always go first; bulk fills the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Class {
-    Realtime = 0,
-    Bulk = 1,
-}
-
-impl Class {
-    pub const ALL: [Class; 2] = [Class::Realtime, Class::Bulk];
-
-    pub fn from_u8(v: u8) -> Option<Class> {
-        match v {
-            0 => Some(Class::Realtime),
-            1 => Some(Class::Bulk),
-            _ => None,
-        }
-    }
-}
-
-/// Direction on a route: from the source towards the last hop, or back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dir {
-    Fwd,
-    Back,
-}
 
 /// Names one flow: a route (by this node's id), a direction and a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -763,8 +738,7 @@ impl Forwarder {
     }
 }
 
-/// Encoded size of an ACK frame.
-pub const ACK_FRAME_LEN: usize = 1 + 8 + 4 + 32;
+pub use crate::frame::ACK_FRAME_LEN;
 
 #[cfg(test)]
 mod tests {

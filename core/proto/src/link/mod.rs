@@ -21,22 +21,22 @@
 //! the answering side switches when the first packet under the new key arrives. The previous
 //! receive key (and its replay window) stays valid for [`LinkConfig::old_key_grace`].
 
-pub mod handshake;
 pub mod queue;
-pub mod replay;
 
 use std::time::{Duration, Instant};
 
 use rand_core::CryptoRngCore;
 
+use crate::crypto::replay::ReplayWindow;
 use crate::crypto::{AeadKey, Ephemeral, Secret32, TAG_LEN};
 use crate::frame::Frame;
 use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
+use crate::noise::{self as handshake, EpochKeys, Initiator, Responded};
 use crate::stats::{LinkStats, Reject};
+pub(crate) use crate::types::RngRef;
+pub use crate::types::{Endpoint, Interface, LinkId};
 use crate::wire::{DataHeader, HandshakeResp, DATA_HEADER_LEN};
-use handshake::{EpochKeys, Initiator, Responded};
 use queue::FrameQueue;
-use replay::ReplayWindow;
 
 /// Stop using a key well before its 64-bit counter could wrap.
 pub const REJECT_AFTER_PACKETS: u64 = 1 << 60;
@@ -104,39 +104,6 @@ impl LinkConfig {
         raw - raw % self.pad_to.max(1)
     }
 }
-
-/// A local network interface a link lives on, as the driver numbers them: 0 is unbound (the OS
-/// picks the way out), bound interfaces (a WiFi, a cellular modem) are 1..=255. A link stays
-/// on the interface it was made on; a neighbour reachable over two interfaces has two links.
-/// The initiator's interface is the link's *slot*, carried (authenticated) in the handshake,
-/// so the responder tells the links apart too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Interface(pub u8);
-
-impl Interface {
-    /// No interface chosen: the OS routes the packet.
-    pub const UNBOUND: Interface = Interface(0);
-}
-
-/// A transport address as the node sees it: where the peer is and which local interface
-/// reaches it. Drivers whose sockets are not bound to interfaces use the default (every
-/// address on [`Interface::UNBOUND`]).
-pub trait Endpoint: Clone + Ord + std::fmt::Debug {
-    /// The local interface packets to this address leave through (and arrived on).
-    fn interface(&self) -> Interface {
-        Interface::UNBOUND
-    }
-}
-
-impl Endpoint for u8 {}
-impl Endpoint for u16 {}
-impl Endpoint for u32 {}
-impl Endpoint for u64 {}
-impl Endpoint for usize {}
-
-/// Stable local handle of a link (one per neighbour key and slot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LinkId(pub u32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
@@ -962,23 +929,3 @@ impl<A: Clone> Link<A> {
         }
     }
 }
-
-/// Adapts `&mut dyn CryptoRngCore` to the `impl CryptoRngCore` that k256 takes.
-pub(crate) struct RngRef<'a>(pub &'a mut dyn CryptoRngCore);
-
-impl rand_core::RngCore for RngRef<'_> {
-    fn next_u32(&mut self) -> u32 {
-        self.0.next_u32()
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        self.0.fill_bytes(dest)
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.0.try_fill_bytes(dest)
-    }
-}
-
-impl rand_core::CryptoRng for RngRef<'_> {}

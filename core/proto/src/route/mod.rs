@@ -10,41 +10,22 @@
 //! between opening it on the ingress link and sealing it on the egress link.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
 
+use crate::crypto::replay::ReplayWindow;
 use crate::crypto::{self, dh_static, hkdf, AeadKey, Ephemeral, TAG_LEN};
 use crate::forward::{Class, Delivered, Dir, FlowKey, ForwardConfig, Forwarder};
 use crate::frame::{Frame, PROOF_LEN};
 use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
-use crate::link::replay::ReplayWindow;
-use crate::link::{LinkId, RngRef};
 use crate::stats::Reject;
+pub use crate::types::RouteId;
+use crate::types::{LinkId, RngRef};
 
 mod account;
 pub use account::{AccountingConfig, AccountingStats};
-
-/// A node-local route identifier (never 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RouteId(NonZeroU32);
-
-impl RouteId {
-    pub fn new(v: u32) -> Option<Self> {
-        NonZeroU32::new(v).map(RouteId)
-    }
-    pub fn get(self) -> u32 {
-        self.0.get()
-    }
-}
-
-impl std::fmt::Display for RouteId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:08x}", self.0)
-    }
-}
 
 /// Error codes carried in ROUTE_ERROR frames and EXTEND_FAILED messages.
 pub mod code {

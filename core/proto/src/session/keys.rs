@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::crypto::replay::ReplayWindow;
 use crate::crypto::{hkdf, AeadKey, Secret32, TAG_LEN};
-use crate::link::handshake::EpochKeys;
-use crate::link::replay::ReplayWindow;
+use crate::noise::EpochKeys;
 use crate::wire::{DATA_HEADER_LEN, TYPE_DATA, VERSION};
 
 const REKEY_INFO: &[u8] = b"skyroute session rekey";
@@ -129,7 +129,7 @@ impl SessionKeys {
         if packet.len() < DATA_HEADER_LEN + TAG_LEN {
             return Err(OpenError::Auth);
         }
-        if counter.saturating_add(crate::link::replay::WINDOW) < self.send_floor_hint() {
+        if counter.saturating_add(crate::crypto::replay::WINDOW) < self.send_floor_hint() {
             return Err(OpenError::Replay);
         }
         let (hdr, rest) = packet.split_at_mut(DATA_HEADER_LEN);

@@ -24,7 +24,6 @@
 //! next to the node: applications act on sessions through the host and read them here.
 
 pub mod fec;
-pub mod finder;
 pub mod keys;
 mod path;
 mod state;
@@ -37,18 +36,17 @@ use std::time::{Duration, Instant};
 use rand_core::CryptoRngCore;
 
 use crate::identity::{PublicKey, SecretKey};
-use crate::link::handshake::{self, SESSION_PROLOGUE};
 use crate::link::{Interface, LinkId, RngRef};
 use crate::node::{Event, Node};
+use crate::noise::{self as handshake, SESSION_PROLOGUE};
 use crate::route::{RouteEvent, RouteId};
 use crate::wire::Packet;
 
-pub use finder::{Graph, RouteFinder};
+pub use crate::graph::{Graph, RouteFinder};
 pub use path::PathState;
 use state::{Ctx, Handshake, Session};
 
-/// A session's local index (the peer uses its own; neither depends on routes).
-pub type SessionId = u32;
+pub use crate::types::SessionId;
 
 /// How a session uses its routes. `Fountain` is skyroute's; the others are baselines the
 /// simulator compares it with.
@@ -727,12 +725,12 @@ impl Sessions {
             .values()
             .filter(|p| {
                 let first_down = match p.link {
-                    Some(l) => ctx.node.link(l).is_none_or(|l| l.state != crate::LinkState::Up),
+                    Some(l) => ctx.node.link(l).is_none_or(|l| l.state != crate::link::LinkState::Up),
                     None => p.hops.first().is_none_or(|h| {
                         ctx.node
                             .link_to(h)
                             .and_then(|l| ctx.node.link(l))
-                            .is_none_or(|l| l.state != crate::LinkState::Up)
+                            .is_none_or(|l| l.state != crate::link::LinkState::Up)
                     }),
                 };
                 let stale = p.state == PathState::Suspect && now.saturating_duration_since(p.since) >= cfg.retire_after;
@@ -803,7 +801,7 @@ impl Sessions {
             .node
             .links()
             .into_iter()
-            .filter(|l| l.state == crate::LinkState::Up)
+            .filter(|l| l.state == crate::link::LinkState::Up)
             .map(|l| (l.id, l.peer, l.addr.interface()))
             .collect();
         // Healthy paths per interface: the next route starts on the least used radio.

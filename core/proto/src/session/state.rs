@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use crate::forward::Class;
 use crate::identity::PublicKey;
-use crate::link::handshake::Initiator;
 use crate::link::LinkId;
 use crate::node::Node;
+use crate::noise::Initiator;
 use crate::route::{RouteError, RouteId};
 
 use super::fec::{BlockDecoder, BlockEncoder, MAX_K};

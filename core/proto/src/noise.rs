@@ -1,4 +1,5 @@
-//! The link handshake: Noise IK over secp256k1 (`Noise_IK_secp256k1_ChaChaPoly_SHA256`).
+//! The Noise handshake of links and of end-to-end sessions: IK over secp256k1
+//! (`Noise_IK_secp256k1_ChaChaPoly_SHA256`), the two domain-separated by their prologues.
 //!
 //! ```text
 //!   <- s                      (the initiator knows the responder's static key)

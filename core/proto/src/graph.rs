@@ -1,7 +1,8 @@
 //! Route finding: k node-disjoint routes from this node's view of the graph.
 //!
 //! [`RouteFinder`] is what sessions ask; [`Graph`] is a node-local topology view fed by whoever
-//! knows the topology (the simulator's scenario today, discovery later). Routes are found by
+//! knows the topology (configuration, the simulator's scenario, discovery and the DHT). It
+//! stands below both sessions and discovery so neither imports the other. Routes are found by
 //! repeated shortest-path search (latency-weighted Dijkstra), removing the intermediate nodes
 //! of each route found, so the routes share no relay and lose no more than one route to one
 //! failed node.

@@ -1,0 +1,109 @@
+//! The small values every layer shares: ids of links, routes and sessions, the service
+//! class and direction of route messages, the local interface a link lives on and the
+//! address trait, and the RNG adapter. The bottom of the crate: it imports nothing of ours,
+//! so any layer can use these without importing a layer above it.
+
+use std::num::NonZeroU32;
+
+use rand_core::CryptoRngCore;
+
+/// A local network interface a link lives on, as the driver numbers them: 0 is unbound (the OS
+/// picks the way out), bound interfaces (a WiFi, a cellular modem) are 1..=255. A link stays
+/// on the interface it was made on; a neighbour reachable over two interfaces has two links.
+/// The initiator's interface is the link's *slot*, carried (authenticated) in the handshake,
+/// so the responder tells the links apart too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Interface(pub u8);
+
+impl Interface {
+    /// No interface chosen: the OS routes the packet.
+    pub const UNBOUND: Interface = Interface(0);
+}
+
+/// A transport address as the node sees it: where the peer is and which local interface
+/// reaches it. Drivers whose sockets are not bound to interfaces use the default (every
+/// address on [`Interface::UNBOUND`]).
+pub trait Endpoint: Clone + Ord + std::fmt::Debug {
+    /// The local interface packets to this address leave through (and arrived on).
+    fn interface(&self) -> Interface {
+        Interface::UNBOUND
+    }
+}
+
+impl Endpoint for u8 {}
+impl Endpoint for u16 {}
+impl Endpoint for u32 {}
+impl Endpoint for u64 {}
+impl Endpoint for usize {}
+
+/// Stable local handle of a link (one per neighbour key and slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u32);
+
+/// A node-local route identifier (never 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(NonZeroU32);
+
+impl RouteId {
+    pub fn new(v: u32) -> Option<Self> {
+        NonZeroU32::new(v).map(RouteId)
+    }
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl std::fmt::Display for RouteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+/// Service class of a route message. Realtime frames always go first; bulk fills the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    Realtime = 0,
+    Bulk = 1,
+}
+
+impl Class {
+    pub const ALL: [Class; 2] = [Class::Realtime, Class::Bulk];
+
+    pub fn from_u8(v: u8) -> Option<Class> {
+        match v {
+            0 => Some(Class::Realtime),
+            1 => Some(Class::Bulk),
+            _ => None,
+        }
+    }
+}
+
+/// Direction on a route: from the source towards the last hop, or back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dir {
+    Fwd,
+    Back,
+}
+
+/// A session's local index (the peer uses its own; neither depends on routes).
+pub type SessionId = u32;
+
+/// Adapts `&mut dyn CryptoRngCore` to the `impl CryptoRngCore` that k256 takes.
+pub(crate) struct RngRef<'a>(pub &'a mut dyn CryptoRngCore);
+
+impl rand_core::RngCore for RngRef<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+
+impl rand_core::CryptoRng for RngRef<'_> {}
