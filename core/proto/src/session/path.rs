@@ -71,6 +71,59 @@ pub struct Path {
     pub rate: f64,
     rate_bytes: usize,
     rate_since: Instant,
+    /// Receive side: the smallest recent (our clock - the sender's stamp) on this path: its
+    /// one-way delay plus the clocks' offset.
+    pub delay_min: WindowedMin,
+    /// The peer's `delay_min` for what we send on this path (from its acks).
+    pub peer_delay_min: Option<u32>,
+}
+
+/// How long one window of [`WindowedMin`] lasts: clocks drift (tens of ppm), so an old
+/// minimum must age out, while a window must be long enough to hold an unqueued packet.
+const DELAY_WINDOW: Duration = Duration::from_secs(10);
+
+/// The smallest of wrapping microsecond values over the current and the previous window.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowedMin {
+    cur: Option<u32>,
+    prev: Option<u32>,
+    since: Option<Instant>,
+}
+
+/// `a < b` for wrapping microsecond values (closer than half the range).
+fn earlier(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+fn min_wrapping(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if earlier(a, b) { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl WindowedMin {
+    pub const fn new() -> Self {
+        WindowedMin { cur: None, prev: None, since: None }
+    }
+
+    pub fn sample(&mut self, now: Instant, v: u32) {
+        if self.since.is_none_or(|s| now.saturating_duration_since(s) >= DELAY_WINDOW) {
+            self.prev = self.cur.take();
+            self.since = Some(now);
+        }
+        self.cur = min_wrapping(self.cur, Some(v));
+    }
+
+    pub fn get(&self) -> Option<u32> {
+        min_wrapping(self.cur, self.prev)
+    }
+}
+
+impl Default for WindowedMin {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn idx(class: Class) -> usize {
@@ -104,7 +157,30 @@ impl Path {
             rate: 0.0,
             rate_bytes: 0,
             rate_since: now,
+            delay_min: WindowedMin::new(),
+            peer_delay_min: None,
         }
+    }
+
+    /// The path's one-way delay when nothing queues. With stamps both ways, and a route as
+    /// fast one way as the other, it is half the sum of both ends' `delay_min` (the clocks'
+    /// offset cancels, and unlike an RTT sample no ack that came back another way is in it);
+    /// before the peer has reported, half the smallest RTT.
+    pub fn base_delay(&self) -> Option<Duration> {
+        match (self.delay_min.get(), self.peer_delay_min) {
+            (Some(ours), Some(theirs)) => {
+                let sum = ours.wrapping_add(theirs) as i32;
+                Some(Duration::from_micros(sum.max(0) as u64 / 2))
+            }
+            _ => self.rtt.min.map(|m| m / 2),
+        }
+    }
+
+    /// How late a packet stamped `delta` (our clock - its stamp) arrived beyond the path's
+    /// quickest recent packet: what it waited in queues and buffers.
+    pub fn queued(&self, delta: u32) -> Duration {
+        let base = self.delay_min.get().unwrap_or(delta);
+        Duration::from_micros((delta.wrapping_sub(base) as i32).max(0) as u64)
     }
 
     pub fn usable(&self) -> bool {

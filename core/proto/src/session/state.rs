@@ -55,6 +55,8 @@ pub(crate) struct Ctx<'a, A> {
 }
 
 pub(crate) struct Session {
+    /// The origin of the session's clock: packets are stamped with the microseconds since.
+    clock: Instant,
     pub id: SessionId,
     pub peer: PublicKey,
     pub initiator: bool,
@@ -124,6 +126,7 @@ fn block_bytes(cfg: &SessionConfig, t: usize) -> usize {
 impl Session {
     pub fn new(id: SessionId, peer: PublicKey, initiator: bool, handshake: Handshake, now: Instant) -> Self {
         Session {
+            clock: now,
             id,
             peer,
             initiator,
@@ -278,7 +281,8 @@ impl Session {
         let Some(p) = self.paths.get_mut(&path) else { return Err(RouteError::UnknownRoute) };
         let seq = p.peek_seq(class);
         let mut body = Vec::with_capacity(1500);
-        wire::encode_header(path, seq, &mut body);
+        let stamp = (ctx.now.saturating_duration_since(self.clock).as_micros() as u64) as u32;
+        wire::encode_header(path, seq, stamp, &mut body);
         let resume = self.resume_out.then(|| Frame::Resume {
             next_block: self.out.keys().next().copied().unwrap_or(self.next_block),
             offset: self.out.values().next().map(|b| b.offset).unwrap_or(self.next_offset),
@@ -346,7 +350,8 @@ impl Session {
         for p in self.paths.values() {
             for last in p.recv_last.iter().flatten() {
                 let i = (last & REALTIME_SEQ != 0) as usize;
-                paths.push(PathReport { path: p.id, last_seq: *last, count: p.recv_count[i] });
+                let min_delay = p.delay_min.get().unwrap_or_default();
+                paths.push(PathReport { path: p.id, last_seq: *last, count: p.recv_count[i], min_delay });
             }
         }
         paths.truncate(MAX_ACK_ENTRIES);
@@ -402,6 +407,9 @@ impl Session {
         self.stats.datagrams_sent += 1;
         let budget_ms = budget.as_millis().min(u16::MAX as u128) as u16;
         let mut sent = false;
+        // A path slower than the budget would only carry a copy the peer must drop.
+        let in_time = |p: &u32| self.paths.get(p).and_then(|p| p.base_delay()).is_none_or(|d| d <= budget);
+        let targets: Vec<u32> = targets.into_iter().filter(in_time).collect();
         for path in targets {
             let f = Frame::Datagram { id, budget_ms, data };
             sent |= self.send_on(ctx, path, Class::Realtime, &[f], None).is_ok();
@@ -623,6 +631,7 @@ impl Session {
             let mut passed = Vec::new();
             if let Some(p) = self.paths.get_mut(&r.path) {
                 p.settle(ctx.now, r.last_seq, |b, e| passed.push((b, e)));
+                p.peer_delay_min = Some(r.min_delay);
             }
             for (b, e) in passed {
                 self.symbol_passed(b, e);
@@ -716,8 +725,11 @@ impl Session {
         }
         self.last_recv = ctx.now;
         self.stats.packets_received += 1;
-        let p = self.paths.get_mut(&body.path).expect("path exists");
+        let Some(p) = self.paths.get_mut(&body.path) else { return };
         p.received(body.path_seq);
+        let delta =
+            (ctx.now.saturating_duration_since(self.clock).as_micros() as u64 as u32).wrapping_sub(body.sent_us);
+        p.delay_min.sample(ctx.now, delta);
         let mut eliciting = false;
         let mut urgent = false;
         for f in &body.frames {
@@ -730,7 +742,7 @@ impl Session {
                 Frame::Datagram { id, budget_ms, data } => {
                     self.last_activity = ctx.now;
                     // Acked after `ack_delay`, so the copies from several paths share one ack.
-                    self.on_datagram(ctx, body.path, *id, *budget_ms, data);
+                    self.on_datagram(ctx, body.path, delta, *id, *budget_ms, data);
                 }
                 Frame::Ack(a) => self.apply_ack(ctx, a),
                 Frame::Probe => urgent = true,
@@ -873,7 +885,7 @@ impl Session {
         }
     }
 
-    fn on_datagram<A>(&mut self, ctx: &mut Ctx<'_, A>, path: u32, id: u32, budget_ms: u16, data: &[u8]) {
+    fn on_datagram<A>(&mut self, ctx: &mut Ctx<'_, A>, path: u32, delta: u32, id: u32, budget_ms: u16, data: &[u8]) {
         let floor = self.dgram_seen.first().copied();
         if self.dgram_seen.contains(&id) || floor.is_some_and(|f| self.dgram_seen.len() >= 4096 && id < f) {
             self.stats.datagrams_duplicate += 1;
@@ -883,9 +895,10 @@ impl Session {
         if self.dgram_seen.len() > 4096 {
             self.dgram_seen.pop_first();
         }
-        // No shared clock: the one-way delay is estimated as half this path's smallest RTT
-        // (an RTT sample also holds ack delays, and may return on another path).
-        let one_way = self.paths.get(&path).and_then(|p| p.rtt.min).map(|s| s / 2).unwrap_or_default();
+        // No shared clock: the delay is the path's base one-way delay plus how long this one
+        // waited beyond the path's quickest recent packet (both from the packets' stamps).
+        let one_way =
+            self.paths.get(&path).map(|p| p.base_delay().unwrap_or_default() + p.queued(delta)).unwrap_or_default();
         if one_way > Duration::from_millis(budget_ms as u64) {
             self.stats.datagrams_late += 1;
             return;

@@ -6,11 +6,11 @@
 //! body, once opened:
 //!
 //! ```text
-//! path u32 | path_seq u32 | frame*
+//! path u32 | path_seq u32 | sent_us u32 | frame*
 //! SYMBOL    0x01 block u32, offset u64, block_len u32, esi u32, sym_len u16, data
 //! DATAGRAM  0x02 id u32, budget_ms u16, len u16, data
 //! ACK       0x03 ack_seq u32, next_block u32, n u8, n x (block u32, received u16, source_bits u64),
-//!                m u8, m x (path u32, last_seq u32, count u32)
+//!                m u8, m x (path u32, last_seq u32, count u32, min_delay u32)
 //! PROBE     0x04
 //! RESUME    0x05 next_block u32, offset u64, recv_next u32, fresh u8
 //! CLOSE     0x06
@@ -18,6 +18,10 @@
 //! ```
 //! PADDING   0x00 to the end (zeros): bodies are padded to a multiple of 16 bytes.
 //! All integers big-endian. `received == DECODED` marks a block decoded out of order.
+//! `sent_us` is the sender's session clock in microseconds (wrapping); a receiver's
+//! `min_delay` for a path is the smallest recent `receive clock - sent_us` of the packets it
+//! got on that path (wrapping): one-way delay plus the clocks' offset, which cancels when both
+//! directions' values are added (see `Path::base_delay`).
 
 use thiserror::Error;
 
@@ -34,8 +38,8 @@ pub const PATH_CLOSE: u8 = 0x07;
 
 /// `received` value of a block the receiver has decoded.
 pub const DECODED: u16 = u16::MAX;
-/// Length of the body header (path, path_seq).
-pub const BODY_HEADER_LEN: usize = 8;
+/// Length of the body header (path, path_seq, sent_us).
+pub const BODY_HEADER_LEN: usize = 12;
 /// Bytes a SYMBOL frame adds to its data.
 pub const SYMBOL_OVERHEAD: usize = 1 + 4 + 8 + 4 + 4 + 2;
 /// Length of a RESUME frame.
@@ -81,6 +85,9 @@ pub struct PathReport {
     pub last_seq: u32,
     /// Packets received on the path (cumulative).
     pub count: u32,
+    /// The reporter's smallest recent (receive clock - sender's stamp) on the path, in
+    /// microseconds, wrapping.
+    pub min_delay: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +171,7 @@ impl Frame<'_> {
                     out.extend_from_slice(&p.path.to_be_bytes());
                     out.extend_from_slice(&p.last_seq.to_be_bytes());
                     out.extend_from_slice(&p.count.to_be_bytes());
+                    out.extend_from_slice(&p.min_delay.to_be_bytes());
                 }
             }
             Frame::Probe => out.push(PROBE),
@@ -188,13 +196,16 @@ impl Frame<'_> {
 pub struct Body<'a> {
     pub path: u32,
     pub path_seq: u32,
+    /// The sender's clock when it sealed the packet (microseconds, wrapping).
+    pub sent_us: u32,
     pub frames: Vec<Frame<'a>>,
 }
 
 /// Writes the body header.
-pub fn encode_header(path: u32, path_seq: u32, out: &mut Vec<u8>) {
+pub fn encode_header(path: u32, path_seq: u32, sent_us: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&path.to_be_bytes());
     out.extend_from_slice(&path_seq.to_be_bytes());
+    out.extend_from_slice(&sent_us.to_be_bytes());
 }
 
 /// Pads a body (header and frames) to a multiple of 16 bytes.
@@ -209,6 +220,7 @@ pub fn parse_body(buf: &[u8]) -> Result<Body<'_>, FrameError> {
     let mut r = Reader { buf };
     let path = r.u32()?;
     let path_seq = r.u32()?;
+    let sent_us = r.u32()?;
     let mut frames = Vec::new();
     while !r.buf.is_empty() {
         let t = r.u8()?;
@@ -250,7 +262,7 @@ pub fn parse_body(buf: &[u8]) -> Result<Body<'_>, FrameError> {
                 }
                 let mut paths = Vec::with_capacity(m);
                 for _ in 0..m {
-                    paths.push(PathReport { path: r.u32()?, last_seq: r.u32()?, count: r.u32()? });
+                    paths.push(PathReport { path: r.u32()?, last_seq: r.u32()?, count: r.u32()?, min_delay: r.u32()? });
                 }
                 Frame::Ack(Ack { ack_seq, next_block, blocks, paths })
             }
@@ -276,7 +288,7 @@ pub fn parse_body(buf: &[u8]) -> Result<Body<'_>, FrameError> {
         };
         frames.push(f);
     }
-    Ok(Body { path, path_seq, frames })
+    Ok(Body { path, path_seq, sent_us, frames })
 }
 
 #[cfg(test)]
@@ -293,7 +305,7 @@ mod tests {
                 ack_seq: 3,
                 next_block: 5,
                 blocks: vec![BlockAck { block: 6, received: DECODED, source_bits: u64::MAX }],
-                paths: vec![PathReport { path: 2, last_seq: 99, count: 98 }],
+                paths: vec![PathReport { path: 2, last_seq: 99, count: 98, min_delay: 0xffff_fff0 }],
             }),
             Frame::Probe,
             Frame::Resume { next_block: 4, offset: 4096, recv_next: 2, fresh: true },
@@ -301,12 +313,12 @@ mod tests {
             Frame::PathClose { path: 1 },
         ];
         let mut buf = Vec::new();
-        encode_header(3, 44, &mut buf);
+        encode_header(3, 44, 0xdead_beef, &mut buf);
         for f in &frames {
             f.encode(&mut buf);
         }
         let body = parse_body(&buf).unwrap();
-        assert_eq!((body.path, body.path_seq), (3, 44));
+        assert_eq!((body.path, body.path_seq, body.sent_us), (3, 44, 0xdead_beef));
         assert_eq!(body.frames, frames);
         for cut in 0..buf.len() {
             // Every strict prefix either parses to fewer frames or is a typed error.
