@@ -68,7 +68,7 @@ fn eight_hop_delivers_1mib_intact_and_hops_hold_one_entry_each() {
         assert_eq!(w.node(i).route_count(), 1, "node {i} holds exactly one entry for the route");
     }
     // Both directions: the last hop answers on the same route.
-    w.act(0, |n, now| n.send(now, route, b"ping")).unwrap();
+    w.act(0, |n, now| n.send(now, route, skyroute_proto::Class::Bulk, b"ping")).unwrap();
     let evs = settle(&mut w, Duration::from_secs(1));
     let (_, Event::Route(RouteEvent::Data { route: far, data, .. })) =
         evs.iter().find(|(n, e)| *n == 8 && matches!(e, Event::Route(RouteEvent::Data { .. }))).cloned().unwrap()
@@ -76,7 +76,7 @@ fn eight_hop_delivers_1mib_intact_and_hops_hold_one_entry_each() {
         unreachable!()
     };
     assert_eq!(data, b"ping");
-    w.act(8, |n, now| n.send(now, far, b"pong")).unwrap();
+    w.act(8, |n, now| n.send(now, far, skyroute_proto::Class::Bulk, b"pong")).unwrap();
     let evs = settle(&mut w, Duration::from_secs(1));
     assert!(evs.contains(&(0, Event::Route(RouteEvent::Data { route, class: Class::Bulk, data: b"pong".to_vec() }))));
 }
@@ -151,7 +151,7 @@ fn close_tears_down_every_hop() {
         assert_eq!(w.node(i).route_count(), 0, "node {i}");
     }
     assert!(evs.iter().any(|(n, e)| *n == 4 && matches!(e, Event::Route(RouteEvent::Closed { .. }))));
-    assert_eq!(w.act(0, |n, now| n.send(now, route, b"x")), Err(RouteError::UnknownRoute));
+    assert_eq!(w.act(0, |n, now| n.send(now, route, skyroute_proto::Class::Bulk, b"x")), Err(RouteError::UnknownRoute));
 }
 
 #[test]
@@ -235,7 +235,7 @@ fn a_virtual_link_carries_many_routes_as_one_entry_at_the_hops_between() {
         let limit = w.now() + Duration::from_secs(60);
         loop {
             for (i, r) in routes.iter().enumerate() {
-                while sent[i] < 40 && w.act(0, |n, now| n.send(now, *r, &msg)).is_ok() {
+                while sent[i] < 40 && w.act(0, |n, now| n.send(now, *r, skyroute_proto::Class::Bulk, &msg)).is_ok() {
                     sent[i] += 1;
                 }
             }
@@ -257,7 +257,7 @@ fn a_virtual_link_carries_many_routes_as_one_entry_at_the_hops_between() {
         assert_eq!(got.keys().filter(|(n, _)| *n == 4).count(), 12);
         // The way back: E answers on its route.
         let &(_, back) = far_ids.iter().find(|(n, _)| *n == 4).unwrap();
-        w.act(4, |n, now| n.send(now, back, b"back")).unwrap();
+        w.act(4, |n, now| n.send(now, back, skyroute_proto::Class::Bulk, b"back")).unwrap();
         let evs = settle(&mut w, Duration::from_secs(2));
         assert!(evs
             .iter()
@@ -425,7 +425,7 @@ fn an_idle_virtual_link_outlives_the_relays_idle_timeout() {
     let r = w.act(0, |n, now| n.open_route(now, None, &[d])).unwrap();
     settle(&mut w, Duration::from_secs(2));
     assert!(w.node(0).route_ready(r));
-    w.act(0, |n, now| n.send(now, r, b"still here")).unwrap();
+    w.act(0, |n, now| n.send(now, r, skyroute_proto::Class::Bulk, b"still here")).unwrap();
     let evs = settle(&mut w, Duration::from_secs(1));
     assert!(evs
         .iter()

@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
             for esi in esis() {
                 let sym = enc.symbol(esi);
                 buf.clear();
-                encode_header(1, esi, &mut buf);
+                encode_header(1, esi, 0, &mut buf);
                 Frame::Symbol { block: 7, offset: 0, block_len: d.len() as u32, esi, data: &sym }.encode(&mut buf);
                 let body = parse_body(&buf).unwrap();
                 let Frame::Symbol { esi, data, .. } = &body.frames[0] else { unreachable!() };

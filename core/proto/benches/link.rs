@@ -48,7 +48,7 @@ fn link_pair() -> (Link<u8>, Link<u8>) {
     a.start_handshake(now, &mut rng, &ka, 11);
     let init_bytes = a.poll_transmit(now).unwrap();
     let Ok(Packet::HandshakeInit(init)) = Packet::parse(&init_bytes) else { panic!() };
-    let r = handshake::respond(&mut rng, &kb, &init, 22).unwrap();
+    let r = handshake::respond(handshake::LINK_PROLOGUE, &mut rng, &kb, &init, 22).unwrap();
     assert!(b.on_handshake_init(now, &kb, &init_bytes, r, 22));
     let resp = b.poll_transmit(now).unwrap();
     let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&resp) else { panic!() };
@@ -275,7 +275,7 @@ fn bench_forward(c: &mut Criterion) {
             let (src, relay, far) = (&mut src[0], &mut relay[0], &mut far[0]);
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                if src.send(now, route, &data).is_err() {
+                if src.send(now, route, skyroute_proto::Class::Bulk, &data).is_err() {
                     // The source's buffer is full of unacked data: let every node catch up.
                     for _ in 0..4 {
                         while let Some(mut t) = next_tx(src, now) {
@@ -292,7 +292,7 @@ fn bench_forward(c: &mut Criterion) {
                             relay.handle_datagram(now, 2, &mut t.1);
                         }
                     }
-                    src.send(now, route, &data).unwrap();
+                    src.send(now, route, skyroute_proto::Class::Bulk, &data).unwrap();
                 }
                 while src.poll_transmit(now, Some(to_b), &mut pkt).is_some() {
                     if pkt.len() < 1000 {
@@ -358,9 +358,9 @@ fn bench_keys(c: &mut Criterion) {
     let kb = SecretKey::generate(&mut rng);
     g.bench_function("handshake", |bch| {
         bch.iter(|| {
-            let (ini, init) = handshake::initiate(&mut rng, &ka, &kb.public_key(), 1, 0);
+            let (ini, init) = handshake::initiate(handshake::LINK_PROLOGUE, &mut rng, &ka, &kb.public_key(), 1, 0);
             let Ok(Packet::HandshakeInit(i)) = Packet::parse(&init) else { panic!() };
-            let r = handshake::respond(&mut rng, &kb, &i, 2).unwrap();
+            let r = handshake::respond(handshake::LINK_PROLOGUE, &mut rng, &kb, &i, 2).unwrap();
             let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&r.packet) else { panic!() };
             black_box(ini.finish(&ka, &resp).unwrap());
         })

@@ -434,8 +434,14 @@ impl<A: crate::link::Endpoint> Node<A> {
             Packet::HandshakeInit(init) => {
                 let Some(from) = from else { return Err(Reject::Handshake) };
                 let idx = self.new_index();
-                let responded = handshake::respond(&mut RngRef(&mut *self.rng), &self.identity, &init, idx)
-                    .map_err(|_| Reject::Handshake)?;
+                let responded = handshake::respond(
+                    handshake::LINK_PROLOGUE,
+                    &mut RngRef(&mut *self.rng),
+                    &self.identity,
+                    &init,
+                    idx,
+                )
+                .map_err(|_| Reject::Handshake)?;
                 let (peer, slot) = (responded.initiator, responded.slot);
                 let id = match self.by_peer.get(&(peer, slot as u16)) {
                     Some(&id) => id,
@@ -777,14 +783,10 @@ impl<A: crate::link::Endpoint> Node<A> {
         router.open(now, rng, &public, &mut table, hops, first)
     }
 
-    /// Sends application bytes on a route as bulk (source to last hop, or back).
-    pub fn send(&mut self, now: Instant, route: RouteId, data: &[u8]) -> Result<(), RouteError> {
-        self.send_class(now, route, Class::Bulk, data)
-    }
-
-    /// Sends application bytes on a route in a service class. `QueueFull` means the route's
-    /// buffer is full: wait for room ([`Node::send_room`]) — that is the backpressure.
-    pub fn send_class(&mut self, now: Instant, route: RouteId, class: Class, data: &[u8]) -> Result<(), RouteError> {
+    /// Sends application bytes on a route (source to last hop, or back) in a service class.
+    /// `QueueFull` means the route's buffer is full: wait for room ([`Node::send_room`]) —
+    /// that is the backpressure.
+    pub fn send(&mut self, now: Instant, route: RouteId, class: Class, data: &[u8]) -> Result<(), RouteError> {
         let mtu = self.route_mtu();
         let (mut table, router, _, _) = self.table();
         router.send(now, &mut table, route, class, data, mtu)

@@ -21,7 +21,8 @@ use crate::wire::{self, HandshakeInit, HandshakeResp, ENC_STATIC_LEN, HANDSHAKE_
 use rand_core::CryptoRngCore;
 
 const PROTOCOL_NAME: &[u8] = b"Noise_IK_secp256k1_ChaChaPoly_SHA256";
-const PROLOGUE: &[u8] = b"skyroute link v1";
+/// The prologue of link handshakes.
+pub const LINK_PROLOGUE: &[u8] = b"skyroute link v1";
 /// The prologue of end-to-end session handshakes: the same pattern, domain-separated from links
 /// so a link handshake can never be replayed as a session handshake or the other way round.
 pub const SESSION_PROLOGUE: &[u8] = b"skyroute session v1";
@@ -87,29 +88,9 @@ pub struct Initiator {
     pub remote: PublicKey,
 }
 
-/// Builds a HandshakeInit packet towards `remote`.
+/// Builds a HandshakeInit packet towards `remote` under `prologue` ([`LINK_PROLOGUE`] or
+/// [`SESSION_PROLOGUE`]); `slot` is the initiator's link slot (0 for sessions).
 pub fn initiate(
-    rng: &mut impl CryptoRngCore,
-    local: &SecretKey,
-    remote: &PublicKey,
-    sender_index: u32,
-    slot: u8,
-) -> (Initiator, Vec<u8>) {
-    initiate_inner(PROLOGUE, rng, local, remote, sender_index, slot)
-}
-
-/// [`initiate`] under another prologue (sessions use [`SESSION_PROLOGUE`]).
-pub fn initiate_with(
-    prologue: &[u8],
-    rng: &mut impl CryptoRngCore,
-    local: &SecretKey,
-    remote: &PublicKey,
-    sender_index: u32,
-) -> (Initiator, Vec<u8>) {
-    initiate_inner(prologue, rng, local, remote, sender_index, 0)
-}
-
-fn initiate_inner(
     prologue: &[u8],
     rng: &mut impl CryptoRngCore,
     local: &SecretKey,
@@ -152,18 +133,8 @@ pub struct Responded {
     pub keys: EpochKeys,
 }
 
-/// Processes a HandshakeInit addressed to `local` and builds the response.
+/// Processes a HandshakeInit addressed to `local` under `prologue` and builds the response.
 pub fn respond(
-    rng: &mut impl CryptoRngCore,
-    local: &SecretKey,
-    init: &HandshakeInit<'_>,
-    responder_index: u32,
-) -> Result<Responded, HandshakeError> {
-    respond_with(PROLOGUE, rng, local, init, responder_index)
-}
-
-/// [`respond`] under another prologue (sessions use [`SESSION_PROLOGUE`]).
-pub fn respond_with(
     prologue: &[u8],
     rng: &mut impl CryptoRngCore,
     local: &SecretKey,
@@ -248,9 +219,9 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
         let a = SecretKey::generate(&mut rng);
         let b = SecretKey::generate(&mut rng);
-        let (ini, init_pkt) = initiate(&mut rng, &a, &b.public_key(), 11, 0);
+        let (ini, init_pkt) = initiate(LINK_PROLOGUE, &mut rng, &a, &b.public_key(), 11, 0);
         let Ok(Packet::HandshakeInit(init)) = Packet::parse(&init_pkt) else { panic!() };
-        let r = respond(&mut rng, &b, &init, 22).unwrap();
+        let r = respond(LINK_PROLOGUE, &mut rng, &b, &init, 22).unwrap();
         assert_eq!(r.initiator, a.public_key());
         let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&r.packet) else { panic!() };
         assert_eq!((resp.sender_index, resp.receiver_index), (22, 11));
@@ -261,11 +232,11 @@ mod tests {
 
         // A third party's key cannot answer: the responder needs b's secret.
         let c = SecretKey::generate(&mut rng);
-        assert!(respond(&mut rng, &c, &init, 5).is_err());
+        assert!(respond(LINK_PROLOGUE, &mut rng, &c, &init, 5).is_err());
         // A flipped index is detected.
         let mut bad = init_pkt.clone();
         bad[5] ^= 1;
         let Ok(Packet::HandshakeInit(bad_init)) = Packet::parse(&bad) else { panic!() };
-        assert_eq!(respond(&mut rng, &b, &bad_init, 5).err(), Some(HandshakeError::Decrypt));
+        assert_eq!(respond(LINK_PROLOGUE, &mut rng, &b, &bad_init, 5).err(), Some(HandshakeError::Decrypt));
     }
 }

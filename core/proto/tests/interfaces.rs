@@ -215,7 +215,7 @@ fn a_neighbour_over_two_interfaces_has_two_links_that_stay_on_their_interface() 
     assert!(w.node(PHONE).route_ready(route));
     for _ in 0..20 {
         let now = w.now;
-        w.phone().send(now, route, &[7; 1000]).unwrap();
+        w.phone().send(now, route, skyroute_proto::Class::Bulk, &[7; 1000]).unwrap();
         w.run(Duration::from_millis(10));
     }
     w.run(Duration::from_millis(300));

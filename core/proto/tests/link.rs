@@ -119,7 +119,7 @@ impl Pair {
     fn traffic(&mut self, route: skyroute_proto::RouteId, n: u32) {
         for i in 0..n {
             let now = self.now;
-            self.nodes[0].send(now, route, &i.to_be_bytes()).unwrap();
+            self.nodes[0].send(now, route, skyroute_proto::Class::Bulk, &i.to_be_bytes()).unwrap();
             self.drive_for(Duration::from_millis(100));
         }
     }
@@ -162,7 +162,7 @@ fn rekeys_about_every_second_without_losing_data() {
     for i in 0u32..100 {
         let now = p.now;
         let msg = i.to_be_bytes().to_vec();
-        p.nodes[0].send(now, r, &msg).unwrap();
+        p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, &msg).unwrap();
         expected.push(msg);
         // 100 ms steps: rekeys happen while data is in flight.
         p.drive_for(Duration::from_millis(100));
@@ -185,7 +185,7 @@ fn rekey_by_packet_count() {
     let r = p.route();
     for i in 0u32..400 {
         let now = p.now;
-        p.nodes[0].send(now, r, &i.to_be_bytes()).unwrap();
+        p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, &i.to_be_bytes()).unwrap();
         p.drive_for(Duration::from_millis(1));
     }
     let rekeys = p.nodes[0].links()[0].stats.rekeys;
@@ -266,7 +266,7 @@ fn replayed_packets_are_rejected_before_and_after_rekey() {
     p.drive_for(Duration::from_millis(5));
     let r = p.route();
     let now = p.now;
-    p.nodes[0].send(now, r, b"once").unwrap();
+    p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"once").unwrap();
     p.drive_for(Duration::from_millis(5));
     let last_data = p
         .sent
@@ -347,7 +347,7 @@ fn bad_input_is_typed_counted_and_harmless() {
 
     // The link and its route keep working.
     let now = p.now;
-    p.nodes[0].send(now, r, b"still fine").unwrap();
+    p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"still fine").unwrap();
     p.drive_for(Duration::from_millis(5));
     assert_eq!(p.received(1), vec![b"still fine".to_vec()]);
     assert_eq!(p.link_state(1), LinkState::Up);
@@ -367,7 +367,7 @@ fn dead_peer_is_detected_on_demand_and_redialled() {
     assert!(p.events.iter().flatten().all(|e| !matches!(e, Event::LinkDown { .. })));
     // Data that goes unanswered is: within `dead_after` (4 s) plus a retransmission timeout.
     let now = p.now;
-    p.nodes[0].send(now, r, b"anyone?").unwrap();
+    p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"anyone?").unwrap();
     p.drive_for(Duration::from_secs(6));
     assert!(p.events[0].iter().any(|e| matches!(e, Event::LinkDown { reason: DownReason::Timeout, .. })));
     assert!(p.events[1].iter().all(|e| !matches!(e, Event::LinkDown { .. })), "the silent side sent nothing");
@@ -402,7 +402,7 @@ fn an_idle_link_is_silent_and_asks_for_no_timer() {
     // first, then the message under the new keys; nothing goes out under the old key.
     let before = p.sent.len();
     let now = p.now;
-    p.nodes[0].send(now, r, b"back").unwrap();
+    p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"back").unwrap();
     p.drive_for(Duration::from_millis(20));
     assert!(p.received(1).contains(&b"back".to_vec()));
     let first = p.first_sent_after(before, 0);
@@ -425,7 +425,7 @@ fn lazy_rekey_rotates_on_the_first_packet_after_idle() {
     // rotation a round trip later.
     let before = p.sent.len();
     let now = p.now;
-    p.nodes[0].send(now, r, b"again").unwrap();
+    p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"again").unwrap();
     p.drive_for(Duration::from_millis(50));
     let first = p.first_sent_after(before, 0);
     assert!(matches!(Packet::parse(&first), Ok(Packet::Data(h)) if Some(h.epoch) == epoch));
@@ -466,7 +466,7 @@ fn peer_restart_rehandshakes() {
     assert_eq!(p.link_state(0), LinkState::Up);
     let r = p.route();
     let now = p.now;
-    p.nodes[0].send(now, r, b"after restart").unwrap();
+    p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"after restart").unwrap();
     p.drive_for(Duration::from_millis(5));
     assert_eq!(p.received(1), vec![b"after restart".to_vec()]);
 }
@@ -482,7 +482,7 @@ fn padding_hides_lengths_to_16_or_32_bytes() {
         let r = p.route();
         for len in [1usize, 5, 17, 100, 333] {
             let now = p.now;
-            p.nodes[0].send(now, r, &vec![7u8; len]).unwrap();
+            p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, &vec![7u8; len]).unwrap();
             p.drive_for(Duration::from_millis(2));
         }
         for (_, b) in &p.sent {
@@ -530,7 +530,7 @@ mod fuzz {
             prop_assert_eq!(counted, fed, "every bad datagram counted once");
             prop_assert_eq!(p.link_state(1), LinkState::Up);
             let now = p.now;
-            p.nodes[0].send(now, r, b"after fuzz").unwrap();
+            p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"after fuzz").unwrap();
             p.drive_for(Duration::from_millis(5));
             prop_assert_eq!(p.received(1), vec![b"after fuzz".to_vec()]);
         }

@@ -320,7 +320,8 @@ impl<A: Clone> Link<A> {
         if let Some(old) = self.handshake.take() {
             self.retired.push(old.state.sender_index);
         }
-        let (state, pkt) = handshake::initiate(&mut RngRef(rng), local, &self.peer, local_index, self.slot);
+        let (state, pkt) =
+            handshake::initiate(handshake::LINK_PROLOGUE, &mut RngRef(rng), local, &self.peer, local_index, self.slot);
         self.handshake = Some(OutgoingHandshake { state, sent: now });
         self.handshake_out = Some(pkt);
         self.handshake_attempts += 1;

@@ -374,7 +374,7 @@ impl Sessions {
         }
         let id = self.alloc_id();
         let (state, packet) =
-            handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id);
+            handshake::initiate(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id, 0);
         let mut s = Session::new(id, dest, true, Handshake::Waiting { state: Box::new(state), packet, sent: now }, now);
         s.routes = routes.map(|r| r.clamp(1, 8));
         self.sessions.insert(id, s);
@@ -622,7 +622,7 @@ impl Sessions {
             self.sessions.values().find(|s| s.answered.as_ref().is_some_and(|(i, _)| *i == raw)).map(|s| s.id);
         if let Some(id) = existing {
             if let Some((_, resp)) = self.sessions.get(&id).and_then(|s| s.answered.clone()) {
-                let _ = node.send_class(now, route, crate::forward::Class::Realtime, &resp);
+                let _ = node.send(now, route, crate::forward::Class::Realtime, &resp);
             }
             return;
         }
@@ -630,7 +630,7 @@ impl Sessions {
         // Known (initiator, index): a re-handshake keeps the session; new: a fresh session.
         let id = self.alloc_id();
         let responded =
-            match handshake::respond_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &init, id) {
+            match handshake::respond(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &init, id) {
                 Ok(r) => r,
                 Err(_) => {
                     self.stats.bad_handshake += 1;
@@ -641,16 +641,12 @@ impl Sessions {
         let (sid, resp) = match self.by_peer_index.get(&key).copied().filter(|s| self.sessions.contains_key(s)) {
             Some(sid) => {
                 // The response must name the session's index, not the fresh one: answer again.
-                let again = match handshake::respond_with(
-                    SESSION_PROLOGUE,
-                    &mut RngRef(&mut *self.rng),
-                    &self.identity,
-                    &init,
-                    sid,
-                ) {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
+                let again =
+                    match handshake::respond(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &init, sid)
+                    {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    };
                 let s = self.sessions.get_mut(&sid).expect("checked");
                 s.fresh = false;
                 s.stats.rehandshakes += 1;
@@ -674,7 +670,7 @@ impl Sessions {
             }
         };
         let _ = sid;
-        let _ = node.send_class(now, route, crate::forward::Class::Realtime, &resp);
+        let _ = node.send(now, route, crate::forward::Class::Realtime, &resp);
     }
 
     fn remove(&mut self, id: SessionId) {
@@ -756,7 +752,7 @@ impl Sessions {
             && s.paths.values().any(|p| p.state != PathState::Building)
         {
             let (state, packet) =
-                handshake::initiate_with(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &s.peer, s.id);
+                handshake::initiate(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &s.peer, s.id, 0);
             s.handshake = Handshake::Waiting { state: Box::new(state), packet, sent: now };
             s.last_recv = now;
             s.send_init_all(&mut ctx);

@@ -302,7 +302,7 @@ impl Session {
             self.stats.rekeys += 1;
             self.recent.rekey(ctx.now);
         }
-        ctx.node.send_class(ctx.now, p.route, class, &pkt).inspect_err(|e| {
+        ctx.node.send(ctx.now, p.route, class, &pkt).inspect_err(|e| {
             if *e == RouteError::QueueFull {
                 p.blocked = true;
             }
@@ -318,7 +318,7 @@ impl Session {
     pub fn send_init<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>, path: u32) {
         let Handshake::Waiting { packet, .. } = &self.handshake else { return };
         let Some(p) = self.paths.get(&path) else { return };
-        if ctx.node.send_class(ctx.now, p.route, Class::Realtime, packet).is_ok() {
+        if ctx.node.send(ctx.now, p.route, Class::Realtime, packet).is_ok() {
             self.stats.route_bytes_sent += packet.len() as u64;
         }
     }

@@ -623,7 +623,7 @@ impl Driver {
                 let _ = reply.send(self.host.node_mut(now).open_route(now, None, &hops));
             }
             Command::SendRoute { route, class, data, reply } => {
-                let _ = reply.send(self.host.node_mut(now).send_class(now, route, class, &data));
+                let _ = reply.send(self.host.node_mut(now).send(now, route, class, &data));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());

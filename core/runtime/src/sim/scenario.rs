@@ -41,7 +41,7 @@ impl BulkSender {
         w.act(node, |n, now| {
             while *pos < data.len() {
                 let end = (*pos + chunk).min(data.len());
-                match n.send_class(now, route, class, &data[*pos..end]) {
+                match n.send(now, route, class, &data[*pos..end]) {
                     Ok(()) => *pos = end,
                     Err(RouteError::QueueFull) => break,
                     Err(_) => break,
@@ -395,7 +395,7 @@ pub fn e2e_baseline(seed: u64, loss: f64, hops: usize, duration: Duration) -> f6
                 }
                 let mut msg = (cursor as u32).to_be_bytes().to_vec();
                 msg.extend_from_slice(&body);
-                if n.send_class(now, route, Class::Bulk, &msg).is_err() {
+                if n.send(now, route, Class::Bulk, &msg).is_err() {
                     break;
                 }
                 cursor = (cursor + 1) % total;
@@ -410,7 +410,7 @@ pub fn e2e_baseline(seed: u64, loss: f64, hops: usize, duration: Duration) -> f6
                 }
             }
             w.act(dst, |n, now| {
-                let _ = n.send_class(now, r, Class::Realtime, &bitmap);
+                let _ = n.send(now, r, Class::Realtime, &bitmap);
             });
             next_report = w.now() + Duration::from_millis(10);
         }
@@ -544,7 +544,7 @@ fn qos_run(seed: u64, hops: usize, rt_class: Class, with_bulk: bool, duration: D
         frame[4..12].copy_from_slice(&((w.now() - start).as_nanos() as u64).to_be_bytes());
         frame[12..20].copy_from_slice(&seq.to_be_bytes());
         seq += 1;
-        if w.act(0, |n, now| n.send_class(now, route, rt_class, &frame)).is_ok() {
+        if w.act(0, |n, now| n.send(now, route, rt_class, &frame)).is_ok() {
             sent_frames += 1;
         }
         next_frame += Duration::from_millis(20);
