@@ -341,8 +341,28 @@ impl Harness {
             }
         }
         let deadline = self.w.now() + Duration::from_secs(60);
+        let debug = std::env::var_os("SKYROUTE_SM_DEBUG").is_some();
         while self.w.now() < deadline {
             self.run(Duration::from_millis(200));
+            if debug {
+                for n in [SRC, DST] {
+                    let s = self.w.host(n).sessions();
+                    for id in s.ids() {
+                        eprintln!("{:?} node {n} session {id}: {:?}\n{:?}", self.w.elapsed(), s.paths(id), s.stats(id));
+                        eprintln!("  rejected {:?} endpoint {:?}", self.w.node(n).stats().rejected, s.endpoint_stats());
+                    }
+                }
+                for n in 0..5 {
+                    let node = self.w.node(n);
+                    for r in node.route_ids() {
+                        for dir in [skyroute_proto::Dir::Fwd, skyroute_proto::Dir::Back] {
+                            if let Some(f) = node.flow_stats(r, dir, skyroute_proto::Class::Bulk) {
+                                eprintln!("  node {n} route {r} {dir:?} bulk {f:?}");
+                            }
+                        }
+                    }
+                }
+            }
             let confirmed = self.w.host(SRC).sessions().stats(self.m.sid).map_or(0, |s| s.stream_bytes_confirmed);
             if self.m.backlog == 0 && confirmed == self.m.written {
                 return;
@@ -425,4 +445,23 @@ fn the_model_reports_what_it_must() {
     assert_eq!(m.failures.len(), 4, "twice: {:?}", m.failures);
     m.on_event(at, SRC, SessionEvent::Failed { session: 1 });
     assert_eq!(m.failures.len(), 5);
+}
+
+/// The second find: a relay crashed, then two routes cut for two seconds while a write waited;
+/// after the network healed the stream stayed stuck.
+#[test]
+fn a_stream_written_while_routes_are_cut_is_confirmed_once_they_heal() {
+    let actions = [
+        Action::KillRelay(1),
+        Action::Write(1),
+        Action::Write(1),
+        Action::Datagram(20),
+        Action::Cut(2, 50),
+        Action::Write(21_489),
+        Action::Cut(0, 2_004),
+        Action::Cut(2, 1_846),
+        Action::Advance(1_944),
+    ];
+    let failures = run_sequence(0, &actions);
+    assert!(failures.is_empty(), "{failures:?}");
 }

@@ -578,7 +578,7 @@ impl Sessions {
                 match initiator_state.finish(&self.identity, &resp) {
                     Ok(keys) => {
                         let first = s.keys.is_none();
-                        s.on_keys(keys::SessionKeys::new(&keys, true, resp.sender_index, now), now);
+                        s.on_keys(&self.config, keys::SessionKeys::new(&keys, true, resp.sender_index, now), now);
                         if first {
                             self.events.push_back(SessionEvent::Established { session: s.id, peer: s.peer });
                         } else {
@@ -650,7 +650,7 @@ impl Sessions {
                 let s = self.sessions.get_mut(&sid).expect("checked");
                 s.fresh = false;
                 s.stats.rehandshakes += 1;
-                s.on_keys(keys::SessionKeys::new(&again.keys, false, sender_index, now), now);
+                s.on_keys(&self.config, keys::SessionKeys::new(&again.keys, false, sender_index, now), now);
                 s.answered = Some((raw, again.packet.clone()));
                 (sid, again.packet)
             }
@@ -660,7 +660,7 @@ impl Sessions {
             }
             None => {
                 let mut s = Session::new(id, responded.initiator, false, Handshake::Done, now);
-                s.on_keys(keys::SessionKeys::new(&responded.keys, false, sender_index, now), now);
+                s.on_keys(&self.config, keys::SessionKeys::new(&responded.keys, false, sender_index, now), now);
                 s.answered = Some((raw, responded.packet.clone()));
                 self.sessions.insert(id, s);
                 self.by_peer_index.insert(key, id);

@@ -225,8 +225,16 @@ impl Session {
         matches!(self.handshake, Handshake::Done) && self.keys.is_some()
     }
 
-    /// Keys were (re)installed: both sides announce where their streams stand.
-    pub fn on_keys(&mut self, keys: SessionKeys, now: Instant) {
+    /// Keys were (re)installed: both sides announce where their streams stand. Keys that
+    /// replace others (a new handshake) make what is in flight under the old ones lost: the
+    /// peer refuses it, and would never report it passed.
+    pub fn on_keys(&mut self, cfg: &SessionConfig, keys: SessionKeys, now: Instant) {
+        if self.keys.is_some() {
+            let ids: Vec<u32> = self.paths.keys().copied().collect();
+            for id in ids {
+                self.path_failed(cfg, id);
+            }
+        }
         self.handshakes += 1;
         self.keys = Some(keys);
         self.handshake = Handshake::Done;
