@@ -377,7 +377,7 @@ impl Harness {
 }
 
 fn cases() -> u32 {
-    std::env::var("SKYROUTE_SM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+    std::env::var("SKYROUTE_SM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
 }
 
 proptest! {
