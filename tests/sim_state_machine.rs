@@ -1,6 +1,6 @@
 //! The whole stack as a state machine (in the style of firezone's `tests/`): random sequences
 //! of what happens to a phone's session - stream writes, deadline datagrams, a relay's wires
-//! cut and restored, a relay killed and restarted, the network changing, time passing (links
+//! cut and restored (on wires that lose up to 20% and reorder), a relay killed and restarted, the network changing, time passing (links
 //! rotate their keys every second, so any wait rekeys), the session closed and reopened, the
 //! peer restarting - run against five simulated nodes through the public `Host` API, checked
 //! against a reference model of what the application must see:
@@ -140,7 +140,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(seed: u64) -> Harness {
+    fn new(seed: u64, loss: f64) -> Harness {
         let mut w = World::new(seed);
         let forward = ForwardConfig { memory_budget_bytes: BUDGET, ..ForwardConfig::default() };
         let nc = NodeConfig { forward, ..NodeConfig::default() };
@@ -149,7 +149,8 @@ impl Harness {
         }
         let mut g = Graph::new();
         for (i, r) in RELAYS.iter().enumerate() {
-            let spec = WireSpec { latency: Duration::from_millis(5 + 7 * i as u64), ..WireSpec::default() };
+            let latency = Duration::from_millis(5 + 7 * i as u64);
+            let spec = WireSpec { latency, loss, jitter: Duration::from_millis(2), ..WireSpec::default() };
             w.add_wire(SRC, *r, spec.clone());
             w.add_wire(*r, DST, spec);
             w.connect(SRC, *r);
@@ -390,8 +391,12 @@ proptest! {
     })]
 
     #[test]
-    fn the_application_sees_what_the_model_says(seed in any::<u64>(), actions in prop::collection::vec(action(), 1..24)) {
-        let mut h = Harness::new(seed);
+    fn the_application_sees_what_the_model_says(
+        seed in any::<u64>(),
+        loss in prop_oneof![3 => Just(0.0), 1 => 0.0..0.2f64],
+        actions in prop::collection::vec(action(), 1..24),
+    ) {
+        let mut h = Harness::new(seed, loss);
         for a in &actions {
             h.apply(a);
             prop_assert!(h.m.failures.is_empty(), "after {a:?}: {:?}", h.m.failures);
@@ -402,8 +407,8 @@ proptest! {
 }
 
 /// Runs one sequence and returns what the model found wrong.
-fn run_sequence(seed: u64, actions: &[Action]) -> Vec<String> {
-    let mut h = Harness::new(seed);
+fn run_sequence(seed: u64, loss: f64, actions: &[Action]) -> Vec<String> {
+    let mut h = Harness::new(seed, loss);
     for a in actions {
         h.apply(a);
     }
@@ -419,7 +424,7 @@ fn run_sequence(seed: u64, actions: &[Action]) -> Vec<String> {
 fn a_datagram_held_behind_a_cut_is_not_delivered_late() {
     let actions =
         [Action::Cut(1, 50), Action::Write(31_601), Action::Write(1), Action::Cut(0, 50), Action::Datagram(20)];
-    let failures = run_sequence(0, &actions);
+    let failures = run_sequence(0, 0.0, &actions);
     assert!(failures.is_empty(), "{failures:?}");
 }
 
@@ -462,6 +467,6 @@ fn a_stream_written_while_routes_are_cut_is_confirmed_once_they_heal() {
         Action::Cut(2, 1_846),
         Action::Advance(1_944),
     ];
-    let failures = run_sequence(0, &actions);
+    let failures = run_sequence(0, 0.0, &actions);
     assert!(failures.is_empty(), "{failures:?}");
 }

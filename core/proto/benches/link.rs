@@ -18,6 +18,9 @@ use skyroute_proto::link::{Link, LinkConfig, LinkId};
 use skyroute_proto::noise as handshake;
 use skyroute_proto::wire::Packet;
 use skyroute_proto::{Event, Node, NodeConfig, RouteEvent, SecretKey};
+#[path = "../tests/common/mod.rs"]
+mod tx;
+use tx::next_tx;
 
 mod common;
 
@@ -418,14 +421,4 @@ fn main() {
     if let Some(h) = m("keys", "handshake") {
         println!("{:<52} {:>6.0}", "full handshakes per second per core (both sides)", 1e9 / h);
     }
-}
-
-/// The node's next datagram and where it goes.
-fn next_tx<A: skyroute_proto::Endpoint>(
-    n: &mut skyroute_proto::Node<A>,
-    now: std::time::Instant,
-) -> Option<(A, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let dst = n.poll_transmit(now, None, &mut buf)?;
-    Some((dst, buf))
 }

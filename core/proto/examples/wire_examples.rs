@@ -8,6 +8,9 @@ use rand_chacha::ChaCha20Rng;
 use skyroute_proto::frame::Frame;
 use skyroute_proto::wire::Packet;
 use skyroute_proto::{Node, NodeConfig, RouteId, SecretKey};
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::next_tx;
 
 fn show(name: &str, bytes: &[u8]) {
     println!("{name} ({} bytes):", bytes.len());
@@ -61,14 +64,4 @@ fn main() {
         f.encode(&mut v);
         show(name, &v);
     }
-}
-
-/// The node's next datagram and where it goes.
-fn next_tx<A: skyroute_proto::Endpoint>(
-    n: &mut skyroute_proto::Node<A>,
-    now: std::time::Instant,
-) -> Option<(A, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let dst = n.poll_transmit(now, None, &mut buf)?;
-    Some((dst, buf))
 }

@@ -716,10 +716,15 @@ impl<A: crate::link::Endpoint> Node<A> {
         self.links.get(&id).map(|l| &l.addr)
     }
 
+    /// The next event (links up and down, routes ready or failed, route data); call until
+    /// `None` after every other call.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
+    /// When [`Node::handle_timeout`] must be called next; `None`: no timer at all.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let keepalive = self.config.route.idle_timeout / 4;
         self.links

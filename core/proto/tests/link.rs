@@ -8,6 +8,8 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use skyroute_proto::wire::{Packet, DATA_HEADER_LEN};
 use skyroute_proto::{DownReason, Event, LinkState, Node, NodeConfig, Reject, RouteEvent, SecretKey};
+mod common;
+use common::next_tx;
 
 struct Pair {
     now: Instant,
@@ -601,14 +603,4 @@ fn network_changed_probes_up_links_and_redials_down_ones_at_once() {
     assert!(p.nodes[0].poll_timeout().unwrap() <= now && waiting > now, "handshake now, not at {waiting:?}");
     p.drive_for(Duration::from_millis(50));
     assert_eq!(p.link_state(0), LinkState::Up);
-}
-
-/// The node's next datagram and where it goes.
-fn next_tx<A: skyroute_proto::Endpoint>(
-    n: &mut skyroute_proto::Node<A>,
-    now: std::time::Instant,
-) -> Option<(A, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let dst = n.poll_transmit(now, None, &mut buf)?;
-    Some((dst, buf))
 }
