@@ -470,3 +470,15 @@ fn a_stream_written_while_routes_are_cut_is_confirmed_once_they_heal() {
     let failures = run_sequence(0, 0.0, &actions);
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// The third find: on lossy wires, early in a session, a copy of a 20 ms datagram went out on
+/// a 24 ms route whose delay neither end had measured yet, and the receiver, with nothing to
+/// go on, took it as in time (26 ms after it was sent). Until a route is measured both ways
+/// the receiver now bounds the delay by what must have happened before the packet left (its
+/// handshake message, the peer's reports of our packets).
+#[test]
+fn an_early_datagram_on_an_unmeasured_route_is_not_delivered_late() {
+    let actions = [Action::Write(1), Action::Write(1), Action::Write(1), Action::Write(18_958), Action::Datagram(20)];
+    let failures = run_sequence(16_506_839_350_927_987_303, 0.131_296_382_990_408_22, &actions);
+    assert!(failures.is_empty(), "{failures:?}");
+}

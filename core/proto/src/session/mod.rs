@@ -375,7 +375,13 @@ impl Sessions {
         let id = self.alloc_id();
         let (state, packet) =
             handshake::initiate(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id, 0);
-        let mut s = Session::new(id, dest, true, Handshake::Waiting { state: Box::new(state), packet, sent: now }, now);
+        let mut s = Session::new(
+            id,
+            dest,
+            true,
+            Handshake::Waiting { state: Box::new(state), packet, sent: now, since: now },
+            now,
+        );
         s.routes = routes.map(|r| r.clamp(1, 8));
         self.sessions.insert(id, s);
         self.maintain(now, node, finder, id);
@@ -571,14 +577,20 @@ impl Sessions {
                     // A duplicate answer (the init went out on several paths).
                     return true;
                 };
-                let Handshake::Waiting { state, .. } = std::mem::replace(&mut s.handshake, Handshake::Done) else {
+                let Handshake::Waiting { state, since, .. } = std::mem::replace(&mut s.handshake, Handshake::Done)
+                else {
                     return true;
                 };
                 let initiator_state = state;
                 match initiator_state.finish(&self.identity, &resp) {
                     Ok(keys) => {
                         let first = s.keys.is_none();
-                        s.on_keys(&self.config, keys::SessionKeys::new(&keys, true, resp.sender_index, now), now);
+                        s.on_keys(
+                            &self.config,
+                            keys::SessionKeys::new(&keys, true, resp.sender_index, now),
+                            now,
+                            since,
+                        );
                         if first {
                             self.events.push_back(SessionEvent::Established { session: s.id, peer: s.peer });
                         } else {
@@ -650,7 +662,7 @@ impl Sessions {
                 let s = self.sessions.get_mut(&sid).expect("checked");
                 s.fresh = false;
                 s.stats.rehandshakes += 1;
-                s.on_keys(&self.config, keys::SessionKeys::new(&again.keys, false, sender_index, now), now);
+                s.on_keys(&self.config, keys::SessionKeys::new(&again.keys, false, sender_index, now), now, now);
                 s.answered = Some((raw, again.packet.clone()));
                 (sid, again.packet)
             }
@@ -660,7 +672,7 @@ impl Sessions {
             }
             None => {
                 let mut s = Session::new(id, responded.initiator, false, Handshake::Done, now);
-                s.on_keys(&self.config, keys::SessionKeys::new(&responded.keys, false, sender_index, now), now);
+                s.on_keys(&self.config, keys::SessionKeys::new(&responded.keys, false, sender_index, now), now, now);
                 s.answered = Some((raw, responded.packet.clone()));
                 self.sessions.insert(id, s);
                 self.by_peer_index.insert(key, id);
@@ -753,7 +765,7 @@ impl Sessions {
         {
             let (state, packet) =
                 handshake::initiate(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &s.peer, s.id, 0);
-            s.handshake = Handshake::Waiting { state: Box::new(state), packet, sent: now };
+            s.handshake = Handshake::Waiting { state: Box::new(state), packet, sent: now, since: now };
             s.last_recv = now;
             s.send_init_all(&mut ctx);
         }

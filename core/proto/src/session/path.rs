@@ -88,11 +88,21 @@ pub struct WindowedMin {
     cur: Option<u32>,
     prev: Option<u32>,
     since: Option<Instant>,
+    samples: u32,
 }
 
 /// `a < b` for wrapping microsecond values (closer than half the range).
 fn earlier(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
+}
+
+/// The smaller of two wrapping microsecond values.
+pub fn min_wrapping_u32(a: u32, b: u32) -> u32 {
+    if earlier(a, b) {
+        a
+    } else {
+        b
+    }
 }
 
 fn min_wrapping(a: Option<u32>, b: Option<u32>) -> Option<u32> {
@@ -104,7 +114,7 @@ fn min_wrapping(a: Option<u32>, b: Option<u32>) -> Option<u32> {
 
 impl WindowedMin {
     pub const fn new() -> Self {
-        WindowedMin { cur: None, prev: None, since: None }
+        WindowedMin { cur: None, prev: None, since: None, samples: 0 }
     }
 
     pub fn sample(&mut self, now: Instant, v: u32) {
@@ -113,6 +123,12 @@ impl WindowedMin {
             self.since = Some(now);
         }
         self.cur = min_wrapping(self.cur, Some(v));
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    /// Samples taken so far (a minimum of a few is not yet a path's quickest).
+    pub fn samples(&self) -> u32 {
+        self.samples
     }
 
     pub fn get(&self) -> Option<u32> {

@@ -16,12 +16,17 @@ use super::path::{Path, PathState, REALTIME_SEQ};
 use super::wire::{self, Ack, BlockAck, Frame, PathReport, DECODED, MAX_ACK_ENTRIES};
 use super::{SessionConfig, SessionEvent, SessionId, SessionStats, Strategy};
 
+/// Packets a path must have delivered before its smallest delay counts as its base.
+const MEASURED_SAMPLES: u32 = 4;
+
 pub(crate) enum Handshake {
     /// Initiator waiting for the response; the init is resent on every new path.
     Waiting {
         state: Box<Initiator>,
         packet: Vec<u8>,
+        /// The last time the init went out, and the first.
         sent: Instant,
+        since: Instant,
     },
     Done,
 }
@@ -57,6 +62,9 @@ pub(crate) struct Ctx<'a, A> {
 pub(crate) struct Session {
     /// The origin of the session's clock: packets are stamped with the microseconds since.
     clock: Instant,
+    /// Everything the peer seals under the current keys left it after this instant of ours
+    /// (our init went out, or our response did): a bound on any such packet's delay.
+    keyed_after: Option<Instant>,
     pub id: SessionId,
     pub peer: PublicKey,
     pub initiator: bool,
@@ -127,6 +135,7 @@ impl Session {
     pub fn new(id: SessionId, peer: PublicKey, initiator: bool, handshake: Handshake, now: Instant) -> Self {
         Session {
             clock: now,
+            keyed_after: None,
             id,
             peer,
             initiator,
@@ -228,7 +237,8 @@ impl Session {
     /// Keys were (re)installed: both sides announce where their streams stand. Keys that
     /// replace others (a new handshake) make what is in flight under the old ones lost: the
     /// peer refuses it, and would never report it passed.
-    pub fn on_keys(&mut self, cfg: &SessionConfig, keys: SessionKeys, now: Instant) {
+    pub fn on_keys(&mut self, cfg: &SessionConfig, keys: SessionKeys, now: Instant, keyed_after: Instant) {
+        self.keyed_after = Some(keyed_after);
         if self.keys.is_some() {
             let ids: Vec<u32> = self.paths.keys().copied().collect();
             for id in ids {
@@ -415,9 +425,12 @@ impl Session {
         self.stats.datagrams_sent += 1;
         let budget_ms = budget.as_millis().min(u16::MAX as u128) as u16;
         let mut sent = false;
-        // A path slower than the budget would only carry a copy the peer must drop.
-        let in_time = |p: &u32| self.paths.get(p).and_then(|p| p.base_delay()).is_none_or(|d| d <= budget);
-        let targets: Vec<u32> = targets.into_iter().filter(in_time).collect();
+        // A path slower than the budget would only carry a copy the peer must drop; one whose
+        // delay is not known yet gets a copy only if no path is known to be in time (early in
+        // a session, before an exchange each way has measured it).
+        let base = |p: &u32| self.paths.get(p).and_then(|p| p.base_delay());
+        let known = targets.iter().any(|p| base(p).is_some_and(|d| d <= budget));
+        let targets: Vec<u32> = targets.iter().copied().filter(|p| base(p).map_or(!known, |d| d <= budget)).collect();
         for path in targets {
             let f = Frame::Datagram { id, budget_ms, data };
             sent |= self.send_on(ctx, path, Class::Realtime, &[f], None).is_ok();
@@ -903,10 +916,21 @@ impl Session {
         if self.dgram_seen.len() > 4096 {
             self.dgram_seen.pop_first();
         }
-        // No shared clock: the delay is the path's base one-way delay plus how long this one
-        // waited beyond the path's quickest recent packet (both from the packets' stamps).
-        let one_way =
-            self.paths.get(&path).map(|p| p.base_delay().unwrap_or_default() + p.queued(delta)).unwrap_or_default();
+        // No shared clock. Once a path is measured both ways: its base one-way delay plus how
+        // long this packet waited beyond the path's quickest recent one (both from stamps).
+        // Before that, a bound that needs no assumption: the packet left after anything the
+        // peer had received from us (our clock then + the peer's smallest report of delay is
+        // at or after its send), and after our handshake message left.
+        let estimate = self
+            .paths
+            .get(&path)
+            .filter(|p| p.delay_min.samples() >= MEASURED_SAMPLES && p.peer_delay_min.is_some())
+            .and_then(|p| Some(p.base_delay()? + p.queued(delta)));
+        let by_reports = self.paths.values().filter_map(|q| q.peer_delay_min).reduce(super::path::min_wrapping_u32);
+        let by_reports = by_reports.map(|m| Duration::from_micros((delta.wrapping_add(m) as i32).max(0) as u64));
+        let by_handshake = self.keyed_after.map(|t| ctx.now.saturating_duration_since(t));
+        let bound = [by_reports, by_handshake].into_iter().flatten().min();
+        let one_way = estimate.or(bound).unwrap_or_default();
         if one_way > Duration::from_millis(budget_ms as u64) {
             self.stats.datagrams_late += 1;
             return;
