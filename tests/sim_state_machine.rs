@@ -475,7 +475,9 @@ fn a_stream_written_while_routes_are_cut_is_confirmed_once_they_heal() {
 /// a 24 ms route whose delay neither end had measured yet, and the receiver, with nothing to
 /// go on, took it as in time (26 ms after it was sent). Until a route is measured both ways
 /// the receiver now bounds the delay by what must have happened before the packet left (its
-/// handshake message, the peer's reports of our packets).
+/// handshake message, the peer's reports of our packets). The sender still copies datagrams
+/// onto unmeasured routes: on the moving car those copies are what save frames when the old
+/// routes die.
 #[test]
 fn an_early_datagram_on_an_unmeasured_route_is_not_delivered_late() {
     let actions = [Action::Write(1), Action::Write(1), Action::Write(1), Action::Write(18_958), Action::Datagram(20)];

@@ -425,12 +425,11 @@ impl Session {
         self.stats.datagrams_sent += 1;
         let budget_ms = budget.as_millis().min(u16::MAX as u128) as u16;
         let mut sent = false;
-        // A path slower than the budget would only carry a copy the peer must drop; one whose
-        // delay is not known yet gets a copy only if no path is known to be in time (early in
-        // a session, before an exchange each way has measured it).
-        let base = |p: &u32| self.paths.get(p).and_then(|p| p.base_delay());
-        let known = targets.iter().any(|p| base(p).is_some_and(|d| d <= budget));
-        let targets: Vec<u32> = targets.iter().copied().filter(|p| base(p).map_or(!known, |d| d <= budget)).collect();
+        // A path measured slower than the budget would only carry a copy the peer must drop.
+        // One not measured yet still gets its copy (the receiver judges it by a bound): copies
+        // on fresh paths are what save frames when the old paths die.
+        let in_time = |p: &u32| self.paths.get(p).and_then(|p| p.base_delay()).is_none_or(|d| d <= budget);
+        let targets: Vec<u32> = targets.into_iter().filter(in_time).collect();
         for path in targets {
             let f = Frame::Datagram { id, budget_ms, data };
             sent |= self.send_on(ctx, path, Class::Realtime, &[f], None).is_ok();
