@@ -281,7 +281,10 @@ impl Session {
         let sealed = ctx.node.route_mtu().saturating_sub(crate::wire::DATA_HEADER_LEN + crate::crypto::TAG_LEN);
         let body = sealed - sealed % 16;
         let room = body.saturating_sub(wire::BODY_HEADER_LEN + wire::RESUME_LEN + wire::SYMBOL_OVERHEAD);
-        (ctx.cfg.symbol_size.min(room) & !15).max(16)
+        // The body pads to 16 bytes, so it is the packet that is sized to a multiple of 16,
+        // not the symbol: a symbol packet carries no padding.
+        let fixed = wire::BODY_HEADER_LEN + wire::SYMBOL_OVERHEAD;
+        (((fixed + ctx.cfg.symbol_size.min(room)) & !15).saturating_sub(fixed)).max(16)
     }
 
     // ---- sending packets -------------------------------------------------------------------
