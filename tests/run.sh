@@ -19,6 +19,12 @@ if grep -rn -E 'tokio::|std::net::|Instant::now\(|SystemTime::now\(|thread::slee
     exit 1
 fi
 
+echo "== the simulator builds without sockets, TLS or the CLI (its tests too) =="
+if cargo tree -p skyroute-sim -e normal,dev --prefix none | grep -E '^(tokio|mio|socket2|quinn|quinn-udp|rustls|rcgen|clap|indicatif|plotters|redb|tun-rs|skyroute) '; then
+    echo "skyroute-sim pulls in an I/O, TLS or CLI crate" >&2
+    exit 1
+fi
+
 echo "== formatting =="
 cargo fmt --all -- --check
 

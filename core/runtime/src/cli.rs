@@ -555,7 +555,7 @@ pub fn run(cli: Cli) -> i32 {
                     );
                     crate::progress::done();
                     if let Some(path) = &plot {
-                        if let Err(e) = crate::sim::plot::moving_car(&r, path) {
+                        if let Err(e) = crate::plot::moving_car(&r, path) {
                             return fail(format!("{}: {e}", path.display()));
                         }
                     }

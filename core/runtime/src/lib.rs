@@ -12,9 +12,11 @@ pub mod escrow;
 pub mod impair;
 pub mod keyfile;
 pub mod netconf;
+pub mod plot;
 pub mod progress;
 pub mod service;
-pub mod sim;
+/// The simulator (its own crate, `skyroute-sim`, which needs no sockets, TLS or CLI).
+pub use skyroute_sim as sim;
 pub mod transport;
 pub mod tun;
 pub mod vpn;

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use skyroute::sim::scenario::{payload, StreamCheck};
-use skyroute::sim::{WireSpec, World};
 use skyroute_proto::host::anchor::Anchor;
 use skyroute_proto::{Event, Graph, NodeConfig, RouteEvent, SessionConfig, SessionEvent, SessionId, Strategy};
+use skyroute_sim::scenario::{payload, StreamCheck};
+use skyroute_sim::{WireSpec, World};
 
 struct Net {
     w: World,
@@ -440,7 +440,7 @@ fn a_responder_refuses_sessions_beyond_its_limit() {
 /// three round trips of the best route, intact, and the session never breaks.
 #[test]
 fn an_idle_phone_is_silent_and_resumes_within_three_round_trips() {
-    use skyroute::sim::idle::idle;
+    use skyroute_sim::idle::idle;
     let off = idle(3, 3.0, 0);
     assert_eq!(off.routed.idle_packets_per_min, 0.0, "{off:?}");
     assert_eq!(off.routed.idle_rekeys_per_min, 0.0, "{off:?}");

@@ -1,7 +1,7 @@
 //! `skyroute sim dht` at reduced size: nodes join, publish signed records and find each other
 //! with 10% of the nodes gone and others answering every lookup with themselves (eclipse).
 
-use skyroute::sim::dht::dht;
+use skyroute_sim::dht::dht;
 
 #[test]
 fn lookups_succeed_with_gone_and_eclipsing_nodes() {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use skyroute::sim::scenario::{eight_hop, payload, transfer};
-use skyroute::sim::{WireSpec, World};
 use skyroute_proto::{Class, Event, NodeConfig, Reject, RouteError, RouteEvent, RouteId};
+use skyroute_sim::scenario::{eight_hop, payload, transfer};
+use skyroute_sim::{WireSpec, World};
 
 /// A line of `n` nodes, all links up.
 fn line(seed: u64, n: usize, configs: impl Fn(usize) -> NodeConfig, spec: WireSpec) -> World {
@@ -324,7 +324,7 @@ fn a_one_way_wire_works_with_a_return_route_and_not_without() {
 /// counts. Over the virtual links, twice the routes leave the backbone's tables as they were.
 #[test]
 fn the_scale_model_counts_what_real_nodes_hold() {
-    use skyroute::sim::scale::{self, Backbone, Shape};
+    use skyroute_sim::scale::{self, Backbone, Shape};
     let s = Shape { backbone: 3, aggs: 6, edges_per_agg: 2 };
     let bb = Backbone::new(&s);
     let build = |seed: u64| {

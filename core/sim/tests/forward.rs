@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use skyroute::sim::scenario::{line, lossy_spec, open_route, payload, qos, transfer, BulkSender, StreamCheck};
-use skyroute::sim::{WireSpec, World};
 use skyroute_proto::{Class, Dir, Event, FlowStats, NodeConfig, Reject, RouteEvent, RouteId};
+use skyroute_sim::scenario::{line, lossy_spec, open_route, payload, qos, transfer, BulkSender, StreamCheck};
+use skyroute_sim::{WireSpec, World};
 
 const KB: u64 = 1024;
 

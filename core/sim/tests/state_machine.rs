@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use skyroute::sim::{WireSpec, World};
 use skyroute_proto::{ForwardConfig, Graph, NodeConfig, SessionConfig, SessionEvent, SessionId};
+use skyroute_sim::{WireSpec, World};
 
 const SRC: usize = 0;
 const RELAYS: [usize; 3] = [1, 2, 3];

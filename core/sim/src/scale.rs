@@ -16,7 +16,7 @@
 //!
 //! Tables are counted with the route layer's rule (the source and every hop of a route hold
 //! one entry; a route over a virtual link holds none between its ends), which
-//! `tests/sim_routes.rs` checks against real nodes building the same routes in the simulator.
+//! `core/sim/tests/routes.rs` checks against real nodes building the same routes in the simulator.
 
 use std::collections::VecDeque;
 

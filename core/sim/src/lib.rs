@@ -1,3 +1,5 @@
+//! # skyroute-sim
+//!
 //! Deterministic network simulator: many nodes running the real protocol code in one process,
 //! in virtual time. Wires have latency, bandwidth, loss, jitter (reordering), duplication and
 //! down windows. One seed drives every random choice (node keys, node RNGs, impairments), so a
@@ -14,7 +16,6 @@ pub mod asymmetric;
 pub mod car;
 pub mod dht;
 pub mod idle;
-pub mod plot;
 pub mod scale;
 pub mod scenario;
 
