@@ -128,7 +128,7 @@ fn run(seed: u64, bytes: usize, fast: &WireSpec, slow: &WireSpec) -> Result<Asym
 /// The scenario: `bytes` over a 40 Mb/s one-way wire with a 1 Mb/s way back, clean and at
 /// 5% loss on the fast wire.
 pub fn asymmetric(seed: u64, bytes: usize) -> Result<AsymmetricReport, String> {
-    let wall = Instant::now();
+    let wall = Instant::now(); // test-only clock: wall time the scenario reports
     let fast = WireSpec { bandwidth: 5_000_000, latency: Duration::from_millis(5), ..WireSpec::default() };
     let slow = WireSpec { bandwidth: 125_000, latency: Duration::from_millis(40), ..WireSpec::default() };
     let mut runs = Vec::new();

@@ -439,7 +439,7 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy) -> Strate
 }
 
 pub fn moving_car(seed: u64, duration: Duration, mut progress: impl FnMut(&str)) -> CarReport {
-    let wall = Instant::now();
+    let wall = Instant::now(); // test-only clock: wall time the scenario reports
     let mut run = |name: &str, s: Strategy| {
         progress(name);
         run_strategy(seed, duration, s)

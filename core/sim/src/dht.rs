@@ -168,7 +168,7 @@ impl Sim {
 
 /// Runs the scenario: `nodes` nodes, `gone` and `eclipse` fractions, `lookups` lookups.
 pub fn dht(seed: u64, nodes: usize, gone: f64, eclipse: f64, lookups: usize) -> DhtReport {
-    let wall = Instant::now();
+    let wall = Instant::now(); // test-only clock: wall time the scenario reports
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let keys: Vec<SecretKey> = (0..nodes).map(|_| SecretKey::generate(&mut rng)).collect();
     let contacts: Vec<Contact> = keys
@@ -177,7 +177,7 @@ pub fn dht(seed: u64, nodes: usize, gone: f64, eclipse: f64, lookups: usize) -> 
         .map(|(i, k)| Contact { key: k.public_key(), addr: format!("sim://{i}:7070") })
         .collect();
     let mut sim = Sim {
-        t0: Instant::now(),
+        t0: Instant::now(), // test-only clock: wall time the scenario reports
         now_us: 0,
         rng: ChaCha20Rng::seed_from_u64(seed ^ 0x5eed),
         nodes: contacts.iter().map(|c| Dht::new(c.clone(), DhtConfig::default())).collect(),

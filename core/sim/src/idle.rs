@@ -123,7 +123,7 @@ fn snapshot(w: &World, phone: usize, sid: SessionId) -> Snapshot {
 
 /// Runs both variants and reports them side by side.
 pub fn idle(seed: u64, minutes: f64, keepalive_s: u64) -> IdleReport {
-    let wall = Instant::now();
+    let wall = Instant::now(); // test-only clock: wall time the scenario reports
     let idle = Duration::from_secs_f64(minutes * 60.0);
     let routed = run(seed, idle, keepalive_s, false);
     let direct = run(seed, idle, keepalive_s, true);

@@ -138,7 +138,7 @@ impl World {
     pub fn new(seed: u64) -> Self {
         // The one clock read: a base instant. Only differences from it matter, so runs are
         // reproducible whatever its value.
-        let start = Instant::now();
+        let start = Instant::now(); // test-only clock: the virtual-time origin (only differences from it matter)
         World {
             start,
             now: start,

@@ -288,7 +288,7 @@ pub fn row(n: usize, seed: u64) -> ScaleRow {
 
 /// Rows for 1k, 10k and 100k nodes (or `sizes`).
 pub fn scale(seed: u64, sizes: &[usize]) -> ScaleReport {
-    let wall = std::time::Instant::now();
+    let wall = std::time::Instant::now(); // test-only clock: wall time the scenario reports
     let rows: Vec<ScaleRow> = sizes.iter().map(|n| row(*n, seed)).collect();
     let (first, last) = (&rows[0], &rows[rows.len() - 1]);
     let ratio = |a: usize, b: usize| b as f64 / a.max(1) as f64;

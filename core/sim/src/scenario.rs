@@ -239,7 +239,7 @@ pub struct EightHopReport {
 /// `eight-hop`: 9 nodes in a line; links handshake; the source telescopes a route over 8 hops
 /// and sends `bytes` through it; the last node checks the SHA-256.
 pub fn eight_hop(seed: u64, bytes: usize) -> EightHopReport {
-    let wall = Instant::now();
+    let wall = Instant::now(); // test-only clock: wall time the scenario reports
     let hops = 8;
     let mut w = World::new(seed);
     let (route_setup, t) =
@@ -324,7 +324,7 @@ fn lossy_config() -> NodeConfig {
 /// sends `bytes` over an 8-hop route with per-hop retransmission; then the same network and
 /// seed with end-to-end retransmission only, measured over `baseline_secs`.
 pub fn eight_hop_loss(seed: u64, loss: f64, bytes: usize, baseline_secs: u64) -> LossReport {
-    let wall = Instant::now();
+    let wall = Instant::now(); // test-only clock: wall time the scenario reports
     let hops = 8;
     let spec = lossy_spec(loss);
     let mut w = World::new(seed);
@@ -572,7 +572,7 @@ fn qos_run(seed: u64, hops: usize, rt_class: Class, with_bulk: bool, duration: D
 /// realtime latency with and without the bulk transfer, for skyroute's two classes and for a
 /// single FIFO class.
 pub fn qos(seed: u64, duration: Duration) -> QosReport {
-    let wall = Instant::now();
+    let wall = Instant::now(); // test-only clock: wall time the scenario reports
     let hops = 3;
     let with = qos_run(seed, hops, Class::Realtime, true, duration);
     let without = qos_run(seed, hops, Class::Realtime, false, duration);

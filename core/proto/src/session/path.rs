@@ -107,7 +107,7 @@ pub fn min_wrapping_u32(a: u32, b: u32) -> u32 {
 
 fn min_wrapping(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(if earlier(a, b) { a } else { b }),
+        (Some(a), Some(b)) => Some(min_wrapping_u32(a, b)),
         (a, b) => a.or(b),
     }
 }
