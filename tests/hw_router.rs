@@ -180,37 +180,14 @@ fn bad_calls(target: Option<&str>) {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-/// The sizes of the static library and of the linked router for `target`, stripped of debug
-/// information (printed for docs/measurements.md).
-fn stripped_sizes(target: Option<&str>) {
-    let name = target.unwrap_or("x86_64");
-    let lib = match target {
-        None => root().join("target/release/libskyroute_ffi.a"),
-        Some(t) => root().join("target").join(t).join("release/libskyroute_ffi.a"),
-    };
-    let router = root().join("hw/router/build").join(target.unwrap_or("host")).join("router");
-    let strip = if target.is_some() { "aarch64-linux-gnu-strip" } else { "strip" };
-    for (what, file, flag) in [("libskyroute_ffi.a", lib, "--strip-debug"), ("router", router, "--strip-all")] {
-        let out = std::env::temp_dir().join(format!("skyroute-stripped-{name}-{what}-{}", std::process::id()));
-        let ok = Command::new(strip).arg(flag).arg("-o").arg(&out).arg(&file).status().is_ok_and(|s| s.success());
-        if ok {
-            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            eprintln!("{what} ({name}): {:.1} MiB stripped ({flag})", size as f64 / (1 << 20) as f64);
-        }
-        let _ = std::fs::remove_file(&out);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_router_relays_10_mib_on_this_machine() {
     relay_through_c_router(None).await;
-    stripped_sizes(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_router_relays_10_mib_as_aarch64_under_qemu() {
     relay_through_c_router(Some(AARCH64)).await;
-    stripped_sizes(Some(AARCH64));
 }
 
 #[test]

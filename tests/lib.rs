@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use skyroute::escrow::{Escrow, Faucet};
+use skyroute_escrow::{Escrow, Faucet};
 
 /// An escrow on a fresh store in the temporary directory, with one account holding `deposit`:
 /// the escrow, that account (id, secret) and the store's directory (remove it when done).

@@ -395,7 +395,7 @@ async fn a_relay_earns_for_the_traffic_it_carried_and_settles_it() {
     let (relay_acct, relay_secret) = escrow.open_account().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || skyroute::escrow::server::run(escrow, listener));
+    std::thread::spawn(move || skyroute_escrow::server::run(escrow, listener));
 
     let price = 300;
     let source = Options {

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use skyroute::escrow::{settle_message, Settle};
-use skyroute::sim::scenario::{open_route, payload, transfer};
-use skyroute::sim::{WireSpec, World};
+use skyroute_escrow::{settle_message, Settle};
+use skyroute_sim::scenario::{open_route, payload, transfer};
+use skyroute_sim::{WireSpec, World};
 use skyroute_proto::accounting::{amount, Policy, ReceiptError, MIB};
 use skyroute_proto::{AccountingStats, Event, NodeConfig, RouteError, RouteEvent, RouteId};
 use skyroute_scenarios::funded_escrow;
@@ -160,7 +160,7 @@ fn hex(b: &[u8]) -> String {
 
 /// Bytes that reached the last hop in `d` of sim time while the source keeps its buffer full.
 fn goodput(w: &mut World, route: RouteId, d: Duration) -> (u64, Option<RouteError>) {
-    let mut tx = skyroute::sim::scenario::BulkSender::new(payload(9, 64 << 20), skyroute_proto::Class::Bulk);
+    let mut tx = skyroute_sim::scenario::BulkSender::new(payload(9, 64 << 20), skyroute_proto::Class::Bulk);
     tx.pump(w, 0, route);
     let mut got = 0u64;
     let mut failed = None;

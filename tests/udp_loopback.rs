@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use rand_core::OsRng;
 use skyroute::driver::{Options, RunningNode};
-use skyroute::impair::{self, Impairment};
-use skyroute::sim::scenario::{payload, StreamCheck};
+use skyroute_cli::impair::{self, Impairment};
+use skyroute_sim::scenario::{payload, StreamCheck};
 use skyroute_proto::{Class, Event, NodeConfig, RouteError, RouteEvent, SecretKey};
 
 async fn node() -> RunningNode {

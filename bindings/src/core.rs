@@ -14,7 +14,8 @@ use skyroute_proto::PublicKey;
 use tokio::sync::mpsc;
 
 /// Every error the bindings report: the uniffi error type, and the C ABI's codes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Error))]
 pub enum SkyrouteError {
     #[error("bad config: {reason}")]
     BadConfig { reason: String },
@@ -70,7 +71,8 @@ const QUEUE: usize = 4096;
 const TUNNEL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Something the platform should hear about (link and session changes, the tunnel).
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum NodeEvent {
     LinkUp {
         peer: String,
@@ -174,6 +176,7 @@ impl NodeCore {
         Ok(core)
     }
 
+    #[cfg(feature = "uniffi")]
     pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.rt
     }

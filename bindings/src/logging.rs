@@ -17,10 +17,7 @@ static INIT: Once = Once::new();
 /// Adds a listener for log lines; returns its id for [`unregister`].
 pub fn register(l: Arc<dyn NodeListener>) -> u64 {
     INIT.call_once(|| {
-        let filter = std::env::var("RUST_LOG")
-            .ok()
-            .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+        let filter = skyroute::daemon::log_filter(None);
         let _ = tracing_subscriber::registry().with(filter).with(Forward).try_init();
     });
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

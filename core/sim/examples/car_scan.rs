@@ -1,10 +1,10 @@
 //! Runs skyroute's strategy of the moving-car scenario over many seeds and prints the worst
 //! figures: a quick way to look for seeds that break the goals.
-//! `cargo run --release -p skyroute --example car_scan -- FIRST LAST [SECONDS]`
+//! `cargo run --release -p skyroute-sim --example car_scan -- FIRST LAST [SECONDS]`
 
 use std::time::Duration;
 
-use skyroute::sim::car::run_strategy;
+use skyroute_sim::car::run_strategy;
 use skyroute_proto::Strategy;
 
 fn main() {

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
-use skyroute::escrow::{settle_request, Escrow, Faucet, Settle, COIN};
+use skyroute_escrow::{settle_request, Escrow, Faucet, Settle, COIN};
 use skyroute_proto::accounting::{Payee, Payer, Policy, MIB};
 use skyroute_proto::{Class, SecretKey};
 
@@ -78,7 +78,7 @@ fn main() {
     // The rest through the process's JSON-lines server (in a thread here).
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || skyroute::escrow::server::run(e, listener));
+    std::thread::spawn(move || skyroute_escrow::server::run(e, listener));
     let s = TcpStream::connect(addr).expect("connect");
     let mut r = BufReader::new(s.try_clone().expect("clone"));
     let mut s = s;

@@ -8,9 +8,9 @@ use skyroute_proto::SecretKey;
 
 use std::time::Duration;
 
-use crate::control::{Reply, Request};
-use crate::keyfile;
-use crate::sim::scenario;
+use skyroute::control::{Reply, Request};
+use skyroute::keyfile;
+use skyroute_sim::scenario;
 
 #[derive(Parser, Debug)]
 #[command(name = "skyroute", version, about = "Multi-route mesh connectivity (Skywire meshnet design).")]
@@ -218,7 +218,7 @@ pub enum VpnCommand {
         #[arg(long = "prefix", value_name = "A.B.C.D/LEN")]
         prefixes: Vec<String>,
         /// The TUN device's name.
-        #[arg(long, default_value = crate::vpn::DEFAULT_CLIENT_TUN)]
+        #[arg(long, default_value = skyroute::vpn::DEFAULT_CLIENT_TUN)]
         tun: String,
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -297,10 +297,10 @@ pub fn run(cli: Cli) -> i32 {
             }
         }
         Command::Node { data_dir, config } => {
-            crate::daemon::run(data_dir.unwrap_or_else(keyfile::default_data_dir), config)
+            skyroute::daemon::run(data_dir.unwrap_or_else(keyfile::default_data_dir), config)
         }
         Command::Status { data_dir, json } => {
-            match crate::daemon::status(&data_dir.unwrap_or_else(keyfile::default_data_dir)) {
+            match skyroute::daemon::status(&data_dir.unwrap_or_else(keyfile::default_data_dir)) {
                 Ok(s) => {
                     if json {
                         print!("{}", to_json(&s));
@@ -318,7 +318,7 @@ pub fn run(cli: Cli) -> i32 {
                 return fail(format!("{}: {e}", dir.display()));
             }
             // The faucet stands in for a chain: every deposit is credited.
-            let escrow = match crate::escrow::Escrow::open(&dir.join("escrow.redb"), Box::new(crate::escrow::Faucet)) {
+            let escrow = match skyroute_escrow::Escrow::open(&dir.join("escrow.redb"), Box::new(skyroute_escrow::Faucet)) {
                 Ok(e) => e,
                 Err(e) => return fail(e),
             };
@@ -327,13 +327,13 @@ pub fn run(cli: Cli) -> i32 {
                 Err(e) => return fail(format!("{listen}: {e}")),
             };
             eprintln!("skyroute escrow: {} (test faucet as the chain)", listener.local_addr().map_or(listen, |a| a));
-            match crate::escrow::server::run(escrow, listener) {
+            match skyroute_escrow::server::run(escrow, listener) {
                 Ok(()) => 0,
                 Err(e) => fail(e),
             }
         }
         Command::Lookup { target, connect, data_dir, json } => {
-            if let Err(e) = target.parse::<crate::driver::LookupTarget>() {
+            if let Err(e) = target.parse::<skyroute::driver::LookupTarget>() {
                 return fail(e);
             }
             ask(data_dir, Request::Lookup { target, connect }, Duration::from_secs(30), |r| {
@@ -408,7 +408,7 @@ pub fn run(cli: Cli) -> i32 {
             let dir = data_dir.unwrap_or_else(keyfile::default_data_dir);
             let deadline = std::time::Instant::now() + Duration::from_secs(wait);
             loop {
-                let list = match crate::daemon::request(&dir, &Request::Received, Duration::from_secs(5)) {
+                let list = match skyroute::daemon::request(&dir, &Request::Received, Duration::from_secs(5)) {
                     Ok(r) => r.received.unwrap_or_default(),
                     Err(e) => return fail(e),
                 };
@@ -503,7 +503,7 @@ pub fn run(cli: Cli) -> i32 {
                     let r = scenario::eight_hop_loss(seed, loss, bytes.unwrap_or(10 << 20), 60);
                     (if json { to_json(&r) } else { r.table() }, r.intact)
                 }
-                Scenario::Asymmetric => match crate::sim::asymmetric::asymmetric(seed, bytes.unwrap_or(16 << 20)) {
+                Scenario::Asymmetric => match skyroute_sim::asymmetric::asymmetric(seed, bytes.unwrap_or(16 << 20)) {
                     Ok(r) => {
                         let ok = r.runs.iter().all(|x| x.intact);
                         (if json { to_json(&r) } else { r.table() }, ok)
@@ -516,7 +516,7 @@ pub fn run(cli: Cli) -> i32 {
                         Some(_) => return fail("--nodes must be 50 to 10000000"),
                         None => vec![1_000, 10_000, 100_000],
                     };
-                    let r = crate::sim::scale::scale(seed, &sizes);
+                    let r = skyroute_sim::scale::scale(seed, &sizes);
                     (if json { to_json(&r) } else { r.table() }, true)
                 }
                 Scenario::Qos => {
@@ -532,14 +532,14 @@ pub fn run(cli: Cli) -> i32 {
                     if !(1..=1_000_000).contains(&lookups) {
                         return fail("--lookups must be 1 to 1000000");
                     }
-                    let r = crate::sim::dht::dht(seed, n, gone, eclipse, lookups);
+                    let r = skyroute_sim::dht::dht(seed, n, gone, eclipse, lookups);
                     (if json { to_json(&r) } else { r.table() }, r.success_rate > 0.0)
                 }
                 Scenario::Idle => {
                     if !(0.5..=24.0 * 60.0).contains(&minutes) || keepalive_s > 3600 {
                         return fail("--minutes must be 0.5 to 1440, --keepalive-s at most 3600");
                     }
-                    let r = crate::sim::idle::idle(seed, minutes, keepalive_s);
+                    let r = skyroute_sim::idle::idle(seed, minutes, keepalive_s);
                     let ok = r.routed.resume_intact && r.direct_resume_intact && r.routed.session_breaks == 0;
                     (if json { to_json(&r) } else { r.table() }, ok)
                 }
@@ -548,7 +548,7 @@ pub fn run(cli: Cli) -> i32 {
                     if !(1.0..=86_400.0).contains(&secs) {
                         return fail(format!("--duration must be between 1 and 86400 seconds, got {secs}"));
                     }
-                    let r = crate::sim::car::moving_car(
+                    let r = skyroute_sim::car::moving_car(
                         seed,
                         std::time::Duration::from_secs_f64(secs),
                         crate::progress::stage,
@@ -588,7 +588,7 @@ fn vpn(command: VpnCommand) -> i32 {
     }
 }
 
-fn vpn_table(v: &crate::control::VpnReport) -> String {
+fn vpn_table(v: &skyroute::control::VpnReport) -> String {
     let mut s = format!("interface {}  routes {}\n", v.interface, v.routes.join(" "));
     match &v.tunnel {
         Some(t) => {
@@ -616,7 +616,7 @@ fn vpn_table(v: &crate::control::VpnReport) -> String {
 /// Sends one request to the node in `data_dir`; prints what `show` makes of a good reply.
 fn ask(data_dir: Option<PathBuf>, req: Request, timeout: Duration, show: impl Fn(&Reply) -> Option<String>) -> i32 {
     let dir = data_dir.unwrap_or_else(keyfile::default_data_dir);
-    match crate::daemon::request(&dir, &req, timeout) {
+    match skyroute::daemon::request(&dir, &req, timeout) {
         Ok(r) if r.ok => match show(&r) {
             Some(text) => {
                 print!("{text}");

@@ -1,36 +1,16 @@
-//! The escrow (seed: "incentives: payment protocol"): a third party that holds sources' coins
-//! in anonymous accounts and pays hops against the sources' receipts, off-chain.
-//!
-//! An account is a random id and a secret (its hash is stored): nothing ties it to a node
-//! key, and a node may open as many as it likes (a source uses several unlinkable accounts,
-//! a relay too). Coins come in through a [`Chain`] (the test [`Faucet`] stands in for a real
-//! chain client). The owner authorises route keys to spend from an account; a hop settles a
-//! [`Receipt`] of such a key into an account of its own, proving with its route key's
-//! signature that the receipt is its own; that first settlement binds the route key to the
-//! account, so later receipts of the route (which can only pay that account) need only the
-//! payer's signature checked. Receipts are cumulative: the escrow keeps what it
-//! paid per (payer, payee) and pays only the difference, so a receipt settled twice pays once
-//! and an older one pays nothing. A settlement that the payer's balance cannot cover is
-//! refused whole. Balances above the threshold (1 coin) can be withdrawn to an address.
-//!
-//! State lives in `redb` (an embedded, transactional, crash-safe store): every request is one
-//! write transaction, so a process killed at any instant restarts with every request either
-//! applied or not.
-
-pub mod server;
+//! The store: anonymous accounts, spenders and what each receipt paid, in redb.
 
 use std::path::Path;
 
 use rand_core::{OsRng, RngCore};
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use skyroute_proto::accounting::Receipt;
-use skyroute_proto::{PublicKey, SecretKey};
+use skyroute_proto::PublicKey;
+
+use crate::request::{settle_message, Settle, Settled, COIN};
 use subtle::ConstantTimeEq;
 
-/// The smallest units in a coin.
-pub const COIN: u64 = 1_000_000;
 
 const ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("accounts");
 const SPENDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("spenders");
@@ -39,7 +19,6 @@ const WITHDRAWALS: TableDefinition<u64, &[u8]> = TableDefinition::new("withdrawa
 /// Payee route key -> the account its receipts pay (bound by its first signed settlement).
 const PAYEES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("payees");
 
-const SETTLE_LABEL: &[u8] = b"skyroute settle v1";
 const ID_LEN: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,46 +94,6 @@ impl Chain for Faucet {
     fn withdraw(&self, address: &str, amount: u64) -> Result<String, String> {
         Ok(hex::encode(&Sha256::digest(format!("{address}:{amount}").as_bytes())[..16]))
     }
-}
-
-/// A hop's request to be paid: the receipt, the account to credit, and the payee route key's
-/// signature over both (only the receipt's payee can settle it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Settle {
-    /// The receipt's encoding, hex.
-    pub receipt: String,
-    pub account: String,
-    /// Hex: the payee key's signature over [`settle_message`].
-    pub payee_sig: String,
-}
-
-/// What the payee signs to settle `receipt` into `account`.
-pub fn settle_message(receipt: &[u8], account: &str) -> Vec<u8> {
-    [SETTLE_LABEL, account.as_bytes(), receipt].concat()
-}
-
-/// Builds a settle request (the hop's side).
-pub fn settle_request(payee: &SecretKey, receipt: &Receipt, account: &str) -> Settle {
-    let sig = payee.sign(&settle_message(&receipt.encode(), account));
-    Settle::signed(receipt, account, &sig)
-}
-
-impl Settle {
-    /// A settle request from a receipt and the payee's signature over [`settle_message`]
-    /// (as `Node::settlements` returns them).
-    pub fn signed(receipt: &Receipt, account: &str, payee_sig: &[u8]) -> Settle {
-        Settle {
-            receipt: hex::encode(receipt.encode()),
-            account: account.to_string(),
-            payee_sig: hex::encode(payee_sig),
-        }
-    }
-}
-
-/// The outcome of one settlement: what moved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Settled {
-    pub paid: u64,
 }
 
 /// A settle request whose signatures checked out.

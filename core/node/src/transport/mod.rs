@@ -9,6 +9,11 @@
 
 pub mod iface;
 pub mod pool;
+#[cfg(feature = "quic")]
+pub mod quic;
+/// Without the `quic` feature: a QUIC transport that cannot be started.
+#[cfg(not(feature = "quic"))]
+#[path = "quic_off.rs"]
 pub mod quic;
 pub mod tcp;
 pub mod udp;

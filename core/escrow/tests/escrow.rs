@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use rand_core::OsRng;
-use skyroute::escrow::{settle_request, Escrow, EscrowError, Faucet, Settle, COIN};
+use skyroute_escrow::{settle_request, Escrow, EscrowError, Faucet, Settle, COIN};
 use skyroute_proto::accounting::{Payee, Payer, Policy, Receipt, MIB};
 use skyroute_proto::{Class, SecretKey};
 
@@ -54,7 +54,7 @@ fn receipts_pay_once_and_only_from_what_the_payer_holds() {
     assert_eq!(e.authorize(&src, &src_secret, &route.payer.public_key()), Err(EscrowError::KeyTaken));
     let r1 = route.carry(100);
     let s1 = settle_request(&route.payee_key, &r1, &hop);
-    let paid = |v: Vec<Result<skyroute::escrow::Settled, EscrowError>>| v.into_iter().next().unwrap();
+    let paid = |v: Vec<Result<skyroute_escrow::Settled, EscrowError>>| v.into_iter().next().unwrap();
     assert_eq!(paid(e.settle(std::slice::from_ref(&s1)).unwrap()).unwrap().paid, 100_000);
     // The same receipt again pays nothing; a newer one pays the difference; the older one
     // after it pays nothing.
@@ -68,7 +68,7 @@ fn receipts_pay_once_and_only_from_what_the_payer_holds() {
     let (ra, rb) = (route.carry(5), route.carry(5));
     let out =
         e.settle(&[settle_request(&route.payee_key, &ra, &hop), settle_request(&route.payee_key, &rb, &hop)]).unwrap();
-    assert_eq!(out, vec![Err(EscrowError::Superseded), Ok(skyroute::escrow::Settled { paid: 10_000 })]);
+    assert_eq!(out, vec![Err(EscrowError::Superseded), Ok(skyroute_escrow::Settled { paid: 10_000 })]);
     assert_eq!(e.balance(&src, &src_secret).unwrap(), 3 * COIN - 160_000);
     let hop_before_fresh = e.balance(&hop, &hop_secret).unwrap();
     // Someone else cannot settle the hop's receipt into another account: the route key is
@@ -170,9 +170,13 @@ struct Process {
     addr: String,
 }
 
+/// Runs the escrow as its own process: this test binary again, running only
+/// [`escrow_process`] (the `skyroute escrow` command runs the same server).
 fn start(dir: &std::path::Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skyroute"))
-        .args(["escrow", "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "escrow_process", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("SKYROUTE_ESCROW_DIR", dir)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -180,6 +184,18 @@ fn start(dir: &std::path::Path) -> Process {
     BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.split_whitespace().nth(2).expect("the address").to_string();
     Process { child, addr }
+}
+
+/// The escrow server, when [`start`] runs this binary as a child (ignored otherwise).
+#[test]
+#[ignore = "the escrow process of kill_9_during_settlements_loses_or_doubles_nothing"]
+fn escrow_process() {
+    let Some(dir) = std::env::var_os("SKYROUTE_ESCROW_DIR") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    let escrow = Escrow::open(&dir.join("escrow.redb"), Box::new(Faucet)).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    eprintln!("escrow listening {}", listener.local_addr().unwrap());
+    skyroute_escrow::server::run(escrow, listener).unwrap();
 }
 
 /// One request and its answer (`Null` if the connection broke).

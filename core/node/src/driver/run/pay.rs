@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::Driver;
 use crate::control::AccountingStatus;
 use crate::driver::EscrowOptions;
-use crate::escrow::{settle_message, Settle};
+use skyroute_escrow::{settle_message, Settle};
 
 /// How often a round goes to the escrow.
 const ROUND: Duration = Duration::from_secs(2);

@@ -551,7 +551,7 @@ impl Config {
             session.realtime_copies = v;
         }
         if let Some(l) = &raw.log.level {
-            if tracing_subscriber::EnvFilter::try_new(l).is_err() {
+            if l.parse::<tracing_subscriber::filter::Targets>().is_err() {
                 return Err(field("log.level", format!("not a log filter: {l:?}")));
             }
         }

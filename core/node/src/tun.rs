@@ -5,17 +5,25 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use tun_rs::AsyncDevice;
-
 use crate::driver::PacketPort;
+
+/// An open TUN device (tun-rs; feature `tun`).
+#[cfg(feature = "tun")]
+pub type Device = tun_rs::AsyncDevice;
+
+/// Without the `tun` feature no device can be opened: [`open`] always fails, so no `Device`
+/// value exists.
+#[cfg(not(feature = "tun"))]
+#[derive(Debug)]
+pub enum Device {}
 
 /// Largest packet read from the device.
 const MAX_PACKET: usize = 65_535;
 
 /// Creates TUN device `name` with `address/prefix_len` and `mtu`, up, without packet
 /// information headers (plain IP packets). Needs CAP_NET_ADMIN.
-#[cfg(not(target_os = "android"))]
-pub fn open(name: &str, address: Ipv4Addr, prefix_len: u8, mtu: u16) -> io::Result<AsyncDevice> {
+#[cfg(all(feature = "tun", not(target_os = "android")))]
+pub fn open(name: &str, address: Ipv4Addr, prefix_len: u8, mtu: u16) -> io::Result<Device> {
     tun_rs::DeviceBuilder::new()
         .name(name)
         .ipv4(address, prefix_len, None)
@@ -26,13 +34,20 @@ pub fn open(name: &str, address: Ipv4Addr, prefix_len: u8, mtu: u16) -> io::Resu
 }
 
 /// Android apps cannot create TUN devices: the VpnService hands out an fd ([`pump_fd`]).
-#[cfg(target_os = "android")]
-pub fn open(_name: &str, _address: Ipv4Addr, _prefix_len: u8, _mtu: u16) -> io::Result<AsyncDevice> {
+#[cfg(all(feature = "tun", target_os = "android"))]
+pub fn open(_name: &str, _address: Ipv4Addr, _prefix_len: u8, _mtu: u16) -> io::Result<Device> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no TUN devices on Android: use the VpnService fd (pump_fd)"))
 }
 
+/// Built without the `tun` feature: there is no TUN device (use [`pump_fd`] or a packet port).
+#[cfg(not(feature = "tun"))]
+pub fn open(_name: &str, _address: Ipv4Addr, _prefix_len: u8, _mtu: u16) -> io::Result<Device> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "built without the `tun` feature: no TUN device (use a packet fd)"))
+}
+
 /// Moves packets between `dev` and `port` until the port closes or the device fails.
-pub async fn pump(dev: AsyncDevice, mut port: PacketPort) -> io::Result<()> {
+#[cfg(feature = "tun")]
+pub async fn pump(dev: Device, mut port: PacketPort) -> io::Result<()> {
     let mut buf = vec![0u8; MAX_PACKET];
     loop {
         tokio::select! {
@@ -53,6 +68,12 @@ pub async fn pump(dev: AsyncDevice, mut port: PacketPort) -> io::Result<()> {
             },
         }
     }
+}
+
+/// Without the `tun` feature there is no device to pump.
+#[cfg(not(feature = "tun"))]
+pub async fn pump(dev: Device, _port: PacketPort) -> io::Result<()> {
+    match dev {}
 }
 
 /// How packets are framed on a platform's tunnel file descriptor.

@@ -5,7 +5,7 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
-use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 

@@ -21,12 +21,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand_core::OsRng;
 use skyroute_proto::SecretKey;
 
-use crate::control::Status;
-use crate::driver::{EscrowOptions, Options, RunningNode};
-use crate::escrow::{Escrow, Faucet};
+use skyroute::control::Status;
+use skyroute::driver::{EscrowOptions, Options, RunningNode};
+use skyroute_escrow::{Escrow, Faucet};
 use crate::impair::{self, ImpairStats, Impairment};
-use crate::service::transfer::Source;
-use crate::transport::Addr;
+use skyroute::service::transfer::Source;
+use skyroute::transport::Addr;
 
 /// How long the phone streams.
 const STREAM: Duration = Duration::from_secs(12);
@@ -131,7 +131,7 @@ fn escrow(nodes: usize) -> std::io::Result<DemoEscrow> {
     e.deposit(&accounts[0].0, DEPOSIT).map_err(std::io::Error::other)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    std::thread::spawn(move || crate::escrow::server::run(e, listener));
+    std::thread::spawn(move || skyroute_escrow::server::run(e, listener));
     Ok(DemoEscrow { addr, accounts, path })
 }
 

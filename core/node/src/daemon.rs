@@ -34,18 +34,33 @@ pub fn identity(data_dir: &Path) -> Result<SecretKey, keyfile::KeyFileError> {
     Ok(key)
 }
 
-/// Sets up `tracing` output on stderr: `RUST_LOG` if set, else the config's level, else info.
-pub fn init_logging(level: Option<&str>) {
-    let filter = std::env::var("RUST_LOG")
+/// The log filter: `RUST_LOG` if set and valid, else `level` (the config's), else info. The
+/// syntax is `level` or `target=level,...` (tracing-subscriber's `Targets`: no regular
+/// expressions, so the library carries no regex engine).
+pub fn log_filter(level: Option<&str>) -> tracing_subscriber::filter::Targets {
+    std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .or_else(|| level.and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok()))
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .and_then(|f| f.parse().ok())
+        .or_else(|| level.and_then(|l| l.parse().ok()))
+        .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO))
+}
+
+/// Sets up `tracing` output on stderr with [`log_filter`] (feature `log`; without it, a
+/// no-op: the embedding application installs its own subscriber).
+pub fn init_logging(level: Option<&str>) {
+    #[cfg(feature = "log")]
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let _ = tracing_subscriber::registry().with(log_filter(level)).with(fmt).try_init();
+    }
+    #[cfg(not(feature = "log"))]
+    let _ = level;
 }
 
 /// Starts the node; a transport left at its default takes the default port or the next free
-/// one (logged). (The daemon's and the platform bindings' way to start a node from a
+/// one (logged); QUIC left at its default is off when the library is built without `quic`. (The daemon's and the platform bindings' way to start a node from a
 /// configuration.)
 pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io::Result<RunningNode> {
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
@@ -62,7 +77,12 @@ pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io:
             session: config.session.clone(),
             udp: pick(config.udp, DEFAULT_PORT, offset),
             tcp: pick(config.tcp, DEFAULT_PORT, offset),
-            quic: pick(config.quic, DEFAULT_QUIC_PORT, offset * 2),
+            // A default QUIC listener means "if QUIC is built"; an explicit address without the
+            // `quic` feature fails at start with an error that names it.
+            quic: match config.quic {
+                Bind::Default if !cfg!(feature = "quic") => None,
+                b => pick(b, DEFAULT_QUIC_PORT, offset * 2),
+            },
             data_dir: Some(data_dir.to_path_buf()),
             topology: config.topology.clone(),
             gateway: config.gateway.as_ref().map(|g| g.service.clone()),
