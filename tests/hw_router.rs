@@ -137,7 +137,7 @@ async fn relay_through_c_router(target: Option<&str>) {
     let idle_rss = vm_rss_kib(router.child.id());
 
     let start = Instant::now();
-    let t = a.transfer(b.public_key, Source::Bytes(10 << 20)).await.unwrap().unwrap();
+    let t = a.transfer(b.public_key, Source::Bytes(10 << 20)).await.unwrap();
     assert!(t.ok && t.bytes == 10 << 20, "{t:?}");
     let got = b.received().await.unwrap();
     assert_eq!(got[0].sha256, t.sha256, "10 MiB intact through the C router");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rand_core::OsRng;
-use skyroute::driver::{Options, RunningNode};
+use skyroute::driver::{NodeError, Options, RunningNode};
 use skyroute_cli::impair::{self, Impairment};
 use skyroute_sim::scenario::{payload, StreamCheck};
 use skyroute_proto::{Class, Event, NodeConfig, RouteError, RouteEvent, SecretKey};
@@ -38,7 +38,7 @@ async fn two_hop_route_carries_2_mib_intact_over_udp() {
     next_event(&mut b, |e| matches!(e, Event::LinkUp { .. })).await;
     // Give B's second link time to come up too.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let route = a.open_route(vec![b.public_key, c.public_key]).await.unwrap().unwrap();
+    let route = a.open_route(vec![b.public_key, c.public_key]).await.unwrap();
     next_event(&mut a, |e| matches!(e, Event::Route(RouteEvent::Ready { route: r }) if *r == route)).await;
 
     transfer(&mut a, &mut b, &mut c, route, payload(7, 2 << 20)).await;
@@ -61,9 +61,9 @@ async fn transfer(
         // Queue what fits, then wait for the sender's Writable (or the receiver's data).
         while pos < data.len() {
             let end = (pos + a.route_mtu).min(data.len());
-            match a.send(route, Class::Bulk, data[pos..end].to_vec()).await.unwrap() {
+            match a.send(route, Class::Bulk, data[pos..end].to_vec()).await {
                 Ok(()) => pos = end,
-                Err(RouteError::QueueFull) => break,
+                Err(NodeError::Route(RouteError::QueueFull)) => break,
                 Err(e) => panic!("send failed: {e}"),
             }
         }
@@ -119,7 +119,7 @@ async fn a_transfer_survives_30_percent_loss_and_a_link_flap_through_the_impairm
     next_event(&mut c, |e| matches!(e, Event::LinkUp { .. })).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let route = loop {
-        let r = a.open_route(vec![b.public_key, c.public_key]).await.unwrap().unwrap();
+        let r = a.open_route(vec![b.public_key, c.public_key]).await.unwrap();
         let e = next_event(&mut a, |e| matches!(e, Event::Route(RouteEvent::Ready { .. } | RouteEvent::Failed { .. })))
             .await;
         if matches!(e, Event::Route(RouteEvent::Ready { .. })) {

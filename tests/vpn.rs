@@ -86,7 +86,7 @@ async fn packets_go_through_the_gateway_and_back_and_the_gateway_checks_them() {
     });
 
     let (mut app, port) = PacketPort::pair(1024);
-    let a = c.tunnel_up(g.public_key, None, port).await.unwrap().unwrap();
+    let a = c.tunnel_up(g.public_key, None, port).await.unwrap();
     assert!(a.address.octets()[..2] == [10, 77] && a.gateway == Ipv4Addr::new(10, 77, 0, 1), "{a:?}");
     let me = a.address;
     let mtu = c.status().await.unwrap().tunnel.unwrap().mtu as usize;
@@ -115,7 +115,7 @@ async fn packets_go_through_the_gateway_and_back_and_the_gateway_checks_them() {
     // A forged source address sent straight on the gateway channel: dropped and counted at the
     // gateway, never on the uplink.
     let forged = udp(Ipv4Addr::new(10, 77, 200, 200), INTERNET, b"forged");
-    c.message(g.public_key, vpn::CHANNEL, Message::Packet(forged).encode()).await.unwrap().unwrap();
+    c.message(g.public_key, vpn::CHANNEL, Message::Packet(forged).encode()).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let s = g.status().await.unwrap();
@@ -130,8 +130,11 @@ async fn packets_go_through_the_gateway_and_back_and_the_gateway_checks_them() {
 
     // A key not on the allow-list: refused, no address.
     let (_app2, port2) = PacketPort::pair(16);
-    let refused = stranger.tunnel_up(g.public_key, None, port2).await.unwrap();
-    assert!(refused.as_ref().is_err_and(|e| e.contains("allow-list")), "{refused:?}");
+    let refused = stranger.tunnel_up(g.public_key, None, port2).await;
+    assert!(
+        matches!(&refused, Err(skyroute::driver::NodeError::GatewayRefused(why)) if why.contains("allow-list")),
+        "{refused:?}"
+    );
     let s = g.status().await.unwrap().gateway.unwrap();
     assert_eq!((s.refused, s.clients.len()), (1, 1));
     let ts = c.status().await.unwrap().tunnel.unwrap();
@@ -172,7 +175,7 @@ async fn a_platform_tunnel_fd_carries_packets_both_framings() {
         let (platform, ours) = UnixDatagram::pair().unwrap();
         let (outer, inner) = PacketPort::pair(64);
         let pump = tokio::spawn(pump_fd(ours.into(), framing, outer));
-        let a = c.tunnel_up(g.public_key, Some(1), inner).await.unwrap().unwrap();
+        let a = c.tunnel_up(g.public_key, Some(1), inner).await.unwrap();
         platform.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let head: &[u8] = if framing == Framing::AfHeader { &[0, 0, 0, 2] } else { &[] };
         let platform = tokio::task::spawn_blocking(move || {

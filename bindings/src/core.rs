@@ -41,9 +41,19 @@ pub(crate) fn invalid(message: impl Into<String>) -> SkyrouteError {
     SkyrouteError::InvalidArgument { reason: message.into() }
 }
 
-impl From<skyroute::driver::Stopped> for SkyrouteError {
-    fn from(_: skyroute::driver::Stopped) -> Self {
-        SkyrouteError::Stopped
+/// The node library's errors as the bindings' kinds: a stopped node, a bad argument, no
+/// answer in time, or a refusal with the node's reason.
+impl From<skyroute::driver::NodeError> for SkyrouteError {
+    fn from(e: skyroute::driver::NodeError) -> Self {
+        use skyroute::driver::NodeError as E;
+        match e {
+            E::Stopped => SkyrouteError::Stopped,
+            E::BadPeer(_) | E::UnknownAddress(_) | E::BadTarget(_) | E::ReservedChannel(_) | E::ChannelTaken(_) => {
+                SkyrouteError::InvalidArgument { reason: e.to_string() }
+            }
+            E::NoReply(_) => SkyrouteError::Timeout,
+            e => SkyrouteError::Refused { reason: e.to_string() },
+        }
     }
 }
 
@@ -238,7 +248,7 @@ impl NodeCore {
 
     fn gateway_key(&self, gateway: &str) -> Result<PublicKey> {
         let h = self.handle()?;
-        self.rt.block_on(h.resolve(gateway))?.map_err(invalid)
+        Ok(self.rt.block_on(h.resolve(gateway))?)
     }
 
     fn tunnel_up(&self, gateway: &str, routes: u32, port: PacketPort) -> Result<Assignment> {
@@ -252,8 +262,7 @@ impl NodeCore {
         let a = self
             .rt
             .block_on(async { tokio::time::timeout(TUNNEL_TIMEOUT, h.tunnel_up(gw, routes, port)).await })
-            .map_err(|_| SkyrouteError::Timeout)??
-            .map_err(|message| SkyrouteError::Refused { reason: message })?;
+            .map_err(|_| SkyrouteError::Timeout)??;
         Ok(a)
     }
 

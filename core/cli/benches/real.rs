@@ -134,9 +134,9 @@ async fn session_goodput(kind: Kind, hops: usize, bytes: u64) -> f64 {
         link_up(n, if i == 0 || i == hops { 1 } else { 2 }).await;
     }
     let dst = nodes[hops].public_key;
-    let warm = nodes[0].transfer(dst, Source::Bytes(4 << 20)).await.unwrap().unwrap();
+    let warm = nodes[0].transfer(dst, Source::Bytes(4 << 20)).await.unwrap();
     assert!(warm.ok);
-    let t = nodes[0].transfer(dst, Source::Bytes(bytes)).await.unwrap().unwrap();
+    let t = nodes[0].transfer(dst, Source::Bytes(bytes)).await.unwrap();
     assert!(t.ok, "{t:?}");
     for n in nodes {
         n.stop().await.unwrap();

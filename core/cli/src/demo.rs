@@ -175,7 +175,6 @@ async fn demo() -> std::io::Result<DemoReport> {
 
     let ping_before =
         nodes[phone].ping(key(server), 5, Duration::from_millis(20)).await.map_err(std::io::Error::other)?;
-    let ping_before = ping_before.map_err(std::io::Error::other)?;
     let routes = wait_for("two routes", &nodes[phone], |s| {
         s.sessions.first().is_some_and(|x| x.paths.iter().filter(|p| p.state == "live").count() >= 2)
     })
@@ -192,9 +191,11 @@ async fn demo() -> std::io::Result<DemoReport> {
     let stream = tokio::spawn(async move {
         let mut reports = Vec::new();
         while start.elapsed() < STREAM {
-            match sender.transfer(server_key, Source::Bytes(CHUNK)).await {
-                Ok(r) => reports.push(r),
-                Err(e) => reports.push(Err(e.to_string())),
+            let r = sender.transfer(server_key, Source::Bytes(CHUNK)).await;
+            let stopped = matches!(r, Err(skyroute::driver::NodeError::Stopped));
+            reports.push(r);
+            if stopped {
+                break;
             }
         }
         reports
@@ -231,7 +232,6 @@ async fn demo() -> std::io::Result<DemoReport> {
     let ping_after = nodes[phone]
         .ping(key(server), 5, Duration::from_millis(20))
         .await
-        .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
     // The relays settle their last receipts at the escrow (a round every 2 s).
     let mut earnings = Vec::new();

@@ -42,7 +42,7 @@ pub enum EscrowError {
     #[error("withdrawals need a balance of at least {threshold} and an amount within it")]
     BelowThreshold { threshold: u64 },
     #[error("the chain refused: {0}")]
-    Chain(String),
+    Chain(#[from] ChainError),
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("store: {0}")]
@@ -75,23 +75,28 @@ impl<E: Into<redb::Error>> From<E> for EscrowError {
     }
 }
 
+/// A chain client's refusal or failure (its own words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ChainError(pub String);
+
 /// Where coins come from and go to. A real chain client confirms a deposit on chain and sends
 /// withdrawals; the [`Faucet`] does neither.
 pub trait Chain: Send + Sync {
     /// Confirms that `amount` was deposited for `account` (returns what to credit).
-    fn deposit(&self, account: &str, amount: u64) -> Result<u64, String>;
+    fn deposit(&self, account: &str, amount: u64) -> Result<u64, ChainError>;
     /// Sends `amount` to `address`; returns a transaction id.
-    fn withdraw(&self, address: &str, amount: u64) -> Result<String, String>;
+    fn withdraw(&self, address: &str, amount: u64) -> Result<String, ChainError>;
 }
 
 /// Test only: every deposit is confirmed, every withdrawal "sent".
 pub struct Faucet;
 
 impl Chain for Faucet {
-    fn deposit(&self, _account: &str, amount: u64) -> Result<u64, String> {
+    fn deposit(&self, _account: &str, amount: u64) -> Result<u64, ChainError> {
         Ok(amount)
     }
-    fn withdraw(&self, address: &str, amount: u64) -> Result<String, String> {
+    fn withdraw(&self, address: &str, amount: u64) -> Result<String, ChainError> {
         Ok(hex::encode(&Sha256::digest(format!("{address}:{amount}").as_bytes())[..16]))
     }
 }
@@ -173,7 +178,7 @@ impl Escrow {
     /// Credits a deposit the chain confirms.
     pub fn deposit(&self, account: &str, amount: u64) -> Result<u64, EscrowError> {
         let id = parse_id(account)?;
-        let credit = self.chain.deposit(account, amount).map_err(EscrowError::Chain)?;
+        let credit = self.chain.deposit(account, amount)?;
         let tx = self.db.begin_write()?;
         let balance = {
             let mut t = tx.open_table(ACCOUNTS)?;
@@ -226,7 +231,7 @@ impl Escrow {
             }
             // Sent only if the debit commits below; a real chain client would queue it
             // and send after the commit (at-least-once with its own idempotency key).
-            let txid = self.chain.withdraw(address, amount).map_err(EscrowError::Chain)?;
+            let txid = self.chain.withdraw(address, amount)?;
             t.insert(&id[..], &record(balance - amount, &rec[8..])[..])?;
             let mut w = tx.open_table(WITHDRAWALS)?;
             let n = w.last()?.map_or(0, |(k, _)| k.value() + 1);

@@ -173,10 +173,15 @@ pub const DEFAULT_GATEWAY_TUN: &str = "skygw0";
 /// The default tunnel MTU a gateway offers.
 pub const DEFAULT_TUNNEL_MTU: u16 = 1400;
 
+/// A name that is not a Linux interface name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an interface name (1-15 characters, no '/', quotes or spaces): {0:?}")]
+pub struct IfNameError(pub String);
+
 /// A Linux interface name: 1 to 15 characters, no '/' or whitespace.
-pub fn check_ifname(name: &str) -> Result<(), String> {
+pub fn check_ifname(name: &str) -> Result<(), IfNameError> {
     if name.is_empty() || name.len() > 15 || name.chars().any(|c| c == '/' || c.is_whitespace() || c == '"') {
-        return Err(format!("not an interface name (1-15 characters, no '/', quotes or spaces): {name:?}"));
+        return Err(IfNameError(name.to_string()));
     }
     Ok(())
 }
@@ -198,7 +203,7 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
         ),
     };
     let (pool, prefix_len) = crate::netconf::parse_prefix(raw.pool.as_deref().unwrap_or(DEFAULT_POOL))
-        .map_err(|e| field("gateway.pool", e))?;
+        .map_err(|e| field("gateway.pool", e.to_string()))?;
     if !(8..=30).contains(&prefix_len) {
         return Err(field("gateway.pool", "the prefix length must be between 8 and 30"));
     }
@@ -206,7 +211,7 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
         .blocked
         .iter()
         .enumerate()
-        .map(|(i, b)| crate::netconf::parse_prefix(b).map_err(|e| field(format!("gateway.blocked[{i}]"), e)))
+        .map(|(i, b)| crate::netconf::parse_prefix(b).map_err(|e| field(format!("gateway.blocked[{i}]"), e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let mtu = raw.mtu.unwrap_or(DEFAULT_TUNNEL_MTU);
     if !(576..=9000).contains(&mtu) {
@@ -216,9 +221,9 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
         return Err(field("gateway.rate_limit", "must be above 0 (leave it out for no limit)"));
     }
     let tun = raw.tun.clone().unwrap_or_else(|| DEFAULT_GATEWAY_TUN.into());
-    check_ifname(&tun).map_err(|e| field("gateway.tun", e))?;
+    check_ifname(&tun).map_err(|e| field("gateway.tun", e.to_string()))?;
     if let Some(u) = &raw.uplink {
-        check_ifname(u).map_err(|e| field("gateway.uplink", e))?;
+        check_ifname(u).map_err(|e| field("gateway.uplink", e.to_string()))?;
     }
     Ok(Gateway {
         service: GatewayConfig {
@@ -432,7 +437,7 @@ fn dht_options(d: &RawDiscovery) -> Result<Option<crate::driver::DhtOptions>, Co
         .enumerate()
         .map(|(i, a)| {
             let name = format!("discovery.advertise[{i}]");
-            let parsed: crate::transport::Addr = a.parse().map_err(|e: String| field(name.clone(), e))?;
+            let parsed: crate::transport::Addr = a.parse().map_err(|e: crate::transport::AddrError| field(name.clone(), e.to_string()))?;
             if parsed.socket().ip().is_unspecified() || parsed.to_string().len() > MAX_ADDR_LEN {
                 return Err(field(name, "an address others can dial (not 0.0.0.0)"));
             }
@@ -514,7 +519,7 @@ impl Config {
             .enumerate()
             .map(|(i, p)| {
                 let key = key(format!("peers[{i}].key"), &p.key)?;
-                let addr = p.addr.parse::<Addr>().map_err(|e| field(format!("peers[{i}].addr"), e))?;
+                let addr = p.addr.parse::<Addr>().map_err(|e| field(format!("peers[{i}].addr"), e.to_string()))?;
                 Ok(Peer { key, addr })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -539,7 +544,7 @@ impl Config {
             Some(names) if names.is_empty() => crate::transport::iface::Policy::Off,
             Some(names) => {
                 for (i, n) in names.iter().enumerate() {
-                    check_ifname(n).map_err(|e| field(format!("listen.interfaces[{i}]"), e))?;
+                    check_ifname(n).map_err(|e| field(format!("listen.interfaces[{i}]"), e.to_string()))?;
                 }
                 crate::transport::iface::Policy::Named(names.clone())
             }

@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::config::{Bind, Config, DEFAULT_PORT, DEFAULT_QUIC_PORT};
 use crate::control::{self, Reply, Request};
-use crate::driver::{NodeHandle, Options, RunningNode};
+use crate::driver::{NodeError, NodeHandle, Options, RunningNode};
 use crate::keyfile;
 use crate::service::transfer::Source;
 use crate::vpn::{ClientTunnel, GatewayUplink, TunnelRequest};
@@ -251,11 +251,10 @@ async fn handle_client(node: NodeHandle, vpn: VpnSlot, stream: UnixStream) {
             Err(e) => Reply::error(e),
             Ok(line) => match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Register { channel }) => match node.register(channel).await {
-                    Ok(Ok(rx)) => {
+                    Ok(rx) => {
                         service = Some(rx);
                         Reply::ok()
                     }
-                    Ok(Err(e)) => Reply::error(e),
                     Err(e) => Reply::error(e),
                 },
                 Ok(req) => tokio::time::timeout(REQUEST_TIMEOUT, answer(&node, &vpn, req))
@@ -301,27 +300,26 @@ async fn answer(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Reply {
     }
 }
 
-async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<Reply, String> {
-    let stopped = |e: crate::driver::Stopped| e.to_string();
-    let resolve = |p: String| async move { node.resolve(&p).await.map_err(stopped)? };
+async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<Reply, ControlError> {
+    let resolve = |p: String| async move { node.resolve(&p).await };
     Ok(match req {
-        Request::Status => Reply { status: Some(node.status().await.map_err(stopped)?), ..Reply::ok() },
+        Request::Status => Reply { status: Some(node.status().await?), ..Reply::ok() },
         Request::Connect { key, addr } => {
-            let key = skyroute_proto::PublicKey::from_hex(&key).map_err(|_| "key: not a public key".to_string())?;
-            let addr = addr.parse().map_err(|e| format!("addr: {e}"))?;
-            node.connect(key, addr).map_err(stopped)?;
+            let key = skyroute_proto::PublicKey::from_hex(&key).map_err(|_| ControlError::BadRequest("key: not a public key".into()))?;
+            let addr = addr.parse().map_err(|e| ControlError::BadRequest(format!("addr: {e}")))?;
+            node.connect(key, addr)?;
             Reply::ok()
         }
         Request::Ping { peer, count, interval_ms } => {
             let peer = resolve(peer).await?;
             let interval = Duration::from_millis(interval_ms.clamp(1, 60_000));
-            let r = node.ping(peer, count, interval).await.map_err(stopped)??;
+            let r = node.ping(peer, count, interval).await?;
             Reply { ping: Some(r), ..Reply::ok() }
         }
         Request::Echo { peer, data } => {
             let peer = resolve(peer).await?;
-            let data = hex::decode(data).map_err(|e| format!("data: not hex: {e}"))?;
-            let back = node.echo(peer, data).await.map_err(stopped)??;
+            let data = hex::decode(data).map_err(|e| ControlError::BadRequest(format!("data: not hex: {e}")))?;
+            let back = node.echo(peer, data).await?;
             Reply { data: Some(hex::encode(back)), ..Reply::ok() }
         }
         Request::Send { peer, file, bytes } => {
@@ -329,44 +327,44 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
             let source = match (file, bytes) {
                 (Some(f), None) => Source::File(f.into()),
                 (None, Some(n)) => Source::Bytes(n),
-                _ => return Err("give either file or bytes".into()),
+                _ => return Err(ControlError::BadRequest("give either file or bytes".into())),
             };
-            let r = node.transfer(peer, source).await.map_err(stopped)??;
+            let r = node.transfer(peer, source).await?;
             Reply { ok: r.ok, error: r.error.clone(), transfer: Some(r), ..Default::default() }
         }
-        Request::Received => Reply { received: Some(node.received().await.map_err(stopped)?), ..Reply::ok() },
+        Request::Received => Reply { received: Some(node.received().await?), ..Reply::ok() },
         Request::Message { peer, channel, data } => {
             let peer = resolve(peer).await?;
-            let data = hex::decode(data).map_err(|e| format!("data: not hex: {e}"))?;
-            node.message(peer, channel, data).await.map_err(stopped)??;
+            let data = hex::decode(data).map_err(|e| ControlError::BadRequest(format!("data: not hex: {e}")))?;
+            node.message(peer, channel, data).await?;
             Reply::ok()
         }
         Request::Lookup { target, connect } => {
             let target = target.parse::<crate::driver::LookupTarget>()?;
-            let r = node.lookup(target, connect).await.map_err(stopped)??;
+            let r = node.lookup(target, connect).await?;
             Reply { lookup: Some(r), ..Reply::ok() }
         }
-        Request::Register { .. } => return Err("register is answered by the connection handler".into()),
+        Request::Register { .. } => return Err(ControlError::BadRequest("register is answered by the connection handler".into())),
         Request::VpnUp { gateway, routes, prefixes, tun } => {
             let mut slot = vpn.lock().await;
             if slot.is_some() {
-                return Err("a tunnel is already up (vpn down first)".into());
+                return Err(NodeError::TunnelExists.into());
             }
             if routes.is_some_and(|r| !(1..=8).contains(&r)) {
-                return Err("routes: must be between 1 and 8".into());
+                return Err(ControlError::BadRequest("routes: must be between 1 and 8".into()));
             }
             let req = TunnelRequest {
                 gateway: if gateway == "nearest" {
-                    node.nearest_gateway().await.map_err(stopped)??
+                    node.nearest_gateway().await?
                 } else {
                     resolve(gateway).await?
                 },
                 routes,
-                prefixes: crate::vpn::prefixes(&prefixes)?,
+                prefixes: crate::vpn::prefixes(&prefixes).map_err(crate::vpn::VpnError::from)?,
                 tun: tun.unwrap_or_else(|| crate::vpn::DEFAULT_CLIENT_TUN.into()),
             };
             let t = ClientTunnel::start(node, &req).await?;
-            let report = t.report(node.status().await.map_err(stopped)?.tunnel);
+            let report = t.report(node.status().await?.tunnel);
             *slot = Some(t);
             Reply { vpn: Some(report), ..Reply::ok() }
         }
@@ -375,34 +373,71 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
                 t.stop(node).await;
                 Reply::ok()
             }
-            None => return Err("no tunnel is up".into()),
+            None => return Err(ControlError::NoTunnel),
         },
         Request::VpnStatus => match vpn.lock().await.as_ref() {
-            Some(t) => Reply { vpn: Some(t.report(node.status().await.map_err(stopped)?.tunnel)), ..Reply::ok() },
-            None => return Err("no tunnel is up".into()),
+            Some(t) => Reply { vpn: Some(t.report(node.status().await?.tunnel)), ..Reply::ok() },
+            None => return Err(ControlError::NoTunnel),
         },
     })
 }
 
 /// One request to a running node over its control socket (what the CLI does).
-pub fn request(data_dir: &Path, req: &Request, timeout: Duration) -> Result<Reply, String> {
+pub fn request(data_dir: &Path, req: &Request, timeout: Duration) -> Result<Reply, ControlError> {
     use std::io::{BufRead, Write};
     let sock = control::socket_path(data_dir);
     let mut stream = std::os::unix::net::UnixStream::connect(&sock)
-        .map_err(|e| format!("no node running in {} ({e})", data_dir.display()))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let line = serde_json::to_string(req).map_err(|e| e.to_string())? + "\n";
-    stream.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+        .map_err(|e| ControlError::NotRunning { dir: data_dir.display().to_string(), reason: e.to_string() })?;
+    let io = |e: std::io::Error| ControlError::Io(e.to_string());
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let line = serde_json::to_string(req).map_err(|e| ControlError::BadRequest(e.to_string()))? + "\n";
+    stream.write_all(line.as_bytes()).map_err(io)?;
     let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line).map_err(|e| e.to_string())?;
-    serde_json::from_str(&line).map_err(|e| format!("bad reply: {e}"))
+    std::io::BufReader::new(stream).read_line(&mut line).map_err(io)?;
+    serde_json::from_str(&line).map_err(|e| ControlError::BadReply(e.to_string()))
 }
 
 /// `skyroute status`: asks a running node over its control socket.
-pub fn status(data_dir: &Path) -> Result<control::Status, String> {
+pub fn status(data_dir: &Path) -> Result<control::Status, ControlError> {
     let reply = request(data_dir, &Request::Status, Duration::from_secs(5))?;
     match (reply.ok, reply.status, reply.error) {
         (true, Some(s), _) => Ok(s),
-        (_, _, e) => Err(e.unwrap_or_else(|| "no status".into())),
+        (_, _, e) => Err(ControlError::Refused(e.unwrap_or_else(|| "no status".into()))),
     }
+}
+
+/// Why a control request failed: on the node's side, the text of a reply's `error`; on the
+/// client's ([`request`], [`status`]), why there was no good reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The node refused or failed the request.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The VPN client could not start.
+    #[error(transparent)]
+    Vpn(#[from] crate::vpn::VpnError),
+    /// A field of the request is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// `vpn down` or `vpn status` with no tunnel up.
+    #[error("no tunnel is up")]
+    NoTunnel,
+    /// No node answers on the data directory's control socket.
+    #[error("no node running in {dir} ({reason})")]
+    NotRunning {
+        /// The data directory.
+        dir: String,
+        /// The socket error.
+        reason: String,
+    },
+    /// Reading or writing the control socket failed.
+    #[error("control socket: {0}")]
+    Io(String),
+    /// The node's answer does not parse.
+    #[error("bad reply: {0}")]
+    BadReply(String),
+    /// The node answered with an error (its text).
+    #[error("{0}")]
+    Refused(String),
 }

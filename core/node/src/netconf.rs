@@ -12,12 +12,34 @@ use crate::transport::SOCKET_MARK;
 /// Why the host could not be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// A tool is not installed (the tool, its Debian package).
     #[error("`{0}` not found: install it (Debian: apt-get install -y {1})")]
     Missing(&'static str, &'static str),
+    /// A tool ran and failed.
     #[error("`{command}` failed: {message}")]
-    Failed { command: String, message: String },
+    Failed {
+        /// The command line.
+        command: String,
+        /// What the tool printed on stderr.
+        message: String,
+    },
+    /// Running the tool failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A prefix that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// The part after `/` is not a number.
+    #[error("not a prefix length: {0:?}")]
+    Length(String),
+    /// The part before `/` is not an IPv4 address.
+    #[error("not an IPv4 address: {0:?}")]
+    Address(String),
+    /// The length is over 32.
+    #[error("prefix length over 32: {0:?}")]
+    TooLong(String),
 }
 
 /// The package that provides each tool.
@@ -53,14 +75,14 @@ fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), Net
 }
 
 /// An IPv4 prefix `a.b.c.d/len` (a bare address is a /32).
-pub fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
+pub fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), PrefixError> {
     let (a, len) = match s.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u8>().map_err(|_| format!("not a prefix length: {s:?}"))?),
+        Some((a, l)) => (a, l.parse::<u8>().map_err(|_| PrefixError::Length(s.into()))?),
         None => (s, 32),
     };
-    let a: Ipv4Addr = a.parse().map_err(|_| format!("not an IPv4 address: {s:?}"))?;
+    let a: Ipv4Addr = a.parse().map_err(|_| PrefixError::Address(s.into()))?;
     if len > 32 {
-        return Err(format!("prefix length over 32: {s:?}"));
+        return Err(PrefixError::TooLong(s.into()));
     }
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     Ok((Ipv4Addr::from(u32::from(a) & mask), len))

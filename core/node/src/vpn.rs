@@ -22,6 +22,40 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default TUN device of a client.
 pub const DEFAULT_CLIENT_TUN: &str = "skyvpn0";
 
+/// Why the VPN on this host could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VpnError {
+    /// The TUN device could not be opened (root or CAP_NET_ADMIN, or the `tun` feature).
+    #[error("TUN {device}: {reason} (needs root or CAP_NET_ADMIN)")]
+    Tun {
+        /// The device name.
+        device: String,
+        /// The system's error.
+        reason: String,
+    },
+    /// NAT or routes could not be set up (`nft`, `ip`).
+    #[error("{what}: {reason}")]
+    HostConfig {
+        /// "gateway NAT" or "routes".
+        what: &'static str,
+        /// The tool's error.
+        reason: String,
+    },
+    /// The gateway did not answer within the time `vpn up` waits.
+    #[error("the gateway did not answer in time")]
+    Timeout,
+    /// The node refused or failed the tunnel.
+    #[error(transparent)]
+    Node(#[from] crate::driver::NodeError),
+    /// A bad device name.
+    #[error(transparent)]
+    Name(#[from] config::IfNameError),
+    /// A bad `--prefix`.
+    #[error(transparent)]
+    Prefix(#[from] netconf::PrefixError),
+}
+
 /// A gateway's internet side: the TUN its clients' packets leave through, and the NAT.
 pub struct GatewayUplink {
     pump: JoinHandle<std::io::Result<()>>,
@@ -32,15 +66,15 @@ pub struct GatewayUplink {
 impl GatewayUplink {
     /// Opens the gateway's TUN (the pool's first address), pumps it to the node's `uplink`
     /// port, and sets up NAT out of the configured uplink.
-    pub fn start(cfg: &config::Gateway, uplink: PacketPort) -> Result<GatewayUplink, String> {
+    pub fn start(cfg: &config::Gateway, uplink: PacketPort) -> Result<GatewayUplink, VpnError> {
         let s = &cfg.service;
         let address = Ipv4Addr::from(u32::from(s.pool) + 1);
         let dev = tun::open(&cfg.tun, address, s.prefix_len, s.mtu)
-            .map_err(|e| format!("gateway TUN {}: {e} (a gateway needs root or CAP_NET_ADMIN)", cfg.tun))?;
+            .map_err(|e| VpnError::Tun { device: cfg.tun.clone(), reason: e.to_string() })?;
         let nat = if cfg.nat {
             Some(
                 Nat::setup(&cfg.tun, (s.pool, s.prefix_len), cfg.uplink.as_deref(), cfg.reach_host)
-                    .map_err(|e| format!("gateway NAT: {e}"))?,
+                    .map_err(|e| VpnError::HostConfig { what: "gateway NAT", reason: e.to_string() })?,
             )
         } else {
             None
@@ -79,22 +113,21 @@ pub struct ClientTunnel {
 impl ClientTunnel {
     /// Starts the node's tunnel to the gateway, then the TUN with the address and MTU it
     /// gets, then the routes.
-    pub async fn start(node: &NodeHandle, req: &TunnelRequest) -> Result<ClientTunnel, String> {
+    pub async fn start(node: &NodeHandle, req: &TunnelRequest) -> Result<ClientTunnel, VpnError> {
         config::check_ifname(&req.tun)?;
         let (outer, inner) = PacketPort::pair(PORT_QUEUE);
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, node.tunnel_up(req.gateway, req.routes, inner))
             .await
-            .map_err(|_| "the gateway did not answer in time".to_string())?
-            .map_err(|e| e.to_string())??;
+            .map_err(|_| VpnError::Timeout)??;
         let up = async {
             let dev = tun::open(&req.tun, answer.address, answer.prefix_len, answer.mtu)
-                .map_err(|e| format!("TUN {}: {e} (needs root or CAP_NET_ADMIN)", req.tun))?;
+                .map_err(|e| VpnError::Tun { device: req.tun.clone(), reason: e.to_string() })?;
             let pump = tokio::spawn(tun::pump(dev, outer));
             match Routes::setup(&req.tun, &req.prefixes) {
                 Ok(routes) => Ok(ClientTunnel { pump, routes: Some(routes), tun: req.tun.clone() }),
                 Err(e) => {
                     pump.abort();
-                    Err(format!("routes: {e}"))
+                    Err(VpnError::HostConfig { what: "routes", reason: e.to_string() })
                 }
             }
         };
@@ -139,6 +172,6 @@ impl Drop for ClientTunnel {
 }
 
 /// Parses `--prefix` values.
-pub fn prefixes(list: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, String> {
+pub fn prefixes(list: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, netconf::PrefixError> {
     list.iter().map(|p| netconf::parse_prefix(p)).collect()
 }

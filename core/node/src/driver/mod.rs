@@ -79,12 +79,12 @@ pub enum LookupTarget {
 }
 
 impl std::str::FromStr for LookupTarget {
-    type Err = String;
+    type Err = NodeError;
     /// A public key (66 hex digits), an address (40 hex digits) or `service:NAME`.
-    fn from_str(s: &str) -> Result<LookupTarget, String> {
+    fn from_str(s: &str) -> Result<LookupTarget, NodeError> {
         if let Some(name) = s.strip_prefix("service:") {
             if name.is_empty() {
-                return Err("service: needs a name".into());
+                return Err(NodeError::BadTarget("service: needs a name".into()));
             }
             return Ok(LookupTarget::Service(name.to_string()));
         }
@@ -92,7 +92,9 @@ impl std::str::FromStr for LookupTarget {
             return Ok(LookupTarget::Node(k));
         }
         skyroute_proto::Address::from_hex(s).map(LookupTarget::Address).map_err(|_| {
-            format!("{s:?} is not a public key (66 hex digits), an address (40 hex digits) or service:NAME")
+            NodeError::BadTarget(format!(
+                "{s:?} is not a public key (66 hex digits), an address (40 hex digits) or service:NAME"
+            ))
         })
     }
 }
@@ -181,36 +183,36 @@ pub(crate) enum Command {
     },
     OpenRoute {
         hops: Vec<PublicKey>,
-        reply: oneshot::Sender<Result<RouteId, RouteError>>,
+        reply: oneshot::Sender<Result<RouteId, NodeError>>,
     },
     SendRoute {
         route: RouteId,
         class: Class,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<(), RouteError>>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Status {
         reply: oneshot::Sender<Status>,
     },
     Resolve {
         peer: String,
-        reply: oneshot::Sender<Result<PublicKey, String>>,
+        reply: oneshot::Sender<Result<PublicKey, NodeError>>,
     },
     Ping {
         peer: PublicKey,
         count: u32,
         interval: Duration,
-        reply: oneshot::Sender<Result<PingReport, String>>,
+        reply: oneshot::Sender<Result<PingReport, NodeError>>,
     },
     Echo {
         peer: PublicKey,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+        reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
     },
     Transfer {
         peer: PublicKey,
         source: Source,
-        reply: oneshot::Sender<Result<TransferReport, String>>,
+        reply: oneshot::Sender<Result<TransferReport, NodeError>>,
     },
     Received {
         reply: oneshot::Sender<Vec<Received>>,
@@ -219,12 +221,12 @@ pub(crate) enum Command {
         peer: PublicKey,
         channel: u16,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     Register {
         channel: u16,
         to: mpsc::Sender<ServiceMessage>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
     WatchSessions {
         to: mpsc::Sender<()>,
@@ -233,7 +235,7 @@ pub(crate) enum Command {
         gateway: PublicKey,
         routes: Option<usize>,
         port: PacketPort,
-        reply: oneshot::Sender<Result<skyroute_proto::vpn::Assignment, String>>,
+        reply: oneshot::Sender<Result<skyroute_proto::vpn::Assignment, NodeError>>,
     },
     TunnelDown {
         reply: oneshot::Sender<bool>,
@@ -244,20 +246,96 @@ pub(crate) enum Command {
     /// The platform's networks now.
     Networks(Vec<crate::transport::iface::Network>),
     NearestGateway {
-        reply: oneshot::Sender<Result<PublicKey, String>>,
+        reply: oneshot::Sender<Result<PublicKey, NodeError>>,
     },
     Lookup {
         target: LookupTarget,
         connect: bool,
-        reply: oneshot::Sender<Result<crate::control::LookupReport, String>>,
+        reply: oneshot::Sender<Result<crate::control::LookupReport, NodeError>>,
     },
     Stop,
 }
 
-/// The driver stopped (the task ended).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the node's driver is not running")]
-pub struct Stopped;
+/// Why a request to a running node failed: the error of every [`NodeHandle`] call (the
+/// control socket sends its text, the bindings map it to their own error codes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node's driver is not running (stopped, or its task ended).
+    #[error("the node's driver is not running")]
+    Stopped,
+    /// A peer name that is neither a public key nor an address.
+    #[error("{0:?} is neither a public key (66 hex digits) nor an address (40 hex digits)")]
+    BadPeer(String),
+    /// An address no known node has.
+    #[error("no known node has address {0} (give its public key, or look it up: skyroute lookup)")]
+    UnknownAddress(String),
+    /// A lookup target that does not parse.
+    #[error("lookup target: {0}")]
+    BadTarget(String),
+    /// No session could be opened or confirmed.
+    #[error("no session to {peer}: {reason}")]
+    NoSession {
+        /// The peer.
+        peer: String,
+        /// Why (the session layer's error, or the setup timeout).
+        reason: String,
+    },
+    /// The session a request rode on ended before the answer.
+    #[error("{what}: session to {peer} ended: {why}")]
+    SessionEnded {
+        /// The request: "ping", "echo", "transfer".
+        what: &'static str,
+        /// The peer.
+        peer: String,
+        /// Why the session ended.
+        why: String,
+    },
+    /// No answer within the request's time.
+    #[error("no reply from {0}")]
+    NoReply(String),
+    /// A bare route could not be opened or used.
+    #[error("route: {0}")]
+    Route(#[from] RouteError),
+    /// A transfer's source could not be read.
+    #[error("reading the source {source_name}: {reason}")]
+    Source {
+        /// The source.
+        source_name: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// Channels below [`crate::service::FIRST_FREE_CHANNEL`] belong to the node.
+    #[error("channels below {} are the node's own", crate::service::FIRST_FREE_CHANNEL)]
+    ReservedChannel(u16),
+    /// Another service already serves the channel.
+    #[error("channel {0} is taken")]
+    ChannelTaken(u16),
+    /// The request needs the DHT, which this node does not run.
+    #[error("the DHT is off on this node ([discovery] dht = true)")]
+    DhtOff,
+    /// The DHT knows no gateway.
+    #[error("no gateway found in the DHT")]
+    NoGateway,
+    /// Gateways are known, but route finding knows no way to any.
+    #[error("gateways found, but no route to any is known")]
+    NoRouteToGateway,
+    /// A DHT lookup found nothing.
+    #[error("lookup: {0}")]
+    NotFound(String),
+    /// The gateway refused the tunnel.
+    #[error("the gateway refused: {0}")]
+    GatewayRefused(String),
+    /// A tunnel is up already (one at a time).
+    #[error("a tunnel is already up (vpn down first)")]
+    TunnelExists,
+    /// The tunnel was taken down before the gateway answered.
+    #[error("the tunnel was taken down")]
+    TunnelDown,
+    /// The session to the gateway ended before it answered.
+    #[error("the session to the gateway ended")]
+    GatewaySessionEnded,
+}
 
 /// A cloneable handle on a running node: the typed API behind the control socket.
 #[derive(Clone)]
@@ -266,40 +344,52 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(make(reply)).map_err(|_| Stopped)?;
-        rx.await.map_err(|_| Stopped)
+        self.commands.send(make(reply)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// [`NodeHandle::ask`] for commands whose answer may be an error.
+    async fn try_ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Command,
+    ) -> Result<T, NodeError> {
+        self.ask(make).await?
+    }
+
+    fn tell(&self, c: Command) -> Result<(), NodeError> {
+        self.commands.send(c).map_err(|_| NodeError::Stopped)
     }
 
     /// Dials a neighbour (its key and transport address).
-    pub fn connect(&self, peer: PublicKey, addr: Addr) -> Result<(), Stopped> {
-        self.commands.send(Command::Connect { peer, addr }).map_err(|_| Stopped)
+    pub fn connect(&self, peer: PublicKey, addr: Addr) -> Result<(), NodeError> {
+        self.tell(Command::Connect { peer, addr })
     }
 
     /// Tells route finding that `a` and `b` are linked.
-    pub fn add_topology(&self, a: PublicKey, b: PublicKey) -> Result<(), Stopped> {
-        self.commands.send(Command::AddTopology { a, b }).map_err(|_| Stopped)
+    pub fn add_topology(&self, a: PublicKey, b: PublicKey) -> Result<(), NodeError> {
+        self.tell(Command::AddTopology { a, b })
     }
 
     /// Starts building a bare route (no session); watch the events for `Ready` or `Failed`.
-    pub async fn open_route(&self, hops: Vec<PublicKey>) -> Result<Result<RouteId, RouteError>, Stopped> {
-        self.ask(|reply| Command::OpenRoute { hops, reply }).await
+    pub async fn open_route(&self, hops: Vec<PublicKey>) -> Result<RouteId, NodeError> {
+        self.try_ask(|reply| Command::OpenRoute { hops, reply }).await
     }
 
     /// Queues bytes on a bare route; `QueueFull` means wait for a `Writable` event.
-    pub async fn send(&self, route: RouteId, class: Class, data: Vec<u8>) -> Result<Result<(), RouteError>, Stopped> {
-        self.ask(|reply| Command::SendRoute { route, class, data, reply }).await
+    pub async fn send(&self, route: RouteId, class: Class, data: Vec<u8>) -> Result<(), NodeError> {
+        self.try_ask(|reply| Command::SendRoute { route, class, data, reply }).await
     }
 
-    pub async fn status(&self) -> Result<Status, Stopped> {
+    pub async fn status(&self) -> Result<Status, NodeError> {
         self.ask(|reply| Command::Status { reply }).await
     }
 
     /// A peer named by its public key, or by an address (hash) the node knows the key of.
-    pub async fn resolve(&self, peer: &str) -> Result<Result<PublicKey, String>, Stopped> {
+    pub async fn resolve(&self, peer: &str) -> Result<PublicKey, NodeError> {
         let peer = peer.to_string();
-        self.ask(|reply| Command::Resolve { peer, reply }).await
+        self.try_ask(|reply| Command::Resolve { peer, reply }).await
     }
 
     /// `count` round trips over a session to `peer`, `interval` apart.
@@ -308,27 +398,27 @@ impl NodeHandle {
         peer: PublicKey,
         count: u32,
         interval: Duration,
-    ) -> Result<Result<PingReport, String>, Stopped> {
-        self.ask(|reply| Command::Ping { peer, count, interval, reply }).await
+    ) -> Result<PingReport, NodeError> {
+        self.try_ask(|reply| Command::Ping { peer, count, interval, reply }).await
     }
 
-    pub async fn echo(&self, peer: PublicKey, data: Vec<u8>) -> Result<Result<Vec<u8>, String>, Stopped> {
-        self.ask(|reply| Command::Echo { peer, data, reply }).await
+    pub async fn echo(&self, peer: PublicKey, data: Vec<u8>) -> Result<Vec<u8>, NodeError> {
+        self.try_ask(|reply| Command::Echo { peer, data, reply }).await
     }
 
     /// Sends a file or generated bytes to `peer`'s transfer service; returns when the peer
     /// confirms (or the session fails).
-    pub async fn transfer(&self, peer: PublicKey, source: Source) -> Result<Result<TransferReport, String>, Stopped> {
-        self.ask(|reply| Command::Transfer { peer, source, reply }).await
+    pub async fn transfer(&self, peer: PublicKey, source: Source) -> Result<TransferReport, NodeError> {
+        self.try_ask(|reply| Command::Transfer { peer, source, reply }).await
     }
 
-    pub async fn received(&self) -> Result<Vec<Received>, Stopped> {
+    pub async fn received(&self) -> Result<Vec<Received>, NodeError> {
         self.ask(|reply| Command::Received { reply }).await
     }
 
     /// A message to the service on `channel` at `peer`.
-    pub async fn message(&self, peer: PublicKey, channel: u16, data: Vec<u8>) -> Result<Result<(), String>, Stopped> {
-        self.ask(|reply| Command::Message { peer, channel, data, reply }).await
+    pub async fn message(&self, peer: PublicKey, channel: u16, data: Vec<u8>) -> Result<(), NodeError> {
+        self.try_ask(|reply| Command::Message { peer, channel, data, reply }).await
     }
 
     /// Starts the VPN tunnel towards `gateway`: packets sent into `port` (IPv4, from the
@@ -343,26 +433,26 @@ impl NodeHandle {
         gateway: PublicKey,
         routes: Option<usize>,
         port: PacketPort,
-    ) -> Result<Result<skyroute_proto::vpn::Assignment, String>, Stopped> {
-        self.ask(|reply| Command::TunnelUp { gateway, routes, port, reply }).await
+    ) -> Result<skyroute_proto::vpn::Assignment, NodeError> {
+        self.try_ask(|reply| Command::TunnelUp { gateway, routes, port, reply }).await
     }
 
     /// The host's network changed (the OS reports WiFi <-> LTE, an interface up or down):
     /// probe every link now and redial the ones that are down.
-    pub fn network_changed(&self) -> Result<(), Stopped> {
-        self.commands.send(Command::NetworkChanged).map_err(|_| Stopped)
+    pub fn network_changed(&self) -> Result<(), NodeError> {
+        self.tell(Command::NetworkChanged)
     }
 
     /// The platform's networks now (Android `ConnectivityManager`, iOS `NWPathMonitor`): each
     /// up network gets a UDP socket bound to it and the neighbours are dialled over it at
     /// once (TCP and QUIC ones from sockets bound to it too); a network no longer listed, or listed down, takes its links down at once. Every
     /// link and session path is probed, as with [`NodeHandle::network_changed`].
-    pub fn set_networks(&self, networks: Vec<crate::transport::iface::Network>) -> Result<(), Stopped> {
-        self.commands.send(Command::Networks(networks)).map_err(|_| Stopped)
+    pub fn set_networks(&self, networks: Vec<crate::transport::iface::Network>) -> Result<(), NodeError> {
+        self.tell(Command::Networks(networks))
     }
 
     /// Ends the tunnel; false if there was none.
-    pub async fn tunnel_down(&self) -> Result<bool, Stopped> {
+    pub async fn tunnel_down(&self) -> Result<bool, NodeError> {
         self.ask(|reply| Command::TunnelDown { reply }).await
     }
 
@@ -372,29 +462,29 @@ impl NodeHandle {
         &self,
         target: LookupTarget,
         connect: bool,
-    ) -> Result<Result<crate::control::LookupReport, String>, Stopped> {
-        self.ask(|reply| Command::Lookup { target, connect, reply }).await
+    ) -> Result<crate::control::LookupReport, NodeError> {
+        self.try_ask(|reply| Command::Lookup { target, connect, reply }).await
     }
 
     /// The gateway fewest hops away among those the DHT knows (gateways publish
     /// `skyroute_proto::vpn::GATEWAY_SERVICE`); route finding must know a way to it.
-    pub async fn nearest_gateway(&self) -> Result<Result<PublicKey, String>, Stopped> {
-        self.ask(|reply| Command::NearestGateway { reply }).await
+    pub async fn nearest_gateway(&self) -> Result<PublicKey, NodeError> {
+        self.try_ask(|reply| Command::NearestGateway { reply }).await
     }
 
     /// A nudge whenever a session is established, accepted, gains or loses a path, fails or
     /// closes (nudges coalesce: read the status to see what changed). Event-driven, so a
     /// watcher needs no timer of its own (an idle phone wakes for nothing).
-    pub fn watch_sessions(&self) -> Result<mpsc::Receiver<()>, Stopped> {
+    pub fn watch_sessions(&self) -> Result<mpsc::Receiver<()>, NodeError> {
         let (to, rx) = mpsc::channel(1);
-        self.commands.send(Command::WatchSessions { to }).map_err(|_| Stopped)?;
+        self.tell(Command::WatchSessions { to })?;
         Ok(rx)
     }
 
     /// Serves `channel`: messages that arrive on it come out of the returned queue.
-    pub async fn register(&self, channel: u16) -> Result<Result<mpsc::Receiver<ServiceMessage>, String>, Stopped> {
+    pub async fn register(&self, channel: u16) -> Result<mpsc::Receiver<ServiceMessage>, NodeError> {
         let (to, rx) = mpsc::channel(1024);
-        self.ask(|reply| Command::Register { channel, to, reply }).await.map(|r| r.map(|()| rx))
+        self.try_ask(|reply| Command::Register { channel, to, reply }).await.map(|()| rx)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use skyroute_proto::{Event, Host, HostConfig, HostEvent, PublicKey, SessionEvent, SessionId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Command, Listening, Options};
+use super::{Command, Listening, NodeError, Options};
 use crate::control::{LinkStatus, PathStatus, PingReport, ServiceMessage, SessionStatus, Status, TransferReport};
 use crate::service::transfer::{self, Outcome, Outgoing};
 use crate::service::{self, Conn, Control, Exchange};
@@ -40,13 +40,13 @@ struct PingJob {
     established_at: Option<Instant>,
     outstanding: BTreeMap<u64, Instant>,
     rtts: Vec<f64>,
-    reply: oneshot::Sender<Result<PingReport, String>>,
+    reply: oneshot::Sender<Result<PingReport, NodeError>>,
 }
 
 struct EchoJob {
     session: SessionId,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    reply: oneshot::Sender<Result<Vec<u8>, NodeError>>,
 }
 
 struct SendJob {
@@ -54,7 +54,7 @@ struct SendJob {
     session: SessionId,
     out: Outgoing,
     started: Instant,
-    reply: oneshot::Sender<Result<TransferReport, String>>,
+    reply: oneshot::Sender<Result<TransferReport, NodeError>>,
 }
 
 pub(super) struct Driver {
@@ -475,7 +475,7 @@ impl Driver {
             setup_ms: p.established_at.map_or(0.0, |t| t.duration_since(p.created).as_secs_f64() * 1e3),
             rtt_ms: p.rtts,
         };
-        let _ = p.reply.send(if n == 0 { Err(format!("no reply from {}", p.peer)) } else { Ok(report) });
+        let _ = p.reply.send(if n == 0 { Err(NodeError::NoReply(p.peer.to_string())) } else { Ok(report) });
     }
 
     fn tick_jobs(&mut self, now: Instant) {
@@ -486,7 +486,10 @@ impl Driver {
                 if now.duration_since(p.created) > SETUP_TIMEOUT {
                     let p = self.pings.remove(&job);
                     if let Some(p) = p {
-                        let _ = p.reply.send(Err(format!("no session to {} within {SETUP_TIMEOUT:?}", p.peer)));
+                        let _ = p.reply.send(Err(NodeError::NoSession {
+                            peer: p.peer.to_string(),
+                            reason: format!("not established within {SETUP_TIMEOUT:?}"),
+                        }));
                     }
                 } else {
                     p.next_at = now + Duration::from_millis(100);
@@ -511,7 +514,7 @@ impl Driver {
         let late: Vec<u64> = self.echoes.iter().filter(|(_, e)| e.deadline <= now).map(|(id, _)| *id).collect();
         for id in late {
             if let Some(e) = self.echoes.remove(&id) {
-                let _ = e.reply.send(Err("no echo in time".into()));
+                let _ = e.reply.send(Err(NodeError::NoReply("the echo service".into())));
             }
         }
     }
@@ -525,7 +528,7 @@ impl Driver {
         self.vpn_session_gone(now, session);
         let Some(conn) = conn else { return };
         self.receiver.session_gone(session, &conn.peer.to_string(), now);
-        let err = |what: &str| format!("{what}: session to {} ended: {why}", conn.peer);
+        let err = |what: &'static str| NodeError::SessionEnded { what, peer: conn.peer.to_string(), why: why.to_string() };
         for id in self.sends.iter().filter(|(_, j)| j.session == session).map(|(id, _)| *id).collect::<Vec<_>>() {
             if let Some(j) = self.sends.remove(&id) {
                 let _ = j.reply.send(Err(err("transfer")));
@@ -569,7 +572,7 @@ impl Driver {
         }
         for (id, e) in failed {
             if let Some(j) = self.sends.remove(&id) {
-                let _ = j.reply.send(Err(format!("reading the source: {e}")));
+                let _ = j.reply.send(Err(NodeError::Source { source_name: j.out.name.clone(), reason: e.to_string() }));
             }
         }
         for (&sid, c) in self.conns.iter_mut() {
@@ -593,7 +596,7 @@ impl Driver {
     }
 
     /// Our session to `peer`, opened if there is none.
-    fn session_to(&mut self, now: Instant, peer: PublicKey) -> Result<SessionId, String> {
+    fn session_to(&mut self, now: Instant, peer: PublicKey) -> Result<SessionId, NodeError> {
         self.session_with_routes(now, peer, None)
     }
 
@@ -603,11 +606,14 @@ impl Driver {
         now: Instant,
         peer: PublicKey,
         routes: Option<usize>,
-    ) -> Result<SessionId, String> {
+    ) -> Result<SessionId, NodeError> {
         if let Some(&s) = self.to_peer.get(&peer) {
             return Ok(s);
         }
-        let s = self.host.connect(now, peer, routes).map_err(|e| e.to_string())?;
+        let s = self
+            .host
+            .connect(now, peer, routes)
+            .map_err(|e| NodeError::NoSession { peer: peer.to_string(), reason: e.to_string() })?;
         self.to_peer.insert(peer, s);
         self.conns.insert(s, Conn::new(peer));
         Ok(s)
@@ -620,10 +626,10 @@ impl Driver {
             }
             Command::AddTopology { a, b } => self.host.graph_mut().add_edge(a, b, LINK_COST),
             Command::OpenRoute { hops, reply } => {
-                let _ = reply.send(self.host.node_mut(now).open_route(now, None, &hops));
+                let _ = reply.send(self.host.node_mut(now).open_route(now, None, &hops).map_err(NodeError::from));
             }
             Command::SendRoute { route, class, data, reply } => {
-                let _ = reply.send(self.host.node_mut(now).send(now, route, class, &data));
+                let _ = reply.send(self.host.node_mut(now).send(now, route, class, &data).map_err(NodeError::from));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -674,7 +680,7 @@ impl Driver {
                 let out = match Outgoing::open(id, &source) {
                     Ok(o) => o,
                     Err(e) => {
-                        let _ = reply.send(Err(format!("{source:?}: {e}")));
+                        let _ = reply.send(Err(NodeError::Source { source_name: format!("{source:?}"), reason: e.to_string() }));
                         return;
                     }
                 };
@@ -699,10 +705,10 @@ impl Driver {
             Command::Register { channel, to, reply } => {
                 self.services.retain(|_, tx| !tx.is_closed());
                 let r = if channel < service::FIRST_FREE_CHANNEL {
-                    Err(format!("channels below {} are the node's own", service::FIRST_FREE_CHANNEL))
+                    Err(NodeError::ReservedChannel(channel))
                 } else {
                     match self.services.entry(channel) {
-                        std::collections::btree_map::Entry::Occupied(_) => Err(format!("channel {channel} is taken")),
+                        std::collections::btree_map::Entry::Occupied(_) => Err(NodeError::ChannelTaken(channel)),
                         std::collections::btree_map::Entry::Vacant(v) => {
                             v.insert(to);
                             Ok(())
@@ -727,12 +733,12 @@ impl Driver {
         }
     }
 
-    fn resolve(&self, peer: &str) -> Result<PublicKey, String> {
+    fn resolve(&self, peer: &str) -> Result<PublicKey, NodeError> {
         if let Ok(k) = PublicKey::from_hex(peer) {
             return Ok(k);
         }
         let addr = skyroute_proto::Address::from_hex(peer)
-            .map_err(|_| format!("{peer:?} is neither a public key (66 hex digits) nor an address (40 hex digits)"))?;
+            .map_err(|_| NodeError::BadPeer(peer.to_string()))?;
         let known = self
             .host
             .graph()
@@ -740,9 +746,7 @@ impl Driver {
             .copied()
             .chain(self.host.node().links().into_iter().map(|l| l.peer))
             .chain(self.dht.learned_keys());
-        known.into_iter().find(|k| k.address().ct_eq(&addr)).ok_or_else(|| {
-            format!("no known node has address {peer} (give its public key, or look it up: skyroute lookup)")
-        })
+        known.into_iter().find(|k| k.address().ct_eq(&addr)).ok_or_else(|| NodeError::UnknownAddress(peer.to_string()))
     }
 
     fn status(&self) -> Status {

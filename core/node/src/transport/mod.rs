@@ -129,14 +129,25 @@ impl Kind {
     }
 }
 
+/// A transport address that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    /// The scheme is not `udp`, `tcp` or `quic`.
+    #[error("unknown transport {0:?} (udp, tcp or quic)")]
+    Transport(String),
+    /// The rest is not an IP address and port.
+    #[error("not an address and port: {0:?}")]
+    Address(String),
+}
+
 impl FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Kind, String> {
+    type Err = AddrError;
+    fn from_str(s: &str) -> Result<Kind, AddrError> {
         match s {
             "udp" => Ok(Kind::Udp),
             "tcp" => Ok(Kind::Tcp),
             "quic" => Ok(Kind::Quic),
-            _ => Err(format!("unknown transport {s:?} (udp, tcp or quic)")),
+            _ => Err(AddrError::Transport(s.to_string())),
         }
     }
 }
@@ -181,13 +192,13 @@ impl fmt::Display for Addr {
 
 /// `udp://1.2.3.4:5`, `tcp://...`, `quic://...`, or a bare `1.2.3.4:5` (UDP).
 impl FromStr for Addr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Addr, String> {
+    type Err = AddrError;
+    fn from_str(s: &str) -> Result<Addr, AddrError> {
         let (kind, rest) = match s.split_once("://") {
             Some((k, r)) => (k.parse::<Kind>()?, r),
             None => (Kind::Udp, s),
         };
-        let addr = rest.parse::<SocketAddr>().map_err(|_| format!("not an address and port: {rest:?}"))?;
+        let addr = rest.parse::<SocketAddr>().map_err(|_| AddrError::Address(rest.to_string()))?;
         Ok(kind.at(addr))
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::discovery::unix_now;
 use super::Driver;
 use crate::control::{LookupReport, RecordView};
-use crate::driver::{DhtOptions, LookupTarget};
+use crate::driver::{DhtOptions, LookupTarget, NodeError};
 use crate::transport::Addr;
 
 /// The channel DHT messages travel on.
@@ -45,9 +45,9 @@ struct Job {
 }
 
 enum Reply {
-    Lookup(oneshot::Sender<Result<LookupReport, String>>),
+    Lookup(oneshot::Sender<Result<LookupReport, NodeError>>),
     /// The gateway fewest hops away among those found.
-    Nearest(oneshot::Sender<Result<PublicKey, String>>),
+    Nearest(oneshot::Sender<Result<PublicKey, NodeError>>),
 }
 
 pub(in crate::driver) struct DhtState {
@@ -302,10 +302,10 @@ impl Driver {
         now: Instant,
         target: LookupTarget,
         connect: bool,
-        reply: oneshot::Sender<Result<LookupReport, String>>,
+        reply: oneshot::Sender<Result<LookupReport, NodeError>>,
     ) {
         let Some(d) = self.dht.dht.as_mut() else {
-            let _ = reply.send(Err("the DHT is off on this node ([discovery] dht = true)".into()));
+            let _ = reply.send(Err(NodeError::DhtOff));
             return;
         };
         let (address, service) = match &target {
@@ -322,9 +322,9 @@ impl Driver {
     /// Finds the gateways of the DHT (they publish [`GATEWAY_SERVICE`]) and answers with the
     /// one fewest hops away in the graph route finding uses (the seed: the best routes to
     /// the clearnet have small depth), cheapest first among equals.
-    pub(super) fn nearest_gateway(&mut self, now: Instant, reply: oneshot::Sender<Result<PublicKey, String>>) {
+    pub(super) fn nearest_gateway(&mut self, now: Instant, reply: oneshot::Sender<Result<PublicKey, NodeError>>) {
         let Some(d) = self.dht.dht.as_mut() else {
-            let _ = reply.send(Err("the DHT is off on this node ([discovery] dht = true)".into()));
+            let _ = reply.send(Err(NodeError::DhtOff));
             return;
         };
         let target = service_address(&service_key(GATEWAY_SERVICE));
@@ -334,14 +334,14 @@ impl Driver {
             .insert(id, Job { target, service: true, connect: false, found: None, reply: Reply::Nearest(reply) });
     }
 
-    fn rank_gateways(&self, records: &[dht::SignedRecord]) -> Result<PublicKey, String> {
+    fn rank_gateways(&self, records: &[dht::SignedRecord]) -> Result<PublicKey, NodeError> {
         let gateways: Vec<PublicKey> = records
             .iter()
             .filter(|r| r.record.roles & dht::record::ROLE_GATEWAY != 0 && r.record.key != self.me)
             .map(|r| r.record.key)
             .collect();
         if gateways.is_empty() {
-            return Err("no gateway found in the DHT".into());
+            return Err(NodeError::NoGateway);
         }
         // Breadth-first from us: depth, then cost of the cheapest route.
         let depth: BTreeMap<PublicKey, u32> = self.host.graph().by_hops(&self.me).into_iter().collect();
@@ -352,7 +352,7 @@ impl Driver {
             })
             .min()
             .map(|(_, _, g)| g)
-            .ok_or_else(|| "gateways found, but no route to any is known".into())
+            .ok_or(NodeError::NoRouteToGateway)
     }
 
     fn dht_lookup_done(&mut self, now: Instant, r: dht::LookupResult) {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::Driver;
 use crate::control::{GatewayClientStatus, GatewayStatus, TunnelStatus};
-use crate::driver::PacketPort;
+use crate::driver::{NodeError, PacketPort};
 
 /// Budget of a realtime (deadline) packet: a late small packet is as good as lost.
 const REALTIME_BUDGET: Duration = Duration::from_millis(400);
@@ -33,7 +33,7 @@ pub(in crate::driver) struct TunnelState {
     /// Sessions opened again after the one before failed.
     pub reconnects: u64,
     pub port: PacketPort,
-    pub waiting: Option<oneshot::Sender<Result<vpn::Assignment, String>>>,
+    pub waiting: Option<oneshot::Sender<Result<vpn::Assignment, NodeError>>>,
 }
 
 impl Driver {
@@ -114,7 +114,7 @@ impl Driver {
                 Some(t) => {
                     tracing::warn!("tunnel: the gateway refused: {why}");
                     if let Some(w) = t.waiting.take() {
-                        let _ = w.send(Err(format!("the gateway refused: {why}")));
+                        let _ = w.send(Err(NodeError::GatewayRefused(why.to_string())));
                     }
                     self.tunnel = None;
                 }
@@ -165,10 +165,10 @@ impl Driver {
         gateway: PublicKey,
         routes: Option<usize>,
         port: PacketPort,
-        reply: oneshot::Sender<Result<vpn::Assignment, String>>,
+        reply: oneshot::Sender<Result<vpn::Assignment, NodeError>>,
     ) {
         if self.tunnel.is_some() {
-            let _ = reply.send(Err("a tunnel is already up (vpn down first)".into()));
+            let _ = reply.send(Err(NodeError::TunnelExists));
             return;
         }
         let session = match self.session_with_routes(now, gateway, routes) {
@@ -199,7 +199,7 @@ impl Driver {
             Some(t) => {
                 tracing::info!(gateway = %super::short(&t.gateway), "tunnel: down");
                 if let Some(w) = t.waiting {
-                    let _ = w.send(Err("the tunnel was taken down".into()));
+                    let _ = w.send(Err(NodeError::TunnelDown));
                 }
                 true
             }
@@ -218,7 +218,7 @@ impl Driver {
         }
         let Some(t) = self.tunnel.as_mut().filter(|t| t.session == session) else { return };
         if let Some(w) = t.waiting.take() {
-            let _ = w.send(Err("the session to the gateway ended".into()));
+            let _ = w.send(Err(NodeError::GatewaySessionEnded));
             self.tunnel = None;
             return;
         }
