@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use skyroute_escrow::{settle_message, Settle};
-use skyroute_sim::scenario::{open_route, payload, transfer};
-use skyroute_sim::{WireSpec, World};
 use skyroute_proto::accounting::{amount, Policy, ReceiptError, MIB};
 use skyroute_proto::{AccountingStats, Event, NodeConfig, RouteError, RouteEvent, RouteId};
 use skyroute_scenarios::funded_escrow;
+use skyroute_sim::scenario::{open_route, payload, transfer};
+use skyroute_sim::{WireSpec, World};
 
 const PRICE: u32 = 300;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 use rand_core::OsRng;
 use skyroute::driver::{NodeError, Options, RunningNode};
 use skyroute_cli::impair::{self, Impairment};
-use skyroute_sim::scenario::{payload, StreamCheck};
 use skyroute_proto::{Class, Event, NodeConfig, RouteError, RouteEvent, SecretKey};
+use skyroute_sim::scenario::{payload, StreamCheck};
 
 async fn node() -> RunningNode {
     node_with(NodeConfig::default()).await

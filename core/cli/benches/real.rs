@@ -6,7 +6,7 @@
 //! - two hops over QUIC / two hops over UDP (and TCP / UDP);
 //! - an idle `skyroute node`: resident memory and CPU time.
 //!
-//! `cargo bench -p skyroute --bench real` (prints a table; `SKYROUTE_BENCH_MIB` sets the size).
+//! `cargo bench -p skyroute-cli --bench real` (prints a table; `SKYROUTE_BENCH_MIB` sets the size).
 
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! VPN benchmarks in network namespaces (root only): TCP throughput through the tunnel over
 //! one relay hop against TCP over a direct veth in the same run, and the round-trip time the
-//! tunnel adds to ping. `cargo bench -p skyroute --bench vpn`; SKYROUTE_BENCH_MIB sets the
+//! tunnel adds to ping. `cargo bench -p skyroute-cli --bench vpn`; SKYROUTE_BENCH_MIB sets the
 //! download size (default 256).
 //!
 //! ```text

@@ -318,10 +318,11 @@ pub fn run(cli: Cli) -> i32 {
                 return fail(format!("{}: {e}", dir.display()));
             }
             // The faucet stands in for a chain: every deposit is credited.
-            let escrow = match skyroute_escrow::Escrow::open(&dir.join("escrow.redb"), Box::new(skyroute_escrow::Faucet)) {
-                Ok(e) => e,
-                Err(e) => return fail(e),
-            };
+            let escrow =
+                match skyroute_escrow::Escrow::open(&dir.join("escrow.redb"), Box::new(skyroute_escrow::Faucet)) {
+                    Ok(e) => e,
+                    Err(e) => return fail(e),
+                };
             let listener = match std::net::TcpListener::bind(listen) {
                 Ok(l) => l,
                 Err(e) => return fail(format!("{listen}: {e}")),

@@ -21,12 +21,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand_core::OsRng;
 use skyroute_proto::SecretKey;
 
+use crate::impair::{self, ImpairStats, Impairment};
 use skyroute::control::Status;
 use skyroute::driver::{EscrowOptions, Options, RunningNode};
-use skyroute_escrow::{Escrow, Faucet};
-use crate::impair::{self, ImpairStats, Impairment};
 use skyroute::service::transfer::Source;
 use skyroute::transport::Addr;
+use skyroute_escrow::{Escrow, Faucet};
 
 /// How long the phone streams.
 const STREAM: Duration = Duration::from_secs(12);
@@ -229,10 +229,8 @@ async fn demo() -> std::io::Result<DemoReport> {
     }
     bar.finish_and_clear();
     let reports = stream.await.map_err(std::io::Error::other)?;
-    let ping_after = nodes[phone]
-        .ping(key(server), 5, Duration::from_millis(20))
-        .await
-        .map_err(std::io::Error::other)?;
+    let ping_after =
+        nodes[phone].ping(key(server), 5, Duration::from_millis(20)).await.map_err(std::io::Error::other)?;
     // The relays settle their last receipts at the escrow (a round every 2 s).
     let mut earnings = Vec::new();
     for relay in [wifi, lte, core] {

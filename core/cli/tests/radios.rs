@@ -16,7 +16,7 @@
 //! links down within 100 ms (rtnetlink, no timer); a returning one is up again at once.
 //!
 //! The same scenario with the client's sockets unbound (`interfaces = []`, as before) is the
-//! baseline: `cargo test -p skyroute --test radios -- --ignored --nocapture` prints its figures.
+//! baseline: `cargo test -p skyroute-cli --test radios -- --ignored --nocapture` prints its figures.
 
 #[path = "support/netns.rs"]
 mod netns;

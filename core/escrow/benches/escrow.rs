@@ -1,7 +1,7 @@
 //! Escrow load: receipts settled per second, in batches, against the same run's raw ECDSA
 //! verification rate. A route's first settlement checks two signatures (the receipt's and the
 //! payee's, which binds the payee key to its account); its later receipts only the receipt's.
-//! `cargo bench -p skyroute --bench escrow` prints the table.
+//! `cargo bench -p skyroute-escrow --bench escrow` prints the table.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

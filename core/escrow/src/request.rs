@@ -49,4 +49,3 @@ impl Settle {
 pub struct Settled {
     pub paid: u64,
 }
-

@@ -11,7 +11,6 @@ use skyroute_proto::PublicKey;
 use crate::request::{settle_message, Settle, Settled, COIN};
 use subtle::ConstantTimeEq;
 
-
 const ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("accounts");
 const SPENDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("spenders");
 const SETTLED: TableDefinition<&[u8], u64> = TableDefinition::new("settled");

@@ -160,9 +160,13 @@ struct RawGateway {
 pub struct Gateway {
     /// Admission, pool, rate limit, forbidden destinations, MTU.
     pub service: skyroute_proto::vpn::GatewayConfig,
+    /// The interface clients' packets leave through (NAT); None: the default route's.
     pub uplink: Option<String>,
+    /// The gateway's TUN device.
     pub tun: String,
+    /// Let clients reach the gateway host itself.
     pub reach_host: bool,
+    /// Set up NAT (nftables masquerade); off when the host routes the pool itself.
     pub nat: bool,
 }
 
@@ -211,7 +215,9 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
         .blocked
         .iter()
         .enumerate()
-        .map(|(i, b)| crate::netconf::parse_prefix(b).map_err(|e| field(format!("gateway.blocked[{i}]"), e.to_string())))
+        .map(|(i, b)| {
+            crate::netconf::parse_prefix(b).map_err(|e| field(format!("gateway.blocked[{i}]"), e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mtu = raw.mtu.unwrap_or(DEFAULT_TUNNEL_MTU);
     if !(576..=9000).contains(&mtu) {
@@ -298,7 +304,9 @@ struct RawForward {
 /// A static neighbour.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The neighbour's key.
     pub key: PublicKey,
+    /// Where it listens.
     pub addr: Addr,
 }
 
@@ -307,24 +315,34 @@ pub struct Peer {
 pub enum Bind {
     /// The default port on all interfaces, or the next free one.
     Default,
+    /// Not listening.
     Off,
+    /// This address and port.
     At(SocketAddr),
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The UDP listener.
     pub udp: Bind,
+    /// The TCP listener.
     pub tcp: Bind,
+    /// The QUIC listener.
     pub quic: Bind,
     /// Which interfaces get a bound UDP socket (`[listen] interfaces`).
     pub interfaces: crate::transport::iface::Policy,
+    /// Static neighbours, dialled at start.
     pub peers: Vec<Peer>,
+    /// Links between other nodes that route finding may use (until discovery).
     pub topology: Vec<(PublicKey, PublicKey)>,
+    /// Link, route and store-and-forward settings.
     pub node: NodeConfig,
+    /// Session settings.
     pub session: SessionConfig,
     /// A tracing filter (`RUST_LOG` syntax).
     pub log: Option<String>,
+    /// Serve as an IPv4 gateway (`[gateway]`).
     pub gateway: Option<Gateway>,
     /// Announce links to neighbours and learn routes from theirs.
     pub discovery: bool,
@@ -437,7 +455,8 @@ fn dht_options(d: &RawDiscovery) -> Result<Option<crate::driver::DhtOptions>, Co
         .enumerate()
         .map(|(i, a)| {
             let name = format!("discovery.advertise[{i}]");
-            let parsed: crate::transport::Addr = a.parse().map_err(|e: crate::transport::AddrError| field(name.clone(), e.to_string()))?;
+            let parsed: crate::transport::Addr =
+                a.parse().map_err(|e: crate::transport::AddrError| field(name.clone(), e.to_string()))?;
             if parsed.socket().ip().is_unspecified() || parsed.to_string().len() > MAX_ADDR_LEN {
                 return Err(field(name, "an address others can dial (not 0.0.0.0)"));
             }
@@ -463,11 +482,24 @@ fn dht_options(d: &RawDiscovery) -> Result<Option<crate::driver::DhtOptions>, Co
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     #[error("{0}")]
+    /// Not valid TOML (the parser's message, with the line).
     Syntax(String),
     #[error("{field}: {message}")]
-    Field { field: String, message: String },
+    /// A field with a wrong value.
+    Field {
+        /// The field (`section.name`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -496,12 +528,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::parse(&text)
     }
 
+    /// Validates a configuration from its TOML text (an empty text gives the defaults).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: Raw =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.message().to_string() + &span(text, e.span())))?;

@@ -305,7 +305,8 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
     Ok(match req {
         Request::Status => Reply { status: Some(node.status().await?), ..Reply::ok() },
         Request::Connect { key, addr } => {
-            let key = skyroute_proto::PublicKey::from_hex(&key).map_err(|_| ControlError::BadRequest("key: not a public key".into()))?;
+            let key = skyroute_proto::PublicKey::from_hex(&key)
+                .map_err(|_| ControlError::BadRequest("key: not a public key".into()))?;
             let addr = addr.parse().map_err(|e| ControlError::BadRequest(format!("addr: {e}")))?;
             node.connect(key, addr)?;
             Reply::ok()
@@ -344,7 +345,9 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
             let r = node.lookup(target, connect).await?;
             Reply { lookup: Some(r), ..Reply::ok() }
         }
-        Request::Register { .. } => return Err(ControlError::BadRequest("register is answered by the connection handler".into())),
+        Request::Register { .. } => {
+            return Err(ControlError::BadRequest("register is answered by the connection handler".into()))
+        }
         Request::VpnUp { gateway, routes, prefixes, tun } => {
             let mut slot = vpn.lock().await;
             if slot.is_some() {
@@ -354,11 +357,7 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
                 return Err(ControlError::BadRequest("routes: must be between 1 and 8".into()));
             }
             let req = TunnelRequest {
-                gateway: if gateway == "nearest" {
-                    node.nearest_gateway().await?
-                } else {
-                    resolve(gateway).await?
-                },
+                gateway: if gateway == "nearest" { node.nearest_gateway().await? } else { resolve(gateway).await? },
                 routes,
                 prefixes: crate::vpn::prefixes(&prefixes).map_err(crate::vpn::VpnError::from)?,
                 tun: tun.unwrap_or_else(|| crate::vpn::DEFAULT_CLIENT_TUN.into()),

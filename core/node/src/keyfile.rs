@@ -7,13 +7,27 @@ use std::path::{Path, PathBuf};
 use skyroute_proto::{KeyError, SecretKey};
 
 #[derive(Debug, thiserror::Error)]
+/// Why a key file could not be read or written.
 pub enum KeyFileError {
     #[error("{0} exists; pass --force to overwrite it")]
+    /// The file exists and overwriting was not asked for.
     Exists(PathBuf),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// Reading or writing failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: KeyError },
+    /// The file does not hold a key.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: KeyError,
+    },
 }
 
 /// The default data directory: `$HOME/.local/share/skyroute`.
@@ -57,6 +71,7 @@ pub fn write(path: &Path, key: &SecretKey, force: bool) -> Result<(), KeyFileErr
     f.sync_all().map_err(io)
 }
 
+/// Reads a secret key from `path` (hex, one line).
 pub fn read(path: &Path) -> Result<SecretKey, KeyFileError> {
     let text = zeroize::Zeroizing::new(
         fs::read_to_string(path).map_err(|source| KeyFileError::Io { path: path.to_path_buf(), source })?,

@@ -7,6 +7,8 @@
 //! for `vpn up` and the gateway's uplink: tun-rs), `log` (log lines on stderr). Firmware and
 //! mobile builds leave out what they do not use; see the README's size table.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -126,6 +126,7 @@ impl Nat {
         Ok(nat)
     }
 
+    /// The nftables table holding the NAT rules.
     pub fn table(&self) -> &str {
         &self.table
     }
@@ -154,6 +155,7 @@ const RULE_TUNNEL: u32 = 21_000;
 /// still wins for everything more specific than its default route (the local networks).
 /// Removed on drop.
 pub struct Routes {
+    /// The prefixes routed into the TUN (empty: everything).
     pub prefixes: Vec<(Ipv4Addr, u8)>,
     full: bool,
 }
@@ -182,6 +184,7 @@ impl Routes {
         Ok(routes)
     }
 
+    /// Whether this is a full tunnel (everything goes into the TUN).
     pub fn full(&self) -> bool {
         self.full
     }

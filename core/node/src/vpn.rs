@@ -93,11 +93,13 @@ impl Drop for GatewayUplink {
 /// What `vpn up` asks for.
 #[derive(Debug, Clone)]
 pub struct TunnelRequest {
+    /// The gateway's key.
     pub gateway: PublicKey,
     /// Disjoint routes for the tunnel's session.
     pub routes: Option<usize>,
     /// Prefixes into the tunnel; empty: everything (full tunnel).
     pub prefixes: Vec<(Ipv4Addr, u8)>,
+    /// The TUN device to create.
     pub tun: String,
 }
 

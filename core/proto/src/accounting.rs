@@ -23,6 +23,7 @@ use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN, SIGNATURE_LEN};
 pub const MIB: u64 = 1 << 20;
 /// Encoded sizes.
 pub const CLAIM_LEN: usize = 1 + 2 * PUBLIC_KEY_LEN + 8 + 4 + SIGNATURE_LEN;
+/// Bytes in an encoded receipt.
 pub const RECEIPT_LEN: usize = 1 + 2 * PUBLIC_KEY_LEN + 8 + 8 + SIGNATURE_LEN;
 
 const CLAIM_TAG: u8 = 1;
@@ -34,24 +35,33 @@ const RECEIPT_LABEL: &[u8] = b"skyroute receipt v1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum ReceiptError {
     #[error("malformed statement")]
+    /// Not a claim or receipt encoding.
     Malformed,
     #[error("signature does not verify")]
+    /// The signature does not verify under the signer's route key.
     BadSignature,
     #[error("for another route key")]
+    /// Names a route key other than ours.
     WrongParty,
     #[error("not newer than one already taken (replay)")]
+    /// Not newer than one already taken.
     Replayed,
     #[error("smaller than one already taken")]
+    /// Counts less than one already taken.
     Decreasing,
     #[error("claims more than was sent")]
+    /// Claims more bytes than the source sent (beyond the tolerance).
     OverClaim,
     #[error("price above what the source accepts, or changed")]
+    /// A price above the source's limit, or different from the one agreed.
     Price,
     #[error("pays less than the bytes at the agreed price")]
+    /// Pays less than the receipted bytes at the agreed price.
     Underpaid,
 }
 
 impl ReceiptError {
+    /// Every reason, in the order status reports them.
     pub const ALL: [ReceiptError; 8] = [
         ReceiptError::Malformed,
         ReceiptError::BadSignature,
@@ -63,6 +73,7 @@ impl ReceiptError {
         ReceiptError::Underpaid,
     ];
 
+    /// The reason's stable name (status JSON keys).
     pub fn name(self) -> &'static str {
         match self {
             ReceiptError::Malformed => "malformed",
@@ -82,18 +93,22 @@ impl ReceiptError {
 pub struct Refused([u64; 8]);
 
 impl Refused {
+    /// Counts one refusal.
     pub fn add(&mut self, e: ReceiptError) {
         self.0[e as usize] += 1;
     }
 
+    /// Refusals for `e`.
     pub fn get(&self, e: ReceiptError) -> u64 {
         self.0[e as usize]
     }
 
+    /// Refusals for every reason.
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }
 
+    /// Each reason with its count.
     pub fn iter(&self) -> impl Iterator<Item = (ReceiptError, u64)> + '_ {
         ReceiptError::ALL.into_iter().map(|e| (e, self.get(e))).filter(|(_, n)| *n > 0)
     }
@@ -111,8 +126,11 @@ pub struct Claim {
     pub payer: PublicKey,
     /// The hop's route key (which signs).
     pub payee: PublicKey,
+    /// Bytes carried on the route so far (cumulative).
     pub bytes: u64,
+    /// The hop's price, in the escrow's smallest unit per MiB.
     pub price_per_mib: u32,
+    /// The payee's signature over the claim.
     pub signature: [u8; SIGNATURE_LEN],
 }
 
@@ -121,9 +139,13 @@ pub struct Claim {
 pub struct Receipt {
     /// The source's route key (which signs).
     pub payer: PublicKey,
+    /// The hop's route key (which the escrow pays).
     pub payee: PublicKey,
+    /// Bytes receipted (cumulative).
     pub bytes: u64,
+    /// What the receipt pays in total (cumulative), in the escrow's smallest unit.
     pub amount: u64,
+    /// The payer's signature over the receipt.
     pub signature: [u8; SIGNATURE_LEN],
 }
 
@@ -151,17 +173,20 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl Claim {
+    /// A claim for `bytes` at `price_per_mib`, signed by the hop's route key.
     pub fn sign(hop: &SecretKey, payer: PublicKey, bytes: u64, price_per_mib: u32) -> Claim {
         let payee = hop.public_key();
         let signature = hop.sign(&body(CLAIM_LABEL, &payer, &payee, bytes, &price_per_mib.to_be_bytes()));
         Claim { payer, payee, bytes, price_per_mib, signature }
     }
 
+    /// Checks the payee's signature.
     pub fn verify(&self) -> Result<(), ReceiptError> {
         let m = body(CLAIM_LABEL, &self.payer, &self.payee, self.bytes, &self.price_per_mib.to_be_bytes());
         self.payee.verify(&m, &self.signature).then_some(()).ok_or(ReceiptError::BadSignature)
     }
 
+    /// The claim's wire encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(CLAIM_LEN);
         b.push(CLAIM_TAG);
@@ -189,17 +214,20 @@ impl Claim {
 }
 
 impl Receipt {
+    /// A receipt to `payee` for `bytes` and `amount`, signed by the source's route key.
     pub fn sign(source: &SecretKey, payee: PublicKey, bytes: u64, amount: u64) -> Receipt {
         let payer = source.public_key();
         let signature = source.sign(&body(RECEIPT_LABEL, &payer, &payee, bytes, &amount.to_be_bytes()));
         Receipt { payer, payee, bytes, amount, signature }
     }
 
+    /// Checks the payer's signature.
     pub fn verify(&self) -> Result<(), ReceiptError> {
         let m = body(RECEIPT_LABEL, &self.payer, &self.payee, self.bytes, &self.amount.to_be_bytes());
         self.payer.verify(&m, &self.signature).then_some(()).ok_or(ReceiptError::BadSignature)
     }
 
+    /// The receipt's wire encoding (what the escrow settles).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(RECEIPT_LEN);
         b.push(RECEIPT_TAG);
@@ -233,6 +261,7 @@ pub struct Payer {
     max_price_per_mib: u32,
     /// Per hop route key: bytes receipted and the price agreed at the first claim.
     hops: std::collections::BTreeMap<PublicKey, (u64, u32)>,
+    /// Claims refused, by reason.
     pub refused: Refused,
 }
 
@@ -242,6 +271,7 @@ impl Payer {
         Payer { key, sent: 0, tolerance, max_price_per_mib, hops: Default::default(), refused: Refused::default() }
     }
 
+    /// The source's route key for this route (hops claim against it).
     pub fn public_key(&self) -> PublicKey {
         self.key.public_key()
     }
@@ -261,6 +291,7 @@ impl Payer {
         self.hops.get(payee).map(|(b, p)| (*b, amount(*b, *p)))
     }
 
+    /// Bytes the source sent on the route (what claims are checked against).
     pub fn sent(&self) -> u64 {
         self.sent
     }
@@ -316,8 +347,11 @@ pub enum Policy {
 /// The verdict on a route at a hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Paid up, or within its allowance.
     Paid,
+    /// Unpaid beyond the allowance and grace: forward at the throttled window only.
     Throttle,
+    /// Unpaid beyond the allowance and grace: tear the route down.
     Drop,
 }
 
@@ -336,6 +370,7 @@ pub struct Payee {
     grace: Duration,
     policy: Policy,
     unpaid_since: Option<Instant>,
+    /// Receipts refused, by reason.
     pub refused: Refused,
 }
 
@@ -372,6 +407,7 @@ impl Payee {
         }
     }
 
+    /// The hop's route key for this route (receipts pay it).
     pub fn public_key(&self) -> PublicKey {
         self.key.public_key()
     }
@@ -381,10 +417,12 @@ impl Payee {
         self.payer.get_or_insert(payer);
     }
 
+    /// The source's route key, once it made itself known.
     pub fn payer(&self) -> Option<PublicKey> {
         self.payer
     }
 
+    /// This hop's price per MiB for the route.
     pub fn price_per_mib(&self) -> u32 {
         self.price_per_mib
     }
@@ -407,6 +445,7 @@ impl Payee {
         *c = c.saturating_add(bytes);
     }
 
+    /// Bytes of `class` carried on the route.
     pub fn carried(&self, class: Class) -> u64 {
         self.carried[class as usize]
     }
@@ -421,6 +460,7 @@ impl Payee {
         self.latest.as_ref().map_or((0, 0), |r| (r.bytes, r.amount))
     }
 
+    /// The newest valid receipt (what the escrow settles).
     pub fn latest(&self) -> Option<&Receipt> {
         self.latest.as_ref()
     }

@@ -33,9 +33,16 @@ pub fn framed(channel: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// A service message that cannot be framed.
 pub enum ChannelError {
     #[error("message of {len} bytes exceeds the limit of {max}")]
-    TooLong { len: usize, max: usize },
+    /// Longer than the deframer's limit.
+    TooLong {
+        /// The message's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Reassembles messages from stream bytes.
@@ -55,6 +62,7 @@ impl Default for Deframer {
 }
 
 impl Deframer {
+    /// A deframer that refuses messages longer than `max_message`.
     pub fn new(max_message: usize) -> Self {
         Deframer { buf: Vec::new(), pos: 0, max: max_message, failed: None }
     }

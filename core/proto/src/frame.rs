@@ -13,6 +13,7 @@ pub const ACK_FRAME_LEN: usize = 1 + 8 + 4 + ACK_BITMAP_BITS as usize / 8;
 /// A selective acknowledgement as carried in an ACK frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckFrame {
+    /// The largest datagram counter received.
     pub largest: u64,
     /// How long the receiver held the ack, in microseconds (for RTT samples).
     pub delay_us: u32,
@@ -42,19 +43,33 @@ impl AckFrame {
     }
 }
 
+/// Frame type: padding (to the link's pad size).
 pub const FRAME_PADDING: u8 = 0x00;
+/// Frame type: PING.
 pub const FRAME_PING: u8 = 0x01;
+/// Frame type: REKEY.
 pub const FRAME_REKEY: u8 = 0x02;
+/// Frame type: REKEY_ACK.
 pub const FRAME_REKEY_ACK: u8 = 0x03;
+/// Frame type: CLOSE.
 pub const FRAME_CLOSE: u8 = 0x04;
+/// Frame type: ACK.
 pub const FRAME_ACK: u8 = 0x05;
+/// Frame type: PROBE.
 pub const FRAME_PROBE: u8 = 0x06;
+/// Frame type: ROUTE_DATA.
 pub const FRAME_ROUTE_DATA: u8 = 0x10;
+/// Frame type: ROUTE_SETUP.
 pub const FRAME_ROUTE_SETUP: u8 = 0x11;
+/// Frame type: ROUTE_SETUP_OK.
 pub const FRAME_ROUTE_SETUP_OK: u8 = 0x12;
+/// Frame type: ROUTE_ERROR.
 pub const FRAME_ROUTE_ERROR: u8 = 0x13;
+/// Frame type: ROUTE_CLOSE.
 pub const FRAME_ROUTE_CLOSE: u8 = 0x14;
+/// Frame type: MAX_DATA.
 pub const FRAME_MAX_DATA: u8 = 0x15;
+/// Frame type: ROUTE_NOTE.
 pub const FRAME_ROUTE_NOTE: u8 = 0x16;
 
 /// Length of the key confirmation a hop returns when it joins a route.
@@ -63,6 +78,7 @@ pub const PROOF_LEN: usize = 16;
 pub const ROUTE_DATA_OVERHEAD: usize = 1 + 4 + 1 + 8 + 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// One frame inside a sealed link packet (WIRE.md has each one's bytes).
 pub enum Frame<'a> {
     /// A keepalive or key confirmation: asks for nothing.
     Ping,
@@ -70,29 +86,83 @@ pub enum Frame<'a> {
     /// changed, or when a link that was idle is used again).
     Probe,
     /// Start of a rekey: the sender's new ephemeral key for `epoch`.
-    Rekey { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    Rekey {
+        /// The key epoch the rotation makes.
+        epoch: u8,
+        /// The sender's new ephemeral public key.
+        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    },
     /// Answer to a rekey: the receiver's new ephemeral key for `epoch`.
-    RekeyAck { epoch: u8, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    RekeyAck {
+        /// The key epoch being answered.
+        epoch: u8,
+        /// The receiver's new ephemeral public key.
+        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    },
     /// The peer closes the link.
-    Close { reason: u8 },
+    Close {
+        /// Why (a code; 0: normal close).
+        reason: u8,
+    },
     /// Selective acknowledgement of link datagrams (by counter).
     Ack(AckFrame),
     /// An accounting note between a route's source and one of its hops (end-to-end sealed to
     /// that hop), passed along the route hop by hop as reliable control: see `route`.
-    RouteNote { route: RouteId, payload: &'a [u8] },
+    RouteNote {
+        /// The receiver's id of the route.
+        route: RouteId,
+        /// The sealed note.
+        payload: &'a [u8],
+    },
     /// A message of the receiver's route `route`: service class, stream offset, bytes.
-    RouteData { route: RouteId, class: u8, offset: u64, payload: &'a [u8] },
+    RouteData {
+        /// The receiver's id of the route.
+        route: RouteId,
+        /// The service class (0 realtime, 1 bulk).
+        class: u8,
+        /// The message's offset in the class's stream.
+        offset: u64,
+        /// The message.
+        payload: &'a [u8],
+    },
     /// Credit: the sender may have sent up to `limit` bytes of the receiver's route `route`
     /// in `class` (cumulative).
-    MaxData { route: RouteId, class: u8, limit: u64 },
+    MaxData {
+        /// The receiver's id of the route.
+        route: RouteId,
+        /// The service class.
+        class: u8,
+        /// Cumulative bytes the sender may have sent.
+        limit: u64,
+    },
     /// Join a route: `route` is the sender's id for it; `ephemeral` keys the hop secret.
-    RouteSetup { route: RouteId, ephemeral: &'a [u8; PUBLIC_KEY_LEN] },
+    RouteSetup {
+        /// The sender's id for the route.
+        route: RouteId,
+        /// The source's ephemeral key for this hop.
+        ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    },
     /// Joined: `route` is the receiver's id, `hop_route` the sender's, `proof` confirms the key.
-    RouteSetupOk { route: RouteId, hop_route: RouteId, proof: &'a [u8; PROOF_LEN] },
+    RouteSetupOk {
+        /// The receiver's id of the route.
+        route: RouteId,
+        /// The sender's id of the route.
+        hop_route: RouteId,
+        /// Proves the hop derived the same key.
+        proof: &'a [u8; PROOF_LEN],
+    },
     /// The receiver's route `route` failed downstream/upstream with `code`.
-    RouteError { route: RouteId, code: u8 },
+    RouteError {
+        /// The receiver's id of the route.
+        route: RouteId,
+        /// Why (a route error code).
+        code: u8,
+    },
     /// Tear down the receiver's route `route`.
-    RouteClose { route: RouteId },
+    RouteClose {
+        /// The receiver's id of the route.
+        route: RouteId,
+    },
 }
 
 /// Reads big-endian fields off a byte slice; running out is `DecodeError::Truncated`. Shared
@@ -184,6 +254,7 @@ impl<'a> Frame<'a> {
         Ok(Some(frame))
     }
 
+    /// Bytes the frame takes on the wire.
     pub fn encoded_len(&self) -> usize {
         1 + match self {
             Frame::Ping | Frame::Probe => 0,

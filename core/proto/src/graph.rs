@@ -35,10 +35,12 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// An empty graph.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds (or re-costs) the link between `a` and `b`.
     pub fn add_edge(&mut self, a: PublicKey, b: PublicKey, cost: u32) {
         self.edges.entry(a).or_default().insert(b, cost.max(1));
         self.edges.entry(b).or_default().insert(a, cost.max(1));
@@ -109,10 +111,12 @@ impl Graph {
         Some(cost)
     }
 
+    /// The guard nodes `dest` announced (routes to it end through one of them).
     pub fn guards(&self, dest: &PublicKey) -> &[PublicKey] {
         self.guards.get(dest).map_or(&[], |g| g.as_slice())
     }
 
+    /// Removes the link between `a` and `b`.
     pub fn remove_edge(&mut self, a: &PublicKey, b: &PublicKey) {
         if let Some(m) = self.edges.get_mut(a) {
             m.remove(b);
@@ -137,6 +141,7 @@ impl Graph {
         self.edges.get(a)?.get(b).copied()
     }
 
+    /// Links in the graph.
     pub fn edge_count(&self) -> usize {
         self.edges.values().map(|m| m.len()).sum::<usize>() / 2
     }

@@ -24,12 +24,16 @@ const KEY_FILE_HEADER: &str = "skyroute-secret-key-v1";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("not a valid compressed secp256k1 public key")]
+    /// Not a valid compressed secp256k1 point.
     InvalidPublicKey,
     #[error("not a valid secp256k1 secret key")]
+    /// Not a valid secp256k1 scalar (zero or out of range).
     InvalidSecretKey,
     #[error("key file is malformed: {0}")]
+    /// A key file that does not parse (what is wrong with it).
     MalformedKeyFile(&'static str),
     #[error("not a valid address (expected {ADDRESS_LEN} bytes of hex)")]
+    /// Not 40 hex digits.
     InvalidAddress,
 }
 
@@ -38,10 +42,12 @@ pub enum KeyError {
 pub struct SecretKey(k256::SecretKey);
 
 impl SecretKey {
+    /// A fresh identity from `rng`.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         SecretKey(k256::SecretKey::random(rng))
     }
 
+    /// A secret key from its 32 big-endian bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         k256::SecretKey::from_slice(bytes).map(SecretKey).map_err(|_| KeyError::InvalidSecretKey)
     }
@@ -61,6 +67,7 @@ impl SecretKey {
         out
     }
 
+    /// The public key of this identity.
     pub fn public_key(&self) -> PublicKey {
         PublicKey::from_inner(self.0.public_key())
     }
@@ -115,6 +122,7 @@ impl PartialEq for PublicKey {
 impl Eq for PublicKey {}
 
 impl PublicKey {
+    /// A public key from its 33 compressed SEC1 bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         if bytes.len() != PUBLIC_KEY_LEN {
             return Err(KeyError::InvalidPublicKey);
@@ -122,6 +130,7 @@ impl PublicKey {
         k256::PublicKey::from_sec1_bytes(bytes).map(PublicKey::from_inner).map_err(|_| KeyError::InvalidPublicKey)
     }
 
+    /// A public key from 66 hex digits (its compressed SEC1 bytes).
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
         let mut raw = [0u8; PUBLIC_KEY_LEN];
         hex::decode_to_slice(s.trim(), &mut raw).map_err(|_| KeyError::InvalidPublicKey)?;
@@ -144,6 +153,7 @@ impl PublicKey {
         k256::ecdsa::VerifyingKey::from(&self.key).verify(msg, &sig).is_ok()
     }
 
+    /// The node's address: the hash of its public key (what the DHT and `lookup` use).
     pub fn address(&self) -> Address {
         let digest = Sha256::digest(self.to_bytes());
         let mut a = [0u8; ADDRESS_LEN];
@@ -197,6 +207,7 @@ impl fmt::Debug for PublicKey {
 pub struct Address(pub [u8; ADDRESS_LEN]);
 
 impl Address {
+    /// An address from 40 hex digits.
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
         let mut a = [0u8; ADDRESS_LEN];
         hex::decode_to_slice(s.trim(), &mut a).map_err(|_| KeyError::InvalidAddress)?;

@@ -20,6 +20,8 @@
 //! [`types`] holds the ids and small values every layer shares; [`noise`] the handshake both
 //! links and sessions run; [`graph`] the route finder both sessions and discovery use.
 
+#![warn(missing_docs)]
+
 pub mod accounting;
 pub mod channel;
 pub mod crypto;

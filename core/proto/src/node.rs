@@ -39,8 +39,11 @@ const PIN_NEW_ADDRESS: std::time::Duration = std::time::Duration::from_secs(2);
 /// Node settings.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// Link settings (every link).
     pub link: LinkConfig,
+    /// Route table settings.
     pub route: RouteConfig,
+    /// Store-and-forward settings.
     pub forward: ForwardConfig,
     /// Accept handshakes from peers we did not dial.
     pub accept_incoming: bool,
@@ -60,27 +63,49 @@ impl Default for NodeConfig {
 /// What happened, for the application and the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    LinkUp { link: LinkId, peer: PublicKey },
-    LinkDown { link: LinkId, peer: PublicKey, reason: DownReason },
+    /// A link came up.
+    LinkUp {
+        /// The link.
+        link: LinkId,
+        /// The neighbour.
+        peer: PublicKey,
+    },
+    /// A link went down.
+    LinkDown {
+        /// The link.
+        link: LinkId,
+        /// The neighbour.
+        peer: PublicKey,
+        /// Why.
+        reason: DownReason,
+    },
+    /// Something happened to a route.
     Route(RouteEvent),
 }
 
 /// A snapshot of one link for status output.
 #[derive(Debug, Clone)]
 pub struct LinkInfo<A> {
+    /// The node's id for the link.
     pub id: LinkId,
+    /// The neighbour's key.
     pub peer: PublicKey,
+    /// The neighbour's transport address now.
     pub addr: A,
+    /// Where the link is in its life.
     pub state: LinkState,
     /// We dial this neighbour (and redial it when the link is down); false for a link the
     /// peer made.
     pub dialled: bool,
+    /// The key epoch now (None before keys).
     pub epoch: Option<u8>,
     /// Datagrams sent and not yet acknowledged.
     pub in_flight: usize,
     /// Datagrams acknowledged, and declared lost (then retransmitted), since the link began.
     pub acked: u64,
+    /// Datagrams declared lost (and retransmitted).
     pub lost: u64,
+    /// The link's counters.
     pub stats: LinkStats,
 }
 
@@ -91,6 +116,8 @@ pub struct NodeStats {
     pub rejected: RejectCounts,
 }
 
+/// A mesh node: its links, routes and store-and-forward buffers, fed datagrams and timer
+/// expiries (sans-IO; [`crate::host::Host`] adds sessions and route finding).
 pub struct Node<A> {
     identity: SecretKey,
     public: PublicKey,
@@ -191,6 +218,7 @@ fn traffic(f: &Frame<'_>) -> bool {
 }
 
 impl<A: crate::link::Endpoint> Node<A> {
+    /// A node with `identity` and `config`, drawing keys and indices from `rng`.
     pub fn new(identity: SecretKey, config: NodeConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
         let public = identity.public_key();
         let router = Router::new(config.route.clone());
@@ -220,6 +248,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         }
     }
 
+    /// The node's public key.
     pub fn public_key(&self) -> PublicKey {
         self.public
     }
@@ -229,14 +258,17 @@ impl<A: crate::link::Endpoint> Node<A> {
         self.identity.clone()
     }
 
+    /// The node's address (hash of its key).
     pub fn address(&self) -> Address {
         self.public.address()
     }
 
+    /// The node's settings.
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }
 
+    /// Node-wide counters.
     pub fn stats(&self) -> &NodeStats {
         &self.stats
     }
@@ -736,6 +768,7 @@ impl<A: crate::link::Endpoint> Node<A> {
             .min()
     }
 
+    /// Runs every timer due at `now` (links, routes, buffers).
     pub fn handle_timeout(&mut self, now: Instant) {
         let ids: Vec<LinkId> = self.links.keys().copied().collect();
         for id in ids {
@@ -812,6 +845,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         router.close(&mut table, route)
     }
 
+    /// Whether our route `route` reached its last hop.
     pub fn route_ready(&self, route: RouteId) -> bool {
         self.router.is_ready(route)
     }
@@ -868,6 +902,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         links_of(&self.by_peer, peer).collect()
     }
 
+    /// A snapshot of link `id`.
     pub fn link(&self, id: LinkId) -> Option<LinkInfo<A>> {
         self.links.get(&id).map(|l| {
             let mut stats = l.stats.clone();
@@ -890,6 +925,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         })
     }
 
+    /// Snapshots of every link.
     pub fn links(&self) -> Vec<LinkInfo<A>> {
         self.links.keys().filter_map(|id| self.link(*id)).collect()
     }

@@ -28,17 +28,23 @@ pub const LINK_PROLOGUE: &[u8] = b"skyroute link v1";
 pub const SESSION_PROLOGUE: &[u8] = b"skyroute session v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a handshake message was refused.
 pub enum HandshakeError {
     #[error("handshake message failed authentication")]
+    /// A sealed part did not open (forged, corrupted or for another key).
     Decrypt,
     #[error("handshake carried an invalid public key")]
+    /// A key in the message is not a valid secp256k1 point.
     BadKey,
 }
 
 /// Keys for one epoch, for one side: send and receive keys plus the chaining key for rekeys.
 pub struct EpochKeys {
+    /// The key this side seals with.
     pub send: Secret32,
+    /// The key this side opens with.
     pub recv: Secret32,
+    /// The chaining key the next epoch's keys derive from.
     pub chain: Secret32,
 }
 
@@ -84,7 +90,9 @@ impl SymmetricState {
 pub struct Initiator {
     state: SymmetricState,
     e: Ephemeral,
+    /// Our session index, which the responder's packets carry.
     pub sender_index: u32,
+    /// The responder's static key.
     pub remote: PublicKey,
 }
 
@@ -124,12 +132,16 @@ fn index_and_slot(sender_index: u32, slot: u8) -> [u8; 5] {
 
 /// What the responder learns from a valid init.
 pub struct Responded {
+    /// The initiator's static key (authenticated by the handshake).
     pub initiator: PublicKey,
+    /// The initiator's session index (our packets to it carry it).
     pub initiator_index: u32,
     /// The initiator's link slot (its local interface): a neighbour's links over different
     /// radios are different links.
     pub slot: u8,
+    /// The response to send.
     pub packet: Vec<u8>,
+    /// The first epoch's keys.
     pub keys: EpochKeys,
 }
 

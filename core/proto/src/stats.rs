@@ -7,15 +7,21 @@ use crate::wire::DecodeError;
 /// Why an input was refused. Every refusal is counted; none panics or disturbs other flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reject {
+    /// Shorter than its header or its declared length.
     Truncated,
+    /// Longer than any valid packet.
     Oversized,
+    /// A protocol version we do not speak.
     BadVersion,
+    /// A packet or frame type we do not know.
     UnknownType,
+    /// A field out of range or an inconsistent length.
     Malformed,
     /// A data packet for a link index we do not have.
     UnknownIndex,
     /// Authentication failed: forged, corrupted, or sealed with a wrong key.
     Decrypt,
+    /// A counter seen already, or older than the replay window.
     Replayed,
     /// Sealed under a key epoch we no longer (or not yet) hold.
     StaleKey,
@@ -36,6 +42,7 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every reason, in the order status reports them.
     pub const ALL: [Reject; 16] = [
         Reject::Truncated,
         Reject::Oversized,
@@ -55,6 +62,7 @@ impl Reject {
         Reject::CreditTooLarge,
     ];
 
+    /// The reason's stable name (status JSON keys).
     pub fn name(self) -> &'static str {
         match self {
             Reject::Truncated => "truncated",
@@ -94,12 +102,15 @@ impl From<DecodeError> for Reject {
 pub struct RejectCounts([u64; Reject::ALL.len()]);
 
 impl RejectCounts {
+    /// Counts one refusal.
     pub fn add(&mut self, r: Reject) {
         self.0[r as usize] += 1;
     }
+    /// Refusals for `r`.
     pub fn get(&self, r: Reject) -> u64 {
         self.0[r as usize]
     }
+    /// Refusals for every reason.
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }
@@ -159,9 +170,13 @@ impl LastMinute {
 /// Per-link counters.
 #[derive(Debug, Clone, Default)]
 pub struct LinkStats {
+    /// Packets sent on the link.
     pub tx_packets: u64,
+    /// Bytes sent on the link (link packets, transport framing excluded).
     pub tx_bytes: u64,
+    /// Packets received and authenticated.
     pub rx_packets: u64,
+    /// Bytes received and authenticated.
     pub rx_bytes: u64,
     /// Completed key rotations (both sides count each one).
     pub rekeys: u64,
@@ -173,10 +188,12 @@ pub struct LinkStats {
     pub last_minute: LastMinute,
     /// Keepalives sent (only where configured).
     pub keepalives: u64,
+    /// Packets refused, by reason.
     pub rejected: RejectCounts,
 }
 
 impl RejectCounts {
+    /// Counts `n` refusals for `r`.
     pub fn add_n(&mut self, r: Reject, n: u64) {
         self.0[r as usize] += n;
     }

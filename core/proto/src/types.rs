@@ -45,9 +45,11 @@ pub struct LinkId(pub u32);
 pub struct RouteId(NonZeroU32);
 
 impl RouteId {
+    /// A route id from its number; None for 0.
     pub fn new(v: u32) -> Option<Self> {
         NonZeroU32::new(v).map(RouteId)
     }
+    /// The route id's number.
     pub fn get(self) -> u32 {
         self.0.get()
     }
@@ -62,13 +64,17 @@ impl std::fmt::Display for RouteId {
 /// Service class of a route message. Realtime frames always go first; bulk fills the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
+    /// Small, deadline-bound messages (voice, control): sent first.
     Realtime = 0,
+    /// Throughput traffic: fills what realtime leaves.
     Bulk = 1,
 }
 
 impl Class {
+    /// Both classes, realtime first.
     pub const ALL: [Class; 2] = [Class::Realtime, Class::Bulk];
 
+    /// The class of a wire byte (0 realtime, 1 bulk); None otherwise.
     pub fn from_u8(v: u8) -> Option<Class> {
         match v {
             0 => Some(Class::Realtime),
@@ -81,7 +87,9 @@ impl Class {
 /// Direction on a route: from the source towards the last hop, or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dir {
+    /// From the source towards the last hop.
     Fwd,
+    /// From the last hop back to the source.
     Back,
 }
 

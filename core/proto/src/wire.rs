@@ -12,63 +12,90 @@ pub const VERSION: u8 = 1;
 /// Largest datagram a node accepts (jumbo Ethernet frames fit).
 pub const MAX_PACKET_LEN: usize = 9216;
 
+/// Packet type: a link handshake initiation.
 pub const TYPE_HANDSHAKE_INIT: u8 = 1;
+/// Packet type: a link handshake response.
 pub const TYPE_HANDSHAKE_RESP: u8 = 2;
+/// Packet type: sealed link data (frames).
 pub const TYPE_DATA: u8 = 3;
 
 /// Data packet header: type/version, epoch, 2 reserved zero bytes, receiver index, counter.
 pub const DATA_HEADER_LEN: usize = 16;
 /// Encrypted static key in the handshake init: compressed point + tag.
 pub const ENC_STATIC_LEN: usize = PUBLIC_KEY_LEN + TAG_LEN;
+/// Bytes in a handshake initiation.
 pub const HANDSHAKE_INIT_LEN: usize = 8 + PUBLIC_KEY_LEN + ENC_STATIC_LEN + TAG_LEN;
+/// Bytes in a handshake response.
 pub const HANDSHAKE_RESP_LEN: usize = 12 + PUBLIC_KEY_LEN + TAG_LEN;
 
 /// Why a packet or frame could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("packet truncated")]
+    /// Shorter than the packet type needs.
     Truncated,
     #[error("packet larger than {MAX_PACKET_LEN} bytes")]
+    /// Longer than the packet type allows.
     Oversized,
     #[error("unsupported wire version {0}")]
+    /// A version byte we do not speak.
     BadVersion(u8),
     #[error("unknown packet or frame type {0:#04x}")]
+    /// A packet type we do not know.
     UnknownType(u8),
     #[error("malformed: {0}")]
+    /// A field out of range (which one).
     Malformed(&'static str),
 }
 
 /// A parsed outer packet, borrowing from the datagram.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Packet<'a> {
+    /// A handshake initiation.
     HandshakeInit(HandshakeInit<'a>),
+    /// A handshake response.
     HandshakeResp(HandshakeResp<'a>),
+    /// Sealed data: the header; the sealed frames follow it.
     Data(DataHeader),
 }
 
 #[derive(Debug, PartialEq, Eq)]
+/// A handshake initiation, borrowed from the datagram.
 pub struct HandshakeInit<'a> {
     /// The initiator's link slot: which of its interfaces the link lives on (0: unbound).
     /// A neighbour reachable over two radios has a link per slot.
     pub slot: u8,
+    /// The initiator's session index.
     pub sender_index: u32,
+    /// The initiator's ephemeral public key.
     pub ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    /// The initiator's static key, sealed.
     pub enc_static: &'a [u8; ENC_STATIC_LEN],
+    /// The sealed empty payload (its tag proves the initiator holds its static key).
     pub enc_payload: &'a [u8; TAG_LEN],
 }
 
 #[derive(Debug, PartialEq, Eq)]
+/// A handshake response, borrowed from the datagram.
 pub struct HandshakeResp<'a> {
+    /// The responder's session index.
     pub sender_index: u32,
+    /// The initiator's session index, echoed.
     pub receiver_index: u32,
+    /// The responder's ephemeral public key.
     pub ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+    /// The sealed empty payload (its tag confirms the keys).
     pub enc_payload: &'a [u8; TAG_LEN],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The header of a sealed data packet (also the AEAD's associated data).
 pub struct DataHeader {
+    /// The key epoch the packet is sealed under (keys rotate every second under traffic).
     pub epoch: u8,
+    /// The receiver's session index.
     pub receiver_index: u32,
+    /// The packet counter (the nonce; never reused under one key).
     pub counter: u64,
 }
 
@@ -147,6 +174,7 @@ impl<'a> Packet<'a> {
 }
 
 impl DataHeader {
+    /// Writes the header into `out`.
     pub fn write(&self, out: &mut [u8; DATA_HEADER_LEN]) {
         out[0] = VERSION << 4 | TYPE_DATA;
         out[1] = self.epoch;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use skyroute_sim::car::run_strategy;
 use skyroute_proto::Strategy;
+use skyroute_sim::car::run_strategy;
 
 fn main() {
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();

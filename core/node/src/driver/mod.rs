@@ -23,12 +23,17 @@ use crate::transport::Addr;
 /// How to run a node.
 #[derive(Clone)]
 pub struct Options {
+    /// The node's identity.
     pub identity: SecretKey,
+    /// Link, route and store-and-forward settings.
     pub node: NodeConfig,
+    /// Session settings.
     pub session: SessionConfig,
     /// Listen addresses; `None` leaves a transport off (UDP is needed for `udp://` peers).
     pub udp: Option<SocketAddr>,
+    /// TCP listen address; None: no TCP listener.
     pub tcp: Option<SocketAddr>,
+    /// QUIC listen address; None: no QUIC endpoint.
     pub quic: Option<SocketAddr>,
     /// Where received files go (`received/`); without one they are only hashed.
     pub data_dir: Option<PathBuf>,
@@ -51,6 +56,7 @@ pub struct Options {
 /// Where and as whom a node settles payments (`skyroute escrow`).
 #[derive(Debug, Clone)]
 pub struct EscrowOptions {
+    /// The escrow's address.
     pub addr: SocketAddr,
     /// Our account: credited with what our relay routes earned, debited for our routes.
     pub account: String,
@@ -73,8 +79,11 @@ pub struct DhtOptions {
 /// What to look up in the DHT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupTarget {
+    /// A node, by key.
     Node(PublicKey),
+    /// A node, by address.
     Address(skyroute_proto::Address),
+    /// The nodes offering a service, by name.
     Service(String),
 }
 
@@ -103,7 +112,9 @@ impl std::str::FromStr for LookupTarget {
 /// in. For a gateway, the uplink (the internet side); for a client, the platform's tunnel (a
 /// TUN device, an Android VpnService fd, iOS's packet flow, or the caller's own code).
 pub struct PacketPort {
+    /// Packets out of this side.
     pub tx: mpsc::Sender<Vec<u8>>,
+    /// Packets into this side.
     pub rx: mpsc::Receiver<Vec<u8>>,
 }
 
@@ -146,8 +157,11 @@ impl Options {
 /// Where a node listens.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Listening {
+    /// The UDP socket's address.
     pub udp: Option<SocketAddr>,
+    /// The TCP listener's address.
     pub tcp: Option<SocketAddr>,
+    /// The QUIC endpoint's address.
     pub quic: Option<SocketAddr>,
 }
 
@@ -163,6 +177,7 @@ impl Listening {
         Some(kind.at(a))
     }
 
+    /// The listen addresses as `kind://addr` strings.
     pub fn list(&self) -> Vec<String> {
         [self.udp.map(Addr::Udp), self.tcp.map(Addr::Tcp), self.quic.map(Addr::Quic)]
             .into_iter()
@@ -382,6 +397,7 @@ impl NodeHandle {
         self.try_ask(|reply| Command::SendRoute { route, class, data, reply }).await
     }
 
+    /// The node's status (what `skyroute status --json` prints).
     pub async fn status(&self) -> Result<Status, NodeError> {
         self.ask(|reply| Command::Status { reply }).await
     }
@@ -393,15 +409,11 @@ impl NodeHandle {
     }
 
     /// `count` round trips over a session to `peer`, `interval` apart.
-    pub async fn ping(
-        &self,
-        peer: PublicKey,
-        count: u32,
-        interval: Duration,
-    ) -> Result<PingReport, NodeError> {
+    pub async fn ping(&self, peer: PublicKey, count: u32, interval: Duration) -> Result<PingReport, NodeError> {
         self.try_ask(|reply| Command::Ping { peer, count, interval, reply }).await
     }
 
+    /// Sends `data` to `peer`'s echo service and returns what comes back.
     pub async fn echo(&self, peer: PublicKey, data: Vec<u8>) -> Result<Vec<u8>, NodeError> {
         self.try_ask(|reply| Command::Echo { peer, data, reply }).await
     }
@@ -412,6 +424,7 @@ impl NodeHandle {
         self.try_ask(|reply| Command::Transfer { peer, source, reply }).await
     }
 
+    /// Transfers received so far.
     pub async fn received(&self) -> Result<Vec<Received>, NodeError> {
         self.ask(|reply| Command::Received { reply }).await
     }
@@ -458,11 +471,7 @@ impl NodeHandle {
 
     /// Looks `target` up in the DHT: verified records (for a service, those the lookup found
     /// plus those the first peer found passed on). `connect`: dial the node found.
-    pub async fn lookup(
-        &self,
-        target: LookupTarget,
-        connect: bool,
-    ) -> Result<crate::control::LookupReport, NodeError> {
+    pub async fn lookup(&self, target: LookupTarget, connect: bool) -> Result<crate::control::LookupReport, NodeError> {
         self.try_ask(|reply| Command::Lookup { target, connect, reply }).await
     }
 
@@ -493,8 +502,11 @@ pub struct RunningNode {
     handle: NodeHandle,
     /// Node events the sessions did not take (links up and down, bare routes), in order.
     pub events: mpsc::UnboundedReceiver<Event>,
+    /// Where it listens.
     pub listen: Listening,
+    /// Its public key.
     pub public_key: PublicKey,
+    /// The largest message a route carries.
     pub route_mtu: usize,
     /// A gateway's uplink: packets clients send out arrive here; packets for clients go in.
     pub uplink: Option<PacketPort>,
@@ -551,6 +563,7 @@ impl RunningNode {
         })
     }
 
+    /// A handle on the node (cloneable).
     pub fn handle(&self) -> NodeHandle {
         self.handle.clone()
     }

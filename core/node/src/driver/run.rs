@@ -528,7 +528,8 @@ impl Driver {
         self.vpn_session_gone(now, session);
         let Some(conn) = conn else { return };
         self.receiver.session_gone(session, &conn.peer.to_string(), now);
-        let err = |what: &'static str| NodeError::SessionEnded { what, peer: conn.peer.to_string(), why: why.to_string() };
+        let err =
+            |what: &'static str| NodeError::SessionEnded { what, peer: conn.peer.to_string(), why: why.to_string() };
         for id in self.sends.iter().filter(|(_, j)| j.session == session).map(|(id, _)| *id).collect::<Vec<_>>() {
             if let Some(j) = self.sends.remove(&id) {
                 let _ = j.reply.send(Err(err("transfer")));
@@ -680,7 +681,8 @@ impl Driver {
                 let out = match Outgoing::open(id, &source) {
                     Ok(o) => o,
                     Err(e) => {
-                        let _ = reply.send(Err(NodeError::Source { source_name: format!("{source:?}"), reason: e.to_string() }));
+                        let _ = reply
+                            .send(Err(NodeError::Source { source_name: format!("{source:?}"), reason: e.to_string() }));
                         return;
                     }
                 };
@@ -737,8 +739,7 @@ impl Driver {
         if let Ok(k) = PublicKey::from_hex(peer) {
             return Ok(k);
         }
-        let addr = skyroute_proto::Address::from_hex(peer)
-            .map_err(|_| NodeError::BadPeer(peer.to_string()))?;
+        let addr = skyroute_proto::Address::from_hex(peer).map_err(|_| NodeError::BadPeer(peer.to_string()))?;
         let known = self
             .host
             .graph()

@@ -21,8 +21,11 @@ use skyroute_proto::channel::{self, ChannelError, Deframer};
 use skyroute_proto::PublicKey;
 
 pub use skyroute_proto::channel::CONTROL;
+/// Channel of the echo service.
 pub const ECHO: u16 = 1;
+/// Channel of the ping service.
 pub const PING: u16 = 2;
+/// Channel of the file transfer service.
 pub const TRANSFER: u16 = 3;
 
 /// Channels below this are the node's own; services register on the others.
@@ -32,8 +35,20 @@ pub const FIRST_FREE_CHANNEL: u16 = 16;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Exchange {
-    Request { id: u64, data: Vec<u8> },
-    Reply { id: u64, data: Vec<u8> },
+    /// A request.
+    Request {
+        /// The request id.
+        id: u64,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// The answer to request `id`.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The payload (echo: the request's).
+        data: Vec<u8>,
+    },
 }
 
 /// Node control messages (channel 0).
@@ -41,9 +56,13 @@ pub enum Exchange {
 #[serde(rename_all = "snake_case")]
 pub enum Control {
     /// A message arrived for a channel that no service serves.
-    NoService { channel: u16 },
+    NoService {
+        /// The channel.
+        channel: u16,
+    },
 }
 
+/// A service message as JSON bytes.
 pub fn encode_json<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serialising these plain types cannot fail; an empty message would be refused by the peer.
     serde_json::to_vec(msg).unwrap_or_default()
@@ -52,6 +71,7 @@ pub fn encode_json<T: Serialize>(msg: &T) -> Vec<u8> {
 /// One session's channel state: bytes to write to its stream, and the deframer for what it
 /// reads.
 pub struct Conn {
+    /// The peer at the other end.
     pub peer: PublicKey,
     deframer: Deframer,
     out: Vec<u8>,
@@ -60,10 +80,12 @@ pub struct Conn {
     rx_offset: u64,
     /// Messages received, by channel number class (for status).
     pub messages_in: u64,
+    /// Messages sent.
     pub messages_out: u64,
 }
 
 impl Conn {
+    /// Channel state for a new session with `peer`.
     pub fn new(peer: PublicKey) -> Self {
         Conn {
             peer,

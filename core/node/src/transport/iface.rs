@@ -21,13 +21,18 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetKind {
+    /// WiFi.
     Wifi,
+    /// A cellular radio (LTE, 5G): usually metered.
     Cellular,
+    /// Wired Ethernet.
     Ethernet,
+    /// Anything else (VPN, USB tethering, unknown).
     Other,
 }
 
 impl NetKind {
+    /// The kind's name in status and configuration (`wifi`, `cellular`...).
     pub fn name(self) -> &'static str {
         match self {
             NetKind::Wifi => "wifi",
@@ -47,6 +52,7 @@ pub struct Network {
     pub id: u64,
     /// Interface name (`wlan0`, `rmnet0`, `en0`), for status and logs.
     pub name: String,
+    /// What kind of network it is.
     pub kind: NetKind,
     /// Costs money per byte (cellular): sessions may keep bulk off it
     /// (`[session] bulk_on_metered = false`).
@@ -75,8 +81,10 @@ pub fn set_bind_hook(hook: Option<BindHook>) {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("socket: {0}")]
+    /// Creating or binding the socket failed.
     Io(#[from] io::Error),
     #[error("the platform refused to bind the socket to network {0}")]
+    /// The platform's hook refused (Android's `Network.bindSocket`).
     Refused(String),
 }
 
@@ -145,11 +153,15 @@ fn bind_to(s: &socket2::Socket, net: &Network) -> Result<(), BindError> {
 /// An interface as the OS lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OsInterface {
+    /// The interface name.
     pub name: String,
+    /// The interface index.
     pub index: u32,
     /// Administratively up and running (carrier).
     pub up: bool,
+    /// A loopback interface.
     pub loopback: bool,
+    /// Its IPv4 address, if any.
     pub ipv4: Option<Ipv4Addr>,
 }
 

@@ -81,8 +81,11 @@ pub const INBOUND_QUEUE: usize = 4096;
 /// interface, which of the node's interfaces it leaves through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Addr {
+    /// UDP, sent from the unbound socket.
     Udp(SocketAddr),
+    /// TCP, over an unbound connection.
     Tcp(SocketAddr),
+    /// QUIC, from the unbound endpoint.
     Quic(SocketAddr),
     /// UDP through the socket bound to one local interface (see [`iface`]); the link stays on
     /// that interface.
@@ -106,12 +109,16 @@ impl skyroute_proto::Endpoint for Addr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// UDP: one link packet per datagram.
     Udp,
+    /// TCP: link packets framed on a stream.
     Tcp,
+    /// QUIC: link packets as unreliable QUIC datagrams.
     Quic,
 }
 
 impl Kind {
+    /// The transport's name (`udp`, `tcp`, `quic`).
     pub fn name(self) -> &'static str {
         match self {
             Kind::Udp => "udp",
@@ -120,6 +127,7 @@ impl Kind {
         }
     }
 
+    /// The address `addr` over this transport.
     pub fn at(self, addr: SocketAddr) -> Addr {
         match self {
             Kind::Udp => Addr::Udp(addr),
@@ -153,6 +161,7 @@ impl FromStr for Kind {
 }
 
 impl Addr {
+    /// The transport.
     pub fn kind(&self) -> Kind {
         match self {
             Addr::Udp(_) | Addr::UdpOn(..) => Kind::Udp,
@@ -161,6 +170,7 @@ impl Addr {
         }
     }
 
+    /// The IP address and port.
     pub fn socket(&self) -> SocketAddr {
         match self {
             Addr::Udp(a) | Addr::Tcp(a) | Addr::Quic(a) => *a,

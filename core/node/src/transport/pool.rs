@@ -19,19 +19,24 @@ pub enum Dropped {
 /// Open connections and the transports that open more.
 pub struct Pool {
     conns: HashMap<Addr, mpsc::Sender<Bytes>>,
+    /// The TCP transport, if on (dials new connections).
     pub tcp: Option<Tcp>,
+    /// The QUIC transport, if on.
     pub quic: Option<Quic>,
 }
 
 impl Pool {
+    /// A pool with no connections yet.
     pub fn new(tcp: Option<Tcp>, quic: Option<Quic>) -> Self {
         Pool { conns: HashMap::new(), tcp, quic }
     }
 
+    /// A connection to `addr` is open: packets for it go to `tx`.
     pub fn connected(&mut self, addr: Addr, tx: mpsc::Sender<Bytes>) {
         self.conns.insert(addr, tx);
     }
 
+    /// The connection to `addr` closed.
     pub fn closed(&mut self, addr: &Addr) {
         if self.conns.get(addr).is_some_and(|tx| tx.is_closed()) {
             self.conns.remove(addr);
@@ -44,10 +49,12 @@ impl Pool {
         self.conns.retain(|a, _| skyroute_proto::Endpoint::interface(a) != i);
     }
 
+    /// Open connections.
     pub fn len(&self) -> usize {
         self.conns.len()
     }
 
+    /// Whether no connection is open.
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }

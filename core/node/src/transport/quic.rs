@@ -159,6 +159,7 @@ impl Quic {
         Ok(Quic { endpoint, on: Some(on), inbound, too_large: Arc::new(AtomicU64::new(0)) })
     }
 
+    /// The endpoint's local address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }

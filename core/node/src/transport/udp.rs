@@ -17,6 +17,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 const RECV_BUFS: usize = 4;
 const RECV_BUF_BYTES: usize = 65_536;
 
+/// The UDP transport: one socket, GSO/GRO batches through quinn-udp.
 pub struct Udp {
     socket: UdpSocket,
     state: UdpSocketState,
@@ -31,6 +32,7 @@ pub struct Udp {
 }
 
 impl Udp {
+    /// Binds the socket at `addr`.
     pub fn bind(addr: SocketAddr) -> io::Result<Udp> {
         let std = std::net::UdpSocket::bind(addr)?;
         super::mark(&std);
@@ -51,6 +53,7 @@ impl Udp {
         })
     }
 
+    /// The socket's local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }

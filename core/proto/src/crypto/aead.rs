@@ -8,19 +8,24 @@
 
 use zeroize::Zeroizing;
 
+/// Bytes in an AEAD key.
 pub const KEY_LEN: usize = 32;
+/// Bytes in an AEAD tag (Poly1305).
 pub const TAG_LEN: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("authentication failed")]
+/// Opening failed: the tag does not match (forged, corrupted or a wrong key).
 pub struct AeadError;
 
 /// Which implementation seals and opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     #[cfg(feature = "ring")]
+    /// ring's ChaCha20-Poly1305 (assembly; the hot path's default).
     Ring,
     #[cfg(feature = "soft-aead")]
+    /// The pure-Rust ChaCha20-Poly1305 (RustCrypto): for targets without a C compiler.
     Soft,
 }
 
@@ -58,10 +63,12 @@ fn nonce_bytes(counter: u64) -> [u8; 12] {
 }
 
 impl AeadKey {
+    /// A cipher under `key` with the default backend (ring when built, else the pure-Rust one).
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
         Self::with_backend(key, Backend::default())
     }
 
+    /// A cipher under `key` with the given backend (tests cross-check the two).
     pub fn with_backend(key: &[u8; KEY_LEN], backend: Backend) -> Self {
         let inner = match backend {
             #[cfg(feature = "ring")]

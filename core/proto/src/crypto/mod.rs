@@ -19,14 +19,17 @@ pub type Secret32 = Zeroizing<[u8; 32]>;
 pub struct Ephemeral(k256::ecdh::EphemeralSecret);
 
 impl Ephemeral {
+    /// A fresh ephemeral key pair from `rng`.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         Ephemeral(k256::ecdh::EphemeralSecret::random(rng))
     }
 
+    /// The ephemeral public key (sent in the handshake).
     pub fn public_key(&self) -> PublicKey {
         PublicKey::from_inner(self.0.public_key())
     }
 
+    /// The ephemeral public key, compressed SEC1 bytes.
     pub fn public_bytes(&self) -> [u8; PUBLIC_KEY_LEN] {
         let p = self.0.public_key().to_encoded_point(true);
         let mut out = [0u8; PUBLIC_KEY_LEN];
@@ -34,6 +37,7 @@ impl Ephemeral {
         out
     }
 
+    /// ECDH with `peer`: the shared secret (x coordinate), zeroized on drop.
     pub fn dh(&self, peer: &PublicKey) -> Secret32 {
         let shared = self.0.diffie_hellman(peer.inner());
         let mut out = Zeroizing::new([0u8; 32]);

@@ -2,10 +2,13 @@
 //! [`WINDOW`] counters were seen. One window per receive key, so it carries over a rekey by
 //! keeping the previous key (and its window) during the grace period.
 
+/// Counters this far behind the highest seen are refused as too old.
 pub const WINDOW: u64 = 2048;
 const WORDS: usize = (WINDOW / 64) as usize;
 
 #[derive(Debug, Clone)]
+/// A sliding window of received counters: each counter is accepted once, older than the
+/// window never.
 pub struct ReplayWindow {
     /// One past the highest counter accepted so far.
     next: u64,

@@ -8,26 +8,41 @@ use crate::identity::{Address, ADDRESS_LEN};
 pub const MAX_VALUES: usize = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A DHT message (Kademlia's requests and answers, plus the sender's record to hold).
 pub enum Message {
+    /// Asks for the contacts closest to `target`.
     FindNode {
+        /// The request id (answers echo it).
         id: u32,
+        /// The address looked for.
         target: Address,
     },
+    /// Answers FindNode: the closest contacts the sender knows.
     Nodes {
+        /// The request's id.
         id: u32,
+        /// The contacts.
         contacts: Vec<Contact>,
     },
+    /// Asks for the records stored under `key` (or the closest contacts).
     FindValue {
+        /// The request id (answers echo it).
         id: u32,
+        /// The DHT key: a node's address or a service's.
         key: Address,
     },
+    /// Answers FindValue: records held under the key, and closer contacts.
     Values {
+        /// The request's id.
         id: u32,
+        /// Signed records (checked by the receiver).
         records: Vec<SignedRecord>,
+        /// Closer contacts.
         contacts: Vec<Contact>,
     },
     /// The sender's own record, for the receiver to hold.
     Store {
+        /// The signed record.
         record: SignedRecord,
     },
 }
@@ -67,6 +82,7 @@ fn get_contacts(r: &mut Reader<'_>) -> Result<Vec<Contact>, RecordError> {
 }
 
 impl Message {
+    /// The message's wire encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(256);
         match self {
@@ -104,6 +120,7 @@ impl Message {
         b
     }
 
+    /// Parses a message; malformed bytes give an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Message, RecordError> {
         let mut r = Reader { b: bytes, at: 0 };
         let tag = r.take(1)?[0];

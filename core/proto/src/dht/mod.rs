@@ -27,6 +27,7 @@ pub use table::{distance, Contact, Table, K};
 use crate::identity::{Address, ADDRESS_LEN};
 
 #[derive(Debug, Clone)]
+/// DHT settings.
 pub struct DhtConfig {
     /// Requests in flight per lookup.
     pub alpha: usize,
@@ -36,6 +37,7 @@ pub struct DhtConfig {
     pub max_queries: usize,
     /// Records held per DHT key, and in total.
     pub max_per_key: usize,
+    /// Records held in total.
     pub max_records: usize,
     /// Verified records learned from our own lookups and exchanges, kept to pass on (PEX).
     pub max_learned: usize,
@@ -57,7 +59,9 @@ impl Default for DhtConfig {
 /// What a lookup found.
 #[derive(Debug, Clone)]
 pub struct LookupResult {
+    /// The lookup's id.
     pub id: u32,
+    /// The address looked up.
     pub target: Address,
     /// Verified records for the target (a node's own, or a service's nodes).
     pub records: Vec<SignedRecord>,
@@ -70,11 +74,15 @@ pub struct LookupResult {
 }
 
 #[derive(Debug, Clone)]
+/// What the DHT tells its driver.
 pub enum DhtEvent {
+    /// A lookup finished.
     LookupDone(LookupResult),
     /// A publish reached this many of the nodes closest to the record's keys.
     Published {
+        /// The publish's id.
         id: u32,
+        /// Nodes that took the record.
         stored_at: usize,
     },
 }
@@ -82,14 +90,23 @@ pub enum DhtEvent {
 /// Counters (what was refused, by reason).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DhtStats {
+    /// Messages received.
     pub messages_in: u64,
+    /// Messages sent.
     pub messages_out: u64,
+    /// Messages that did not parse.
     pub malformed: u64,
+    /// Records refused (bad signature, expired, too large).
     pub bad_records: u64,
+    /// Records older than the one held (replays).
     pub stale_records: u64,
+    /// Stores refused (full, or not one of the closest).
     pub stores_refused: u64,
+    /// Answers to no request of ours.
     pub unexpected_replies: u64,
+    /// Requests that got no answer in time.
     pub timeouts: u64,
+    /// Records held now.
     pub records_held: u64,
 }
 
@@ -132,6 +149,7 @@ struct Request {
     deadline: Instant,
 }
 
+/// A Kademlia DHT node (sans-IO): routing table, held records, lookups in flight.
 pub struct Dht {
     me: Contact,
     my_address: Address,
@@ -159,6 +177,7 @@ fn answers(r: &SignedRecord, target: &Address) -> bool {
 }
 
 impl Dht {
+    /// A DHT node for `me` with `config`.
     pub fn new(me: Contact, config: DhtConfig) -> Dht {
         let my_address = me.address();
         Dht {
@@ -179,14 +198,17 @@ impl Dht {
         }
     }
 
+    /// Our own contact.
     pub fn me(&self) -> &Contact {
         &self.me
     }
 
+    /// The routing table.
     pub fn table(&self) -> &Table {
         &self.table
     }
 
+    /// Counters.
     pub fn stats(&self) -> DhtStats {
         let mut s = self.stats.clone();
         s.records_held = self.store.values().map(|m| m.len() as u64).sum();
@@ -496,14 +518,17 @@ impl Dht {
         self.step(now, lid);
     }
 
+    /// The next message to send, and to whom.
     pub fn poll_transmit(&mut self) -> Option<(Contact, Vec<u8>)> {
         self.out.pop_front()
     }
 
+    /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<DhtEvent> {
         self.events.pop_front()
     }
 
+    /// The next request deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.requests.values().map(|r| r.deadline).min()
     }

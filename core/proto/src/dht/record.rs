@@ -13,27 +13,34 @@ pub const MAX_TTL_SECS: u32 = 24 * 3600;
 pub const MAX_SKEW_SECS: u64 = 600;
 /// Addresses and services per record, and the length of one address.
 pub const MAX_ADDRS: usize = 4;
+/// Services per record.
 pub const MAX_SERVICES: usize = 8;
+/// Bytes in one transport address.
 pub const MAX_ADDR_LEN: usize = 64;
 /// Guards a node may name.
 pub const MAX_GUARDS: usize = 4;
 
 /// Roles a node may advertise.
 pub const ROLE_ANCHOR: u8 = 1;
+/// Role bit: a VPN gateway to the internet.
 pub const ROLE_GATEWAY: u8 = 2;
+/// Role bit: a guard other nodes may hide behind.
 pub const ROLE_GUARD: u8 = 4;
 
 /// What a node says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The node's key (which signs).
     pub key: PublicKey,
     /// Higher replaces lower; the same or lower is a replay.
     pub seq: u64,
     /// Unix seconds when issued, and how long it is valid.
     pub issued: u64,
+    /// Seconds it is valid after `issued`.
     pub ttl: u32,
     /// Transport addresses ("udp://192.0.2.1:7070", ...).
     pub addrs: Vec<String>,
+    /// Role bits (`ROLE_*`).
     pub roles: u8,
     /// Advertised transit cost (price units per MiB; 0: free).
     pub cost: u32,
@@ -47,7 +54,9 @@ pub struct Record {
 /// A record and its signature, as stored and sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedRecord {
+    /// The record.
     pub record: Record,
+    /// The node's signature over the record's encoding.
     pub signature: [u8; SIGNATURE_LEN],
 }
 
@@ -55,16 +64,22 @@ pub struct SignedRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     #[error("malformed record")]
+    /// Does not parse.
     Malformed,
     #[error("record larger than {MAX_RECORD} bytes or over its limits")]
+    /// Larger than a record may be, or over a list's limit.
     TooLarge,
     #[error("bad signature")]
+    /// The signature does not verify.
     BadSignature,
     #[error("expired")]
+    /// Past its time to live.
     Expired,
     #[error("issued in the future")]
+    /// Issued further in the future than the allowed clock skew.
     FromFuture,
     #[error("an older or equal sequence number than the record held (replay)")]
+    /// Not newer than the record held (a replay).
     Stale,
 }
 
@@ -131,6 +146,7 @@ impl Record {
 }
 
 impl SignedRecord {
+    /// The record's wire encoding (what is signed).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = self.record.body();
         b.extend_from_slice(&self.signature);

@@ -8,11 +8,14 @@ use crate::identity::{Address, PublicKey, ADDRESS_LEN};
 /// A node to talk to: its key (the address is its hash) and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contact {
+    /// The node's key.
     pub key: PublicKey,
+    /// Where it listens ("udp://192.0.2.1:7070").
     pub addr: String,
 }
 
 impl Contact {
+    /// The contact's DHT address (hash of its key).
     pub fn address(&self) -> Address {
         self.key.address()
     }
@@ -46,12 +49,14 @@ struct Entry {
     failures: u32,
 }
 
+/// The Kademlia routing table: k-buckets by XOR distance from our address.
 pub struct Table {
     me: Address,
     buckets: Vec<Vec<Entry>>,
 }
 
 impl Table {
+    /// An empty table around `me`.
     pub fn new(me: Address) -> Table {
         Table { me, buckets: (0..=ADDRESS_LEN * 8).map(|_| Vec::new()).collect() }
     }
@@ -114,10 +119,12 @@ impl Table {
         all.into_iter().take(n).map(|(e, _)| e.contact.clone()).collect()
     }
 
+    /// Contacts held.
     pub fn len(&self) -> usize {
         self.buckets.iter().map(Vec::len).sum()
     }
 
+    /// Whether no contact is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

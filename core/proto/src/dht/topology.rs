@@ -20,6 +20,7 @@ pub const HOP_COST: u32 = 5;
 /// One link as its node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkReport {
+    /// The neighbour.
     pub peer: PublicKey,
     /// Smoothed round-trip time, ms.
     pub rtt_ms: u16,
@@ -30,11 +31,17 @@ pub struct LinkReport {
 /// A node's signed list of its links.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkAnnouncement {
+    /// The announcing node (which signs).
     pub node: PublicKey,
+    /// Higher replaces lower.
     pub seq: u64,
+    /// Unix seconds when issued.
     pub issued: u64,
+    /// Seconds it is valid after `issued`.
     pub ttl: u32,
+    /// The node's links.
     pub links: Vec<LinkReport>,
+    /// The node's signature.
     pub signature: [u8; SIGNATURE_LEN],
 }
 
@@ -55,6 +62,7 @@ impl LinkAnnouncement {
         b
     }
 
+    /// Signs an announcement of `links` with the node's key.
     pub fn sign(
         secret: &SecretKey,
         seq: u64,
@@ -70,12 +78,14 @@ impl LinkAnnouncement {
         Ok(LinkAnnouncement { node, seq, issued, ttl, links, signature })
     }
 
+    /// The announcement's wire encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Self::body(&self.node, self.seq, self.issued, self.ttl, &self.links);
         b.extend_from_slice(&self.signature);
         b
     }
 
+    /// Parses an announcement (not yet verified: see [`LinkAnnouncement::verify`]).
     pub fn decode(bytes: &[u8]) -> Result<LinkAnnouncement, RecordError> {
         let mut r = Reader { b: bytes, at: 0 };
         if r.take(14)? != b"skyroute links" {
@@ -105,6 +115,7 @@ impl LinkAnnouncement {
         Ok(LinkAnnouncement { node, seq, issued, ttl, links, signature })
     }
 
+    /// Checks the signature and the validity window at `unix_now`.
     pub fn verify(&self, unix_now: u64) -> Result<(), RecordError> {
         if self.links.len() > MAX_LINKS || self.ttl > MAX_TTL_SECS {
             return Err(RecordError::TooLarge);
@@ -133,6 +144,7 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// An empty topology.
     pub fn new() -> Topology {
         Topology::default()
     }

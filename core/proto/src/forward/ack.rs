@@ -34,6 +34,7 @@ impl AckReceiver {
         AckReceiver { ack_every, ..Default::default() }
     }
 
+    /// Acks at once after `n` ack-eliciting datagrams (sparse acks on slow return paths).
     pub fn set_ack_every(&mut self, n: u32) {
         self.ack_every = n;
     }
@@ -120,6 +121,7 @@ impl AckReceiver {
         self.unacked_eliciting > 0
     }
 
+    /// When a held ack is due, if one is held.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
@@ -142,17 +144,23 @@ impl AckReceiver {
 /// RTT estimator (RFC 6298) with a minimum-RTT tracker.
 #[derive(Debug, Clone)]
 pub struct Rtt {
+    /// Smoothed RTT; None before the first sample.
     pub srtt: Option<Duration>,
+    /// RTT variation (RFC 6298).
     pub rttvar: Duration,
+    /// The newest sample.
     pub latest: Duration,
+    /// The smallest sample seen.
     pub min: Option<Duration>,
 }
 
 impl Rtt {
+    /// An estimator that assumes `initial` until the first sample.
     pub fn new(initial: Duration) -> Self {
         Rtt { srtt: None, rttvar: initial / 2, latest: initial, min: None }
     }
 
+    /// Adds an RTT sample.
     pub fn sample(&mut self, rtt: Duration) {
         self.latest = rtt;
         self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
@@ -169,6 +177,7 @@ impl Rtt {
         }
     }
 
+    /// The smoothed RTT, or the initial guess before any sample.
     pub fn smoothed(&self) -> Duration {
         self.srtt.unwrap_or(self.latest)
     }
@@ -177,8 +186,11 @@ impl Rtt {
 /// One sent datagram awaiting its ack.
 #[derive(Debug)]
 pub struct Sent<R> {
+    /// When it was sent.
     pub time: Instant,
+    /// Its size in bytes.
     pub size: usize,
+    /// Whether it asks for an ack (carries more than acks).
     pub eliciting: bool,
     /// Times its messages were probed.
     pub probes: u8,
@@ -191,6 +203,7 @@ pub struct Sent<R> {
 pub struct AckSender<R> {
     sent: BTreeMap<u64, Sent<R>>,
     largest_acked: Option<u64>,
+    /// The link's RTT estimate.
     pub rtt: Rtt,
     backoff: u32,
     min_rto: Duration,
@@ -200,6 +213,7 @@ pub struct AckSender<R> {
     pub unknown_acks: u64,
     /// Datagrams acknowledged, and declared lost (by acks or the timer), since the start.
     pub acked_total: u64,
+    /// Datagrams declared lost since the start.
     pub lost_total: u64,
     /// Every datagram below this counter was probed as often as allowed: probe searches start
     /// here, so they cost O(1) however many datagrams a dead link has in flight.
@@ -209,7 +223,9 @@ pub struct AckSender<R> {
 /// What an ack or a timer settled.
 #[derive(Debug)]
 pub struct Settled<R> {
+    /// Datagrams acknowledged.
     pub acked: Vec<Sent<R>>,
+    /// Datagrams declared lost (their messages go out again).
     pub lost: Vec<Sent<R>>,
 }
 
@@ -220,6 +236,7 @@ impl<R> Default for Settled<R> {
 }
 
 impl<R> AckSender<R> {
+    /// A sender with the RTT guess and the retransmission timer's bounds.
     pub fn new(initial_rtt: Duration, min_rto: Duration, max_rto: Duration) -> Self {
         AckSender {
             sent: BTreeMap::new(),
@@ -243,6 +260,7 @@ impl<R> AckSender<R> {
         }
     }
 
+    /// Records datagram `counter` as sent.
     pub fn on_sent(&mut self, counter: u64, sent: Sent<R>) {
         if sent.eliciting {
             self.in_flight_bytes += sent.size;
@@ -250,10 +268,12 @@ impl<R> AckSender<R> {
         }
     }
 
+    /// Datagrams in flight.
     pub fn in_flight(&self) -> usize {
         self.sent.len()
     }
 
+    /// Bytes in flight.
     pub fn in_flight_bytes(&self) -> usize {
         self.in_flight_bytes
     }
@@ -272,6 +292,7 @@ impl<R> AckSender<R> {
         Some(s)
     }
 
+    /// Settles what `ack` acknowledges, and what it shows lost.
     pub fn on_ack(&mut self, ack: &AckFrame, now: Instant) -> Settled<R> {
         let mut out = Settled::default();
         let mut newly_largest = false;

@@ -68,6 +68,7 @@ pub struct FlowStats {
     /// Messages waiting for the next hop's ack (the seed's "offset, size and order of every
     /// unacked message" are their keys and lengths), and how many of them are in flight.
     pub messages: usize,
+    /// Of `messages`, those sent and not yet acknowledged.
     pub in_flight_messages: usize,
     /// The downstream buffer size as last granted: credit limit minus bytes sent.
     pub credit: u64,

@@ -26,8 +26,11 @@ pub use flow::{FlowStats, INITIAL_CREDIT_BYTES};
 /// Names one flow: a route (by this node's id), a direction and a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
+    /// The route, by this node's id for it.
     pub route: RouteId,
+    /// The direction on the route.
     pub dir: Dir,
+    /// The service class.
     pub class: Class,
 }
 
@@ -49,7 +52,9 @@ pub struct ForwardConfig {
     pub ack_every: u32,
     /// RTT assumed before the first sample.
     pub initial_rtt: Duration,
+    /// Shortest retransmission timeout.
     pub min_rto: Duration,
+    /// Longest retransmission timeout (the backoff's cap).
     pub max_rto: Duration,
     /// Most unacknowledged datagrams per link.
     pub max_in_flight: usize,
@@ -115,7 +120,9 @@ impl LinkTx {
 /// A message delivered in order to this node (the flow ends here).
 #[derive(Debug)]
 pub struct Delivered {
+    /// The flow it arrived on.
     pub key: FlowKey,
+    /// The message.
     pub data: Vec<u8>,
 }
 
@@ -170,11 +177,13 @@ pub struct Forwarder {
 pub const ROUTE_DATA_OVERHEAD: usize = crate::frame::ROUTE_DATA_OVERHEAD;
 /// Ack spacing on links whose way back is slow (each ack covers the last 256 datagrams).
 pub const SPARSE_ACK_EVERY: u32 = 32;
+/// Longest an ack is held on a link whose way back is slow.
 pub const SPARSE_ACK_DELAY: Duration = Duration::from_millis(10);
 /// Credits larger than this are clamped (no buffer is bigger).
 pub const MAX_CREDIT_WINDOW: u64 = 1 << 32;
 
 impl Forwarder {
+    /// A forwarder with `config` and no flows.
     pub fn new(config: ForwardConfig) -> Self {
         Forwarder {
             config,
@@ -188,10 +197,12 @@ impl Forwarder {
         }
     }
 
+    /// The store-and-forward settings.
     pub fn config(&self) -> &ForwardConfig {
         &self.config
     }
 
+    /// Turns per-hop acks and retransmission on or off (off: the end-to-end baseline).
     pub fn set_hop_reliability(&mut self, on: bool) {
         self.config.hop_reliability = on;
     }
@@ -339,6 +350,7 @@ impl Forwarder {
         self.flows.get(&key).map_or(0, |f| f.bytes)
     }
 
+    /// Counters of one flow, if it exists.
     pub fn flow_stats(&self, key: FlowKey) -> Option<FlowStats> {
         self.flows.get(&key).map(|f| f.stats())
     }
@@ -723,6 +735,7 @@ impl Forwarder {
         self.links.get(&link).and_then(|l| l.tx.rtt.srtt)
     }
 
+    /// Messages in flight on `link`.
     pub fn in_flight(&self, link: LinkId) -> usize {
         self.links.get(&link).map_or(0, |l| l.tx.in_flight())
     }

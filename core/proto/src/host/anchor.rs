@@ -22,9 +22,13 @@ use super::Host;
 const MAX_HELD: usize = 8 << 20;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What an anchor relayed.
 pub struct AnchorStats {
+    /// Sessions it relayed for.
     pub sessions_anchored: u64,
+    /// Stream bytes passed between the two sessions.
     pub stream_bytes_relayed: u64,
+    /// Datagrams passed between the two sessions.
     pub datagrams_relayed: u64,
     /// Datagrams dropped because the other session could not send them.
     pub datagrams_dropped: u64,
@@ -32,12 +36,15 @@ pub struct AnchorStats {
     pub bytes_dropped: u64,
 }
 
+/// A backbone anchor: joins a mobile node's session to a session towards a fixed target, so
+/// the far end sees one session whatever the mobile side goes through.
 pub struct Anchor {
     target: PublicKey,
     /// Budget for relayed datagrams (the original budget is not known here).
     datagram_budget: Duration,
     peer_of: BTreeMap<SessionId, SessionId>,
     held: BTreeMap<SessionId, VecDeque<u8>>,
+    /// What it relayed.
     pub stats: AnchorStats,
 }
 

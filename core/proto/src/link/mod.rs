@@ -64,6 +64,7 @@ pub struct LinkConfig {
     pub dead_after: Duration,
     /// First handshake retry delay; doubles up to `handshake_retry_max`.
     pub handshake_retry: Duration,
+    /// Longest handshake retry delay (the doubling's cap).
     pub handshake_retry_max: Duration,
     /// Pad plaintext to a multiple of this (16 or 32).
     pub pad_to: usize,
@@ -106,9 +107,13 @@ impl LinkConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a link is in its life.
 pub enum LinkState {
+    /// Handshaking (dialled, or answered and waiting for confirmation).
     Connecting,
+    /// Keys agreed: packets flow.
     Up,
+    /// Gone (see [`DownReason`]).
     Down,
 }
 
@@ -128,10 +133,12 @@ pub enum DownReason {
 /// What a link tells the node after an input or timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkEvent {
+    /// The link came up (handshake done).
     Up,
     /// A new session replaced the previous one while up (the peer restarted): datagram
     /// counters start again, so per-link delivery state must too.
     Reset,
+    /// The link went down, and why.
     Down(DownReason),
 }
 
@@ -194,8 +201,11 @@ struct OutgoingHandshake {
 
 /// One neighbour.
 pub struct Link<A> {
+    /// The node's id for the link.
     pub id: LinkId,
+    /// The neighbour's static key.
     pub peer: PublicKey,
+    /// The neighbour's transport address now (links follow their peer).
     pub addr: A,
     /// The link's slot: the initiator's interface, sent in every handshake of this link.
     pub slot: u8,
@@ -240,27 +250,35 @@ pub struct Link<A> {
     /// The last packet opened was the newest the peer has sent so far (not a late one that
     /// took a slower way): only such a packet may move the link to its source address.
     pub(crate) last_was_newest: bool,
+    /// Counters.
     pub stats: LinkStats,
 }
 
 /// The link's deadlines, one slot each (derived from state, see [`Link::deadline`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
+    /// Retry the handshake.
     Handshake,
     /// Repeat the key confirmation until the responder answers.
     Confirm,
+    /// Rotate the keys (every second while traffic flows).
     Rekey,
+    /// Send a keepalive (only where configured).
     Keepalive,
+    /// Declare the peer dead (something that asked for an answer got none).
     Dead,
+    /// The key reached its hard age limit: handshake again.
     OldKey,
 }
 
 impl Timer {
+    /// Every timer.
     pub const ALL: [Timer; 6] =
         [Timer::Handshake, Timer::Confirm, Timer::Rekey, Timer::Keepalive, Timer::Dead, Timer::OldKey];
 }
 
 impl<A: Clone> Link<A> {
+    /// A link to `peer` at `addr` on local `slot`; `dial`: start the handshake now.
     pub fn new(id: LinkId, peer: PublicKey, addr: A, slot: u8, config: LinkConfig, dial: bool, now: Instant) -> Self {
         Link {
             id,
@@ -293,14 +311,17 @@ impl<A: Clone> Link<A> {
         }
     }
 
+    /// Where the link is in its life.
     pub fn state(&self) -> LinkState {
         self.state
     }
 
+    /// Whether keys are agreed and packets flow.
     pub fn is_up(&self) -> bool {
         self.state == LinkState::Up
     }
 
+    /// The link's settings.
     pub fn config(&self) -> &LinkConfig {
         &self.config
     }
@@ -869,6 +890,7 @@ impl<A: Clone> Link<A> {
         }
     }
 
+    /// The link's next deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         Timer::ALL.iter().filter_map(|t| self.deadline(*t)).min()
     }

@@ -9,6 +9,7 @@ use crate::frame::Frame;
 const COMPACT_AFTER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Default)]
+/// Frames waiting for the next sealed packet, encoded back to back.
 pub struct FrameQueue {
     buf: Vec<u8>,
     head: usize,
@@ -16,6 +17,7 @@ pub struct FrameQueue {
 }
 
 impl FrameQueue {
+    /// Appends `frame`.
     pub fn push(&mut self, frame: &Frame<'_>) {
         let before = self.buf.len();
         frame.encode(&mut self.buf);
@@ -38,6 +40,7 @@ impl FrameQueue {
         self.lens.len()
     }
 
+    /// Whether no frame waits.
     pub fn is_empty(&self) -> bool {
         self.lens.is_empty()
     }
@@ -64,6 +67,7 @@ impl FrameQueue {
         moved
     }
 
+    /// Drops every waiting frame.
     pub fn clear(&mut self) {
         self.buf.clear();
         self.head = 0;

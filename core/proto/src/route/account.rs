@@ -36,6 +36,7 @@ pub struct AccountingConfig {
     pub allowance: u64,
     /// ...and for how long beyond that before it applies `policy`.
     pub grace: Duration,
+    /// What to do with a route unpaid beyond its allowance and grace.
     pub policy: Policy,
     /// The credit window of a throttled route (bytes beyond what was forwarded).
     pub throttle_window: usize,
@@ -60,17 +61,21 @@ impl Default for AccountingConfig {
 pub struct AccountingStats {
     /// As a hop: routes it charges now, and those of them throttled for not paying.
     pub charged_routes: usize,
+    /// Of `charged_routes`, those throttled for not paying.
     pub throttled_routes: usize,
     /// Routes it dropped for not paying.
     pub dropped_routes: u64,
     /// Bytes carried on charged routes, bytes the sources receipted, what the receipts pay.
     pub carried_bytes: u64,
+    /// Bytes the sources' receipts cover.
     pub paid_bytes: u64,
+    /// What those receipts pay, in the escrow's smallest unit.
     pub earned: u64,
     /// Receipts refused (forged, replayed, decreasing, underpaying...).
     pub receipts_refused: Refused,
     /// As a source: bytes receipted to hops and what those receipts owe.
     pub receipted_bytes: u64,
+    /// What our receipts owe the hops.
     pub owed: u64,
     /// Claims refused (forged, replayed, over-claiming, overpriced...).
     pub claims_refused: Refused,

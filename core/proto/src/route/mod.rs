@@ -43,28 +43,53 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("a route needs at least one hop and no repeated or local hops")]
+    /// Empty, repeated or local hops.
     InvalidHops,
     #[error("no link is up to the first hop")]
+    /// No link to the first hop is up.
     NoLink,
     #[error("hop {hop} could not reach the next hop")]
-    HopUnreachable { hop: usize },
+    /// A hop could not reach the next one.
+    HopUnreachable {
+        /// Which hop (0: the first).
+        hop: usize,
+    },
     #[error("a hop refused the route")]
+    /// A hop refused to join.
     Refused,
     #[error("route setup timed out after {joined} of {total} hops")]
-    Timeout { joined: usize, total: usize },
+    /// Setup did not finish in time.
+    Timeout {
+        /// Hops that joined.
+        joined: usize,
+        /// Hops of the route.
+        total: usize,
+    },
     #[error("a hop failed to prove its key")]
+    /// A hop failed to prove its key.
     BadProof,
     #[error("route broken: a link on it went down or a hop forgot it")]
+    /// A link of the route went down, or a hop forgot it.
     Broken,
     #[error("no such route")]
+    /// No such route.
     UnknownRoute,
     #[error("route is still being set up")]
+    /// Still being set up.
     NotReady,
     #[error("message of {len} bytes exceeds the route MTU of {max}")]
-    TooLarge { len: usize, max: usize },
+    /// A message over the route MTU.
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The route MTU.
+        max: usize,
+    },
     #[error("the link queue is full")]
+    /// The route's buffer is full: wait for `Writable`.
     QueueFull,
     #[error("the node holds its maximum number of routes")]
+    /// The node holds its maximum number of routes.
     TableFull,
 }
 
@@ -234,17 +259,47 @@ pub(crate) trait Links {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteEvent {
     /// Our route reached its last hop.
-    Ready { route: RouteId },
+    Ready {
+        /// The route.
+        route: RouteId,
+    },
     /// Our route could not be built or broke.
-    Failed { route: RouteId, error: RouteError },
+    Failed {
+        /// The route.
+        route: RouteId,
+        /// Why.
+        error: RouteError,
+    },
     /// Application bytes arrived, in order per class, at an end of a route (source or last hop).
-    Data { route: RouteId, class: Class, data: Vec<u8> },
+    Data {
+        /// The route.
+        route: RouteId,
+        /// The class it came in.
+        class: Class,
+        /// The bytes.
+        data: Vec<u8>,
+    },
     /// The last hop confirmed that `bytes` of `class` were delivered (cumulative).
-    Delivered { route: RouteId, class: Class, bytes: u64 },
+    Delivered {
+        /// The route.
+        route: RouteId,
+        /// The class.
+        class: Class,
+        /// Bytes delivered so far.
+        bytes: u64,
+    },
     /// A route buffer that refused a send (`QueueFull`) has room again.
-    Writable { route: RouteId, class: Class },
+    Writable {
+        /// The route.
+        route: RouteId,
+        /// The class with room.
+        class: Class,
+    },
     /// A route ending here was closed by the source or broke.
-    Closed { route: RouteId },
+    Closed {
+        /// The route.
+        route: RouteId,
+    },
 }
 
 /// Route table and telescoping state of one node.
@@ -263,6 +318,7 @@ fn ctl(route: RouteId, dir: Dir) -> FlowKey {
 }
 
 impl Router {
+    /// A route table with `config`.
     pub fn new(config: RouteConfig) -> Self {
         Router {
             config,
@@ -273,10 +329,12 @@ impl Router {
         }
     }
 
+    /// Routes held.
     pub fn len(&self) -> usize {
         self.routes.len()
     }
 
+    /// Whether no route is held.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -850,6 +908,7 @@ impl Router {
         }
     }
 
+    /// The route table's next deadline (setup timeouts), if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.routes
             .values()

@@ -15,12 +15,21 @@ pub const MAX_K: usize = 64;
 pub const MAX_ESI: u32 = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+/// Why a block could not be coded.
 pub enum FecError {
     #[error("symbol size {got} does not match the block's {want}")]
-    SymbolSize { got: usize, want: usize },
+    /// A symbol of the wrong size.
+    SymbolSize {
+        /// Its size.
+        got: usize,
+        /// The block's symbol size.
+        want: usize,
+    },
     #[error("block length {0} out of range")]
+    /// A block length of zero or over the limit.
     BlockLen(u32),
     #[error("symbol id {0} out of range")]
+    /// A symbol id beyond what a block can need.
     Esi(u32),
 }
 
@@ -33,6 +42,7 @@ pub fn symbols_for(len: usize, t: usize) -> usize {
     len.div_ceil(t).max(1)
 }
 
+/// RaptorQ encoder of one block: source symbols, then repair symbols on demand.
 pub struct BlockEncoder {
     t: usize,
     k: usize,
@@ -54,14 +64,17 @@ impl BlockEncoder {
         Ok(BlockEncoder { t, k, len: data.len(), padded, enc: None })
     }
 
+    /// Source symbols in the block.
     pub fn k(&self) -> usize {
         self.k
     }
 
+    /// The block's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the block is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -107,6 +120,7 @@ pub struct BlockDecoder {
 }
 
 impl BlockDecoder {
+    /// A decoder for a block of `block_len` bytes in symbols of `t` bytes.
     pub fn new(block_len: u32, t: usize) -> Result<Self, FecError> {
         let len = block_len as usize;
         let k = symbols_for(len, t);
@@ -125,14 +139,17 @@ impl BlockDecoder {
         })
     }
 
+    /// The block's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the block is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Source symbols in the block.
     pub fn k(&self) -> usize {
         self.k
     }

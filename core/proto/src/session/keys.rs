@@ -45,6 +45,7 @@ pub enum OpenError {
     StaleEpoch,
 }
 
+/// A session's keys: the send epoch and its counter, the receive epochs and the replay window.
 pub struct SessionKeys {
     send: Epoch,
     send_counter: u64,
@@ -54,10 +55,12 @@ pub struct SessionKeys {
     recv_prev: Option<Epoch>,
     replay: ReplayWindow,
     remote_index: u32,
+    /// Key rotations so far.
     pub rekeys: u64,
 }
 
 impl SessionKeys {
+    /// Keys from a handshake; `initiator` picks which key sends.
     pub fn new(keys: &EpochKeys, initiator: bool, remote_index: u32, now: Instant) -> Self {
         let (send_label, recv_label): (&[u8], &[u8]) = if initiator { (b"i2r", b"r2i") } else { (b"r2i", b"i2r") };
         SessionKeys {

@@ -63,7 +63,9 @@ pub enum Strategy {
 }
 
 #[derive(Debug, Clone)]
+/// Session settings.
 pub struct SessionConfig {
+    /// How packets are spread over the routes.
     pub strategy: Strategy,
     /// Routes to keep (k).
     pub routes: usize,
@@ -85,10 +87,13 @@ pub struct SessionConfig {
     pub session_timeout: Duration,
     /// Initiator: handshake again after this long without hearing from the peer.
     pub rehandshake_after: Duration,
+    /// Rotate the session keys after this long...
     pub rekey_after: Duration,
+    /// ...or after this many packets, whichever comes first.
     pub rekey_packets: u64,
     /// Probe interval bounds (the interval follows the path's RTT).
     pub probe_min: Duration,
+    /// Longest probe interval.
     pub probe_max: Duration,
     /// Shortest time a probe may go unconfirmed before its path is suspect.
     pub dead_floor: Duration,
@@ -98,6 +103,7 @@ pub struct SessionConfig {
     pub find_retry: Duration,
     /// A suspect path we built is replaced after this long.
     pub retire_after: Duration,
+    /// Longest an ack is held hoping to bundle it.
     pub ack_delay: Duration,
     /// Acknowledge after this many bulk packets (realtime ones at once).
     pub ack_every: u32,
@@ -154,47 +160,67 @@ impl Default for SessionConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// What sessions tell the application.
 pub enum SessionEvent {
     /// Our session reached the destination (initiator).
     Established {
+        /// The session.
         session: SessionId,
+        /// The destination.
         peer: PublicKey,
     },
     /// A peer opened a session to us (responder).
     Accepted {
+        /// The session.
         session: SessionId,
+        /// The initiator.
         peer: PublicKey,
     },
     /// Stream bytes, in order, starting at stream offset `offset`.
     Stream {
+        /// The session.
         session: SessionId,
+        /// Stream offset of the first byte.
         offset: u64,
+        /// The bytes.
         data: Vec<u8>,
     },
     /// A deadline datagram, in time.
     Datagram {
+        /// The session.
         session: SessionId,
+        /// The datagram.
         data: Vec<u8>,
     },
+    /// A path (route) of the session came up.
     PathUp {
+        /// The session.
         session: SessionId,
+        /// The path's id in the session.
         path: u32,
     },
+    /// A path of the session went down (the session goes on over the others).
     PathDown {
+        /// The session.
         session: SessionId,
+        /// The path's id in the session.
         path: u32,
     },
     /// The peer lost its session state and restarted its stream at `offset`.
     PeerRestarted {
+        /// The session.
         session: SessionId,
+        /// Where the peer's stream starts again.
         offset: u64,
     },
     /// No route for longer than the session timeout: the application sees the session fail.
     Failed {
+        /// The session.
         session: SessionId,
     },
     /// The peer closed the session.
     Closed {
+        /// The session.
         session: SessionId,
     },
 }
@@ -202,59 +228,98 @@ pub enum SessionEvent {
 /// Counters of one session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionStats {
+    /// Stream bytes the application wrote.
     pub stream_bytes_written: u64,
+    /// Stream bytes the peer confirmed decoded.
     pub stream_bytes_confirmed: u64,
+    /// Stream bytes delivered to the application.
     pub stream_bytes_received: u64,
     /// Session packet bytes handed to routes (all paths, both directions' own sends).
     pub route_bytes_sent: u64,
+    /// Session packets sent.
     pub packets_sent: u64,
+    /// Session packets received and opened.
     pub packets_received: u64,
+    /// RaptorQ symbols sent (source and repair).
     pub symbols_sent: u64,
+    /// RaptorQ symbols received.
     pub symbols_received: u64,
+    /// Repair symbols sent.
     pub repair_sent: u64,
+    /// Of those, planned ahead (the loss margin).
     pub repair_planned: u64,
+    /// Of those, sent because a block's ack showed missing symbols.
     pub repair_reactive: u64,
+    /// Source symbols sent again.
     pub source_resent: u64,
+    /// Blocks the receiver decoded.
     pub blocks_decoded: u64,
+    /// Our blocks the peer confirmed decoded.
     pub blocks_confirmed: u64,
+    /// Acks sent.
     pub acks_sent: u64,
+    /// Deadline datagrams sent.
     pub datagrams_sent: u64,
+    /// Deadline datagrams not sent (no path could meet the budget).
     pub datagrams_unsent: u64,
+    /// Deadline datagrams delivered.
     pub datagrams_received: u64,
+    /// Deadline datagrams that arrived after their budget (dropped).
     pub datagrams_late: u64,
+    /// Copies of datagrams already delivered (dropped).
     pub datagrams_duplicate: u64,
+    /// Paths opened.
     pub paths_opened: u64,
+    /// Paths that failed.
     pub path_failures: u64,
+    /// Times a path became suspect.
     pub path_suspects: u64,
+    /// Suspect paths replaced.
     pub paths_retired: u64,
+    /// Handshakes after the first (the peer went silent, or restarted).
     pub rehandshakes: u64,
+    /// Key rotations.
     pub rekeys: u64,
     /// Symbols for blocks already decoded (late copies; not an error).
     pub stale_symbols: u64,
+    /// Packets that did not authenticate.
     pub rejected_auth: u64,
+    /// Packets replayed.
     pub rejected_replay: u64,
+    /// Packets whose frames did not parse.
     pub rejected_malformed: u64,
+    /// Packets on a path that is gone.
     pub rejected_stale_path: u64,
+    /// Frames beyond the receive window.
     pub rejected_over_limit: u64,
+    /// Packets refused for another reason.
     pub rejected_unknown: u64,
 }
 
 /// Packets refused before they could be tied to a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointStats {
+    /// Packets for a session index we do not have.
     pub unknown_session: u64,
+    /// Handshakes that did not check out.
     pub bad_handshake: u64,
+    /// Packets that did not parse.
     pub malformed: u64,
+    /// Handshakes refused (session limit).
     pub refused: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a session call failed.
 pub enum SessionError {
     #[error("no such session")]
+    /// No such session.
     Unknown,
     #[error("the session failed or was closed")]
+    /// The session failed or was closed.
     Closed,
     #[error("a session to ourselves")]
+    /// A session to our own key.
     SelfSession,
 }
 
@@ -273,6 +338,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// The sessions of a node with `identity`, drawing keys and indices from `rng`.
     pub fn new(identity: SecretKey, config: SessionConfig, rng: Box<dyn CryptoRngCore + Send>) -> Self {
         let public = identity.public_key();
         Sessions {
@@ -289,6 +355,7 @@ impl Sessions {
         }
     }
 
+    /// The session settings.
     pub fn config(&self) -> &SessionConfig {
         &self.config
     }
@@ -297,18 +364,22 @@ impl Sessions {
         self.config = config;
     }
 
+    /// Packets refused before they could be tied to a session.
     pub fn endpoint_stats(&self) -> &EndpointStats {
         &self.stats
     }
 
+    /// Counters of session `id`.
     pub fn stats(&self, id: SessionId) -> Option<&SessionStats> {
         self.sessions.get(&id).map(|s| &s.stats)
     }
 
+    /// Every session's id.
     pub fn ids(&self) -> Vec<SessionId> {
         self.sessions.keys().copied().collect()
     }
 
+    /// The peer of session `id`.
     pub fn peer(&self, id: SessionId) -> Option<PublicKey> {
         self.sessions.get(&id).map(|s| s.peer)
     }
@@ -331,6 +402,7 @@ impl Sessions {
         Some(self.sessions.get(&id)?.paths.get(&path)?.route)
     }
 
+    /// Whether session `id` finished its handshake.
     pub fn is_established(&self, id: SessionId) -> bool {
         self.sessions.get(&id).is_some_and(|s| s.established())
     }

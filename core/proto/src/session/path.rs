@@ -20,6 +20,7 @@ use crate::route::RouteId;
 pub const REALTIME_SEQ: u32 = 1 << 31;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Where a session path is in its life.
 pub enum PathState {
     /// The route is being set up.
     Building,

@@ -28,12 +28,19 @@ use thiserror::Error;
 use crate::frame::Reader;
 use crate::wire::DecodeError;
 
+/// Frame type: a RaptorQ symbol of the stream.
 pub const SYMBOL: u8 = 0x01;
+/// Frame type: a deadline datagram.
 pub const DATAGRAM: u8 = 0x02;
+/// Frame type: an ack.
 pub const ACK: u8 = 0x03;
+/// Frame type: a probe (asks for an ack).
 pub const PROBE: u8 = 0x04;
+/// Frame type: where the stream resumes after a handshake.
 pub const RESUME: u8 = 0x05;
+/// Frame type: the session closes.
 pub const CLOSE: u8 = 0x06;
+/// Frame type: a path closes.
 pub const PATH_CLOSE: u8 = 0x07;
 
 /// `received` value of a block the receiver has decoded.
@@ -50,12 +57,16 @@ pub const DATAGRAM_OVERHEAD: usize = 1 + 4 + 2 + 2;
 pub const MAX_ACK_ENTRIES: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+/// Why a session body did not parse.
 pub enum FrameError {
     #[error("session frame truncated")]
+    /// Shorter than a frame needs.
     Truncated,
     #[error("unknown session frame type {0:#04x}")]
+    /// A frame type we do not know.
     UnknownType(u8),
     #[error("malformed session frame: {0}")]
+    /// A field out of range (which one).
     Malformed(&'static str),
 }
 
@@ -71,15 +82,20 @@ impl From<DecodeError> for FrameError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the receiver holds of one block.
 pub struct BlockAck {
+    /// The block.
     pub block: u32,
+    /// Distinct symbols received, or [`DECODED`].
     pub received: u16,
     /// Which source symbols (ESI < 64) arrived.
     pub source_bits: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the receiver saw on one path (for loss and delay estimates).
 pub struct PathReport {
+    /// The path.
     pub path: u32,
     /// Highest path sequence number received on the path.
     pub last_seq: u32,
@@ -91,41 +107,65 @@ pub struct PathReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A session ack.
 pub struct Ack {
+    /// Increases with every ack (newer replaces older).
     pub ack_seq: u32,
     /// Every block below this one is decoded and delivered.
     pub next_block: u32,
+    /// Blocks at or after `next_block` the receiver holds symbols of.
     pub blocks: Vec<BlockAck>,
+    /// Per-path reports.
     pub paths: Vec<PathReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// One frame in a session packet body (WIRE.md has each one's bytes).
 pub enum Frame<'a> {
+    /// A RaptorQ symbol of the stream.
     Symbol {
+        /// The block.
         block: u32,
+        /// The block's first byte in the stream.
         offset: u64,
+        /// The block's length in bytes.
         block_len: u32,
+        /// The encoding symbol id (below the block's symbol count: source; else repair).
         esi: u32,
+        /// The symbol.
         data: &'a [u8],
     },
+    /// A deadline datagram.
     Datagram {
+        /// Its id (copies on other paths share it).
         id: u32,
+        /// Its deadline, ms after it was sent.
         budget_ms: u16,
+        /// The datagram.
         data: &'a [u8],
     },
+    /// An ack.
     Ack(Ack),
+    /// Asks for an ack.
     Probe,
     /// Sent after every handshake until acknowledged: where our stream continues
     /// (`next_block` at byte `offset`), the first block we still need (`recv_next`), and whether
     /// our state is new (`fresh`: we have none of the peer's earlier data).
     Resume {
+        /// Our next block.
         next_block: u32,
+        /// The stream offset of `next_block`.
         offset: u64,
+        /// The first of the peer's blocks we still need.
         recv_next: u32,
+        /// We hold none of the peer's earlier data.
         fresh: bool,
     },
+    /// The session closes.
     Close,
+    /// The sender closes one path.
     PathClose {
+        /// The path.
         path: u32,
     },
 }
@@ -136,6 +176,7 @@ impl Frame<'_> {
         matches!(self, Frame::Symbol { .. } | Frame::Datagram { .. } | Frame::Probe | Frame::Resume { .. })
     }
 
+    /// Appends the frame's encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Frame::Symbol { block, offset, block_len, esi, data } => {
@@ -194,10 +235,13 @@ impl Frame<'_> {
 /// An opened session packet body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Body<'a> {
+    /// The path it was sent on.
     pub path: u32,
+    /// The packet's sequence number on the path.
     pub path_seq: u32,
     /// The sender's clock when it sealed the packet (microseconds, wrapping).
     pub sent_us: u32,
+    /// The frames.
     pub frames: Vec<Frame<'a>>,
 }
 

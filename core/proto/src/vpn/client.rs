@@ -17,7 +17,12 @@ pub const REALTIME_MAX: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     /// Send to the gateway in this class.
-    Send { class: Class, packet: Vec<u8> },
+    Send {
+        /// The class (small packets realtime, large bulk).
+        class: Class,
+        /// The IPv4 packet.
+        packet: Vec<u8>,
+    },
     /// Write back into the tunnel (ICMP "fragmentation needed" for the sender).
     Reply(Vec<u8>),
 }
@@ -26,30 +31,45 @@ pub enum Outbound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ClientDrop {
     #[error("no address from the gateway yet")]
+    /// The gateway has not assigned an address yet.
     NotConnected,
     #[error("malformed packet: {0}")]
+    /// Not a valid IPv4 packet.
     Malformed(IpError),
     #[error("source address is not the tunnel's")]
+    /// The source is not the tunnel's address.
     WrongSource,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A tunnel client's counters.
 pub struct TunnelStats {
+    /// Packets sent to the gateway.
     pub packets_out: u64,
+    /// Bytes sent to the gateway.
     pub bytes_out: u64,
+    /// Packets from the gateway.
     pub packets_in: u64,
+    /// Bytes from the gateway.
     pub bytes_in: u64,
+    /// Packets sent as realtime (small ones).
     pub realtime_out: u64,
+    /// Packets fragmented to fit the path.
     pub fragmented: u64,
+    /// ICMP "fragmentation needed" sent back for DF packets too large.
     pub frag_needed_sent: u64,
+    /// TCP SYNs whose MSS was clamped to the tunnel.
     pub mss_clamped: u64,
+    /// Packets dropped (malformed, wrong source, no address yet).
     pub dropped: u64,
 }
 
+/// The client side of the VPN tunnel: what the platform's packets become, and back.
 pub struct TunnelClient {
     /// The largest IP packet the path carries as one realtime message.
     path_mtu: u16,
     assignment: Option<Assignment>,
+    /// Counters.
     pub stats: TunnelStats,
 }
 
@@ -64,6 +84,7 @@ impl TunnelClient {
         self.assignment = Some(a);
     }
 
+    /// The gateway's assignment, once admitted.
     pub fn assignment(&self) -> Option<&Assignment> {
         self.assignment.as_ref()
     }

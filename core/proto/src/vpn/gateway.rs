@@ -15,14 +15,18 @@ use crate::identity::PublicKey;
 pub enum Access {
     /// Any key (an explicit choice in the configuration).
     Open,
+    /// Only these client keys.
     Keys(BTreeSet<PublicKey>),
 }
 
 #[derive(Debug, Clone)]
+/// The gateway's settings.
 pub struct GatewayConfig {
+    /// Who may use the gateway.
     pub access: Access,
     /// The client address pool, e.g. 10.77.0.0/16. The first host address is the gateway's.
     pub pool: Ipv4Addr,
+    /// The pool's prefix length.
     pub prefix_len: u8,
     /// Bytes per second per client, both directions together; `None`: unlimited.
     pub rate_limit: Option<u64>,
@@ -38,8 +42,10 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("this key is not on the gateway's allow-list")]
+    /// The key is not allowed.
     NotAllowed,
     #[error("the address pool is full")]
+    /// No free address in the pool.
     PoolFull,
 }
 
@@ -47,27 +53,40 @@ pub enum Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Drop {
     #[error("not a valid IPv4 packet")]
+    /// Not a valid IPv4 packet.
     Malformed,
     #[error("source address is not the one assigned to this key")]
+    /// The source is not the client's address.
     Spoofed,
     #[error("destination not allowed")]
+    /// A destination clients may not reach.
     Forbidden,
     #[error("over the rate limit")]
+    /// Over the client's rate limit.
     RateLimited,
     #[error("no address assigned to this key")]
+    /// The client has no address.
     NoAddress,
 }
 
 /// Per-client counters: the future payment records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientStats {
+    /// Bytes from the client to the internet.
     pub bytes_up: u64,
+    /// Bytes from the internet to the client.
     pub bytes_down: u64,
+    /// Packets from the client.
     pub packets_up: u64,
+    /// Packets to the client.
     pub packets_down: u64,
+    /// Packets dropped for a forged source address.
     pub dropped_spoofed: u64,
+    /// Packets dropped for a forbidden destination.
     pub dropped_forbidden: u64,
+    /// Packets dropped over the rate limit.
     pub dropped_rate: u64,
+    /// Packets dropped as malformed.
     pub dropped_malformed: u64,
 }
 
@@ -82,12 +101,17 @@ struct Client {
 /// What a client is told when it is admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
+    /// The client's address.
     pub address: Ipv4Addr,
+    /// The pool's prefix length.
     pub prefix_len: u8,
+    /// The gateway's own address (the pool's first).
     pub gateway: Ipv4Addr,
+    /// The tunnel MTU.
     pub mtu: u16,
 }
 
+/// The gateway side of the VPN (sans-IO): admission, addresses, checks and counters.
 pub struct Gateway {
     config: GatewayConfig,
     clients: BTreeMap<PublicKey, Client>,
@@ -102,6 +126,7 @@ fn in_net(a: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
 }
 
 impl Gateway {
+    /// A gateway with `config` and no clients.
     pub fn new(config: GatewayConfig) -> Self {
         Gateway { config, clients: BTreeMap::new(), by_addr: BTreeMap::new(), refused: 0 }
     }
@@ -111,6 +136,7 @@ impl Gateway {
         Ipv4Addr::from(u32::from(self.config.pool) + 1)
     }
 
+    /// The gateway's settings.
     pub fn config(&self) -> &GatewayConfig {
         &self.config
     }
@@ -203,6 +229,7 @@ impl Gateway {
         Ok(key)
     }
 
+    /// Each client's key, address and counters.
     pub fn stats(&self) -> impl Iterator<Item = (&PublicKey, Ipv4Addr, &ClientStats)> {
         self.clients.iter().map(|(k, c)| (k, c.addr, &c.stats))
     }

@@ -3,33 +3,49 @@
 
 use core::net::Ipv4Addr;
 
+/// Bytes in an IPv4 header without options.
 pub const HEADER_LEN: usize = 20;
+/// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a packet is not a valid IPv4 packet.
 pub enum IpError {
     #[error("shorter than an IPv4 header")]
+    /// Shorter than a header.
     Truncated,
     #[error("not IPv4")]
+    /// The version is not 4.
     NotIpv4,
     #[error("bad header length")]
+    /// The header length field is out of range.
     BadHeaderLength,
     #[error("total length does not match the packet")]
+    /// The total length does not match the packet.
     BadTotalLength,
     #[error("header checksum mismatch")]
+    /// The header checksum does not match.
     BadChecksum,
 }
 
 /// The fields of an IPv4 header the tunnel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4 {
+    /// Header bytes (options included).
     pub header_len: usize,
+    /// The packet's total length.
     pub total_len: usize,
+    /// The DF bit.
     pub dont_fragment: bool,
+    /// The protocol number.
     pub protocol: u8,
+    /// The source address.
     pub src: Ipv4Addr,
+    /// The destination address.
     pub dst: Ipv4Addr,
 }
 

@@ -35,14 +35,17 @@ pub enum Message {
     Packet(Vec<u8>),
     /// Gateway -> client.
     Assigned(Assignment),
+    /// Gateway -> client: not admitted (why).
     Refused(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed gateway message")]
+/// A gateway message that does not parse.
 pub struct MessageError;
 
 impl Message {
+    /// The message's wire encoding.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Message::Hello => vec![HELLO],
@@ -68,6 +71,7 @@ impl Message {
         }
     }
 
+    /// Parses a message; malformed bytes give an error, never a panic.
     pub fn decode(b: &[u8]) -> Result<Message, MessageError> {
         let (&tag, rest) = b.split_first().ok_or(MessageError)?;
         Ok(match tag {
