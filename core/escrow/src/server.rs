@@ -9,14 +9,15 @@
 //! `{"cmd":"withdraw","account","secret","to","amount"}` -> `{"ok":true,"txid"}`.
 //! Errors: `{"ok":false,"error"}`. Answers name accounts and amounts only, never a payer.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use skyroute_proto::PublicKey;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use super::{Escrow, EscrowError, Settle};
 
@@ -74,45 +75,59 @@ fn answer(e: &Escrow, line: &str) -> Value {
     r.unwrap_or_else(|x| json!({ "ok": false, "error": x.to_string() }))
 }
 
-fn serve(e: &Escrow, stream: TcpStream) -> std::io::Result<()> {
-    let mut out = stream.try_clone()?;
-    let mut r = BufReader::new(stream);
+/// Answers one connection's requests in order. Each request is one redb write transaction
+/// (it may wait for the disk), so it runs on the blocking pool, never on a runtime thread.
+async fn serve(e: Arc<Escrow>, stream: TcpStream) -> std::io::Result<()> {
+    let (read, mut out) = stream.into_split();
+    let mut r = BufReader::new(read);
     let mut line = String::new();
     loop {
         line.clear();
-        let n = (&mut r).take(MAX_LINE as u64 + 1).read_line(&mut line)?;
+        let n = (&mut r).take(MAX_LINE as u64 + 1).read_line(&mut line).await?;
         if n == 0 {
             return Ok(());
         }
-        let reply = if line.len() > MAX_LINE {
+        let too_long = line.len() > MAX_LINE;
+        let reply = if too_long {
             json!({ "ok": false, "error": format!("request longer than {MAX_LINE} bytes") })
         } else {
-            answer(e, line.trim())
+            let (e, request) = (e.clone(), std::mem::take(&mut line));
+            tokio::task::spawn_blocking(move || answer(&e, request.trim()))
+                .await
+                .unwrap_or_else(|_| json!({ "ok": false, "error": "internal error" }))
         };
-        out.write_all(format!("{reply}\n").as_bytes())?;
-        if line.len() > MAX_LINE {
+        out.write_all(format!("{reply}\n").as_bytes()).await?;
+        if too_long {
             return Ok(());
         }
     }
 }
 
-/// Serves `escrow` on `listener` until the process ends.
-pub fn run(escrow: Escrow, listener: TcpListener) -> std::io::Result<()> {
+/// Serves `escrow` on `listener` until the task is dropped: at most 64 connections at once
+/// (more are told so and closed).
+pub async fn serve_on(escrow: Escrow, listener: TcpListener) -> std::io::Result<()> {
     let escrow = Arc::new(escrow);
-    let open = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
-            let mut s = stream;
-            let _ = s.write_all(b"{\"ok\":false,\"error\":\"too many connections\"}\n");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let _ = stream.write_all(b"{\"ok\":false,\"error\":\"too many connections\"}\n").await;
             continue;
-        }
-        let (e, open) = (escrow.clone(), open.clone());
-        std::thread::spawn(move || {
-            let _ = serve(&e, stream);
-            open.fetch_sub(1, Ordering::SeqCst);
+        };
+        let e = escrow.clone();
+        tokio::spawn(async move {
+            let _ = serve(e, stream).await;
+            drop(slot);
         });
     }
-    Ok(())
+}
+
+/// Serves `escrow` on `listener` until the process ends, on a runtime of its own (what
+/// `skyroute escrow` and the tests run, in a thread of their own).
+pub fn run(escrow: Escrow, listener: std::net::TcpListener) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    rt.block_on(async {
+        listener.set_nonblocking(true)?;
+        serve_on(escrow, TcpListener::from_std(listener)?).await
+    })
 }
