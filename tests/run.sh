@@ -27,7 +27,9 @@ fi
 
 echo "== the node library builds without its optional features; public items carry docs =="
 # (missing_docs is a warning in skyroute-proto and skyroute; here it fails the run)
-docs=$(cargo check -q -p skyroute --no-default-features --message-format short 2>&1 | tee /dev/stderr | grep -c 'missing documentation' || true)
+out=$(cargo check -q -p skyroute --no-default-features --message-format short 2>&1) || { echo "$out"; exit 1; }
+echo "$out"
+docs=$(grep -c 'missing documentation' <<<"$out" || true)
 [ "$docs" = 0 ] || { echo "$docs public items without doc comments" >&2; exit 1; }
 
 echo "== formatting =="
