@@ -318,6 +318,8 @@ async fn the_nearest_gateway_is_found_through_the_dht() {
             client_to_client: false,
             blocked: Vec::new(),
             mtu: 1400,
+            pool6: None,
+            blocked6: Vec::new(),
         };
         let o = Options {
             dht: Some(DhtOptions::default()),

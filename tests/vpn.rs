@@ -26,6 +26,8 @@ fn gateway_config(access: Access, pool: Ipv4Addr, prefix_len: u8) -> GatewayConf
         client_to_client: false,
         blocked: Vec::new(),
         mtu: 1400,
+        pool6: None,
+        blocked6: Vec::new(),
     }
 }
 

@@ -240,6 +240,8 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
             client_to_client: raw.client_to_client,
             blocked,
             mtu,
+            pool6: None,
+            blocked6: Vec::new(),
         },
         uplink: raw.uplink.clone(),
         tun,

@@ -1,13 +1,13 @@
 //! The gateway's side of the VPN: who may connect, which address each client key gets, and
 //! which packets may leave or reach a client.
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::ip;
+use super::{ip, ip6};
 use crate::identity::PublicKey;
 
 /// Who may use the gateway.
@@ -36,6 +36,12 @@ pub struct GatewayConfig {
     pub blocked: Vec<(Ipv4Addr, u8)>,
     /// MTU offered to clients.
     pub mtu: u16,
+    /// The IPv6 client pool (a ULA /64 by default in the node's configuration); the first
+    /// address after the prefix (`::1`) is the gateway's. None: the gateway carries no IPv6,
+    /// and clients answer their applications' IPv6 with "unreachable" themselves.
+    pub pool6: Option<(Ipv6Addr, u8)>,
+    /// IPv6 networks clients must not reach.
+    pub blocked6: Vec<(Ipv6Addr, u8)>,
 }
 
 /// Why a client may not use the gateway.
@@ -67,6 +73,9 @@ pub enum Drop {
     #[error("no address assigned to this key")]
     /// The client has no address.
     NoAddress,
+    #[error("this gateway carries no IPv6")]
+    /// An IPv6 packet, and the gateway has no IPv6 pool.
+    NoIpv6,
 }
 
 /// Per-client counters: the future payment records.
@@ -92,6 +101,7 @@ pub struct ClientStats {
 
 struct Client {
     addr: Ipv4Addr,
+    addr6: Option<Ipv6Addr>,
     stats: ClientStats,
     /// Token bucket: bytes available, and when it was last filled.
     tokens: f64,
@@ -109,6 +119,19 @@ pub struct Assignment {
     pub gateway: Ipv4Addr,
     /// The tunnel MTU.
     pub mtu: u16,
+    /// The IPv6 side, when the gateway carries IPv6.
+    pub v6: Option<Assignment6>,
+}
+
+/// The IPv6 part of an assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment6 {
+    /// The client's IPv6 address (stable per client key).
+    pub address: Ipv6Addr,
+    /// The pool's prefix length.
+    pub prefix_len: u8,
+    /// The gateway's own IPv6 address in the pool.
+    pub gateway: Ipv6Addr,
 }
 
 /// The gateway side of the VPN (sans-IO): admission, addresses, checks and counters.
@@ -116,6 +139,7 @@ pub struct Gateway {
     config: GatewayConfig,
     clients: BTreeMap<PublicKey, Client>,
     by_addr: BTreeMap<Ipv4Addr, PublicKey>,
+    by_addr6: BTreeMap<Ipv6Addr, PublicKey>,
     /// Hellos refused (keys not allowed, pool full).
     pub refused: u64,
 }
@@ -128,12 +152,17 @@ fn in_net(a: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
 impl Gateway {
     /// A gateway with `config` and no clients.
     pub fn new(config: GatewayConfig) -> Self {
-        Gateway { config, clients: BTreeMap::new(), by_addr: BTreeMap::new(), refused: 0 }
+        Gateway { config, clients: BTreeMap::new(), by_addr: BTreeMap::new(), by_addr6: BTreeMap::new(), refused: 0 }
     }
 
     /// The gateway's own address in the pool (the first host address).
     pub fn address(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.config.pool) + 1)
+    }
+
+    /// The gateway's own IPv6 address (the pool's `::1`), when it carries IPv6.
+    pub fn address6(&self) -> Option<Ipv6Addr> {
+        self.config.pool6.map(|(net, len)| Ipv6Addr::from((u128::from(net) & prefix_mask(len)) + 1))
     }
 
     /// The gateway's settings.
@@ -151,9 +180,20 @@ impl Gateway {
             }
         }
         let (prefix_len, gateway, mtu) = (self.config.prefix_len, self.address(), self.config.mtu);
-        let assignment = move |address| Assignment { address, prefix_len, gateway, mtu };
+        let (gateway6, prefix6_len) = (self.address6(), self.config.pool6.map_or(0, |p| p.1));
+        let assignment = move |address, address6: Option<Ipv6Addr>| Assignment {
+            address,
+            prefix_len,
+            gateway,
+            mtu,
+            v6: address6.zip(gateway6).map(|(address, gateway)| Assignment6 {
+                address,
+                prefix_len: prefix6_len,
+                gateway,
+            }),
+        };
         if let Some(c) = self.clients.get(key) {
-            return Ok(assignment(c.addr));
+            return Ok(assignment(c.addr, c.addr6));
         }
         let host_bits = 32 - self.config.prefix_len.min(30) as u32;
         let hosts = (1u64 << host_bits) - 3; // minus network, gateway, broadcast
@@ -163,14 +203,34 @@ impl Gateway {
         for i in 0..hosts.min(1 << 20) {
             let addr = Ipv4Addr::from(base + 2 + ((start + i) % hosts) as u32);
             if !self.by_addr.contains_key(&addr) {
+                let addr6 = self.config.pool6.and_then(|(net, len)| self.free_address6(&h, net, len));
                 let burst = self.config.rate_limit.unwrap_or(0) as f64;
-                self.clients.insert(*key, Client { addr, stats: ClientStats::default(), tokens: burst, filled: now });
+                self.clients
+                    .insert(*key, Client { addr, addr6, stats: ClientStats::default(), tokens: burst, filled: now });
                 self.by_addr.insert(addr, *key);
-                return Ok(assignment(addr));
+                if let Some(a6) = addr6 {
+                    self.by_addr6.insert(a6, *key);
+                }
+                return Ok(assignment(addr, addr6));
             }
         }
         self.refused += 1;
         Err(Refusal::PoolFull)
+    }
+
+    /// A free IPv6 address in `net/len` for the key whose hash is `h`: the interface id is
+    /// taken from the hash (stable per key), skipping the prefix itself, the gateway's `::1`
+    /// and addresses taken.
+    fn free_address6(&self, h: &[u8], net: Ipv6Addr, len: u8) -> Option<Ipv6Addr> {
+        let mask = prefix_mask(len);
+        let base = u128::from(net) & mask;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h[16..32]);
+        let start = u128::from_be_bytes(id);
+        (0..1024u128).map(|i| base | (start.wrapping_add(i) & !mask)).map(Ipv6Addr::from).find(|a| {
+            let host = u128::from(*a) & !mask;
+            host > 1 && !self.by_addr6.contains_key(a)
+        })
     }
 
     /// Forgets a client: its address is free for others after this, and its counters are gone.
@@ -179,11 +239,17 @@ impl Gateway {
     pub fn remove(&mut self, key: &PublicKey) {
         if let Some(c) = self.clients.remove(key) {
             self.by_addr.remove(&c.addr);
+            if let Some(a6) = c.addr6 {
+                self.by_addr6.remove(&a6);
+            }
         }
     }
 
     /// A packet from a client: whether it may go out (to the gateway's uplink).
     pub fn from_client(&mut self, now: Instant, key: &PublicKey, packet: &[u8]) -> Result<(), Drop> {
+        if ip6::version(packet) == Some(6) {
+            return self.from_client6(now, key, packet);
+        }
         let gw = self.address();
         let Gateway { config, clients, .. } = self;
         let (c2c, blocked, rate, pool, plen) =
@@ -214,10 +280,54 @@ impl Gateway {
         Ok(())
     }
 
+    /// An IPv6 packet from a client: the same checks as IPv4 (its address, forbidden
+    /// destinations, the rate), plus addresses that are never routed (link-local, multicast).
+    fn from_client6(&mut self, now: Instant, key: &PublicKey, packet: &[u8]) -> Result<(), Drop> {
+        let gw6 = self.address6();
+        let Gateway { config, clients, .. } = self;
+        let client = clients.get_mut(key).ok_or(Drop::NoAddress)?;
+        let (Some(addr6), Some((pool6, plen6)), Some(gw6)) = (client.addr6, config.pool6, gw6) else {
+            client.stats.dropped_forbidden += 1;
+            return Err(Drop::NoIpv6);
+        };
+        let hdr = match ip6::parse(packet) {
+            Ok(h) => h,
+            Err(_) => {
+                client.stats.dropped_malformed += 1;
+                return Err(Drop::Malformed);
+            }
+        };
+        if hdr.src != addr6 {
+            client.stats.dropped_spoofed += 1;
+            return Err(Drop::Spoofed);
+        }
+        let to_pool = ip6::in_net(hdr.dst, pool6, plen6) && !config.client_to_client;
+        if to_pool
+            || hdr.dst == gw6
+            || !ip6::is_routable(hdr.dst)
+            || config.blocked6.iter().any(|(n, l)| ip6::in_net(hdr.dst, *n, *l))
+        {
+            client.stats.dropped_forbidden += 1;
+            return Err(Drop::Forbidden);
+        }
+        if !take_tokens(client, config.rate_limit, now, packet.len()) {
+            client.stats.dropped_rate += 1;
+            return Err(Drop::RateLimited);
+        }
+        client.stats.packets_up += 1;
+        client.stats.bytes_up += packet.len() as u64;
+        Ok(())
+    }
+
     /// A packet from the uplink: the client it is for, if any.
     pub fn to_client(&mut self, now: Instant, packet: &[u8]) -> Result<PublicKey, Drop> {
-        let hdr = ip::parse(packet).map_err(|_| Drop::Malformed)?;
-        let key = *self.by_addr.get(&hdr.dst).ok_or(Drop::NoAddress)?;
+        let key = if ip6::version(packet) == Some(6) {
+            let hdr = ip6::parse(packet).map_err(|_| Drop::Malformed)?;
+            *self.by_addr6.get(&hdr.dst).ok_or(Drop::NoAddress)?
+        } else {
+            let hdr = ip::parse(packet).map_err(|_| Drop::Malformed)?;
+            *self.by_addr.get(&hdr.dst).ok_or(Drop::NoAddress)?
+        };
         let rate = self.config.rate_limit;
         let client = self.clients.get_mut(&key).ok_or(Drop::NoAddress)?;
         if !take_tokens(client, rate, now, packet.len()) {
@@ -232,6 +342,16 @@ impl Gateway {
     /// Each client's key, address and counters.
     pub fn stats(&self) -> impl Iterator<Item = (&PublicKey, Ipv4Addr, &ClientStats)> {
         self.clients.iter().map(|(k, c)| (k, c.addr, &c.stats))
+    }
+}
+
+/// The network mask of a /`len` IPv6 prefix.
+fn prefix_mask(len: u8) -> u128 {
+    let len = len.min(128) as u32;
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
     }
 }
 

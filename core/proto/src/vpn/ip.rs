@@ -155,14 +155,23 @@ pub fn fragment(p: &[u8], hdr: &Ipv4, mtu: usize) -> Vec<Vec<u8>> {
 /// Lowers the MSS option of a TCP SYN to `mss` (and fixes the TCP checksum). Returns whether
 /// the packet changed.
 pub fn clamp_mss(p: &mut [u8], hdr: &Ipv4, mss: u16) -> bool {
-    if hdr.protocol != PROTO_TCP || p.len() < hdr.header_len + 20 {
+    if hdr.protocol != PROTO_TCP {
         return false;
     }
     // A fragment other than the first has no TCP header.
     if u16::from_be_bytes([p[6], p[7]]) & 0x1fff != 0 {
         return false;
     }
-    let tcp = hdr.header_len;
+    clamp_tcp_mss(p, hdr.header_len, mss)
+}
+
+/// Lowers the MSS option of the TCP SYN starting at `tcp` in `p` to `mss`, fixing the TCP
+/// checksum incrementally (so it works under either IP version's pseudo-header). Returns
+/// whether the packet changed; anything that is not a well-formed SYN is left alone.
+pub(crate) fn clamp_tcp_mss(p: &mut [u8], tcp: usize, mss: u16) -> bool {
+    if p.len() < tcp + 20 {
+        return false;
+    }
     let flags = p[tcp + 13];
     if flags & 0x02 == 0 {
         return false;

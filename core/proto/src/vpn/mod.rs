@@ -10,11 +10,12 @@
 pub mod client;
 pub mod gateway;
 pub mod ip;
+pub mod ip6;
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 pub use client::{ClientDrop, Outbound, TunnelClient, TunnelStats};
-pub use gateway::{Access, Assignment, ClientStats, Gateway, GatewayConfig, Refusal};
+pub use gateway::{Access, Assignment, Assignment6, ClientStats, Gateway, GatewayConfig, Refusal};
 
 /// The session channel of the gateway service.
 pub const CHANNEL: u16 = 4;
@@ -61,6 +62,12 @@ impl Message {
                 v.push(a.prefix_len);
                 v.extend_from_slice(&a.gateway.octets());
                 v.extend_from_slice(&a.mtu.to_be_bytes());
+                // The IPv6 part follows when the gateway carries IPv6 (44 bytes instead of 11).
+                if let Some(v6) = &a.v6 {
+                    v.extend_from_slice(&v6.address.octets());
+                    v.push(v6.prefix_len);
+                    v.extend_from_slice(&v6.gateway.octets());
+                }
                 v
             }
             Message::Refused(r) => {
@@ -77,16 +84,27 @@ impl Message {
         Ok(match tag {
             HELLO if rest.is_empty() => Message::Hello,
             PACKET => Message::Packet(rest.to_vec()),
-            ASSIGNED if rest.len() == 11 => Message::Assigned(Assignment {
+            ASSIGNED if rest.len() == 11 || rest.len() == 11 + 33 => Message::Assigned(Assignment {
                 address: Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]),
                 prefix_len: rest[4].min(32),
                 gateway: Ipv4Addr::new(rest[5], rest[6], rest[7], rest[8]),
                 mtu: u16::from_be_bytes([rest[9], rest[10]]),
+                v6: (rest.len() == 44).then(|| Assignment6 {
+                    address: ipv6(&rest[11..27]),
+                    prefix_len: rest[27].min(128),
+                    gateway: ipv6(&rest[28..44]),
+                }),
             }),
             REFUSED => Message::Refused(String::from_utf8_lossy(rest).into_owned()),
             _ => return Err(MessageError),
         })
     }
+}
+
+fn ipv6(b: &[u8]) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[..16]);
+    Ipv6Addr::from(a)
 }
 
 #[cfg(test)]
@@ -101,8 +119,23 @@ mod tests {
             prefix_len: 16,
             gateway: Ipv4Addr::new(10, 77, 0, 1),
             mtu: 1280,
+            v6: None,
         };
-        for m in [Message::Hello, Message::Packet(vec![0x45, 1]), Message::Assigned(a), Message::Refused("no".into())] {
+        let a6 = Assignment {
+            v6: Some(Assignment6 {
+                address: "fd00:77::1234".parse().unwrap(),
+                prefix_len: 64,
+                gateway: "fd00:77::1".parse().unwrap(),
+            }),
+            ..a.clone()
+        };
+        for m in [
+            Message::Hello,
+            Message::Packet(vec![0x45, 1]),
+            Message::Assigned(a),
+            Message::Assigned(a6),
+            Message::Refused("no".into()),
+        ] {
             assert_eq!(Message::decode(&m.encode()), Ok(m));
         }
     }
