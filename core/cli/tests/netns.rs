@@ -6,10 +6,12 @@
 //!            lte  ── relay2 ──┘
 //! ```
 //!
-//! `skyroute vpn up` in the client namespace; ping and a 50 MiB download through the tunnel
+//! `skyroute vpn up` in the client namespace; ping and a 50 MiB download through the tunnel,
+//! over IPv4 and over IPv6 at once (the client's underlay is IPv4 only; the server has both),
 //! while the client's wifi, then its lte veth, is down for 5 s; the server sees only the
-//! gateway's address; a key not on the allow-list gets nothing; a forged source is dropped and
-//! counted at the gateway; `vpn down` and a stopped gateway leave no routes or nft rules.
+//! gateway's addresses (NAT44 and NAT66); a key not on the allow-list gets nothing; a forged
+//! source is dropped and counted at the gateway; `vpn down` and a stopped gateway leave no
+//! routes or nft rules.
 
 #[path = "support/netns.rs"]
 mod netns;
@@ -25,6 +27,8 @@ use skyroute_proto::vpn::{ip, Message};
 
 const SERVER: &str = "10.201.9.2";
 const GATEWAY_UPLINK: &str = "10.201.9.1";
+const SERVER6: &str = "fd99:201:9::2";
+const GATEWAY_UPLINK6: &str = "fd99:201:9::1";
 const DOWNLOAD: u64 = 50 << 20;
 /// The server's pace: the download lasts about 20 s, long enough for both flaps.
 const RATE: u64 = 2_600_000;
@@ -67,6 +71,9 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     net.link("relay1", "g", "10.201.3.1/24", "gateway", "r1", "10.201.3.2/24");
     net.link("relay2", "g", "10.201.4.1/24", "gateway", "r2", "10.201.4.2/24");
     net.link("gateway", "up0", &format!("{GATEWAY_UPLINK}/24"), "server", "eth0", &format!("{SERVER}/24"));
+    // The internet side speaks IPv6 too (no duplicate address detection: the test does not wait).
+    net.exec("gateway", &["ip", "-6", "addr", "add", &format!("{GATEWAY_UPLINK6}/64"), "dev", "up0", "nodad"]);
+    net.exec("server", &["ip", "-6", "addr", "add", &format!("{SERVER6}/64"), "dev", "eth0", "nodad"]);
 
     let (client, ck) = net.identity("client");
     let (stranger, _) = net.identity("stranger");
@@ -114,12 +121,18 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     let me: Ipv4Addr = up["tunnel"]["address"].as_str().unwrap().parse().unwrap();
     assert_eq!(me.octets()[..2], [10, 77], "{up}");
     assert_eq!(up["routes"][0], "0.0.0.0/0", "full tunnel by default: {up}");
-    let mtu = up["tunnel"]["mtu"].as_u64().unwrap();
+    assert_eq!(up["routes"][1], "::/0", "IPv6 too: {up}");
+    let me6: std::net::Ipv6Addr = up["tunnel"]["address6"].as_str().unwrap().parse().unwrap();
+    assert_eq!(me6.octets()[0], 0xfd, "a ULA from the gateway's pool: {up}");
+    // With IPv6 the TUN is never below IPv6's minimum MTU.
+    let mtu = up["tunnel"]["mtu"].as_u64().unwrap().max(1280);
     assert!(net.exec("client", &["ip", "link", "show", "skyvpn0"]).contains(&format!("mtu {mtu}")));
 
     // The client has no route to the server but through the tunnel.
     let (ok, out) = net.try_exec("client", &["ping", "-c", "3", "-W", "5", SERVER]);
     assert!(ok, "ping through the tunnel: {out}");
+    let (ok, out) = net.try_exec("client", &["ping", "-6", "-c", "3", "-W", "5", SERVER6]);
+    assert!(ok, "IPv6 ping through the tunnel: {out}\n{}", net.log(&gw));
 
     // The tunnel's session runs over both relays.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -141,6 +154,10 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     let listener = net.thread("server", || std::net::TcpListener::bind((SERVER, 8080)).unwrap()).join().unwrap();
     let server = std::thread::spawn(move || netns::serve(listener, 1, DOWNLOAD, Some(RATE), true));
     let fetch = net.thread("client", || netns::download(SocketAddr::from(([10, 201, 9, 2], 8080)), true));
+    let server6_addr: SocketAddr = format!("[{SERVER6}]:8080").parse().unwrap();
+    let listener6 = net.thread("server", move || std::net::TcpListener::bind(server6_addr).unwrap()).join().unwrap();
+    let server6 = std::thread::spawn(move || netns::serve(listener6, 1, DOWNLOAD, Some(RATE), true));
+    let fetch6 = net.thread("client", move || netns::download(server6_addr, true));
     let mut flaps = Vec::new();
     for veth in ["wifi", "lte"] {
         std::thread::sleep(Duration::from_secs(3));
@@ -165,11 +182,19 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     assert_eq!(peer.ip().to_string(), GATEWAY_UPLINK, "the server sees the gateway's address");
     assert!(took > Duration::from_secs(15), "the download spanned both flaps ({took:?}, {flaps:?})");
     eprintln!("50 MiB in {took:.1?} through the tunnel with {flaps:?} down");
+    let got6 = fetch6.join().unwrap();
+    let sent6 = server6.join().unwrap();
+    let (bytes6, sha6, took6) = got6.unwrap_or_else(|e| panic!("the IPv6 download broke: {e}\n{}", net.log(&client)));
+    assert_eq!((bytes6, &sha6), (DOWNLOAD, &sent6[0].1), "50 MiB intact over IPv6");
+    assert_eq!(sent6[0].0.ip().to_string(), GATEWAY_UPLINK6, "the server sees the gateway's IPv6 address");
+    assert!(took6 > Duration::from_secs(15), "the IPv6 download spanned both flaps too ({took6:?})");
+    eprintln!("and 50 MiB over IPv6 in {took6:.1?} at the same time");
     let (ok, out) = skyroute(&net, "client", &["vpn", "status", "--json", "--data-dir", client.to_str().unwrap()]);
     let vs: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(ok && vs["interface"] == "skyvpn0", "{vs}");
     assert_eq!(vs["tunnel"]["reconnects"], 0, "one session all along: {vs}");
-    assert!(vs["tunnel"]["bytes_in"].as_u64().unwrap() > DOWNLOAD, "{vs}");
+    assert!(vs["tunnel"]["bytes_in"].as_u64().unwrap() > 2 * DOWNLOAD, "{vs}");
+    assert!(vs["tunnel"]["ipv6_out"].as_u64().unwrap() > 1000, "{vs}");
     let s = status(&client).sessions.into_iter().find(|x| x.peer == gk).unwrap();
     assert!(s.path_failures + s.paths_retired >= 2, "each flap took a path down: {s:?}");
 
@@ -206,6 +231,12 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     assert!(!net.try_exec("client", &["ip", "link", "show", "skyvpn0"]).0);
     assert!(!net.exec("client", &["ip", "rule"]).contains("21323"), "{}", net.exec("client", &["ip", "rule"]));
     assert!(!net.try_exec("client", &["ping", "-c", "1", "-W", "1", SERVER]).0, "no tunnel, no route");
+    assert!(
+        !net.exec("client", &["ip", "-6", "rule"]).contains("21323"),
+        "{}",
+        net.exec("client", &["ip", "-6", "rule"])
+    );
+    assert!(!net.try_exec("client", &["ping", "-6", "-c", "1", "-W", "1", SERVER6]).0, "no IPv6 route either");
     // The gateway's NAT is removed when it stops.
     assert!(net.exec("gateway", &["nft", "list", "tables"]).contains("skyroute_skygw0"));
     assert_eq!(net.stop(&gw).and_then(|s| s.code()), Some(0), "{}", net.log(&gw));

@@ -151,8 +151,22 @@ struct RawGateway {
     reach_host: bool,
     #[serde(default)]
     blocked: Vec<String>,
+    pool6: Option<String>,
+    #[serde(default)]
+    blocked6: Vec<String>,
     mtu: Option<u16>,
     nat: Option<bool>,
+}
+
+/// The gateway's IPv6 pool as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool6 {
+    /// A ULA /64 derived from the gateway's key (stable across restarts): the default.
+    Auto,
+    /// No IPv6 for clients: they answer their applications' IPv6 with "unreachable".
+    Off,
+    /// This prefix.
+    Net(std::net::Ipv6Addr, u8),
 }
 
 /// How the node serves as an IPv4 gateway.
@@ -168,6 +182,30 @@ pub struct Gateway {
     pub reach_host: bool,
     /// Set up NAT (nftables masquerade); off when the host routes the pool itself.
     pub nat: bool,
+    /// The IPv6 pool (`service.pool6` is filled from it by [`Gateway::service_for`]).
+    pub pool6: Pool6,
+}
+
+impl Gateway {
+    /// The gateway service for the node with `key`: the configured settings with the IPv6
+    /// pool resolved (`auto`: `fd` + 40 bits of the key's hash + subnet 0, a /64, the RFC 4193
+    /// way to pick a ULA, so a gateway keeps its pool across restarts).
+    pub fn service_for(&self, key: &PublicKey) -> skyroute_proto::vpn::GatewayConfig {
+        use sha2::{Digest, Sha256};
+        let mut service = self.service.clone();
+        service.pool6 = match self.pool6 {
+            Pool6::Off => None,
+            Pool6::Net(a, l) => Some((a, l)),
+            Pool6::Auto => {
+                let h = Sha256::digest(key.to_bytes());
+                let mut b = [0u8; 16];
+                b[0] = 0xfd;
+                b[1..6].copy_from_slice(&h[..5]);
+                Some((std::net::Ipv6Addr::from(b), 64))
+            }
+        };
+        service
+    }
 }
 
 /// The default client address pool.
@@ -219,6 +257,25 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
             crate::netconf::parse_prefix(b).map_err(|e| field(format!("gateway.blocked[{i}]"), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let pool6 = match raw.pool6.as_deref() {
+        None | Some("auto") => Pool6::Auto,
+        Some("off") => Pool6::Off,
+        Some(p) => {
+            let (a, l) = crate::netconf::parse_prefix6(p).map_err(|e| field("gateway.pool6", e.to_string()))?;
+            if !(48..=120).contains(&l) {
+                return Err(field("gateway.pool6", "the prefix length must be between 48 and 120"));
+            }
+            Pool6::Net(a, l)
+        }
+    };
+    let blocked6 = raw
+        .blocked6
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            crate::netconf::parse_prefix6(b).map_err(|e| field(format!("gateway.blocked6[{i}]"), e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mtu = raw.mtu.unwrap_or(DEFAULT_TUNNEL_MTU);
     if !(576..=9000).contains(&mtu) {
         return Err(field("gateway.mtu", "must be between 576 and 9000"));
@@ -241,12 +298,13 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
             blocked,
             mtu,
             pool6: None,
-            blocked6: Vec::new(),
+            blocked6,
         },
         uplink: raw.uplink.clone(),
         tun,
         reach_host: raw.reach_host,
         nat: raw.nat.unwrap_or(true),
+        pool6,
     })
 }
 
@@ -732,6 +790,25 @@ mod tests {
         assert_eq!(g.service.pool.to_string(), "10.9.8.0", "the pool is its network address");
         assert_eq!((g.service.rate_limit, g.uplink.as_deref()), (Some(1000), Some("up0")));
         assert_eq!(g.service.blocked, vec![("192.168.0.0".parse().unwrap(), 16)]);
+        // IPv6: a ULA /64 from the key by default, stable; off; or a prefix of one's own.
+        assert_eq!(g.pool6, Pool6::Auto);
+        let auto = g.service_for(&k).pool6.unwrap();
+        assert_eq!((auto.0.octets()[0], auto.1), (0xfd, 64));
+        assert_eq!(g.service_for(&k).pool6, Some(auto), "the same pool every start");
+        let other = skyroute_proto::SecretKey::generate(&mut rand_core::OsRng).public_key();
+        assert_ne!(g.service_for(&other).pool6, Some(auto), "another gateway, another pool");
+        let off = Config::parse("[gateway]\nopen = true\npool6 = \"off\"").unwrap().gateway.unwrap();
+        assert_eq!(off.service_for(&k).pool6, None);
+        let own =
+            Config::parse("[gateway]\nopen = true\npool6 = \"fd12:3456:789a:1::5/64\"\nblocked6 = [\"2001:db8::/32\"]")
+                .unwrap()
+                .gateway
+                .unwrap();
+        assert_eq!(own.service_for(&k).pool6, Some(("fd12:3456:789a:1::".parse().unwrap(), 64)));
+        assert_eq!(own.service.blocked6, vec![("2001:db8::".parse().unwrap(), 32)]);
+        assert!(e("[gateway]\nopen = true\npool6 = \"fd00::/16\"").starts_with("gateway.pool6:"));
+        assert!(e("[gateway]\nopen = true\npool6 = \"10.0.0.0/8\"").starts_with("gateway.pool6:"));
+        assert!(e("[gateway]\nopen = true\nblocked6 = [\"fd00::/200\"]").starts_with("gateway.blocked6[0]:"));
         assert!(Config::parse("").unwrap().gateway.is_none());
         assert!(Config::parse("[discovery]\nannounce = true").unwrap().discovery);
         assert!(!Config::parse("").unwrap().discovery, "off by default");

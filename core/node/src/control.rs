@@ -491,6 +491,9 @@ pub struct SessionStatus {
 pub struct GatewayStatus {
     /// The gateway's own tunnel address.
     pub address: String,
+    /// The gateway's own IPv6 address in its pool (none: the gateway carries no IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
     /// Clients refused (not on the allow-list, pool full).
     pub refused: u64,
     /// Its clients.
@@ -504,6 +507,9 @@ pub struct GatewayClientStatus {
     pub key: String,
     /// The address assigned to it.
     pub address: String,
+    /// Its IPv6 address, when the gateway carries IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
     /// Bytes from the client.
     pub bytes_up: u64,
     /// Bytes to the client.
@@ -529,6 +535,9 @@ pub struct TunnelStatus {
     pub gateway: String,
     /// The address assigned (None while waiting).
     pub address: Option<String>,
+    /// The IPv6 address assigned (None: the gateway carries no IPv6, or none yet).
+    #[serde(default)]
+    pub address6: Option<String>,
     /// The tunnel MTU.
     pub mtu: u16,
     /// Sessions to the gateway opened again after one failed.
@@ -550,6 +559,12 @@ pub struct TunnelStatus {
     pub frag_needed_sent: u64,
     /// TCP SYNs whose MSS was clamped.
     pub mss_clamped: u64,
+    /// IPv6 packets sent into the tunnel (of `packets_out`).
+    #[serde(default)]
+    pub ipv6_out: u64,
+    /// IPv6 packets answered "unreachable" because the gateway carries no IPv6.
+    #[serde(default)]
+    pub unreachable_sent: u64,
     /// Packets dropped.
     pub dropped: u64,
 }

@@ -85,7 +85,7 @@ pub async fn start(key: SecretKey, config: &Config, data_dir: &Path) -> std::io:
             },
             data_dir: Some(data_dir.to_path_buf()),
             topology: config.topology.clone(),
-            gateway: config.gateway.as_ref().map(|g| g.service.clone()),
+            gateway: config.gateway.as_ref().map(|g| g.service_for(&key.public_key())),
             discovery: config.discovery,
             dht: config.dht.clone(),
             escrow: config.escrow.clone(),
@@ -148,6 +148,7 @@ pub fn run(data_dir: PathBuf, config: Option<PathBuf>) -> i32 {
 }
 
 async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
+    let public_key = key.public_key();
     let mut node = match start(key, &config, &data_dir).await {
         Ok(n) => n,
         Err(e) => {
@@ -157,7 +158,7 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
     };
     // A gateway's uplink (TUN and NAT) lives as long as the daemon.
     let _uplink = match (&config.gateway, node.uplink.take()) {
-        (Some(g), Some(port)) => match GatewayUplink::start(g, port) {
+        (Some(g), Some(port)) => match GatewayUplink::start(g, &public_key, port) {
             Ok(u) => Some(u),
             Err(e) => {
                 eprintln!("error: {e}");

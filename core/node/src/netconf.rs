@@ -4,7 +4,7 @@
 //! stopped daemon leaves no rules behind. Everything here needs CAP_NET_ADMIN.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
 use crate::transport::SOCKET_MARK;
@@ -88,7 +88,22 @@ pub fn parse_prefix(s: &str) -> Result<(Ipv4Addr, u8), PrefixError> {
     Ok((Ipv4Addr::from(u32::from(a) & mask), len))
 }
 
+/// An IPv6 prefix `a:b::/len` (a bare address is a /128).
+pub fn parse_prefix6(s: &str) -> Result<(Ipv6Addr, u8), PrefixError> {
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u8>().map_err(|_| PrefixError::Length(s.into()))?),
+        None => (s, 128),
+    };
+    let a: Ipv6Addr = a.parse().map_err(|_| PrefixError::Address(s.into()))?;
+    if len > 128 {
+        return Err(PrefixError::TooLong(s.into()));
+    }
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    Ok((Ipv6Addr::from(u128::from(a) & mask), len))
+}
+
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 /// A gateway's NAT: packets from the client pool that the kernel forwards out of the uplink
 /// leave with the uplink's address (nftables masquerade), and clients cannot reach the
@@ -96,12 +111,21 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 pub struct Nat {
     table: String,
     forward_was: Option<String>,
+    /// IPv6 forwarding as it was, when the NAT covers an IPv6 pool too.
+    forward6_was: Option<String>,
+    ipv6: bool,
 }
 
 impl Nat {
     /// `tun`: the gateway's TUN device; `uplink`: the interface towards the internet (`None`:
     /// any but the TUN).
-    pub fn setup(tun: &str, pool: (Ipv4Addr, u8), uplink: Option<&str>, reach_host: bool) -> Result<Nat, NetError> {
+    pub fn setup(
+        tun: &str,
+        pool: (Ipv4Addr, u8),
+        pool6: Option<(Ipv6Addr, u8)>,
+        uplink: Option<&str>,
+        reach_host: bool,
+    ) -> Result<Nat, NetError> {
         let table = format!("skyroute_{}", tun.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         let out = match uplink {
             Some(u) => format!("oifname \"{u}\""),
@@ -120,7 +144,23 @@ impl Nat {
         );
         run("nft", &["-f", "-"], Some(&script))?;
         let forward_was = std::fs::read_to_string(IP_FORWARD).ok();
-        let nat = Nat { table, forward_was };
+        let mut nat = Nat { table, forward_was, forward6_was: None, ipv6: false };
+        if let Some((net, len)) = pool6 {
+            // NAT66 the same way: the client pool leaves with the uplink's IPv6 address.
+            let t = &nat.table;
+            let script6 = format!(
+                "add table ip6 {t}\ndelete table ip6 {t}\n\
+                 table ip6 {t} {{\n\
+                   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; \
+                     ip6 saddr {net}/{len} {out} masquerade; }}\n\
+                   chain input {{ type filter hook input priority filter; policy accept; {host} }}\n\
+                 }}\n"
+            );
+            run("nft", &["-f", "-"], Some(&script6))?;
+            nat.ipv6 = true;
+            nat.forward6_was = std::fs::read_to_string(IP6_FORWARD).ok();
+            std::fs::write(IP6_FORWARD, "1\n")?;
+        }
         std::fs::write(IP_FORWARD, "1\n")?;
         tracing::info!(table = %nat.table, "gateway: NAT set up (nftables masquerade)");
         Ok(nat)
@@ -140,6 +180,14 @@ impl Drop for Nat {
         if let Some(v) = &self.forward_was {
             let _ = std::fs::write(IP_FORWARD, v);
         }
+        if self.ipv6 {
+            if let Err(e) = run("nft", &["delete", "table", "ip6", &self.table], None) {
+                tracing::warn!("gateway: removing the NAT66 table: {e}");
+            }
+            if let Some(v) = &self.forward6_was {
+                let _ = std::fs::write(IP6_FORWARD, v);
+            }
+        }
     }
 }
 
@@ -158,6 +206,48 @@ pub struct Routes {
     /// The prefixes routed into the TUN (empty: everything).
     pub prefixes: Vec<(Ipv4Addr, u8)>,
     full: bool,
+}
+
+/// The IPv6 half of a full tunnel: `::/0` into the TUN under the same policy rules, so no
+/// IPv6 leaves outside the tunnel (with IPv6 from the gateway it is carried; without, the
+/// client answers "unreachable" and applications fall back to IPv4 at once). Removed on drop.
+pub struct Routes6 {
+    _private: (),
+}
+
+impl Routes6 {
+    /// Routes all IPv6 into `tun` except the node's own marked sockets.
+    pub fn setup(tun: &str) -> Result<Routes6, NetError> {
+        let table = ROUTE_TABLE.to_string();
+        let mark = SOCKET_MARK.to_string();
+        Routes6::remove();
+        let r = Routes6 { _private: () };
+        run("ip", &["-6", "route", "replace", "::/0", "dev", tun, "table", &table], None)?;
+        let prio = RULE_TUNNEL.to_string();
+        run("ip", &["-6", "rule", "add", "not", "fwmark", &mark, "table", &table, "priority", &prio], None)?;
+        let prio = RULE_SUPPRESS.to_string();
+        run("ip", &["-6", "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", &prio], None)?;
+        tracing::info!(tun, "tunnel: IPv6 routes set up");
+        Ok(r)
+    }
+
+    fn remove() {
+        for prio in [RULE_TUNNEL, RULE_SUPPRESS] {
+            for _ in 0..8 {
+                if run("ip", &["-6", "rule", "del", "priority", &prio.to_string()], None).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = run("ip", &["-6", "route", "flush", "table", &ROUTE_TABLE.to_string()], None);
+    }
+}
+
+impl Drop for Routes6 {
+    fn drop(&mut self) {
+        Routes6::remove();
+        tracing::info!("tunnel: IPv6 routes removed");
+    }
 }
 
 impl Routes {
@@ -220,6 +310,11 @@ mod tests {
         assert_eq!(parse_prefix("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
         for bad in ["10.0.0.0/33", "10.0.0/8", "x", "10.0.0.0/", "::1/128"] {
             assert!(parse_prefix(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_prefix6("fd00:1:2:3::9/64").unwrap(), ("fd00:1:2:3::".parse().unwrap(), 64));
+        assert_eq!(parse_prefix6("2001:db8::1").unwrap(), ("2001:db8::1".parse().unwrap(), 128));
+        for bad in ["fd00::/129", "10.0.0.0/8", "fd00::/", "x"] {
+            assert!(parse_prefix6(bad).is_err(), "{bad}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! gateway use a real interface on Linux (mobile platforms hand over their own fd or packets).
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::driver::PacketPort;
 
@@ -20,28 +20,44 @@ pub enum Device {}
 /// Largest packet read from the device.
 const MAX_PACKET: usize = 65_535;
 
-/// Creates TUN device `name` with `address/prefix_len` and `mtu`, up, without packet
-/// information headers (plain IP packets). Needs CAP_NET_ADMIN.
+/// Creates TUN device `name` with `address/prefix_len` (and `address6`, if given) and `mtu`,
+/// up, without packet information headers (plain IP packets). Needs CAP_NET_ADMIN.
 #[cfg(all(feature = "tun", not(target_os = "android")))]
-pub fn open(name: &str, address: Ipv4Addr, prefix_len: u8, mtu: u16) -> io::Result<Device> {
-    tun_rs::DeviceBuilder::new()
-        .name(name)
-        .ipv4(address, prefix_len, None)
-        .mtu(mtu)
-        .packet_information(false)
-        .enable(true)
-        .build_async()
+pub fn open(
+    name: &str,
+    address: Ipv4Addr,
+    prefix_len: u8,
+    address6: Option<(Ipv6Addr, u8)>,
+    mtu: u16,
+) -> io::Result<Device> {
+    let mut b = tun_rs::DeviceBuilder::new().name(name).ipv4(address, prefix_len, None);
+    if let Some((a, l)) = address6 {
+        b = b.ipv6(a, l);
+    }
+    b.mtu(mtu).packet_information(false).enable(true).build_async()
 }
 
 /// Android apps cannot create TUN devices: the VpnService hands out an fd ([`pump_fd`]).
 #[cfg(all(feature = "tun", target_os = "android"))]
-pub fn open(_name: &str, _address: Ipv4Addr, _prefix_len: u8, _mtu: u16) -> io::Result<Device> {
+pub fn open(
+    _name: &str,
+    _address: Ipv4Addr,
+    _prefix_len: u8,
+    _address6: Option<(Ipv6Addr, u8)>,
+    _mtu: u16,
+) -> io::Result<Device> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no TUN devices on Android: use the VpnService fd (pump_fd)"))
 }
 
 /// Built without the `tun` feature: there is no TUN device (use [`pump_fd`] or a packet port).
 #[cfg(not(feature = "tun"))]
-pub fn open(_name: &str, _address: Ipv4Addr, _prefix_len: u8, _mtu: u16) -> io::Result<Device> {
+pub fn open(
+    _name: &str,
+    _address: Ipv4Addr,
+    _prefix_len: u8,
+    _address6: Option<(Ipv6Addr, u8)>,
+    _mtu: u16,
+) -> io::Result<Device> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "built without the `tun` feature: no TUN device (use a packet fd)"))
 }
 

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config;
 use crate::control::VpnReport;
 use crate::driver::{NodeHandle, PacketPort};
-use crate::netconf::{self, Nat, Routes};
+use crate::netconf::{self, Nat, Routes, Routes6};
 use crate::tun;
 
 /// Packets queued between a TUN and the node.
@@ -66,20 +66,21 @@ pub struct GatewayUplink {
 impl GatewayUplink {
     /// Opens the gateway's TUN (the pool's first address), pumps it to the node's `uplink`
     /// port, and sets up NAT out of the configured uplink.
-    pub fn start(cfg: &config::Gateway, uplink: PacketPort) -> Result<GatewayUplink, VpnError> {
-        let s = &cfg.service;
+    pub fn start(cfg: &config::Gateway, key: &PublicKey, uplink: PacketPort) -> Result<GatewayUplink, VpnError> {
+        let s = &cfg.service_for(key);
         let address = Ipv4Addr::from(u32::from(s.pool) + 1);
-        let dev = tun::open(&cfg.tun, address, s.prefix_len, s.mtu)
+        let address6 = skyroute_proto::vpn::Gateway::new(s.clone()).address6().zip(s.pool6.map(|p| p.1));
+        let dev = tun::open(&cfg.tun, address, s.prefix_len, address6, s.mtu)
             .map_err(|e| VpnError::Tun { device: cfg.tun.clone(), reason: e.to_string() })?;
         let nat = if cfg.nat {
             Some(
-                Nat::setup(&cfg.tun, (s.pool, s.prefix_len), cfg.uplink.as_deref(), cfg.reach_host)
+                Nat::setup(&cfg.tun, (s.pool, s.prefix_len), s.pool6, cfg.uplink.as_deref(), cfg.reach_host)
                     .map_err(|e| VpnError::HostConfig { what: "gateway NAT", reason: e.to_string() })?,
             )
         } else {
             None
         };
-        tracing::info!(tun = %cfg.tun, %address, uplink = ?cfg.uplink, nat = cfg.nat, "gateway: uplink up");
+        tracing::info!(tun = %cfg.tun, %address, ?address6, uplink = ?cfg.uplink, nat = cfg.nat, "gateway: uplink up");
         Ok(GatewayUplink { pump: tokio::spawn(tun::pump(dev, uplink)), _nat: nat })
     }
 }
@@ -109,6 +110,8 @@ pub struct TunnelRequest {
 pub struct ClientTunnel {
     pump: JoinHandle<std::io::Result<()>>,
     routes: Option<Routes>,
+    /// A full tunnel captures all IPv6 too (none leaves outside it).
+    routes6: Option<Routes6>,
     tun: String,
 }
 
@@ -122,11 +125,16 @@ impl ClientTunnel {
             .await
             .map_err(|_| VpnError::Timeout)??;
         let up = async {
-            let dev = tun::open(&req.tun, answer.address, answer.prefix_len, answer.mtu)
+            let address6 = answer.v6.map(|v6| (v6.address, v6.prefix_len));
+            let dev = tun::open(&req.tun, answer.address, answer.prefix_len, address6, tun_mtu(&answer))
                 .map_err(|e| VpnError::Tun { device: req.tun.clone(), reason: e.to_string() })?;
             let pump = tokio::spawn(tun::pump(dev, outer));
-            match Routes::setup(&req.tun, &req.prefixes) {
-                Ok(routes) => Ok(ClientTunnel { pump, routes: Some(routes), tun: req.tun.clone() }),
+            let routes = Routes::setup(&req.tun, &req.prefixes).and_then(|r| {
+                let r6 = if r.full() { Some(Routes6::setup(&req.tun)?) } else { None };
+                Ok((r, r6))
+            });
+            match routes {
+                Ok((routes, routes6)) => Ok(ClientTunnel { pump, routes: Some(routes), routes6, tun: req.tun.clone() }),
                 Err(e) => {
                     pump.abort();
                     Err(VpnError::HostConfig { what: "routes", reason: e.to_string() })
@@ -149,6 +157,7 @@ impl ClientTunnel {
     /// node's side and the device.
     pub async fn stop(mut self, node: &NodeHandle) {
         drop(self.routes.take());
+        drop(self.routes6.take());
         self.pump.abort();
         let _ = node.tunnel_down().await;
         tracing::info!(tun = %self.tun, "tunnel: down");
@@ -156,11 +165,14 @@ impl ClientTunnel {
 
     /// This tunnel's part of `vpn status`.
     pub fn report(&self, tunnel: Option<crate::control::TunnelStatus>) -> VpnReport {
-        let routes = match &self.routes {
+        let mut routes: Vec<String> = match &self.routes {
             Some(r) if r.full() => vec!["0.0.0.0/0".into()],
             Some(r) => r.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect(),
             None => Vec::new(),
         };
+        if self.routes6.is_some() {
+            routes.push("::/0".into());
+        }
         VpnReport { interface: self.tun.clone(), routes, tunnel }
     }
 }
@@ -170,6 +182,18 @@ impl Drop for ClientTunnel {
     /// the pump.
     fn drop(&mut self) {
         self.pump.abort();
+    }
+}
+
+/// The MTU of a client's TUN: the tunnel's, but with IPv6 never below IPv6's minimum (1280;
+/// the kernel refuses an IPv6 address on a smaller link). IPv4 packets between the tunnel MTU
+/// and that are fragmented or answered with "fragmentation needed" by the client, IPv6 ones
+/// ride the bulk stream.
+pub fn tun_mtu(a: &skyroute_proto::vpn::Assignment) -> u16 {
+    if a.v6.is_some() {
+        a.mtu.max(skyroute_proto::vpn::ip6::MIN_MTU)
+    } else {
+        a.mtu
     }
 }
 

@@ -25,7 +25,7 @@ async fn a_tun_device_carries_ip_packets_both_ways() {
     let n = (std::process::id() % 200) as u8 + 20;
     let name = format!("skyt{}", std::process::id() % 100_000);
     let (me, far) = (Ipv4Addr::new(10, 99, n, 1), Ipv4Addr::new(10, 99, n, 2));
-    let dev = skyroute::tun::open(&name, me, 24, 1400).expect("TUN device");
+    let dev = skyroute::tun::open(&name, me, 24, None, 1400).expect("TUN device");
     let (mut ours, port) = PacketPort::pair(64);
     let pump = tokio::spawn(skyroute::tun::pump(dev, port));
 

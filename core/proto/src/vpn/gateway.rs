@@ -339,6 +339,11 @@ impl Gateway {
         Ok(key)
     }
 
+    /// The IPv6 address of client `key`, if it has one.
+    pub fn client_address6(&self, key: &PublicKey) -> Option<Ipv6Addr> {
+        self.clients.get(key).and_then(|c| c.addr6)
+    }
+
     /// Each client's key, address and counters.
     pub fn stats(&self) -> impl Iterator<Item = (&PublicKey, Ipv4Addr, &ClientStats)> {
         self.clients.iter().map(|(k, c)| (k, c.addr, &c.stats))

@@ -243,6 +243,7 @@ impl Driver {
         let g = self.gateway.as_ref()?;
         Some(GatewayStatus {
             address: g.gw.address().to_string(),
+            address6: g.gw.address6().map(|a| a.to_string()),
             refused: g.gw.refused,
             clients: g
                 .gw
@@ -250,6 +251,7 @@ impl Driver {
                 .map(|(k, addr, s)| GatewayClientStatus {
                     key: k.to_string(),
                     address: addr.to_string(),
+                    address6: g.gw.client_address6(k).map(|a| a.to_string()),
                     bytes_up: s.bytes_up,
                     bytes_down: s.bytes_down,
                     packets_up: s.packets_up,
@@ -269,6 +271,7 @@ impl Driver {
         Some(TunnelStatus {
             gateway: t.gateway.to_string(),
             address: t.client.address().map(|a| a.to_string()),
+            address6: t.client.address6().map(|a| a.to_string()),
             mtu: t.client.mtu(),
             reconnects: t.reconnects,
             packets_out: s.packets_out,
@@ -279,6 +282,8 @@ impl Driver {
             fragmented: s.fragmented,
             frag_needed_sent: s.frag_needed_sent,
             mss_clamped: s.mss_clamped,
+            ipv6_out: s.ipv6_out,
+            unreachable_sent: s.unreachable_sent,
             dropped: s.dropped,
         })
     }
