@@ -62,6 +62,17 @@ fun waitFor(what: String, timeoutMs: Long = 20_000, cond: () -> Boolean): Boolea
 
 fun addr(s: String): ByteArray = s.split(".").map { it.toInt().toByte() }.toByteArray()
 
+/** IPv6 + UDP (the tunnel and the gateway check addresses, not the UDP checksum). */
+fun udp6(src: ByteArray, dst: ByteArray, payload: ByteArray): ByteArray {
+    val len = 8 + payload.size
+    val p = ByteArray(40 + len)
+    p[0] = 0x60; p[4] = (len shr 8).toByte(); p[5] = len.toByte(); p[6] = 17; p[7] = 64
+    System.arraycopy(src, 0, p, 8, 16); System.arraycopy(dst, 0, p, 24, 16)
+    p[40] = 0x13; p[41] = 0x88.toByte(); p[43] = 7; p[44] = (len shr 8).toByte(); p[45] = len.toByte()
+    System.arraycopy(payload, 0, p, 48, payload.size)
+    return p
+}
+
 /** IPv4 + UDP (UDP checksum zero, which IPv4 allows). */
 fun udp(src: ByteArray, dst: ByteArray, payload: ByteArray): ByteArray {
     val total = 20 + 8 + payload.size
@@ -116,6 +127,24 @@ fun main() {
         if (back.copyOfRange(28, back.size).contentEquals(payload) && back.copyOfRange(12, 16).contentEquals(internet)) roundTrips++
     }
     check("packets through the tunnel and the gateway and back", roundTrips == 3) { "$roundTrips of 3" }
+
+    // IPv6: the gateway's default pool is a ULA /64; packets go through it the same way.
+    val me6 = tunnel.address6()
+    check("an IPv6 address from the gateway's ULA pool", me6 != null && me6.startsWith("fd")) { "$me6" }
+    check("IPv6 prefix and MTU", tunnel.prefix6Len().toInt() == 64 && tunnel.mtu() >= 1280u) { "${tunnel.mtu()}" }
+    val mine6 = java.net.InetAddress.getByName(me6).address
+    val internet6 = java.net.InetAddress.getByName("2001:db8::1").address
+    var roundTrips6 = 0
+    for (size in listOf(20, 1100)) {
+        val payload = ByteArray(size) { (it * 3 + size).toByte() }
+        tunnel.sendPacket(udp6(mine6, internet6, payload))
+        val out = uplink.recvPacket(5000u)
+        if (out == null || !out.copyOfRange(8, 24).contentEquals(mine6)) continue
+        uplink.sendPacket(udp6(internet6, mine6, out.copyOfRange(48, out.size)))
+        val back = tunnel.recvPacket(5000u) ?: continue
+        if (back.copyOfRange(48, back.size).contentEquals(payload) && back.copyOfRange(8, 24).contentEquals(internet6)) roundTrips6++
+    }
+    check("IPv6 packets through the tunnel and the gateway and back", roundTrips6 == 2) { "$roundTrips6 of 2" }
     check("no packet: null", tunnel.recvPacket(50u) == null)
     val stats = tunnel.stats()
     check("tunnel counters", stats.packetsOut >= 3uL && stats.packetsIn >= 3uL) { "$stats" }

@@ -274,11 +274,30 @@ impl Tunnel {
         self.core.assignment().gateway.to_string()
     }
 
+    /// The MTU to give the platform's tunnel interface (with IPv6, at least 1280).
     pub fn mtu(&self) -> u16 {
         self.core.mtu()
     }
 
-    /// Sends one IPv4 packet read from the platform's tunnel.
+    /// The IPv6 address the gateway assigned; null when the gateway carries no IPv6 (route
+    /// `::/0` into the tunnel anyway, with a local address such as `fdff::1/128`: the node
+    /// answers that IPv6 with "no route" at once, so nothing leaks and applications fall
+    /// back to IPv4).
+    pub fn address6(&self) -> Option<String> {
+        self.core.assignment().v6.map(|v| v.address.to_string())
+    }
+
+    /// The IPv6 prefix length (0 without IPv6).
+    pub fn prefix6_len(&self) -> u8 {
+        self.core.assignment().v6.map_or(0, |v| v.prefix_len)
+    }
+
+    /// The gateway's IPv6 address inside the tunnel; null without IPv6.
+    pub fn gateway_address6(&self) -> Option<String> {
+        self.core.assignment().v6.map(|v| v.gateway.to_string())
+    }
+
+    /// Sends one IP packet (IPv4 or IPv6) read from the platform's tunnel.
     pub fn send_packet(&self, packet: Vec<u8>) -> Result<()> {
         guard(|| self.core.send(&packet))
     }

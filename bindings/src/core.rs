@@ -271,7 +271,7 @@ impl NodeCore {
     pub fn start_tunnel(self: &Arc<Self>, gateway: &str, routes: u32) -> Result<Arc<TunnelCore>> {
         let (outer, inner) = PacketPort::pair(QUEUE);
         let a = self.tunnel_up(gateway, routes, inner)?;
-        let mtu = a.mtu;
+        let mtu = skyroute::vpn::tun_mtu(&a);
         self.emit(NodeEvent::TunnelUp { address: a.address.to_string(), mtu });
         Ok(Arc::new(TunnelCore::new(self.clone(), a, mtu, Some(Queue::new(outer)))))
     }
@@ -290,7 +290,7 @@ impl NodeCore {
         let pump = self.rt.spawn(skyroute::tun::pump_fd(owned, framing, outer));
         match self.tunnel_up(gateway, routes, inner) {
             Ok(a) => {
-                let mtu = a.mtu;
+                let mtu = skyroute::vpn::tun_mtu(&a);
                 self.emit(NodeEvent::TunnelUp { address: a.address.to_string(), mtu });
                 Ok(Arc::new(TunnelCore::new(self.clone(), a, mtu, None)))
             }

@@ -1609,6 +1609,14 @@ public protocol TunnelProtocol: AnyObject, Sendable {
     func address()  -> String
     
     /**
+     * The IPv6 address the gateway assigned; null when the gateway carries no IPv6 (route
+     * `::/0` into the tunnel anyway, with a local address such as `fdff::1/128`: the node
+     * answers that IPv6 with "no route" at once, so nothing leaks and applications fall
+     * back to IPv4).
+     */
+    func address6()  -> String?
+    
+    /**
      * Moves the tunnel onto the platform's tunnel fd (Android: build the VpnService
      * interface with `address()`, `prefix_len()` and `mtu()`, then hand over
      * `ParcelFileDescriptor.detachFd()`); packet calls end. The node closes the fd.
@@ -1620,7 +1628,20 @@ public protocol TunnelProtocol: AnyObject, Sendable {
      */
     func gatewayAddress()  -> String
     
+    /**
+     * The gateway's IPv6 address inside the tunnel; null without IPv6.
+     */
+    func gatewayAddress6()  -> String?
+    
+    /**
+     * The MTU to give the platform's tunnel interface (with IPv6, at least 1280).
+     */
     func mtu()  -> UInt16
+    
+    /**
+     * The IPv6 prefix length (0 without IPv6).
+     */
+    func prefix6Len()  -> UInt8
     
     func prefixLen()  -> UInt8
     
@@ -1630,7 +1651,7 @@ public protocol TunnelProtocol: AnyObject, Sendable {
     func recvPacket(timeoutMs: UInt32) throws  -> Data?
     
     /**
-     * Sends one IPv4 packet read from the platform's tunnel.
+     * Sends one IP packet (IPv4 or IPv6) read from the platform's tunnel.
      */
     func sendPacket(packet: Data) throws 
     
@@ -1708,6 +1729,21 @@ open func address() -> String  {
 }
     
     /**
+     * The IPv6 address the gateway assigned; null when the gateway carries no IPv6 (route
+     * `::/0` into the tunnel anyway, with a local address such as `fdff::1/128`: the node
+     * answers that IPv6 with "no route" at once, so nothing leaks and applications fall
+     * back to IPv4).
+     */
+open func address6() -> String?  {
+    return try!  FfiConverterOptionString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_skyroute_ffi_fn_method_tunnel_address6(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Moves the tunnel onto the platform's tunnel fd (Android: build the VpnService
      * interface with `address()`, `prefix_len()` and `mtu()`, then hand over
      * `ParcelFileDescriptor.detachFd()`); packet calls end. The node closes the fd.
@@ -1734,10 +1770,37 @@ open func gatewayAddress() -> String  {
 })
 }
     
+    /**
+     * The gateway's IPv6 address inside the tunnel; null without IPv6.
+     */
+open func gatewayAddress6() -> String?  {
+    return try!  FfiConverterOptionString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_skyroute_ffi_fn_method_tunnel_gateway_address6(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The MTU to give the platform's tunnel interface (with IPv6, at least 1280).
+     */
 open func mtu() -> UInt16  {
     return try!  FfiConverterUInt16.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_skyroute_ffi_fn_method_tunnel_mtu(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The IPv6 prefix length (0 without IPv6).
+     */
+open func prefix6Len() -> UInt8  {
+    return try!  FfiConverterUInt8.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_skyroute_ffi_fn_method_tunnel_prefix6_len(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
@@ -1766,7 +1829,7 @@ open func recvPacket(timeoutMs: UInt32)throws  -> Data?  {
 }
     
     /**
-     * Sends one IPv4 packet read from the platform's tunnel.
+     * Sends one IP packet (IPv4 or IPv6) read from the platform's tunnel.
      */
 open func sendPacket(packet: Data)throws   {try rustCallWithError(FfiConverterTypeSkyrouteError_lift) {
         uniffiCallStatus in
@@ -2833,13 +2896,22 @@ private let initializationResult: InitializationResult = {
     if (uniffi_skyroute_ffi_checksum_method_tunnel_address() != 13505) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_skyroute_ffi_checksum_method_tunnel_address6() != 109) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd() != 40027) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address() != 24583) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_skyroute_ffi_checksum_method_tunnel_mtu() != 29613) {
+    if (uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address6() != 7063) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_skyroute_ffi_checksum_method_tunnel_mtu() != 34981) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_skyroute_ffi_checksum_method_tunnel_prefix6_len() != 63515) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_skyroute_ffi_checksum_method_tunnel_prefix_len() != 51154) {
@@ -2848,7 +2920,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_skyroute_ffi_checksum_method_tunnel_recv_packet() != 26461) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_skyroute_ffi_checksum_method_tunnel_send_packet() != 10316) {
+    if (uniffi_skyroute_ffi_checksum_method_tunnel_send_packet() != 7879) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_skyroute_ffi_checksum_method_tunnel_stats() != 42344) {

@@ -446,6 +446,11 @@ void uniffi_skyroute_ffi_fn_free_tunnel(uint64_t handle, RustCallStatus *_Nonnul
 RustBuffer uniffi_skyroute_ffi_fn_method_tunnel_address(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_ADDRESS6
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_ADDRESS6
+RustBuffer uniffi_skyroute_ffi_fn_method_tunnel_address6(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_ATTACH_FD
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_ATTACH_FD
 void uniffi_skyroute_ffi_fn_method_tunnel_attach_fd(uint64_t ptr, int32_t fd, RustBuffer framing, RustCallStatus *_Nonnull out_status
@@ -456,9 +461,19 @@ void uniffi_skyroute_ffi_fn_method_tunnel_attach_fd(uint64_t ptr, int32_t fd, Ru
 RustBuffer uniffi_skyroute_ffi_fn_method_tunnel_gateway_address(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_GATEWAY_ADDRESS6
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_GATEWAY_ADDRESS6
+RustBuffer uniffi_skyroute_ffi_fn_method_tunnel_gateway_address6(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_MTU
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_MTU
 uint16_t uniffi_skyroute_ffi_fn_method_tunnel_mtu(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_PREFIX6_LEN
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_PREFIX6_LEN
+uint8_t uniffi_skyroute_ffi_fn_method_tunnel_prefix6_len(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_PREFIX_LEN
@@ -877,6 +892,12 @@ uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_address(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_ADDRESS6
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_ADDRESS6
+uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_address6(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_ATTACH_FD
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_ATTACH_FD
 uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd(void
@@ -889,9 +910,21 @@ uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_GATEWAY_ADDRESS6
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_GATEWAY_ADDRESS6
+uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address6(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_MTU
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_MTU
 uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_mtu(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_PREFIX6_LEN
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_PREFIX6_LEN
+uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_prefix6_len(void
     
 );
 #endif

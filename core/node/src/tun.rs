@@ -101,8 +101,9 @@ pub enum Framing {
     AfHeader,
 }
 
-/// Address family of IPv4 in a utun header.
+/// Address families in a utun header (Darwin's numbers).
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 30;
 
 /// Moves packets between a platform's tunnel `fd` (taken over and closed at the end) and
 /// `port`, until either closes. This is the packet interface for an fd the platform owns:
@@ -140,7 +141,8 @@ pub async fn pump_fd(fd: std::os::fd::OwnedFd, framing: Framing, mut port: Packe
                 let Some(p) = p else { return Ok(()) };
                 out.clear();
                 if head > 0 {
-                    out.extend_from_slice(&AF_INET.to_be_bytes());
+                    let af = if p.first().is_some_and(|b| b >> 4 == 6) { AF_INET6 } else { AF_INET };
+                    out.extend_from_slice(&af.to_be_bytes());
                 }
                 out.extend_from_slice(&p);
                 let r = fd.async_io(Interest::WRITABLE, |f| sys_io(unsafe {

@@ -49,6 +49,14 @@ open class PacketTunnelProvider: NEPacketTunnelProvider {
                 let ipv4 = NEIPv4Settings(addresses: [tunnel.address()], subnetMasks: [Self.mask(tunnel.prefixLen())])
                 ipv4.includedRoutes = [NEIPv4Route.default()]
                 settings.ipv4Settings = ipv4
+                // All IPv6 goes into the tunnel too: carried when the gateway has IPv6, else
+                // answered "no route" by the node at once (a local address stands in), so
+                // nothing leaks and applications fall back to IPv4.
+                let ipv6 = NEIPv6Settings(
+                    addresses: [tunnel.address6() ?? "fdff::1"],
+                    networkPrefixLengths: [NSNumber(value: tunnel.address6() == nil ? 128 : tunnel.prefix6Len())])
+                ipv6.includedRoutes = [NEIPv6Route.default()]
+                settings.ipv6Settings = ipv6
                 settings.mtu = NSNumber(value: tunnel.mtu())
                 settings.dnsSettings = NEDNSSettings(servers: [tunnel.gatewayAddress()])
                 self.setTunnelNetworkSettings(settings) { error in
@@ -87,7 +95,8 @@ open class PacketTunnelProvider: NEPacketTunnelProvider {
             while self.running, let tunnel = self.tunnel {
                 guard let p = try? tunnel.recvPacket(timeoutMs: 500) else { break }
                 if let p = p {
-                    self.packetFlow.writePackets([p], withProtocols: [NSNumber(value: AF_INET)])
+                    let family = (p.first.map { $0 >> 4 } == 6) ? AF_INET6 : AF_INET
+                    self.packetFlow.writePackets([p], withProtocols: [NSNumber(value: family)])
                 }
             }
         }.start()

@@ -771,11 +771,17 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_address(
     ): Int
+    external fun uniffi_skyroute_ffi_checksum_method_tunnel_address6(
+    ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd(
     ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address(
     ): Int
+    external fun uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address6(
+    ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_mtu(
+    ): Int
+    external fun uniffi_skyroute_ffi_checksum_method_tunnel_prefix6_len(
     ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_prefix_len(
     ): Int
@@ -873,11 +879,17 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_skyroute_ffi_fn_method_tunnel_address(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_skyroute_ffi_fn_method_tunnel_address6(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_skyroute_ffi_fn_method_tunnel_attach_fd(`ptr`: Long,`fd`: Int,`framing`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_skyroute_ffi_fn_method_tunnel_gateway_address(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_skyroute_ffi_fn_method_tunnel_gateway_address6(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_skyroute_ffi_fn_method_tunnel_mtu(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Int
+    external fun uniffi_skyroute_ffi_fn_method_tunnel_prefix6_len(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Int
     external fun uniffi_skyroute_ffi_fn_method_tunnel_prefix_len(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Int
@@ -1072,13 +1084,22 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_address() and 0xFFFF) != 13505) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_address6() and 0xFFFF) != 109) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd() and 0xFFFF) != 40027) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address() and 0xFFFF) != 24583) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_mtu() and 0xFFFF) != 29613) {
+    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address6() and 0xFFFF) != 7063) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_mtu() and 0xFFFF) != 34981) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_prefix6_len() and 0xFFFF) != 63515) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_prefix_len() and 0xFFFF) != 51154) {
@@ -1087,7 +1108,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_recv_packet() and 0xFFFF) != 26461) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_send_packet() and 0xFFFF) != 10316) {
+    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_send_packet() and 0xFFFF) != 7879) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_stats() and 0xFFFF) != 42344) {
@@ -3117,6 +3138,14 @@ public interface TunnelInterface {
     fun `address`(): kotlin.String
     
     /**
+     * The IPv6 address the gateway assigned; null when the gateway carries no IPv6 (route
+     * `::/0` into the tunnel anyway, with a local address such as `fdff::1/128`: the node
+     * answers that IPv6 with "no route" at once, so nothing leaks and applications fall
+     * back to IPv4).
+     */
+    fun `address6`(): kotlin.String?
+    
+    /**
      * Moves the tunnel onto the platform's tunnel fd (Android: build the VpnService
      * interface with `address()`, `prefix_len()` and `mtu()`, then hand over
      * `ParcelFileDescriptor.detachFd()`); packet calls end. The node closes the fd.
@@ -3128,7 +3157,20 @@ public interface TunnelInterface {
      */
     fun `gatewayAddress`(): kotlin.String
     
+    /**
+     * The gateway's IPv6 address inside the tunnel; null without IPv6.
+     */
+    fun `gatewayAddress6`(): kotlin.String?
+    
+    /**
+     * The MTU to give the platform's tunnel interface (with IPv6, at least 1280).
+     */
     fun `mtu`(): kotlin.UShort
+    
+    /**
+     * The IPv6 prefix length (0 without IPv6).
+     */
+    fun `prefix6Len`(): kotlin.UByte
     
     fun `prefixLen`(): kotlin.UByte
     
@@ -3138,7 +3180,7 @@ public interface TunnelInterface {
     fun `recvPacket`(`timeoutMs`: kotlin.UInt): kotlin.ByteArray?
     
     /**
-     * Sends one IPv4 packet read from the platform's tunnel.
+     * Sends one IP packet (IPv4 or IPv6) read from the platform's tunnel.
      */
     fun `sendPacket`(`packet`: kotlin.ByteArray)
     
@@ -3271,6 +3313,25 @@ open class Tunnel: Disposable, AutoCloseable, TunnelInterface
 
     
     /**
+     * The IPv6 address the gateway assigned; null when the gateway carries no IPv6 (route
+     * `::/0` into the tunnel anyway, with a local address such as `fdff::1/128`: the node
+     * answers that IPv6 with "no route" at once, so nothing leaks and applications fall
+     * back to IPv4).
+     */override fun `address6`(): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_skyroute_ffi_fn_method_tunnel_address6(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Moves the tunnel onto the platform's tunnel fd (Android: build the VpnService
      * interface with `address()`, `prefix_len()` and `mtu()`, then hand over
      * `ParcelFileDescriptor.detachFd()`); packet calls end. The node closes the fd.
@@ -3305,11 +3366,46 @@ open class Tunnel: Disposable, AutoCloseable, TunnelInterface
     }
     
 
-    override fun `mtu`(): kotlin.UShort {
+    
+    /**
+     * The gateway's IPv6 address inside the tunnel; null without IPv6.
+     */override fun `gatewayAddress6`(): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_skyroute_ffi_fn_method_tunnel_gateway_address6(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The MTU to give the platform's tunnel interface (with IPv6, at least 1280).
+     */override fun `mtu`(): kotlin.UShort {
             return FfiConverterUShort.lift(
     callWithHandle {
     uniffiRustCall() { _status ->
     UniffiLib.uniffi_skyroute_ffi_fn_method_tunnel_mtu(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The IPv6 prefix length (0 without IPv6).
+     */override fun `prefix6Len`(): kotlin.UByte {
+            return FfiConverterUByte.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_skyroute_ffi_fn_method_tunnel_prefix6_len(
         it,
         _status)
 }
@@ -3351,7 +3447,7 @@ open class Tunnel: Disposable, AutoCloseable, TunnelInterface
 
     
     /**
-     * Sends one IPv4 packet read from the platform's tunnel.
+     * Sends one IP packet (IPv4 or IPv6) read from the platform's tunnel.
      */
     @Throws(SkyrouteException::class)override fun `sendPacket`(`packet`: kotlin.ByteArray)
         = 

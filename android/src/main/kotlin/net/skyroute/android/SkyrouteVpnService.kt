@@ -173,10 +173,16 @@ class SkyrouteVpnService : VpnService() {
             )
             // The gateway assigns the address; the interface is built with it.
             val t = n.startTunnel(gateway, routes.toUInt())
+            // All IPv6 goes into the tunnel too: carried when the gateway has IPv6, else
+            // answered "no route" by the node at once (a local address stands in), so nothing
+            // leaks and applications fall back to IPv4.
+            val v6 = t.address6()
             val pfd = Builder()
                 .setSession("skyroute")
                 .addAddress(t.address(), t.prefixLen().toInt())
+                .addAddress(v6 ?: "fdff::1", if (v6 == null) 128 else t.prefix6Len().toInt())
                 .addRoute("0.0.0.0", 0)
+                .addRoute("::", 0)
                 .addDnsServer(t.gatewayAddress())
                 .setMtu(t.mtu().toInt())
                 .setBlocking(false)
