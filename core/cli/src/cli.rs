@@ -220,6 +220,10 @@ pub enum VpnCommand {
         /// The TUN device's name.
         #[arg(long, default_value = skyroute::vpn::DEFAULT_CLIENT_TUN)]
         tun: String,
+        /// Nothing leaves this host outside the tunnel (but the node's own underlay) while it
+        /// is up or reconnecting; `vpn down` removes it, also after a crash.
+        #[arg(long)]
+        kill_switch: bool,
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[arg(long)]
@@ -578,8 +582,8 @@ fn vpn(command: VpnCommand) -> i32 {
         }
     };
     match command {
-        VpnCommand::Up { gateway, routes, prefixes, tun, data_dir, json } => {
-            let req = Request::VpnUp { gateway, routes, prefixes, tun: Some(tun) };
+        VpnCommand::Up { gateway, routes, prefixes, tun, kill_switch, data_dir, json } => {
+            let req = Request::VpnUp { gateway, routes, prefixes, tun: Some(tun), kill_switch };
             ask(data_dir, req, Duration::from_secs(60), show(json))
         }
         VpnCommand::Down { data_dir } => {
@@ -590,7 +594,12 @@ fn vpn(command: VpnCommand) -> i32 {
 }
 
 fn vpn_table(v: &skyroute::control::VpnReport) -> String {
-    let mut s = format!("interface {}  routes {}\n", v.interface, v.routes.join(" "));
+    let mut s = format!(
+        "interface {}  routes {}{}\n",
+        v.interface,
+        v.routes.join(" "),
+        if v.kill_switch { "  kill switch on" } else { "" }
+    );
     match &v.tunnel {
         Some(t) => {
             s += &format!(

@@ -242,3 +242,69 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     assert_eq!(net.stop(&gw).and_then(|s| s.code()), Some(0), "{}", net.log(&gw));
     assert!(!net.exec("gateway", &["nft", "list", "tables"]).contains("skyroute"));
 }
+
+/// The kill switch: `vpn up --kill-switch` seals the client but for the tunnel and the node's
+/// own underlay; with the gateway gone nothing leaves outside the tunnel and traffic resumes
+/// when it is back; after a crash of the client's node the host stays sealed until the next
+/// `vpn down`.
+#[test]
+fn kill_switch_seals_the_client_through_a_gateway_restart_and_a_crash() {
+    if !is_root() {
+        eprintln!("SKIPPED: the kill-switch test needs root (namespaces, TUN devices, nftables)");
+        return;
+    }
+    const GW_UNDERLAY: &str = "10.202.1.2";
+    const SERVER_K: &str = "10.202.9.2";
+    let mut net = Net::new("ks");
+    for n in ["client", "gateway", "server"] {
+        net.ns(n);
+    }
+    net.link("client", "wifi", "10.202.1.1/24", "gateway", "c", "10.202.1.2/24");
+    net.link("gateway", "up0", "10.202.9.1/24", "server", "eth0", "10.202.9.2/24");
+    let (client, _ck) = net.identity("client");
+    let (gw, gk) = net.identity("gateway");
+    let udp_only = "[listen]\nudp = \"0.0.0.0:7070\"\ntcp = \"off\"\nquic = \"off\"\n";
+    let gw_config = format!("{udp_only}[gateway]\nopen = true\npool = \"10.78.0.0/16\"\nuplink = \"up0\"\n");
+    net.daemon("gateway", &gw, &gw_config);
+    let client_config = format!("{udp_only}[[peers]]\nkey = \"{gk}\"\naddr = \"{GW_UNDERLAY}:7070\"\n");
+    net.daemon("client", &client, &client_config);
+    links_up(&client, 1, &net);
+    // A probe of what leaks: ICMP bound to the physical interface, outside the tunnel.
+    let leaks = |net: &Net| net.try_exec("client", &["ping", "-c", "1", "-W", "1", "-I", "wifi", GW_UNDERLAY]).0;
+    assert!(leaks(&net), "without a tunnel the underlay is open");
+
+    let (ok, out) = skyroute(
+        &net,
+        "client",
+        &["vpn", "up", "--gateway", &gk, "--kill-switch", "--data-dir", client.to_str().unwrap(), "--json"],
+    );
+    assert!(ok, "vpn up: {out}\n{}", net.log(&client));
+    let up: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(up["kill_switch"], true, "{up}");
+    let (ok, out) = net.try_exec("client", &["ping", "-c", "2", "-W", "5", SERVER_K]);
+    assert!(ok, "through the tunnel with the kill switch on: {out}");
+    assert!(!leaks(&net), "nothing leaves outside the tunnel");
+
+    // The gateway goes away: the tunnel reconnects, nothing leaks meanwhile, and traffic
+    // resumes when it is back.
+    net.stop(&gw);
+    assert!(!net.try_exec("client", &["ping", "-c", "1", "-W", "2", SERVER_K]).0, "no gateway, no way out");
+    assert!(!leaks(&net), "nothing leaks while the tunnel is reconnecting");
+    net.daemon("gateway", &gw, &gw_config);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !net.try_exec("client", &["ping", "-c", "1", "-W", "2", SERVER_K]).0 {
+        assert!(Instant::now() < deadline, "traffic did not resume\n{}", net.log(&client));
+        assert!(!leaks(&net));
+    }
+    assert!(status(&client).tunnel.is_some_and(|t| t.reconnects >= 1));
+
+    // A crash of the client's node: the TUN and the routes go with it, the seal stays.
+    net.kill(&client);
+    assert!(!leaks(&net), "sealed after a crash");
+    assert!(!net.try_exec("client", &["ping", "-c", "1", "-W", "1", GW_UNDERLAY]).0, "no route around either");
+    // The next `vpn down` opens it, even with no tunnel up.
+    net.daemon("client", &client, &client_config);
+    let (_, out) = skyroute(&net, "client", &["vpn", "down", "--data-dir", client.to_str().unwrap()]);
+    assert!(out.contains("no tunnel"), "{out}");
+    assert!(leaks(&net), "open again after vpn down: {}", net.exec("client", &["nft", "list", "ruleset"]));
+}

@@ -88,6 +88,9 @@ pub enum Request {
         #[serde(default)]
         /// The TUN device (default `skyvpn0`).
         tun: Option<String>,
+        /// Seal the host outside the tunnel while it is up or reconnecting.
+        #[serde(default)]
+        kill_switch: bool,
     },
     /// Takes the VPN client down (routes and TUN removed).
     VpnDown,
@@ -160,8 +163,11 @@ impl Reply {
 pub struct VpnReport {
     /// The TUN device.
     pub interface: String,
-    /// Prefixes routed into the tunnel ("0.0.0.0/0": all).
+    /// Prefixes routed into the tunnel ("0.0.0.0/0" and "::/0": all).
     pub routes: Vec<String>,
+    /// Nothing leaves the host outside the tunnel but the node's own underlay.
+    #[serde(default)]
+    pub kill_switch: bool,
     /// The node's side: gateway, address, MTU, counters.
     pub tunnel: Option<TunnelStatus>,
 }

@@ -349,7 +349,7 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
         Request::Register { .. } => {
             return Err(ControlError::BadRequest("register is answered by the connection handler".into()))
         }
-        Request::VpnUp { gateway, routes, prefixes, tun } => {
+        Request::VpnUp { gateway, routes, prefixes, tun, kill_switch } => {
             let mut slot = vpn.lock().await;
             if slot.is_some() {
                 return Err(NodeError::TunnelExists.into());
@@ -362,6 +362,7 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
                 routes,
                 prefixes: crate::vpn::prefixes(&prefixes).map_err(crate::vpn::VpnError::from)?,
                 tun: tun.unwrap_or_else(|| crate::vpn::DEFAULT_CLIENT_TUN.into()),
+                kill_switch,
             };
             let t = ClientTunnel::start(node, &req).await?;
             let report = t.report(node.status().await?.tunnel);
@@ -373,7 +374,12 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
                 t.stop(node).await;
                 Reply::ok()
             }
-            None => return Err(ControlError::NoTunnel),
+            None => {
+                // A kill switch a crashed run left would keep the host sealed: `vpn down`
+                // opens it even with no tunnel up.
+                crate::netconf::KillSwitch::clear();
+                return Err(ControlError::NoTunnel);
+            }
         },
         Request::VpnStatus => match vpn.lock().await.as_ref() {
             Some(t) => Reply { vpn: Some(t.report(node.status().await?.tunnel)), ..Reply::ok() },

@@ -191,6 +191,56 @@ impl Drop for Nat {
     }
 }
 
+/// The nftables table of the kill switch.
+pub const KILL_SWITCH_TABLE: &str = "skyroute_killswitch";
+
+/// The kill switch of a VPN client: while it exists nothing leaves this host but the node's
+/// own underlay packets (they carry [`SOCKET_MARK`]), packets into the tunnel, loopback, and
+/// the ICMPv6 neighbour and router discovery the underlay needs. It stays while the tunnel is
+/// up or reconnecting, is removed on drop (`vpn down`, the daemon exiting), and outlives a
+/// crash, so the host stays sealed until the next `vpn up` or `vpn down` replaces or removes
+/// it ([`KillSwitch::clear`]). (DHCP clients send on packet sockets, which nftables does not
+/// see, so leases keep renewing.)
+pub struct KillSwitch {
+    _private: (),
+}
+
+impl KillSwitch {
+    /// Seals the host but for `tun` and the node's marked sockets (replacing a stale table).
+    pub fn setup(tun: &str) -> Result<KillSwitch, NetError> {
+        let t = KILL_SWITCH_TABLE;
+        let script = format!(
+            "add table inet {t}\ndelete table inet {t}\n\
+             table inet {t} {{\n\
+               chain output {{ type filter hook output priority filter; policy drop; \
+                 oifname \"lo\" accept; meta mark {SOCKET_MARK:#x} accept; oifname \"{tun}\" accept; \
+                 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept; \
+                 counter; }}\n\
+             }}\n"
+        );
+        run("nft", &["-f", "-"], Some(&script))?;
+        tracing::info!(tun, "tunnel: kill switch on");
+        Ok(KillSwitch { _private: () })
+    }
+
+    /// Removes a kill switch, ours or one a crashed run left (no error if there is none).
+    pub fn clear() {
+        let script = format!("add table inet {t}\ndelete table inet {t}\n", t = KILL_SWITCH_TABLE);
+        match run("nft", &["-f", "-"], Some(&script)) {
+            // Without nftables there is no kill switch to remove.
+            Ok(()) | Err(NetError::Missing(..)) => {}
+            Err(e) => tracing::warn!("tunnel: removing the kill switch: {e}"),
+        }
+    }
+}
+
+impl Drop for KillSwitch {
+    fn drop(&mut self) {
+        KillSwitch::clear();
+        tracing::info!("tunnel: kill switch off");
+    }
+}
+
 /// The routing table a VPN client's routes live in.
 pub const ROUTE_TABLE: u32 = SOCKET_MARK;
 /// Priorities of the client's two policy rules.

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config;
 use crate::control::VpnReport;
 use crate::driver::{NodeHandle, PacketPort};
-use crate::netconf::{self, Nat, Routes, Routes6};
+use crate::netconf::{self, KillSwitch, Nat, Routes, Routes6};
 use crate::tun;
 
 /// Packets queued between a TUN and the node.
@@ -100,6 +100,8 @@ pub struct TunnelRequest {
     pub routes: Option<usize>,
     /// Prefixes into the tunnel; empty: everything (full tunnel).
     pub prefixes: Vec<(Ipv4Addr, u8)>,
+    /// Seal the host while the tunnel is up or reconnecting (see [`KillSwitch`]).
+    pub kill_switch: bool,
     /// The TUN device to create.
     pub tun: String,
 }
@@ -112,6 +114,8 @@ pub struct ClientTunnel {
     routes: Option<Routes>,
     /// A full tunnel captures all IPv6 too (none leaves outside it).
     routes6: Option<Routes6>,
+    /// Dropped last, after the routes and the device.
+    kill_switch: Option<KillSwitch>,
     tun: String,
 }
 
@@ -120,6 +124,17 @@ impl ClientTunnel {
     /// gets, then the routes.
     pub async fn start(node: &NodeHandle, req: &TunnelRequest) -> Result<ClientTunnel, VpnError> {
         config::check_ifname(&req.tun)?;
+        // The kill switch goes on first (nothing leaks while the tunnel comes up), replacing
+        // one a crashed run left; without it, a stale one is removed.
+        let kill_switch = if req.kill_switch {
+            Some(
+                KillSwitch::setup(&req.tun)
+                    .map_err(|e| VpnError::HostConfig { what: "kill switch", reason: e.to_string() })?,
+            )
+        } else {
+            KillSwitch::clear();
+            None
+        };
         let (outer, inner) = PacketPort::pair(PORT_QUEUE);
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, node.tunnel_up(req.gateway, req.routes, inner))
             .await
@@ -134,7 +149,9 @@ impl ClientTunnel {
                 Ok((r, r6))
             });
             match routes {
-                Ok((routes, routes6)) => Ok(ClientTunnel { pump, routes: Some(routes), routes6, tun: req.tun.clone() }),
+                Ok((routes, routes6)) => {
+                    Ok(ClientTunnel { pump, routes: Some(routes), routes6, kill_switch, tun: req.tun.clone() })
+                }
                 Err(e) => {
                     pump.abort();
                     Err(VpnError::HostConfig { what: "routes", reason: e.to_string() })
@@ -160,6 +177,7 @@ impl ClientTunnel {
         drop(self.routes6.take());
         self.pump.abort();
         let _ = node.tunnel_down().await;
+        drop(self.kill_switch.take());
         tracing::info!(tun = %self.tun, "tunnel: down");
     }
 
@@ -173,7 +191,7 @@ impl ClientTunnel {
         if self.routes6.is_some() {
             routes.push("::/0".into());
         }
-        VpnReport { interface: self.tun.clone(), routes, tunnel }
+        VpnReport { interface: self.tun.clone(), routes, kill_switch: self.kill_switch.is_some(), tunnel }
     }
 }
 

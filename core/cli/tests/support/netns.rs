@@ -106,6 +106,8 @@ impl Net {
     pub fn daemon(&mut self, ns: &str, data_dir: &Path, config: &str) {
         let cfg = data_dir.join("node.toml");
         std::fs::write(&cfg, config).unwrap();
+        // A socket a killed daemon left must not pass for the new one's.
+        let _ = std::fs::remove_file(data_dir.join("control.sock"));
         let log = std::fs::File::create(data_dir.join("node.log")).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns_name(ns), env!("CARGO_BIN_EXE_skyroute"), "node", "--data-dir"])
@@ -134,6 +136,16 @@ impl Net {
         let i = self.daemons.iter().position(|(d, _)| *d == key)?;
         let (_, mut child) = self.daemons.remove(i);
         terminate(&mut child)
+    }
+
+    /// Kills the daemon of `data_dir` with SIGKILL (a crash: nothing of it cleans up).
+    pub fn kill(&mut self, data_dir: &Path) {
+        let key = data_dir.display().to_string();
+        if let Some(i) = self.daemons.iter().position(|(d, _)| *d == key) {
+            let (_, mut child) = self.daemons.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn log(&self, data_dir: &Path) -> String {
