@@ -320,6 +320,7 @@ async fn the_nearest_gateway_is_found_through_the_dht() {
             mtu: 1400,
             pool6: None,
             blocked6: Vec::new(),
+            dns: Vec::new(),
         };
         let o = Options {
             dht: Some(DhtOptions::default()),

@@ -28,6 +28,7 @@ fn gateway_config(access: Access, pool: Ipv4Addr, prefix_len: u8) -> GatewayConf
         mtu: 1400,
         pool6: None,
         blocked6: Vec::new(),
+        dns: Vec::new(),
     }
 }
 

@@ -132,6 +132,7 @@ fun main() {
     val me6 = tunnel.address6()
     check("an IPv6 address from the gateway's ULA pool", me6 != null && me6.startsWith("fd")) { "$me6" }
     check("IPv6 prefix and MTU", tunnel.prefix6Len().toInt() == 64 && tunnel.mtu() >= 1280u) { "${tunnel.mtu()}" }
+    check("the gateway's DNS servers (its defaults)", tunnel.dnsServers() == listOf("1.1.1.1", "2606:4700:4700::1111")) { "${tunnel.dnsServers()}" }
     val mine6 = java.net.InetAddress.getByName(me6).address
     val internet6 = java.net.InetAddress.getByName("2001:db8::1").address
     var roundTrips6 = 0

@@ -292,6 +292,12 @@ impl Tunnel {
         self.core.assignment().v6.map_or(0, |v| v.prefix_len)
     }
 
+    /// The DNS servers the gateway offers (reached through the tunnel): give them to the
+    /// platform (`VpnService.Builder.addDnsServer`, `NEDNSSettings`); empty: none offered.
+    pub fn dns_servers(&self) -> Vec<String> {
+        self.core.assignment().dns.iter().map(|d| d.to_string()).collect()
+    }
+
     /// The gateway's IPv6 address inside the tunnel; null without IPv6.
     pub fn gateway_address6(&self) -> Option<String> {
         self.core.assignment().v6.map(|v| v.gateway.to_string())

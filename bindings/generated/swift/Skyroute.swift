@@ -1624,6 +1624,12 @@ public protocol TunnelProtocol: AnyObject, Sendable {
     func attachFd(fd: Int32, framing: TunFraming) throws 
     
     /**
+     * The DNS servers the gateway offers (reached through the tunnel): give them to the
+     * platform (`VpnService.Builder.addDnsServer`, `NEDNSSettings`); empty: none offered.
+     */
+    func dnsServers()  -> [String]
+    
+    /**
      * The gateway's address inside the tunnel (a DNS server or route target).
      */
     func gatewayAddress()  -> String
@@ -1756,6 +1762,19 @@ open func attachFd(fd: Int32, framing: TunFraming)throws   {try rustCallWithErro
         FfiConverterTypeTunFraming_lower(framing),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * The DNS servers the gateway offers (reached through the tunnel): give them to the
+     * platform (`VpnService.Builder.addDnsServer`, `NEDNSSettings`); empty: none offered.
+     */
+open func dnsServers() -> [String]  {
+    return try!  FfiConverterSequenceString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_skyroute_ffi_fn_method_tunnel_dns_servers(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
     /**
@@ -2900,6 +2919,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd() != 40027) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_skyroute_ffi_checksum_method_tunnel_dns_servers() != 65299) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address() != 24583) {

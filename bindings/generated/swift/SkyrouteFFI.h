@@ -456,6 +456,11 @@ RustBuffer uniffi_skyroute_ffi_fn_method_tunnel_address6(uint64_t ptr, RustCallS
 void uniffi_skyroute_ffi_fn_method_tunnel_attach_fd(uint64_t ptr, int32_t fd, RustBuffer framing, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_DNS_SERVERS
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_DNS_SERVERS
+RustBuffer uniffi_skyroute_ffi_fn_method_tunnel_dns_servers(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_GATEWAY_ADDRESS
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_FN_METHOD_TUNNEL_GATEWAY_ADDRESS
 RustBuffer uniffi_skyroute_ffi_fn_method_tunnel_gateway_address(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -901,6 +906,12 @@ uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_address6(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_ATTACH_FD
 #define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_ATTACH_FD
 uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_DNS_SERVERS
+#define UNIFFI_FFIDEF_UNIFFI_SKYROUTE_FFI_CHECKSUM_METHOD_TUNNEL_DNS_SERVERS
+uint16_t uniffi_skyroute_ffi_checksum_method_tunnel_dns_servers(void
     
 );
 #endif

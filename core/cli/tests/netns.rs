@@ -50,6 +50,39 @@ fn links_up(dir: &Path, n: usize, net: &Net) {
     }
 }
 
+/// A DNS server for one name (UDP, in the calling thread's namespace): `name` has the A
+/// record `addr`, every other question gets an empty answer. Serves until it answered the name
+/// once, or until `until`.
+fn dns_server(socket: std::net::UdpSocket, name: &str, addr: Ipv4Addr, until: Instant) -> u32 {
+    let mut wire = Vec::new();
+    for label in name.split('.') {
+        wire.push(label.len() as u8);
+        wire.extend_from_slice(label.as_bytes());
+    }
+    wire.push(0);
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut answered = 0;
+    let mut buf = [0u8; 512];
+    while answered == 0 && Instant::now() < until {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+        let q = &buf[..n];
+        if n < 12 + wire.len() + 4 {
+            continue;
+        }
+        let question = &q[12..12 + wire.len() + 4];
+        let hit = question[..wire.len()].eq_ignore_ascii_case(&wire) && question[wire.len()..] == [0, 1, 0, 1];
+        let mut r = vec![q[0], q[1], 0x81, 0x80, 0, 1, 0, u8::from(hit), 0, 0, 0, 0];
+        r.extend_from_slice(question);
+        if hit {
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            r.extend_from_slice(&addr.octets());
+            answered += 1;
+        }
+        let _ = socket.send_to(&r, from);
+    }
+    answered
+}
+
 fn skyroute(net: &Net, ns: &str, args: &[&str]) -> (bool, String) {
     let mut all = vec![env!("CARGO_BIN_EXE_skyroute")];
     all.extend_from_slice(args);
@@ -80,12 +113,20 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     let (r1, r1k) = net.identity("relay1");
     let (r2, r2k) = net.identity("relay2");
     let (gw, gk) = net.identity("gateway");
+    // The client namespace's own resolv.conf (ip netns exec mounts it over /etc/resolv.conf),
+    // pointing nowhere: only the tunnel's DNS can resolve.
+    let etc = std::path::PathBuf::from("/etc/netns").join(net.ns_name("client"));
+    std::fs::create_dir_all(&etc).unwrap();
+    let host_resolv = "nameserver 192.0.2.53\n";
+    std::fs::write(etc.join("resolv.conf"), host_resolv).unwrap();
     let udp_only = "[listen]\nudp = \"0.0.0.0:7070\"\ntcp = \"off\"\nquic = \"off\"\n";
     let topo = format!("[[topology]]\na = \"{r1k}\"\nb = \"{gk}\"\n[[topology]]\na = \"{r2k}\"\nb = \"{gk}\"\n");
     net.daemon(
         "gateway",
         &gw,
-        &format!("{udp_only}[gateway]\nallow = [\"{ck}\"]\npool = \"10.77.0.0/16\"\nuplink = \"up0\"\n"),
+        &format!(
+            "{udp_only}[gateway]\nallow = [\"{ck}\"]\npool = \"10.77.0.0/16\"\nuplink = \"up0\"\ndns = [\"{SERVER}\"]\n"
+        ),
     );
     for (ns, dir, addr) in [("relay1", &r1, "10.201.3.2"), ("relay2", &r2, "10.201.4.2")] {
         net.daemon(ns, dir, &format!("{udp_only}[[peers]]\nkey = \"{gk}\"\naddr = \"{addr}:7070\"\n"));
@@ -133,6 +174,22 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     assert!(ok, "ping through the tunnel: {out}");
     let (ok, out) = net.try_exec("client", &["ping", "-6", "-c", "3", "-W", "5", SERVER6]);
     assert!(ok, "IPv6 ping through the tunnel: {out}\n{}", net.log(&gw));
+
+    // DNS: the gateway's resolver (on the server) answers through the tunnel.
+    assert_eq!(up["dns"][0], SERVER, "{up}");
+    assert!(std::fs::read_to_string(etc.join("resolv.conf")).unwrap().contains(&format!("nameserver {SERVER}")));
+    let dns_socket = net.thread("server", || std::net::UdpSocket::bind((SERVER, 53)).unwrap()).join().unwrap();
+    let resolver = std::thread::spawn(move || {
+        dns_server(
+            dns_socket,
+            "www.skyroute.test",
+            Ipv4Addr::new(10, 201, 9, 80),
+            Instant::now() + Duration::from_secs(15),
+        )
+    });
+    let (ok, out) = net.try_exec("client", &["getent", "ahostsv4", "www.skyroute.test"]);
+    assert!(ok && out.contains("10.201.9.80"), "the name resolves through the tunnel: {out}");
+    assert!(resolver.join().unwrap() >= 1, "the gateway's resolver answered");
 
     // The tunnel's session runs over both relays.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -237,6 +294,8 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
         net.exec("client", &["ip", "-6", "rule"])
     );
     assert!(!net.try_exec("client", &["ping", "-6", "-c", "1", "-W", "1", SERVER6]).0, "no IPv6 route either");
+    assert_eq!(std::fs::read_to_string(etc.join("resolv.conf")).unwrap(), host_resolv, "DNS restored");
+    let _ = std::fs::remove_dir_all(&etc);
     // The gateway's NAT is removed when it stops.
     assert!(net.exec("gateway", &["nft", "list", "tables"]).contains("skyroute_skygw0"));
     assert_eq!(net.stop(&gw).and_then(|s| s.code()), Some(0), "{}", net.log(&gw));

@@ -154,6 +154,7 @@ struct RawGateway {
     pool6: Option<String>,
     #[serde(default)]
     blocked6: Vec<String>,
+    dns: Option<Vec<String>>,
     mtu: Option<u16>,
     nat: Option<bool>,
 }
@@ -212,6 +213,10 @@ impl Gateway {
 pub const DEFAULT_POOL: &str = "10.77.0.0/16";
 /// The default TUN device of a gateway.
 pub const DEFAULT_GATEWAY_TUN: &str = "skygw0";
+/// The DNS servers a gateway offers when its configuration names none: public resolvers,
+/// which clients reach through the tunnel (so their queries leave from the gateway).
+pub const DEFAULT_DNS: [&str; 2] = ["1.1.1.1", "2606:4700:4700::1111"];
+
 /// The default tunnel MTU a gateway offers.
 pub const DEFAULT_TUNNEL_MTU: u16 = 1400;
 
@@ -276,6 +281,17 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
             crate::netconf::parse_prefix6(b).map_err(|e| field(format!("gateway.blocked6[{i}]"), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let dns = match &raw.dns {
+        None => DEFAULT_DNS.iter().map(|d| d.parse().map_err(|_| field("gateway.dns", "bad default"))).collect(),
+        Some(list) if list.len() > 4 => Err(field("gateway.dns", "at most 4 servers")),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.parse().map_err(|_| field(format!("gateway.dns[{i}]"), format!("not an IP address: {d:?}")))
+            })
+            .collect(),
+    }?;
     let mtu = raw.mtu.unwrap_or(DEFAULT_TUNNEL_MTU);
     if !(576..=9000).contains(&mtu) {
         return Err(field("gateway.mtu", "must be between 576 and 9000"));
@@ -299,6 +315,7 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
             mtu,
             pool6: None,
             blocked6,
+            dns,
         },
         uplink: raw.uplink.clone(),
         tun,
@@ -809,6 +826,13 @@ mod tests {
         assert!(e("[gateway]\nopen = true\npool6 = \"fd00::/16\"").starts_with("gateway.pool6:"));
         assert!(e("[gateway]\nopen = true\npool6 = \"10.0.0.0/8\"").starts_with("gateway.pool6:"));
         assert!(e("[gateway]\nopen = true\nblocked6 = [\"fd00::/200\"]").starts_with("gateway.blocked6[0]:"));
+        // DNS: public resolvers by default, the configured ones, or none.
+        assert_eq!(open.service.dns.len(), 2);
+        let dns = Config::parse("[gateway]\nopen = true\ndns = [\"10.0.0.53\"]").unwrap().gateway.unwrap();
+        assert_eq!(dns.service.dns, vec!["10.0.0.53".parse::<std::net::IpAddr>().unwrap()]);
+        let none = Config::parse("[gateway]\nopen = true\ndns = []").unwrap().gateway.unwrap();
+        assert!(none.service.dns.is_empty());
+        assert!(e("[gateway]\nopen = true\ndns = [\"resolver\"]").starts_with("gateway.dns[0]:"));
         assert!(Config::parse("").unwrap().gateway.is_none());
         assert!(Config::parse("[discovery]\nannounce = true").unwrap().discovery);
         assert!(!Config::parse("").unwrap().discovery, "off by default");

@@ -168,6 +168,9 @@ pub struct VpnReport {
     /// Nothing leaves the host outside the tunnel but the node's own underlay.
     #[serde(default)]
     pub kill_switch: bool,
+    /// The DNS servers the gateway offered, installed for the host while the tunnel is up.
+    #[serde(default)]
+    pub dns: Vec<String>,
     /// The node's side: gateway, address, MTU, counters.
     pub tunnel: Option<TunnelStatus>,
 }

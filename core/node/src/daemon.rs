@@ -18,7 +18,14 @@ use crate::service::transfer::Source;
 use crate::vpn::{ClientTunnel, GatewayUplink, TunnelRequest};
 
 /// The VPN client of this daemon, if one is up (one at a time).
-type VpnSlot = std::sync::Arc<tokio::sync::Mutex<Option<ClientTunnel>>>;
+type VpnSlot = std::sync::Arc<VpnState>;
+
+/// The daemon's VPN client: the tunnel, and the data directory where it keeps what it must
+/// restore after a crash (the host's DNS configuration).
+struct VpnState {
+    dir: PathBuf,
+    tunnel: tokio::sync::Mutex<Option<ClientTunnel>>,
+}
 
 /// Requests longer than this are refused (the control API's messages are small).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -168,7 +175,7 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
         },
         _ => None,
     };
-    let vpn = VpnSlot::default();
+    let vpn = VpnSlot::new(VpnState { dir: data_dir.clone(), tunnel: Default::default() });
     for p in &config.peers {
         let _ = node.connect(p.key, p.addr);
     }
@@ -210,7 +217,7 @@ async fn serve(data_dir: PathBuf, config: Config, key: SecretKey) -> i32 {
         }
     }
     let _ = std::fs::remove_file(&sock);
-    if let Some(t) = vpn.lock().await.take() {
+    if let Some(t) = vpn.tunnel.lock().await.take() {
         t.stop(&node).await;
     }
     tracing::info!("stopping: closing sessions and links");
@@ -350,7 +357,7 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
             return Err(ControlError::BadRequest("register is answered by the connection handler".into()))
         }
         Request::VpnUp { gateway, routes, prefixes, tun, kill_switch } => {
-            let mut slot = vpn.lock().await;
+            let mut slot = vpn.tunnel.lock().await;
             if slot.is_some() {
                 return Err(NodeError::TunnelExists.into());
             }
@@ -363,25 +370,28 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
                 prefixes: crate::vpn::prefixes(&prefixes).map_err(crate::vpn::VpnError::from)?,
                 tun: tun.unwrap_or_else(|| crate::vpn::DEFAULT_CLIENT_TUN.into()),
                 kill_switch,
+                state_dir: Some(vpn.dir.clone()),
             };
             let t = ClientTunnel::start(node, &req).await?;
             let report = t.report(node.status().await?.tunnel);
             *slot = Some(t);
             Reply { vpn: Some(report), ..Reply::ok() }
         }
-        Request::VpnDown => match vpn.lock().await.take() {
+        Request::VpnDown => match vpn.tunnel.lock().await.take() {
             Some(t) => {
                 t.stop(node).await;
                 Reply::ok()
             }
             None => {
-                // A kill switch a crashed run left would keep the host sealed: `vpn down`
-                // opens it even with no tunnel up.
+                // A kill switch a crashed run left would keep the host sealed, and its DNS
+                // would point into a tunnel that is gone: `vpn down` undoes both even with no
+                // tunnel up.
                 crate::netconf::KillSwitch::clear();
+                crate::netconf::Dns::restore_stale(&vpn.dir);
                 return Err(ControlError::NoTunnel);
             }
         },
-        Request::VpnStatus => match vpn.lock().await.as_ref() {
+        Request::VpnStatus => match vpn.tunnel.lock().await.as_ref() {
             Some(t) => Reply { vpn: Some(t.report(node.status().await?.tunnel)), ..Reply::ok() },
             None => return Err(ControlError::NoTunnel),
         },

@@ -4,7 +4,8 @@
 //! stopped daemon leaves no rules behind. Everything here needs CAP_NET_ADMIN.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::transport::SOCKET_MARK;
@@ -186,6 +187,84 @@ impl Drop for Nat {
             }
             if let Some(v) = &self.forward6_was {
                 let _ = std::fs::write(IP6_FORWARD, v);
+            }
+        }
+    }
+}
+
+/// The host's resolver configuration.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Where the host's own resolv.conf is kept while the tunnel's is in place (in the data dir).
+const RESOLV_SAVED: &str = "resolv.conf.saved";
+
+/// The tunnel's DNS servers installed for the host: through systemd-resolved on the tunnel's
+/// link where it manages the host's DNS (`resolvectl dns` and the `~.` routing domain, so every
+/// name goes to them), else by writing /etc/resolv.conf, whose previous content is kept in the
+/// data directory and written back on drop, or by the next `vpn up`/`vpn down` after a crash.
+pub struct Dns {
+    how: DnsHow,
+}
+
+enum DnsHow {
+    Resolved(String),
+    ResolvConf(PathBuf),
+}
+
+fn systemd_resolved() -> bool {
+    std::fs::read_link(RESOLV_CONF).is_ok_and(|t| t.to_string_lossy().contains("systemd/resolve"))
+        && Path::new("/run/systemd/resolve").exists()
+}
+
+impl Dns {
+    /// Installs `servers` for the tunnel on `tun`; `state` keeps the host's configuration.
+    pub fn setup(tun: &str, servers: &[IpAddr], state: &Path) -> Result<Dns, NetError> {
+        Dns::restore_stale(state);
+        let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        if systemd_resolved() {
+            let mut args = vec!["dns", tun];
+            args.extend(list.iter().map(|s| s.as_str()));
+            run("resolvectl", &args, None)?;
+            run("resolvectl", &["domain", tun, "~."], None)?;
+            tracing::info!(tun, servers = ?list, "tunnel: DNS set (systemd-resolved)");
+            return Ok(Dns { how: DnsHow::Resolved(tun.to_string()) });
+        }
+        let saved = state.join(RESOLV_SAVED);
+        let current = std::fs::read(RESOLV_CONF).unwrap_or_default();
+        std::fs::write(&saved, &current)?;
+        let text: String = std::iter::once(format!("# written by skyroute vpn up ({tun}); restored by vpn down\n"))
+            .chain(list.iter().map(|s| format!("nameserver {s}\n")))
+            .collect();
+        // In place, not renamed over: /etc/resolv.conf may be a mount point (network namespaces).
+        std::fs::write(RESOLV_CONF, text)?;
+        tracing::info!(tun, servers = ?list, "tunnel: DNS set (/etc/resolv.conf)");
+        Ok(Dns { how: DnsHow::ResolvConf(saved) })
+    }
+
+    /// Writes back a resolv.conf a crashed run kept in `state` (nothing if there is none).
+    pub fn restore_stale(state: &Path) {
+        let saved = state.join(RESOLV_SAVED);
+        if let Ok(text) = std::fs::read(&saved) {
+            match std::fs::write(RESOLV_CONF, text) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&saved);
+                    tracing::info!("tunnel: the host's resolv.conf restored");
+                }
+                Err(e) => tracing::warn!("tunnel: restoring resolv.conf: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        match &self.how {
+            DnsHow::Resolved(tun) => {
+                let _ = run("resolvectl", &["revert", tun], None);
+            }
+            DnsHow::ResolvConf(saved) => {
+                if let Some(state) = saved.parent() {
+                    Dns::restore_stale(state);
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config;
 use crate::control::VpnReport;
 use crate::driver::{NodeHandle, PacketPort};
-use crate::netconf::{self, KillSwitch, Nat, Routes, Routes6};
+use crate::netconf::{self, Dns, KillSwitch, Nat, Routes, Routes6};
 use crate::tun;
 
 /// Packets queued between a TUN and the node.
@@ -102,6 +102,9 @@ pub struct TunnelRequest {
     pub prefixes: Vec<(Ipv4Addr, u8)>,
     /// Seal the host while the tunnel is up or reconnecting (see [`KillSwitch`]).
     pub kill_switch: bool,
+    /// Where the host's DNS configuration is kept while the tunnel's is in place (so a crash
+    /// can be undone); None: the tunnel's DNS servers are not installed.
+    pub state_dir: Option<std::path::PathBuf>,
     /// The TUN device to create.
     pub tun: String,
 }
@@ -114,6 +117,10 @@ pub struct ClientTunnel {
     routes: Option<Routes>,
     /// A full tunnel captures all IPv6 too (none leaves outside it).
     routes6: Option<Routes6>,
+    /// The tunnel's DNS servers, installed for the host (restored on drop).
+    dns: Option<Dns>,
+    /// The DNS servers the gateway offered.
+    dns_servers: Vec<String>,
     /// Dropped last, after the routes and the device.
     kill_switch: Option<KillSwitch>,
     tun: String,
@@ -148,13 +155,26 @@ impl ClientTunnel {
                 let r6 = if r.full() { Some(Routes6::setup(&req.tun)?) } else { None };
                 Ok((r, r6))
             });
+            let routes = routes.and_then(|(r, r6)| {
+                let dns = match &req.state_dir {
+                    Some(dir) if !answer.dns.is_empty() => Some(Dns::setup(&req.tun, &answer.dns, dir)?),
+                    _ => None,
+                };
+                Ok((r, r6, dns))
+            });
             match routes {
-                Ok((routes, routes6)) => {
-                    Ok(ClientTunnel { pump, routes: Some(routes), routes6, kill_switch, tun: req.tun.clone() })
-                }
+                Ok((routes, routes6, dns)) => Ok(ClientTunnel {
+                    pump,
+                    routes: Some(routes),
+                    routes6,
+                    dns,
+                    dns_servers: answer.dns.iter().map(|d| d.to_string()).collect(),
+                    kill_switch,
+                    tun: req.tun.clone(),
+                }),
                 Err(e) => {
                     pump.abort();
-                    Err(VpnError::HostConfig { what: "routes", reason: e.to_string() })
+                    Err(VpnError::HostConfig { what: "routes and DNS", reason: e.to_string() })
                 }
             }
         };
@@ -173,6 +193,7 @@ impl ClientTunnel {
     /// Takes the tunnel down: routes first (so nothing more is routed into it), then the
     /// node's side and the device.
     pub async fn stop(mut self, node: &NodeHandle) {
+        drop(self.dns.take());
         drop(self.routes.take());
         drop(self.routes6.take());
         self.pump.abort();
@@ -191,7 +212,13 @@ impl ClientTunnel {
         if self.routes6.is_some() {
             routes.push("::/0".into());
         }
-        VpnReport { interface: self.tun.clone(), routes, kill_switch: self.kill_switch.is_some(), tunnel }
+        VpnReport {
+            interface: self.tun.clone(),
+            routes,
+            kill_switch: self.kill_switch.is_some(),
+            dns: self.dns_servers.clone(),
+            tunnel,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ fn gw(access: Access, rate: Option<u64>) -> Gateway {
         mtu: 1280,
         pool6: None,
         blocked6: Vec::new(),
+        dns: Vec::new(),
     })
 }
 
@@ -37,6 +38,7 @@ fn gw6(rate: Option<u64>) -> Gateway {
         mtu: 1280,
         pool6: Some((a6("fd00:77:1:2::"), 64)),
         blocked6: vec![(a6("2001:db8:ff::"), 48)],
+        dns: Vec::new(),
     })
 }
 

@@ -58,7 +58,10 @@ open class PacketTunnelProvider: NEPacketTunnelProvider {
                 ipv6.includedRoutes = [NEIPv6Route.default()]
                 settings.ipv6Settings = ipv6
                 settings.mtu = NSNumber(value: tunnel.mtu())
-                settings.dnsSettings = NEDNSSettings(servers: [tunnel.gatewayAddress()])
+                // The gateway's resolvers, reached through the tunnel; every name goes to them.
+                let dns = NEDNSSettings(servers: tunnel.dnsServers())
+                dns.matchDomains = [""]
+                if !tunnel.dnsServers().isEmpty { settings.dnsSettings = dns }
                 self.setTunnelNetworkSettings(settings) { error in
                     if let error = error {
                         completionHandler(error)

@@ -256,6 +256,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 77, 0, 1),
             mtu: 1400,
             v6: None,
+            dns: Vec::new(),
         });
         c
     }
@@ -272,6 +273,7 @@ mod tests {
                 prefix_len: 64,
                 gateway: a6("fd00:77::1"),
             }),
+            dns: Vec::new(),
         });
         c
     }

@@ -1,7 +1,7 @@
 //! The gateway's side of the VPN: who may connect, which address each client key gets, and
 //! which packets may leave or reach a client.
 
-use core::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub pool6: Option<(Ipv6Addr, u8)>,
     /// IPv6 networks clients must not reach.
     pub blocked6: Vec<(Ipv6Addr, u8)>,
+    /// DNS servers clients should use (reached through the tunnel); at most 4 are sent.
+    pub dns: Vec<IpAddr>,
 }
 
 /// Why a client may not use the gateway.
@@ -121,6 +123,8 @@ pub struct Assignment {
     pub mtu: u16,
     /// The IPv6 side, when the gateway carries IPv6.
     pub v6: Option<Assignment6>,
+    /// DNS servers to use inside the tunnel (the gateway's offer).
+    pub dns: Vec<IpAddr>,
 }
 
 /// The IPv6 part of an assignment.
@@ -181,6 +185,9 @@ impl Gateway {
         }
         let (prefix_len, gateway, mtu) = (self.config.prefix_len, self.address(), self.config.mtu);
         let (gateway6, prefix6_len) = (self.address6(), self.config.pool6.map_or(0, |p| p.1));
+        // IPv6 servers only for clients that get IPv6.
+        let dns: Vec<IpAddr> =
+            self.config.dns.iter().filter(|a| a.is_ipv4() || gateway6.is_some()).take(4).copied().collect();
         let assignment = move |address, address6: Option<Ipv6Addr>| Assignment {
             address,
             prefix_len,
@@ -191,6 +198,7 @@ impl Gateway {
                 prefix_len: prefix6_len,
                 gateway,
             }),
+            dns: dns.clone(),
         };
         if let Some(c) = self.clients.get(key) {
             return Ok(assignment(c.addr, c.addr6));

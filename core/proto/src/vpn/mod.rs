@@ -12,7 +12,7 @@ pub mod gateway;
 pub mod ip;
 pub mod ip6;
 
-use core::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use client::{ClientDrop, Outbound, TunnelClient, TunnelStats};
 pub use gateway::{Access, Assignment, Assignment6, ClientStats, Gateway, GatewayConfig, Refusal};
@@ -26,6 +26,14 @@ const HELLO: u8 = 0;
 const PACKET: u8 = 1;
 const ASSIGNED: u8 = 2;
 const REFUSED: u8 = 3;
+
+/// Extensions after the 11 bytes of an assignment: type, length, value (unknown types are
+/// skipped, so later ones need no new message).
+const EXT_IPV6: u8 = 1;
+const EXT_DNS4: u8 = 2;
+const EXT_DNS6: u8 = 3;
+/// DNS servers one assignment may carry.
+const MAX_DNS: usize = 8;
 
 /// Gateway channel messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,11 +70,23 @@ impl Message {
                 v.push(a.prefix_len);
                 v.extend_from_slice(&a.gateway.octets());
                 v.extend_from_slice(&a.mtu.to_be_bytes());
-                // The IPv6 part follows when the gateway carries IPv6 (44 bytes instead of 11).
                 if let Some(v6) = &a.v6 {
+                    v.extend_from_slice(&[EXT_IPV6, 33]);
                     v.extend_from_slice(&v6.address.octets());
                     v.push(v6.prefix_len);
                     v.extend_from_slice(&v6.gateway.octets());
+                }
+                for d in a.dns.iter().take(MAX_DNS) {
+                    match d {
+                        IpAddr::V4(d) => {
+                            v.extend_from_slice(&[EXT_DNS4, 4]);
+                            v.extend_from_slice(&d.octets());
+                        }
+                        IpAddr::V6(d) => {
+                            v.extend_from_slice(&[EXT_DNS6, 16]);
+                            v.extend_from_slice(&d.octets());
+                        }
+                    }
                 }
                 v
             }
@@ -84,17 +104,40 @@ impl Message {
         Ok(match tag {
             HELLO if rest.is_empty() => Message::Hello,
             PACKET => Message::Packet(rest.to_vec()),
-            ASSIGNED if rest.len() == 11 || rest.len() == 11 + 33 => Message::Assigned(Assignment {
-                address: Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]),
-                prefix_len: rest[4].min(32),
-                gateway: Ipv4Addr::new(rest[5], rest[6], rest[7], rest[8]),
-                mtu: u16::from_be_bytes([rest[9], rest[10]]),
-                v6: (rest.len() == 44).then(|| Assignment6 {
-                    address: ipv6(&rest[11..27]),
-                    prefix_len: rest[27].min(128),
-                    gateway: ipv6(&rest[28..44]),
-                }),
-            }),
+            ASSIGNED if rest.len() >= 11 => {
+                let mut a = Assignment {
+                    address: Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]),
+                    prefix_len: rest[4].min(32),
+                    gateway: Ipv4Addr::new(rest[5], rest[6], rest[7], rest[8]),
+                    mtu: u16::from_be_bytes([rest[9], rest[10]]),
+                    v6: None,
+                    dns: Vec::new(),
+                };
+                let mut ext = &rest[11..];
+                while let [kind, len, more @ ..] = ext {
+                    let value = more.get(..*len as usize).ok_or(MessageError)?;
+                    match (*kind, value.len()) {
+                        (EXT_IPV6, 33) => {
+                            a.v6 = Some(Assignment6 {
+                                address: ipv6(&value[..16]),
+                                prefix_len: value[16].min(128),
+                                gateway: ipv6(&value[17..33]),
+                            })
+                        }
+                        (EXT_DNS4, 4) if a.dns.len() < MAX_DNS => {
+                            a.dns.push(IpAddr::V4(Ipv4Addr::new(value[0], value[1], value[2], value[3])))
+                        }
+                        (EXT_DNS6, 16) if a.dns.len() < MAX_DNS => a.dns.push(IpAddr::V6(ipv6(value))),
+                        (EXT_IPV6, _) | (EXT_DNS4, _) | (EXT_DNS6, _) => return Err(MessageError),
+                        _ => {}
+                    }
+                    ext = &more[*len as usize..];
+                }
+                if !ext.is_empty() {
+                    return Err(MessageError);
+                }
+                Message::Assigned(a)
+            }
             REFUSED => Message::Refused(String::from_utf8_lossy(rest).into_owned()),
             _ => return Err(MessageError),
         })
@@ -120,6 +163,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 77, 0, 1),
             mtu: 1280,
             v6: None,
+            dns: Vec::new(),
         };
         let a6 = Assignment {
             v6: Some(Assignment6 {
@@ -127,8 +171,16 @@ mod tests {
                 prefix_len: 64,
                 gateway: "fd00:77::1".parse().unwrap(),
             }),
+            dns: vec!["10.77.0.1".parse().unwrap(), "fd00:77::1".parse().unwrap()],
             ..a.clone()
         };
+        // An extension this version does not know is skipped; a cut one is refused.
+        let mut future = Message::Assigned(a6.clone()).encode();
+        future.extend_from_slice(&[99, 3, 1, 2, 3]);
+        assert_eq!(Message::decode(&future), Ok(Message::Assigned(a6.clone())));
+        let mut cut = Message::Assigned(a6.clone()).encode();
+        cut.pop();
+        assert_eq!(Message::decode(&cut), Err(MessageError));
         for m in [
             Message::Hello,
             Message::Packet(vec![0x45, 1]),

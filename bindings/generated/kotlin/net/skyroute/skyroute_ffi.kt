@@ -775,6 +775,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd(
     ): Int
+    external fun uniffi_skyroute_ffi_checksum_method_tunnel_dns_servers(
+    ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address(
     ): Int
     external fun uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address6(
@@ -883,6 +885,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_skyroute_ffi_fn_method_tunnel_attach_fd(`ptr`: Long,`fd`: Int,`framing`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_skyroute_ffi_fn_method_tunnel_dns_servers(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_skyroute_ffi_fn_method_tunnel_gateway_address(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_skyroute_ffi_fn_method_tunnel_gateway_address6(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1088,6 +1092,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_attach_fd() and 0xFFFF) != 40027) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_dns_servers() and 0xFFFF) != 65299) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_skyroute_ffi_checksum_method_tunnel_gateway_address() and 0xFFFF) != 24583) {
@@ -3153,6 +3160,12 @@ public interface TunnelInterface {
     fun `attachFd`(`fd`: kotlin.Int, `framing`: TunFraming)
     
     /**
+     * The DNS servers the gateway offers (reached through the tunnel): give them to the
+     * platform (`VpnService.Builder.addDnsServer`, `NEDNSSettings`); empty: none offered.
+     */
+    fun `dnsServers`(): List<kotlin.String>
+    
+    /**
      * The gateway's address inside the tunnel (a DNS server or route target).
      */
     fun `gatewayAddress`(): kotlin.String
@@ -3348,6 +3361,23 @@ open class Tunnel: Disposable, AutoCloseable, TunnelInterface
 }
     }
     
+    
+
+    
+    /**
+     * The DNS servers the gateway offers (reached through the tunnel): give them to the
+     * platform (`VpnService.Builder.addDnsServer`, `NEDNSSettings`); empty: none offered.
+     */override fun `dnsServers`(): List<kotlin.String> {
+            return FfiConverterSequenceString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_skyroute_ffi_fn_method_tunnel_dns_servers(
+        it,
+        _status)
+}
+    }
+    )
+    }
     
 
     

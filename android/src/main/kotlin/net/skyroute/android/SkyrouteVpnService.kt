@@ -177,13 +177,15 @@ class SkyrouteVpnService : VpnService() {
             // answered "no route" by the node at once (a local address stands in), so nothing
             // leaks and applications fall back to IPv4.
             val v6 = t.address6()
-            val pfd = Builder()
+            val builder = Builder()
+            // The gateway's resolvers, reached through the tunnel: no query leaves outside it.
+            t.dnsServers().forEach { builder.addDnsServer(it) }
+            val pfd = builder
                 .setSession("skyroute")
                 .addAddress(t.address(), t.prefixLen().toInt())
                 .addAddress(v6 ?: "fdff::1", if (v6 == null) 128 else t.prefix6Len().toInt())
                 .addRoute("0.0.0.0", 0)
                 .addRoute("::", 0)
-                .addDnsServer(t.gatewayAddress())
                 .setMtu(t.mtu().toInt())
                 .setBlocking(false)
                 .establish() ?: throw IllegalStateException("VPN permission revoked")
