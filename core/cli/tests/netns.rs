@@ -9,7 +9,9 @@
 //! `skyroute vpn up` in the client namespace; ping and a 50 MiB download through the tunnel,
 //! over IPv4 and over IPv6 at once (the client's underlay is IPv4 only; the server has both),
 //! while the client's wifi, then its lte veth, is down for 5 s; the server sees only the
-//! gateway's addresses (NAT44 and NAT66); a key not on the allow-list gets nothing; a forged
+//! gateway's addresses (NAT44 and NAT66); a name resolves through the gateway's DNS server;
+//! a capture on the client's radios while IPv4, IPv6 and DNS go through the tunnel sees nothing
+//! but the node's underlay; a key not on the allow-list gets nothing; a forged
 //! source is dropped and counted at the gateway; `vpn down` and a stopped gateway leave no
 //! routes or nft rules.
 
@@ -81,6 +83,78 @@ fn dns_server(socket: std::net::UdpSocket, name: &str, addr: Ipv4Addr, until: In
         let _ = socket.send_to(&r, from);
     }
     answered
+}
+
+/// Captures every frame on interface `ifname` (of the calling thread's namespace) until
+/// `until` (AF_PACKET), and returns those that leak: anything but the node's underlay (UDP to
+/// or from port 7070), ARP, and IPv6 link-local housekeeping (neighbour and router discovery,
+/// MLD, from link-local or unspecified sources).
+fn capture_leaks(ifname: &str, until: Instant) -> (usize, Vec<String>) {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: plain libc calls on a socket this function owns and closes; buffers are valid.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32);
+        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        let r =
+            libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
+        assert_eq!(r, 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let (mut frames, mut leaks) = (0, Vec::new());
+        let mut buf = [0u8; 2048];
+        while Instant::now() < until {
+            let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
+            if n < 14 {
+                continue;
+            }
+            frames += 1;
+            let f = &buf[..n as usize];
+            if let Some(what) = leak(u16::from_be_bytes([f[12], f[13]]), &f[14..]) {
+                leaks.push(what);
+            }
+        }
+        libc::close(fd);
+        (frames, leaks)
+    }
+}
+
+/// Why a frame's payload of `ethertype` leaks, or None for the underlay and link housekeeping.
+fn leak(ethertype: u16, p: &[u8]) -> Option<String> {
+    let port = |l4: &[u8], at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    match ethertype {
+        0x0806 => None,
+        0x0800 if p.len() >= 20 => {
+            let l4 = &p[(p[0] & 0x0f) as usize * 4..];
+            let underlay = p[9] == 17 && (port(l4, 0) == Some(7070) || port(l4, 2) == Some(7070));
+            (!underlay).then(|| {
+                format!(
+                    "IPv4 proto {} {:?} -> {:?} ports {:?}/{:?}",
+                    p[9],
+                    &p[12..16],
+                    &p[16..20],
+                    port(l4, 0),
+                    port(l4, 2)
+                )
+            })
+        }
+        0x86dd if p.len() >= 40 => {
+            let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).unwrap());
+            let local = src.is_unspecified() || (src.segments()[0] & 0xffc0) == 0xfe80;
+            let housekeeping = p[6] == 58 && p.get(40).is_some_and(|t| (130..=143).contains(t)) || p[6] == 0;
+            (!(local && housekeeping)).then(|| format!("IPv6 next header {} from {src}", p[6]))
+        }
+        other => Some(format!("ethertype {other:#06x}")),
+    }
 }
 
 fn skyroute(net: &Net, ns: &str, args: &[&str]) -> (bool, String) {
@@ -190,6 +264,43 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     let (ok, out) = net.try_exec("client", &["getent", "ahostsv4", "www.skyroute.test"]);
     assert!(ok && out.contains("10.201.9.80"), "the name resolves through the tunnel: {out}");
     assert!(resolver.join().unwrap() >= 1, "the gateway's resolver answered");
+
+    // Nothing but the underlay on the client's radios while the tunnel carries IPv4, IPv6
+    // and DNS (each kind is sent during the capture).
+    let until = Instant::now() + Duration::from_secs(4);
+    let captures: Vec<_> =
+        ["wifi", "lte"].into_iter().map(|i| net.thread("client", move || capture_leaks(i, until))).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let dns_socket = net.thread("server", || std::net::UdpSocket::bind((SERVER, 53)).unwrap()).join().unwrap();
+    let resolver = std::thread::spawn(move || {
+        dns_server(
+            dns_socket,
+            "leak.skyroute.test",
+            Ipv4Addr::new(10, 201, 9, 81),
+            Instant::now() + Duration::from_secs(3),
+        )
+    });
+    assert!(net.try_exec("client", &["getent", "ahostsv4", "leak.skyroute.test"]).0);
+    assert!(net.try_exec("client", &["ping", "-c", "2", "-i", "0.2", "-W", "3", SERVER]).0);
+    assert!(net.try_exec("client", &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "3", SERVER6]).0);
+    resolver.join().unwrap();
+    for (veth, c) in ["wifi", "lte"].into_iter().zip(captures) {
+        let (frames, leaks) = c.join().unwrap();
+        assert!(
+            leaks.is_empty(),
+            "{veth}: {} of {frames} frames leaked: {:?}",
+            leaks.len(),
+            &leaks[..leaks.len().min(5)]
+        );
+        eprintln!("{veth}: {frames} frames captured while the tunnel carried IPv4, IPv6 and DNS: all underlay");
+    }
+    // The capture sees a leak when there is one: a ping bound to the radio itself.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let c = net.thread("client", move || capture_leaks("wifi", until));
+    std::thread::sleep(Duration::from_millis(300));
+    net.try_exec("client", &["ping", "-c", "1", "-W", "1", "-I", "wifi", "10.201.1.2"]);
+    let (_, leaks) = c.join().unwrap();
+    assert!(leaks.iter().any(|l| l.starts_with("IPv4 proto 1")), "the probe's ping is seen: {leaks:?}");
 
     // The tunnel's session runs over both relays.
     let deadline = Instant::now() + Duration::from_secs(20);
