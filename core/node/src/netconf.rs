@@ -361,14 +361,7 @@ impl Routes6 {
     }
 
     fn remove() {
-        for prio in [RULE_TUNNEL, RULE_SUPPRESS] {
-            for _ in 0..8 {
-                if run("ip", &["-6", "rule", "del", "priority", &prio.to_string()], None).is_err() {
-                    break;
-                }
-            }
-        }
-        let _ = run("ip", &["-6", "route", "flush", "table", &ROUTE_TABLE.to_string()], None);
+        remove_policy("-6");
     }
 }
 
@@ -409,16 +402,21 @@ impl Routes {
     }
 
     fn remove(&self) {
-        for prio in [RULE_TUNNEL, RULE_SUPPRESS] {
-            // Delete until none is left (several if runs overlapped).
-            for _ in 0..8 {
-                if run("ip", &["-4", "rule", "del", "priority", &prio.to_string()], None).is_err() {
-                    break;
-                }
+        remove_policy("-4");
+    }
+}
+
+/// Removes the client's policy rules and its routing table for one family (`-4` or `-6`).
+fn remove_policy(family: &str) {
+    for prio in [RULE_TUNNEL, RULE_SUPPRESS] {
+        // Delete until none is left (several if runs overlapped).
+        for _ in 0..8 {
+            if run("ip", &[family, "rule", "del", "priority", &prio.to_string()], None).is_err() {
+                break;
             }
         }
-        let _ = run("ip", &["-4", "route", "flush", "table", &ROUTE_TABLE.to_string()], None);
     }
+    let _ = run("ip", &[family, "route", "flush", "table", &ROUTE_TABLE.to_string()], None);
 }
 
 impl Drop for Routes {

@@ -262,19 +262,11 @@ mod tests {
     }
 
     fn client6() -> TunnelClient {
-        let mut c = TunnelClient::new(1300);
-        c.assigned(Assignment {
-            address: Ipv4Addr::new(10, 77, 1, 2),
-            prefix_len: 16,
-            gateway: Ipv4Addr::new(10, 77, 0, 1),
-            mtu: 1400,
-            v6: Some(super::super::Assignment6 {
-                address: a6("fd00:77::1234"),
-                prefix_len: 64,
-                gateway: a6("fd00:77::1"),
-            }),
-            dns: Vec::new(),
-        });
+        let mut c = client();
+        let mut a = c.assignment().cloned().unwrap();
+        a.v6 =
+            Some(super::super::Assignment6 { address: a6("fd00:77::1234"), prefix_len: 64, gateway: a6("fd00:77::1") });
+        c.assigned(a);
         c
     }
 
