@@ -434,7 +434,9 @@ fn kill_switch_seals_the_client_through_a_gateway_restart_and_a_crash() {
     let (client, _ck) = net.identity("client");
     let (gw, gk) = net.identity("gateway");
     let udp_only = "[listen]\nudp = \"0.0.0.0:7070\"\ntcp = \"off\"\nquic = \"off\"\n";
-    let gw_config = format!("{udp_only}[gateway]\nopen = true\npool = \"10.78.0.0/16\"\nuplink = \"up0\"\n");
+    // No DNS offered: this namespace has no resolv.conf of its own, and the host's must not be
+    // touched (the DNS path is the other test's).
+    let gw_config = format!("{udp_only}[gateway]\nopen = true\npool = \"10.78.0.0/16\"\nuplink = \"up0\"\ndns = []\n");
     net.daemon("gateway", &gw, &gw_config);
     let client_config = format!("{udp_only}[[peers]]\nkey = \"{gk}\"\naddr = \"{GW_UNDERLAY}:7070\"\n");
     net.daemon("client", &client, &client_config);

@@ -193,6 +193,8 @@ impl Drop for Net {
         }
         for n in self.namespaces.drain(..) {
             let _ = Command::new("ip").args(["netns", "del", &n]).status();
+            // Files a test gave the namespace (/etc/netns/NAME/resolv.conf) go with it.
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&n));
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
