@@ -162,7 +162,8 @@ struct RawGateway {
 /// The gateway's IPv6 pool as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pool6 {
-    /// A ULA /64 derived from the gateway's key (stable across restarts): the default.
+    /// A ULA /64 derived from the gateway's key (stable across restarts): the default (none
+    /// on a host whose kernel has IPv6 off).
     Auto,
     /// No IPv6 for clients: they answer their applications' IPv6 with "unreachable".
     Off,
@@ -197,6 +198,8 @@ impl Gateway {
         service.pool6 = match self.pool6 {
             Pool6::Off => None,
             Pool6::Net(a, l) => Some((a, l)),
+            // A host whose kernel has IPv6 off gets no pool (its uplink could not carry it).
+            Pool6::Auto if !host_has_ipv6() => None,
             Pool6::Auto => {
                 let h = Sha256::digest(key.to_bytes());
                 let mut b = [0u8; 16];
@@ -207,6 +210,11 @@ impl Gateway {
         };
         service
     }
+}
+
+/// Whether this host's kernel runs IPv6 (on Linux: `/proc/sys/net/ipv6` exists).
+fn host_has_ipv6() -> bool {
+    !cfg!(target_os = "linux") || std::path::Path::new("/proc/sys/net/ipv6/conf/all").exists()
 }
 
 /// The default client address pool.
