@@ -262,14 +262,7 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
     if !(8..=30).contains(&prefix_len) {
         return Err(field("gateway.pool", "the prefix length must be between 8 and 30"));
     }
-    let blocked = raw
-        .blocked
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            crate::netconf::parse_prefix(b).map_err(|e| field(format!("gateway.blocked[{i}]"), e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let blocked = each("gateway.blocked", &raw.blocked, crate::netconf::parse_prefix)?;
     let pool6 = match raw.pool6.as_deref() {
         None | Some("auto") => Pool6::Auto,
         Some("off") => Pool6::Off,
@@ -281,24 +274,11 @@ fn gateway(raw: &RawGateway) -> Result<Gateway, ConfigError> {
             Pool6::Net(a, l)
         }
     };
-    let blocked6 = raw
-        .blocked6
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            crate::netconf::parse_prefix6(b).map_err(|e| field(format!("gateway.blocked6[{i}]"), e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let blocked6 = each("gateway.blocked6", &raw.blocked6, crate::netconf::parse_prefix6)?;
     let dns = match &raw.dns {
         None => DEFAULT_DNS.iter().map(|d| d.parse().map_err(|_| field("gateway.dns", "bad default"))).collect(),
         Some(list) if list.len() > 4 => Err(field("gateway.dns", "at most 4 servers")),
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                d.parse().map_err(|_| field(format!("gateway.dns[{i}]"), format!("not an IP address: {d:?}")))
-            })
-            .collect(),
+        Some(list) => each("gateway.dns", list, |d| d.parse().map_err(|_| format!("not an IP address: {d:?}"))),
     }?;
     let mtu = raw.mtu.unwrap_or(DEFAULT_TUNNEL_MTU);
     if !(576..=9000).contains(&mtu) {
@@ -585,6 +565,15 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// Parses every entry of the list `name`; an error names the entry (`name[i]`).
+fn each<T, E: std::fmt::Display>(
+    name: &str,
+    list: &[String],
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, ConfigError> {
+    list.iter().enumerate().map(|(i, v)| parse(v).map_err(|e| field(format!("{name}[{i}]"), e.to_string()))).collect()
 }
 
 fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -133,31 +133,12 @@ impl Nat {
             None => format!("oifname != \"{tun}\""),
         };
         let host = if reach_host { String::new() } else { format!("iifname \"{tun}\" drop;") };
-        // "add" then "delete" clears a table a crashed run left behind.
-        let script = format!(
-            "add table ip {table}\ndelete table ip {table}\n\
-             table ip {table} {{\n\
-               chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; \
-                 ip saddr {}/{} {out} masquerade; }}\n\
-               chain input {{ type filter hook input priority filter; policy accept; {host} }}\n\
-             }}\n",
-            pool.0, pool.1
-        );
-        run("nft", &["-f", "-"], Some(&script))?;
+        run("nft", &["-f", "-"], Some(&nat_table("ip", &table, &format!("{}/{}", pool.0, pool.1), &out, &host)))?;
         let forward_was = std::fs::read_to_string(IP_FORWARD).ok();
         let mut nat = Nat { table, forward_was, forward6_was: None, ipv6: false };
         if let Some((net, len)) = pool6 {
             // NAT66 the same way: the client pool leaves with the uplink's IPv6 address.
-            let t = &nat.table;
-            let script6 = format!(
-                "add table ip6 {t}\ndelete table ip6 {t}\n\
-                 table ip6 {t} {{\n\
-                   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; \
-                     ip6 saddr {net}/{len} {out} masquerade; }}\n\
-                   chain input {{ type filter hook input priority filter; policy accept; {host} }}\n\
-                 }}\n"
-            );
-            run("nft", &["-f", "-"], Some(&script6))?;
+            run("nft", &["-f", "-"], Some(&nat_table("ip6", &nat.table, &format!("{net}/{len}"), &out, &host)))?;
             nat.ipv6 = true;
             nat.forward6_was = std::fs::read_to_string(IP6_FORWARD).ok();
             std::fs::write(IP6_FORWARD, "1\n")?;
@@ -318,6 +299,20 @@ impl Drop for KillSwitch {
         KillSwitch::clear();
         tracing::info!("tunnel: kill switch off");
     }
+}
+
+/// The nft script of a gateway's NAT table for one family (`ip` or `ip6`): the pool leaves
+/// masqueraded through `out`, and `host` (a drop rule, or nothing) guards the host's own
+/// input. "add" then "delete" first clears a table a crashed run left behind.
+fn nat_table(family: &str, table: &str, pool: &str, out: &str, host: &str) -> String {
+    format!(
+        "add table {family} {table}\ndelete table {family} {table}\n\
+         table {family} {table} {{\n\
+           chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; \
+             {family} saddr {pool} {out} masquerade; }}\n\
+           chain input {{ type filter hook input priority filter; policy accept; {host} }}\n\
+         }}\n"
+    )
 }
 
 /// The routing table a VPN client's routes live in.

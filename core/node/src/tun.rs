@@ -21,8 +21,9 @@ pub enum Device {}
 const MAX_PACKET: usize = 65_535;
 
 /// Creates TUN device `name` with `address/prefix_len` (and `address6`, if given) and `mtu`,
-/// up, without packet information headers (plain IP packets). Needs CAP_NET_ADMIN.
-#[cfg(all(feature = "tun", not(target_os = "android")))]
+/// up, without packet information headers (plain IP packets). Needs CAP_NET_ADMIN. Android
+/// apps cannot create TUN devices (the VpnService hands out an fd: [`pump_fd`]), and a build
+/// without the `tun` feature has none.
 pub fn open(
     name: &str,
     address: Ipv4Addr,
@@ -30,35 +31,24 @@ pub fn open(
     address6: Option<(Ipv6Addr, u8)>,
     mtu: u16,
 ) -> io::Result<Device> {
-    let mut b = tun_rs::DeviceBuilder::new().name(name).ipv4(address, prefix_len, None);
-    if let Some((a, l)) = address6 {
-        b = b.ipv6(a, l);
+    #[cfg(all(feature = "tun", not(target_os = "android")))]
+    {
+        let mut b = tun_rs::DeviceBuilder::new().name(name).ipv4(address, prefix_len, None);
+        if let Some((a, l)) = address6 {
+            b = b.ipv6(a, l);
+        }
+        b.mtu(mtu).packet_information(false).enable(true).build_async()
     }
-    b.mtu(mtu).packet_information(false).enable(true).build_async()
-}
-
-/// Android apps cannot create TUN devices: the VpnService hands out an fd ([`pump_fd`]).
-#[cfg(all(feature = "tun", target_os = "android"))]
-pub fn open(
-    _name: &str,
-    _address: Ipv4Addr,
-    _prefix_len: u8,
-    _address6: Option<(Ipv6Addr, u8)>,
-    _mtu: u16,
-) -> io::Result<Device> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "no TUN devices on Android: use the VpnService fd (pump_fd)"))
-}
-
-/// Built without the `tun` feature: there is no TUN device (use [`pump_fd`] or a packet port).
-#[cfg(not(feature = "tun"))]
-pub fn open(
-    _name: &str,
-    _address: Ipv4Addr,
-    _prefix_len: u8,
-    _address6: Option<(Ipv6Addr, u8)>,
-    _mtu: u16,
-) -> io::Result<Device> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "built without the `tun` feature: no TUN device (use a packet fd)"))
+    #[cfg(not(all(feature = "tun", not(target_os = "android"))))]
+    {
+        let _ = (name, address, prefix_len, address6, mtu);
+        let why = if cfg!(feature = "tun") {
+            "no TUN devices on Android: use the VpnService fd (pump_fd)"
+        } else {
+            "built without the `tun` feature: no TUN device (use a packet fd)"
+        };
+        Err(io::Error::new(io::ErrorKind::Unsupported, why))
+    }
 }
 
 /// Moves packets between `dev` and `port` until the port closes or the device fails.

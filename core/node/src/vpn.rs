@@ -69,7 +69,7 @@ impl GatewayUplink {
     pub fn start(cfg: &config::Gateway, key: &PublicKey, uplink: PacketPort) -> Result<GatewayUplink, VpnError> {
         let s = &cfg.service_for(key);
         let address = Ipv4Addr::from(u32::from(s.pool) + 1);
-        let address6 = skyroute_proto::vpn::Gateway::new(s.clone()).address6().zip(s.pool6.map(|p| p.1));
+        let address6 = s.address6().zip(s.pool6.map(|p| p.1));
         let dev = tun::open(&cfg.tun, address, s.prefix_len, address6, s.mtu)
             .map_err(|e| VpnError::Tun { device: cfg.tun.clone(), reason: e.to_string() })?;
         let nat = if cfg.nat {

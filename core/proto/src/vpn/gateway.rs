@@ -46,6 +46,13 @@ pub struct GatewayConfig {
     pub dns: Vec<IpAddr>,
 }
 
+impl GatewayConfig {
+    /// The gateway's own IPv6 address: the pool's `::1`, when there is a pool.
+    pub fn address6(&self) -> Option<Ipv6Addr> {
+        self.pool6.map(|(net, len)| Ipv6Addr::from((u128::from(net) & prefix_mask(len)) + 1))
+    }
+}
+
 /// Why a client may not use the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -166,7 +173,7 @@ impl Gateway {
 
     /// The gateway's own IPv6 address (the pool's `::1`), when it carries IPv6.
     pub fn address6(&self) -> Option<Ipv6Addr> {
-        self.config.pool6.map(|(net, len)| Ipv6Addr::from((u128::from(net) & prefix_mask(len)) + 1))
+        self.config.address6()
     }
 
     /// The gateway's settings.
