@@ -71,6 +71,9 @@ pub const FRAME_ROUTE_CLOSE: u8 = 0x14;
 pub const FRAME_MAX_DATA: u8 = 0x15;
 /// Frame type: ROUTE_NOTE.
 pub const FRAME_ROUTE_NOTE: u8 = 0x16;
+/// Frame type: ROUTE_SETUP of a direct route (the sender is the route's source and the
+/// receiver its only hop: the route's messages go unsealed inside the link's encryption).
+pub const FRAME_ROUTE_SETUP_DIRECT: u8 = 0x17;
 
 /// Length of the key confirmation a hop returns when it joins a route.
 pub const PROOF_LEN: usize = 16;
@@ -141,6 +144,9 @@ pub enum Frame<'a> {
         route: RouteId,
         /// The source's ephemeral key for this hop.
         ephemeral: &'a [u8; PUBLIC_KEY_LEN],
+        /// The sender is the route's source and the receiver its last hop: the route's
+        /// messages are protected by the link alone (`ROUTE_SETUP_DIRECT`).
+        direct: bool,
     },
     /// Joined: `route` is the receiver's id, `hop_route` the sender's, `proof` confirms the key.
     RouteSetupOk {
@@ -239,7 +245,8 @@ impl<'a> Frame<'a> {
                 Frame::RouteData { route, class, offset, payload: r.take(len)? }
             }
             FRAME_MAX_DATA => Frame::MaxData { route: r.route()?, class: r.class()?, limit: r.u64()? },
-            FRAME_ROUTE_SETUP => Frame::RouteSetup { route: r.route()?, ephemeral: r.array()? },
+            FRAME_ROUTE_SETUP => Frame::RouteSetup { route: r.route()?, ephemeral: r.array()?, direct: false },
+            FRAME_ROUTE_SETUP_DIRECT => Frame::RouteSetup { route: r.route()?, ephemeral: r.array()?, direct: true },
             FRAME_ROUTE_SETUP_OK => Frame::RouteSetupOk { route: r.route()?, hop_route: r.route()?, proof: r.array()? },
             FRAME_ROUTE_ERROR => Frame::RouteError { route: r.route()?, code: r.u8()? },
             FRAME_ROUTE_CLOSE => Frame::RouteClose { route: r.route()? },
@@ -307,8 +314,8 @@ impl<'a> Frame<'a> {
                 out.push(*class);
                 out.extend_from_slice(&limit.to_be_bytes());
             }
-            Frame::RouteSetup { route, ephemeral } => {
-                out.push(FRAME_ROUTE_SETUP);
+            Frame::RouteSetup { route, ephemeral, direct } => {
+                out.push(if *direct { FRAME_ROUTE_SETUP_DIRECT } else { FRAME_ROUTE_SETUP });
                 out.extend_from_slice(&route.get().to_be_bytes());
                 out.extend_from_slice(&ephemeral[..]);
             }
@@ -359,7 +366,8 @@ mod tests {
             Frame::RekeyAck { epoch: 4, ephemeral: &e },
             Frame::Close { reason: 1 },
             Frame::RouteData { route: rid(7), class: 0, offset: 99, payload: b"abc" },
-            Frame::RouteSetup { route: rid(8), ephemeral: &e },
+            Frame::RouteSetup { route: rid(8), ephemeral: &e, direct: false },
+            Frame::RouteSetup { route: rid(8), ephemeral: &e, direct: true },
             Frame::RouteSetupOk { route: rid(9), hop_route: rid(10), proof: &p },
             Frame::RouteError { route: rid(11), code: 2 },
             Frame::RouteClose { route: rid(12) },

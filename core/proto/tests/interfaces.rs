@@ -222,7 +222,8 @@ fn a_neighbour_over_two_interfaces_has_two_links_that_stay_on_their_interface() 
     let link = w.node(PHONE).link(wifi).unwrap();
     assert_eq!(link.addr.interface(), Interface(WIFI), "the WiFi link roamed onto {:?}", link.addr);
     let stats = w.node(PHONE).flow_stats(route, Dir::Fwd, Class::Bulk).unwrap();
-    assert_eq!(stats.sent_bytes, 20 * 1000 + 20 * skyroute_proto::route::ROUTE_MSG_OVERHEAD as u64);
+    // A one-hop route is direct: each message is its kind byte and the data, no route seal.
+    assert_eq!(stats.sent_bytes, 20 * 1000 + 20 * skyroute_proto::route::DIRECT_MSG_OVERHEAD as u64);
     let before = *w.sent_on.get(&LTE).unwrap_or(&0);
     w.run(Duration::from_millis(100));
     assert_eq!(w.sent_on.get(&LTE).copied().unwrap_or(0), before, "the idle LTE link sent nothing");

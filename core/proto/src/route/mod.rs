@@ -171,6 +171,54 @@ fn seal_msg(key: &AeadKey, seqs: &mut [u64; 2], class: Class, kind: u8, body: &[
     out
 }
 
+/// First byte of an unsealed message of a direct route: `DIRECT | kind`. A sealed message
+/// starts with its counter, whose top bit is never set (`seq << 1 | class`, seq < 2^62).
+const DIRECT: u8 = 0x80;
+
+/// Bytes a direct route's message adds to application data: the kind.
+pub const DIRECT_MSG_OVERHEAD: usize = 1;
+
+/// The keys and counters of one end of a route, in the direction it sends.
+enum Sealer<'a> {
+    /// A route of more than one hop: messages sealed end to end with the hop keys.
+    Sealed(&'a AeadKey, &'a mut [u64; 2]),
+    /// A direct route (source and last hop are link neighbours): the link's encryption,
+    /// integrity and replay protection already cover exactly these two nodes, so a message
+    /// is its kind and body.
+    Direct,
+}
+
+impl Sealer<'_> {
+    fn seal(self, class: Class, kind: u8, body: &[u8]) -> Vec<u8> {
+        match self {
+            Sealer::Sealed(key, seqs) => seal_msg(key, seqs, class, kind, body),
+            Sealer::Direct => {
+                let mut out = Vec::with_capacity(DIRECT_MSG_OVERHEAD + body.len());
+                out.push(DIRECT | kind);
+                out.extend_from_slice(body);
+                out
+            }
+        }
+    }
+}
+
+/// Opens a message of a route that is `direct` or not; a message of the other form is
+/// rejected (a sealed one fails its tag, an unsealed one on a sealed route is refused).
+fn open_any(
+    direct: bool,
+    key: &AeadKey,
+    replays: &mut [ReplayWindow; 2],
+    payload: &[u8],
+) -> Result<(u8, Vec<u8>), Reject> {
+    if !direct {
+        return open_msg(key, replays, payload);
+    }
+    match payload.split_first() {
+        Some((&first, body)) if first & DIRECT != 0 => Ok((first & !DIRECT, body.to_vec())),
+        _ => Err(Reject::BadRouteMessage),
+    }
+}
+
 /// Opens a route message; one replay window per class (the classes' sequences advance at very
 /// different rates, so one window would push the slow one out).
 fn open_msg(key: &AeadKey, replays: &mut [ReplayWindow; 2], payload: &[u8]) -> Result<(u8, Vec<u8>), Reject> {
@@ -200,6 +248,8 @@ struct SourceHop {
 }
 
 struct Origin {
+    /// One hop: the route's messages go unsealed (see [`Sealer::Direct`]).
+    direct: bool,
     first_link: LinkId,
     /// The first hop's id for this route, once it joined.
     next_id: Option<RouteId>,
@@ -214,9 +264,21 @@ impl Origin {
     fn ready(&self) -> bool {
         self.joined == self.hops.len()
     }
+
+    /// How the source seals what it sends to hop `i`.
+    fn sealer(&mut self, i: usize) -> Sealer<'_> {
+        if self.direct {
+            return Sealer::Direct;
+        }
+        let h = &mut self.hops[i];
+        Sealer::Sealed(&h.keys.fwd, &mut h.fwd_seqs)
+    }
 }
 
 struct Relay {
+    /// Joined with ROUTE_SETUP_DIRECT: the previous hop is the source and we are the last
+    /// hop for good (never extended); messages go unsealed.
+    direct: bool,
     prev: (LinkId, RouteId),
     next: Option<(LinkId, RouteId)>,
     /// Waiting for the next hop to answer our ROUTE_SETUP.
@@ -236,6 +298,17 @@ struct Relay {
     seen_activity: u64,
     charge: Option<account::Charge>,
     notes: account::NoteBudget,
+}
+
+impl Relay {
+    /// How the last hop seals what it sends back to the source.
+    fn sealer(&mut self) -> Sealer<'_> {
+        if self.direct {
+            Sealer::Direct
+        } else {
+            Sealer::Sealed(&self.keys.back, &mut self.back_seqs)
+        }
+    }
 }
 
 enum Entry {
@@ -409,13 +482,15 @@ impl Router {
             .collect();
         let e_pub = source_hops[0].e_pub;
         let pay = account::Pay::new(rng, &self.config.accounting, links.fwd().config(), hops.len());
-        if let Err(e) = links.send(first_link, &Frame::RouteSetup { route: id, ephemeral: &e_pub }) {
+        let direct = hops.len() == 1;
+        if let Err(e) = links.send(first_link, &Frame::RouteSetup { route: id, ephemeral: &e_pub, direct }) {
             links.fwd().remove_route(id);
             return Err(e);
         }
         self.routes.insert(
             id,
             Entry::Origin(Origin {
+                direct,
                 first_link,
                 next_id: None,
                 hops: source_hops,
@@ -481,8 +556,7 @@ impl Router {
                     return Err(RouteError::QueueFull);
                 }
                 let last = o.hops.len() - 1;
-                let h = &mut o.hops[last];
-                (key, seal_msg(&h.keys.fwd, &mut h.fwd_seqs, class, kind, data))
+                (key, o.sealer(last).seal(class, kind, data))
             }
             Entry::Relay(r) => {
                 if r.next.is_some() {
@@ -494,7 +568,7 @@ impl Router {
                     return Err(RouteError::QueueFull);
                 }
                 r.last_active = now;
-                (key, seal_msg(&r.keys.back, &mut r.back_seqs, class, kind, data))
+                (key, r.sealer().seal(class, kind, data))
             }
         };
         links.fwd().push_local(key, msg).map_err(|_| RouteError::QueueFull)
@@ -541,7 +615,7 @@ impl Router {
         frame: &Frame<'_>,
     ) -> Result<(), Reject> {
         match *frame {
-            Frame::RouteSetup { route, ephemeral } => {
+            Frame::RouteSetup { route, ephemeral, direct } => {
                 // A retransmitted setup (its ack was lost): answer again, never join twice.
                 if let Some((id, r)) = self.routes.iter().find_map(|(id, e)| match e {
                     Entry::Relay(r) if r.prev == (from, route) => Some((*id, r)),
@@ -566,6 +640,7 @@ impl Router {
                 self.routes.insert(
                     id,
                     Entry::Relay(Relay {
+                        direct,
                         prev: (from, route),
                         next: None,
                         extending: None,
@@ -691,7 +766,7 @@ impl Router {
                     return Err(Reject::UnknownRoute);
                 }
                 r.last_active = now;
-                let (kind, body) = open_msg(&r.keys.fwd, &mut r.fwd_replay, &d.data)?;
+                let (kind, body) = open_any(r.direct, &r.keys.fwd, &mut r.fwd_replay, &d.data)?;
                 if kind == MSG_APP {
                     let c = d.key.class as usize;
                     r.delivered[c] += body.len() as u64;
@@ -709,7 +784,7 @@ impl Router {
                 }
                 // Messages come from the current last hop (the one extending, while building).
                 let h = &mut o.hops[o.joined - 1];
-                let (kind, body) = open_msg(&h.keys.back, &mut h.back_replay, &d.data)?;
+                let (kind, body) = open_any(o.direct, &h.keys.back, &mut h.back_replay, &d.data)?;
                 match kind {
                     MSG_APP if o.ready() => {
                         self.events.push_back(RouteEvent::Data { route, class: d.key.class, data: body });
@@ -763,14 +838,14 @@ impl Router {
             let mut body = [0u8; 9];
             body[0] = c as u8;
             body[1..].copy_from_slice(&r.delivered[c].to_be_bytes());
-            let msg = seal_msg(&r.keys.back, &mut r.back_seqs, Class::Realtime, MSG_DELIVERED, &body);
+            let msg = r.sealer().seal(Class::Realtime, MSG_DELIVERED, &body);
             let _ = links.fwd().push_local(ctl(route, Dir::Back), msg);
         }
     }
 
     /// Sends the source an EXTEND_FAILED from this (last) hop.
     fn extend_failed(r: &mut Relay, links: &mut dyn Links, route: RouteId, code: u8) {
-        let msg = seal_msg(&r.keys.back, &mut r.back_seqs, Class::Realtime, MSG_EXTEND_FAILED, &[code]);
+        let msg = r.sealer().seal(Class::Realtime, MSG_EXTEND_FAILED, &[code]);
         let _ = links.fwd().push_local(ctl(route, Dir::Back), msg);
     }
 
@@ -798,6 +873,11 @@ impl Router {
                     return Err(Reject::BadRouteMessage);
                 }
                 let Some(Entry::Relay(r)) = self.routes.get_mut(&route) else { return Err(Reject::UnknownRoute) };
+                if r.direct {
+                    // A direct route ends here: extending it would carry unsealed messages
+                    // past the link that protects them.
+                    return Err(Reject::BadRouteMessage);
+                }
                 let next = PublicKey::from_bytes(&body[..PUBLIC_KEY_LEN]).ok();
                 let e: &[u8; PUBLIC_KEY_LEN] =
                     body[PUBLIC_KEY_LEN..].try_into().map_err(|_| Reject::BadRouteMessage)?;
@@ -806,7 +886,7 @@ impl Router {
                     Some(link) if r.extending.is_none() => {
                         r.extending = Some(link);
                         r.last_active = now;
-                        if links.send(link, &Frame::RouteSetup { route, ephemeral: e }).is_err() {
+                        if links.send(link, &Frame::RouteSetup { route, ephemeral: e, direct: false }).is_err() {
                             r.extending = None;
                             Self::extend_failed(r, links, route, code::HOP_UNREACHABLE);
                         }
@@ -833,8 +913,7 @@ impl Router {
         let mut body = [0u8; 2 * PUBLIC_KEY_LEN];
         body[..PUBLIC_KEY_LEN].copy_from_slice(&target.key.to_bytes());
         body[PUBLIC_KEY_LEN..].copy_from_slice(&target.e_pub);
-        let last = &mut o.hops[o.joined - 1];
-        let msg = seal_msg(&last.keys.fwd, &mut last.fwd_seqs, Class::Realtime, MSG_EXTEND, &body);
+        let msg = o.sealer(o.joined - 1).seal(Class::Realtime, MSG_EXTEND, &body);
         if links.fwd().push_local(ctl(route, Dir::Fwd), msg).is_err() {
             self.fail(links, route, RouteError::QueueFull);
         }
@@ -966,5 +1045,35 @@ impl Router {
                 Self::send_closes(links, &entry, None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> HopKeys {
+        let hop = crate::identity::SecretKey::from_bytes(&[7; 32]).map(|s| s.public_key());
+        let hop = hop.expect("a valid test key");
+        derive_hop(&[9; 32], &[2; PUBLIC_KEY_LEN], &hop).0
+    }
+
+    #[test]
+    fn a_direct_message_is_its_kind_and_body_and_each_form_is_refused_on_the_other_route() {
+        let k = keys();
+        let direct = Sealer::Direct.seal(Class::Bulk, MSG_APP, b"data");
+        assert_eq!(direct.len(), DIRECT_MSG_OVERHEAD + 4);
+        let mut replays: [ReplayWindow; 2] = Default::default();
+        assert_eq!(open_any(true, &k.fwd, &mut replays, &direct), Ok((MSG_APP, b"data".to_vec())));
+        // A relay on a sealed route cannot pass an unsealed message off as the source's.
+        assert_eq!(open_any(false, &k.fwd, &mut replays, &direct), Err(Reject::BadRouteMessage));
+
+        let mut seqs = [0u64; 2];
+        let sealed = Sealer::Sealed(&k.fwd, &mut seqs).seal(Class::Bulk, MSG_APP, b"data");
+        assert_eq!(sealed.len(), ROUTE_MSG_OVERHEAD + 4);
+        assert_eq!(sealed[0] & DIRECT, 0, "a sealed message starts with its counter");
+        assert_eq!(open_any(true, &k.fwd, &mut replays, &sealed), Err(Reject::BadRouteMessage));
+        assert_eq!(open_any(false, &k.fwd, &mut replays, &sealed), Ok((MSG_APP, b"data".to_vec())));
+        assert_eq!(open_any(true, &k.fwd, &mut replays, &[]), Err(Reject::BadRouteMessage));
     }
 }
