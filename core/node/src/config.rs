@@ -39,8 +39,8 @@
 //! client_to_client = false        # clients may reach each other
 //! reach_host = false              # clients may reach this host's own addresses
 //! blocked = ["192.168.0.0/16"]    # destinations clients may not reach
-//! mtu = 1400                      # tunnel MTU offered (clients take the smaller of it
-//!                                 # and their path's)
+//! mtu = 1420                      # tunnel MTU offered (clients take the smaller of it
+//!                                 # and 9000)
 //! nat = true                      # set up nftables masquerade (false: route the pool
 //!                                 # yourself)
 //! [discovery]
@@ -225,8 +225,10 @@ pub const DEFAULT_GATEWAY_TUN: &str = "skygw0";
 /// which clients reach through the tunnel (so their queries leave from the gateway).
 pub const DEFAULT_DNS: [&str; 2] = ["1.1.1.1", "2606:4700:4700::1111"];
 
-/// The default tunnel MTU a gateway offers.
-pub const DEFAULT_TUNNEL_MTU: u16 = 1400;
+/// The default tunnel MTU a gateway offers: WireGuard's, which fits a 1500-byte underlay
+/// under IPv6 for WireGuard. Ours is not bound by the underlay's datagram: packets over the
+/// realtime size ride the session's coded stream, packed back to back into symbols.
+pub const DEFAULT_TUNNEL_MTU: u16 = 1420;
 
 /// A name that is not a Linux interface name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

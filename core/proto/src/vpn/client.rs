@@ -83,7 +83,7 @@ pub struct TunnelStats {
 
 /// The client side of the VPN tunnel: what the platform's packets become, and back.
 pub struct TunnelClient {
-    /// The largest IP packet the path carries as one realtime message.
+    /// The largest IP packet the client lets into the tunnel whatever the gateway offers.
     path_mtu: u16,
     assignment: Option<Assignment>,
     /// Counters.
@@ -91,7 +91,9 @@ pub struct TunnelClient {
 }
 
 impl TunnelClient {
-    /// `path_mtu`: the largest IP packet one session datagram carries on the current routes.
+    /// `path_mtu`: the largest IP packet the client lets into the tunnel whatever the
+    /// gateway offers (packets over [`REALTIME_MAX`] ride the session's stream, which carries
+    /// any size, so this is a policy bound, not the session datagram's size).
     pub fn new(path_mtu: u16) -> Self {
         TunnelClient { path_mtu: path_mtu.max(576), assignment: None, stats: TunnelStats::default() }
     }

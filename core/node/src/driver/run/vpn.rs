@@ -178,11 +178,11 @@ impl Driver {
                 return;
             }
         };
-        // The largest IP packet one session datagram carries: the route MTU less the session's
-        // and the channel's framing.
-        let path_mtu = (self.host.node().route_mtu().saturating_sub(SESSION_DATAGRAM_OVERHEAD)) as u16;
+        // The gateway's offer decides the tunnel MTU: packets over the realtime size ride the
+        // session's coded stream, packed back to back into symbols, so no underlay datagram
+        // bounds them (the realtime ones, at most 256 bytes, fit any route).
         self.tunnel = Some(TunnelState {
-            client: TunnelClient::new(path_mtu),
+            client: TunnelClient::new(MAX_TUNNEL_MTU),
             gateway,
             routes,
             session,
@@ -289,6 +289,5 @@ impl Driver {
     }
 }
 
-/// Session packet header, AEAD tag, datagram frame and padding, the channel header and the
-/// gateway message tag, with room to spare.
-const SESSION_DATAGRAM_OVERHEAD: usize = 96;
+/// The largest tunnel MTU a client accepts (a gateway's `mtu` is at most this too).
+const MAX_TUNNEL_MTU: u16 = 9000;
