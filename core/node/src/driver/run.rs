@@ -195,10 +195,24 @@ impl Driver {
                     }
                 }
                 Some(p) = recv_port(self.gateway.as_mut().map(|g| &mut g.port.rx)) => {
-                    self.gateway_from_net(Instant::now(), p);
+                    // What else waits is taken too (as with datagrams), so the session packs
+                    // a batch into full packets and one settle sends them.
+                    let now = Instant::now();
+                    self.gateway_from_net(now, p);
+                    for _ in 0..RECV_BATCH {
+                        let Some(Ok(p)) = self.gateway.as_mut().map(|g| g.port.rx.try_recv()) else { break };
+                        self.gateway_from_net(now, p);
+                    }
                 }
                 p = recv_port(self.tunnel.as_mut().map(|t| &mut t.port.rx)) => match p {
-                    Some(p) => self.tunnel_from_app(Instant::now(), p),
+                    Some(p) => {
+                        let now = Instant::now();
+                        self.tunnel_from_app(now, p);
+                        for _ in 0..RECV_BATCH {
+                            let Some(Ok(p)) = self.tunnel.as_mut().map(|t| t.port.rx.try_recv()) else { break };
+                            self.tunnel_from_app(now, p);
+                        }
+                    }
                     // The platform closed its side: the tunnel is down.
                     None => {
                         self.tunnel_down();
