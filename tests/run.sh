@@ -97,6 +97,18 @@ grep -Eq '^session breaks +0$' "$demo" || { echo "the demo reported a session br
 rm -f "$demo"
 cargo run --release -q -- sim eight-hop --json
 
+echo "== the VPN against boringtun (root): the comparison script runs end to end, reduced =="
+if [ "$(id -u)" -eq 0 ]; then
+    # 2 s per path, one run: proves the script and every tunnel in it work; the figures
+    # (10 s, 3 runs) are docs/measurements.md's, since CI's shared cores make them noise.
+    svw=$(mktemp)
+    bash tests/vpn-vs-wireguard.sh --secs 2 --reps 1 | tee "$svw"
+    grep -q '^up: throughput skyroute/boringtun' "$svw" || { echo "the comparison printed no ratios" >&2; exit 1; }
+    rm -f "$svw"
+else
+    echo "SKIPPED: tests/vpn-vs-wireguard.sh (needs root)"
+fi
+
 # One closing line with the totals over every test run above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"
