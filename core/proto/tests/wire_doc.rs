@@ -31,6 +31,11 @@ fn wire_md_examples_decode() {
             "HandshakeInit" => assert!(matches!(Packet::parse(&bytes), Ok(Packet::HandshakeInit(_)))),
             "HandshakeResp" => assert!(matches!(Packet::parse(&bytes), Ok(Packet::HandshakeResp(_)))),
             "Data" => assert!(matches!(Packet::parse(&bytes), Ok(Packet::Data(_)))),
+            "ROUTE_SETUP_DIRECT" => {
+                let mut rd: &[u8] = &bytes;
+                let f = Frame::decode(&mut rd).unwrap().unwrap();
+                assert!(matches!(f, Frame::RouteSetup { direct: true, .. }) && rd.is_empty(), "{f:?}");
+            }
             frame => {
                 let mut rd: &[u8] = &bytes;
                 let f = Frame::decode(&mut rd).unwrap().unwrap();
