@@ -170,7 +170,30 @@ int32_t skyroute_tunnel_start(uint64_t node_handle,
 int32_t skyroute_tunnel_address(uint64_t tunnel_handle, char *buf, uintptr_t len, uint16_t *mtu);
 
 /**
- * Sends one IPv4 packet into the tunnel.
+ * The tunnel's IPv6 address (text and NUL: 46 bytes suffice) and its prefix length; an empty
+ * string and prefix length 0 when the gateway gives no IPv6 (IPv6 packets sent into the
+ * tunnel are then answered with ICMPv6 "no route").
+ *
+ * # Safety
+ * `buf` is valid for `len` bytes or null; `prefix_len` is writable or null.
+ */
+int32_t skyroute_tunnel_address6(uint64_t tunnel_handle,
+                                 char *buf,
+                                 uintptr_t len,
+                                 uint8_t *prefix_len);
+
+/**
+ * The DNS servers the gateway offers for the tunnel, IPv4 and IPv6, one per line (an empty
+ * string: none). `*needed` (if not null) gets the size it takes; SKYROUTE_ERR_BUFFER if `len`
+ * is smaller.
+ *
+ * # Safety
+ * `buf` is valid for `len` bytes or null; `needed` is writable or null.
+ */
+int32_t skyroute_tunnel_dns(uint64_t tunnel_handle, char *buf, uintptr_t len, uintptr_t *needed);
+
+/**
+ * Sends one IP packet (IPv4 or IPv6) into the tunnel.
  *
  * # Safety
  * `packet` is valid for `len` bytes or null.

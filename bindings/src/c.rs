@@ -332,7 +332,54 @@ pub unsafe extern "C" fn skyroute_tunnel_address(
     })
 }
 
-/// Sends one IPv4 packet into the tunnel.
+/// The tunnel's IPv6 address (text and NUL: 46 bytes suffice) and its prefix length; an empty
+/// string and prefix length 0 when the gateway gives no IPv6 (IPv6 packets sent into the
+/// tunnel are then answered with ICMPv6 "no route").
+///
+/// # Safety
+/// `buf` is valid for `len` bytes or null; `prefix_len` is writable or null.
+#[no_mangle]
+pub unsafe extern "C" fn skyroute_tunnel_address6(
+    tunnel_handle: u64,
+    buf: *mut c_char,
+    len: usize,
+    prefix_len: *mut u8,
+) -> i32 {
+    call(|| {
+        let t = tunnel(tunnel_handle)?;
+        let v6 = t.assignment().v6;
+        // SAFETY: forwarded contract.
+        unsafe {
+            if !prefix_len.is_null() {
+                prefix_len.write(v6.map_or(0, |v| v.prefix_len));
+            }
+            put_str(&v6.map(|v| v.address.to_string()).unwrap_or_default(), buf, len, std::ptr::null_mut())
+        }
+    })
+}
+
+/// The DNS servers the gateway offers for the tunnel, IPv4 and IPv6, one per line (an empty
+/// string: none). `*needed` (if not null) gets the size it takes; SKYROUTE_ERR_BUFFER if `len`
+/// is smaller.
+///
+/// # Safety
+/// `buf` is valid for `len` bytes or null; `needed` is writable or null.
+#[no_mangle]
+pub unsafe extern "C" fn skyroute_tunnel_dns(
+    tunnel_handle: u64,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> i32 {
+    call(|| {
+        let t = tunnel(tunnel_handle)?;
+        let list: Vec<String> = t.assignment().dns.iter().map(|d| d.to_string()).collect();
+        // SAFETY: forwarded contract.
+        unsafe { put_str(&list.join("\n"), buf, len, needed) }
+    })
+}
+
+/// Sends one IP packet (IPv4 or IPv6) into the tunnel.
 ///
 /// # Safety
 /// `packet` is valid for `len` bytes or null.

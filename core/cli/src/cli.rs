@@ -214,8 +214,9 @@ pub enum VpnCommand {
         /// Disjoint routes to the gateway [default: the session configuration's].
         #[arg(long)]
         routes: Option<usize>,
-        /// Route only this network into the tunnel (repeatable) [default: everything].
-        #[arg(long = "prefix", value_name = "A.B.C.D/LEN")]
+        /// Route only this network, IPv4 or IPv6, into the tunnel (repeatable) [default:
+        /// everything].
+        #[arg(long = "prefix", value_name = "A.B.C.D/LEN | X:X::X/LEN")]
         prefixes: Vec<String>,
         /// The TUN device's name.
         #[arg(long, default_value = skyroute::vpn::DEFAULT_CLIENT_TUN)]

@@ -406,6 +406,26 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     );
     assert!(!net.try_exec("client", &["ping", "-6", "-c", "1", "-W", "1", SERVER6]).0, "no IPv6 route either");
     assert_eq!(std::fs::read_to_string(etc.join("resolv.conf")).unwrap(), host_resolv, "DNS restored");
+
+    // A split tunnel of one IPv6 network: only it goes into the TUN.
+    let prefix6 = "fd99:201:9::/64";
+    let (ok, out) = skyroute(
+        &net,
+        "client",
+        &["vpn", "up", "--gateway", &gk, "--prefix", prefix6, "--data-dir", client.to_str().unwrap(), "--json"],
+    );
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["routes"], serde_json::json!([prefix6]), "{out}");
+    assert!(
+        net.try_exec("client", &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "5", SERVER6]).0,
+        "the IPv6 prefix goes through"
+    );
+    assert!(!net.try_exec("client", &["ping", "-c", "1", "-W", "1", SERVER]).0, "IPv4 is not in this tunnel");
+    assert!(!net.exec("client", &["ip", "-6", "rule"]).contains("suppress_prefixlength"), "no full-tunnel rule");
+    let (ok, out) = skyroute(&net, "client", &["vpn", "down", "--data-dir", client.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(!net.exec("client", &["ip", "-6", "rule"]).contains("21323"));
     let _ = std::fs::remove_dir_all(&etc);
     // The gateway's NAT is removed when it stops.
     assert!(net.exec("gateway", &["nft", "list", "tables"]).contains("skyroute_skygw0"));

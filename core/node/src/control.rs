@@ -83,7 +83,7 @@ pub enum Request {
         /// Disjoint routes for the tunnel's session (1-8; default: the configuration's).
         routes: Option<usize>,
         #[serde(default)]
-        /// Prefixes into the tunnel (`a.b.c.d/len`); empty: everything.
+        /// Prefixes into the tunnel (`a.b.c.d/len` or `x:x::x/len`); empty: everything.
         prefixes: Vec<String>,
         #[serde(default)]
         /// The TUN device (default `skyvpn0`).

@@ -364,10 +364,12 @@ async fn answer_inner(node: &NodeHandle, vpn: &VpnSlot, req: Request) -> Result<
             if routes.is_some_and(|r| !(1..=8).contains(&r)) {
                 return Err(ControlError::BadRequest("routes: must be between 1 and 8".into()));
             }
+            let (prefixes, prefixes6) = crate::vpn::prefixes(&prefixes).map_err(crate::vpn::VpnError::from)?;
             let req = TunnelRequest {
                 gateway: if gateway == "nearest" { node.nearest_gateway().await? } else { resolve(gateway).await? },
                 routes,
-                prefixes: crate::vpn::prefixes(&prefixes).map_err(crate::vpn::VpnError::from)?,
+                prefixes,
+                prefixes6,
                 tun: tun.unwrap_or_else(|| crate::vpn::DEFAULT_CLIENT_TUN.into()),
                 kill_switch,
                 state_dir: Some(vpn.dir.clone()),

@@ -332,26 +332,34 @@ pub struct Routes {
     full: bool,
 }
 
-/// The IPv6 half of a full tunnel: `::/0` into the TUN under the same policy rules, so no
-/// IPv6 leaves outside the tunnel (with IPv6 from the gateway it is carried; without, the
-/// client answers "unreachable" and applications fall back to IPv4 at once). Removed on drop.
+/// The IPv6 half of the tunnel's routes: in a full tunnel `::/0` into the TUN under the same
+/// policy rules, so no IPv6 leaves outside the tunnel (with IPv6 from the gateway it is
+/// carried; without, the client answers "unreachable" and applications fall back to IPv4 at
+/// once); in a split tunnel the `--prefix` IPv6 networks. Removed on drop.
 pub struct Routes6 {
-    _private: (),
+    /// The prefixes routed into the TUN (`::/0` in a full tunnel).
+    pub prefixes: Vec<(Ipv6Addr, u8)>,
 }
 
 impl Routes6 {
-    /// Routes all IPv6 into `tun` except the node's own marked sockets.
-    pub fn setup(tun: &str) -> Result<Routes6, NetError> {
+    /// Routes `prefixes` (`full`: all IPv6) into `tun` except the node's own marked sockets.
+    pub fn setup(tun: &str, prefixes: &[(Ipv6Addr, u8)], full: bool) -> Result<Routes6, NetError> {
         let table = ROUTE_TABLE.to_string();
         let mark = SOCKET_MARK.to_string();
         Routes6::remove();
-        let r = Routes6 { _private: () };
-        run("ip", &["-6", "route", "replace", "::/0", "dev", tun, "table", &table], None)?;
+        let list = if full { vec![(Ipv6Addr::UNSPECIFIED, 0)] } else { prefixes.to_vec() };
+        let r = Routes6 { prefixes: list.clone() };
+        for (a, l) in &list {
+            let p = format!("{a}/{l}");
+            run("ip", &["-6", "route", "replace", &p, "dev", tun, "table", &table], None)?;
+        }
         let prio = RULE_TUNNEL.to_string();
         run("ip", &["-6", "rule", "add", "not", "fwmark", &mark, "table", &table, "priority", &prio], None)?;
-        let prio = RULE_SUPPRESS.to_string();
-        run("ip", &["-6", "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", &prio], None)?;
-        tracing::info!(tun, "tunnel: IPv6 routes set up");
+        if full {
+            let prio = RULE_SUPPRESS.to_string();
+            run("ip", &["-6", "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", &prio], None)?;
+        }
+        tracing::info!(tun, full, "tunnel: IPv6 routes set up");
         Ok(r)
     }
 
@@ -368,11 +376,10 @@ impl Drop for Routes6 {
 }
 
 impl Routes {
-    /// `prefixes` empty: full tunnel.
-    pub fn setup(tun: &str, prefixes: &[(Ipv4Addr, u8)]) -> Result<Routes, NetError> {
+    /// Routes `prefixes` (`full`: all IPv4) into `tun` except the node's own marked sockets.
+    pub fn setup(tun: &str, prefixes: &[(Ipv4Addr, u8)], full: bool) -> Result<Routes, NetError> {
         let table = ROUTE_TABLE.to_string();
         let mark = SOCKET_MARK.to_string();
-        let full = prefixes.is_empty();
         let list = if full { vec![(Ipv4Addr::UNSPECIFIED, 0)] } else { prefixes.to_vec() };
         // Whatever a crashed run left behind goes first.
         let routes = Routes { prefixes: list.clone(), full };

@@ -3,7 +3,7 @@
 //! (Android's VpnService, iOS's utun, firmware) use [`crate::tun::fd_port`] or a
 //! [`PacketPort`] directly with [`NodeHandle::tunnel_up`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use skyroute_proto::PublicKey;
@@ -98,8 +98,10 @@ pub struct TunnelRequest {
     pub gateway: PublicKey,
     /// Disjoint routes for the tunnel's session.
     pub routes: Option<usize>,
-    /// Prefixes into the tunnel; empty: everything (full tunnel).
+    /// IPv4 prefixes into the tunnel; with `prefixes6`, both empty: everything (full tunnel).
     pub prefixes: Vec<(Ipv4Addr, u8)>,
+    /// IPv6 prefixes into the tunnel (a split tunnel's IPv6 networks).
+    pub prefixes6: Vec<(Ipv6Addr, u8)>,
     /// Seal the host while the tunnel is up or reconnecting (see [`KillSwitch`]).
     pub kill_switch: bool,
     /// Where the host's DNS configuration is kept while the tunnel's is in place (so a crash
@@ -151,8 +153,13 @@ impl ClientTunnel {
             let dev = tun::open(&req.tun, answer.address, answer.prefix_len, address6, tun_mtu(&answer))
                 .map_err(|e| VpnError::Tun { device: req.tun.clone(), reason: e.to_string() })?;
             let pump = tokio::spawn(tun::pump(dev, outer));
-            let routes = Routes::setup(&req.tun, &req.prefixes).and_then(|r| {
-                let r6 = if r.full() { Some(Routes6::setup(&req.tun)?) } else { None };
+            let full = req.prefixes.is_empty() && req.prefixes6.is_empty();
+            let routes = Routes::setup(&req.tun, &req.prefixes, full).and_then(|r| {
+                let r6 = if full || !req.prefixes6.is_empty() {
+                    Some(Routes6::setup(&req.tun, &req.prefixes6, full)?)
+                } else {
+                    None
+                };
                 Ok((r, r6))
             });
             let routes = routes.and_then(|(r, r6)| {
@@ -209,8 +216,8 @@ impl ClientTunnel {
             Some(r) => r.prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect(),
             None => Vec::new(),
         };
-        if self.routes6.is_some() {
-            routes.push("::/0".into());
+        if let Some(r6) = &self.routes6 {
+            routes.extend(r6.prefixes.iter().map(|(a, l)| format!("{a}/{l}")));
         }
         VpnReport {
             interface: self.tun.clone(),
@@ -242,7 +249,31 @@ pub fn tun_mtu(a: &skyroute_proto::vpn::Assignment) -> u16 {
     }
 }
 
-/// Parses `--prefix` values.
-pub fn prefixes(list: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, netconf::PrefixError> {
-    list.iter().map(|p| netconf::parse_prefix(p)).collect()
+/// Parses `--prefix` values: IPv4 (`a.b.c.d/len`) and IPv6 (`x:x::x/len`) networks apart.
+pub fn prefixes(list: &[String]) -> Result<(Vec<(Ipv4Addr, u8)>, Vec<(Ipv6Addr, u8)>), netconf::PrefixError> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for p in list {
+        if p.contains(':') {
+            v6.push(netconf::parse_prefix6(p)?);
+        } else {
+            v4.push(netconf::parse_prefix(p)?);
+        }
+    }
+    Ok((v4, v6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_split_into_ipv4_and_ipv6_networks() {
+        let list: Vec<String> = ["10.1.0.0/16", "fd00:205::/64", "192.168.1.7/32"].map(String::from).to_vec();
+        let (v4, v6) = prefixes(&list).expect("valid prefixes");
+        assert_eq!(v4, vec![(Ipv4Addr::new(10, 1, 0, 0), 16), (Ipv4Addr::new(192, 168, 1, 7), 32)]);
+        assert_eq!(v6, vec![("fd00:205::".parse().expect("an address"), 64)]);
+        assert!(prefixes(&["fd00::/129".to_string()]).is_err());
+        assert!(prefixes(&["10.0.0.0/33".to_string()]).is_err());
+        assert_eq!(prefixes(&[]).expect("empty"), (Vec::new(), Vec::new()));
+    }
 }
