@@ -772,7 +772,10 @@ impl<A: crate::link::Endpoint> Node<A> {
     pub fn handle_timeout(&mut self, now: Instant) {
         let ids: Vec<LinkId> = self.links.keys().copied().collect();
         for id in ids {
+            let (acked, lost) = self.fwd.link_loss(id);
             let Some(l) = self.links.get_mut(&id) else { continue };
+            // What the acks say of the link's loss, for dead-peer detection.
+            l.set_outcomes(acked, lost);
             if l.poll_timeout().is_some_and(|d| d <= now) {
                 let by_index = &mut self.by_index;
                 let mut alloc = |rng: &mut dyn CryptoRngCore| loop {

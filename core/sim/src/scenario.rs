@@ -315,8 +315,11 @@ pub fn lossy_spec(loss: f64) -> WireSpec {
 
 fn lossy_config() -> NodeConfig {
     let mut c = NodeConfig::default();
-    // Telescoping over 8 hops at 50% loss takes a few seconds of retransmissions.
-    c.route.setup_timeout = Duration::from_secs(60);
+    // Telescoping over 8 hops at 90% loss takes minutes of retransmissions.
+    c.route.setup_timeout = Duration::from_secs(300);
+    // A fixed mesh's neighbours are expected to be there: handshakes retry at 1 s at most
+    // (a phone's default backs off to 8 s to spare its radio when a peer is gone).
+    c.link.handshake_retry_max = Duration::from_secs(1);
     c
 }
 

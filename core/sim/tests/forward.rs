@@ -307,3 +307,53 @@ mod random {
         }
     }
 }
+
+#[test]
+fn eight_hops_at_70_percent_loss_still_deliver_intact() {
+    // At 70% loss per link the transfer used to fail outright (key rotations fell out of step
+    // and lossy links were declared dead): now it completes and keeps a share of the ceiling.
+    let r = skyroute_sim::scenario::eight_hop_loss(5, 0.7, 256 << 10, 1);
+    assert!(r.intact, "{r:?}");
+    assert!(r.goodput / (1.0 - r.loss) > 0.2, "goodput {} of the link at 70% loss", r.goodput);
+}
+
+#[test]
+fn a_link_at_70_percent_loss_keeps_its_keys_in_step_through_rotations_and_new_handshakes() {
+    // Two neighbours, 70% of datagrams lost each way, a message every 2 s for 200 s, 150 s of
+    // silence, 200 s more: keys rotate every second of traffic, and after the silence the
+    // key's 120 s age forces a new handshake under the live link. Every message arrives, the link never dies, and no packet is refused for a
+    // key the receiver lacks for longer than a rotation's grace.
+    let mut w = World::new(13);
+    let nodes = line(&mut w, 2, &NodeConfig::default(), &lossy_spec(0.7), Duration::from_secs(300)).unwrap();
+    let route = open_route(&mut w, nodes[0], &nodes[1..], Duration::from_secs(120)).unwrap();
+    let mut got = 0;
+    let mut downs = 0;
+    let start = w.now();
+    for i in 0..200u32 {
+        w.act(nodes[0], |n, now| n.send(now, route, Class::Bulk, &i.to_be_bytes())).unwrap();
+        let pause = if i >= 100 { 150 } else { 0 };
+        let until = start + Duration::from_secs(2 * u64::from(i) + 2 + pause);
+        w.run_until(until, |_, node, e| {
+            match e {
+                Event::Route(RouteEvent::Data { .. }) if node == nodes[1] => got += 1,
+                Event::LinkDown { .. } => downs += 1,
+                _ => {}
+            }
+            true
+        });
+    }
+    w.run_until(w.now() + Duration::from_secs(30), |_, node, e| {
+        got += matches!(e, Event::Route(RouteEvent::Data { .. }) if node == nodes[1]) as usize;
+        true
+    });
+    let stale: u64 = (0..2)
+        .flat_map(|i| w.node(i).link_ids().into_iter().map(move |l| (i, l)))
+        .filter_map(|(i, l)| w.node(i).link(l))
+        .map(|l| l.stats.rejected.get(Reject::StaleKey))
+        .sum();
+    let handshakes: u64 =
+        w.node(0).link_ids().iter().filter_map(|l| w.node(0).link(*l)).map(|l| l.stats.handshakes).sum();
+    assert_eq!((got, downs), (200, 0), "every message, no link death");
+    assert!(handshakes >= 2, "the key's age forced a new handshake: {handshakes}");
+    assert!(stale < 50, "{stale} packets refused for a key out of step");
+}

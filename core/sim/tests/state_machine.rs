@@ -484,3 +484,24 @@ fn an_early_datagram_on_an_unmeasured_route_is_not_delivered_late() {
     let failures = run_sequence(16_506_839_350_927_987_303, 0.131_296_382_990_408_22, &actions);
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// Found by a local CI run (seed 14515333522211788496): a 28 ms datagram delivered 28.18 ms
+/// after it was sent, after a relay's wires were cut for 1.2 s with the stream busy. The code
+/// of the previous stops fails it too (checked at 1e8913f): the receiver's delay estimate
+/// (half the path's base round trip plus the packet's queueing beyond the path's quickest
+/// recent one) comes out 0.18 ms short here. Kept, ignored, until the estimate is fixed
+/// (docs/limitations.md); `cargo test -p skyroute-sim --test state_machine -- --ignored`.
+#[test]
+#[ignore = "known: the receiver's delay estimate is 0.18 ms short after a cut (docs/limitations.md)"]
+fn a_datagram_after_a_cut_is_not_delivered_late() {
+    let actions = [
+        Action::Advance(302),
+        Action::Cut(0, 1173),
+        Action::Write(134_856),
+        Action::Advance(1074),
+        Action::Write(20_177),
+        Action::Datagram(28),
+    ];
+    let failures = run_sequence(14_515_333_522_211_788_496, 0.0, &actions);
+    assert!(failures.is_empty(), "{failures:?}");
+}

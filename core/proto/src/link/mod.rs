@@ -38,6 +38,22 @@ pub use crate::types::{Endpoint, Interface, LinkId};
 use crate::wire::{DataHeader, HandshakeResp, DATA_HEADER_LEN};
 use queue::FrameQueue;
 
+/// Chance that a live peer behind a lossy link left every one of our packets unanswered,
+/// below which dead-peer detection gives up on it.
+const DEAD_CHANCE: f64 = 1e-4;
+/// How much longer than `dead_after` a lossy link may stay silent while too few packets went
+/// out to judge it.
+const DEAD_STRETCH: u32 = 30;
+/// z² of the Wilson bound on a link's loss (z = 1.5: a one-sided 93% bound).
+const WILSON_Z2: f64 = 2.25;
+/// Most quick handshake retries (before the backoff) for a link that was up.
+const MAX_QUICK_HANDSHAKES: u32 = 1000;
+/// Shortest gap between dead-peer probes.
+const MIN_PROBE_GAP: Duration = Duration::from_millis(50);
+/// The most round-trip loss dead-peer detection allows for (beyond it, a link is as good as
+/// dead).
+const MAX_ROUND_TRIP_LOSS: f64 = 0.995;
+
 /// Stop using a key well before its 64-bit counter could wrap.
 pub const REJECT_AFTER_PACKETS: u64 = 1 << 60;
 
@@ -192,6 +208,12 @@ struct Session {
     rekey: Option<PendingRekey>,
     /// One past the highest counter received (counters run on across key epochs).
     rx_top: u64,
+    /// Initiating side: the peer has sent under `cur` since we switched to it. Until then the
+    /// previous key stays valid for receiving whatever the grace period: on a very lossy link
+    /// our confirmation may take many tries to arrive, and the peer keeps sending under the
+    /// old key meanwhile (refusing those packets would leave nothing to answer, and both ends
+    /// would wait for each other).
+    peer_on_cur: bool,
 }
 
 struct OutgoingHandshake {
@@ -235,6 +257,16 @@ pub struct Link<A> {
     /// Since when a packet we sent that asks for an answer is unanswered (nothing
     /// authenticated arrived after it): on-demand dead-peer detection.
     unanswered_since: Option<Instant>,
+    /// Packets that ask for an answer sent since `unanswered_since`.
+    unanswered_sends: u32,
+    /// This link's datagrams acknowledged and lost (either way), as the node counts them: how
+    /// much silence a live peer can explain.
+    outcomes: (u64, u64),
+    /// `outcomes` when the current silence began: the evidence dead-peer detection weighs
+    /// (the datagrams lost since are the silence itself, not the link's loss).
+    outcomes_before: (u64, u64),
+    /// How many tries the last handshake we started took (each but the last was lost).
+    handshake_tries: u32,
     /// A queued control frame asks for an answer (REKEY, PROBE): the packet that carries it
     /// starts `unanswered_since`.
     control_elicits: bool,
@@ -302,6 +334,10 @@ impl<A: Clone> Link<A> {
             force_rekey: false,
             traffic_since_rekey: false,
             unanswered_since: None,
+            unanswered_sends: 0,
+            outcomes: (0, 0),
+            outcomes_before: (0, 0),
+            handshake_tries: 0,
             control_elicits: false,
             control_end: 0,
             confirm_sent: None,
@@ -352,7 +388,7 @@ impl<A: Clone> Link<A> {
         if self.state == LinkState::Up {
             // A new session under an up link (its key grew too old): an unanswered handshake
             // means the peer is gone, like unanswered data.
-            self.unanswered_since.get_or_insert(now);
+            self.unanswered_send(now);
         }
     }
 
@@ -385,6 +421,7 @@ impl<A: Clone> Link<A> {
             next: None,
             rekey: None,
             rx_top: 0,
+            peer_on_cur: true,
         };
         let replaced = self.session.is_some();
         self.install(session, now);
@@ -422,6 +459,7 @@ impl<A: Clone> Link<A> {
             next: None,
             rekey: None,
             rx_top: 0,
+            peer_on_cur: true,
         };
         if let Some(old) = self.pending.replace(session) {
             self.retired.push(old.local_index);
@@ -446,15 +484,21 @@ impl<A: Clone> Link<A> {
         if let Some(old) = self.session.replace(session) {
             self.retired.push(old.local_index);
         }
+        // Queued link frames (a rekey, its answer, a probe) belong to the old session's key
+        // chain: sent under the new one, a late answer to an old rekey would match a new
+        // rekey's epoch and leave the two ends on different keys.
+        self.control.clear();
+        self.control_elicits = false;
         if let Some(p) = self.pending.take() {
             self.retired.push(p.local_index);
         }
         self.stats.handshakes += 1;
         self.stats.last_minute.rekey(now);
+        self.handshake_tries = self.handshake_attempts;
         self.handshake_attempts = 0;
         self.next_handshake = None;
         self.last_recv = now;
-        self.unanswered_since = None;
+        self.answered_now();
         self.force_rekey = false;
         self.traffic_since_rekey = false;
     }
@@ -491,7 +535,11 @@ impl<A: Clone> Link<A> {
             Which::Cur
         } else if session.next.as_ref().is_some_and(|(n, _)| n.id == hdr.epoch) {
             Which::Next
-        } else if session.prev.as_ref().is_some_and(|(p, exp)| p.id == hdr.epoch && *exp > now) {
+        } else if session
+            .prev
+            .as_ref()
+            .is_some_and(|(p, exp)| p.id == hdr.epoch && (*exp > now || !session.peer_on_cur))
+        {
             Which::Prev
         } else {
             return Err(Reject::StaleKey);
@@ -522,12 +570,19 @@ impl<A: Clone> Link<A> {
         if let Some(s) = session_top {
             self.last_was_newest = hdr.counter >= s.rx_top;
             s.rx_top = s.rx_top.max(hdr.counter + 1);
+            if matches!(which, Which::Cur) && !s.peer_on_cur {
+                // The peer switched too: the old key's grace runs from now.
+                s.peer_on_cur = true;
+                if let Some((_, exp)) = s.prev.as_mut() {
+                    *exp = (*exp).max(now + self.config.old_key_grace);
+                }
+            }
         }
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += (DATA_HEADER_LEN + body.len()) as u64;
         self.last_recv = now;
         // The peer is there: whatever we sent before this is answered.
-        self.unanswered_since = None;
+        self.answered_now();
         if !in_pending {
             self.confirm_sent = None;
         }
@@ -609,6 +664,7 @@ impl<A: Clone> Link<A> {
                 let new = KeyEpoch::new(*epoch, keys, now, s.cur.send_counter);
                 let old = std::mem::replace(&mut s.cur, new);
                 s.prev = Some((old, now + self.config.old_key_grace));
+                s.peer_on_cur = false;
                 s.rekey = None;
                 self.force_rekey = false;
                 self.traffic_since_rekey = false;
@@ -690,7 +746,7 @@ impl<A: Clone> Link<A> {
         self.handshake_out = close;
         self.force_rekey = false;
         self.traffic_since_rekey = false;
-        self.unanswered_since = None;
+        self.answered_now();
         self.confirm_sent = None;
         let was = self.state;
         self.state = LinkState::Down;
@@ -758,9 +814,81 @@ impl<A: Clone> Link<A> {
     }
 
     fn retry_delay(&self) -> Duration {
-        // A few quick retries first (a lossy radio link loses handshakes often), then back off.
-        let shift = self.handshake_attempts.saturating_sub(4).min(16);
+        if self.state == LinkState::Up {
+            // A new session under a live link (its key grew too old): the peer answered
+            // lately, so a lost handshake is loss, not absence. Retry at the quick pace for
+            // as long as the link lives (dead-peer detection ends it).
+            return self.config.handshake_retry;
+        }
+        // A few quick retries first (a lossy radio link loses handshakes often), then back off;
+        // a link that was up gets as many quick retries as its measured loss needs to get
+        // through but for a 1 in 10,000 chance (a peer behind 70% loss each way: about 100).
+        let quick = if self.stats.handshakes > 0 { self.needed_sends().clamp(4, MAX_QUICK_HANDSHAKES) } else { 4 };
+        let shift = self.handshake_attempts.saturating_sub(quick).min(16);
         self.config.handshake_retry.saturating_mul(1 << shift).min(self.config.handshake_retry_max)
+    }
+
+    /// A packet that asks for an answer went out.
+    fn unanswered_send(&mut self, now: Instant) {
+        if self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+            self.outcomes_before = self.outcomes;
+        }
+        self.unanswered_sends = self.unanswered_sends.saturating_add(1);
+    }
+
+    /// Something authenticated came back: nothing we sent is unanswered any more.
+    fn answered_now(&mut self) {
+        self.unanswered_since = None;
+        self.unanswered_sends = 0;
+    }
+
+    /// The node's count of this link's datagrams acknowledged and lost (either way), which
+    /// dead-peer detection uses to tell a very lossy link from a dead one.
+    pub fn set_outcomes(&mut self, acked: u64, lost: u64) {
+        self.outcomes = (acked, lost);
+    }
+
+    /// A pessimistic estimate of the share of round trips this link loses: the upper end of a
+    /// Wilson interval (z = 1.5) over its datagrams' outcomes and its last handshake's tries, so
+    /// a young link with little evidence counts as very lossy and a well-measured one as what
+    /// it is.
+    fn round_trip_loss(&self) -> f64 {
+        let tries = u64::from(self.handshake_tries);
+        let (acked, lost) = if self.unanswered_since.is_some() { self.outcomes_before } else { self.outcomes };
+        let n = (acked + lost + tries) as f64;
+        let lost = (lost + tries.saturating_sub(1)) as f64;
+        if n < 1.0 {
+            return MAX_ROUND_TRIP_LOSS;
+        }
+        let (p, z2) = (lost / n, WILSON_Z2);
+        let upper = (p + z2 / (2.0 * n) + (z2 * (p * (1.0 - p) / n + z2 / (4.0 * n * n))).sqrt()) / (1.0 + z2 / n);
+        upper.clamp(0.0, MAX_ROUND_TRIP_LOSS)
+    }
+
+    /// Whether enough packets went unanswered to call the peer dead once `dead_after` has
+    /// passed: so many that a live peer behind this link's (pessimistic) loss would have
+    /// answered one but for a 1 in 10,000 chance. Until then the link probes every
+    /// [`Link::probe_gap`], for at most [`DEAD_STRETCH`] times `dead_after`. A well-measured
+    /// link that loses little needs a handful, as before; one that loses 70% each way needs
+    /// about 100, one that loses 90% (99% of round trips) some 900.
+    fn dead_enough_sends(&self) -> bool {
+        self.unanswered_sends >= self.needed_sends()
+    }
+
+    /// How many packets in a row this link's (pessimistic) loss can swallow with a chance of
+    /// [`DEAD_CHANCE`].
+    fn needed_sends(&self) -> u32 {
+        let loss = self.round_trip_loss();
+        if loss <= 0.0 {
+            return 0;
+        }
+        (DEAD_CHANCE.ln() / loss.ln()).ceil().min(f64::from(u32::MAX)) as u32
+    }
+
+    /// The pace of dead-peer probes: two round trips, at least [`MIN_PROBE_GAP`].
+    fn probe_gap(&self) -> Duration {
+        self.stats.rtt.map_or(MIN_PROBE_GAP, |r| (r * 2).max(MIN_PROBE_GAP))
     }
 
     fn can_send(&self) -> bool {
@@ -848,7 +976,7 @@ impl<A: Clone> Link<A> {
             self.control_elicits = false;
         }
         if answered || control_elicits {
-            self.unanswered_since.get_or_insert(now);
+            self.unanswered_send(now);
         }
         if traffic {
             self.traffic_since_rekey = true;
@@ -884,9 +1012,18 @@ impl<A: Clone> Link<A> {
                 (self.session.is_some() && self.state == LinkState::Up).then(|| self.last_send + every)
             }
             Timer::Dead => {
-                (self.state == LinkState::Up).then_some(self.unanswered_since?).map(|t| t + self.config.dead_after)
+                let since = self.unanswered_since.filter(|_| self.state == LinkState::Up)?;
+                let at = since + self.config.dead_after;
+                if self.dead_enough_sends() {
+                    return Some(at);
+                }
+                // Too little evidence yet: probe at the link's pace until there is enough.
+                Some(at.max(self.last_send + self.probe_gap()).min(since + self.config.dead_after * DEAD_STRETCH))
             }
-            Timer::OldKey => self.session.as_ref().and_then(|s| s.prev.as_ref().map(|(_, exp)| *exp)),
+            // Kept, whatever its grace, until the peer sends under the new key (`peer_on_cur`).
+            Timer::OldKey => {
+                self.session.as_ref().filter(|s| s.peer_on_cur).and_then(|s| s.prev.as_ref().map(|(_, exp)| *exp))
+            }
         }
     }
 
@@ -905,7 +1042,14 @@ impl<A: Clone> Link<A> {
     ) -> Option<LinkEvent> {
         let mut event = None;
         if self.deadline(Timer::Dead).is_some_and(|d| d <= now) {
-            event = self.go_down(now, DownReason::Timeout);
+            let stretched = self.unanswered_since.is_some_and(|s| now >= s + self.config.dead_after * DEAD_STRETCH);
+            if self.dead_enough_sends() || stretched {
+                event = self.go_down(now, DownReason::Timeout);
+            } else {
+                // Silence a lossy link could explain: ask again (the probe counts as a send).
+                self.push_control(Frame::Probe);
+                self.last_send = now;
+            }
         }
         if self.deadline(Timer::Handshake).is_some_and(|d| d <= now) {
             let idx = new_index(rng);
