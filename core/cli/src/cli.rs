@@ -171,6 +171,10 @@ pub enum Command {
         /// Loss probability of every link (eight-hop-loss).
         #[arg(long, default_value_t = 0.5)]
         loss: f64,
+        /// eight-hop-loss at every loss rate 0, 0.1, ..., 0.9 (JSON: an array, one object per
+        /// rate); fails unless every run is intact.
+        #[arg(long)]
+        sweep: bool,
         /// Bytes to transfer [default: per scenario].
         #[arg(long)]
         bytes: Option<usize>,
@@ -487,6 +491,7 @@ pub fn run(cli: Cli) -> i32 {
             seed,
             json,
             loss,
+            sweep,
             bytes,
             duration,
             plot,
@@ -501,6 +506,11 @@ pub fn run(cli: Cli) -> i32 {
                 Scenario::EightHop => {
                     let r = scenario::eight_hop(seed, bytes.unwrap_or(1 << 20));
                     (if json { to_json(&r) } else { r.table() }, r.intact)
+                }
+                Scenario::EightHopLoss if sweep => {
+                    let runs = scenario::eight_hop_loss_sweep(seed, bytes.unwrap_or(10 << 20), 60);
+                    let ok = runs.iter().all(|r| r.intact);
+                    (if json { to_json(&runs) } else { scenario::sweep_table(&runs) }, ok)
                 }
                 Scenario::EightHopLoss => {
                     if !(0.0..1.0).contains(&loss) {

@@ -140,3 +140,21 @@ fn sim_moving_car_json_and_goals() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
 }
+
+#[test]
+fn sim_eight_hop_loss_sweep_prints_one_object_per_loss_rate() {
+    let out = skyroute(&["sim", "eight-hop-loss", "--sweep", "--bytes", "32768", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    let runs = runs.as_array().expect("an array");
+    assert_eq!(runs.len(), 10);
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r["loss"].as_f64(), Some(i as f64 / 10.0), "{r}");
+        for field in ["intact", "goodput", "goodput_of_limit", "route_setup_ms", "transfer_ms"] {
+            assert!(!r[field].is_null(), "{field} in {r}");
+        }
+    }
+    // No cliff up to 70% (nothing arrived at 70% before issue 21's first steps).
+    assert!(runs[..8].iter().all(|r| r["intact"] == true), "{runs:?}");
+    let all_intact = runs.iter().all(|r| r["intact"] == true);
+    assert_eq!(out.status.success(), all_intact, "the exit status says whether every run was intact");
+}

@@ -297,6 +297,9 @@ pub struct LossReport {
     pub intact: bool,
     /// Delivered payload rate / raw bandwidth of one link (0..1).
     pub goodput: f64,
+    /// `goodput / (1 - loss)`: the share of what the lossy links leave (1 would be every
+    /// surviving byte payload).
+    pub goodput_of_limit: f64,
     /// The same network and seed with per-hop retransmission off, end-to-end retransmission only.
     pub baseline_e2e_goodput: f64,
     /// Largest buffer occupancy seen at any hop (bytes).
@@ -348,6 +351,7 @@ pub fn eight_hop_loss(seed: u64, loss: f64, bytes: usize, baseline_secs: u64) ->
         bytes: bytes as u64,
         intact: t.check.intact(),
         goodput,
+        goodput_of_limit: goodput / (1.0 - loss).max(1e-9),
         baseline_e2e_goodput: e2e_baseline(seed, loss, hops, Duration::from_secs(baseline_secs)),
         max_buffer_bytes: max_buffer_bytes(&w),
         retransmitted_bytes: retransmitted,
@@ -451,6 +455,7 @@ impl LossReport {
             ("bytes", self.bytes.to_string()),
             ("intact (sha256, in order)", self.intact.to_string()),
             ("goodput / link bandwidth", format!("{:.3}", self.goodput)),
+            ("goodput / (1 - loss)", format!("{:.3}", self.goodput_of_limit)),
             ("end-to-end baseline goodput", format!("{:.4}", self.baseline_e2e_goodput)),
             ("max buffer at any hop", format!("{} bytes", self.max_buffer_bytes)),
             ("retransmitted (all hops)", format!("{} bytes", self.retransmitted_bytes)),
@@ -460,6 +465,27 @@ impl LossReport {
             ("wall time", format!("{:.0} ms", self.wall_time_ms)),
         ])
     }
+}
+
+/// `eight-hop-loss --sweep`: the scenario at every loss rate 0, 0.1, ..., 0.9.
+pub fn eight_hop_loss_sweep(seed: u64, bytes: usize, baseline_secs: u64) -> Vec<LossReport> {
+    (0..10).map(|i| eight_hop_loss(seed, f64::from(i) / 10.0, bytes, baseline_secs)).collect()
+}
+
+/// The sweep as a table, one row per loss rate.
+pub fn sweep_table(runs: &[LossReport]) -> String {
+    let mut out = format!("{:>6} {:>7} {:>8} {:>13} {:>9}\n", "loss", "intact", "goodput", "of (1 - loss)", "setup s");
+    for r in runs {
+        out.push_str(&format!(
+            "{:>6.1} {:>7} {:>8.3} {:>13.3} {:>9.1}\n",
+            r.loss,
+            r.intact,
+            r.goodput,
+            r.goodput_of_limit,
+            r.route_setup_ms / 1e3
+        ));
+    }
+    out
 }
 
 /// Result of the `qos` scenario.
