@@ -52,6 +52,12 @@ fn links_up(dir: &Path, n: usize, net: &Net) {
     }
 }
 
+/// [`dns_server`] on the server namespace's port 53 for `secs` seconds, in a thread.
+fn spawn_resolver(net: &Net, name: &'static str, addr: Ipv4Addr, secs: u64) -> std::thread::JoinHandle<u32> {
+    let socket = net.thread("server", || std::net::UdpSocket::bind((SERVER, 53)).unwrap()).join().unwrap();
+    std::thread::spawn(move || dns_server(socket, name, addr, Instant::now() + Duration::from_secs(secs)))
+}
+
 /// A DNS server for one name (UDP, in the calling thread's namespace): `name` has the A
 /// record `addr`, every other question gets an empty answer. Serves until it answered the name
 /// once, or until `until`.
@@ -252,15 +258,7 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     // DNS: the gateway's resolver (on the server) answers through the tunnel.
     assert_eq!(up["dns"][0], SERVER, "{up}");
     assert!(std::fs::read_to_string(etc.join("resolv.conf")).unwrap().contains(&format!("nameserver {SERVER}")));
-    let dns_socket = net.thread("server", || std::net::UdpSocket::bind((SERVER, 53)).unwrap()).join().unwrap();
-    let resolver = std::thread::spawn(move || {
-        dns_server(
-            dns_socket,
-            "www.skyroute.test",
-            Ipv4Addr::new(10, 201, 9, 80),
-            Instant::now() + Duration::from_secs(15),
-        )
-    });
+    let resolver = spawn_resolver(&net, "www.skyroute.test", Ipv4Addr::new(10, 201, 9, 80), 15);
     let (ok, out) = net.try_exec("client", &["getent", "ahostsv4", "www.skyroute.test"]);
     assert!(ok && out.contains("10.201.9.80"), "the name resolves through the tunnel: {out}");
     assert!(resolver.join().unwrap() >= 1, "the gateway's resolver answered");
@@ -271,15 +269,7 @@ fn vpn_through_two_relays_survives_each_link_going_down() {
     let captures: Vec<_> =
         ["wifi", "lte"].into_iter().map(|i| net.thread("client", move || capture_leaks(i, until))).collect();
     std::thread::sleep(Duration::from_millis(300));
-    let dns_socket = net.thread("server", || std::net::UdpSocket::bind((SERVER, 53)).unwrap()).join().unwrap();
-    let resolver = std::thread::spawn(move || {
-        dns_server(
-            dns_socket,
-            "leak.skyroute.test",
-            Ipv4Addr::new(10, 201, 9, 81),
-            Instant::now() + Duration::from_secs(3),
-        )
-    });
+    let resolver = spawn_resolver(&net, "leak.skyroute.test", Ipv4Addr::new(10, 201, 9, 81), 3);
     assert!(net.try_exec("client", &["getent", "ahostsv4", "leak.skyroute.test"]).0);
     assert!(net.try_exec("client", &["ping", "-c", "2", "-i", "0.2", "-W", "3", SERVER]).0);
     assert!(net.try_exec("client", &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "3", SERVER6]).0);

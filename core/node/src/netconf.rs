@@ -344,21 +344,11 @@ pub struct Routes6 {
 impl Routes6 {
     /// Routes `prefixes` (`full`: all IPv6) into `tun` except the node's own marked sockets.
     pub fn setup(tun: &str, prefixes: &[(Ipv6Addr, u8)], full: bool) -> Result<Routes6, NetError> {
-        let table = ROUTE_TABLE.to_string();
-        let mark = SOCKET_MARK.to_string();
         Routes6::remove();
         let list = if full { vec![(Ipv6Addr::UNSPECIFIED, 0)] } else { prefixes.to_vec() };
+        // Built first, so a failure part-way removes what was set up (its drop).
         let r = Routes6 { prefixes: list.clone() };
-        for (a, l) in &list {
-            let p = format!("{a}/{l}");
-            run("ip", &["-6", "route", "replace", &p, "dev", tun, "table", &table], None)?;
-        }
-        let prio = RULE_TUNNEL.to_string();
-        run("ip", &["-6", "rule", "add", "not", "fwmark", &mark, "table", &table, "priority", &prio], None)?;
-        if full {
-            let prio = RULE_SUPPRESS.to_string();
-            run("ip", &["-6", "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", &prio], None)?;
-        }
+        add_policy("-6", tun, list.iter().map(|(a, l)| format!("{a}/{l}")), full)?;
         tracing::info!(tun, full, "tunnel: IPv6 routes set up");
         Ok(r)
     }
@@ -378,22 +368,11 @@ impl Drop for Routes6 {
 impl Routes {
     /// Routes `prefixes` (`full`: all IPv4) into `tun` except the node's own marked sockets.
     pub fn setup(tun: &str, prefixes: &[(Ipv4Addr, u8)], full: bool) -> Result<Routes, NetError> {
-        let table = ROUTE_TABLE.to_string();
-        let mark = SOCKET_MARK.to_string();
         let list = if full { vec![(Ipv4Addr::UNSPECIFIED, 0)] } else { prefixes.to_vec() };
         // Whatever a crashed run left behind goes first.
         let routes = Routes { prefixes: list.clone(), full };
         routes.remove();
-        for (a, l) in &list {
-            let p = format!("{a}/{l}");
-            run("ip", &["-4", "route", "replace", &p, "dev", tun, "table", &table], None)?;
-        }
-        let prio = RULE_TUNNEL.to_string();
-        run("ip", &["-4", "rule", "add", "not", "fwmark", &mark, "table", &table, "priority", &prio], None)?;
-        if full {
-            let prio = RULE_SUPPRESS.to_string();
-            run("ip", &["-4", "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", &prio], None)?;
-        }
+        add_policy("-4", tun, list.iter().map(|(a, l)| format!("{a}/{l}")), full)?;
         tracing::info!(tun, full, "tunnel: routes set up");
         Ok(routes)
     }
@@ -406,6 +385,23 @@ impl Routes {
     fn remove(&self) {
         remove_policy("-4");
     }
+}
+
+/// Routes `prefixes` of one family (`-4` or `-6`) into `tun` in the client's table, looked up
+/// for every packet not marked as the node's own; `full`: the main table's default route is
+/// suppressed too (as wg-quick does), so nothing of that family bypasses the TUN.
+fn add_policy(family: &str, tun: &str, prefixes: impl Iterator<Item = String>, full: bool) -> Result<(), NetError> {
+    let table = ROUTE_TABLE.to_string();
+    for p in prefixes {
+        run("ip", &[family, "route", "replace", &p, "dev", tun, "table", &table], None)?;
+    }
+    let (mark, prio) = (SOCKET_MARK.to_string(), RULE_TUNNEL.to_string());
+    run("ip", &[family, "rule", "add", "not", "fwmark", &mark, "table", &table, "priority", &prio], None)?;
+    if full {
+        let prio = RULE_SUPPRESS.to_string();
+        run("ip", &[family, "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", &prio], None)?;
+    }
+    Ok(())
 }
 
 /// Removes the client's policy rules and its routing table for one family (`-4` or `-6`).
