@@ -1,16 +1,16 @@
 //! One direction of one service class of one route at one node: the seed's per-route buffer.
 //!
-//! Offsets number the messages of one hop-to-hop leg. Upstream side: deduplicates by the
-//! upstream's offsets, holds messages that arrive ahead of a gap, and releases them in order
-//! (to the next leg, renumbered, or to this node when the flow ends here), so order holds end
-//! to end even though every hop retransmits on its own. Releasing in order at every hop is
-//! also what keeps credit deadlock-free: a message that fills a gap downstream was already sent
-//! once on that leg, and resending needs no credit. It grants credit as a cumulative limit
-//! (`freed + capacity`: the upstream may have sent at most that many bytes), so the buffer never
-//! holds more than its capacity. Downstream side: keeps every message until the next hop's link
-//! ack and sends new messages only within the credit the next hop granted.
+//! Offsets number the bytes of one hop-to-hop leg, in the order of the route's source.
+//! Upstream side: deduplicates by the upstream's offsets and passes each message on the moment
+//! it arrives (to the next leg at its mapped offset), or, where the flow ends here, delivers
+//! in offset order, holding messages that overtook a loss; so order holds end to end although
+//! every hop retransmits on its own and no hop waits for a gap before it forwards. Credit is a
+//! window on the offsets (see [`Flow`]): the buffer never holds more than its capacity, and
+//! the message every later hop waits for is always inside it. Downstream side: keeps every
+//! message until the next hop's link ack, resends losses first, and sends new messages lowest
+//! offset first within the credit the next hop granted.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::types::LinkId;
 use crate::types::RouteId;
@@ -46,6 +46,8 @@ pub(crate) enum Accept {
     Stored,
     Duplicate,
     OverCredit,
+    /// The message overlaps bytes already received at other offsets (a broken upstream).
+    Overlap,
 }
 
 #[derive(Debug)]
@@ -54,6 +56,8 @@ pub(crate) struct Msg {
     /// Copies in flight (a probe adds one; the message is queued again when all are lost).
     pub copies: u8,
     pub sent_once: bool,
+    /// Its offset on the upstream leg (None: produced here): freed there when acked here.
+    pub up: Option<u64>,
 }
 
 /// Counters and the seed's per-route fields, for status and tests.
@@ -70,9 +74,10 @@ pub struct FlowStats {
     pub messages: usize,
     /// Of `messages`, those sent and not yet acknowledged.
     pub in_flight_messages: usize,
-    /// The downstream buffer size as last granted: credit limit minus bytes sent.
+    /// Credit left: the limit granted by the next hop minus the end of what was sent.
     pub credit: u64,
-    /// Cumulative credit limit granted by the next hop (downstream buffer size + its freed).
+    /// Credit limit granted by the next hop: the leg offset below which messages may be sent
+    /// (its lowest unreleased offset + its buffer size).
     pub send_limit: u64,
     /// Bytes sent downstream for the first time.
     pub sent_bytes: u64,
@@ -88,29 +93,54 @@ pub struct FlowStats {
     pub duplicates: u64,
     /// Bytes delivered in order to this node (flows that end here).
     pub delivered_bytes: u64,
+    /// Messages passed on ahead of an earlier one still missing here (out-of-order forwarding).
+    pub forwarded_early: u64,
     /// The limit last announced upstream.
     pub announced_limit: u64,
     /// Messages dropped because the upstream exceeded its credit.
     pub over_credit: u64,
 }
 
+/// One flow's state. Offsets on every leg keep the order of the route's source, so a relay
+/// may pass a message on the moment it arrives, ahead of an earlier one lost on the leg before
+/// it: the next leg's offset of each upstream byte is fixed by a map (`segs`) that only shifts
+/// where this hop inserted messages of its own, and the gap keeps its place. Credit is a window
+/// on those offsets: a hop lets its upstream send below `base + capacity`, `base` being the
+/// lowest upstream offset not yet released (acked downstream or delivered here). The lowest
+/// message not yet delivered at the route's end is therefore inside every window on its way,
+/// and no set of buffers can fill up waiting for it (the property test in
+/// core/sim/tests/forward.rs drives this through random loss, reordering and flaps).
 #[derive(Debug)]
 pub(crate) struct Flow {
     pub upstream: Option<(LinkId, RouteId)>,
     pub downstream: Option<(LinkId, RouteId)>,
     pub capacity: usize,
+    /// Messages on the downstream leg by offset, until acked.
     pub msgs: BTreeMap<u64, Msg>,
     pub bytes: usize,
-    /// Send order: retransmissions go to the front.
-    pub queue: VecDeque<u64>,
+    /// Messages lost downstream, sent again before anything new.
+    resend: VecDeque<u64>,
+    /// Messages not yet sent downstream, lowest offset first (the one every later hop waits
+    /// for goes first, and needs no more credit than any after it).
+    fresh: BTreeSet<u64>,
     pub send_limit: u64,
-    /// Next offset the upstream is expected to send, and messages received beyond it, held
-    /// until the gap before them fills.
-    pub recv_next: u64,
-    pub held: BTreeMap<u64, Vec<u8>>,
-    pub freed: u64,
-    /// Offset of the next message on the downstream leg.
-    pub next_offset: u64,
+    /// End of the highest message sent downstream so far.
+    sent_high: u64,
+    /// Upstream leg: everything below `recv_next` arrived; `ahead` holds the offsets and
+    /// lengths of messages that arrived beyond it (for deduplication).
+    recv_next: u64,
+    ahead: BTreeMap<u64, usize>,
+    /// End of the highest upstream message received.
+    up_high: u64,
+    /// Lowest upstream offset not yet released, and released ranges above it.
+    base: u64,
+    released: BTreeMap<u64, usize>,
+    /// Upstream offset -> downstream offset where each run of upstream bytes starts.
+    segs: BTreeMap<u64, u64>,
+    /// Where the flow ends here: messages waiting for the ones before them, by upstream
+    /// offset, and the next offset to deliver.
+    held: BTreeMap<u64, Vec<u8>>,
+    deliver_next: u64,
     /// A local sender found the buffer full: tell it when room opens.
     pub want_writable: bool,
     /// Credit that arrived from a link before it became this flow's downstream (the next hop's
@@ -129,12 +159,18 @@ impl Flow {
             capacity,
             msgs: BTreeMap::new(),
             bytes: 0,
-            queue: VecDeque::new(),
+            resend: VecDeque::new(),
+            fresh: BTreeSet::new(),
             send_limit: INITIAL_CREDIT_BYTES,
+            sent_high: 0,
             recv_next: 0,
+            ahead: BTreeMap::new(),
+            up_high: 0,
+            base: 0,
+            released: BTreeMap::new(),
+            segs: BTreeMap::from([(0, 0)]),
             held: BTreeMap::new(),
-            freed: 0,
-            next_offset: 0,
+            deliver_next: 0,
             want_writable: false,
             early_credit: None,
             throttle: None,
@@ -142,19 +178,29 @@ impl Flow {
         }
     }
 
-    /// The cumulative limit this flow grants upstream (never below what it already granted).
+    /// The limit this flow grants upstream: the upstream may send messages ending at most
+    /// there (never below what it already granted).
     pub fn limit(&self) -> u64 {
         let window = self.throttle.map_or(self.capacity, |w| w.min(self.capacity));
-        (self.freed + window as u64).max(self.stats.announced_limit)
+        (self.base + window as u64).max(self.stats.announced_limit)
     }
 
-    /// Puts a message on the downstream leg (the buffer is already charged for it).
-    fn enqueue(&mut self, data: Vec<u8>) {
-        let offset = self.next_offset;
-        self.next_offset += data.len() as u64;
-        self.msgs.insert(offset, Msg { data, copies: 0, sent_once: false });
+    /// Whether the upstream may have run out of credit (its sends reach the announced limit).
+    pub fn upstream_may_block(&self) -> bool {
+        self.up_high + 2048 >= self.stats.announced_limit
+    }
+
+    /// The downstream offset of upstream offset `up`.
+    fn map(&self, up: u64) -> u64 {
+        let (s, d) = self.segs.range(..=up).next_back().map_or((0, 0), |(s, d)| (*s, *d));
+        d + (up - s)
+    }
+
+    /// Puts a message on the downstream leg at `offset` (the buffer is already charged).
+    fn enqueue(&mut self, offset: u64, data: Vec<u8>, up: Option<u64>) {
+        self.msgs.insert(offset, Msg { data, copies: 0, sent_once: false, up });
         if self.downstream.is_some() {
-            self.queue.push_back(offset);
+            self.fresh.insert(offset);
         }
     }
 
@@ -163,14 +209,17 @@ impl Flow {
         self.stats.max_buffered = self.stats.max_buffered.max(self.bytes);
     }
 
-    /// A message produced here (the application, or the router's own messages).
+    /// A message produced here (the application, or the router's own messages). It goes after
+    /// every upstream byte received so far; upstream bytes after it shift by its length.
     pub fn push_local(&mut self, data: Vec<u8>) -> Result<(), usize> {
         if self.bytes + data.len() > self.capacity {
             return Err(self.capacity - self.bytes);
         }
         self.stats.received_bytes += data.len() as u64;
         self.charge(data.len());
-        self.enqueue(data);
+        let offset = self.map(self.up_high);
+        self.segs.insert(self.up_high, offset + data.len() as u64);
+        self.enqueue(offset, data, None);
         Ok(())
     }
 
@@ -179,9 +228,10 @@ impl Flow {
         self.capacity - self.bytes
     }
 
-    /// A message from upstream, deduplicated by the upstream leg's offsets and passed on in
-    /// that order: to the next leg (renumbered) or, where the flow ends here, into `deliver`.
-    /// Unordered (no per-hop reliability, the end-to-end baseline): passed on as it comes.
+    /// A message from upstream, deduplicated by the upstream leg's offsets. A relay passes it
+    /// on at once at its mapped offset; where the flow ends here, messages are delivered into
+    /// `deliver` in offset order. Unordered (no per-hop reliability, the end-to-end baseline):
+    /// passed on as it comes.
     pub fn accept(
         &mut self,
         offset: u64,
@@ -190,61 +240,116 @@ impl Flow {
         ordered: bool,
         pool: &mut BufPool,
     ) -> Accept {
+        let len = data.len();
         if !ordered {
-            self.stats.received_bytes += data.len() as u64;
-            self.charge(data.len());
-            self.pass_on(pool.copy(data), deliver);
+            self.stats.received_bytes += len as u64;
+            self.charge(len);
+            let d = pool.copy(data);
+            if self.downstream.is_some() {
+                let o = self.map(self.up_high);
+                self.segs.insert(self.up_high, o + len as u64);
+                self.enqueue(o, d, None);
+            } else {
+                self.deliver_one(d, deliver);
+            }
             return Accept::Stored;
         }
-        if offset < self.recv_next || self.held.contains_key(&offset) {
+        if offset < self.recv_next || self.ahead.contains_key(&offset) {
             self.stats.duplicates += 1;
             return Accept::Duplicate;
         }
-        if self.stats.received_bytes + data.len() as u64 > self.limit() {
+        let end = offset.saturating_add(len as u64);
+        if end > self.limit() {
             // The upstream ignored our credit: never store past the buffer.
             self.stats.over_credit += 1;
             return Accept::OverCredit;
         }
-        self.stats.received_bytes += data.len() as u64;
-        self.charge(data.len());
-        if offset != self.recv_next {
-            self.held.insert(offset, pool.copy(data));
-            return Accept::Stored;
+        let before = self.ahead.range(..offset).next_back().is_some_and(|(o, l)| o + *l as u64 > offset);
+        let after = self.ahead.range(offset..end).next().is_some();
+        if len == 0 || before || after {
+            return Accept::Overlap;
         }
-        let mut next = Some(pool.copy(data));
-        while let Some(d) = next {
-            self.recv_next += d.len() as u64;
-            self.pass_on(d, deliver);
-            next = self.held.remove(&self.recv_next);
+        self.stats.received_bytes += len as u64;
+        self.charge(len);
+        self.up_high = self.up_high.max(end);
+        let early = offset != self.recv_next;
+        if !early {
+            self.recv_next = end;
+            while let Some(l) = self.ahead.remove(&self.recv_next) {
+                self.recv_next += l as u64;
+            }
+        } else {
+            self.ahead.insert(offset, len);
+        }
+        let d = pool.copy(data);
+        if self.downstream.is_some() {
+            if early {
+                self.stats.forwarded_early += 1;
+            }
+            self.pass_held();
+            let o = self.map(offset);
+            self.enqueue(o, d, Some(offset));
+        } else {
+            self.held.insert(offset, d);
+            while let Some(d) = self.held.remove(&self.deliver_next) {
+                let up = self.deliver_next;
+                self.deliver_next += d.len() as u64;
+                // Bytes that end here take no room on a next leg this flow may get later.
+                let down = self.map(up);
+                self.segs.insert(self.deliver_next, down);
+                self.release_up(up, d.len());
+                self.deliver_one(d, deliver);
+            }
         }
         Accept::Stored
     }
 
-    fn pass_on(&mut self, d: Vec<u8>, deliver: &mut Vec<Vec<u8>>) {
-        if self.downstream.is_some() {
-            self.enqueue(d);
-        } else {
-            self.deliver_one(d, deliver);
+    /// Messages held for in-order delivery when the flow ended here go on downstream now that
+    /// it has one (a last hop that became a relay).
+    fn pass_held(&mut self) {
+        while let Some((up, d)) = self.held.pop_first() {
+            let o = self.map(up);
+            self.enqueue(o, d, Some(up));
         }
     }
 
     fn deliver_one(&mut self, d: Vec<u8>, deliver: &mut Vec<Vec<u8>>) {
-        self.release(d.len());
+        self.bytes -= d.len();
         self.stats.delivered_bytes += d.len() as u64;
         deliver.push(d);
     }
 
-    fn release(&mut self, len: usize) {
-        self.bytes -= len;
-        self.freed += len as u64;
+    /// Upstream bytes `[up, up + len)` left this hop: the window may move.
+    fn release_up(&mut self, up: u64, len: usize) {
+        if up != self.base {
+            self.released.insert(up, len);
+            return;
+        }
+        self.base += len as u64;
+        while let Some(l) = self.released.remove(&self.base) {
+            self.base += l as u64;
+        }
+        // Offsets below the base never arrive again (duplicates): their map entries go.
+        while self.segs.len() > 1 {
+            let mut it = self.segs.keys();
+            let (Some(_), Some(&second)) = (it.next(), it.next()) else { break };
+            if second > self.base {
+                break;
+            }
+            self.segs.pop_first();
+        }
     }
 
     /// The next hop acknowledged the datagram that carried `offset`: the message leaves the
     /// buffer (its memory is returned for reuse).
     pub fn on_acked(&mut self, offset: u64) -> Option<Vec<u8>> {
         let m = self.msgs.remove(&offset)?;
-        self.release(m.data.len());
-        self.stats.acked_bytes += m.data.len() as u64;
+        let len = m.data.len();
+        self.bytes -= len;
+        if let Some(up) = m.up {
+            self.release_up(up, len);
+        }
+        self.stats.acked_bytes += len as u64;
         Some(m.data)
     }
 
@@ -254,7 +359,7 @@ impl Flow {
             Some(m) if m.copies > 0 => {
                 m.copies -= 1;
                 if m.copies == 0 {
-                    self.queue.push_front(offset);
+                    self.resend.push_front(offset);
                 }
                 true
             }
@@ -262,33 +367,45 @@ impl Flow {
         }
     }
 
+    /// Queues every message not in flight again (the flow's downstream changed).
+    pub fn requeue(&mut self) {
+        self.pass_held();
+        self.resend = self.msgs.iter().filter(|(_, m)| m.copies == 0 && m.sent_once).map(|(o, _)| *o).collect();
+        self.fresh = self.msgs.iter().filter(|(_, m)| !m.sent_once).map(|(o, _)| *o).collect();
+    }
+
+    /// The first message in line: a resend, else the lowest new one. Stale resend entries
+    /// (acked or already resent) are dropped on the way.
+    fn front(&mut self) -> Option<(u64, bool)> {
+        while let Some(&o) = self.resend.front() {
+            if self.msgs.get(&o).is_some_and(|m| m.copies == 0) {
+                return Some((o, true));
+            }
+            self.resend.pop_front();
+        }
+        self.fresh.first().map(|o| (*o, false))
+    }
+
+    fn credit_allows(&self, offset: u64, len: usize, unlimited: bool) -> bool {
+        unlimited || offset + len as u64 <= self.send_limit
+    }
+
     /// The next message that may be sent now and fits in `room`, marked in flight.
     pub fn next_to_send(&mut self, room: usize, unlimited: bool) -> Option<(u64, &[u8])> {
-        let offset = loop {
-            let &offset = self.queue.front()?;
-            match self.msgs.get(&offset) {
-                Some(m) if m.copies == 0 => {
-                    if m.data.len() > room {
-                        return None;
-                    }
-                    if !m.sent_once && !unlimited && self.stats.sent_bytes + m.data.len() as u64 > self.send_limit {
-                        return None;
-                    }
-                    break offset;
-                }
-                // Acked or already resent: stale entry.
-                _ => {
-                    self.queue.pop_front();
-                }
-            }
-        };
-        self.queue.pop_front();
-        let m = self.msgs.get_mut(&offset)?;
-        if m.sent_once {
-            self.stats.retransmitted_bytes += m.data.len() as u64;
-        } else {
-            self.stats.sent_bytes += m.data.len() as u64;
+        let (offset, resent) = self.front()?;
+        let len = self.msgs.get(&offset)?.data.len();
+        if len > room || (!resent && !self.credit_allows(offset, len, unlimited)) {
+            return None;
         }
+        if resent {
+            self.resend.pop_front();
+            self.stats.retransmitted_bytes += len as u64;
+        } else {
+            self.fresh.remove(&offset);
+            self.stats.sent_bytes += len as u64;
+            self.sent_high = self.sent_high.max(offset + len as u64);
+        }
+        let m = self.msgs.get_mut(&offset)?;
         m.copies = 1;
         m.sent_once = true;
         Some((offset, &m.data))
@@ -304,13 +421,22 @@ impl Flow {
 
     /// Whether something is waiting to be sent (credit aside).
     pub fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
+        !self.resend.is_empty() || !self.fresh.is_empty()
     }
 
     /// Whether the next message in line may be sent now.
     pub fn can_send(&self, unlimited: bool) -> bool {
-        let next = self.queue.iter().find_map(|o| self.msgs.get(o).filter(|m| m.copies == 0));
-        next.is_some_and(|m| m.sent_once || unlimited || self.stats.sent_bytes + m.data.len() as u64 <= self.send_limit)
+        if self.resend.iter().any(|o| self.msgs.get(o).is_some_and(|m| m.copies == 0)) {
+            return true;
+        }
+        let first = self.fresh.first().and_then(|o| self.msgs.get(o).map(|m| (*o, m.data.len())));
+        first.is_some_and(|(o, len)| self.credit_allows(o, len, unlimited))
+    }
+
+    /// The end of what was sent downstream: a credit limit beyond it by more than any buffer
+    /// could be is clamped.
+    pub fn sent_high(&self) -> u64 {
+        self.sent_high
     }
 
     pub fn stats(&self) -> FlowStats {
@@ -319,7 +445,120 @@ impl Flow {
         s.messages = self.msgs.len();
         s.in_flight_messages = self.msgs.values().filter(|m| m.copies > 0).count();
         s.send_limit = self.send_limit;
-        s.credit = self.send_limit.saturating_sub(self.stats.sent_bytes);
+        s.credit = self.send_limit.saturating_sub(self.sent_high);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(n: u32) -> RouteId {
+        RouteId::new(n).unwrap()
+    }
+
+    fn relay(capacity: usize) -> Flow {
+        let mut f = Flow::new(capacity);
+        f.upstream = Some((LinkId(1), rid(1)));
+        f.downstream = Some((LinkId(2), rid(2)));
+        f
+    }
+
+    fn take(f: &mut Flow, pool: &mut BufPool, offset: u64, len: usize) -> Accept {
+        let mut out = Vec::new();
+        let a = f.accept(offset, &vec![7; len], &mut out, true, pool);
+        assert!(out.is_empty(), "a relay delivers nothing here");
+        a
+    }
+
+    #[test]
+    fn a_relay_forwards_past_a_gap_and_the_gap_filler_needs_no_credit_the_others_used() {
+        let (mut f, mut pool) = (relay(64 * 1024), BufPool::default());
+        // Offsets 1000.. arrive while [0, 1000) is lost on the leg before: passed on at once.
+        let mut o = 1000;
+        while o + 1000 <= INITIAL_CREDIT_BYTES {
+            assert_eq!(take(&mut f, &mut pool, o, 1000), Accept::Stored);
+            o += 1000;
+        }
+        let mut sent = Vec::new();
+        while let Some((off, _)) = f.next_to_send(1500, false) {
+            sent.push(off);
+        }
+        assert_eq!(sent.first(), Some(&1000), "sent ahead of the gap");
+        assert!(f.stats.forwarded_early > 60);
+        // The downstream granted nothing more; the gap filler still goes: its offset is below
+        // everything sent, inside the window (a count of sent bytes would have blocked it).
+        assert_eq!(take(&mut f, &mut pool, 0, 1000), Accept::Stored);
+        assert!(f.can_send(false));
+        assert_eq!(f.next_to_send(1500, false).map(|(o, _)| o), Some(0));
+        // Duplicates of either are recognised.
+        assert_eq!(take(&mut f, &mut pool, 0, 1000), Accept::Duplicate);
+        assert_eq!(take(&mut f, &mut pool, 5000, 1000), Accept::Duplicate);
+    }
+
+    #[test]
+    fn the_window_moves_only_when_the_lowest_bytes_leave() {
+        let (mut f, mut pool) = (relay(4000), BufPool::default());
+        f.stats.announced_limit = 0;
+        assert_eq!(f.limit(), 4000);
+        for o in [1000, 2000, 3000] {
+            assert_eq!(take(&mut f, &mut pool, o, 1000), Accept::Stored);
+        }
+        assert_eq!(take(&mut f, &mut pool, 4000, 1000), Accept::OverCredit, "beyond base + capacity");
+        while f.next_to_send(1500, true).is_some() {}
+        // Acks of later messages free memory but not the window: [0, 1000) is still missing.
+        f.on_acked(2000);
+        f.on_acked(3000);
+        assert_eq!((f.bytes, f.limit()), (1000, 4000));
+        assert_eq!(take(&mut f, &mut pool, 0, 1000), Accept::Stored);
+        while f.next_to_send(1500, true).is_some() {}
+        f.on_acked(0);
+        assert_eq!(f.limit(), 5000, "0..1000 left; 1000..2000 is still held");
+        f.on_acked(1000);
+        assert_eq!(f.limit(), 8000, "the released run above joins the base");
+        assert_eq!(f.bytes, 0);
+    }
+
+    #[test]
+    fn overlapping_messages_are_refused() {
+        let (mut f, mut pool) = (relay(64 * 1024), BufPool::default());
+        assert_eq!(take(&mut f, &mut pool, 1000, 1000), Accept::Stored);
+        assert_eq!(take(&mut f, &mut pool, 1500, 1000), Accept::Overlap);
+        assert_eq!(take(&mut f, &mut pool, 500, 1000), Accept::Overlap);
+        assert_eq!(take(&mut f, &mut pool, 3000, 0), Accept::Overlap);
+        assert_eq!(take(&mut f, &mut pool, u64::MAX - 10, 100), Accept::OverCredit);
+        assert_eq!(f.bytes, 1000);
+    }
+
+    #[test]
+    fn a_message_made_here_takes_its_place_after_what_arrived_and_the_gap_keeps_its_own() {
+        let (mut f, mut pool) = (relay(64 * 1024), BufPool::default());
+        assert_eq!(take(&mut f, &mut pool, 100, 100), Accept::Stored); // [0, 100) missing
+        f.push_local(vec![1; 50]).unwrap(); // after everything received: at 200
+        assert_eq!(take(&mut f, &mut pool, 200, 100), Accept::Stored); // shifted by 50
+        assert_eq!(take(&mut f, &mut pool, 0, 100), Accept::Stored); // the gap: unshifted
+        let mut sent = Vec::new();
+        while let Some((off, d)) = f.next_to_send(1500, true) {
+            sent.push((off, d.len(), d[0]));
+        }
+        assert_eq!(sent, vec![(0, 100, 7), (100, 100, 7), (200, 50, 1), (250, 100, 7)]);
+    }
+
+    #[test]
+    fn where_the_flow_ends_delivery_is_in_order_and_a_later_next_leg_starts_after_it() {
+        let (mut f, mut pool) = (Flow::new(64 * 1024), BufPool::default());
+        f.upstream = Some((LinkId(1), rid(1)));
+        let mut out = Vec::new();
+        f.accept(100, &[2; 100], &mut out, true, &mut pool);
+        assert!(out.is_empty(), "held until [0, 100) arrives");
+        f.accept(0, &[1; 100], &mut out, true, &mut pool);
+        assert_eq!(out.iter().map(|d| d[0]).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!((f.bytes, f.limit()), (0, 200 + 64 * 1024));
+        // The route grows past this hop: what was delivered here takes no room downstream.
+        f.downstream = Some((LinkId(2), rid(2)));
+        f.requeue();
+        f.accept(200, &[3; 10], &mut out, true, &mut pool);
+        assert_eq!(f.next_to_send(1500, true).map(|(o, d)| (o, d[0])), Some((0, 3)));
     }
 }

@@ -287,7 +287,7 @@ impl Forwarder {
             if let Some((l, _)) = downstream {
                 let queued = f.has_queued() || !f.msgs.is_empty();
                 if queued {
-                    f.queue = f.msgs.iter().filter(|(_, m)| m.copies == 0).map(|(o, _)| *o).collect();
+                    f.requeue();
                     self.link(l).active[class as usize].insert(key);
                 }
             }
@@ -386,8 +386,9 @@ impl Forwarder {
             Accept::Stored => {}
             Accept::Duplicate => return Ok(None),
             Accept::OverCredit => return Err(Reject::OverCredit),
+            Accept::Overlap => return Err(Reject::Malformed),
         }
-        if self.next_refresh.is_none() && f.stats.received_bytes + 2048 >= f.stats.announced_limit {
+        if self.next_refresh.is_none() && f.upstream_may_block() {
             // The upstream may run out of credit: the refresh timer guards it until it has
             // room again (and only then: an idle forwarder asks for no timer).
             self.next_refresh = Some(now + self.config.credit_refresh);
@@ -422,7 +423,7 @@ impl Forwarder {
         let Some(f) = self.flows.get(&key) else { return };
         let Some((l, _)) = f.upstream else { return };
         let grown = f.limit() - f.stats.announced_limit;
-        let possibly_blocked = f.stats.received_bytes + 2048 >= f.stats.announced_limit;
+        let possibly_blocked = f.upstream_may_block();
         if grown >= (f.capacity as u64 / 4).max(1) || (grown > 0 && possibly_blocked) {
             self.link(l).credits.insert(key);
         }
@@ -445,7 +446,7 @@ impl Forwarder {
         };
         let Some(f) = self.flows.get_mut(&key) else { return Err(Reject::UnknownRoute) };
         // Never trust a credit larger than any buffer could be.
-        let clamped = limit.min(f.stats.sent_bytes.saturating_add(MAX_CREDIT_WINDOW));
+        let clamped = limit.min(f.sent_high().saturating_add(MAX_CREDIT_WINDOW));
         if clamped > f.send_limit {
             f.send_limit = clamped;
             if f.has_queued() {
@@ -720,7 +721,7 @@ impl Forwarder {
             let stuck: Vec<(LinkId, FlowKey)> = self
                 .flows
                 .iter()
-                .filter(|(_, f)| f.stats.received_bytes + 2048 >= f.stats.announced_limit)
+                .filter(|(_, f)| f.upstream_may_block())
                 .filter_map(|(k, f)| f.upstream.map(|(l, _)| (l, *k)))
                 .collect();
             self.next_refresh = (!stuck.is_empty()).then(|| now + self.config.credit_refresh);
