@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use skyroute_proto::{Class, Dir, Event, NodeConfig, RouteError, RouteEvent, RouteId};
+use skyroute_proto::{Class, Dir, Event, LinkState, NodeConfig, RouteError, RouteEvent, RouteId};
 
 use super::{WireSpec, World};
 
@@ -101,13 +101,16 @@ pub fn line(w: &mut World, n: usize, config: &NodeConfig, spec: &WireSpec, limit
         w.add_wire(pair[0], pair[1], spec.clone());
         w.connect(pair[0], pair[1]);
     }
-    let mut up = 0;
+    // Up at both ends: a responder counts its link up one message before the initiator does,
+    // and on a lossy wire that message may take many tries.
+    let all_up = |w: &World| {
+        let up: usize =
+            nodes.iter().map(|&i| w.node(i).links().iter().filter(|l| l.state == LinkState::Up).count()).sum();
+        up == 2 * (n - 1)
+    };
     let deadline = w.now() + limit;
-    w.run_until(deadline, |_, _, ev| {
-        up += matches!(ev, Event::LinkUp { .. }) as usize;
-        up < 2 * (n - 1)
-    });
-    (up == 2 * (n - 1)).then_some(nodes)
+    w.run_until(deadline, |w, _, ev| !(matches!(ev, Event::LinkUp { .. }) && all_up(w)));
+    all_up(w).then_some(nodes)
 }
 
 /// Opens a route from `src` through `hops` and runs until it is ready or failed.
@@ -316,7 +319,8 @@ pub fn lossy_spec(loss: f64) -> WireSpec {
     WireSpec { loss, ..WireSpec::default() }
 }
 
-fn lossy_config() -> NodeConfig {
+/// Node settings of the loss scenarios (a fixed mesh allowed minutes to build a route).
+pub fn lossy_config() -> NodeConfig {
     let mut c = NodeConfig::default();
     // Telescoping over 8 hops at 90% loss takes minutes of retransmissions.
     c.route.setup_timeout = Duration::from_secs(300);

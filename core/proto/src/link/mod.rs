@@ -48,6 +48,8 @@ const DEAD_STRETCH: u32 = 30;
 const WILSON_Z2: f64 = 2.25;
 /// Most quick handshake retries (before the backoff) for a link that was up.
 const MAX_QUICK_HANDSHAKES: u32 = 1000;
+/// Most copies of one handshake message sent at once on a lossy link.
+pub const MAX_HANDSHAKE_COPIES: u32 = 16;
 /// Shortest gap between dead-peer probes.
 const MIN_PROBE_GAP: Duration = Duration::from_millis(50);
 /// The most round-trip loss dead-peer detection allows for (beyond it, a link is as good as
@@ -242,9 +244,14 @@ pub struct Link<A> {
     pending: Option<Session>,
     handshake: Option<OutgoingHandshake>,
     handshake_attempts: u32,
+    /// Handshake inits sent since the last session, copies included.
+    handshake_sends: u32,
     next_handshake: Option<Instant>,
     /// A packet that goes out before anything else: a handshake message or a final close.
     handshake_out: Option<Vec<u8>>,
+    /// Further copies of `handshake_out` to send (a handshake on a lossy link: each copy of an
+    /// init that arrives is answered, so copies multiply the chance of a round trip).
+    urgent_copies: u32,
     control: FrameQueue,
     last_recv: Instant,
     last_send: Instant,
@@ -265,7 +272,8 @@ pub struct Link<A> {
     /// `outcomes` when the current silence began: the evidence dead-peer detection weighs
     /// (the datagrams lost since are the silence itself, not the link's loss).
     outcomes_before: (u64, u64),
-    /// How many tries the last handshake we started took (each but the last was lost).
+    /// How many inits (copies included) the last handshake we started took (each but the last
+    /// counts as a lost round trip).
     handshake_tries: u32,
     /// A queued control frame asks for an answer (REKEY, PROBE): the packet that carries it
     /// starts `unanswered_since`.
@@ -325,8 +333,10 @@ impl<A: Clone> Link<A> {
             pending: None,
             handshake: None,
             handshake_attempts: 0,
+            handshake_sends: 0,
             next_handshake: dial.then_some(now),
             handshake_out: None,
+            urgent_copies: 0,
             control: FrameQueue::default(),
             last_recv: now,
             last_send: now,
@@ -380,15 +390,20 @@ impl<A: Clone> Link<A> {
         let (state, pkt) =
             handshake::initiate(handshake::LINK_PROLOGUE, &mut RngRef(rng), local, &self.peer, local_index, self.slot);
         self.handshake = Some(OutgoingHandshake { state, sent: now });
-        self.handshake_out = Some(pkt);
         self.handshake_attempts += 1;
+        let copies = self.handshake_copies();
+        self.handshake_sends = self.handshake_sends.saturating_add(copies);
+        self.handshake_out = Some(pkt);
+        self.urgent_copies = copies - 1;
         if self.state == LinkState::Down {
             self.state = LinkState::Connecting;
         }
         if self.state == LinkState::Up {
             // A new session under an up link (its key grew too old): an unanswered handshake
             // means the peer is gone, like unanswered data.
-            self.unanswered_send(now);
+            for _ in 0..copies {
+                self.unanswered_send(now);
+            }
         }
     }
 
@@ -466,6 +481,9 @@ impl<A: Clone> Link<A> {
         }
         self.answered = Some((init.to_vec(), responded.packet.clone()));
         self.handshake_out = Some(responded.packet);
+        // A peer we know (an up link, or one that was): answer as loss-tolerantly as we ask.
+        let known = self.state == LinkState::Up || self.stats.handshakes > 0;
+        self.urgent_copies = if known { self.copies_for_loss() - 1 } else { 0 };
         true
     }
 
@@ -494,8 +512,9 @@ impl<A: Clone> Link<A> {
         }
         self.stats.handshakes += 1;
         self.stats.last_minute.rekey(now);
-        self.handshake_tries = self.handshake_attempts;
+        self.handshake_tries = self.handshake_sends;
         self.handshake_attempts = 0;
+        self.handshake_sends = 0;
         self.next_handshake = None;
         self.last_recv = now;
         self.answered_now();
@@ -744,6 +763,7 @@ impl<A: Clone> Link<A> {
         self.control.clear();
         self.control_elicits = false;
         self.handshake_out = close;
+        self.urgent_copies = 0;
         self.force_rekey = false;
         self.traffic_since_rekey = false;
         self.answered_now();
@@ -823,7 +843,11 @@ impl<A: Clone> Link<A> {
         // A few quick retries first (a lossy radio link loses handshakes often), then back off;
         // a link that was up gets as many quick retries as its measured loss needs to get
         // through but for a 1 in 10,000 chance (a peer behind 70% loss each way: about 100).
-        let quick = if self.stats.handshakes > 0 { self.needed_sends().clamp(4, MAX_QUICK_HANDSHAKES) } else { 4 };
+        let quick = if self.stats.handshakes > 0 {
+            self.needed_sends().div_ceil(self.handshake_copies()).clamp(4, MAX_QUICK_HANDSHAKES)
+        } else {
+            4
+        };
         let shift = self.handshake_attempts.saturating_sub(quick).min(16);
         self.config.handshake_retry.saturating_mul(1 << shift).min(self.config.handshake_retry_max)
     }
@@ -854,16 +878,21 @@ impl<A: Clone> Link<A> {
     /// a young link with little evidence counts as very lossy and a well-measured one as what
     /// it is.
     fn round_trip_loss(&self) -> f64 {
-        let tries = u64::from(self.handshake_tries);
-        let (acked, lost) = if self.unanswered_since.is_some() { self.outcomes_before } else { self.outcomes };
-        let n = (acked + lost + tries) as f64;
-        let lost = (lost + tries.saturating_sub(1)) as f64;
+        let (lost, n) = self.round_trip_evidence();
         if n < 1.0 {
             return MAX_ROUND_TRIP_LOSS;
         }
         let (p, z2) = (lost / n, WILSON_Z2);
         let upper = (p + z2 / (2.0 * n) + (z2 * (p * (1.0 - p) / n + z2 / (4.0 * n * n))).sqrt()) / (1.0 + z2 / n);
         upper.clamp(0.0, MAX_ROUND_TRIP_LOSS)
+    }
+
+    /// Round trips lost and tried, as far as this link knows: its datagrams' outcomes (before
+    /// the current silence, if any) and its last handshake's tries.
+    fn round_trip_evidence(&self) -> (f64, f64) {
+        let tries = u64::from(self.handshake_tries);
+        let (acked, lost) = if self.unanswered_since.is_some() { self.outcomes_before } else { self.outcomes };
+        ((lost + tries.saturating_sub(1)) as f64, (acked + lost + tries) as f64)
     }
 
     /// Whether enough packets went unanswered to call the peer dead once `dead_after` has
@@ -886,6 +915,29 @@ impl<A: Clone> Link<A> {
         (DEAD_CHANCE.ln() / loss.ln()).ceil().min(f64::from(u32::MAX)) as u32
     }
 
+    /// Copies of each handshake message for a round trip to get through with an even chance
+    /// under this link's measured loss, at most [`MAX_HANDSHAKE_COPIES`]: 1 on a clean link or
+    /// one with little evidence, 4 at 60% loss each way, 16 at 90%. (The estimate, not the
+    /// pessimistic bound dead-peer detection uses: copies cost packets on every renewal.)
+    fn copies_for_loss(&self) -> u32 {
+        let (lost, n) = self.round_trip_evidence();
+        let loss = (lost + 0.5) / (n + 1.0);
+        if loss <= 0.5 {
+            return 1;
+        }
+        ((0.5f64.ln() / loss.ln()).ceil() as u32).clamp(1, MAX_HANDSHAKE_COPIES)
+    }
+
+    /// Copies of our next handshake init. A link that is or was up knows its loss. One never
+    /// up does not: its peer may just be absent, so one copy for the first four tries, then 2,
+    /// then 4 (a first contact over a very lossy radio still gets through in tens of seconds).
+    fn handshake_copies(&self) -> u32 {
+        if self.state == LinkState::Up || self.stats.handshakes > 0 {
+            return self.copies_for_loss();
+        }
+        1 << self.handshake_attempts.saturating_sub(4).min(2)
+    }
+
     /// The pace of dead-peer probes: two round trips, at least [`MIN_PROBE_GAP`].
     fn probe_gap(&self) -> Duration {
         self.stats.rtt.map_or(MIN_PROBE_GAP, |r| (r * 2).max(MIN_PROBE_GAP))
@@ -897,7 +949,12 @@ impl<A: Clone> Link<A> {
 
     /// A handshake message (or final close) waiting to go out before anything else.
     pub fn take_urgent(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let p = self.handshake_out.take()?;
+        let p = if self.urgent_copies > 0 {
+            self.urgent_copies -= 1;
+            self.handshake_out.clone()?
+        } else {
+            self.handshake_out.take()?
+        };
         // Refreshes NAT bindings as well as a keepalive would.
         self.last_send = now;
         self.stats.last_minute.packet(now);
