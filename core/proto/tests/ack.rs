@@ -69,3 +69,37 @@ fn sender_detects_loss_by_threshold_and_timeout() {
     s.on_timeout(t0 + Duration::from_secs(60));
     assert_eq!(s.rto(), (rto * 4).min(Duration::from_secs(5)), "backoff capped at 4x");
 }
+
+#[test]
+fn receiver_estimates_the_loss_it_sees() {
+    let now = Instant::now();
+    let d = Duration::from_millis(5);
+    let mut r = AckReceiver::default();
+    assert_eq!(r.loss_estimate(), 0.0, "nothing to judge by");
+    for c in 0..20u64 {
+        r.on_datagram(c * 10, true, now, d);
+    }
+    // 19 of the 190 counters below the largest arrived.
+    assert!(r.loss_estimate() > 0.85, "{}", r.loss_estimate());
+    let mut clean = AckReceiver::default();
+    for c in 0..1000u64 {
+        clean.on_datagram(c, true, now, d);
+    }
+    assert_eq!(clean.loss_estimate(), 0.0);
+    let mut half = AckReceiver::default();
+    for c in (0..1000u64).step_by(2) {
+        half.on_datagram(c, true, now, d);
+    }
+    assert!((half.loss_estimate() - 0.5).abs() < 0.01, "{}", half.loss_estimate());
+    let young = {
+        let mut y = AckReceiver::default();
+        y.on_datagram(0, true, now, d);
+        y.on_datagram(20, true, now, d);
+        y
+    };
+    assert_eq!(young.loss_estimate(), 0.0, "fewer than 32 counters: no estimate");
+    // A copy of the ack names the same datagrams and leaves the receiver's state alone.
+    let copy = half.frame(now).unwrap();
+    let taken = half.take_frame(now).unwrap();
+    assert_eq!(copy.acked().collect::<Vec<_>>(), taken.acked().collect::<Vec<_>>());
+}

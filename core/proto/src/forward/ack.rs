@@ -128,16 +128,45 @@ impl AckReceiver {
 
     /// Builds an ack frame and marks the ack as sent.
     pub fn take_frame(&mut self, now: Instant) -> Option<AckFrame> {
+        let frame = self.frame(now)?;
+        self.unacked_eliciting = 0;
+        self.deadline = None;
+        self.due = false;
+        Some(frame)
+    }
+
+    /// The current ack frame, without marking anything (a copy of the last ack for a lossy way
+    /// back).
+    pub fn frame(&self, now: Instant) -> Option<AckFrame> {
         let largest = self.largest?;
         let mut bitmap = [0u8; 32];
         for (i, b) in bitmap.iter_mut().enumerate() {
             *b = (self.bits[i / 8] >> ((i % 8) * 8)) as u8;
         }
         let delay = self.largest_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        self.unacked_eliciting = 0;
-        self.deadline = None;
-        self.due = false;
         Some(AckFrame { largest, delay_us: delay.as_micros().min(u32::MAX as u128) as u32, bitmap })
+    }
+
+    /// Share of the peer's recent datagrams (up to 256 below the largest) that have not
+    /// arrived: the link's loss towards us, which its way back likely shares. 0 with fewer
+    /// than 32 datagrams to judge by.
+    pub fn loss_estimate(&self) -> f64 {
+        let Some(largest) = self.largest else { return 0.0 };
+        let window = largest.min(ACK_BITMAP_BITS);
+        if window < 32 {
+            return 0.0;
+        }
+        let mut got = 0u64;
+        for (i, w) in self.bits.iter().enumerate() {
+            let low = i as u64 * 64;
+            if low >= window {
+                break;
+            }
+            let n = (window - low).min(64);
+            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            got += u64::from((w & mask).count_ones());
+        }
+        1.0 - got as f64 / window as f64
     }
 }
 

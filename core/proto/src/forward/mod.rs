@@ -83,6 +83,18 @@ impl Default for ForwardConfig {
     }
 }
 
+/// Most copies of one ack on a very lossy link.
+pub const MAX_ACK_COPIES: u8 = 8;
+
+/// Copies of each ack for one to get back with an even chance, the way back losing `loss` (as
+/// the way here does): 1 up to 60% loss, 2 at 70%, 4 at 80%, 7 at 90%.
+fn ack_copies(loss: f64) -> u8 {
+    if loss <= 0.6 {
+        return 1;
+    }
+    ((0.5f64.ln() / loss.min(0.99).ln()).ceil() as u8).clamp(1, MAX_ACK_COPIES)
+}
+
 /// What a sent datagram carried.
 #[derive(Debug, Clone)]
 pub(crate) enum Ref {
@@ -98,6 +110,9 @@ struct LinkTx {
     credits: BTreeSet<FlowKey>,
     /// Acks sparingly: the way back is a slow return route (an asymmetric link).
     sparse_acks: bool,
+    /// Copies of the last ack still to send, each in its own datagram (a very lossy link:
+    /// otherwise the sender hears of a delivery only after many acks and sends it again).
+    ack_repeats: u8,
     /// Flows with messages queued for this link, per class.
     active: [BTreeSet<FlowKey>; 2],
     cursor: [Option<FlowKey>; 2],
@@ -111,6 +126,7 @@ impl LinkTx {
             control: VecDeque::new(),
             credits: BTreeSet::new(),
             sparse_acks: false,
+            ack_repeats: 0,
             active: [BTreeSet::new(), BTreeSet::new()],
             cursor: [None, None],
         }
@@ -529,6 +545,7 @@ impl Forwarder {
     pub(crate) fn reset_link(&mut self, link: LinkId) {
         let Some(l) = self.links.get_mut(&link) else { return };
         l.rx = AckReceiver::new(if l.sparse_acks { SPARSE_ACK_EVERY } else { self.config.ack_every });
+        l.ack_repeats = 0;
         let lost = l.tx.reset();
         for s in lost {
             self.settle(link, s.refs, false);
@@ -549,7 +566,7 @@ impl Forwarder {
     /// Whether `link` has something to send now.
     pub(crate) fn wants_send(&self, link: LinkId, now: Instant) -> bool {
         let Some(l) = self.links.get(&link) else { return false };
-        if l.rx.ack_due(now) || !l.control.is_empty() || !l.credits.is_empty() {
+        if l.rx.ack_due(now) || l.ack_repeats > 0 || !l.control.is_empty() || !l.credits.is_empty() {
             return true;
         }
         if l.tx.in_flight() >= self.config.max_in_flight {
@@ -566,9 +583,17 @@ impl Forwarder {
         let refs = self.ref_pool.pop().unwrap_or_default();
         let mut p = Packet { start: buf.len(), buf, room, filled: Filled { refs, eliciting: false } };
         let l = self.link(link);
+        let mut copy = false;
         if l.rx.has_unacked() && p.free() >= ACK_FRAME_LEN {
             if let Some(ack) = l.rx.take_frame(now) {
                 Frame::Ack(ack).encode(p.buf);
+                l.ack_repeats = if l.sparse_acks { 0 } else { ack_copies(l.rx.loss_estimate()) - 1 };
+            }
+        } else if l.ack_repeats > 0 && p.free() >= ACK_FRAME_LEN {
+            l.ack_repeats -= 1;
+            if let Some(ack) = l.rx.frame(now) {
+                Frame::Ack(ack).encode(p.buf);
+                copy = true;
             }
         }
         while let Some(c) = l.control.front() {
@@ -604,7 +629,7 @@ impl Forwarder {
                 self.fill_class(link, class, &mut p);
             }
         }
-        if !p.filled.eliciting && reliable {
+        if !p.filled.eliciting && reliable && !copy {
             self.fill_probe(link, now, &mut p);
         }
         let mut filled = p.filled;
@@ -813,6 +838,38 @@ mod tests {
         assert_eq!(f.on_ack(LinkId(2), &a, now), Err(Reject::UnknownAck), "duplicate ack");
         let s = f.flow_stats(key).unwrap();
         assert_eq!((s.acked_bytes, s.buffered), (400, 0), "acked once, freed once");
+    }
+
+    /// Packets sent on `link` until it has nothing more to send.
+    fn acks_out(f: &mut Forwarder, link: LinkId, now: Instant) -> usize {
+        let mut n = 0;
+        while f.wants_send(link, now) && n < 100 {
+            let mut buf = Vec::new();
+            f.fill(link, now, &mut buf, 1400);
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn on_a_very_lossy_link_each_ack_goes_out_in_copies() {
+        let now = Instant::now(); // test-only clock
+        let (mut f, _) = relay();
+        acks_out(&mut f, LinkId(1), now); // the credit announcement to the new upstream
+                                          // Every datagram arrives: one ack.
+        for c in 0..64 {
+            f.on_datagram(LinkId(1), c, true, now);
+        }
+        assert_eq!(acks_out(&mut f, LinkId(1), now), 1);
+        // One in ten arrives (90% loss here, and likely on the way back): copies for one to get
+        // through with an even chance.
+        let mut g = relay().0;
+        acks_out(&mut g, LinkId(1), now);
+        for c in 0..64 {
+            g.on_datagram(LinkId(1), c * 10, true, now);
+        }
+        assert_eq!(acks_out(&mut g, LinkId(1), now), usize::from(ack_copies(0.9)));
+        assert_eq!((ack_copies(0.5), ack_copies(0.7), ack_copies(0.9), ack_copies(1.0)), (1, 2, 7, 8));
     }
 
     #[test]

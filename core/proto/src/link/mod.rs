@@ -917,11 +917,17 @@ impl<A: Clone> Link<A> {
 
     /// Copies of each handshake message for a round trip to get through with an even chance
     /// under this link's measured loss, at most [`MAX_HANDSHAKE_COPIES`]: 1 on a clean link or
-    /// one with little evidence, 4 at 60% loss each way, 16 at 90%. (The estimate, not the
-    /// pessimistic bound dead-peer detection uses: copies cost packets on every renewal.)
+    /// one with little evidence, 4 at 40% loss each way, 16 at 80% and beyond. A datagram's
+    /// outcome is about one way (its acks are cumulative, and repeated on a lossy link), a
+    /// handshake needs both ways, and the last handshake's tries measure both ways directly.
+    /// (Estimates, not the pessimistic bound dead-peer detection uses: copies cost packets on
+    /// every renewal.)
     fn copies_for_loss(&self) -> u32 {
-        let (lost, n) = self.round_trip_evidence();
-        let loss = (lost + 0.5) / (n + 1.0);
+        let (acked, lost) = if self.unanswered_since.is_some() { self.outcomes_before } else { self.outcomes };
+        let one_way = lost as f64 / (acked + lost + 1) as f64;
+        let tries = f64::from(self.handshake_tries);
+        let both_ways = (tries - 1.0).max(0.0) / (tries + 1.0);
+        let loss = (1.0 - (1.0 - one_way).powi(2)).max(both_ways);
         if loss <= 0.5 {
             return 1;
         }
