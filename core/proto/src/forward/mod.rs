@@ -61,6 +61,9 @@ pub struct ForwardConfig {
     /// Re-announce credit this often to an upstream that may be blocked (deadlock guard).
     pub credit_refresh: Duration,
     /// Copies of an unacked datagram's messages an otherwise idle link may send (0: none).
+    /// Idle capacity turned into loss recovery: at the tail of a transfer over lossy hops no
+    /// later datagram reveals a loss, and 3 copies take 8 x 50% from 0.445-0.452 to
+    /// 0.449-0.454 over seeds 1-5.
     pub idle_probes: u8,
 }
 
@@ -78,7 +81,7 @@ impl Default for ForwardConfig {
             max_rto: Duration::from_secs(4),
             max_in_flight: 8192,
             credit_refresh: Duration::from_millis(500),
-            idle_probes: 1,
+            idle_probes: 3,
         }
     }
 }
