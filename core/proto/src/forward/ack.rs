@@ -4,7 +4,7 @@
 //! by packet and time thresholds (RFC 9002 style) and by a retransmission timer with an RTT
 //! estimator and exponential backoff (RFC 6298).
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use crate::frame::{AckFrame, ACK_BITMAP_BITS};
@@ -227,10 +227,90 @@ pub struct Sent<R> {
     pub refs: Vec<R>,
 }
 
+/// Datagrams in flight by counter. Counters are sent in increasing order and mostly settled
+/// oldest first, so a ring of slots from the oldest unsettled counter does what a sorted map
+/// would at a fraction of the cost per packet (no tree rebalancing, no allocation per entry).
+#[derive(Debug)]
+struct InFlight<R> {
+    /// Counter of `slots[0]`.
+    base: u64,
+    slots: VecDeque<Option<Sent<R>>>,
+    count: usize,
+}
+
+impl<R> InFlight<R> {
+    fn new() -> Self {
+        InFlight { base: 0, slots: VecDeque::new(), count: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn insert(&mut self, counter: u64, sent: Sent<R>) {
+        if self.slots.is_empty() {
+            self.base = counter;
+        }
+        if counter < self.base {
+            // Never in practice (counters only grow); kept correct all the same.
+            for _ in counter..self.base {
+                self.slots.push_front(None);
+            }
+            self.base = counter;
+        }
+        let i = (counter - self.base) as usize;
+        while self.slots.len() <= i {
+            self.slots.push_back(None);
+        }
+        if self.slots[i].replace(sent).is_none() {
+            self.count += 1;
+        }
+    }
+
+    fn remove(&mut self, counter: u64) -> Option<Sent<R>> {
+        let i = usize::try_from(counter.checked_sub(self.base)?).ok()?;
+        let s = self.slots.get_mut(i)?.take()?;
+        self.count -= 1;
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        Some(s)
+    }
+
+    /// Index of the first slot at or above `counter`.
+    fn index(&self, counter: u64) -> usize {
+        usize::try_from(counter.saturating_sub(self.base)).unwrap_or(usize::MAX).min(self.slots.len())
+    }
+
+    /// Entries with counters in `[lo, hi)`, oldest first.
+    fn range(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, &Sent<R>)> + '_ {
+        let (a, b) = (self.index(lo), self.index(hi));
+        let base = self.base;
+        self.slots.range(a..b.max(a)).enumerate().filter_map(move |(k, s)| Some((base + (a + k) as u64, s.as_ref()?)))
+    }
+
+    fn range_mut(&mut self, lo: u64) -> impl Iterator<Item = (u64, &mut Sent<R>)> + '_ {
+        let a = self.index(lo);
+        let base = self.base;
+        let end = self.slots.len();
+        self.slots.range_mut(a..end).enumerate().filter_map(move |(k, s)| Some((base + (a + k) as u64, s.as_mut()?)))
+    }
+
+    fn first(&self) -> Option<&Sent<R>> {
+        self.slots.iter().find_map(|s| s.as_ref())
+    }
+
+    fn drain(&mut self) -> Vec<Sent<R>> {
+        self.count = 0;
+        std::mem::take(&mut self.slots).into_iter().flatten().collect()
+    }
+}
+
 /// Sending side: datagrams in flight, RTT, loss detection, retransmission timer.
 #[derive(Debug)]
 pub struct AckSender<R> {
-    sent: BTreeMap<u64, Sent<R>>,
+    sent: InFlight<R>,
     largest_acked: Option<u64>,
     /// The link's RTT estimate.
     pub rtt: Rtt,
@@ -247,6 +327,8 @@ pub struct AckSender<R> {
     /// Every datagram below this counter was probed as often as allowed: probe searches start
     /// here, so they cost O(1) however many datagrams a dead link has in flight.
     probe_floor: u64,
+    /// Reused list of the counters one ack settles (no allocation per ack).
+    hits: Vec<u64>,
 }
 
 /// What an ack or a timer settled.
@@ -268,7 +350,7 @@ impl<R> AckSender<R> {
     /// A sender with the RTT guess and the retransmission timer's bounds.
     pub fn new(initial_rtt: Duration, min_rto: Duration, max_rto: Duration) -> Self {
         AckSender {
-            sent: BTreeMap::new(),
+            sent: InFlight::new(),
             largest_acked: None,
             rtt: Rtt::new(initial_rtt),
             backoff: 0,
@@ -279,6 +361,7 @@ impl<R> AckSender<R> {
             acked_total: 0,
             lost_total: 0,
             probe_floor: 0,
+            hits: Vec::new(),
         }
     }
 
@@ -316,7 +399,7 @@ impl<R> AckSender<R> {
     }
 
     fn take(&mut self, counter: u64) -> Option<Sent<R>> {
-        let s = self.sent.remove(&counter)?;
+        let s = self.sent.remove(counter)?;
         self.in_flight_bytes -= s.size;
         Some(s)
     }
@@ -324,11 +407,21 @@ impl<R> AckSender<R> {
     /// Settles what `ack` acknowledges, and what it shows lost.
     pub fn on_ack(&mut self, ack: &AckFrame, now: Instant) -> Settled<R> {
         let mut out = Settled::default();
+        self.on_ack_into(ack, now, &mut out);
+        out
+    }
+
+    /// [`AckSender::on_ack`] into `out` (cleared first), whose vectors a caller reuses.
+    pub fn on_ack_into(&mut self, ack: &AckFrame, now: Instant, out: &mut Settled<R>) {
+        out.acked.clear();
+        out.lost.clear();
         let mut newly_largest = false;
         // Walk what is in flight in the ack's range (few entries), not the 257 counters it names.
         let lo = ack.largest.saturating_sub(ACK_BITMAP_BITS);
-        let hits: Vec<u64> = self.sent.range(lo..=ack.largest).map(|(c, _)| *c).filter(|c| ack.covers(*c)).collect();
-        for c in hits {
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        hits.extend(self.sent.range(lo, ack.largest.saturating_add(1)).map(|(c, _)| c).filter(|c| ack.covers(*c)));
+        for &c in &hits {
             if let Some(s) = self.take(c) {
                 if c == ack.largest {
                     newly_largest = true;
@@ -351,24 +444,27 @@ impl<R> AckSender<R> {
         if newly_largest || !out.acked.is_empty() {
             self.backoff = 0;
         }
-        out.lost = self.detect_lost(now);
+        self.hits = hits;
+        self.detect_lost_into(now, &mut out.lost);
         self.acked_total += out.acked.len() as u64;
         self.lost_total += out.lost.len() as u64;
-        out
     }
 
-    fn detect_lost(&mut self, now: Instant) -> Vec<Sent<R>> {
-        let Some(largest) = self.largest_acked else { return Vec::new() };
+    fn detect_lost_into(&mut self, now: Instant, out: &mut Vec<Sent<R>>) {
+        let Some(largest) = self.largest_acked else { return };
         let time_threshold = self.rtt.smoothed().max(self.rtt.latest) * 9 / 8;
-        let lost: Vec<u64> = self
-            .sent
-            .range(..largest)
-            .filter(|(c, s)| {
-                largest - **c >= PACKET_THRESHOLD || now.saturating_duration_since(s.time) > time_threshold
-            })
-            .map(|(c, _)| *c)
-            .collect();
-        lost.into_iter().filter_map(|c| self.take(c)).collect()
+        let mut lost = std::mem::take(&mut self.hits);
+        lost.clear();
+        lost.extend(
+            self.sent
+                .range(0, largest)
+                .filter(|(c, s)| {
+                    largest - *c >= PACKET_THRESHOLD || now.saturating_duration_since(s.time) > time_threshold
+                })
+                .map(|(c, _)| c),
+        );
+        out.extend(lost.iter().filter_map(|c| self.take(*c)));
+        self.hits = lost;
     }
 
     /// The oldest datagram whose ack is overdue (sent at least `min_age` ago) and that was
@@ -376,7 +472,7 @@ impl<R> AckSender<R> {
     /// Datagrams are sent in counter order, so the oldest not fully probed one is the first at
     /// or above the floor that still may be probed; if it is too young, all later ones are too.
     pub fn take_probe(&mut self, now: Instant, min_age: Duration, max_probes: u8) -> Option<&[R]> {
-        let (&c, s) = self.sent.range_mut(self.probe_floor..).find(|(_, s)| s.probes < max_probes)?;
+        let (c, s) = self.sent.range_mut(self.probe_floor).find(|(_, s)| s.probes < max_probes)?;
         if now.saturating_duration_since(s.time) < min_age {
             return None;
         }
@@ -390,7 +486,7 @@ impl<R> AckSender<R> {
     /// Whether [`AckSender::take_probe`] would find something.
     pub fn has_probe(&self, now: Instant, min_age: Duration, max_probes: u8) -> bool {
         self.sent
-            .range(self.probe_floor..)
+            .range(self.probe_floor, u64::MAX)
             .find(|(_, s)| s.probes < max_probes)
             .is_some_and(|(_, s)| now.saturating_duration_since(s.time) >= min_age)
     }
@@ -402,15 +498,20 @@ impl<R> AckSender<R> {
 
     /// When the retransmission timer fires, if anything is in flight.
     pub fn deadline(&self) -> Option<Instant> {
-        let oldest = self.sent.values().map(|s| s.time).min()?;
+        // Sent in counter order, so the first in flight is the oldest.
+        let oldest = self.sent.first()?.time;
         Some(oldest + self.rto())
     }
 
     /// Timer expiry: everything sent before `now - rto` is lost; back off.
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Sent<R>> {
         let rto = self.rto();
-        let expired: Vec<u64> =
-            self.sent.iter().filter(|(_, s)| now.saturating_duration_since(s.time) >= rto).map(|(c, _)| *c).collect();
+        let expired: Vec<u64> = self
+            .sent
+            .range(0, u64::MAX)
+            .filter(|(_, s)| now.saturating_duration_since(s.time) >= rto)
+            .map(|(c, _)| c)
+            .collect();
         if !expired.is_empty() {
             self.backoff += 1;
         }
@@ -424,6 +525,51 @@ impl<R> AckSender<R> {
         self.largest_acked = None;
         self.backoff = 0;
         self.in_flight_bytes = 0;
-        std::mem::take(&mut self.sent).into_values().collect()
+        self.sent.drain()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sent(t: Instant, tag: u64) -> Sent<u64> {
+        Sent { time: t, size: 1, eliciting: true, probes: 0, refs: vec![tag] }
+    }
+
+    proptest! {
+        /// The ring of datagrams in flight answers every query as a sorted map would, whatever
+        /// the order of sends and settlements (counters grow, with gaps for unacked kinds).
+        #[test]
+        fn in_flight_behaves_as_a_sorted_map(ops in proptest::collection::vec((0u8..4, 0u64..40, 0u64..300), 1..200)) {
+            let t = Instant::now(); // test-only clock
+            let mut ring = InFlight::new();
+            let mut model = std::collections::BTreeMap::new();
+            let mut next = 0u64;
+            for (op, gap, pick) in ops {
+                match op {
+                    0 | 1 => {
+                        next += gap % 4 + 1;
+                        ring.insert(next, sent(t, next));
+                        model.insert(next, next);
+                    }
+                    2 => {
+                        let c = pick % (next + 2);
+                        prop_assert_eq!(ring.remove(c).map(|s| s.refs[0]), model.remove(&c));
+                    }
+                    _ => {
+                        let (lo, hi) = (pick % (next + 2), pick % (next + 2) + gap);
+                        let got: Vec<u64> = ring.range(lo, hi).map(|(c, _)| c).collect();
+                        let want: Vec<u64> = model.range(lo..hi).map(|(c, _)| *c).collect();
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                prop_assert_eq!(ring.len(), model.len());
+                prop_assert_eq!(ring.first().map(|s| s.refs[0]), model.values().next().copied());
+            }
+            let all: Vec<u64> = ring.drain().into_iter().map(|s| s.refs[0]).collect();
+            prop_assert_eq!(all, model.into_values().collect::<Vec<_>>());
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! message until the next hop's link ack, resends losses first, and sends new messages lowest
 //! offset first within the credit the next hop granted.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::types::LinkId;
 use crate::types::RouteId;
@@ -101,6 +101,71 @@ pub struct FlowStats {
     pub over_credit: u64,
 }
 
+/// Messages on a downstream leg by offset, until acked. Offsets mostly arrive in increasing
+/// order and leave oldest first, so a sorted ring searched by bisection costs less per message
+/// than a tree (no node allocation or rebalancing); a gap filler is inserted in its place,
+/// near the back.
+#[derive(Debug, Default)]
+pub(crate) struct Msgs {
+    slots: VecDeque<(u64, Option<Msg>)>,
+    count: usize,
+}
+
+impl Msgs {
+    fn find(&self, offset: u64) -> Result<usize, usize> {
+        if self.slots.back().is_some_and(|(o, _)| *o < offset) {
+            return Err(self.slots.len());
+        }
+        self.slots.binary_search_by_key(&offset, |(o, _)| *o)
+    }
+
+    fn insert(&mut self, offset: u64, m: Msg) {
+        match self.find(offset) {
+            Ok(i) => {
+                if self.slots[i].1.replace(m).is_none() {
+                    self.count += 1;
+                }
+            }
+            Err(i) => {
+                self.slots.insert(i, (offset, Some(m)));
+                self.count += 1;
+            }
+        }
+    }
+
+    fn get(&self, offset: u64) -> Option<&Msg> {
+        self.slots.get(self.find(offset).ok()?)?.1.as_ref()
+    }
+
+    fn get_mut(&mut self, offset: u64) -> Option<&mut Msg> {
+        let i = self.find(offset).ok()?;
+        self.slots.get_mut(i)?.1.as_mut()
+    }
+
+    fn remove(&mut self, offset: u64) -> Option<Msg> {
+        let i = self.find(offset).ok()?;
+        let m = self.slots.get_mut(i)?.1.take()?;
+        self.count -= 1;
+        while matches!(self.slots.front(), Some((_, None))) {
+            self.slots.pop_front();
+        }
+        Some(m)
+    }
+
+    /// Messages held, in offset order.
+    fn iter(&self) -> impl Iterator<Item = (u64, &Msg)> + '_ {
+        self.slots.iter().filter_map(|(o, m)| Some((*o, m.as_ref()?)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// One flow's state. Offsets on every leg keep the order of the route's source, so a relay
 /// may pass a message on the moment it arrives, ahead of an earlier one lost on the leg before
 /// it: the next leg's offset of each upstream byte is fixed by a map (`segs`) that only shifts
@@ -116,13 +181,14 @@ pub(crate) struct Flow {
     pub downstream: Option<(LinkId, RouteId)>,
     pub capacity: usize,
     /// Messages on the downstream leg by offset, until acked.
-    pub msgs: BTreeMap<u64, Msg>,
+    pub msgs: Msgs,
     pub bytes: usize,
     /// Messages lost downstream, sent again before anything new.
     resend: VecDeque<u64>,
-    /// Messages not yet sent downstream, lowest offset first (the one every later hop waits
-    /// for goes first, and needs no more credit than any after it).
-    fresh: BTreeSet<u64>,
+    /// Messages not yet sent downstream, in offset order (the one every later hop waits for
+    /// goes first, and needs no more credit than any after it). Mostly appended at the back;
+    /// a gap filler is inserted in its place.
+    fresh: VecDeque<u64>,
     pub send_limit: u64,
     /// End of the highest message sent downstream so far.
     sent_high: u64,
@@ -157,10 +223,10 @@ impl Flow {
             upstream: None,
             downstream: None,
             capacity,
-            msgs: BTreeMap::new(),
+            msgs: Msgs::default(),
             bytes: 0,
             resend: VecDeque::new(),
-            fresh: BTreeSet::new(),
+            fresh: VecDeque::new(),
             send_limit: INITIAL_CREDIT_BYTES,
             sent_high: 0,
             recv_next: 0,
@@ -200,7 +266,12 @@ impl Flow {
     fn enqueue(&mut self, offset: u64, data: Vec<u8>, up: Option<u64>) {
         self.msgs.insert(offset, Msg { data, copies: 0, sent_once: false, up });
         if self.downstream.is_some() {
-            self.fresh.insert(offset);
+            if self.fresh.back().is_none_or(|b| *b < offset) {
+                self.fresh.push_back(offset);
+            } else {
+                let at = self.fresh.partition_point(|o| *o < offset);
+                self.fresh.insert(at, offset);
+            }
         }
     }
 
@@ -343,7 +414,7 @@ impl Flow {
     /// The next hop acknowledged the datagram that carried `offset`: the message leaves the
     /// buffer (its memory is returned for reuse).
     pub fn on_acked(&mut self, offset: u64) -> Option<Vec<u8>> {
-        let m = self.msgs.remove(&offset)?;
+        let m = self.msgs.remove(offset)?;
         let len = m.data.len();
         self.bytes -= len;
         if let Some(up) = m.up {
@@ -355,7 +426,7 @@ impl Flow {
 
     /// The datagram that carried `offset` was lost: send it again first.
     pub fn on_lost(&mut self, offset: u64) -> bool {
-        match self.msgs.get_mut(&offset) {
+        match self.msgs.get_mut(offset) {
             Some(m) if m.copies > 0 => {
                 m.copies -= 1;
                 if m.copies == 0 {
@@ -370,20 +441,20 @@ impl Flow {
     /// Queues every message not in flight again (the flow's downstream changed).
     pub fn requeue(&mut self) {
         self.pass_held();
-        self.resend = self.msgs.iter().filter(|(_, m)| m.copies == 0 && m.sent_once).map(|(o, _)| *o).collect();
-        self.fresh = self.msgs.iter().filter(|(_, m)| !m.sent_once).map(|(o, _)| *o).collect();
+        self.resend = self.msgs.iter().filter(|(_, m)| m.copies == 0 && m.sent_once).map(|(o, _)| o).collect();
+        self.fresh = self.msgs.iter().filter(|(_, m)| !m.sent_once).map(|(o, _)| o).collect();
     }
 
     /// The first message in line: a resend, else the lowest new one. Stale resend entries
     /// (acked or already resent) are dropped on the way.
     fn front(&mut self) -> Option<(u64, bool)> {
         while let Some(&o) = self.resend.front() {
-            if self.msgs.get(&o).is_some_and(|m| m.copies == 0) {
+            if self.msgs.get(o).is_some_and(|m| m.copies == 0) {
                 return Some((o, true));
             }
             self.resend.pop_front();
         }
-        self.fresh.first().map(|o| (*o, false))
+        self.fresh.front().map(|o| (*o, false))
     }
 
     fn credit_allows(&self, offset: u64, len: usize, unlimited: bool) -> bool {
@@ -393,7 +464,8 @@ impl Flow {
     /// The next message that may be sent now and fits in `room`, marked in flight.
     pub fn next_to_send(&mut self, room: usize, unlimited: bool) -> Option<(u64, &[u8])> {
         let (offset, resent) = self.front()?;
-        let len = self.msgs.get(&offset)?.data.len();
+        let i = self.msgs.find(offset).ok()?;
+        let len = self.msgs.slots.get(i)?.1.as_ref()?.data.len();
         if len > room || (!resent && !self.credit_allows(offset, len, unlimited)) {
             return None;
         }
@@ -401,11 +473,11 @@ impl Flow {
             self.resend.pop_front();
             self.stats.retransmitted_bytes += len as u64;
         } else {
-            self.fresh.remove(&offset);
+            self.fresh.pop_front();
             self.stats.sent_bytes += len as u64;
             self.sent_high = self.sent_high.max(offset + len as u64);
         }
-        let m = self.msgs.get_mut(&offset)?;
+        let m = self.msgs.slots.get_mut(i)?.1.as_mut()?;
         m.copies = 1;
         m.sent_once = true;
         Some((offset, &m.data))
@@ -413,7 +485,7 @@ impl Flow {
 
     /// Another copy of an in-flight message whose ack is overdue (a probe), if it fits.
     pub fn probe(&mut self, offset: u64, room: usize) -> Option<&[u8]> {
-        let m = self.msgs.get_mut(&offset).filter(|m| m.copies > 0 && m.data.len() <= room)?;
+        let m = self.msgs.get_mut(offset).filter(|m| m.copies > 0 && m.data.len() <= room)?;
         m.copies = m.copies.saturating_add(1);
         self.stats.probed_bytes += m.data.len() as u64;
         Some(&m.data)
@@ -426,10 +498,10 @@ impl Flow {
 
     /// Whether the next message in line may be sent now.
     pub fn can_send(&self, unlimited: bool) -> bool {
-        if self.resend.iter().any(|o| self.msgs.get(o).is_some_and(|m| m.copies == 0)) {
+        if self.resend.iter().any(|o| self.msgs.get(*o).is_some_and(|m| m.copies == 0)) {
             return true;
         }
-        let first = self.fresh.first().and_then(|o| self.msgs.get(o).map(|m| (*o, m.data.len())));
+        let first = self.fresh.front().and_then(|o| self.msgs.get(*o).map(|m| (*o, m.data.len())));
         first.is_some_and(|(o, len)| self.credit_allows(o, len, unlimited))
     }
 
@@ -443,7 +515,7 @@ impl Flow {
         let mut s = self.stats.clone();
         s.buffered = self.bytes;
         s.messages = self.msgs.len();
-        s.in_flight_messages = self.msgs.values().filter(|m| m.copies > 0).count();
+        s.in_flight_messages = self.msgs.iter().filter(|(_, m)| m.copies > 0).count();
         s.send_limit = self.send_limit;
         s.credit = self.send_limit.saturating_sub(self.sent_high);
         s
@@ -518,6 +590,33 @@ mod tests {
         f.on_acked(1000);
         assert_eq!(f.limit(), 8000, "the released run above joins the base");
         assert_eq!(f.bytes, 0);
+    }
+
+    proptest::proptest! {
+        /// The sorted ring of a leg's messages answers as a sorted map would, gap fillers
+        /// (offsets below the newest) included.
+        #[test]
+        fn messages_behave_as_a_sorted_map(ops in proptest::collection::vec((0u8..4, 0u64..2000), 1..200)) {
+            let mut ring = Msgs::default();
+            let mut model = BTreeMap::new();
+            for (op, off) in ops {
+                let msg = |o: u64| Msg { data: o.to_be_bytes().to_vec(), copies: 0, sent_once: false, up: None };
+                match op {
+                    0 | 1 => {
+                        ring.insert(off, msg(off));
+                        model.insert(off, off);
+                    }
+                    2 => {
+                        let got = ring.remove(off).map(|m| m.data);
+                        proptest::prop_assert_eq!(got, model.remove(&off).map(|o: u64| o.to_be_bytes().to_vec()));
+                    }
+                    _ => proptest::prop_assert_eq!(ring.get(off).is_some(), model.contains_key(&off)),
+                }
+                proptest::prop_assert_eq!(ring.len(), model.len());
+                let keys: Vec<u64> = ring.iter().map(|(o, _)| o).collect();
+                proptest::prop_assert_eq!(keys, model.keys().copied().collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]

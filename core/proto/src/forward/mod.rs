@@ -19,7 +19,7 @@ use crate::stats::Reject;
 use crate::types::LinkId;
 use crate::types::RouteId;
 pub use crate::types::{Class, Dir};
-use ack::{AckFrame, AckReceiver, AckSender, Sent};
+use ack::{AckFrame, AckReceiver, AckSender, Sent, Settled};
 use flow::{Accept, BufPool, Flow};
 pub use flow::{FlowStats, INITIAL_CREDIT_BYTES};
 
@@ -190,6 +190,8 @@ pub struct Forwarder {
     /// Message buffers and ref lists of settled datagrams, for reuse.
     pool: BufPool,
     ref_pool: Vec<Vec<Ref>>,
+    /// Reused lists of what one ack settled.
+    settled: Settled<Ref>,
 }
 
 /// Bytes a ROUTE_DATA frame adds to its payload.
@@ -213,6 +215,7 @@ impl Forwarder {
             writable: Vec::new(),
             pool: BufPool::default(),
             ref_pool: Vec::new(),
+            settled: Settled::default(),
         }
     }
 
@@ -393,9 +396,13 @@ impl Forwarder {
     ) -> Result<Option<Vec<Delivered>>, Reject> {
         let from_link = |f: &Flow| f.upstream.is_some_and(|(l, _)| l == link);
         let fwd = FlowKey { route, dir: Dir::Fwd, class };
-        let key =
-            if self.flows.get(&fwd).is_some_and(from_link) { fwd } else { FlowKey { route, dir: Dir::Back, class } };
-        let Some(f) = self.flows.get_mut(&key).filter(|f| from_link(f)) else { return Err(Reject::UnknownRoute) };
+        let back = FlowKey { route, dir: Dir::Back, class };
+        // Fwd and Back of one route are neighbours in the map: one range walk finds either.
+        let Some((&key, f)) =
+            self.flows.range_mut(fwd.min(back)..=fwd.max(back)).find(|(k, f)| k.class == class && from_link(f))
+        else {
+            return Err(Reject::UnknownRoute);
+        };
         if !self.config.hop_reliability && f.bytes + payload.len() > f.capacity {
             // Without per-hop reliability there is no credit: a full buffer drops (the baseline).
             return Err(Reject::QueueFull);
@@ -484,14 +491,16 @@ impl Forwarder {
         if !self.config.hop_reliability {
             return Ok(());
         }
-        let settled = self.link(link).tx.on_ack(ack, now);
+        let mut settled = std::mem::take(&mut self.settled);
+        self.link(link).tx.on_ack_into(ack, now, &mut settled);
         let nothing = settled.acked.is_empty();
-        for s in settled.acked {
+        for s in settled.acked.drain(..) {
             self.settle(link, s.refs, true);
         }
-        for s in settled.lost {
+        for s in settled.lost.drain(..) {
             self.settle(link, s.refs, false);
         }
+        self.settled = settled;
         if nothing {
             return Err(Reject::UnknownAck);
         }
