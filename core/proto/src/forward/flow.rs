@@ -112,9 +112,18 @@ pub(crate) struct Msgs {
 }
 
 impl Msgs {
+    /// Where `offset` is (Ok) or would go (Err). The ends first: new messages go and are sent
+    /// at the back, acks settle the front.
     fn find(&self, offset: u64) -> Result<usize, usize> {
-        if self.slots.back().is_some_and(|(o, _)| *o < offset) {
-            return Err(self.slots.len());
+        let n = self.slots.len();
+        match self.slots.back() {
+            None => return Err(0),
+            Some((o, _)) if *o < offset => return Err(n),
+            Some((o, _)) if *o == offset => return Ok(n - 1),
+            _ => {}
+        }
+        if self.slots.front().is_some_and(|(o, _)| *o == offset) {
+            return Ok(0);
         }
         self.slots.binary_search_by_key(&offset, |(o, _)| *o)
     }
@@ -127,7 +136,11 @@ impl Msgs {
                 }
             }
             Err(i) => {
-                self.slots.insert(i, (offset, Some(m)));
+                if i == self.slots.len() {
+                    self.slots.push_back((offset, Some(m)));
+                } else {
+                    self.slots.insert(i, (offset, Some(m)));
+                }
                 self.count += 1;
             }
         }

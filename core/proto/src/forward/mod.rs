@@ -617,28 +617,31 @@ impl Forwarder {
                 p.carried(Ref::Control(c));
             }
         }
-        let credits: Vec<FlowKey> = if l.credits.is_empty() { Vec::new() } else { l.credits.iter().copied().collect() };
-        for key in credits {
-            let frame = match self.flows.get(&key).and_then(|f| f.upstream.map(|(_, id)| (id, f.limit()))) {
-                Some((up_id, limit)) => Frame::MaxData { route: up_id, class: key.class as u8, limit },
-                None => {
-                    self.link(link).credits.remove(&key);
-                    continue;
+        if !l.credits.is_empty() {
+            let credits: Vec<FlowKey> = l.credits.iter().copied().collect();
+            for key in credits {
+                let frame = match self.flows.get(&key).and_then(|f| f.upstream.map(|(_, id)| (id, f.limit()))) {
+                    Some((up_id, limit)) => Frame::MaxData { route: up_id, class: key.class as u8, limit },
+                    None => {
+                        self.link(link).credits.remove(&key);
+                        continue;
+                    }
+                };
+                if frame.encoded_len() > p.free() {
+                    break;
                 }
-            };
-            if frame.encoded_len() > p.free() {
-                break;
+                frame.encode(p.buf);
+                if let (Some(f), Frame::MaxData { limit, .. }) = (self.flows.get_mut(&key), frame) {
+                    f.stats.announced_limit = limit;
+                }
+                p.carried(Ref::Credit(key));
+                self.link(link).credits.remove(&key);
             }
-            frame.encode(p.buf);
-            if let (Some(f), Frame::MaxData { limit, .. }) = (self.flows.get_mut(&key), frame) {
-                f.stats.announced_limit = limit;
-            }
-            p.carried(Ref::Credit(key));
-            self.link(link).credits.remove(&key);
         }
-        if self.link(link).tx.in_flight() < self.config.max_in_flight {
+        let unlimited = !reliable;
+        if let Some(l) = self.links.get_mut(&link).filter(|l| l.tx.in_flight() < self.config.max_in_flight) {
             for class in Class::ALL {
-                self.fill_class(link, class, &mut p);
+                Self::fill_class(l, &mut self.flows, class, unlimited, &mut p);
             }
         }
         if !p.filled.eliciting && reliable && !copy {
@@ -661,9 +664,14 @@ impl Forwarder {
 
     /// Round robin over the flows of `class` with messages for `link`, one message each per
     /// turn, until the packet is full or nothing more may be sent.
-    fn fill_class(&mut self, link: LinkId, class: Class, p: &mut Packet<'_>) {
+    fn fill_class(
+        l: &mut LinkTx,
+        flows: &mut BTreeMap<FlowKey, Flow>,
+        class: Class,
+        unlimited: bool,
+        p: &mut Packet<'_>,
+    ) {
         use std::ops::Bound::{Excluded, Unbounded};
-        let unlimited = !self.config.hop_reliability;
         let ci = class as usize;
         // Flows since the last one that sent; a whole turn without progress ends the packet.
         let mut idle = 0;
@@ -671,7 +679,6 @@ impl Forwarder {
             if p.free() <= ROUTE_DATA_OVERHEAD {
                 return;
             }
-            let l = self.link(link);
             let n = l.active[ci].len();
             if n == 0 || idle >= n {
                 return;
@@ -682,8 +689,8 @@ impl Forwarder {
             };
             let Some(&key) = next else { return };
             l.cursor[ci] = Some(key);
-            let Some(f) = self.flows.get_mut(&key).filter(|f| f.downstream.is_some()) else {
-                self.link(link).active[ci].remove(&key);
+            let Some(f) = flows.get_mut(&key).filter(|f| f.downstream.is_some()) else {
+                l.active[ci].remove(&key);
                 continue;
             };
             let down_id = f.downstream.map_or(key.route, |(_, id)| id);
@@ -692,7 +699,7 @@ impl Forwarder {
                 .map(|(offset, data)| p.message(key, down_id, offset, data));
             let empty = !f.has_queued();
             if empty {
-                self.link(link).active[ci].remove(&key);
+                l.active[ci].remove(&key);
             }
             if sent.is_some() {
                 idle = 0;
