@@ -236,6 +236,18 @@ fn three_nodes() -> (Vec<Node<u8>>, skyroute_proto::RouteId) {
     (nodes, route)
 }
 
+/// Every datagram `node` has for `link` now, into `out`, in buffers from `spare`.
+fn transmit_all(node: &mut Node<u8>, link: LinkId, now: Instant, spare: &mut Vec<Vec<u8>>, out: &mut Vec<Vec<u8>>) {
+    loop {
+        let mut b = spare.pop().unwrap_or_else(|| Vec::with_capacity(2048));
+        if node.poll_transmit(now, Some(link), &mut b).is_none() {
+            spare.push(b);
+            return;
+        }
+        out.push(b);
+    }
+}
+
 fn bench_forward(c: &mut Criterion) {
     let mut g = c.benchmark_group("forward_1400");
     g.throughput(Throughput::Bytes(PAYLOAD as u64));
@@ -291,28 +303,14 @@ fn bench_forward(c: &mut Criterion) {
                 while sent < want && src.send(now, route, skyroute_proto::Class::Bulk, &data).is_ok() {
                     sent += 1;
                 }
-                loop {
-                    let mut b = spare.pop().unwrap_or_else(|| Vec::with_capacity(2048));
-                    if src.poll_transmit(now, Some(to_b), &mut b).is_none() {
-                        spare.push(b);
-                        break;
-                    }
-                    inbound.push(b);
-                }
+                transmit_all(src, to_b, now, &mut spare, &mut inbound);
                 // The relay takes them in and sends everything it can towards the far end.
                 let t = Instant::now();
                 for p in inbound.iter_mut() {
                     relay.handle_datagram(now, 0, p);
                 }
                 let t_mid = Instant::now();
-                loop {
-                    let mut b = spare.pop().unwrap_or_else(|| Vec::with_capacity(2048));
-                    if relay.poll_transmit(now, Some(to_c), &mut b).is_none() {
-                        spare.push(b);
-                        break;
-                    }
-                    outbound.push(b);
-                }
+                transmit_all(relay, to_c, now, &mut spare, &mut outbound);
                 let t_end = Instant::now();
                 seg[0] += t_mid - t;
                 seg[1] += t_end - t_mid;
@@ -340,15 +338,11 @@ fn bench_forward(c: &mut Criterion) {
                 seg[2] += e;
                 acks.clear();
                 // The relay's acks and credit back to the source (untimed).
-                loop {
-                    let mut b = spare.pop().unwrap_or_else(|| Vec::with_capacity(2048));
-                    if relay.poll_transmit(now, Some(to_a), &mut b).is_none() {
-                        spare.push(b);
-                        break;
-                    }
-                    src.handle_datagram(now, 1, &mut b);
-                    spare.push(b);
+                transmit_all(relay, to_a, now, &mut spare, &mut acks);
+                for b in acks.iter_mut() {
+                    src.handle_datagram(now, 1, b);
                 }
+                spare.append(&mut acks);
             }
             total
         })
