@@ -481,7 +481,14 @@ impl<A: crate::link::Endpoint> Node<A> {
                     None => return Err(Reject::Handshake),
                 };
                 let accepted = match self.links.get_mut(&id) {
-                    Some(l) => l.on_handshake_init(now, &self.identity, &init_copy, responded, idx),
+                    Some(l) => {
+                        let same_addr = l.addr == from;
+                        let ok = l.on_handshake_init(now, &self.identity, &init_copy, responded, idx);
+                        if ok && same_addr {
+                            l.answer_in_copies();
+                        }
+                        ok
+                    }
                     None => false,
                 };
                 if accepted {

@@ -604,3 +604,79 @@ fn network_changed_probes_up_links_and_redials_down_ones_at_once() {
     p.drive_for(Duration::from_millis(50));
     assert_eq!(p.link_state(0), LinkState::Up);
 }
+
+mod copies {
+    use super::*;
+    use skyroute_proto::link::{Link, LinkConfig, LinkId, MAX_HANDSHAKE_COPIES};
+    use skyroute_proto::noise as handshake;
+
+    /// `b` probes `a` and `a` hears it: nothing `a` sent is unanswered any more.
+    fn answered(a: &mut Link<u8>, b: &mut Link<u8>, now: Instant) {
+        b.probe_now(now);
+        for mut p in drain(b, now) {
+            if let Ok(Packet::Data(h)) = Packet::parse(&p) {
+                a.open(now, &h, &mut p).unwrap();
+            }
+        }
+    }
+
+    /// Every datagram `l` has to send now.
+    fn drain(l: &mut Link<u8>, now: Instant) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| l.poll_transmit(now)).take(100).collect()
+    }
+
+    #[test]
+    fn a_lossy_links_handshakes_go_in_copies_and_a_clean_ones_once() {
+        let mut rng = ChaCha20Rng::seed_from_u64(31);
+        let (ka, kb) = (SecretKey::generate(&mut rng), SecretKey::generate(&mut rng));
+        let now = Instant::now(); // test-only clock
+        let cfg = LinkConfig::default();
+        let mut a = Link::new(LinkId(1), kb.public_key(), 1u8, 0, cfg.clone(), true, now);
+        let mut b = Link::new(LinkId(1), ka.public_key(), 0u8, 0, cfg, false, now);
+        // What b's forwarder would report of a link losing 90% of its datagrams.
+        b.set_outcomes(100, 900);
+        // The first contact: one init, one answer.
+        a.start_handshake(now, &mut rng, &ka, 11);
+        let inits = drain(&mut a, now);
+        assert_eq!(inits.len(), 1, "a link never up knows nothing of its loss");
+        let Ok(Packet::HandshakeInit(init)) = Packet::parse(&inits[0]) else { panic!("an init") };
+        let r = handshake::respond(handshake::LINK_PROLOGUE, &mut rng, &kb, &init, 22).unwrap();
+        assert!(b.on_handshake_init(now, &kb, &inits[0], r, 22));
+        b.answer_in_copies();
+        let answers = drain(&mut b, now);
+        assert_eq!(answers.len(), 1);
+        assert!(answers[0].len() <= inits[0].len(), "an answer is never larger than the init");
+        let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&answers[0]) else { panic!("a response") };
+        a.on_handshake_resp(now, &ka, &resp).unwrap();
+        let mut probe = drain(&mut a, now).remove(0);
+        let Ok(Packet::Data(h)) = Packet::parse(&probe) else { panic!("data") };
+        b.open(now, &h, &mut probe).unwrap();
+        assert_eq!((a.state(), b.state()), (LinkState::Up, LinkState::Up));
+
+        // Up and clean: a new handshake goes once.
+        answered(&mut a, &mut b, now);
+        a.set_outcomes(1000, 0);
+        a.start_handshake(now, &mut rng, &ka, 12);
+        assert_eq!(drain(&mut a, now).len(), 1);
+        // Up and losing 90% of its datagrams: copies, each the same init, answered in copies.
+        a.set_outcomes(100, 900);
+        for (idx, asked) in [(13u32, false), (14, true)] {
+            answered(&mut a, &mut b, now);
+            a.start_handshake(now, &mut rng, &ka, idx);
+            let inits = drain(&mut a, now);
+            assert_eq!(inits.len() as u32, MAX_HANDSHAKE_COPIES);
+            assert!(inits.iter().all(|i| *i == inits[0]), "copies of one init");
+            let Ok(Packet::HandshakeInit(init)) = Packet::parse(&inits[0]) else { panic!("an init") };
+            let r = handshake::respond(handshake::LINK_PROLOGUE, &mut rng, &kb, &init, idx + 10).unwrap();
+            assert!(b.on_handshake_init(now, &kb, &inits[0], r, idx + 10));
+            // The node asks for copies only when the init came from the link's own address
+            // (one replayed from elsewhere gets one answer).
+            if asked {
+                b.answer_in_copies();
+            }
+            let answers = drain(&mut b, now);
+            assert_eq!(answers.len() as u32, if asked { MAX_HANDSHAKE_COPIES } else { 1 });
+            assert!(answers.iter().all(|x| *x == answers[0]));
+        }
+    }
+}

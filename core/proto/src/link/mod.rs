@@ -481,10 +481,19 @@ impl<A: Clone> Link<A> {
         }
         self.answered = Some((init.to_vec(), responded.packet.clone()));
         self.handshake_out = Some(responded.packet);
-        // A peer we know (an up link, or one that was): answer as loss-tolerantly as we ask.
-        let known = self.state == LinkState::Up || self.stats.handshakes > 0;
-        self.urgent_copies = if known { self.copies_for_loss() - 1 } else { 0 };
+        self.urgent_copies = 0;
         true
+    }
+
+    /// The answer just queued goes out in as many copies as this link's loss needs, if the
+    /// peer is one we know (the link is or was up). The node asks only for an init that came
+    /// from the link's own address: an init replayed from anywhere else gets one answer, no
+    /// larger than itself.
+    pub fn answer_in_copies(&mut self) {
+        let known = self.state == LinkState::Up || self.stats.handshakes > 0;
+        if known && self.handshake_out.is_some() {
+            self.urgent_copies = self.copies_for_loss() - 1;
+        }
     }
 
     /// If `init` is byte for byte the init we answered last, queue the same answer again.
