@@ -694,11 +694,7 @@ impl<A: crate::link::Endpoint> Node<A> {
     fn poll_link(&mut self, now: Instant, id: LinkId, buf: &mut Vec<u8>) -> Option<A> {
         self.vlink_work(now);
         self.pump_virtual(now);
-        let returning = if self.return_routes.is_empty() {
-            None
-        } else {
-            self.links.get(&id).and_then(|l| self.return_routes.get(&l.peer)).copied()
-        };
+        let returning = self.links.get(&id).and_then(|l| self.return_routes.get(&l.peer)).copied();
         if let Some(route) = returning.filter(|r| self.router.is_ready(*r)) {
             // An asymmetric link: what we send the peer goes over the return route.
             self.fwd.set_sparse_acks(id);

@@ -1,6 +1,6 @@
 //! The small values every layer shares: ids of links, routes and sessions, the service
 //! class and direction of route messages, the local interface a link lives on and the
-//! address trait, and the RNG adapter. The bottom of the crate: it imports nothing of ours,
+//! address trait, the RNG adapter, and how many copies a lossy path needs. The bottom of the crate: it imports nothing of ours,
 //! so any layer can use these without importing a layer above it.
 
 use std::num::NonZeroU32;
@@ -115,3 +115,13 @@ impl rand_core::RngCore for RngRef<'_> {
 }
 
 impl rand_core::CryptoRng for RngRef<'_> {}
+
+/// Copies of one message, each lost independently with probability `loss`, for at least one
+/// to get through with an even chance: 1 up to 50% loss, at most `max` (links send their
+/// handshakes and acks this way over very lossy radios).
+pub(crate) fn copies_for_even_chance(loss: f64, max: u32) -> u32 {
+    if loss <= 0.5 {
+        return 1;
+    }
+    ((0.5f64.ln() / loss.min(0.99).ln()).ceil() as u32).clamp(1, max)
+}

@@ -18,6 +18,7 @@ use crate::frame::Frame;
 use crate::stats::Reject;
 use crate::types::LinkId;
 use crate::types::RouteId;
+use crate::types::copies_for_even_chance;
 pub use crate::types::{Class, Dir};
 use ack::{AckFrame, AckReceiver, AckSender, Sent, Settled};
 use flow::{Accept, BufPool, Flow};
@@ -95,7 +96,7 @@ fn ack_copies(loss: f64) -> u8 {
     if loss <= 0.6 {
         return 1;
     }
-    ((0.5f64.ln() / loss.min(0.99).ln()).ceil() as u8).clamp(1, MAX_ACK_COPIES)
+    copies_for_even_chance(loss, u32::from(MAX_ACK_COPIES)) as u8
 }
 
 /// What a sent datagram carried.
@@ -617,26 +618,24 @@ impl Forwarder {
                 p.carried(Ref::Control(c));
             }
         }
-        if !l.credits.is_empty() {
-            let credits: Vec<FlowKey> = l.credits.iter().copied().collect();
-            for key in credits {
-                let frame = match self.flows.get(&key).and_then(|f| f.upstream.map(|(_, id)| (id, f.limit()))) {
-                    Some((up_id, limit)) => Frame::MaxData { route: up_id, class: key.class as u8, limit },
-                    None => {
-                        self.link(link).credits.remove(&key);
-                        continue;
-                    }
-                };
-                if frame.encoded_len() > p.free() {
-                    break;
+        let credits: Vec<FlowKey> = if l.credits.is_empty() { Vec::new() } else { l.credits.iter().copied().collect() };
+        for key in credits {
+            let frame = match self.flows.get(&key).and_then(|f| f.upstream.map(|(_, id)| (id, f.limit()))) {
+                Some((up_id, limit)) => Frame::MaxData { route: up_id, class: key.class as u8, limit },
+                None => {
+                    self.link(link).credits.remove(&key);
+                    continue;
                 }
-                frame.encode(p.buf);
-                if let (Some(f), Frame::MaxData { limit, .. }) = (self.flows.get_mut(&key), frame) {
-                    f.stats.announced_limit = limit;
-                }
-                p.carried(Ref::Credit(key));
-                self.link(link).credits.remove(&key);
+            };
+            if frame.encoded_len() > p.free() {
+                break;
             }
+            frame.encode(p.buf);
+            if let (Some(f), Frame::MaxData { limit, .. }) = (self.flows.get_mut(&key), frame) {
+                f.stats.announced_limit = limit;
+            }
+            p.carried(Ref::Credit(key));
+            self.link(link).credits.remove(&key);
         }
         let unlimited = !reliable;
         if let Some(l) = self.links.get_mut(&link).filter(|l| l.tx.in_flight() < self.config.max_in_flight) {
@@ -874,8 +873,8 @@ mod tests {
     fn on_a_very_lossy_link_each_ack_goes_out_in_copies() {
         let now = Instant::now(); // test-only clock
         let (mut f, _) = relay();
-        acks_out(&mut f, LinkId(1), now); // the credit announcement to the new upstream
-                                          // Every datagram arrives: one ack.
+        // First the credit announcement to the new upstream; then every datagram arrives: one ack.
+        acks_out(&mut f, LinkId(1), now);
         for c in 0..64 {
             f.on_datagram(LinkId(1), c, true, now);
         }

@@ -34,6 +34,7 @@ use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
 use crate::noise::{self as handshake, EpochKeys, Initiator, Responded};
 use crate::stats::{LinkStats, Reject};
 pub(crate) use crate::types::RngRef;
+use crate::types::copies_for_even_chance;
 pub use crate::types::{Endpoint, Interface, LinkId};
 use crate::wire::{DataHeader, HandshakeResp, DATA_HEADER_LEN};
 use queue::FrameQueue;
@@ -900,7 +901,7 @@ impl<A: Clone> Link<A> {
     /// the current silence, if any) and its last handshake's tries.
     fn round_trip_evidence(&self) -> (f64, f64) {
         let tries = u64::from(self.handshake_tries);
-        let (acked, lost) = if self.unanswered_since.is_some() { self.outcomes_before } else { self.outcomes };
+        let (acked, lost) = self.evidence_outcomes();
         ((lost + tries.saturating_sub(1)) as f64, (acked + lost + tries) as f64)
     }
 
@@ -932,15 +933,21 @@ impl<A: Clone> Link<A> {
     /// (Estimates, not the pessimistic bound dead-peer detection uses: copies cost packets on
     /// every renewal.)
     fn copies_for_loss(&self) -> u32 {
-        let (acked, lost) = if self.unanswered_since.is_some() { self.outcomes_before } else { self.outcomes };
+        let (acked, lost) = self.evidence_outcomes();
         let one_way = lost as f64 / (acked + lost + 1) as f64;
         let tries = f64::from(self.handshake_tries);
         let both_ways = (tries - 1.0).max(0.0) / (tries + 1.0);
-        let loss = (1.0 - (1.0 - one_way).powi(2)).max(both_ways);
-        if loss <= 0.5 {
-            return 1;
+        copies_for_even_chance((1.0 - (1.0 - one_way).powi(2)).max(both_ways), MAX_HANDSHAKE_COPIES)
+    }
+
+    /// The datagram outcomes loss estimates weigh: those before the current silence, if any
+    /// (the datagrams lost since are the silence itself, not the link's loss).
+    fn evidence_outcomes(&self) -> (u64, u64) {
+        if self.unanswered_since.is_some() {
+            self.outcomes_before
+        } else {
+            self.outcomes
         }
-        ((0.5f64.ln() / loss.ln()).ceil() as u32).clamp(1, MAX_HANDSHAKE_COPIES)
     }
 
     /// Copies of our next handshake init. A link that is or was up knows its loss. One never
