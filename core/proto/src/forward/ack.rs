@@ -418,9 +418,7 @@ impl<R> AckSender<R> {
         let mut newly_largest = false;
         // Walk what is in flight in the ack's range (few entries), not the 257 counters it names.
         let lo = ack.largest.saturating_sub(ACK_BITMAP_BITS);
-        let mut hits = std::mem::take(&mut self.hits);
-        hits.clear();
-        hits.extend(self.sent.range(lo, ack.largest.saturating_add(1)).map(|(c, _)| c).filter(|c| ack.covers(*c)));
+        let hits = self.pick(lo, ack.largest.saturating_add(1), |c, _| ack.covers(c));
         for &c in &hits {
             if let Some(s) = self.take(c) {
                 if c == ack.largest {
@@ -453,18 +451,20 @@ impl<R> AckSender<R> {
     fn detect_lost_into(&mut self, now: Instant, out: &mut Vec<Sent<R>>) {
         let Some(largest) = self.largest_acked else { return };
         let time_threshold = self.rtt.smoothed().max(self.rtt.latest) * 9 / 8;
-        let mut lost = std::mem::take(&mut self.hits);
-        lost.clear();
-        lost.extend(
-            self.sent
-                .range(0, largest)
-                .filter(|(c, s)| {
-                    largest - *c >= PACKET_THRESHOLD || now.saturating_duration_since(s.time) > time_threshold
-                })
-                .map(|(c, _)| c),
-        );
+        let lost = self.pick(0, largest, |c, s| {
+            largest - c >= PACKET_THRESHOLD || now.saturating_duration_since(s.time) > time_threshold
+        });
         out.extend(lost.iter().filter_map(|c| self.take(*c)));
         self.hits = lost;
+    }
+
+    /// Counters in flight in `[lo, hi)` that `keep` picks, in the reused list (hand it back
+    /// to `self.hits` when done).
+    fn pick(&mut self, lo: u64, hi: u64, keep: impl Fn(u64, &Sent<R>) -> bool) -> Vec<u64> {
+        let mut v = std::mem::take(&mut self.hits);
+        v.clear();
+        v.extend(self.sent.range(lo, hi).filter(|(c, s)| keep(*c, s)).map(|(c, _)| c));
+        v
     }
 
     /// The oldest datagram whose ack is overdue (sent at least `min_age` ago) and that was
@@ -506,16 +506,12 @@ impl<R> AckSender<R> {
     /// Timer expiry: everything sent before `now - rto` is lost; back off.
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Sent<R>> {
         let rto = self.rto();
-        let expired: Vec<u64> = self
-            .sent
-            .range(0, u64::MAX)
-            .filter(|(_, s)| now.saturating_duration_since(s.time) >= rto)
-            .map(|(c, _)| c)
-            .collect();
+        let expired = self.pick(0, u64::MAX, |_, s| now.saturating_duration_since(s.time) >= rto);
         if !expired.is_empty() {
             self.backoff += 1;
         }
-        let lost: Vec<Sent<R>> = expired.into_iter().filter_map(|c| self.take(c)).collect();
+        let lost: Vec<Sent<R>> = expired.iter().filter_map(|c| self.take(*c)).collect();
+        self.hits = expired;
         self.lost_total += lost.len() as u64;
         lost
     }
