@@ -217,9 +217,8 @@ pub(crate) struct Flow {
     /// Upstream offset -> downstream offset where each run of upstream bytes starts.
     segs: BTreeMap<u64, u64>,
     /// Where the flow ends here: messages waiting for the ones before them, by upstream
-    /// offset, and the next offset to deliver.
+    /// offset (the next to deliver is at `base`).
     held: BTreeMap<u64, Vec<u8>>,
-    deliver_next: u64,
     /// A local sender found the buffer full: tell it when room opens.
     pub want_writable: bool,
     /// Credit that arrived from a link before it became this flow's downstream (the next hop's
@@ -249,7 +248,6 @@ impl Flow {
             released: BTreeMap::new(),
             segs: BTreeMap::from([(0, 0)]),
             held: BTreeMap::new(),
-            deliver_next: 0,
             want_writable: false,
             early_credit: None,
             throttle: None,
@@ -301,10 +299,15 @@ impl Flow {
         }
         self.stats.received_bytes += data.len() as u64;
         self.charge(data.len());
+        self.enqueue_here(data);
+        Ok(())
+    }
+
+    /// Queues a message that has no upstream offset after every upstream byte received so far.
+    fn enqueue_here(&mut self, data: Vec<u8>) {
         let offset = self.map(self.up_high);
         self.segs.insert(self.up_high, offset + data.len() as u64);
         self.enqueue(offset, data, None);
-        Ok(())
     }
 
     /// Room for locally produced bytes.
@@ -330,9 +333,7 @@ impl Flow {
             self.charge(len);
             let d = pool.copy(data);
             if self.downstream.is_some() {
-                let o = self.map(self.up_high);
-                self.segs.insert(self.up_high, o + len as u64);
-                self.enqueue(o, d, None);
+                self.enqueue_here(d);
             } else {
                 self.deliver_one(d, deliver);
             }
@@ -370,17 +371,15 @@ impl Flow {
             if early {
                 self.stats.forwarded_early += 1;
             }
-            self.pass_held();
             let o = self.map(offset);
             self.enqueue(o, d, Some(offset));
         } else {
             self.held.insert(offset, d);
-            while let Some(d) = self.held.remove(&self.deliver_next) {
-                let up = self.deliver_next;
-                self.deliver_next += d.len() as u64;
+            while let Some(d) = self.held.remove(&self.base) {
+                let up = self.base;
                 // Bytes that end here take no room on a next leg this flow may get later.
                 let down = self.map(up);
-                self.segs.insert(self.deliver_next, down);
+                self.segs.insert(up + d.len() as u64, down);
                 self.release_up(up, d.len());
                 self.deliver_one(d, deliver);
             }
@@ -389,7 +388,7 @@ impl Flow {
     }
 
     /// Messages held for in-order delivery when the flow ended here go on downstream now that
-    /// it has one (a last hop that became a relay).
+    /// it has one (a last hop that became a relay: see [`Flow::requeue`]).
     fn pass_held(&mut self) {
         while let Some((up, d)) = self.held.pop_first() {
             let o = self.map(up);
@@ -451,7 +450,8 @@ impl Flow {
         }
     }
 
-    /// Queues every message not in flight again (the flow's downstream changed).
+    /// Queues every message not in flight again, and those held for delivery here (the flow's
+    /// downstream changed).
     pub fn requeue(&mut self) {
         self.pass_held();
         self.resend = self.msgs.iter().filter(|(_, m)| m.copies == 0 && m.sent_once).map(|(o, _)| o).collect();

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::stats::Reject;
+use crate::types::copies_for_even_chance;
 use crate::types::LinkId;
 use crate::types::RouteId;
-use crate::types::copies_for_even_chance;
 pub use crate::types::{Class, Dir};
 use ack::{AckFrame, AckReceiver, AckSender, Sent, Settled};
 use flow::{Accept, BufPool, Flow};
@@ -308,9 +308,9 @@ impl Forwarder {
                 }
             }
             if let Some((l, _)) = downstream {
-                let queued = f.has_queued() || !f.msgs.is_empty();
-                if queued {
-                    f.requeue();
+                // Everything waiting here goes the new way, messages held for delivery too.
+                f.requeue();
+                if f.has_queued() || !f.msgs.is_empty() {
                     self.link(l).active[class as usize].insert(key);
                 }
             }
