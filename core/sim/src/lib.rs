@@ -18,9 +18,11 @@ pub mod dht;
 pub mod idle;
 pub mod scale;
 pub mod scenario;
+pub mod trace;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -31,6 +33,8 @@ use skyroute_proto::{
     Event, Graph, Host, HostConfig, HostEvent, LinkId, Node, NodeConfig, PublicKey, RouteEvent, SecretKey,
     SessionConfig, SessionEvent,
 };
+
+use trace::{Trace, TraceQueue};
 
 /// The wall clock the simulator's signed statements are dated by (virtual time added).
 pub const SIM_UNIX_TIME: u64 = 1_800_000_000;
@@ -51,6 +55,13 @@ pub struct WireSpec {
     pub down: Vec<(Duration, Duration)>,
     /// Carries datagrams only from the higher-numbered node to the lower one (asymmetric).
     pub one_way: bool,
+    /// Capacity from recorded traces (see [`trace`]), per direction: from the lower-numbered
+    /// node, and from the higher. A traced direction puts each datagram in a bottleneck queue
+    /// of `queue_packets` that drains only at the trace's delivery opportunities and drops at
+    /// the tail; `bandwidth` is then how fast the sender hands datagrams to that queue.
+    pub trace: [Option<Arc<Trace>>; 2],
+    /// Depth of a traced direction's queue, in packets.
+    pub queue_packets: usize,
 }
 
 impl Default for WireSpec {
@@ -63,6 +74,8 @@ impl Default for WireSpec {
             duplicate: 0.0,
             down: Vec::new(),
             one_way: false,
+            trace: [None, None],
+            queue_packets: 100,
         }
     }
 }
@@ -73,6 +86,8 @@ struct Wire {
     busy_until: [Instant; 2],
     /// Bytes put on the wire, per direction.
     bytes: [u64; 2],
+    /// Bottleneck queues of traced directions.
+    queues: [Option<TraceQueue>; 2],
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +106,8 @@ pub struct WireStats {
     pub dropped_down: u64,
     pub duplicated: u64,
     pub bytes: u64,
+    /// Dropped at the tail of a traced direction's full queue.
+    pub queue_drops: u64,
 }
 
 /// The application side of a node: what the world does with its host's events.
@@ -260,7 +277,9 @@ impl World {
 
     pub fn add_wire(&mut self, a: usize, b: usize, spec: WireSpec) {
         let key = (a.min(b), a.max(b));
-        self.wires.insert(key, Wire { spec, busy_until: [self.now; 2], bytes: [0; 2] });
+        let queue = |t: &Option<Arc<Trace>>| t.clone().map(|t| TraceQueue::new(t, spec.queue_packets));
+        let queues = [queue(&spec.trace[0]), queue(&spec.trace[1])];
+        self.wires.insert(key, Wire { spec, busy_until: [self.now; 2], bytes: [0; 2], queues });
     }
 
     /// Changes a wire's properties from now on (e.g. to cut or restore it).
@@ -358,11 +377,20 @@ impl World {
         let serialise = Duration::from_nanos(payload.len() as u64 * 1_000_000_000 / wire.spec.bandwidth.max(1));
         wire.busy_until[dir] = now + serialise;
         wire.bytes[dir] += payload.len() as u64;
-        let arrive = now + serialise + wire.spec.latency;
+        let mut arrive = now + serialise + wire.spec.latency;
         self.wire_stats.bytes += payload.len() as u64;
         if wire.spec.down.iter().any(|(a, b)| since >= *a && since < *b) || (wire.spec.one_way && dir == 0) {
             self.wire_stats.dropped_down += 1;
             return;
+        }
+        if let Some(q) = wire.queues[dir].as_mut() {
+            match q.enqueue(since + serialise, payload.len()) {
+                Some(leave) => arrive = (self.start + leave).max(now + serialise) + wire.spec.latency,
+                None => {
+                    self.wire_stats.queue_drops += 1;
+                    return;
+                }
+            }
         }
         let spec = wire.spec.clone();
         if self.chance(spec.loss) {
@@ -557,5 +585,47 @@ impl World {
 
     pub fn link_rekeys(&self) -> u64 {
         self.hosts.iter().flat_map(|h| h.node().links()).map(|l| l.stats.rekeys).sum::<u64>() / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A traced wire, kept full by its sender for a minute, delivers the trace's bytes.
+    #[test]
+    fn a_traced_wire_delivers_the_traces_rate() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/Verizon-LTE-short-60s.down");
+        let trace = Arc::new(Trace::load(&path).expect("test trace"));
+        let mut w = World::new(1);
+        let (a, b) = (w.add_node(NodeConfig::default()), w.add_node(NodeConfig::default()));
+        let spec = WireSpec {
+            bandwidth: 100_000_000,
+            latency: Duration::from_millis(20),
+            trace: [Some(trace.clone()), None],
+            queue_packets: 50,
+            ..WireSpec::default()
+        };
+        w.add_wire(a, b, spec);
+        let packet = [0u8; 1400];
+        let start = w.now();
+        let minute = Duration::from_secs(60);
+        // The sender offers a datagram every 0.1 ms (14 MB/s, far above the trace).
+        while w.now() - start < minute {
+            w.transmit(a, b, &packet);
+            let next = w.now() + Duration::from_micros(100);
+            while w.step(next) {}
+            w.now = next;
+        }
+        let got = w.wire_stats.delivered as f64 * packet.len() as f64;
+        // What left in the last 20 ms is still on its way.
+        let lost_in_flight = trace.count(59_980, 60_000) as f64 * 1500.0;
+        let want = trace.count(0, 60_000) as f64 * 1500.0;
+        let ratio = (got + lost_in_flight) / want;
+        eprintln!("delivered / trace: {ratio:.5}");
+        assert!((ratio - 1.0).abs() < 0.01, "delivered {got} bytes, the trace {want}: {ratio:.4}");
+        assert!(w.wire_stats.queue_drops > 0, "a saturating sender fills the queue");
+        // The other direction has no trace: the wire's bandwidth alone.
+        assert!(w.wires.values().all(|x| x.queues[1].is_none()));
     }
 }
