@@ -301,7 +301,7 @@ fn stale_foreign_and_forged_packets_are_refused_and_counted() {
 
 #[test]
 fn baselines_deliver_the_stream_too() {
-    for strategy in [Strategy::SingleRoute, Strategy::MinRtt, Strategy::DuplicateAll] {
+    for strategy in [Strategy::SingleRoute, Strategy::MinRtt, Strategy::DuplicateAll, Strategy::MptcpLike] {
         let mut net = diamond(6, SessionConfig { strategy, ..SessionConfig::default() });
         let sid = connect(&mut net);
         let data = payload(12, 1 << 20);
@@ -316,6 +316,33 @@ fn baselines_deliver_the_stream_too() {
         assert!(check.intact(), "{strategy:?}: received {} of {}", check.received, data.len());
         assert_eq!(run.failed, 0, "{strategy:?}");
     }
+}
+
+/// The MPTCP-like baseline: the stream fills the quickest route's window and spills onto the
+/// others; when the quickest route is cut, what it had in flight times out and goes out again
+/// on the routes left (reinjection), and the stream arrives whole.
+#[test]
+fn mptcp_like_spills_over_and_reinjects_after_a_timeout() {
+    let mut net = diamond(7, SessionConfig { strategy: Strategy::MptcpLike, ..SessionConfig::default() });
+    let sid = connect(&mut net);
+    let data = payload(13, 2 << 20);
+    let quickest = net.relays[0];
+    let mut cutdone = false;
+    let mut before_cut = Vec::new();
+    let (check, run) = stream(&mut net, sid, &data, Duration::from_secs(60), |net, t| {
+        if !cutdone && t >= Duration::from_millis(400) {
+            cutdone = true;
+            // What each route carried from the source so far (the source's side of each wire).
+            before_cut = net.relays.iter().map(|r| net.w.wire_bytes(net.src, *r).0).collect();
+            cut(net, quickest, Duration::ZERO, Duration::from_secs(3600));
+        }
+    });
+    assert!(before_cut.iter().all(|b| *b > 50_000), "every route carried the stream: {before_cut:?}");
+    assert!(check.intact(), "received {} of {}", check.received, data.len());
+    assert_eq!(run.failed, 0);
+    let st = net.w.host(net.src).session_stats(sid).expect("session").clone();
+    assert!(st.bulk_timeouts >= 1, "the cut route's data timed out: {st:?}");
+    assert!(st.reinjected > 0, "and went out again: {st:?}");
 }
 
 #[test]

@@ -60,6 +60,11 @@ pub enum Strategy {
     MinRtt,
     /// Every packet on every route.
     DuplicateAll,
+    /// A model of Linux MPTCP's default behaviour, as a baseline: a Reno congestion window
+    /// per route (sized by the route's stream acks), stream packets on the lowest-RTT route
+    /// whose window has room (spilling over to the next when it is full), unacknowledged data
+    /// reinjected onto the other routes after a retransmission timeout, no coding.
+    MptcpLike,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +295,10 @@ pub struct SessionStats {
     pub rejected_malformed: u64,
     /// Packets on a path that is gone.
     pub rejected_stale_path: u64,
+    /// Stream symbols re-queued for other paths after a retransmission timeout (mptcp_like).
+    pub reinjected: u64,
+    /// Retransmission timeouts of paths' stream data (mptcp_like).
+    pub bulk_timeouts: u64,
     /// Frames beyond the receive window.
     pub rejected_over_limit: u64,
     /// Packets refused for another reason.

@@ -77,6 +77,60 @@ pub struct Path {
     pub delay_min: WindowedMin,
     /// The peer's `delay_min` for what we send on this path (from its acks).
     pub peer_delay_min: Option<u32>,
+    /// RTT of stream packets (send to the ack that settles them: queues included).
+    pub bulk_rtt: Rtt,
+    /// Congestion window of stream packets (used by the mptcp_like strategy).
+    pub cc: Reno,
+}
+
+/// TCP segment size the [`Reno`] window counts in (a stream packet's size).
+pub const RENO_MSS: usize = 1300;
+
+/// A Reno congestion window (RFC 5681) driven by a path's stream acks and timeouts, for the
+/// MPTCP-like baseline. Losses inside a route are repaired hop by hop beneath the session,
+/// so the window's loss signal is the retransmission timeout (RFC 6298, Linux's 200 ms floor).
+#[derive(Debug, Clone)]
+pub struct Reno {
+    /// Bytes allowed in flight.
+    pub cwnd: usize,
+    pub ssthresh: usize,
+    /// Consecutive timeouts without an ack (each doubles the timeout).
+    pub backoff: u32,
+}
+
+impl Default for Reno {
+    fn default() -> Self {
+        Reno { cwnd: 10 * RENO_MSS, ssthresh: usize::MAX, backoff: 0 }
+    }
+}
+
+impl Reno {
+    /// `bytes` newly acknowledged: slow start below `ssthresh`, then one MSS per window.
+    pub fn on_acked(&mut self, bytes: usize) {
+        self.backoff = 0;
+        if self.cwnd < self.ssthresh {
+            self.cwnd += bytes;
+        } else {
+            self.cwnd += (RENO_MSS * bytes / self.cwnd.max(1)).max(1);
+        }
+    }
+
+    /// A retransmission timeout: half of what was in flight is the new threshold (RFC 5681's
+    /// FlightSize / 2), one MSS the window.
+    pub fn on_timeout(&mut self, inflight: usize) {
+        self.ssthresh = (inflight / 2).max(2 * RENO_MSS);
+        self.cwnd = RENO_MSS;
+        self.backoff = (self.backoff + 1).min(6);
+    }
+
+    /// The retransmission timeout for `rtt` (200 ms at least, doubled per backoff).
+    pub fn rto(&self, rtt: &Rtt) -> Duration {
+        let base = match rtt.srtt {
+            Some(s) => s + (rtt.rttvar * 4).max(Duration::from_millis(1)),
+            None => Duration::from_secs(1),
+        };
+        base.max(Duration::from_millis(200)) * (1 << self.backoff)
+    }
 }
 
 /// How long one window of [`WindowedMin`] lasts: clocks drift (tens of ppm), so an old
@@ -176,6 +230,8 @@ impl Path {
             rate_since: now,
             delay_min: WindowedMin::new(),
             peer_delay_min: None,
+            bulk_rtt: Rtt::new(Duration::ZERO),
+            cc: Reno::default(),
         }
     }
 
@@ -257,14 +313,17 @@ impl Path {
             if !realtime {
                 self.inflight_bulk = self.inflight_bulk.saturating_sub(s.bytes);
                 self.rate_bytes += s.bytes;
+                self.cc.on_acked(s.bytes);
             }
             if let Some((b, e)) = s.symbol {
                 on_symbol(b, e);
             }
             newest = Some(s.at);
         }
-        if let Some(at) = newest.filter(|_| realtime) {
-            self.rtt.sample(now.saturating_duration_since(at));
+        match newest {
+            Some(at) if realtime => self.rtt.sample(now.saturating_duration_since(at)),
+            Some(at) => self.bulk_rtt.sample(now.saturating_duration_since(at)),
+            None => {}
         }
         if newest.is_some() {
             self.confirmed_at = Some(now);
@@ -317,6 +376,22 @@ impl Path {
                 }
             }
         }
+        self.symbols_lost += lost.len() as u64;
+        self.inflight_bulk = 0;
+        lost
+    }
+
+    /// Whether the oldest unacknowledged stream packet has waited past the congestion
+    /// window's retransmission timeout.
+    pub fn bulk_timed_out(&self, now: Instant) -> bool {
+        self.sent[0].front().is_some_and(|s| now.saturating_duration_since(s.at) > self.cc.rto(&self.bulk_rtt))
+    }
+
+    /// A retransmission timeout: the stream packets in flight are presumed lost (their
+    /// symbols returned, to go out again), the window collapses.
+    pub fn bulk_timeout(&mut self) -> Vec<(u32, u32)> {
+        self.cc.on_timeout(self.inflight_bulk);
+        let lost: Vec<(u32, u32)> = self.sent[0].drain(..).filter_map(|s| s.symbol).collect();
         self.symbols_lost += lost.len() as u64;
         self.inflight_bulk = 0;
         lost

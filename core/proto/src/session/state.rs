@@ -420,7 +420,7 @@ impl Session {
     ) -> bool {
         let targets = match ctx.cfg.strategy {
             Strategy::Fountain => self.realtime_paths(ctx),
-            Strategy::SingleRoute | Strategy::MinRtt => self.best_paths(1),
+            Strategy::SingleRoute | Strategy::MinRtt | Strategy::MptcpLike => self.best_paths(1),
             Strategy::DuplicateAll => self.best_paths(usize::MAX),
         };
         let id = self.dgram_next;
@@ -518,6 +518,14 @@ impl Session {
                 let best = self.best_paths(1);
                 best.into_iter().filter(|id| self.paths.get(id).is_some_and(|p| room(&p))).collect()
             }
+            Strategy::MptcpLike => self
+                .paths
+                .values()
+                .filter(room)
+                .filter(|p| p.inflight_bulk + sym <= p.cc.cwnd)
+                .min_by_key(|p| (p.bulk_rtt.srtt.or(p.srtt()).unwrap_or(Duration::from_secs(1)), p.id))
+                .map(|p| vec![p.id])
+                .unwrap_or_default(),
             Strategy::DuplicateAll => {
                 let mut live = self.best_paths(usize::MAX);
                 live.retain(|id| !(skip_metered && self.paths.get(id).is_some_and(|p| p.metered)));
@@ -950,6 +958,9 @@ impl Session {
         if !self.established() {
             return;
         }
+        if ctx.cfg.strategy == Strategy::MptcpLike {
+            self.reinject_timed_out(ctx);
+        }
         let floor = ctx.cfg.dead_floor;
         let mut failed = Vec::new();
         for p in self.paths.values_mut() {
@@ -990,6 +1001,29 @@ impl Session {
             let _ = self.send_on(ctx, id, Class::Realtime, &[Frame::Probe], None);
         }
         self.pump(ctx);
+    }
+
+    /// mptcp_like: a path whose oldest stream packet is past its retransmission timeout
+    /// loses its window, and what it had in flight goes out again on whichever paths have
+    /// room (the RTO path's window is one packet, so mostly the others: MPTCP's reinjection).
+    fn reinject_timed_out<A: crate::link::Endpoint>(&mut self, ctx: &mut Ctx<'_, A>) {
+        let timed_out: Vec<u32> =
+            self.paths.values().filter(|p| p.usable() && p.bulk_timed_out(ctx.now)).map(|p| p.id).collect();
+        if timed_out.is_empty() {
+            return;
+        }
+        for id in timed_out {
+            let lost = match self.paths.get_mut(&id) {
+                Some(p) => p.bulk_timeout(),
+                None => continue,
+            };
+            self.stats.bulk_timeouts += 1;
+            self.stats.reinjected += lost.len() as u64;
+            for (b, e) in lost {
+                self.symbol_passed(b, e);
+            }
+        }
+        self.top_up(ctx.cfg);
     }
 
     /// The session's next deadline: the tick while it is active or waits for reports, its
