@@ -307,9 +307,128 @@ impl<R> InFlight<R> {
     }
 }
 
+/// How long a delivery-rate sample is remembered (the window's bandwidth estimate is the
+/// largest sample this recent).
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+/// How long a round-trip sample is remembered as the link's quickest.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// In-flight bytes allowed per estimated bandwidth-delay product.
+const WINDOW_GAIN: f64 = 2.0;
+/// The window before the first rate sample, and the smallest it ever is.
+const INITIAL_WINDOW: usize = 64 << 10;
+const MIN_WINDOW: usize = 32 * 1500;
+/// Most the window grows to make up for random loss (1 / (1 - 0.95)).
+const MAX_LOSS_BOOST: f64 = 20.0;
+
+/// How many bytes a link may have in flight: twice its estimated bandwidth-delay product, the
+/// bandwidth being the largest delivery rate measured over the last 2 s and the delay the
+/// quickest round trip of the last 10 s (BBR's model of a path, without its pacing).
+///
+/// A link whose bottleneck has a queue (a cellular radio, a home router) then keeps that queue
+/// to about one bandwidth-delay product instead of filling it until it drops and timing out
+/// on its own queueing delay; where a link loses datagrams at random with no queue (its round
+/// trips stay near the quickest), the window grows by 1 / (1 - loss) so that lossy radio links
+/// keep their rate. Loss with a standing queue is congestion and gets no such growth.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Bytes acknowledged since the start.
+    delivered: u64,
+    /// Start of the current rate sample: when, and `delivered` then.
+    interval: Option<(Instant, u64)>,
+    /// Largest rate sample (bytes/s) of the current and the previous `RATE_WINDOW`.
+    rate: [f64; 2],
+    rate_since: Option<Instant>,
+    /// Quickest round trip of the current and the previous `MIN_RTT_WINDOW`.
+    min_rtt: [Option<Duration>; 2],
+    min_rtt_since: Option<Instant>,
+    /// Recent fraction of datagrams declared lost (moving average over ~64 outcomes).
+    pub loss: f64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            delivered: 0,
+            interval: None,
+            rate: [0.0; 2],
+            rate_since: None,
+            min_rtt: [None; 2],
+            min_rtt_since: None,
+            loss: 0.0,
+        }
+    }
+}
+
+impl Window {
+    /// The estimated bottleneck bandwidth in bytes/s (0 before a sample).
+    pub fn bandwidth(&self) -> f64 {
+        self.rate[0].max(self.rate[1])
+    }
+
+    /// The quickest recent round trip.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        match self.min_rtt {
+            [Some(a), Some(b)] => Some(a.min(b)),
+            [a, b] => a.or(b),
+        }
+    }
+
+    fn on_rtt(&mut self, now: Instant, rtt: Duration) {
+        if self.min_rtt_since.is_none_or(|s| now.saturating_duration_since(s) >= MIN_RTT_WINDOW) {
+            self.min_rtt = [None, self.min_rtt[0]];
+            self.min_rtt_since = Some(now);
+        }
+        self.min_rtt[0] = Some(self.min_rtt[0].map_or(rtt, |m| m.min(rtt)));
+    }
+
+    /// `bytes` acknowledged at `now`, `lost` datagrams declared lost and `acked` acknowledged.
+    fn on_outcomes(&mut self, now: Instant, bytes: usize, acked: usize, lost: usize) {
+        for _ in 0..acked.min(64) {
+            self.loss -= self.loss / 64.0;
+        }
+        for _ in 0..lost.min(64) {
+            self.loss += (1.0 - self.loss) / 64.0;
+        }
+        if bytes == 0 {
+            return;
+        }
+        self.delivered += bytes as u64;
+        let span = self.min_rtt().unwrap_or(Duration::from_millis(10)).max(Duration::from_millis(1));
+        match self.interval {
+            None => self.interval = Some((now, self.delivered)),
+            Some((t0, d0)) if now.saturating_duration_since(t0) >= span => {
+                let sample = (self.delivered - d0) as f64 / now.saturating_duration_since(t0).as_secs_f64();
+                if self.rate_since.is_none_or(|s| now.saturating_duration_since(s) >= RATE_WINDOW) {
+                    self.rate = [0.0, self.rate[0]];
+                    self.rate_since = Some(now);
+                }
+                self.rate[0] = self.rate[0].max(sample);
+                self.interval = Some((now, self.delivered));
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Bytes allowed in flight, for a link whose smoothed RTT is `srtt` and whose peer holds
+    /// acks up to `ack_delay`.
+    pub fn bytes(&self, srtt: Option<Duration>, ack_delay: Duration) -> usize {
+        let (bw, Some(min_rtt)) = (self.bandwidth(), self.min_rtt()) else { return INITIAL_WINDOW };
+        if bw <= 0.0 {
+            return INITIAL_WINDOW;
+        }
+        let bdp = bw * (min_rtt + ack_delay + Duration::from_millis(1)).as_secs_f64();
+        // No standing queue: the round trips stay near the quickest.
+        let unqueued = srtt.is_none_or(|s| s <= min_rtt * 5 / 4 + Duration::from_millis(2));
+        let boost = if unqueued { (1.0 / (1.0 - self.loss)).min(MAX_LOSS_BOOST) } else { 1.0 };
+        ((WINDOW_GAIN * bdp * boost) as usize).max(MIN_WINDOW)
+    }
+}
+
 /// Sending side: datagrams in flight, RTT, loss detection, retransmission timer.
 #[derive(Debug)]
 pub struct AckSender<R> {
+    /// The congestion window's estimates.
+    pub window: Window,
     sent: InFlight<R>,
     largest_acked: Option<u64>,
     /// The link's RTT estimate.
@@ -362,7 +481,13 @@ impl<R> AckSender<R> {
             lost_total: 0,
             probe_floor: 0,
             hits: Vec::new(),
+            window: Window::default(),
         }
+    }
+
+    /// Whether the window allows another datagram, with the peer's ack delay.
+    pub fn window_open(&self, ack_delay: Duration) -> bool {
+        self.in_flight_bytes < self.window.bytes(self.rtt.srtt, ack_delay)
     }
 
     /// Takes an RTT measured elsewhere (the link handshake) as the first sample.
@@ -428,6 +553,7 @@ impl<R> AckSender<R> {
                         .saturating_sub(Duration::from_micros(ack.delay_us as u64));
                     if !rtt.is_zero() {
                         self.rtt.sample(rtt);
+                        self.window.on_rtt(now, rtt);
                     }
                 }
                 out.acked.push(s);
@@ -446,6 +572,8 @@ impl<R> AckSender<R> {
         self.detect_lost_into(now, &mut out.lost);
         self.acked_total += out.acked.len() as u64;
         self.lost_total += out.lost.len() as u64;
+        let bytes = out.acked.iter().map(|s| s.size).sum();
+        self.window.on_outcomes(now, bytes, out.acked.len(), out.lost.len());
     }
 
     fn detect_lost_into(&mut self, now: Instant, out: &mut Vec<Sent<R>>) {
@@ -513,6 +641,7 @@ impl<R> AckSender<R> {
         let lost: Vec<Sent<R>> = expired.iter().filter_map(|c| self.take(*c)).collect();
         self.hits = expired;
         self.lost_total += lost.len() as u64;
+        self.window.on_outcomes(now, 0, 0, lost.len());
         lost
     }
 

@@ -586,7 +586,9 @@ impl Forwarder {
             return false;
         }
         let unlimited = !self.config.hop_reliability;
-        l.active.iter().flatten().any(|k| self.flows.get(k).is_some_and(|f| f.can_send(unlimited)))
+        // A full congestion window holds new messages back, not probes of overdue ones.
+        (l.tx.window_open(self.config.max_ack_delay)
+            && l.active.iter().flatten().any(|k| self.flows.get(k).is_some_and(|f| f.can_send(unlimited))))
             || l.tx.has_probe(now, l.tx.overdue_after(self.config.max_ack_delay), self.config.idle_probes)
     }
 
@@ -638,7 +640,8 @@ impl Forwarder {
             self.link(link).credits.remove(&key);
         }
         let unlimited = !reliable;
-        if let Some(l) = self.links.get_mut(&link).filter(|l| l.tx.in_flight() < self.config.max_in_flight) {
+        let (max, delay) = (self.config.max_in_flight, self.config.max_ack_delay);
+        if let Some(l) = self.links.get_mut(&link).filter(|l| l.tx.in_flight() < max && l.tx.window_open(delay)) {
             for class in Class::ALL {
                 Self::fill_class(l, &mut self.flows, class, unlimited, &mut p);
             }
