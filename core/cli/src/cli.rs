@@ -1,6 +1,7 @@
 //! The `skyroute` command line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rand_core::OsRng;
@@ -181,9 +182,20 @@ pub enum Command {
         /// Simulated seconds (moving-car) [default: 300].
         #[arg(long)]
         duration: Option<f64>,
-        /// Draw deadline-met and goodput over time per strategy to this PNG (moving-car).
-        #[arg(long, value_name = "FILE.png")]
+        /// Draw deadline-met and goodput over time per strategy, and the oracle's, to this
+        /// file (moving-car): SVG when the name ends in `.svg`, PNG otherwise.
+        #[arg(long, value_name = "FILE.svg|FILE.png")]
         plot: Option<PathBuf>,
+        /// The car's LTE downlink follows this Mahimahi trace (moving-car); the uplink too,
+        /// unless --lte-uplink-trace is given.
+        #[arg(long, value_name = "FILE")]
+        lte_trace: Option<PathBuf>,
+        /// The car's LTE uplink follows this Mahimahi trace (moving-car, with --lte-trace).
+        #[arg(long, value_name = "FILE", requires = "lte_trace")]
+        lte_uplink_trace: Option<PathBuf>,
+        /// Depth of the traced LTE link's queues, in packets (tail drop) [default: 1000].
+        #[arg(long, value_name = "PACKETS", requires = "lte_trace")]
+        lte_queue: Option<usize>,
         /// Nodes (dht) [default: 10000].
         #[arg(long)]
         nodes: Option<usize>,
@@ -495,6 +507,9 @@ pub fn run(cli: Cli) -> i32 {
             bytes,
             duration,
             plot,
+            lte_trace,
+            lte_uplink_trace,
+            lte_queue,
             nodes,
             gone,
             eclipse,
@@ -564,9 +579,28 @@ pub fn run(cli: Cli) -> i32 {
                     if !(1.0..=86_400.0).contains(&secs) {
                         return fail(format!("--duration must be between 1 and 86400 seconds, got {secs}"));
                     }
+                    use skyroute_sim::trace::{Trace, TraceError};
+                    // An error names the file (a read error already does) and the line.
+                    let load = |p: &Option<PathBuf>| -> Result<Option<Arc<Trace>>, String> {
+                        let Some(p) = p else { return Ok(None) };
+                        Trace::load(p).map(|t| Some(Arc::new(t))).map_err(|e| match e {
+                            TraceError::Io { .. } => e.to_string(),
+                            e => format!("{}: {e}", p.display()),
+                        })
+                    };
+                    let drive = match (load(&lte_trace), load(&lte_uplink_trace)) {
+                        (Ok(lte_trace), Ok(lte_uplink_trace)) => {
+                            skyroute_sim::car::Drive { lte_trace, lte_uplink_trace, queue_packets: lte_queue }
+                        }
+                        (Err(e), _) | (_, Err(e)) => return fail(e),
+                    };
+                    if lte_queue == Some(0) {
+                        return fail("--lte-queue must be at least 1 packet");
+                    }
                     let r = skyroute_sim::car::moving_car(
                         seed,
                         std::time::Duration::from_secs_f64(secs),
+                        &drive,
                         crate::progress::stage,
                     );
                     crate::progress::done();

@@ -120,11 +120,29 @@ fn sim_moving_car_json_and_goals() {
     assert_eq!(v["scenario"], "moving-car");
     assert_eq!(v["seed"], 3);
     assert_eq!(v["duration_s"], 25.0);
-    for s in ["skyroute", "single_route", "min_rtt", "duplicate_all"] {
-        for f in ["session_breaks", "deadline_met", "bulk_goodput_bytes_per_s", "overhead", "route_changes"] {
+    assert!(v["lte_trace"].is_null(), "no trace: the scenario's LTE model");
+    for f in ["deadline_met", "bulk_bytes_per_s"] {
+        assert!(v["oracle"][f].is_number(), "oracle.{f}");
+    }
+    for s in ["skyroute", "single_route", "min_rtt", "duplicate_all", "mptcp_like"] {
+        for f in [
+            "session_breaks",
+            "deadline_met",
+            "bulk_goodput_bytes_per_s",
+            "overhead",
+            "route_changes",
+            "deadline_met_of_oracle",
+            "bulk_of_oracle",
+            "stall_s",
+        ] {
             assert!(v["strategies"][s][f].is_number(), "{s}.{f}");
         }
+        // A number, or null where more than 1% of frames never arrived.
+        let p99 = &v["strategies"][s]["p99_frame_latency_ms"];
+        assert!(p99.is_number() || p99.is_null(), "{s}: {p99}");
+        assert!(v["strategies"][s]["bulk_of_oracle"].as_f64().unwrap() <= 1.0, "{s}: {line}");
     }
+    assert!(v["strategies"]["skyroute"]["p99_frame_latency_ms"].as_f64().is_some_and(|p| p <= 150.0), "{line}");
     let s = |name: &str, f: &str| v["strategies"][name][f].as_f64().unwrap();
     assert_eq!(s("skyroute", "session_breaks"), 0.0);
     assert!(s("skyroute", "deadline_met") >= 0.99, "{line}");
@@ -139,6 +157,64 @@ fn sim_moving_car_json_and_goals() {
     let out = skyroute(&["sim", "moving-car", "--duration", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+}
+
+/// The car on a recorded LTE trace (an excerpt kept in the tree): the JSON names the trace,
+/// the SVG plot reads without the terminal, and a bad trace is refused naming its line.
+#[test]
+fn sim_moving_car_on_a_trace_with_an_svg_plot() {
+    let dir = tmpdir("car-trace");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/tests/data");
+    let (down, up) = (data.join("Verizon-LTE-short-60s.down"), data.join("Verizon-LTE-short-60s.up"));
+    let svg = dir.join("car.svg");
+    let out = skyroute(&[
+        "sim",
+        "moving-car",
+        "--seed",
+        "2",
+        "--duration",
+        "12",
+        "--json",
+        "--lte-trace",
+        down.to_str().unwrap(),
+        "--lte-uplink-trace",
+        up.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["lte_trace"], "Verizon-LTE-short-60s.down");
+    assert_eq!(v["lte_uplink_trace"], "Verizon-LTE-short-60s.up");
+    assert!(v["oracle"]["bulk_bytes_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["strategies"]["skyroute"]["session_breaks"], 0);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+    for text in [
+        "skyroute moving car: seed 2, 12 s simulated",
+        "Verizon-LTE-short-60s.down",
+        "time (s)",
+        "frames within deadline",
+        "bulk goodput (Mbit/s)",
+        "oracle",
+        "LTE out",
+        "no WiFi in range",
+    ] {
+        assert!(svg.contains(&format!(">{text}")) || svg.contains(text), "{text} missing from the SVG");
+    }
+    for name in ["skyroute", "single_route", "min_rtt", "duplicate_all", "mptcp_like"] {
+        assert!(svg.contains(&format!(">{name}</text>")), "{name} missing from the SVG legend");
+    }
+    assert!(svg.contains("stroke-dasharray"), "the oracle is dashed");
+    // A trace with a bad line: one error naming the file's line, non-zero exit.
+    let bad = dir.join("bad.down");
+    std::fs::write(&bad, "1\n2\nthree\n").unwrap();
+    let out = skyroute(&["sim", "moving-car", "--duration", "2", "--lte-trace", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3"), "{err}");
+    let out = skyroute(&["sim", "moving-car", "--lte-uplink-trace", bad.to_str().unwrap()]);
+    assert!(!out.status.success(), "an uplink trace needs a downlink one");
 }
 
 #[test]

@@ -12,7 +12,7 @@ fn main() {
     let (first, last, secs) =
         (args.first().copied().unwrap_or(1), args.get(1).copied().unwrap_or(10), args.get(2).copied().unwrap_or(300));
     for seed in first..=last {
-        let r = run_strategy(seed, Duration::from_secs(secs), Strategy::Fountain);
+        let r = run_strategy(seed, Duration::from_secs(secs), Strategy::Fountain, &Default::default());
         let stalled = r.timeline.chunks(10).filter(|c| c.iter().map(|t| t.1).sum::<f64>() == 0.0).count();
         println!(
             "seed {seed}: breaks {} deadline_met {:.4} bulk {:.0} KB/s overhead {:.3} stalled_10s_windows {stalled}",
