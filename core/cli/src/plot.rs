@@ -23,6 +23,8 @@ pub enum PlotError {
 }
 
 type Rgb = (u8, u8, u8);
+/// Points (time in s, value).
+type Curve = Vec<(f64, f64)>;
 
 /// One colour per strategy, in the order of [`CarReport::all`].
 const COLOURS: [Rgb; 5] = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)];
@@ -87,21 +89,21 @@ fn draw(report: &CarReport, c: &mut dyn Canvas) {
     let secs = report.duration_s.max(1.0);
     // Whole seconds only: the timelines' last entry is the partial second after the end.
     let whole = secs.floor() as usize;
-    let mbit = |v: &[(f64, f64)]| -> Vec<(f64, f64)> {
+    let mbit = |v: &[(f64, f64)]| -> Curve {
         v.iter().take(whole).enumerate().map(|(s, t)| (s as f64 + 0.5, t.1 * 8.0 / 1e6)).collect()
     };
-    let frac = |v: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        v.iter().take(whole).enumerate().map(|(s, t)| (s as f64 + 0.5, t.0)).collect()
-    };
-    let strategies: Vec<(&str, Vec<(f64, f64)>, Vec<(f64, f64)>)> =
-        report.all().iter().map(|(n, r)| (*n, frac(&r.timeline), mbit(&r.timeline))).collect();
+    let frac =
+        |v: &[(f64, f64)]| -> Curve { v.iter().take(whole).enumerate().map(|(s, t)| (s as f64 + 0.5, t.0)).collect() };
+    // Per strategy: (frames within deadline, bulk Mbit/s) per second.
+    let strategies: Vec<(Curve, Curve)> =
+        report.all().iter().map(|(_, r)| (frac(&r.timeline), mbit(&r.timeline))).collect();
     let oracle = (frac(&report.oracle.timeline), mbit(&report.oracle.timeline));
-    let max_bulk = strategies.iter().flat_map(|s| s.2.iter()).chain(oracle.1.iter()).map(|p| p.1).fold(0.1, f64::max);
+    let max_bulk = strategies.iter().flat_map(|s| s.1.iter()).chain(oracle.1.iter()).map(|p| p.1).fold(0.1, f64::max);
     let series = |top: bool| -> Vec<Series<'_>> {
         let mut v: Vec<Series<'_>> = strategies
             .iter()
             .enumerate()
-            .map(|(i, (_, f, b))| Series {
+            .map(|(i, (f, b))| Series {
                 colour: COLOURS[i % COLOURS.len()],
                 dashed: false,
                 points: if top { f } else { b },

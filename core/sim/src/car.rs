@@ -218,8 +218,9 @@ pub struct Oracle {
     /// Per instant, the sum over the routes to the car of their bottleneck's capacity (after
     /// the link's loss), averaged over the run: what bulk could have received.
     pub bulk_bytes_per_s: f64,
-    /// Frame slots, and those a frame could have met its deadline in.
+    /// Frame slots (one every 20 ms from 0.5 s).
     pub frame_slots: u64,
+    /// Frame slots at which a frame could have met its deadline.
     pub frames_possible: u64,
     /// Bulk bytes the routes could have carried over the run.
     pub bulk_bytes: f64,
@@ -231,7 +232,8 @@ pub struct Oracle {
     pub bins: Vec<f64>,
 }
 
-/// Stretches the plot marks: LTE outages, and times no WiFi node was in range.
+/// What the plot marks, in seconds from the start: when LTE carried nothing for a second or
+/// more, and when no WiFi node was in range.
 #[derive(Debug, Clone, Default)]
 pub struct Marks {
     pub lte_down: Vec<(f64, f64)>,
@@ -694,6 +696,13 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy, drive: &D
             eprintln!("{strategy:?} access {i}: {down} bytes to the car, {up} from it");
         }
         eprintln!("{strategy:?} wires {:?}", w.wire_stats);
+        let empty: Vec<String> = stall_bins
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == 0)
+            .map(|(i, _)| format!("{:.2}", i as f64 * 0.25))
+            .collect();
+        eprintln!("{strategy:?} 250 ms bins with no bulk byte, from (s): {}", empty.join(" "));
         for (name, node, sid) in [("car", car, car_sid), ("server", server, server_sid)] {
             if let Some(st) = sid.and_then(|id| w.host(node).sessions().stats(id)) {
                 eprintln!("{strategy:?} {name} {st:?}");
