@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use skyroute_proto::{Class, Event, NodeConfig, Reject, RouteError, RouteEvent, RouteId};
-use skyroute_sim::scenario::{eight_hop, payload, transfer};
+use skyroute_sim::scenario::{eight_hop, line_transfer, payload, transfer};
 use skyroute_sim::{WireSpec, World};
 
 /// A line of `n` nodes, all links up.
@@ -430,4 +430,32 @@ fn an_idle_virtual_link_outlives_the_relays_idle_timeout() {
     assert!(evs
         .iter()
         .any(|(n, e)| *n == 3 && matches!(e, Event::Route(RouteEvent::Data { data, .. }) if data == b"still here")));
+}
+
+/// A link behind a drop-tail bottleneck (a radio following a recorded cellular trace, its
+/// queue 300 packets deep) keeps about twice its bandwidth-delay product in flight: the
+/// transfer arrives whole and the queue drops few datagrams at its tail. Without the link's
+/// congestion window the sender pushed what its route credit allowed (1 MiB) onto the radio
+/// at once, filling the queue and retransmitting into it.
+#[test]
+fn a_link_behind_a_drop_tail_queue_does_not_flood_it() {
+    use skyroute_sim::trace::Trace;
+    use std::sync::Arc;
+    let data_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let trace = Arc::new(Trace::load(&data_dir.join("Verizon-LTE-short-60s.down")).expect("test trace"));
+    let spec = WireSpec {
+        latency: Duration::from_millis(30),
+        bandwidth: 12_500_000,
+        trace: [Some(trace.clone()), Some(trace)],
+        queue_packets: 300,
+        ..WireSpec::default()
+    };
+    let mut w = World::new(5);
+    let data = payload(3, 4 << 20);
+    let (_, t) = line_transfer(&mut w, 1, &NodeConfig::default(), &spec, data, 60);
+    assert!(t.check.intact(), "received {} of {}", t.check.received, 4 << 20);
+    // With the window: 212 of 7,060 datagrams (3%) dropped, 6.2 s; without: 6,522 of 17,475
+    // (37%), 10.7 s.
+    let s = &w.wire_stats;
+    assert!(s.queue_drops * 10 < s.sent, "{} of {} datagrams dropped at the queue's tail", s.queue_drops, s.sent);
 }

@@ -663,6 +663,79 @@ mod tests {
         Sent { time: t, size: 1, eliciting: true, probes: 0, refs: vec![tag] }
     }
 
+    /// A window that saw `rate` bytes/s acknowledged for 2 s over round trips of `rtt`, one
+    /// datagram acknowledged per 5 ms and one declared lost in `lost` of every 10 of those
+    /// steps (10: half of all datagrams lost).
+    fn measured(rate: f64, rtt: Duration, lost: usize) -> (Window, Instant) {
+        let mut w = Window::default();
+        let t0 = Instant::now(); // test-only clock
+        let step = Duration::from_millis(5);
+        let per_step = (rate * step.as_secs_f64()) as usize;
+        let mut t = t0;
+        for i in 0..400 {
+            w.on_rtt(t, rtt);
+            let lost_now = usize::from(i % 10 < lost);
+            w.on_outcomes(t, per_step, 1, lost_now);
+            t += step;
+        }
+        (w, t)
+    }
+
+    #[test]
+    fn the_window_is_twice_the_measured_bandwidth_delay_product() {
+        let w = Window::default();
+        assert_eq!(w.bytes(None, Duration::ZERO), INITIAL_WINDOW, "before any sample");
+        let rtt = Duration::from_millis(50);
+        let (w, _) = measured(4_000_000.0, rtt, 0);
+        let bw = w.bandwidth();
+        assert!((3_900_000.0..4_100_000.0).contains(&bw), "{bw}");
+        assert_eq!(w.min_rtt(), Some(rtt));
+        let bdp = 4_000_000.0 * 0.051;
+        let got = w.bytes(Some(rtt), Duration::ZERO) as f64;
+        assert!((got / bdp - 2.0).abs() < 0.1, "{got} for a BDP of {bdp}");
+        // A slow link keeps the floor.
+        let (slow, _) = measured(100_000.0, Duration::from_millis(10), 0);
+        assert_eq!(slow.bytes(Some(Duration::from_millis(10)), Duration::ZERO), MIN_WINDOW);
+    }
+
+    #[test]
+    fn random_loss_grows_the_window_but_loss_with_a_queue_does_not() {
+        let rtt = Duration::from_millis(40);
+        let (clean, _) = measured(2_000_000.0, rtt, 0);
+        let (lossy, t) = measured(2_000_000.0, rtt, 10);
+        assert!(lossy.loss > 0.45 && lossy.loss < 0.55, "{}", lossy.loss);
+        let base = clean.bytes(Some(rtt), Duration::ZERO) as f64;
+        // Round trips near the quickest: random loss, the window makes up for it.
+        let unqueued = lossy.bytes(Some(rtt), Duration::ZERO) as f64;
+        assert!(unqueued / base > 1.7 && unqueued / base < 2.3, "{unqueued} vs {base}");
+        // Round trips twice the quickest: a standing queue, so the loss is congestion.
+        let queued = lossy.bytes(Some(rtt * 2), Duration::ZERO) as f64;
+        assert!((queued / base - 1.0).abs() < 0.05, "{queued} vs {base}");
+        // The growth is bounded even when everything is lost.
+        let mut dead = lossy.clone();
+        for _ in 0..1000 {
+            dead.on_outcomes(t, 0, 0, 1);
+        }
+        assert!(dead.loss > 0.99, "{}", dead.loss);
+        let most = dead.bytes(Some(rtt), Duration::ZERO) as f64;
+        assert!(most <= base * MAX_LOSS_BOOST * 1.01 && most >= base * MAX_LOSS_BOOST * 0.99, "{most} vs {base}");
+    }
+
+    #[test]
+    fn old_estimates_age_out() {
+        let (mut w, t) = measured(4_000_000.0, Duration::from_millis(20), 0);
+        // The link slows to a tenth with a longer round trip: two windows later the old
+        // bandwidth and the old quickest round trip are forgotten.
+        let mut t = t;
+        for _ in 0..(2 * MIN_RTT_WINDOW.as_millis() / 5 + 2) {
+            w.on_rtt(t, Duration::from_millis(80));
+            w.on_outcomes(t, 2_000, 1, 0);
+            t += Duration::from_millis(5);
+        }
+        assert_eq!(w.min_rtt(), Some(Duration::from_millis(80)));
+        assert!(w.bandwidth() < 500_000.0, "{}", w.bandwidth());
+    }
+
     proptest! {
         /// The ring of datagrams in flight answers every query as a sorted map would, whatever
         /// the order of sends and settlements (counters grow, with gaps for unacked kinds).
