@@ -30,6 +30,8 @@
 //! route_buffer_bytes = 1048576
 //! memory_budget_bytes = 536870912
 //! max_in_flight = 256             # unacknowledged datagrams per link
+//! congestion_window = false       # links keep ~2x their bandwidth-delay product in flight:
+//!                                 # for cellular links with deep drop-tail queues [false]
 //! [gateway]                       # serve as an IPv4 gateway (VPN exit); needs root
 //! allow = ["02ab..."]             # client keys allowed; or `open = true` for any key
 //! pool = "10.77.0.0/16"           # client addresses (stable per key); the first is ours
@@ -366,6 +368,7 @@ struct RawForward {
     realtime_buffer_bytes: Option<usize>,
     memory_budget_bytes: Option<usize>,
     max_in_flight: Option<usize>,
+    congestion_window: Option<bool>,
 }
 
 /// A static neighbour.
@@ -678,6 +681,9 @@ impl Config {
             }
             f.max_in_flight = v;
         }
+        if let Some(v) = raw.forward.congestion_window {
+            f.congestion_window = v;
+        }
         if let Some(v) = raw.forward.route_buffer_bytes {
             if !(64 * 1024..=1 << 30).contains(&v) {
                 return Err(field("forward.route_buffer_bytes", "must be between 65536 and 1073741824"));
@@ -773,6 +779,9 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.node.forward.route_buffer_bytes, 131072);
+        assert!(!ok.node.forward.congestion_window, "off unless asked for");
+        assert!(Config::parse("[forward]\ncongestion_window = true").unwrap().node.forward.congestion_window);
+        assert!(e("[forward]\ncongestion_window = 3").contains("line 2"), "{}", e("[forward]\ncongestion_window = 3"));
         assert_eq!((ok.udp, ok.tcp, ok.quic), (Bind::At("127.0.0.1:0".parse().unwrap()), Bind::Default, Bind::Off));
         assert_eq!(ok.peers[0].addr, Addr::Tcp("127.0.0.1:9".parse().unwrap()));
     }

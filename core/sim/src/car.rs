@@ -446,7 +446,10 @@ fn build(
     drive: &Drive,
 ) -> (World, usize, usize, Vec<usize>) {
     let mut w = World::new(seed);
-    let nc = NodeConfig::default();
+    // Every node keeps a congestion window on its links: the traced LTE link has a drop-tail
+    // queue in the middle, which a sender without one fills until it drops.
+    let mut nc = NodeConfig::default();
+    nc.forward.congestion_window = true;
     let car = w.add_node(nc.clone());
     let server = w.add_node(nc.clone());
     let backbone: Vec<usize> = (0..4).map(|_| w.add_node(nc.clone())).collect();

@@ -432,8 +432,9 @@ fn an_idle_virtual_link_outlives_the_relays_idle_timeout() {
         .any(|(n, e)| *n == 3 && matches!(e, Event::Route(RouteEvent::Data { data, .. }) if data == b"still here")));
 }
 
-/// A link behind a drop-tail bottleneck (a radio following a recorded cellular trace, its
-/// queue 300 packets deep) keeps about twice its bandwidth-delay product in flight: the
+/// A link with a congestion window (`ForwardConfig::congestion_window`) behind a drop-tail
+/// bottleneck (a radio following a recorded cellular trace, its queue 300 packets deep)
+/// keeps about twice its bandwidth-delay product in flight: the
 /// transfer arrives whole and the queue drops few datagrams at its tail. Without the link's
 /// congestion window the sender pushed what its route credit allowed (1 MiB) onto the radio
 /// at once, filling the queue and retransmitting into it.
@@ -452,7 +453,9 @@ fn a_link_behind_a_drop_tail_queue_does_not_flood_it() {
     };
     let mut w = World::new(5);
     let data = payload(3, 4 << 20);
-    let (_, t) = line_transfer(&mut w, 1, &NodeConfig::default(), &spec, data, 60);
+    let mut config = NodeConfig::default();
+    config.forward.congestion_window = true;
+    let (_, t) = line_transfer(&mut w, 1, &config, &spec, data, 60);
     assert!(t.check.intact(), "received {} of {}", t.check.received, 4 << 20);
     // With the window: 212 of 7,060 datagrams (3%) dropped, 6.2 s; without: 6,522 of 17,475
     // (37%), 10.7 s.
