@@ -579,6 +579,9 @@ pub fn run(cli: Cli) -> i32 {
                     if !(1.0..=86_400.0).contains(&secs) {
                         return fail(format!("--duration must be between 1 and 86400 seconds, got {secs}"));
                     }
+                    if lte_queue == Some(0) {
+                        return fail("--lte-queue must be at least 1 packet");
+                    }
                     use skyroute_sim::trace::{Trace, TraceError};
                     // An error names the file (a read error already does) and the line.
                     let load = |p: &Option<PathBuf>| -> Result<Option<Arc<Trace>>, String> {
@@ -594,9 +597,6 @@ pub fn run(cli: Cli) -> i32 {
                         }
                         (Err(e), _) | (_, Err(e)) => return fail(e),
                     };
-                    if lte_queue == Some(0) {
-                        return fail("--lte-queue must be at least 1 packet");
-                    }
                     let r = skyroute_sim::car::moving_car(
                         seed,
                         std::time::Duration::from_secs_f64(secs),

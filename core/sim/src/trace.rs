@@ -206,7 +206,34 @@ impl TraceQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::sync::Arc;
+
+    proptest! {
+        /// Any bytes: a typed error or a trace whose opportunities never go back in time and
+        /// whose queue answers; never a panic.
+        #[test]
+        fn random_text_parses_or_fails_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..200), digits in proptest::collection::vec(0u64..5000, 0..40)) {
+            let _ = Trace::parse("r", &String::from_utf8_lossy(&bytes));
+            let mut sorted = digits.clone();
+            sorted.sort();
+            let text: String = sorted.iter().map(|d| format!("{d}\n")).collect();
+            match Trace::parse("d", &text) {
+                Ok(t) => {
+                    prop_assert!(t.bytes_per_s() > 0.0);
+                    let mut q = TraceQueue::new(Arc::new(t), 4);
+                    let mut last = Duration::ZERO;
+                    for i in 0..20u64 {
+                        if let Some(leave) = q.enqueue(Duration::from_millis(i * 3), 700) {
+                            prop_assert!(leave >= last && leave >= Duration::from_millis(i * 3));
+                            last = leave;
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(matches!(e, TraceError::Empty | TraceError::ZeroPeriod), "{e}"),
+            }
+        }
+    }
 
     #[test]
     fn parsing_names_the_bad_line() {
