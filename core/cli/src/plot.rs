@@ -89,11 +89,11 @@ fn draw(report: &CarReport, c: &mut dyn Canvas) {
     let secs = report.duration_s.max(1.0);
     // Whole seconds only: the timelines' last entry is the partial second after the end.
     let whole = secs.floor() as usize;
-    let mbit = |v: &[(f64, f64)]| -> Curve {
-        v.iter().take(whole).enumerate().map(|(s, t)| (s as f64 + 0.5, t.1 * 8.0 / 1e6)).collect()
+    let curve = |v: &[(f64, f64)], y: fn(&(f64, f64)) -> f64| -> Curve {
+        v.iter().take(whole).enumerate().map(|(s, t)| (s as f64 + 0.5, y(t))).collect()
     };
-    let frac =
-        |v: &[(f64, f64)]| -> Curve { v.iter().take(whole).enumerate().map(|(s, t)| (s as f64 + 0.5, t.0)).collect() };
+    let frac = |v: &[(f64, f64)]| curve(v, |t| t.0);
+    let mbit = |v: &[(f64, f64)]| curve(v, |t| t.1 * 8.0 / 1e6);
     // Per strategy: (frames within deadline, bulk Mbit/s) per second.
     let strategies: Vec<(Curve, Curve)> =
         report.all().iter().map(|(_, r)| (frac(&r.timeline), mbit(&r.timeline))).collect();

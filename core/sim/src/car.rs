@@ -336,15 +336,8 @@ fn oracle_of(sched: &Schedule, duration: Duration, drive: &Drive) -> Oracle {
         let wifi = (0..WIFI).any(|i| sched.wifi_in_range(i, t));
         let lte = !sched.lte_down_at(t) && {
             let leave = match &traces {
-                Some([up, _]) => {
-                    let ms = t.as_millis() as u64;
-                    // The first opportunity at or after `t`.
-                    let mut m = ms;
-                    while up.count(ms, m + 1) == 0 && m < ms + DEADLINE.as_millis() as u64 {
-                        m += 1;
-                    }
-                    Duration::from_millis(m)
-                }
+                // The first opportunity at or after `t`.
+                Some([up, _]) => Duration::from_millis(up.next_at(t.as_millis() as u64)),
                 None => t,
             };
             leave + sched.lte_latency_at(t) + fixed <= t + DEADLINE
@@ -724,13 +717,8 @@ pub fn run_strategy(seed: u64, duration: Duration, strategy: Strategy, drive: &D
         eprintln!("wifi windows {:?}\nlte down {:?}", sched.wifi, sched.lte_down);
         for (sec, (sent, ok)) in tl_frames.iter().enumerate() {
             if *sent > 0 && (*ok as f64) < 0.95 * *sent as f64 {
-                let wifi_in: Vec<usize> = (0..WIFI)
-                    .filter(|i| {
-                        sched.wifi[*i]
-                            .iter()
-                            .any(|(a, b)| a.as_secs_f64() <= sec as f64 + 0.5 && b.as_secs_f64() > sec as f64 + 0.5)
-                    })
-                    .collect();
+                let mid = Duration::from_secs_f64(sec as f64 + 0.5);
+                let wifi_in: Vec<usize> = (0..WIFI).filter(|i| sched.wifi_in_range(*i, mid)).collect();
                 let lte_down = sched
                     .lte_down
                     .iter()

@@ -107,6 +107,11 @@ impl Trace {
         i
     }
 
+    /// The millisecond of the first opportunity at or after millisecond `t`.
+    pub fn next_at(&self, t: u64) -> u64 {
+        self.at(self.first_from(t))
+    }
+
     /// Opportunities in milliseconds `from..to`.
     pub fn count(&self, from: u64, to: u64) -> u64 {
         if to <= from {
@@ -267,6 +272,7 @@ mod tests {
         assert_eq!(t.first_from(10), 2);
         assert_eq!(t.first_from(11), 3);
         assert_eq!(t.first_from(20), 5);
+        assert_eq!((t.next_at(0), t.next_at(3), t.next_at(10), t.next_at(13)), (2, 10, 10, 20));
         assert_eq!(t.count(0, 100), 29, "the 30th is at 100 ms");
         assert_eq!(
             t.outages(Duration::from_millis(8), Duration::from_millis(30)),

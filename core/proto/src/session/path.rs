@@ -368,14 +368,14 @@ impl Path {
     /// Forgets everything in flight (the route broke or the path went suspect): returns the
     /// symbols that are now presumed lost.
     pub fn drain_lost(&mut self) -> Vec<(u32, u32)> {
-        let mut lost = Vec::new();
-        for q in &mut self.sent {
-            for s in q.drain(..) {
-                if let Some(sym) = s.symbol {
-                    lost.push(sym);
-                }
-            }
-        }
+        self.lose(0..2)
+    }
+
+    /// Forgets what is in flight in the classes `classes` (0 bulk, 1 realtime), counting
+    /// its symbols lost: returns them.
+    fn lose(&mut self, classes: std::ops::Range<usize>) -> Vec<(u32, u32)> {
+        let lost: Vec<(u32, u32)> =
+            self.sent[classes].iter_mut().flat_map(|q| q.drain(..)).filter_map(|s| s.symbol).collect();
         self.symbols_lost += lost.len() as u64;
         self.inflight_bulk = 0;
         lost
@@ -391,10 +391,7 @@ impl Path {
     /// symbols returned, to go out again), the window collapses.
     pub fn bulk_timeout(&mut self) -> Vec<(u32, u32)> {
         self.cc.on_timeout(self.inflight_bulk);
-        let lost: Vec<(u32, u32)> = self.sent[0].drain(..).filter_map(|s| s.symbol).collect();
-        self.symbols_lost += lost.len() as u64;
-        self.inflight_bulk = 0;
-        lost
+        self.lose(0..1)
     }
 
     /// Whether packets sent on this path wait for the peer's report.
