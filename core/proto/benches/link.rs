@@ -377,7 +377,15 @@ fn bench_keys(c: &mut Criterion) {
     let kb = SecretKey::generate(&mut rng);
     g.bench_function("handshake", |bch| {
         bch.iter(|| {
-            let (ini, init) = handshake::initiate(handshake::LINK_PROLOGUE, &mut rng, &ka, &kb.public_key(), 1, 0);
+            let (ini, init) = handshake::initiate(
+                handshake::LINK_PROLOGUE,
+                &mut rng,
+                &ka,
+                &kb.public_key(),
+                1,
+                0,
+                handshake::timestamp(1),
+            );
             let Ok(Packet::HandshakeInit(i)) = Packet::parse(&init) else { panic!() };
             let r = handshake::respond(handshake::LINK_PROLOGUE, &mut rng, &kb, &i, 2).unwrap();
             let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&r.packet) else { panic!() };

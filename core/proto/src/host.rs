@@ -120,6 +120,14 @@ impl<A: Endpoint> Host<A> {
         dst
     }
 
+    /// The next datagram that goes out on no link (a cookie reply, the answer to an init from
+    /// a new address): drivers that poll per link call this after every verb too;
+    /// [`Host::poll_transmit`] with `None` includes it.
+    #[must_use = "the datagram in `buf` must be sent to the returned address"]
+    pub fn poll_unlinked(&mut self, buf: &mut Vec<u8>) -> Option<A> {
+        self.node.poll_unlinked(buf)
+    }
+
     /// The next event for the application; call until `None` after every verb.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<HostEvent> {

@@ -23,8 +23,9 @@ use rand_core::CryptoRngCore;
 use crate::forward::{Class, Dir, FlowKey, FlowStats, ForwardConfig, Forwarder};
 use crate::frame::Frame;
 use crate::identity::{Address, PublicKey, SecretKey};
+use crate::link::cookie::{Guard, GuardConfig, GuardStats, Verdict};
 use crate::link::{DownReason, Link, LinkConfig, LinkEvent, LinkId, LinkState, RngRef};
-use crate::noise as handshake;
+use crate::noise::{self as handshake, Clock};
 use crate::route::{RouteConfig, RouteError, RouteEvent, RouteId, Router};
 use crate::stats::{LinkStats, Reject, RejectCounts};
 use crate::vlink::{self, VLink};
@@ -47,6 +48,12 @@ pub struct NodeConfig {
     pub forward: ForwardConfig,
     /// Accept handshakes from peers we did not dial.
     pub accept_incoming: bool,
+    /// Limits on handshake work (cookies under load, rate limits, half-open links).
+    pub guard: GuardConfig,
+    /// The wall clock when the node is made, in nanoseconds since the Unix epoch (the driver
+    /// reads it; the protocol never does): handshake timestamps count on from it, so a
+    /// restarted node's inits are newer than the ones it sent before.
+    pub unix_time_ns: u128,
 }
 
 impl Default for NodeConfig {
@@ -56,9 +63,15 @@ impl Default for NodeConfig {
             route: RouteConfig::default(),
             forward: ForwardConfig::default(),
             accept_incoming: true,
+            guard: GuardConfig::default(),
+            unix_time_ns: 0,
         }
     }
 }
+
+/// Datagrams not sent on a link (cookie replies, answers to an init from a new address)
+/// waiting at once; beyond, they are dropped.
+const MAX_UNLINKED: usize = 256;
 
 /// What happened, for the application and the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +127,8 @@ pub struct LinkInfo<A> {
 pub struct NodeStats {
     /// Refused packets that could not be tied to a link (unknown source, unknown index).
     pub rejected: RejectCounts,
+    /// The handshake guard's counters (cookies sent, rate limits, half-open links dropped).
+    pub guard: GuardStats,
 }
 
 /// A mesh node: its links, routes and store-and-forward buffers, fed datagrams and timer
@@ -150,6 +165,12 @@ pub struct Node<A> {
     returned: BTreeMap<RouteId, vlink::Reassembly>,
     /// Local interfaces the driver marked as metered.
     metered: std::collections::BTreeSet<crate::link::Interface>,
+    /// Cookies, load and rate limits of handshakes.
+    guard: Guard,
+    /// Handshake timestamps (anchored at the first `now` the node sees).
+    clock: Option<Clock>,
+    /// Datagrams to send not on a link: cookie replies, answers to inits from new addresses.
+    unlinked: VecDeque<(A, Vec<u8>)>,
 }
 
 struct LinkTable<'a, A> {
@@ -223,6 +244,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         let public = identity.public_key();
         let router = Router::new(config.route.clone());
         let fwd = Forwarder::new(config.forward.clone());
+        let guard = Guard::new(config.guard.clone(), &public);
         Node {
             identity,
             public,
@@ -245,6 +267,9 @@ impl<A: crate::link::Endpoint> Node<A> {
             return_routes: BTreeMap::new(),
             returned: BTreeMap::new(),
             metered: Default::default(),
+            guard,
+            clock: None,
+            unlinked: VecDeque::new(),
         }
     }
 
@@ -296,10 +321,23 @@ impl<A: crate::link::Endpoint> Node<A> {
         }
     }
 
+    /// Where handshake timestamps come from: the configured wall clock at the first `now`.
+    fn clock(&mut self, now: Instant) -> Clock {
+        let unix = self.config.unix_time_ns;
+        *self.clock.get_or_insert_with(|| Clock::new(unix, now))
+    }
+
+    /// This node's handshake timestamp at `now` (link and session inits).
+    pub(crate) fn handshake_timestamp(&mut self, now: Instant) -> handshake::Timestamp {
+        self.clock(now).at(now)
+    }
+
     fn add_link(&mut self, now: Instant, peer: PublicKey, addr: A, slot: u8, dial: bool) -> LinkId {
         let id = LinkId(self.next_link);
         self.next_link += 1;
-        self.links.insert(id, Link::new(id, peer, addr.clone(), slot, self.config.link.clone(), dial, now));
+        let mut link = Link::new(id, peer, addr.clone(), slot, self.config.link.clone(), dial, now);
+        link.set_clock(self.clock(now));
+        self.links.insert(id, link);
         self.by_peer.insert((peer, slot as u16), id);
         self.by_addr.insert(addr, id);
         id
@@ -465,38 +503,14 @@ impl<A: crate::link::Endpoint> Node<A> {
         match packet {
             Packet::HandshakeInit(init) => {
                 let Some(from) = from else { return Err(Reject::Handshake) };
-                let idx = self.new_index();
-                let responded = handshake::respond(
-                    handshake::LINK_PROLOGUE,
-                    &mut RngRef(&mut *self.rng),
-                    &self.identity,
-                    &init,
-                    idx,
-                )
-                .map_err(|_| Reject::Handshake)?;
-                let (peer, slot) = (responded.initiator, responded.slot);
-                let id = match self.by_peer.get(&(peer, slot as u16)) {
-                    Some(&id) => id,
-                    None if self.config.accept_incoming => self.add_link(now, peer, from.clone(), slot, false),
-                    None => return Err(Reject::Handshake),
-                };
-                let accepted = match self.links.get_mut(&id) {
-                    Some(l) => {
-                        let same_addr = l.addr == from;
-                        let ok = l.on_handshake_init(now, &self.identity, &init_copy, responded, idx);
-                        if ok && same_addr {
-                            l.answer_in_copies();
-                        }
-                        ok
-                    }
-                    None => false,
-                };
-                if accepted {
-                    self.by_index.insert(idx, id);
-                    self.set_addr(id, from);
-                }
-                self.after_link(id, None);
-                Ok(())
+                let r = self.on_init(now, from, &init, &init_copy);
+                self.stats.guard = self.guard.stats;
+                r
+            }
+            Packet::CookieReply(reply) => {
+                let id = *self.by_index.get(&reply.receiver_index).ok_or(Reject::UnknownIndex)?;
+                let link = self.links.get_mut(&id).ok_or(Reject::UnknownIndex)?;
+                link.on_cookie_reply(now, &reply)
             }
             Packet::HandshakeResp(resp) => {
                 let id = *self.by_index.get(&resp.receiver_index).ok_or(Reject::UnknownIndex)?;
@@ -528,6 +542,116 @@ impl<A: crate::link::Endpoint> Node<A> {
                 Ok(())
             }
         }
+    }
+
+    /// A handshake init from `from`: `mac1` first (one HMAC), then the guard (under load a
+    /// cookie reply instead, rate limits), then the ECDH; a replayed init (not newer than the
+    /// last taken from that key on an up link) is refused. The answer goes where the init came
+    /// from, but a link moves to a new address only once its peer speaks from there under the
+    /// new keys (so a replayed init cannot redirect it).
+    fn on_init(
+        &mut self,
+        now: Instant,
+        from: A,
+        init: &crate::wire::HandshakeInit<'_>,
+        raw: &[u8],
+    ) -> Result<(), Reject> {
+        if !self.guard.mac1_ok(raw) {
+            return Err(Reject::BadMac);
+        }
+        let (mut source, mut host) = (Vec::new(), Vec::new());
+        from.write_source(&mut source);
+        from.write_host(&mut host);
+        match self.guard.check(now, &mut *self.rng, &source, &host, raw) {
+            Verdict::Proceed => {}
+            Verdict::Cookie(reply) => {
+                self.push_unlinked(from, reply);
+                return Err(Reject::Cookie);
+            }
+            Verdict::RateLimited => return Err(Reject::RateLimited),
+        }
+        let idx = self.new_index();
+        let responded =
+            handshake::respond(handshake::LINK_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, init, idx)
+                .map_err(|_| Reject::Handshake)?;
+        let (peer, slot) = (responded.initiator, responded.slot);
+        let existing = self.by_peer.get(&(peer, slot as u16)).copied();
+        if let Some(l) = existing.and_then(|id| self.links.get_mut(&id)) {
+            if !l.init_is_fresh(&responded.timestamp) {
+                l.stale_init();
+                return Err(Reject::StaleInit);
+            }
+        }
+        let id = match existing {
+            Some(id) => id,
+            None if self.config.accept_incoming => {
+                self.make_room_half_open();
+                self.add_link(now, peer, from.clone(), slot, false)
+            }
+            None => return Err(Reject::Handshake),
+        };
+        let Some(l) = self.links.get_mut(&id) else { return Err(Reject::Handshake) };
+        let same_addr = l.addr == from;
+        let accepted = l.on_handshake_init(now, &self.identity, raw, responded, idx);
+        if accepted {
+            self.by_index.insert(idx, id);
+            if same_addr {
+                l.answer_in_copies();
+            } else if let Some(answer) = l.take_urgent(now) {
+                self.push_unlinked(from, answer);
+            }
+        }
+        self.after_link(id, None);
+        Ok(())
+    }
+
+    /// Links strangers' inits made that have not come up; beyond the limit the oldest is
+    /// forgotten before a new one is made.
+    fn make_room_half_open(&mut self) {
+        let half_open: Vec<LinkId> = self
+            .links
+            .values()
+            .filter(|l| !l.dialled() && !l.is_up() && l.stats.handshakes == 0)
+            .map(|l| l.id)
+            .collect();
+        if half_open.len() < self.config.guard.max_half_open.max(1) {
+            return;
+        }
+        if let Some(&oldest) = half_open.first() {
+            self.forget_link(oldest);
+            self.guard.stats.half_open_dropped += 1;
+            self.stats.rejected.add(Reject::HalfOpen);
+        }
+    }
+
+    /// Removes a link that never came up (no routes, no buffers) and every index naming it.
+    fn forget_link(&mut self, id: LinkId) {
+        let Some(l) = self.links.remove(&id) else { return };
+        self.by_peer.remove(&(l.peer, l.slot as u16));
+        if self.by_addr.get(&l.addr) == Some(&id) {
+            self.by_addr.remove(&l.addr);
+        }
+        self.by_index.retain(|_, v| *v != id);
+        self.pinned.remove(&id);
+        self.fwd.remove_link(id);
+    }
+
+    fn push_unlinked(&mut self, to: A, packet: Vec<u8>) {
+        if self.unlinked.len() < MAX_UNLINKED {
+            self.unlinked.push_back((to, packet));
+        } else {
+            self.stats.rejected.add(Reject::QueueFull);
+        }
+    }
+
+    /// The next datagram that goes out on no link (a cookie reply, the answer to an init from
+    /// a new address): drivers that poll per link call this too. [`Node::poll_transmit`]
+    /// with `None` includes it.
+    #[must_use = "the datagram in `buf` must be sent to the returned address"]
+    pub fn poll_unlinked(&mut self, buf: &mut Vec<u8>) -> Option<A> {
+        let (to, p) = self.unlinked.pop_front()?;
+        *buf = p;
+        Some(to)
     }
 
     /// Handles the frames of one packet; returns whether any asks for an ack, and whether any
@@ -674,6 +798,9 @@ impl<A: crate::link::Endpoint> Node<A> {
     pub fn poll_transmit(&mut self, now: Instant, link: Option<LinkId>, buf: &mut Vec<u8>) -> Option<A> {
         if let Some(id) = link {
             return self.poll_link(now, id, buf);
+        }
+        if let Some(to) = self.poll_unlinked(buf) {
+            return Some(to);
         }
         let ids: Vec<LinkId> = self
             .links

@@ -4,11 +4,14 @@
 //! ```text
 //!   <- s                      (the initiator knows the responder's static key)
 //!   ...
-//!   -> e, es, s, ss           HandshakeInit
+//!   -> e, es, s, ss           HandshakeInit (payload: the initiator's timestamp)
 //!   <- e, ee, se              HandshakeResp
 //! ```
 //! DH is secp256k1 ECDH (x coordinate), HKDF-SHA256 chains the keys, ChaCha20-Poly1305 encrypts
-//! the initiator's static key and the (empty) payloads. Both sides are authenticated by their
+//! the initiator's static key and the payloads: the init's is a 12-byte timestamp (a responder
+//! refuses an init not newer than the last it took from that key, as WireGuard's TAI64N), the
+//! response's is empty. The init ends with two MACs the link layer fills
+//! ([`crate::link::cookie`]); sessions leave them zero. Both sides are authenticated by their
 //! static keys; the ephemeral-ephemeral DH gives forward secrecy. The link indexes are mixed into
 //! the handshake hash so an on-path attacker cannot alter them. The final chaining key is kept to
 //! chain later rekeys: `ck' = HKDF(ck, DH(e_a', e_b'))`.
@@ -17,7 +20,9 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, dh_static, hkdf, AeadKey, Ephemeral, Secret32};
 use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
-use crate::wire::{self, HandshakeInit, HandshakeResp, ENC_STATIC_LEN, HANDSHAKE_INIT_LEN, HANDSHAKE_RESP_LEN};
+use crate::wire::{
+    self, HandshakeInit, HandshakeResp, ENC_STATIC_LEN, HANDSHAKE_INIT_LEN, HANDSHAKE_RESP_LEN, MAC_LEN, TIMESTAMP_LEN,
+};
 use rand_core::CryptoRngCore;
 
 const PROTOCOL_NAME: &[u8] = b"Noise_IK_secp256k1_ChaChaPoly_SHA256";
@@ -96,8 +101,42 @@ pub struct Initiator {
     pub remote: PublicKey,
 }
 
+/// A handshake timestamp: seconds and nanoseconds, big endian (byte order is time order).
+pub type Timestamp = [u8; TIMESTAMP_LEN];
+
+/// The timestamp of `nanos` nanoseconds since the Unix epoch.
+pub fn timestamp(nanos: u128) -> Timestamp {
+    let mut t = [0u8; TIMESTAMP_LEN];
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    t[..8].copy_from_slice(&secs.to_be_bytes());
+    t[8..].copy_from_slice(&((nanos % 1_000_000_000) as u32).to_be_bytes());
+    t
+}
+
+/// Where handshake timestamps come from: the wall clock the driver read when the node was
+/// made, advanced by the monotonic `now` the node is given (the protocol never reads a clock).
+/// Monotonic within a run; across restarts as far as the wall clock is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    unix_ns: u128,
+    anchor: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock reading `unix_ns` (nanoseconds since the Unix epoch) at `anchor`.
+    pub fn new(unix_ns: u128, anchor: std::time::Instant) -> Self {
+        Clock { unix_ns, anchor }
+    }
+
+    /// The timestamp at `now`.
+    pub fn at(&self, now: std::time::Instant) -> Timestamp {
+        timestamp(self.unix_ns + now.saturating_duration_since(self.anchor).as_nanos())
+    }
+}
+
 /// Builds a HandshakeInit packet towards `remote` under `prologue` ([`LINK_PROLOGUE`] or
-/// [`SESSION_PROLOGUE`]); `slot` is the initiator's link slot (0 for sessions).
+/// [`SESSION_PROLOGUE`]); `slot` is the initiator's link slot (0 for sessions); `ts` the
+/// initiator's clock. The two MACs at its end are left zero.
 pub fn initiate(
     prologue: &[u8],
     rng: &mut impl CryptoRngCore,
@@ -105,6 +144,7 @@ pub fn initiate(
     remote: &PublicKey,
     sender_index: u32,
     slot: u8,
+    ts: Timestamp,
 ) -> (Initiator, Vec<u8>) {
     let mut st = SymmetricState::new(prologue, remote);
     let e = Ephemeral::generate(rng);
@@ -118,7 +158,8 @@ pub fn initiate(
     let k = st.mix_key(&e.dh(remote));
     st.encrypt_and_hash(&k, &local.public_key().to_bytes(), &mut pkt);
     let k = st.mix_key(&dh_static(local, remote));
-    st.encrypt_and_hash(&k, &[], &mut pkt);
+    st.encrypt_and_hash(&k, &ts, &mut pkt);
+    pkt.extend_from_slice(&[0u8; 2 * MAC_LEN]);
     debug_assert_eq!(pkt.len(), HANDSHAKE_INIT_LEN);
     (Initiator { state: st, e, sender_index, remote: *remote }, pkt)
 }
@@ -139,6 +180,8 @@ pub struct Responded {
     /// The initiator's link slot (its local interface): a neighbour's links over different
     /// radios are different links.
     pub slot: u8,
+    /// The initiator's timestamp (authenticated).
+    pub timestamp: Timestamp,
     /// The response to send.
     pub packet: Vec<u8>,
     /// The first epoch's keys.
@@ -162,7 +205,9 @@ pub fn respond(
     debug_assert_eq!(s_bytes.len(), ENC_STATIC_LEN - crypto::TAG_LEN);
     let rs = PublicKey::from_bytes(&s_bytes).map_err(|_| HandshakeError::BadKey)?;
     let k = st.mix_key(&dh_static(local, &rs));
-    st.decrypt_and_hash(&k, &init.enc_payload[..])?;
+    let ts_bytes = st.decrypt_and_hash(&k, &init.enc_timestamp[..])?;
+    let mut timestamp = [0u8; TIMESTAMP_LEN];
+    timestamp.copy_from_slice(&ts_bytes);
 
     let e = Ephemeral::generate(rng);
     let e_pub = e.public_bytes();
@@ -182,6 +227,7 @@ pub fn respond(
         initiator: rs,
         initiator_index: init.sender_index,
         slot: init.slot,
+        timestamp,
         packet: pkt,
         keys: EpochKeys { send: r2i, recv: i2r, chain },
     })
@@ -231,10 +277,14 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
         let a = SecretKey::generate(&mut rng);
         let b = SecretKey::generate(&mut rng);
-        let (ini, init_pkt) = initiate(LINK_PROLOGUE, &mut rng, &a, &b.public_key(), 11, 0);
+        let (ini, init_pkt) =
+            initiate(LINK_PROLOGUE, &mut rng, &a, &b.public_key(), 11, 0, timestamp(1_234_567_890_123));
         let Ok(Packet::HandshakeInit(init)) = Packet::parse(&init_pkt) else { panic!() };
         let r = respond(LINK_PROLOGUE, &mut rng, &b, &init, 22).unwrap();
         assert_eq!(r.initiator, a.public_key());
+        assert_eq!(r.timestamp, timestamp(1_234_567_890_123));
+        assert!(timestamp(1_234_567_890_123) < timestamp(1_234_567_890_124));
+        assert!(timestamp(999_999_999) < timestamp(1_000_000_000));
         let Ok(Packet::HandshakeResp(resp)) = Packet::parse(&r.packet) else { panic!() };
         assert_eq!((resp.sender_index, resp.receiver_index), (22, 11));
         let ka = ini.finish(&a, &resp).unwrap();

@@ -39,11 +39,22 @@ pub enum Reject {
     OverCredit,
     /// A credit update larger than any buffer (clamped).
     CreditTooLarge,
+    /// A handshake init whose `mac1` does not fit this node (junk, or meant for another key).
+    BadMac,
+    /// A handshake init answered with a cookie reply instead (the node is under load and the
+    /// sender has not proved its address yet).
+    Cookie,
+    /// A handshake init over its source host's or the node's handshake rate.
+    RateLimited,
+    /// A handshake init not newer than the last one taken from that key (a replay).
+    StaleInit,
+    /// A link made by a stranger's init, forgotten before it came up (too many half-open).
+    HalfOpen,
 }
 
 impl Reject {
     /// Every reason, in the order status reports them.
-    pub const ALL: [Reject; 16] = [
+    pub const ALL: [Reject; 21] = [
         Reject::Truncated,
         Reject::Oversized,
         Reject::BadVersion,
@@ -60,6 +71,11 @@ impl Reject {
         Reject::UnknownAck,
         Reject::OverCredit,
         Reject::CreditTooLarge,
+        Reject::BadMac,
+        Reject::Cookie,
+        Reject::RateLimited,
+        Reject::StaleInit,
+        Reject::HalfOpen,
     ];
 
     /// The reason's stable name (status JSON keys).
@@ -81,6 +97,11 @@ impl Reject {
             Reject::UnknownAck => "unknown_ack",
             Reject::OverCredit => "over_credit",
             Reject::CreditTooLarge => "credit_too_large",
+            Reject::BadMac => "bad_mac",
+            Reject::Cookie => "cookie",
+            Reject::RateLimited => "rate_limited",
+            Reject::StaleInit => "stale_init",
+            Reject::HalfOpen => "half_open",
         }
     }
 }
@@ -182,6 +203,8 @@ pub struct LinkStats {
     pub rekeys: u64,
     /// Completed handshakes.
     pub handshakes: u64,
+    /// Cookie replies the peer sent us (it was under handshake load).
+    pub cookies: u64,
     /// Round trip measured by the last rekey or handshake exchange.
     pub rtt: Option<Duration>,
     /// Packets sent and key changes (rotations, handshakes) over the last minute.

@@ -28,6 +28,21 @@ pub trait Endpoint: Clone + Ord + std::fmt::Debug {
     fn interface(&self) -> Interface {
         Interface::UNBOUND
     }
+
+    /// The address as bytes, for a cookie bound to it (handshakes under load): every part a
+    /// sender must really receive at (for IP: address and port). The default is the
+    /// address's debug form.
+    fn write_source(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(out, "{self:?}");
+    }
+
+    /// The part of the address one host's handshake budget is keyed by (for IP: the IPv4
+    /// address or the IPv6 /64, not the port, which a host picks freely). The default is the
+    /// whole source.
+    fn write_host(&self, out: &mut Vec<u8>) {
+        self.write_source(out)
+    }
 }
 
 impl Endpoint for u8 {}

@@ -18,13 +18,34 @@ pub const TYPE_HANDSHAKE_INIT: u8 = 1;
 pub const TYPE_HANDSHAKE_RESP: u8 = 2;
 /// Packet type: sealed link data (frames).
 pub const TYPE_DATA: u8 = 3;
+/// Packet type: a cookie reply: a node under handshake load asks the initiator to prove its
+/// address before it spends an ECDH on the init (see [`crate::link::cookie`]).
+pub const TYPE_COOKIE_REPLY: u8 = 4;
 
 /// Data packet header: type/version, epoch, 2 reserved zero bytes, receiver index, counter.
 pub const DATA_HEADER_LEN: usize = 16;
 /// Encrypted static key in the handshake init: compressed point + tag.
 pub const ENC_STATIC_LEN: usize = PUBLIC_KEY_LEN + TAG_LEN;
+/// The initiator's timestamp in the init: seconds (8 bytes) and nanoseconds (4 bytes), big
+/// endian, so byte order is time order (a responder refuses an init not newer than the last).
+pub const TIMESTAMP_LEN: usize = 12;
+/// The sealed timestamp in the handshake init.
+pub const ENC_TIMESTAMP_LEN: usize = TIMESTAMP_LEN + TAG_LEN;
+/// Bytes of each MAC closing a handshake init.
+pub const MAC_LEN: usize = 16;
+/// Bytes of an init covered by `mac1` (everything before it).
+pub const INIT_MAC1_AT: usize = 8 + PUBLIC_KEY_LEN + ENC_STATIC_LEN + ENC_TIMESTAMP_LEN;
+/// Bytes of an init covered by `mac2` (everything before it, `mac1` included).
+pub const INIT_MAC2_AT: usize = INIT_MAC1_AT + MAC_LEN;
 /// Bytes in a handshake initiation.
-pub const HANDSHAKE_INIT_LEN: usize = 8 + PUBLIC_KEY_LEN + ENC_STATIC_LEN + TAG_LEN;
+pub const HANDSHAKE_INIT_LEN: usize = INIT_MAC2_AT + MAC_LEN;
+/// The random nonce of a cookie reply (its key is derived from it, so no nonce repeats).
+pub const COOKIE_NONCE_LEN: usize = 16;
+/// Bytes of a cookie.
+pub const COOKIE_LEN: usize = 16;
+/// Bytes in a cookie reply: header, receiver index, nonce, sealed cookie. Smaller than the init
+/// that causes it, so an unauthenticated sender can make a node send no more than it sent.
+pub const COOKIE_REPLY_LEN: usize = 8 + COOKIE_NONCE_LEN + COOKIE_LEN + TAG_LEN;
 /// Bytes in a handshake response.
 pub const HANDSHAKE_RESP_LEN: usize = 12 + PUBLIC_KEY_LEN + TAG_LEN;
 
@@ -57,6 +78,8 @@ pub enum Packet<'a> {
     HandshakeResp(HandshakeResp<'a>),
     /// Sealed data: the header; the sealed frames follow it.
     Data(DataHeader),
+    /// A cookie reply to one of our inits.
+    CookieReply(CookieReply<'a>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -71,8 +94,25 @@ pub struct HandshakeInit<'a> {
     pub ephemeral: &'a [u8; PUBLIC_KEY_LEN],
     /// The initiator's static key, sealed.
     pub enc_static: &'a [u8; ENC_STATIC_LEN],
-    /// The sealed empty payload (its tag proves the initiator holds its static key).
-    pub enc_payload: &'a [u8; TAG_LEN],
+    /// The initiator's sealed timestamp (the tag proves the initiator holds its static key).
+    pub enc_timestamp: &'a [u8; ENC_TIMESTAMP_LEN],
+    /// A MAC of everything before it keyed by the responder's public key: checked before any
+    /// ECDH, so only a sender that knows whom it dials makes the responder work.
+    pub mac1: &'a [u8; MAC_LEN],
+    /// A MAC of everything before it keyed by a cookie the responder gave this sender's
+    /// address; zero without one. Needed only while the responder is under load.
+    pub mac2: &'a [u8; MAC_LEN],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+/// A cookie reply, borrowed from the datagram.
+pub struct CookieReply<'a> {
+    /// The initiator's session index from the init this answers.
+    pub receiver_index: u32,
+    /// The random nonce the sealing key derives from.
+    pub nonce: &'a [u8; COOKIE_NONCE_LEN],
+    /// The cookie, sealed with the init's `mac1` as associated data.
+    pub enc_cookie: &'a [u8; COOKIE_LEN + TAG_LEN],
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -137,7 +177,9 @@ impl<'a> Packet<'a> {
                     sender_index: be32(&datagram[4..8]),
                     ephemeral: arr(&datagram[8..e_end]),
                     enc_static: arr(&datagram[e_end..s_end]),
-                    enc_payload: arr(&datagram[s_end..s_end + TAG_LEN]),
+                    enc_timestamp: arr(&datagram[s_end..INIT_MAC1_AT]),
+                    mac1: arr(&datagram[INIT_MAC1_AT..INIT_MAC2_AT]),
+                    mac2: arr(&datagram[INIT_MAC2_AT..HANDSHAKE_INIT_LEN]),
                 }))
             }
             TYPE_HANDSHAKE_RESP => {
@@ -152,6 +194,19 @@ impl<'a> Packet<'a> {
                     receiver_index: be32(&datagram[8..12]),
                     ephemeral: arr(&datagram[12..e_end]),
                     enc_payload: arr(&datagram[e_end..e_end + TAG_LEN]),
+                }))
+            }
+            TYPE_COOKIE_REPLY => {
+                need(COOKIE_REPLY_LEN)?;
+                exact(COOKIE_REPLY_LEN)?;
+                if datagram[1..4] != [0, 0, 0] {
+                    return Err(DecodeError::Malformed("reserved bytes not zero"));
+                }
+                let n_end = 8 + COOKIE_NONCE_LEN;
+                Ok(Packet::CookieReply(CookieReply {
+                    receiver_index: be32(&datagram[4..8]),
+                    nonce: arr(&datagram[8..n_end]),
+                    enc_cookie: arr(&datagram[n_end..COOKIE_REPLY_LEN]),
                 }))
             }
             TYPE_DATA => {

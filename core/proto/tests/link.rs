@@ -345,6 +345,18 @@ fn bad_input_is_typed_counted_and_harmless() {
     other.connect(now, stranger, 1);
     let init = next_tx(&mut other, now).unwrap().1;
     p.deliver(1, 9, init);
+    assert_eq!(p.nodes[1].stats().rejected.get(Reject::BadMac), 1, "mac1 names another key: no ECDH");
+    // One with a valid mac1 whose sealed parts are forged: the ECDH finds it out.
+    let mut forged = Node::<u8>::new(
+        SecretKey::generate(&mut ChaCha20Rng::seed_from_u64(69)),
+        NodeConfig::default(),
+        Box::new(ChaCha20Rng::seed_from_u64(70)),
+    );
+    forged.connect(now, p.nodes[1].public_key(), 1);
+    let mut init = next_tx(&mut forged, now).unwrap().1;
+    init[60] ^= 1;
+    skyroute_proto::link::cookie::seal_macs(&mut init, &p.nodes[1].public_key(), None);
+    p.deliver(1, 9, init);
     assert_eq!(p.nodes[1].stats().rejected.get(Reject::Handshake), 1);
 
     // The link and its route keep working.
@@ -462,7 +474,9 @@ fn peer_restart_rehandshakes() {
     // Node 0 restarts with the same identity and dials again.
     let key0 = SecretKey::generate(&mut ChaCha20Rng::seed_from_u64(9));
     assert_eq!(key0.public_key(), p.nodes[0].public_key());
-    p.nodes[0] = Node::new(key0, NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(1234)));
+    // Its driver reads the wall clock: later than when it first started.
+    let config = NodeConfig { unix_time_ns: 10_000_000_000, ..NodeConfig::default() };
+    p.nodes[0] = Node::new(key0, config, Box::new(ChaCha20Rng::seed_from_u64(1234)));
     p.connect();
     p.drive_for(Duration::from_millis(20));
     assert_eq!(p.link_state(0), LinkState::Up);
@@ -471,6 +485,33 @@ fn peer_restart_rehandshakes() {
     p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"after restart").unwrap();
     p.drive_for(Duration::from_millis(5));
     assert_eq!(p.received(1), vec![b"after restart".to_vec()]);
+}
+
+#[test]
+fn peer_restart_with_a_clock_that_went_back_gets_back_in() {
+    // Firmware without a real-time clock: after a reboot its inits look older than the last
+    // one taken. The up link refuses them as replays, probes the peer, finds it gone within
+    // dead_after, and takes the next init.
+    let mut p = Pair::new(19);
+    p.connect();
+    p.drive_for(Duration::from_secs(2));
+    let key0 = SecretKey::generate(&mut ChaCha20Rng::seed_from_u64(19));
+    p.nodes[0] = Node::new(key0, NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(4321)));
+    p.connect();
+    p.drive_for(Duration::from_millis(50));
+    assert!(
+        p.nodes[1].stats().rejected.get(Reject::StaleInit)
+            + p.nodes[1].links()[0].stats.rejected.get(Reject::StaleInit)
+            >= 1
+    );
+    assert_ne!(p.link_state(0), LinkState::Up, "not yet: the peer still believes in the old session");
+    p.drive_for(Duration::from_secs(12));
+    assert_eq!((p.link_state(0), p.link_state(1)), (LinkState::Up, LinkState::Up));
+    let r = p.route();
+    let now = p.now;
+    p.nodes[0].send(now, r, skyroute_proto::Class::Bulk, b"back").unwrap();
+    p.drive_for(Duration::from_millis(5));
+    assert_eq!(p.received(1), vec![b"back".to_vec()]);
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn wire_md_examples_decode() {
         match name.as_str() {
             "HandshakeInit" => assert!(matches!(Packet::parse(&bytes), Ok(Packet::HandshakeInit(_)))),
             "HandshakeResp" => assert!(matches!(Packet::parse(&bytes), Ok(Packet::HandshakeResp(_)))),
+            "CookieReply" => assert!(matches!(Packet::parse(&bytes), Ok(Packet::CookieReply(_)))),
             "Data" => assert!(matches!(Packet::parse(&bytes), Ok(Packet::Data(_)))),
             "ROUTE_SETUP_DIRECT" => {
                 let mut rd: &[u8] = &bytes;

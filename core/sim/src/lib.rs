@@ -188,11 +188,18 @@ impl World {
         self.now - self.start
     }
 
+    /// `config` with the simulated wall clock now (as a driver reads the real one): a node
+    /// made or restarted later stamps its handshakes later.
+    fn clocked(&self, mut config: NodeConfig) -> NodeConfig {
+        config.unix_time_ns = u128::from(SIM_UNIX_TIME) * 1_000_000_000 + self.elapsed().as_nanos();
+        config
+    }
+
     /// Adds a node (a host with default session settings; see [`World::add_sessions`]).
     pub fn add_node(&mut self, config: NodeConfig) -> usize {
         let key = SecretKey::generate(&mut self.rng);
         let node_rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
-        let config = HostConfig { node: config, session: SessionConfig::default() };
+        let config = HostConfig { node: self.clocked(config), session: SessionConfig::default() };
         self.hosts.push(Host::new(key, config, Box::new(node_rng)));
         self.apps.push(App::default());
         self.timers.push(None);
@@ -237,8 +244,10 @@ impl World {
     pub fn restart(&mut self, node: usize) {
         let old = &self.hosts[node];
         let key = old.node().identity_copy();
-        let config = HostConfig { node: old.node().config().clone(), session: old.sessions().config().clone() };
-        let graph = old.graph().clone();
+        let node_config = old.node().config().clone();
+        let config =
+            HostConfig { node: self.clocked(node_config), session: self.hosts[node].sessions().config().clone() };
+        let graph = self.hosts[node].graph().clone();
         let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
         let mut h = Host::new(key, config, Box::new(rng));
         *h.graph_mut() = graph;
@@ -332,6 +341,15 @@ impl World {
                 HostEvent::Session(e) if app.sessions => app.session_events.push_back(e),
                 HostEvent::Session(_) => {}
             }
+        }
+    }
+
+    /// Sends what a node sends on no link (cookie replies, answers to inits from a new
+    /// address) at once, wire or not busy: they are rare and small.
+    fn send_unlinked(&mut self, i: usize) {
+        let mut buf = Vec::new();
+        while let Some(to) = self.hosts[i].poll_unlinked(&mut buf) {
+            self.transmit(i, to, &buf);
         }
     }
 
@@ -437,6 +455,7 @@ impl World {
                 self.log.update([b'D', to as u8, from as u8]);
                 self.log.update(&payload);
                 self.hosts[to].handle_datagram(now, from, &mut payload);
+                self.send_unlinked(to);
                 to
             }
             Pending::Timer { node } => {

@@ -132,8 +132,12 @@ impl Driver {
                 .flatten()
                 .collect();
         let dht = dht::DhtState::new(o.dht.as_ref(), o.identity.clone(), &listen_addrs, o.gateway.is_some());
-        let mut host =
-            Host::new(o.identity, HostConfig { node: o.node, session: o.session }, Box::new(rand_core::OsRng));
+        let mut node = o.node;
+        // Handshake timestamps count on from the wall clock now (a restarted node's inits are
+        // newer than those it sent before); the protocol itself reads no clock.
+        node.unix_time_ns =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mut host = Host::new(o.identity, HostConfig { node, session: o.session }, Box::new(rand_core::OsRng));
         let me = host.public_key();
         for (a, b) in o.topology {
             host.graph_mut().add_edge(a, b, LINK_COST);
@@ -773,6 +777,7 @@ impl Driver {
         let session_rejected = nonzero([
             ("unknown_session", es.unknown_session),
             ("bad_handshake", es.bad_handshake),
+            ("replayed_init", es.replayed_init),
             ("malformed", es.malformed),
             ("refused", es.refused),
         ]);

@@ -103,6 +103,39 @@ impl skyroute_proto::Endpoint for Addr {
             _ => skyroute_proto::Interface::UNBOUND,
         }
     }
+
+    /// Transport, interface, IP address and port: a cookie is good only where it was sent.
+    fn write_source(&self, out: &mut Vec<u8>) {
+        let kind = match self {
+            Addr::Udp(_) => 0,
+            Addr::Tcp(_) => 1,
+            Addr::Quic(_) => 2,
+            Addr::UdpOn(..) => 3,
+            Addr::TcpOn(..) => 4,
+            Addr::QuicOn(..) => 5,
+        };
+        out.extend_from_slice(&[kind, skyroute_proto::Endpoint::interface(self).0]);
+        self.write_host_ip(out, false);
+        out.extend_from_slice(&self.socket().port().to_be_bytes());
+    }
+
+    /// The IPv4 address, or the IPv6 /64 (a host picks its port, and often its address
+    /// within its /64, freely), as WireGuard's rate limiter.
+    fn write_host(&self, out: &mut Vec<u8>) {
+        self.write_host_ip(out, true);
+    }
+}
+
+impl Addr {
+    fn write_host_ip(&self, out: &mut Vec<u8>, v6_prefix_only: bool) {
+        match self.socket().ip() {
+            std::net::IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+            std::net::IpAddr::V6(ip) => {
+                let o = ip.octets();
+                out.extend_from_slice(if v6_prefix_only { &o[..8] } else { &o[..] });
+            }
+        }
+    }
 }
 
 /// The transports, by name.

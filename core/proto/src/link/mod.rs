@@ -21,6 +21,7 @@
 //! the answering side switches when the first packet under the new key arrives. The previous
 //! receive key (and its replay window) stays valid for [`LinkConfig::old_key_grace`].
 
+pub mod cookie;
 pub mod queue;
 
 use std::time::{Duration, Instant};
@@ -31,12 +32,12 @@ use crate::crypto::replay::ReplayWindow;
 use crate::crypto::{AeadKey, Ephemeral, Secret32, TAG_LEN};
 use crate::frame::Frame;
 use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
-use crate::noise::{self as handshake, EpochKeys, Initiator, Responded};
+use crate::noise::{self as handshake, Clock, EpochKeys, Initiator, Responded, Timestamp};
 use crate::stats::{LinkStats, Reject};
 use crate::types::copies_for_even_chance;
 pub(crate) use crate::types::RngRef;
 pub use crate::types::{Endpoint, Interface, LinkId};
-use crate::wire::{DataHeader, HandshakeResp, DATA_HEADER_LEN};
+use crate::wire::{CookieReply, DataHeader, HandshakeResp, DATA_HEADER_LEN, INIT_MAC1_AT};
 use queue::FrameQueue;
 
 /// Chance that a live peer behind a lossy link left every one of our packets unanswered,
@@ -222,6 +223,10 @@ struct Session {
 struct OutgoingHandshake {
     state: Initiator,
     sent: Instant,
+    /// The init as sent (a cookie reply makes us send it again with `mac2`).
+    packet: Vec<u8>,
+    /// Sent again with a cookie already: a second reply waits for the next try.
+    cookie_resent: bool,
 }
 
 /// One neighbour.
@@ -291,6 +296,13 @@ pub struct Link<A> {
     /// The last packet opened was the newest the peer has sent so far (not a late one that
     /// took a slower way): only such a packet may move the link to its source address.
     pub(crate) last_was_newest: bool,
+    /// Where this side's init timestamps come from.
+    clock: Clock,
+    /// The cookie the peer gave us under load, and when.
+    cookie: Option<(cookie::Cookie, Instant)>,
+    /// The newest init timestamp we accepted from the peer: an up link refuses older ones
+    /// (a replayed init), as WireGuard does with TAI64N.
+    last_init_ts: Option<Timestamp>,
     /// Counters.
     pub stats: LinkStats,
 }
@@ -354,6 +366,9 @@ impl<A: Clone> Link<A> {
             confirm_sent: None,
             answered: None,
             last_was_newest: false,
+            clock: Clock::new(0, now),
+            cookie: None,
+            last_init_ts: None,
             stats: LinkStats::default(),
         }
     }
@@ -388,9 +403,19 @@ impl<A: Clone> Link<A> {
         if let Some(old) = self.handshake.take() {
             self.retired.push(old.state.sender_index);
         }
-        let (state, pkt) =
-            handshake::initiate(handshake::LINK_PROLOGUE, &mut RngRef(rng), local, &self.peer, local_index, self.slot);
-        self.handshake = Some(OutgoingHandshake { state, sent: now });
+        let ts = self.clock.at(now);
+        let (state, mut pkt) = handshake::initiate(
+            handshake::LINK_PROLOGUE,
+            &mut RngRef(rng),
+            local,
+            &self.peer,
+            local_index,
+            self.slot,
+            ts,
+        );
+        let cookie = self.cookie.filter(|(_, at)| now.saturating_duration_since(*at) < cookie::COOKIE_LIFETIME);
+        cookie::seal_macs(&mut pkt, &self.peer, cookie.as_ref().map(|(c, _)| c));
+        self.handshake = Some(OutgoingHandshake { state, sent: now, packet: pkt.clone(), cookie_resent: false });
         self.handshake_attempts += 1;
         let copies = self.handshake_copies();
         self.handshake_sends = self.handshake_sends.saturating_add(copies);
@@ -449,6 +474,48 @@ impl<A: Clone> Link<A> {
         Ok(self.mark_up().or(replaced.then_some(LinkEvent::Reset)))
     }
 
+    /// Sets where this side's handshake timestamps come from (the node's clock).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// The peer, under load, asks us to prove our address: keep its cookie and send the init
+    /// in flight again with it (once per init; later tries carry it too).
+    pub fn on_cookie_reply(&mut self, now: Instant, reply: &CookieReply<'_>) -> Result<(), Reject> {
+        let Some(hs) = self.handshake.as_mut().filter(|h| h.state.sender_index == reply.receiver_index) else {
+            return Err(Reject::Handshake);
+        };
+        let mac1 = cookie::mac1_of(&hs.packet).ok_or(Reject::Handshake)?;
+        let c = cookie::open_reply(&self.peer, &mac1, reply).ok_or(Reject::Decrypt)?;
+        self.cookie = Some((c, now));
+        self.stats.cookies += 1;
+        if !hs.cookie_resent {
+            hs.cookie_resent = true;
+            cookie::seal_macs(&mut hs.packet, &self.peer, Some(&c));
+            self.handshake_out = Some(hs.packet.clone());
+            self.urgent_copies = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether an init with timestamp `ts` may be taken: not older than the last one taken
+    /// while the link is up (a replay). A link that is down takes any, so a peer whose clock
+    /// went back after a restart can still come back.
+    pub fn init_is_fresh(&self, ts: &Timestamp) -> bool {
+        self.state != LinkState::Up || self.last_init_ts.is_none_or(|t| *ts > t)
+    }
+
+    /// An init older than the last one taken came while the link is up: a replay, or the peer
+    /// restarted with a clock that went back. Ask the peer for an answer under the current
+    /// keys (unless something already waits for one): a live peer answers and nothing
+    /// changes; a restarted one cannot, so the link goes down within `dead_after` and its
+    /// next init is taken.
+    pub fn stale_init(&mut self) {
+        if self.state == LinkState::Up && self.unanswered_since.is_none() && !self.control_elicits {
+            self.push_control(Frame::Probe);
+        }
+    }
+
     /// Accepts a handshake the peer initiated (already verified by [`handshake::respond`]).
     /// Returns false when we keep our own crossing handshake instead (tie-break on keys).
     pub fn on_handshake_init(
@@ -480,7 +547,8 @@ impl<A: Clone> Link<A> {
         if let Some(old) = self.pending.replace(session) {
             self.retired.push(old.local_index);
         }
-        self.answered = Some((init.to_vec(), responded.packet.clone()));
+        self.last_init_ts = self.last_init_ts.max(Some(responded.timestamp));
+        self.answered = Some((init[..INIT_MAC1_AT.min(init.len())].to_vec(), responded.packet.clone()));
         self.handshake_out = Some(responded.packet);
         self.urgent_copies = 0;
         true
@@ -497,10 +565,15 @@ impl<A: Clone> Link<A> {
         }
     }
 
-    /// If `init` is byte for byte the init we answered last, queue the same answer again.
+    /// If `init` is the init we answered last (byte for byte up to its MACs, which a cookie
+    /// changes) and its sender has not yet confirmed our answer, queue the same answer again.
     pub fn answer_again(&mut self, init: &[u8]) -> bool {
+        if self.pending.is_none() {
+            return false;
+        }
+        let Some(head) = init.get(..INIT_MAC1_AT) else { return false };
         match &self.answered {
-            Some((i, resp)) if bool::from(subtle::ConstantTimeEq::ct_eq(&i[..], init)) => {
+            Some((i, resp)) if bool::from(subtle::ConstantTimeEq::ct_eq(&i[..], head)) => {
                 self.handshake_out = Some(resp.clone());
                 true
             }

@@ -312,6 +312,8 @@ pub struct EndpointStats {
     pub unknown_session: u64,
     /// Handshakes that did not check out.
     pub bad_handshake: u64,
+    /// Inits for a session we have, not newer than the last one taken (replays): ignored.
+    pub replayed_init: u64,
     /// Packets that did not parse.
     pub malformed: u64,
     /// Handshakes refused (session limit).
@@ -454,8 +456,9 @@ impl Sessions {
             return Err(SessionError::SelfSession);
         }
         let id = self.alloc_id();
+        let ts = node.handshake_timestamp(now);
         let (state, packet) =
-            handshake::initiate(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id, 0);
+            handshake::initiate(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &dest, id, 0, ts);
         let mut s = Session::new(
             id,
             dest,
@@ -649,6 +652,12 @@ impl Sessions {
                 }
                 self.on_init(now, node, route, init.sender_index, data.to_vec());
             }
+            Packet::CookieReply(_) => {
+                // Cookies are the link layer's; a route never carries one.
+                if ours {
+                    self.stats.malformed += 1;
+                }
+            }
             Packet::HandshakeResp(resp) => {
                 let Some(s) = self.sessions.get_mut(&resp.receiver_index) else {
                     self.stats.unknown_session += 1;
@@ -732,6 +741,10 @@ impl Sessions {
             };
         let key = (responded.initiator, sender_index);
         let (sid, resp) = match self.by_peer_index.get(&key).copied().filter(|s| self.sessions.contains_key(s)) {
+            Some(sid) if self.sessions.get(&sid).and_then(|s| s.init_ts).is_some_and(|t| responded.timestamp <= t) => {
+                self.stats.replayed_init += 1;
+                return;
+            }
             Some(sid) => {
                 // The response must name the session's index, not the fresh one: answer again.
                 let again =
@@ -745,6 +758,7 @@ impl Sessions {
                 s.stats.rehandshakes += 1;
                 s.on_keys(&self.config, keys::SessionKeys::new(&again.keys, false, sender_index, now), now, now);
                 s.answered = Some((raw, again.packet.clone()));
+                s.init_ts = Some(responded.timestamp);
                 (sid, again.packet)
             }
             None if self.sessions.len() >= self.config.max_sessions => {
@@ -755,6 +769,7 @@ impl Sessions {
                 let mut s = Session::new(id, responded.initiator, false, Handshake::Done, now);
                 s.on_keys(&self.config, keys::SessionKeys::new(&responded.keys, false, sender_index, now), now, now);
                 s.answered = Some((raw, responded.packet.clone()));
+                s.init_ts = Some(responded.timestamp);
                 self.sessions.insert(id, s);
                 self.by_peer_index.insert(key, id);
                 self.events.push_back(SessionEvent::Accepted { session: id, peer: responded.initiator });
@@ -844,8 +859,16 @@ impl Sessions {
         } else if now.saturating_duration_since(s.last_recv) >= cfg.rehandshake_after
             && s.paths.values().any(|p| p.state != PathState::Building)
         {
-            let (state, packet) =
-                handshake::initiate(SESSION_PROLOGUE, &mut RngRef(&mut *self.rng), &self.identity, &s.peer, s.id, 0);
+            let ts = ctx.node.handshake_timestamp(now);
+            let (state, packet) = handshake::initiate(
+                SESSION_PROLOGUE,
+                &mut RngRef(&mut *self.rng),
+                &self.identity,
+                &s.peer,
+                s.id,
+                0,
+                ts,
+            );
             s.handshake = Handshake::Waiting { state: Box::new(state), packet, sent: now, since: now };
             s.last_recv = now;
             s.send_init_all(&mut ctx);

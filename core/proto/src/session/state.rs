@@ -72,6 +72,9 @@ pub(crate) struct Session {
     pub keys: Option<SessionKeys>,
     /// Responder: the init we answered and our answer (duplicates get the same answer).
     pub answered: Option<(Vec<u8>, Vec<u8>)>,
+    /// Responder: the newest init timestamp taken from the peer; an older or equal one is a
+    /// replay and changes nothing (it would re-key the session to keys the peer no longer has).
+    pub init_ts: Option<crate::noise::Timestamp>,
     pub paths: BTreeMap<u32, Path>,
     pub next_path: u32,
     /// Path ids the peer retired (packets on them are stale).
@@ -142,6 +145,7 @@ impl Session {
             handshake,
             keys: None,
             answered: None,
+            init_ts: None,
             paths: BTreeMap::new(),
             routes: None,
             next_path: 1,

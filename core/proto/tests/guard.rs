@@ -1,0 +1,265 @@
+//! Handshakes under attack, through the public `Node` API: cookies under load, rate limits,
+//! half-open links, replayed inits, and no amplification towards an unauthenticated sender.
+//!
+//! Addresses: the victim is 0, an honest neighbour 1, the attacker 9 (what the victim sends
+//! there is counted, never delivered anywhere unless the test echoes it).
+
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use skyroute_proto::link::cookie::{self, GuardConfig};
+use skyroute_proto::wire::Packet;
+use skyroute_proto::{noise, Class, Event, LinkState, Node, NodeConfig, Reject, RouteEvent, RouteId, SecretKey};
+
+const ATTACKER: u8 = 9;
+
+struct Net {
+    now: Instant,
+    /// 0: the victim, 1: the honest neighbour.
+    nodes: [Node<u8>; 2],
+    /// Datagrams the victim sent the attacker.
+    to_attacker: Vec<Vec<u8>>,
+    events: [Vec<Event>; 2],
+}
+
+impl Net {
+    fn new(seed: u64, victim: NodeConfig) -> Net {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let v = SecretKey::generate(&mut rng);
+        let a = SecretKey::generate(&mut rng);
+        Net {
+            now: Instant::now(), // test-only clock
+            nodes: [
+                Node::new(v, victim, Box::new(ChaCha20Rng::seed_from_u64(seed + 1))),
+                Node::new(a, NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(seed + 2))),
+            ],
+            to_attacker: Vec::new(),
+            events: [Vec::new(), Vec::new()],
+        }
+    }
+
+    fn victim_key(&self) -> skyroute_proto::PublicKey {
+        self.nodes[0].public_key()
+    }
+
+    /// Moves datagrams until quiet, then timers, until `d` has passed.
+    fn drive_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        loop {
+            let mut moved = false;
+            for i in 0..2 {
+                let mut buf = Vec::new();
+                while let Some(to) = self.nodes[i].poll_transmit(self.now, None, &mut buf) {
+                    moved = true;
+                    let now = self.now;
+                    match to {
+                        0 | 1 => self.nodes[to as usize].handle_datagram(now, i as u8, &mut buf.clone()),
+                        _ => self.to_attacker.push(buf.clone()),
+                    }
+                }
+                while let Some(e) = self.nodes[i].poll_event() {
+                    self.events[i].push(e);
+                }
+            }
+            if moved {
+                continue;
+            }
+            match self.nodes.iter().filter_map(|n| n.poll_timeout()).min() {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for n in self.nodes.iter_mut() {
+                        if n.poll_timeout().is_some_and(|d| d <= now) {
+                            n.handle_timeout(now);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = until;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn attack(&mut self, mut bytes: Vec<u8>) {
+        let now = self.now;
+        self.nodes[0].handle_datagram(now, ATTACKER, &mut bytes);
+    }
+
+    fn rejected(&self, r: Reject) -> u64 {
+        self.nodes[0].links().iter().map(|l| l.stats.rejected.get(r)).sum::<u64>()
+            + self.nodes[0].stats().rejected.get(r)
+    }
+
+    /// The honest neighbour dials the victim and opens a route to it.
+    fn honest_link(&mut self) -> RouteId {
+        let v = self.victim_key();
+        let now = self.now;
+        self.nodes[1].connect(now, v, 0);
+        self.drive_for(Duration::from_millis(20));
+        let now = self.now;
+        let r = self.nodes[1].open_route(now, None, &[v]).unwrap();
+        self.drive_for(Duration::from_millis(20));
+        assert!(self.events[1].contains(&Event::Route(RouteEvent::Ready { route: r })));
+        r
+    }
+
+    fn delivered_to_victim(&self) -> usize {
+        self.events[0].iter().filter(|e| matches!(e, Event::Route(RouteEvent::Data { .. }))).count()
+    }
+}
+
+/// A valid init to `to` from a fresh key (what a flood of strangers sends).
+fn fresh_init(rng: &mut ChaCha20Rng, to: &skyroute_proto::PublicKey, index: u32) -> Vec<u8> {
+    let k = SecretKey::generate(rng);
+    let (_, mut pkt) = noise::initiate(noise::LINK_PROLOGUE, rng, &k, to, index, 0, noise::timestamp(1));
+    cookie::seal_macs(&mut pkt, to, None);
+    pkt
+}
+
+#[test]
+fn under_load_a_stranger_proves_its_address_then_connects() {
+    let victim =
+        NodeConfig { guard: GuardConfig { load_threshold: 0, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let mut n = Net::new(1, victim);
+    let r = n.honest_link();
+    assert_eq!(n.nodes[1].links()[0].stats.cookies, 1, "one cookie reply, one init again");
+    assert_eq!(n.rejected(Reject::Cookie), 1);
+    assert_eq!((n.nodes[0].links()[0].state, n.nodes[1].links()[0].state), (LinkState::Up, LinkState::Up));
+    let now = n.now;
+    n.nodes[1].send(now, r, Class::Bulk, b"through").unwrap();
+    n.drive_for(Duration::from_millis(10));
+    assert_eq!(n.delivered_to_victim(), 1);
+}
+
+#[test]
+fn a_flood_of_inits_costs_bounded_work_breaks_nothing_and_never_amplifies() {
+    let mut n = Net::new(2, NodeConfig::default());
+    let r = n.honest_link();
+    let v = n.victim_key();
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    let flood: Vec<Vec<u8>> = (0..400).map(|i| fresh_init(&mut rng, &v, 1000 + i)).collect();
+    let mut sent_bytes = 0usize;
+    // 400 inits in 200 ms (2,000 a second) while the honest link carries a message every 10 ms.
+    for (i, init) in flood.iter().enumerate() {
+        sent_bytes += init.len();
+        n.attack(init.clone());
+        if i % 20 == 0 {
+            let now = n.now;
+            n.nodes[1].send(now, r, Class::Bulk, &(i as u32).to_be_bytes()).unwrap();
+            n.drive_for(Duration::from_millis(10));
+        }
+    }
+    n.drive_for(Duration::from_millis(100));
+    let got: usize = n.to_attacker.iter().map(Vec::len).sum();
+    assert!(got <= sent_bytes, "amplification {got} / {sent_bytes}");
+    let cookies = n.rejected(Reject::Cookie);
+    let answered = n.to_attacker.iter().filter(|p| matches!(Packet::parse(p), Ok(Packet::HandshakeResp(_)))).count();
+    // Past 64 a second the victim asks for cookies instead of doing the ECDH.
+    assert!(answered <= 70 && cookies >= 300, "{answered} answered, {cookies} cookies");
+    assert_eq!(answered as u64 + cookies + n.rejected(Reject::RateLimited), 400);
+    // The honest link never went down and carried everything.
+    assert!(!n.events[1].iter().any(|e| matches!(e, Event::LinkDown { .. })));
+    assert_eq!(n.delivered_to_victim(), 20);
+
+    // The attacker now echoes each cookie from its one address: its host's bucket admits 5 at
+    // once and 20 a second; the rest are dropped without an ECDH.
+    let replies: Vec<Vec<u8>> =
+        n.to_attacker.iter().filter(|p| matches!(Packet::parse(p), Ok(Packet::CookieReply(_)))).cloned().collect();
+    let before_limited = n.rejected(Reject::RateLimited);
+    let mut echoed = 0;
+    for reply in &replies {
+        let Ok(Packet::CookieReply(cr)) = Packet::parse(reply) else { unreachable!() };
+        let Some(init) = flood.iter().find(|i| i[4..8] == cr.receiver_index.to_be_bytes()) else { continue };
+        let c = cookie::open_reply(&v, &cookie::mac1_of(init).unwrap(), &cr).expect("the cookie opens");
+        let mut again = init.clone();
+        cookie::seal_macs(&mut again, &v, Some(&c));
+        n.attack(again);
+        echoed += 1;
+    }
+    assert!(echoed >= 300);
+    let limited = n.rejected(Reject::RateLimited) - before_limited;
+    assert!(limited >= echoed - 10, "{limited} of {echoed} echoed inits rate-limited");
+}
+
+#[test]
+fn strangers_half_open_links_are_bounded() {
+    let victim =
+        NodeConfig { guard: GuardConfig { max_half_open: 8, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let mut n = Net::new(3, victim);
+    let r = n.honest_link();
+    let v = n.victim_key();
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    for i in 0..40 {
+        n.attack(fresh_init(&mut rng, &v, 500 + i));
+        n.drive_for(Duration::from_millis(50));
+    }
+    assert!(n.nodes[0].links().len() <= 9, "{} links", n.nodes[0].links().len());
+    assert_eq!(n.rejected(Reject::HalfOpen), 32);
+    assert_eq!(n.nodes[0].stats().guard.half_open_dropped, 32);
+    let now = n.now;
+    n.nodes[1].send(now, r, Class::Bulk, b"still here").unwrap();
+    n.drive_for(Duration::from_millis(10));
+    assert_eq!(n.delivered_to_victim(), 1);
+}
+
+#[test]
+fn a_replayed_init_neither_redirects_nor_resets_the_link() {
+    let mut n = Net::new(4, NodeConfig::default());
+    let v = n.victim_key();
+    let now = n.now;
+    n.nodes[1].connect(now, v, 0);
+    let mut buf = Vec::new();
+    let to = n.nodes[1].poll_transmit(now, None, &mut buf).unwrap();
+    assert_eq!(to, 0);
+    let init = buf.clone();
+    n.nodes[0].handle_datagram(now, 1, &mut buf);
+    n.drive_for(Duration::from_millis(20));
+    let now = n.now;
+    let r = n.nodes[1].open_route(now, None, &[v]).unwrap();
+    n.drive_for(Duration::from_millis(20));
+    let handshakes = n.nodes[0].links()[0].stats.handshakes;
+    // The recorded init, replayed from elsewhere and from the neighbour's own address.
+    n.attack(init.clone());
+    n.nodes[0].handle_datagram(n.now, 1, &mut init.clone());
+    n.drive_for(Duration::from_millis(50));
+    assert_eq!(n.rejected(Reject::StaleInit), 2);
+    assert!(n.to_attacker.is_empty(), "nothing for the replayer");
+    let l = &n.nodes[0].links()[0];
+    assert_eq!((l.addr, l.state, l.stats.handshakes), (1, LinkState::Up, handshakes));
+    let now = n.now;
+    n.nodes[1].send(now, r, Class::Bulk, b"unharmed").unwrap();
+    n.drive_for(Duration::from_millis(10));
+    assert!(n.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::Route(RouteEvent::Ready { .. }) | Event::Route(RouteEvent::Data { .. }))));
+    assert!(!n.events[1].iter().any(|e| matches!(e, Event::LinkDown { .. })));
+}
+
+#[test]
+fn junk_and_misdirected_inits_cost_one_hmac_and_get_nothing() {
+    let mut n = Net::new(5, NodeConfig::default());
+    let r = n.honest_link();
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let elsewhere = SecretKey::generate(&mut rng).public_key();
+    for i in 0..200u32 {
+        // For another node, and random bytes of an init's length with the right first byte.
+        n.attack(fresh_init(&mut rng, &elsewhere, i));
+        let mut junk = vec![0u8; skyroute_proto::wire::HANDSHAKE_INIT_LEN];
+        rand_chacha::rand_core::RngCore::fill_bytes(&mut rng, &mut junk);
+        junk[0] = 0x11;
+        junk[2] = 0;
+        junk[3] = 0;
+        n.attack(junk);
+    }
+    n.drive_for(Duration::from_millis(10));
+    assert_eq!(n.rejected(Reject::BadMac), 400);
+    assert!(n.to_attacker.is_empty());
+    assert_eq!(n.nodes[0].links().len(), 1);
+    let now = n.now;
+    n.nodes[1].send(now, r, Class::Bulk, b"fine").unwrap();
+    n.drive_for(Duration::from_millis(10));
+    assert_eq!(n.delivered_to_victim(), 1);
+}
