@@ -197,6 +197,30 @@ impl<A: Clone> crate::route::Links for LinkTable<'_, A> {
     fn fwd(&mut self) -> &mut Forwarder {
         self.fwd
     }
+    fn peer_of(&self, link: LinkId) -> Option<PublicKey> {
+        self.links.get(&link).map(|l| l.peer).or_else(|| self.vlinks.get(&link).map(|v| v.peer))
+    }
+    fn neighbours(&self) -> usize {
+        up_neighbours(self.links, self.vlinks, self.by_peer)
+    }
+}
+
+/// Neighbours with an up link, physical or virtual (a neighbour over two radios counts once).
+fn up_neighbours<A: Clone>(
+    links: &BTreeMap<LinkId, Link<A>>,
+    vlinks: &BTreeMap<LinkId, VLink>,
+    by_peer: &BTreeMap<(PublicKey, u16), LinkId>,
+) -> usize {
+    let mut last = None;
+    let mut n = 0;
+    // by_peer is sorted by key: a neighbour's links are next to each other.
+    for ((peer, _), id) in by_peer {
+        if last != Some(*peer) && link_up(links, vlinks, *id) {
+            last = Some(*peer);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Every link to `peer`, physical (by slot) then virtual.
@@ -325,6 +349,32 @@ impl<A: crate::link::Endpoint> Node<A> {
     fn clock(&mut self, now: Instant) -> Clock {
         let unix = self.config.unix_time_ns;
         *self.clock.get_or_insert_with(|| Clock::new(unix, now))
+    }
+
+    /// The neighbour a route we relay or end came from (None for our own routes).
+    pub(crate) fn route_neighbour(&self, route: RouteId) -> Option<PublicKey> {
+        self.router.neighbour_of(route)
+    }
+
+    /// Neighbours with an up link (a neighbour over two radios, or a physical and a virtual
+    /// link, counts once): what fair shares of routes, buffers and sessions divide by.
+    pub fn neighbour_count(&self) -> usize {
+        up_neighbours(&self.links, &self.vlinks, &self.by_peer)
+    }
+
+    /// Routes this node relays or ends for `neighbour` now (its share is bounded).
+    pub fn routes_held_by(&self, neighbour: &PublicKey) -> usize {
+        self.router.held_by(neighbour)
+    }
+
+    /// Counts a refusal of something `peer` asked (a session, a DHT request) on its links, so
+    /// status shows refusals by reason and neighbour; on the node's counters if no link to it.
+    pub fn count_refusal(&mut self, peer: &PublicKey, reason: Reject) {
+        let id = links_of(&self.by_peer, peer).next();
+        match id.and_then(|id| self.links.get_mut(&id)) {
+            Some(l) => l.stats.rejected.add(reason),
+            None => self.stats.rejected.add(reason),
+        }
     }
 
     /// This node's handshake timestamp at `now` (link and session inits).

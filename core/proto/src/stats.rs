@@ -50,11 +50,21 @@ pub enum Reject {
     StaleInit,
     /// A link made by a stranger's init, forgotten before it came up (too many half-open).
     HalfOpen,
+    /// A route setup refused: the neighbour holds its share of the route table or buffers.
+    RouteShare,
+    /// A route setup refused: the neighbour asks for more than its setup rate.
+    RouteRate,
+    /// A route setup refused: the node's route table or buffer budget is full.
+    TableFull,
+    /// A session refused: the neighbour it came through holds its share of sessions.
+    SessionShare,
+    /// A DHT request dropped: the contact asks more than its request rate.
+    DhtRate,
 }
 
 impl Reject {
     /// Every reason, in the order status reports them.
-    pub const ALL: [Reject; 21] = [
+    pub const ALL: [Reject; 26] = [
         Reject::Truncated,
         Reject::Oversized,
         Reject::BadVersion,
@@ -76,6 +86,11 @@ impl Reject {
         Reject::RateLimited,
         Reject::StaleInit,
         Reject::HalfOpen,
+        Reject::RouteShare,
+        Reject::RouteRate,
+        Reject::TableFull,
+        Reject::SessionShare,
+        Reject::DhtRate,
     ];
 
     /// The reason's stable name (status JSON keys).
@@ -102,6 +117,11 @@ impl Reject {
             Reject::RateLimited => "rate_limited",
             Reject::StaleInit => "stale_init",
             Reject::HalfOpen => "half_open",
+            Reject::RouteShare => "route_share",
+            Reject::RouteRate => "route_rate",
+            Reject::TableFull => "table_full",
+            Reject::SessionShare => "session_share",
+            Reject::DhtRate => "dht_rate",
         }
     }
 }

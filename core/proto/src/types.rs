@@ -140,3 +140,83 @@ pub(crate) fn copies_for_even_chance(loss: f64, max: u32) -> u32 {
     }
     ((0.5f64.ln() / loss.min(0.99).ln()).ceil() as u32).clamp(1, max)
 }
+
+/// A token bucket: `rate` tokens a second, at most `burst` at once (rate limits on handshakes,
+/// route setups and DHT requests).
+#[derive(Debug, Clone)]
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub(crate) fn full(burst: f64, now: std::time::Instant) -> Self {
+        TokenBucket { tokens: burst, at: now }
+    }
+
+    /// Adds what `rate` earned since the last call, up to `burst`.
+    pub(crate) fn refill(&mut self, now: std::time::Instant, rate: f64, burst: f64) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.at = now;
+    }
+
+    /// Takes a token if there is one.
+    pub(crate) fn take(&mut self, now: std::time::Instant, rate: f64, burst: f64) -> bool {
+        self.refill(now, rate, burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full (its owner has been idle long enough to be forgotten).
+    pub(crate) fn is_full(&self, burst: f64) -> bool {
+        self.tokens >= burst
+    }
+}
+
+/// A token bucket per key (a source host, a neighbour), bounded: a new key beyond `max`
+/// first forgets keys whose buckets are full again, and is refused if none is.
+#[derive(Debug, Clone)]
+pub(crate) struct Buckets<K> {
+    map: std::collections::BTreeMap<K, TokenBucket>,
+    rate: f64,
+    burst: f64,
+    max: usize,
+}
+
+impl<K: Ord + Clone> Buckets<K> {
+    /// Buckets of `rate` a second, `burst` at once, for at most `max` keys.
+    pub(crate) fn new(rate: u32, burst: u32, max: usize) -> Self {
+        Buckets {
+            map: Default::default(),
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            max: max.max(1),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket.
+    pub(crate) fn take(&mut self, now: std::time::Instant, key: &K) -> bool {
+        let (rate, burst) = (self.rate, self.burst);
+        if !self.map.contains_key(key) && self.map.len() >= self.max {
+            self.map.retain(|_, b| {
+                b.refill(now, rate, burst);
+                !b.is_full(burst)
+            });
+            if self.map.len() >= self.max {
+                return false;
+            }
+        }
+        self.map.entry(key.clone()).or_insert_with(|| TokenBucket::full(burst, now)).take(now, rate, burst)
+    }
+
+    /// Keys with a bucket now.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}

@@ -10,32 +10,40 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use skyroute_proto::link::cookie::{self, GuardConfig};
 use skyroute_proto::wire::Packet;
-use skyroute_proto::{noise, Class, Event, LinkState, Node, NodeConfig, Reject, RouteEvent, RouteId, SecretKey};
+use skyroute_proto::{
+    noise, Class, Event, ForwardConfig, LinkState, Node, NodeConfig, Reject, RouteConfig, RouteError, RouteEvent,
+    RouteId, SecretKey,
+};
 
 const ATTACKER: u8 = 9;
 
 struct Net {
     now: Instant,
-    /// 0: the victim, 1: the honest neighbour.
-    nodes: [Node<u8>; 2],
+    /// 0: the victim, then its neighbours.
+    nodes: Vec<Node<u8>>,
     /// Datagrams the victim sent the attacker.
     to_attacker: Vec<Vec<u8>>,
-    events: [Vec<Event>; 2],
+    events: Vec<Vec<Event>>,
 }
 
 impl Net {
     fn new(seed: u64, victim: NodeConfig) -> Net {
+        Net::with_neighbours(seed, victim, 1)
+    }
+
+    fn with_neighbours(seed: u64, victim: NodeConfig, n: usize) -> Net {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let v = SecretKey::generate(&mut rng);
-        let a = SecretKey::generate(&mut rng);
+        let mut nodes =
+            vec![Node::new(SecretKey::generate(&mut rng), victim, Box::new(ChaCha20Rng::seed_from_u64(seed + 1)))];
+        for i in 0..n as u64 {
+            let k = SecretKey::generate(&mut rng);
+            nodes.push(Node::new(k, NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(seed + 2 + i))));
+        }
         Net {
             now: Instant::now(), // test-only clock
-            nodes: [
-                Node::new(v, victim, Box::new(ChaCha20Rng::seed_from_u64(seed + 1))),
-                Node::new(a, NodeConfig::default(), Box::new(ChaCha20Rng::seed_from_u64(seed + 2))),
-            ],
+            events: vec![Vec::new(); nodes.len()],
+            nodes,
             to_attacker: Vec::new(),
-            events: [Vec::new(), Vec::new()],
         }
     }
 
@@ -48,13 +56,13 @@ impl Net {
         let until = self.now + d;
         loop {
             let mut moved = false;
-            for i in 0..2 {
+            for i in 0..self.nodes.len() {
                 let mut buf = Vec::new();
                 while let Some(to) = self.nodes[i].poll_transmit(self.now, None, &mut buf) {
                     moved = true;
                     let now = self.now;
-                    match to {
-                        0 | 1 => self.nodes[to as usize].handle_datagram(now, i as u8, &mut buf.clone()),
+                    match self.nodes.get_mut(to as usize) {
+                        Some(n) if to != ATTACKER => n.handle_datagram(now, i as u8, &mut buf.clone()),
                         _ => self.to_attacker.push(buf.clone()),
                     }
                 }
@@ -95,15 +103,30 @@ impl Net {
 
     /// The honest neighbour dials the victim and opens a route to it.
     fn honest_link(&mut self) -> RouteId {
+        self.dial(1);
+        self.open(1).expect("a route")
+    }
+
+    /// Neighbour `i` dials the victim.
+    fn dial(&mut self, i: usize) {
         let v = self.victim_key();
         let now = self.now;
-        self.nodes[1].connect(now, v, 0);
+        self.nodes[i].connect(now, v, 0);
         self.drive_for(Duration::from_millis(20));
+    }
+
+    /// Neighbour `i` opens a one-hop route to the victim: ready, or why not.
+    fn open(&mut self, i: usize) -> Result<RouteId, RouteError> {
+        let v = self.victim_key();
         let now = self.now;
-        let r = self.nodes[1].open_route(now, None, &[v]).unwrap();
+        let r = self.nodes[i].open_route(now, None, &[v])?;
         self.drive_for(Duration::from_millis(20));
-        assert!(self.events[1].contains(&Event::Route(RouteEvent::Ready { route: r })));
-        r
+        let outcome = self.events[i].iter().find_map(|e| match e {
+            Event::Route(RouteEvent::Ready { route }) if *route == r => Some(Ok(r)),
+            Event::Route(RouteEvent::Failed { route, error }) if *route == r => Some(Err(error.clone())),
+            _ => None,
+        });
+        outcome.expect("the route is ready or failed")
     }
 
     fn delivered_to_victim(&self) -> usize {
@@ -262,4 +285,76 @@ fn junk_and_misdirected_inits_cost_one_hmac_and_get_nothing() {
     n.nodes[1].send(now, r, Class::Bulk, b"fine").unwrap();
     n.drive_for(Duration::from_millis(10));
     assert_eq!(n.delivered_to_victim(), 1);
+}
+
+/// A neighbour that takes all it may of one resource, then every other neighbour sets up its
+/// routes: `shares` neighbours' worth (the share is the whole over one more than the
+/// neighbours up).
+fn greedy_neighbour_leaves_others_their_share(victim: NodeConfig, share: usize) {
+    let mut n = Net::with_neighbours(6, victim, 4);
+    for i in 1..=4 {
+        n.dial(i);
+    }
+    assert_eq!(n.nodes[0].neighbour_count(), 4);
+    // Neighbour 1 takes all it may.
+    let mut held = 0;
+    while n.open(1).is_ok() {
+        held += 1;
+        assert!(held <= share, "neighbour 1 got more than its share");
+    }
+    assert_eq!(held, share);
+    let greedy = n.nodes[1].public_key();
+    assert_eq!(n.nodes[0].routes_held_by(&greedy), share);
+    // It keeps trying: each try is refused and counted on its link, by reason.
+    for _ in 0..5 {
+        assert_eq!(n.open(1), Err(RouteError::Refused));
+    }
+    let l = n.nodes[0].links().into_iter().find(|l| l.peer == greedy).unwrap();
+    assert_eq!(l.stats.rejected.get(Reject::RouteShare), 6);
+    // Every other neighbour still gets its whole share.
+    for i in 2..=4 {
+        for _ in 0..share {
+            n.open(i).expect("an honest neighbour's route");
+        }
+    }
+}
+
+#[test]
+fn a_greedy_neighbour_leaves_every_other_its_share_of_routes() {
+    let victim =
+        NodeConfig { route: RouteConfig { max_routes: 50, ..RouteConfig::default() }, ..NodeConfig::default() };
+    greedy_neighbour_leaves_others_their_share(victim, 10);
+}
+
+#[test]
+fn a_greedy_neighbour_leaves_every_other_its_share_of_buffers() {
+    let forward = ForwardConfig::default();
+    let per_route = 2 * (forward.route_buffer_bytes + forward.realtime_buffer_bytes);
+    let victim = NodeConfig {
+        forward: ForwardConfig { memory_budget_bytes: 25 * per_route, ..forward },
+        ..NodeConfig::default()
+    };
+    greedy_neighbour_leaves_others_their_share(victim, 5);
+}
+
+#[test]
+fn route_setups_beyond_a_neighbours_rate_are_refused_and_counted() {
+    let victim = NodeConfig {
+        route: RouteConfig { setup_rate: 10, setup_burst: 3, ..RouteConfig::default() },
+        ..NodeConfig::default()
+    };
+    let mut n = Net::with_neighbours(7, victim, 2);
+    n.dial(1);
+    n.dial(2);
+    let v = n.victim_key();
+    let now = n.now;
+    let tries: Vec<RouteId> = (0..10).map(|_| n.nodes[1].open_route(now, None, &[v]).unwrap()).collect();
+    n.drive_for(Duration::from_millis(20));
+    let ready = n.events[1].iter().filter(|e| matches!(e, Event::Route(RouteEvent::Ready { .. }))).count();
+    assert_eq!(ready, 3, "the burst");
+    assert_eq!(tries.len(), 10);
+    let l = n.nodes[0].links().into_iter().find(|l| l.peer == n.nodes[1].public_key()).unwrap();
+    assert_eq!(l.stats.rejected.get(Reject::RouteRate), 7);
+    // The other neighbour's rate is its own.
+    n.open(2).expect("neighbour 2 is not limited by neighbour 1");
 }

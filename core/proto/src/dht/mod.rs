@@ -25,6 +25,7 @@ pub use record::{service_address, service_key, Record, RecordError, SignedRecord
 pub use table::{distance, Contact, Table, K};
 
 use crate::identity::{Address, ADDRESS_LEN};
+use crate::types::Buckets;
 
 #[derive(Debug, Clone)]
 /// DHT settings.
@@ -41,6 +42,12 @@ pub struct DhtConfig {
     pub max_records: usize,
     /// Verified records learned from our own lookups and exchanges, kept to pass on (PEX).
     pub max_learned: usize,
+    /// Requests (find, store) per second one contact may make; more are dropped unanswered.
+    pub requests_per_s: u32,
+    /// Requests one contact may make at once.
+    pub request_burst: u32,
+    /// Requests per second the node answers from all contacts together.
+    pub max_requests_per_s: u32,
 }
 
 impl Default for DhtConfig {
@@ -52,6 +59,9 @@ impl Default for DhtConfig {
             max_per_key: message::MAX_VALUES,
             max_records: 10_000,
             max_learned: 1024,
+            requests_per_s: 50,
+            request_burst: 50,
+            max_requests_per_s: 1000,
         }
     }
 }
@@ -108,6 +118,8 @@ pub struct DhtStats {
     pub timeouts: u64,
     /// Records held now.
     pub records_held: u64,
+    /// Requests dropped over their contact's or the node's request rate.
+    pub requests_refused: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +180,9 @@ pub struct Dht {
     /// Verified records from our lookups and exchanges, by publisher (oldest dropped first).
     learned: BTreeMap<Address, SignedRecord>,
     learned_order: VecDeque<Address>,
+    /// Request rate per contact, and the node's.
+    per_contact: Buckets<crate::identity::PublicKey>,
+    all_requests: Buckets<()>,
 }
 
 /// Whether `r` answers a lookup for `target`: the node's own record, or a record listing a
@@ -184,7 +199,6 @@ impl Dht {
             table: Table::new(my_address),
             me,
             my_address,
-            config,
             store: BTreeMap::new(),
             lookups: BTreeMap::new(),
             requests: BTreeMap::new(),
@@ -195,6 +209,9 @@ impl Dht {
             own: None,
             learned: BTreeMap::new(),
             learned_order: VecDeque::new(),
+            per_contact: Buckets::new(config.requests_per_s, config.request_burst, 4096),
+            all_requests: Buckets::new(config.max_requests_per_s, config.max_requests_per_s, 1),
+            config,
         }
     }
 
@@ -398,6 +415,11 @@ impl Dht {
                 return Err(e);
             }
         };
+        let request = matches!(m, Message::FindNode { .. } | Message::FindValue { .. } | Message::Store { .. });
+        if request && !(self.per_contact.take(now, &from.key) && self.all_requests.take(now, &())) {
+            self.stats.requests_refused += 1;
+            return Err(RecordError::RateLimited);
+        }
         match m {
             Message::FindNode { id, target } => {
                 self.table.seen(from);

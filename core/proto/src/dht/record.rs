@@ -81,6 +81,9 @@ pub enum RecordError {
     #[error("an older or equal sequence number than the record held (replay)")]
     /// Not newer than the record held (a replay).
     Stale,
+    #[error("the sender asks more than its request rate")]
+    /// A request over its sender's (or the node's) request rate: dropped unanswered.
+    RateLimited,
 }
 
 /// The DHT key of a service name (the 32-byte hash records list, and where they are stored).

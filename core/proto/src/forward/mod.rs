@@ -260,9 +260,14 @@ impl Forwarder {
         self.flows.values().map(|f| f.bytes).sum()
     }
 
+    /// Bytes of buffer one route reserves (its four flows).
+    pub fn route_reservation(&self) -> usize {
+        2 * Class::ALL.iter().map(|c| self.capacity(*c)).sum::<usize>()
+    }
+
     /// Reserves buffers for a route's four flows. False (nothing reserved) if over budget.
     pub(crate) fn add_route(&mut self, route: RouteId) -> bool {
-        let need: usize = 2 * Class::ALL.iter().map(|c| self.capacity(*c)).sum::<usize>();
+        let need = self.route_reservation();
         if self.reserved + need > self.config.memory_budget_bytes {
             return false;
         }

@@ -18,7 +18,6 @@
 //! the sender of that init can use it, and a forged reply does not fit any init in flight. Each
 //! reply has its own key, so no (key, nonce) pair ever repeats.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -29,6 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, hkdf, AeadKey};
 use crate::identity::PublicKey;
+use crate::types::{Buckets, TokenBucket};
 use crate::wire::{
     self, CookieReply, COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, HANDSHAKE_INIT_LEN, INIT_MAC1_AT, INIT_MAC2_AT,
     MAC_LEN,
@@ -138,33 +138,6 @@ pub fn open_reply(responder: &PublicKey, mac1: &[u8; MAC_LEN], reply: &CookieRep
     Some(c)
 }
 
-/// A token bucket: `rate` tokens a second up to `burst`.
-#[derive(Debug, Clone)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(burst: f64, now: Instant) -> Self {
-        Bucket { tokens: burst, at: now }
-    }
-    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * rate).min(burst);
-        self.at = now;
-    }
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
-        self.refill(now, rate, burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Counters of the guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GuardStats {
@@ -188,8 +161,8 @@ pub struct Guard {
     rotated: Option<Instant>,
     /// Inits counted in the current and the previous second (the load estimate).
     window: Option<(Instant, u32, u32)>,
-    hosts: BTreeMap<Vec<u8>, Bucket>,
-    node_bucket: Option<Bucket>,
+    hosts: Buckets<Vec<u8>>,
+    node_bucket: Option<TokenBucket>,
     /// Counters.
     pub stats: GuardStats,
 }
@@ -203,7 +176,7 @@ impl Guard {
             secrets: [Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 32])],
             rotated: None,
             window: None,
-            hosts: BTreeMap::new(),
+            hosts: Buckets::new(config.per_host_rate, config.per_host_burst, config.max_hosts),
             node_bucket: None,
             config,
             stats: GuardStats::default(),
@@ -290,35 +263,19 @@ impl Guard {
                     None => Verdict::RateLimited,
                 };
             }
-            if !self.host_take(now, host) {
+            if !self.hosts.take(now, &host.to_vec()) {
                 self.stats.rate_limited += 1;
                 return Verdict::RateLimited;
             }
         }
         let rate = f64::from(self.config.max_per_s.max(1));
         let burst = (rate / 10.0).max(1.0);
-        let b = self.node_bucket.get_or_insert_with(|| Bucket::full(burst, now));
+        let b = self.node_bucket.get_or_insert_with(|| TokenBucket::full(burst, now));
         if !b.take(now, rate, burst) {
             self.stats.rate_limited += 1;
             return Verdict::RateLimited;
         }
         Verdict::Proceed
-    }
-
-    fn host_take(&mut self, now: Instant, host: &[u8]) -> bool {
-        let rate = f64::from(self.config.per_host_rate.max(1));
-        let burst = f64::from(self.config.per_host_burst.max(1));
-        if !self.hosts.contains_key(host) && self.hosts.len() >= self.config.max_hosts {
-            // Forget hosts whose buckets are full again (idle long enough to owe nothing).
-            self.hosts.retain(|_, b| {
-                b.refill(now, rate, burst);
-                b.tokens < burst
-            });
-            if self.hosts.len() >= self.config.max_hosts {
-                return false;
-            }
-        }
-        self.hosts.entry(host.to_vec()).or_insert_with(|| Bucket::full(burst, now)).take(now, rate, burst)
     }
 
     /// Source hosts with a bucket now.

@@ -22,7 +22,7 @@ use crate::frame::{Frame, PROOF_LEN};
 use crate::identity::{PublicKey, SecretKey, PUBLIC_KEY_LEN};
 use crate::stats::Reject;
 pub use crate::types::RouteId;
-use crate::types::{LinkId, RngRef};
+use crate::types::{Buckets, LinkId, RngRef};
 
 mod account;
 pub use account::{AccountingConfig, AccountingStats};
@@ -100,8 +100,13 @@ pub struct RouteConfig {
     pub setup_timeout: Duration,
     /// A relay forgets a route that carried nothing for this long.
     pub idle_timeout: Duration,
-    /// Most routes (as source or relay) this node holds.
+    /// Most routes (as source or relay) this node holds. A neighbour's share is a part of
+    /// it (see [`Router`]'s fair shares).
     pub max_routes: usize,
+    /// Route setups per second one neighbour may ask of this node (each costs an ECDH).
+    pub setup_rate: u32,
+    /// Route setups one neighbour may ask at once.
+    pub setup_burst: u32,
     /// Paying hops, and being paid as one.
     pub accounting: AccountingConfig,
 }
@@ -115,6 +120,8 @@ impl Default for RouteConfig {
             // forwarder's budget. A route whose link goes down is torn down at once anyway.
             idle_timeout: Duration::from_secs(30 * 60),
             max_routes: 65_536,
+            setup_rate: 500,
+            setup_burst: 500,
             accounting: AccountingConfig::default(),
         }
     }
@@ -280,6 +287,8 @@ struct Relay {
     /// hop for good (never extended); messages go unsealed.
     direct: bool,
     prev: (LinkId, RouteId),
+    /// The neighbour on `prev`'s link: whose share of routes and buffers the route uses.
+    neighbour: PublicKey,
     next: Option<(LinkId, RouteId)>,
     /// Waiting for the next hop to answer our ROUTE_SETUP.
     extending: Option<LinkId>,
@@ -326,6 +335,10 @@ pub(crate) trait Links {
     fn send(&mut self, link: LinkId, frame: &Frame<'_>) -> Result<(), RouteError>;
     /// The store-and-forward buffers.
     fn fwd(&mut self) -> &mut Forwarder;
+    /// The neighbour at the other end of `link`.
+    fn peer_of(&self, link: LinkId) -> Option<PublicKey>;
+    /// Neighbours with an up link (a neighbour over two radios counts once).
+    fn neighbours(&self) -> usize;
 }
 
 /// What happened to routes, for the node's event queue.
@@ -379,6 +392,13 @@ pub enum RouteEvent {
 pub struct Router {
     config: RouteConfig,
     routes: BTreeMap<RouteId, Entry>,
+    /// Relayed routes by the link and id they came in on (a retransmitted setup finds its
+    /// route without a walk over the table).
+    by_prev: BTreeMap<(LinkId, RouteId), RouteId>,
+    /// Relayed routes held per neighbour (fair shares).
+    held_by: BTreeMap<PublicKey, usize>,
+    /// Route setup rate per neighbour.
+    setups: Buckets<PublicKey>,
     pub(crate) events: std::collections::VecDeque<RouteEvent>,
     /// Virtual link messages that arrived at an end of a route, for the node (never events).
     pub(crate) link_data: std::collections::VecDeque<(RouteId, Vec<u8>)>,
@@ -394,8 +414,11 @@ impl Router {
     /// A route table with `config`.
     pub fn new(config: RouteConfig) -> Self {
         Router {
+            setups: Buckets::new(config.setup_rate, config.setup_burst, 4096),
             config,
             routes: BTreeMap::new(),
+            by_prev: BTreeMap::new(),
+            held_by: BTreeMap::new(),
             events: Default::default(),
             link_data: Default::default(),
             ledger: Default::default(),
@@ -584,12 +607,45 @@ impl Router {
     fn remove(&mut self, links: &mut dyn Links, route: RouteId) -> Option<Entry> {
         let mut e = self.routes.remove(&route)?;
         links.fwd().remove_route(route);
-        if let Entry::Relay(Relay { charge, .. }) = &mut e {
+        if let Entry::Relay(Relay { charge, prev, neighbour, .. }) = &mut e {
             if let Some(c) = charge.take() {
                 self.ledger.retire(c);
             }
+            self.by_prev.remove(prev);
+            if let Some(n) = self.held_by.get_mut(neighbour) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held_by.remove(neighbour);
+                }
+            }
         }
         Some(e)
+    }
+
+    /// Routes relayed for `neighbour` now.
+    pub fn held_by(&self, neighbour: &PublicKey) -> usize {
+        self.held_by.get(neighbour).copied().unwrap_or(0)
+    }
+
+    /// The neighbour a route we relay or end came from.
+    pub(crate) fn neighbour_of(&self, route: RouteId) -> Option<PublicKey> {
+        match self.routes.get(&route)? {
+            Entry::Relay(r) => Some(r.neighbour),
+            Entry::Origin(_) => None,
+        }
+    }
+
+    /// Whether `neighbour` may have one more route relayed: under its share of the route table
+    /// and of the route buffers. The share is the whole divided by one more than the
+    /// neighbours up, so however many routes some neighbours take, together they leave room
+    /// for any other that holds less than its share.
+    fn within_share(&self, links: &mut dyn Links, neighbour: &PublicKey) -> bool {
+        let parts = links.neighbours().max(1) + 1;
+        let fwd = links.fwd();
+        let per_route = fwd.route_reservation().max(1);
+        let by_bytes = fwd.config().memory_budget_bytes / parts / per_route;
+        let share = (self.config.max_routes / parts).min(by_bytes).max(1);
+        self.held_by(neighbour) < share
     }
 
     fn send_closes(links: &mut dyn Links, entry: &Entry, except: Option<LinkId>) {
@@ -617,24 +673,30 @@ impl Router {
         match *frame {
             Frame::RouteSetup { route, ephemeral, direct } => {
                 // A retransmitted setup (its ack was lost): answer again, never join twice.
-                if let Some((id, r)) = self.routes.iter().find_map(|(id, e)| match e {
-                    Entry::Relay(r) if r.prev == (from, route) => Some((*id, r)),
-                    _ => None,
-                }) {
-                    let proof = r.proof;
+                if let Some(Entry::Relay(r)) = self.by_prev.get(&(from, route)).and_then(|id| self.routes.get(id)) {
+                    let (proof, id) = (r.proof, self.by_prev[&(from, route)]);
                     let _ = links.send(from, &Frame::RouteSetupOk { route, hop_route: id, proof: &proof });
                     return Ok(());
                 }
-                if self.routes.len() >= self.config.max_routes {
+                let refuse = |links: &mut dyn Links, why: Reject| {
                     let _ = links.send(from, &Frame::RouteError { route, code: code::REFUSED });
-                    return Ok(());
+                    Err(why)
+                };
+                let Some(neighbour) = links.peer_of(from) else { return Err(Reject::UnknownRoute) };
+                if !self.setups.take(now, &neighbour) {
+                    return refuse(links, Reject::RouteRate);
+                }
+                if !self.within_share(links, &neighbour) {
+                    return refuse(links, Reject::RouteShare);
+                }
+                if self.routes.len() >= self.config.max_routes {
+                    return refuse(links, Reject::TableFull);
                 }
                 let e = PublicKey::from_bytes(ephemeral).map_err(|_| Reject::Malformed)?;
                 let id = self.alloc_id(rng);
                 if !links.fwd().add_route(id) {
                     // No buffer space left in the node's budget.
-                    let _ = links.send(from, &Frame::RouteError { route, code: code::REFUSED });
-                    return Ok(());
+                    return refuse(links, Reject::TableFull);
                 }
                 let (keys, proof) = derive_hop(&dh_static(identity, &e), ephemeral, &identity.public_key());
                 self.routes.insert(
@@ -642,6 +704,7 @@ impl Router {
                     Entry::Relay(Relay {
                         direct,
                         prev: (from, route),
+                        neighbour,
                         next: None,
                         extending: None,
                         keys,
@@ -657,6 +720,8 @@ impl Router {
                         notes: Default::default(),
                     }),
                 );
+                self.by_prev.insert((from, route), id);
+                *self.held_by.entry(neighbour).or_default() += 1;
                 let fwd = links.fwd();
                 fwd.wire(id, Dir::Fwd, Some((from, route)), None);
                 fwd.wire(id, Dir::Back, None, Some((from, route)));

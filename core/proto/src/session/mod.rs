@@ -40,6 +40,7 @@ use crate::link::{Interface, LinkId, RngRef};
 use crate::node::{Event, Node};
 use crate::noise::{self as handshake, SESSION_PROLOGUE};
 use crate::route::{RouteEvent, RouteId};
+use crate::stats::Reject;
 use crate::wire::Packet;
 
 pub use crate::graph::{Graph, RouteFinder};
@@ -318,6 +319,8 @@ pub struct EndpointStats {
     pub malformed: u64,
     /// Handshakes refused (session limit).
     pub refused: u64,
+    /// Handshakes refused because the neighbour they came through holds its share of sessions.
+    pub refused_share: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -342,6 +345,9 @@ pub struct Sessions {
     sessions: BTreeMap<SessionId, Session>,
     by_peer_index: BTreeMap<(PublicKey, u32), SessionId>,
     by_route: BTreeMap<RouteId, (SessionId, u32)>,
+    /// Sessions others opened with us, by the neighbour their first route came through
+    /// (fair shares of `max_sessions`).
+    by_neighbour: BTreeMap<PublicKey, usize>,
     events: VecDeque<SessionEvent>,
     stats: EndpointStats,
     rng: Box<dyn CryptoRngCore + Send>,
@@ -359,6 +365,7 @@ impl Sessions {
             sessions: BTreeMap::new(),
             by_peer_index: BTreeMap::new(),
             by_route: BTreeMap::new(),
+            by_neighbour: BTreeMap::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
             rng,
@@ -740,6 +747,7 @@ impl Sessions {
                 }
             };
         let key = (responded.initiator, sender_index);
+        let neighbour = node.route_neighbour(route);
         let (sid, resp) = match self.by_peer_index.get(&key).copied().filter(|s| self.sessions.contains_key(s)) {
             Some(sid) if self.sessions.get(&sid).and_then(|s| s.init_ts).is_some_and(|t| responded.timestamp <= t) => {
                 self.stats.replayed_init += 1;
@@ -765,8 +773,23 @@ impl Sessions {
                 self.stats.refused += 1;
                 return;
             }
+            None if neighbour.is_some_and(|n| {
+                let share = (self.config.max_sessions / (node.neighbour_count().max(1) + 1)).max(1);
+                self.by_neighbour.get(&n).is_some_and(|held| *held >= share)
+            }) =>
+            {
+                self.stats.refused_share += 1;
+                if let Some(n) = neighbour {
+                    node.count_refusal(&n, Reject::SessionShare);
+                }
+                return;
+            }
             None => {
                 let mut s = Session::new(id, responded.initiator, false, Handshake::Done, now);
+                s.neighbour = neighbour;
+                if let Some(n) = neighbour {
+                    *self.by_neighbour.entry(n).or_default() += 1;
+                }
                 s.on_keys(&self.config, keys::SessionKeys::new(&responded.keys, false, sender_index, now), now, now);
                 s.answered = Some((raw, responded.packet.clone()));
                 s.init_ts = Some(responded.timestamp);
@@ -785,6 +808,14 @@ impl Sessions {
         if let Some(s) = self.sessions.remove(&id) {
             for p in s.paths.values() {
                 self.by_route.remove(&p.route);
+            }
+            if let Some(k) = s.neighbour {
+                if let Some(n) = self.by_neighbour.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.by_neighbour.remove(&k);
+                    }
+                }
             }
         }
         self.by_peer_index.retain(|_, v| *v != id);

@@ -75,6 +75,9 @@ pub(crate) struct Session {
     /// Responder: the newest init timestamp taken from the peer; an older or equal one is a
     /// replay and changes nothing (it would re-key the session to keys the peer no longer has).
     pub init_ts: Option<crate::noise::Timestamp>,
+    /// Responder: the neighbour the session's first route came through (whose share of
+    /// sessions it uses).
+    pub neighbour: Option<crate::identity::PublicKey>,
     pub paths: BTreeMap<u32, Path>,
     pub next_path: u32,
     /// Path ids the peer retired (packets on them are stale).
@@ -146,6 +149,7 @@ impl Session {
             keys: None,
             answered: None,
             init_ts: None,
+            neighbour: None,
             paths: BTreeMap::new(),
             routes: None,
             next_path: 1,

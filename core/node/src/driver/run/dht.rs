@@ -292,8 +292,14 @@ impl Driver {
             return;
         };
         let Some(d) = self.dht.dht.as_mut() else { return };
-        if d.handle(now, unix_now(), &Contact { key: peer, addr: addr.to_string() }, payload).is_err() {
-            self.count("dht_refused");
+        match d.handle(now, unix_now(), &Contact { key: peer, addr: addr.to_string() }, payload) {
+            Ok(()) => {}
+            Err(dht::RecordError::RateLimited) => {
+                // Counted on the neighbour's link too: refusals by reason and neighbour.
+                self.host.node_mut(now).count_refusal(&peer, skyroute_proto::Reject::DhtRate);
+                self.count("dht_rate_limited");
+            }
+            Err(_) => self.count("dht_refused"),
         }
     }
 
@@ -429,7 +435,12 @@ impl Driver {
             learned: d.learned().count(),
             messages_in: s.messages_in,
             messages_out: s.messages_out,
-            refused: s.malformed + s.bad_records + s.stale_records + s.stores_refused + s.unexpected_replies,
+            refused: s.malformed
+                + s.bad_records
+                + s.stale_records
+                + s.stores_refused
+                + s.unexpected_replies
+                + s.requests_refused,
             timeouts: s.timeouts,
         })
     }
