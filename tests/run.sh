@@ -56,6 +56,9 @@ bash tests/sizes.sh --check
 echo "== tests (ring and pure-Rust AEAD backends both enabled, cross-checked) =="
 cargo test --workspace --all-features 2>&1 | tee -a "$log"
 
+echo "== the attack bench at a reduced size (real nodes on loopback: no link breaks, amplification <= 1) =="
+cargo test -p skyroute --bench attack 2>&1 | tee -a "$log"
+
 echo "== pure-Rust AEAD backend alone (firmware targets without a C compiler) =="
 cargo test -p skyroute-proto --no-default-features --features soft-aead --lib 2>&1 | tee -a "$log"
 

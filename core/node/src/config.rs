@@ -32,6 +32,13 @@
 //! max_in_flight = 256             # unacknowledged datagrams per link
 //! congestion_window = false       # links keep ~2x their bandwidth-delay product in flight:
 //!                                 # for cellular links with deep drop-tail queues [false]
+//! [guard]                         # a hostile network (WIRE.md, docs/measurements.md)
+//! load_threshold = 64             # inits a second from which inits need a cookie (0: all) [64]
+//! handshakes_per_host_s = 20      # under load: handshakes one IPv4 host or IPv6 /64 may cost [20]
+//! cookies_per_host_s = 50         # under load: cookie replies one host gets a second [50]
+//! handshakes_per_s = 250          # init ECDHs a second, load or not [250]
+//! max_half_open = 256             # strangers' links not yet up, kept at once [256]
+//! route_setups_per_s = 500        # route setups one neighbour may ask a second [500]
 //! [gateway]                       # serve as an IPv4 gateway (VPN exit); needs root
 //! allow = ["02ab..."]             # client keys allowed; or `open = true` for any key
 //! pool = "10.77.0.0/16"           # client addresses (stable per key); the first is ours
@@ -93,6 +100,8 @@ struct Raw {
     topology: Vec<RawEdge>,
     #[serde(default)]
     forward: RawForward,
+    #[serde(default)]
+    guard: RawGuard,
     #[serde(default)]
     link: RawLink,
     #[serde(default)]
@@ -369,6 +378,17 @@ struct RawForward {
     memory_budget_bytes: Option<usize>,
     max_in_flight: Option<usize>,
     congestion_window: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    load_threshold: Option<u32>,
+    handshakes_per_host_s: Option<u32>,
+    cookies_per_host_s: Option<u32>,
+    handshakes_per_s: Option<u32>,
+    max_half_open: Option<usize>,
+    route_setups_per_s: Option<u32>,
 }
 
 /// A static neighbour.
@@ -674,6 +694,41 @@ impl Config {
             }
         }
         let mut node = real_node_config();
+        let g = &mut node.guard;
+        let bounded = |name: &str, v: u32, max: u32| {
+            if (1..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(field(format!("guard.{name}"), format!("must be between 1 and {max}")))
+            }
+        };
+        if let Some(v) = raw.guard.load_threshold {
+            // 0 asks every init for a cookie.
+            if v > 1_000_000 {
+                return Err(field("guard.load_threshold", "must be at most 1000000"));
+            }
+            g.load_threshold = v;
+        }
+        if let Some(v) = raw.guard.handshakes_per_host_s {
+            g.per_host_rate = bounded("handshakes_per_host_s", v, 100_000)?;
+            g.per_host_burst = g.per_host_burst.min(v).max(1);
+        }
+        if let Some(v) = raw.guard.cookies_per_host_s {
+            g.cookies_per_host = bounded("cookies_per_host_s", v, 1_000_000)?;
+        }
+        if let Some(v) = raw.guard.handshakes_per_s {
+            g.max_per_s = bounded("handshakes_per_s", v, 1_000_000)?;
+        }
+        if let Some(v) = raw.guard.max_half_open {
+            if !(1..=1 << 20).contains(&v) {
+                return Err(field("guard.max_half_open", "must be between 1 and 1048576"));
+            }
+            g.max_half_open = v;
+        }
+        if let Some(v) = raw.guard.route_setups_per_s {
+            node.route.setup_rate = bounded("route_setups_per_s", v, 1_000_000)?;
+            node.route.setup_burst = v;
+        }
         let f = &mut node.forward;
         if let Some(v) = raw.forward.max_in_flight {
             if !(16..=65_536).contains(&v) {
@@ -781,6 +836,15 @@ mod tests {
         assert_eq!(ok.node.forward.route_buffer_bytes, 131072);
         assert!(!ok.node.forward.congestion_window, "off unless asked for");
         assert!(Config::parse("[forward]\ncongestion_window = true").unwrap().node.forward.congestion_window);
+        let g = Config::parse(
+            "[guard]\nload_threshold = 0\nhandshakes_per_s = 100\nmax_half_open = 16\nroute_setups_per_s = 40",
+        )
+        .unwrap()
+        .node;
+        assert_eq!((g.guard.load_threshold, g.guard.max_per_s, g.guard.max_half_open), (0, 100, 16));
+        assert_eq!((g.route.setup_rate, g.route.setup_burst), (40, 40));
+        assert!(e("[guard]\nhandshakes_per_s = 0").starts_with("guard.handshakes_per_s:"));
+        assert!(e("[guard]\ncookies = 3").contains("unknown field"), "{}", e("[guard]\ncookies = 3"));
         assert!(e("[forward]\ncongestion_window = 3").contains("line 2"), "{}", e("[forward]\ncongestion_window = 3"));
         assert_eq!((ok.udp, ok.tcp, ok.quic), (Bind::At("127.0.0.1:0".parse().unwrap()), Bind::Default, Bind::Off));
         assert_eq!(ok.peers[0].addr, Addr::Tcp("127.0.0.1:9".parse().unwrap()));

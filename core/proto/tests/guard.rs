@@ -180,8 +180,10 @@ fn a_flood_of_inits_costs_bounded_work_breaks_nothing_and_never_amplifies() {
     assert!(got <= sent_bytes, "amplification {got} / {sent_bytes}");
     let cookies = n.rejected(Reject::Cookie);
     let answered = n.to_attacker.iter().filter(|p| matches!(Packet::parse(p), Ok(Packet::HandshakeResp(_)))).count();
-    // Past 64 a second the victim asks for cookies instead of doing the ECDH.
-    assert!(answered <= 70 && cookies >= 300, "{answered} answered, {cookies} cookies");
+    // Past 64 a second the victim asks for cookies instead of doing the ECDH, and one host
+    // gets 50 cookie replies at once and 50 a second: the rest cost an HMAC and nothing more.
+    assert!(answered <= 70, "{answered} answered");
+    assert!((50..=70).contains(&cookies), "{cookies} cookies");
     assert_eq!(answered as u64 + cookies + n.rejected(Reject::RateLimited), 400);
     // The honest link never went down and carried everything.
     assert!(!n.events[1].iter().any(|e| matches!(e, Event::LinkDown { .. })));
@@ -202,7 +204,7 @@ fn a_flood_of_inits_costs_bounded_work_breaks_nothing_and_never_amplifies() {
         n.attack(again);
         echoed += 1;
     }
-    assert!(echoed >= 300);
+    assert_eq!(echoed, cookies);
     let limited = n.rejected(Reject::RateLimited) - before_limited;
     assert!(limited >= echoed - 10, "{limited} of {echoed} echoed inits rate-limited");
 }

@@ -496,3 +496,61 @@ fn an_idle_phone_is_silent_and_resumes_within_three_round_trips() {
         "{ka:?}"
     );
 }
+
+/// A neighbour opening all the sessions it may leaves every other neighbour its share: the
+/// victim takes 6 sessions, so with two neighbours up each may hold 6 / 3 = 2.
+#[test]
+fn a_greedy_neighbours_sessions_leave_others_their_share() {
+    let mut w = World::new(31);
+    let nc = NodeConfig::default();
+    let v = w.add_node(nc.clone());
+    let (g, h) = (w.add_node(nc.clone()), w.add_node(nc));
+    let mut graph = Graph::new();
+    for n in [g, h] {
+        w.add_wire(n, v, WireSpec::default());
+        w.connect(n, v);
+        graph.add_edge(w.key(n), w.key(v), 5);
+    }
+    let deadline = w.now() + Duration::from_secs(2);
+    let mut up = 0;
+    w.run_until(deadline, |_, _, e| {
+        up += matches!(e, Event::LinkUp { .. }) as usize;
+        up < 4
+    });
+    let cfg = SessionConfig { routes: 1, ..SessionConfig::default() };
+    w.add_sessions(v, SessionConfig { max_sessions: 6, ..cfg.clone() }, graph.clone());
+    w.add_sessions(g, cfg.clone(), graph.clone());
+    w.add_sessions(h, cfg, graph);
+    let dest = w.key(v);
+    let greedy: Vec<SessionId> = (0..5).map(|_| w.act_host(g, |x, now| x.connect(now, dest, None)).unwrap()).collect();
+    let mut established = std::collections::BTreeSet::new();
+    let deadline = w.now() + Duration::from_secs(3);
+    w.run_sessions_until(deadline, |_, n, ev| {
+        if let SessionEvent::Established { session, .. } = ev {
+            established.insert((n, session));
+        }
+        true
+    });
+    assert_eq!(greedy.iter().filter(|s| established.contains(&(g, **s))).count(), 2, "the greedy neighbour's share");
+    let refused = w.host(v).sessions().endpoint_stats().refused_share;
+    assert!(refused >= 3, "{refused} refused");
+    let gkey = w.key(g);
+    let on_link: u64 = w
+        .node(v)
+        .links()
+        .iter()
+        .filter(|l| l.peer == gkey)
+        .map(|l| l.stats.rejected.get(skyroute_proto::Reject::SessionShare))
+        .sum();
+    assert_eq!(on_link, refused, "counted on the greedy neighbour's link");
+    // The other neighbour gets its whole share.
+    let honest: Vec<SessionId> = (0..2).map(|_| w.act_host(h, |x, now| x.connect(now, dest, None)).unwrap()).collect();
+    let deadline = w.now() + Duration::from_secs(3);
+    w.run_sessions_until(deadline, |_, n, ev| {
+        if let SessionEvent::Established { session, .. } = ev {
+            established.insert((n, session));
+        }
+        true
+    });
+    assert!(honest.iter().all(|s| established.contains(&(h, *s))), "the honest neighbour's sessions");
+}

@@ -53,6 +53,9 @@ pub struct GuardConfig {
     pub per_host_rate: u32,
     /// The most a source host may cost at once while the node is under load.
     pub per_host_burst: u32,
+    /// Cookie replies per second (and at once) one source host gets: a flood from one host
+    /// costs the node an HMAC per init, not a sealed reply each.
+    pub cookies_per_host: u32,
     /// The most handshakes (ECDHs on inits) per second the node does, load or not.
     pub max_per_s: u32,
     /// Source hosts with a bucket at once; a new host beyond them waits until an idle one's
@@ -69,6 +72,7 @@ impl Default for GuardConfig {
             load_threshold: 64,
             per_host_rate: 20,
             per_host_burst: 5,
+            cookies_per_host: 50,
             max_per_s: 250,
             max_hosts: 4096,
             max_half_open: 256,
@@ -162,6 +166,7 @@ pub struct Guard {
     /// Inits counted in the current and the previous second (the load estimate).
     window: Option<(Instant, u32, u32)>,
     hosts: Buckets<Vec<u8>>,
+    cookie_hosts: Buckets<Vec<u8>>,
     node_bucket: Option<TokenBucket>,
     /// Counters.
     pub stats: GuardStats,
@@ -177,6 +182,7 @@ impl Guard {
             rotated: None,
             window: None,
             hosts: Buckets::new(config.per_host_rate, config.per_host_burst, config.max_hosts),
+            cookie_hosts: Buckets::new(config.cookies_per_host, config.cookies_per_host, config.max_hosts),
             node_bucket: None,
             config,
             stats: GuardStats::default(),
@@ -255,6 +261,10 @@ impl Guard {
                     bool::from(mac(&c, &[&init[..INIT_MAC2_AT]]).ct_eq(&init[INIT_MAC2_AT..]))
                 });
             if !valid {
+                if !self.cookie_hosts.take(now, &host.to_vec()) {
+                    self.stats.rate_limited += 1;
+                    return Verdict::RateLimited;
+                }
                 return match self.cookie_reply(rng, source, init) {
                     Some(r) => {
                         self.stats.cookies_sent += 1;
@@ -398,6 +408,22 @@ mod tests {
     }
 
     #[test]
+    fn cookie_replies_per_host_are_limited() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let b = SecretKey::generate(&mut rng).public_key();
+        let t0 = Instant::now(); // test-only clock
+        let config = GuardConfig { load_threshold: 0, cookies_per_host: 10, ..GuardConfig::default() };
+        let mut g = Guard::new(config, &b);
+        let pkt = init_to(&mut rng, &b);
+        let cookies =
+            (0..100).filter(|_| matches!(g.check(t0, &mut rng, b"a:1", b"a", &pkt), Verdict::Cookie(_))).count();
+        assert_eq!(cookies, 10);
+        assert!(matches!(g.check(t0, &mut rng, b"b:1", b"b", &pkt), Verdict::Cookie(_)), "another host's own");
+        let later = t0 + Duration::from_millis(100);
+        assert!(matches!(g.check(later, &mut rng, b"a:2", b"a", &pkt), Verdict::Cookie(_)), "refilled");
+    }
+
+    #[test]
     fn host_table_is_bounded() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
         let b = SecretKey::generate(&mut rng).public_key();
@@ -407,7 +433,10 @@ mod tests {
         let pkt = init_to(&mut rng, &b);
         for i in 0..100u32 {
             let src = i.to_be_bytes();
-            let Verdict::Cookie(reply) = g.check(t0, &mut rng, &src, &src, &pkt) else { panic!() };
+            let Verdict::Cookie(reply) = g.check(t0, &mut rng, &src, &src, &pkt) else {
+                assert!(i >= 8, "host {i} got no cookie");
+                continue;
+            };
             let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) else { panic!() };
             let cookie = open_reply(&b, &mac1_of(&pkt).unwrap(), &r).unwrap();
             let mut with = pkt.clone();
