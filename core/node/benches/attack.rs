@@ -72,13 +72,18 @@ fn victim() {
                 }
             }
         });
-        while let Some(line) = rx.recv().await {
-            match line.trim() {
-                "status" => {
-                    let s = node.status().await.expect("status");
-                    println!("{}", serde_json::to_string(&s).expect("json"));
-                }
-                _ => break,
+        let mut node = node;
+        loop {
+            tokio::select! {
+                line = rx.recv() => match line.as_deref().map(str::trim) {
+                    Some("status") => {
+                        let s = node.status().await.expect("status");
+                        println!("{}", serde_json::to_string(&s).expect("json"));
+                    }
+                    _ => break,
+                },
+                // As the daemon does: events nobody reads would pile up.
+                _ = node.events.recv() => {}
             }
         }
         let _ = node.stop().await;
@@ -117,9 +122,10 @@ impl Victim {
         serde_json::from_str(&line).expect("status json")
     }
 
-    /// Refusals by reason: the node's own and every link's.
-    fn refusals(&mut self) -> BTreeMap<String, u64> {
+    /// Refusals by reason (the node's own and every link's), and the route buffers reserved.
+    fn refusals(&mut self) -> (BTreeMap<String, u64>, f64) {
         let s = self.status();
+        let reserved = s["reserved_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64;
         let mut out = BTreeMap::new();
         let maps =
             std::iter::once(&s["rejected"]).chain(s["links"].as_array().into_iter().flatten().map(|l| &l["rejected"]));
@@ -128,7 +134,7 @@ impl Victim {
                 *out.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
             }
         }
-        out
+        (out, reserved)
     }
 
     fn reset_peak(&self) {
@@ -275,6 +281,7 @@ struct Outcome {
     name: &'static str,
     goodput_ratio: f64,
     peak_rss_mib: f64,
+    reserved_mib: f64,
     amplification: Option<f64>,
     links_down: usize,
     transfer_ok: bool,
@@ -332,7 +339,7 @@ async fn bench(full: bool) {
     let pool = fresh_inits(v, if full { 4000 } else { 400 });
     let mut out = Vec::new();
     for name in ["handshake_flood", "replayed_init", "route_flood", "junk"] {
-        let before = victim.refusals();
+        let (before, _) = victim.refusals();
         victim.reset_peak();
         let _ = (links_down(&mut a), links_down(&mut c));
         let stop = Arc::new(AtomicBool::new(false));
@@ -425,6 +432,8 @@ async fn bench(full: bool) {
             }
         }
         let t = a.transfer(c.public_key, Source::Bytes(bytes)).await.expect("transfer under attack");
+        // Read while the attack still holds what it took.
+        let (after, reserved_mib) = victim.refusals();
         stop.store(true, Ordering::Relaxed);
         for th in threads {
             let _ = th.join();
@@ -433,7 +442,6 @@ async fn bench(full: bool) {
             Some(h) => h.await.unwrap_or_default(),
             None => format!("{} datagrams sent", wire.packets.load(Ordering::Relaxed)),
         };
-        let after = victim.refusals();
         let refusals: BTreeMap<String, u64> = after
             .iter()
             .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
@@ -444,6 +452,7 @@ async fn bench(full: bool) {
             name,
             goodput_ratio: t.mbit_s / baseline,
             peak_rss_mib: victim.peak_rss_mib(),
+            reserved_mib,
             amplification: (sent > 0).then(|| wire.received.load(Ordering::Relaxed) as f64 / sent as f64),
             links_down: links_down(&mut a) + links_down(&mut c),
             transfer_ok: t.ok,
@@ -451,10 +460,12 @@ async fn bench(full: bool) {
             note,
         };
         println!(
-            "{:<16} goodput {:.3} of unattacked  victim peak RSS {:.1} MiB  amplification {}  links down {}  transfer {}  refusals {:?}  ({})",
+            "{:<16} goodput {:.3} of unattacked  victim peak RSS {:.1} MiB (buffers reserved {:.1} of {} MiB)  amplification {}  links down {}  transfer {}  refusals {:?}  ({})",
             o.name,
             o.goodput_ratio,
             o.peak_rss_mib,
+            o.reserved_mib,
+            BUDGET >> 20,
             o.amplification.map_or("n/a (authenticated)".into(), |x| format!("{x:.3}")),
             o.links_down,
             if o.transfer_ok { "ok" } else { "FAILED" },
@@ -467,7 +478,7 @@ async fn bench(full: bool) {
         .iter()
         .map(|o| {
             serde_json::json!({
-                "attack": o.name, "goodput_ratio": o.goodput_ratio, "victim_peak_rss_mib": o.peak_rss_mib,
+                "attack": o.name, "goodput_ratio": o.goodput_ratio, "victim_peak_rss_mib": o.peak_rss_mib, "reserved_mib": o.reserved_mib,
                 "amplification": o.amplification, "links_down": o.links_down, "transfer_ok": o.transfer_ok,
                 "refusals": o.refusals,
             })
@@ -487,6 +498,7 @@ async fn bench(full: bool) {
         for o in &out {
             assert!(o.transfer_ok && o.links_down == 0, "{}: the transfer or a link broke", o.name);
             assert!(o.amplification.is_none_or(|x| x <= 1.0), "{}: amplification {:?}", o.name, o.amplification);
+            assert!(o.reserved_mib <= (BUDGET >> 20) as f64, "{}: over the buffer budget", o.name);
         }
     }
 }

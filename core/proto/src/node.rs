@@ -22,7 +22,7 @@ use rand_core::CryptoRngCore;
 
 use crate::forward::{Class, Dir, FlowKey, FlowStats, ForwardConfig, Forwarder};
 use crate::frame::Frame;
-use crate::identity::{Address, PublicKey, SecretKey};
+use crate::identity::{Address, PublicKey, SecretKey, PUBLIC_KEY_LEN};
 use crate::link::cookie::{Guard, GuardConfig, GuardStats, Verdict};
 use crate::link::{DownReason, Link, LinkConfig, LinkEvent, LinkId, LinkState, RngRef};
 use crate::noise::{self as handshake, Clock};
@@ -171,6 +171,8 @@ pub struct Node<A> {
     clock: Option<Clock>,
     /// Datagrams to send not on a link: cookie replies, answers to inits from new addresses.
     unlinked: VecDeque<(A, Vec<u8>)>,
+    /// The link that answered an init, by the init's ephemeral key (a link's last one only).
+    by_answered: BTreeMap<[u8; PUBLIC_KEY_LEN], LinkId>,
 }
 
 struct LinkTable<'a, A> {
@@ -294,6 +296,7 @@ impl<A: crate::link::Endpoint> Node<A> {
             guard,
             clock: None,
             unlinked: VecDeque::new(),
+            by_answered: BTreeMap::new(),
         }
     }
 
@@ -545,8 +548,16 @@ impl<A: crate::link::Endpoint> Node<A> {
         // A duplicate (or retransmission) of an init we answered: same answer, no new session
         // (a second one would orphan the first, which the initiator already uses).
         let is_init = data.len() == crate::wire::HANDSHAKE_INIT_LEN;
-        if is_init && self.links.values_mut().any(|l| l.answer_again(data)) {
-            return Ok(());
+        if is_init {
+            // Found by the init's ephemeral key, not by asking every link (a flood of inits
+            // would cost a comparison per link each).
+            let mut e = [0u8; PUBLIC_KEY_LEN];
+            e.copy_from_slice(&data[8..8 + PUBLIC_KEY_LEN]);
+            if let Some(l) = self.by_answered.get(&e).and_then(|id| self.links.get_mut(id)) {
+                if l.answer_again(data) {
+                    return Ok(());
+                }
+            }
         }
         let init_copy = if is_init { data.to_vec() } else { Vec::new() };
         let packet = Packet::parse(data).map_err(Reject::from)?;
@@ -642,8 +653,13 @@ impl<A: crate::link::Endpoint> Node<A> {
         };
         let Some(l) = self.links.get_mut(&id) else { return Err(Reject::Handshake) };
         let same_addr = l.addr == from;
+        let before = l.answered_key();
         let accepted = l.on_handshake_init(now, &self.identity, raw, responded, idx);
         if accepted {
+            if let Some(e) = before {
+                self.by_answered.remove(&e);
+            }
+            self.by_answered.insert(*init.ephemeral, id);
             self.by_index.insert(idx, id);
             if same_addr {
                 l.answer_in_copies();
@@ -682,6 +698,9 @@ impl<A: crate::link::Endpoint> Node<A> {
             self.by_addr.remove(&l.addr);
         }
         self.by_index.retain(|_, v| *v != id);
+        if let Some(e) = l.answered_key() {
+            self.by_answered.remove(&e);
+        }
         self.pinned.remove(&id);
         self.fwd.remove_link(id);
     }

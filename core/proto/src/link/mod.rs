@@ -581,6 +581,12 @@ impl<A: Clone> Link<A> {
         }
     }
 
+    /// The ephemeral key of the last init we answered (the node finds the link by it).
+    pub(crate) fn answered_key(&self) -> Option<[u8; PUBLIC_KEY_LEN]> {
+        let (init, _) = self.answered.as_ref()?;
+        init.get(8..8 + PUBLIC_KEY_LEN)?.try_into().ok()
+    }
+
     fn install(&mut self, session: Session, now: Instant) {
         if let Some(old) = self.session.replace(session) {
             self.retired.push(old.local_index);
