@@ -623,7 +623,8 @@ impl<A: crate::link::Endpoint> Node<A> {
         let (mut source, mut host) = (Vec::new(), Vec::new());
         from.write_source(&mut source);
         from.write_host(&mut host);
-        match self.guard.check(now, &mut *self.rng, &source, &host, raw) {
+        let known = self.by_addr.get(&from).and_then(|id| self.links.get(id)).is_some_and(|l| l.is_up());
+        match self.guard.check(now, &mut *self.rng, &source, &host, raw, known) {
             Verdict::Proceed => {}
             Verdict::Cookie(reply) => {
                 self.push_unlinked(from, reply);

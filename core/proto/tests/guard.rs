@@ -360,3 +360,25 @@ fn route_setups_beyond_a_neighbours_rate_are_refused_and_counted() {
     // The other neighbour's rate is its own.
     n.open(2).expect("neighbour 2 is not limited by neighbour 1");
 }
+
+#[test]
+fn an_existing_link_handshakes_again_without_a_cookie() {
+    // Under load all the time: a stranger needs a cookie, the same peer's link, once up and
+    // idle past its key's age, handshakes again from its address without one.
+    let victim =
+        NodeConfig { guard: GuardConfig { load_threshold: 0, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let mut n = Net::new(8, victim);
+    let r = n.honest_link();
+    assert_eq!(n.nodes[1].links()[0].stats.cookies, 1);
+    let handshakes = n.nodes[1].links()[0].stats.handshakes;
+    // Idle past key_max_age (120 s) and past the cookie's life (110 s): the next write needs a
+    // fresh handshake.
+    n.drive_for(Duration::from_secs(130));
+    let now = n.now;
+    n.nodes[1].send(now, r, Class::Bulk, b"after idle").unwrap();
+    n.drive_for(Duration::from_millis(50));
+    let l = &n.nodes[1].links()[0];
+    assert_eq!(l.stats.handshakes, handshakes + 1, "a new session");
+    assert_eq!(l.stats.cookies, 1, "no second cookie");
+    assert_eq!(n.delivered_to_victim(), 1);
+}

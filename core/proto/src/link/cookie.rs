@@ -244,7 +244,9 @@ impl Guard {
     }
 
     /// Decides on an init from `source` (the sender's transport address as bytes), whose
-    /// `mac1` is valid; `host`: the part of the address a host's bucket is keyed by.
+    /// `mac1` is valid; `host`: the part of the address a host's bucket is keyed by; `known`:
+    /// it comes from the address of a link that is up (an existing link handshaking again
+    /// needs no cookie; only the node's cap applies).
     pub fn check(
         &mut self,
         now: Instant,
@@ -252,9 +254,10 @@ impl Guard {
         source: &[u8],
         host: &[u8],
         init: &[u8],
+        known: bool,
     ) -> Verdict {
         self.rotate(now, rng);
-        if self.note_init(now) {
+        if self.note_init(now) && !known {
             let valid = init.len() == HANDSHAKE_INIT_LEN
                 && self.secrets.iter().any(|s| {
                     let c = Self::cookie(s, source);
@@ -347,7 +350,9 @@ mod tests {
         let config = GuardConfig { load_threshold: 0, ..GuardConfig::default() };
         let mut g = Guard::new(config, &b);
         let mut pkt = init_to(&mut rng, &b);
-        let Verdict::Cookie(reply) = g.check(t0, &mut rng, b"addr-1", b"host", &pkt) else { panic!("no cookie") };
+        let Verdict::Cookie(reply) = g.check(t0, &mut rng, b"addr-1", b"host", &pkt, false) else {
+            panic!("no cookie")
+        };
         assert_eq!(reply.len(), COOKIE_REPLY_LEN);
         assert!(reply.len() < pkt.len(), "a cookie reply is smaller than the init");
         let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) else { panic!("unparsable reply") };
@@ -358,17 +363,17 @@ mod tests {
         let other = init_to(&mut rng, &b);
         assert!(open_reply(&b, &mac1_of(&other).unwrap(), &r).is_none());
         seal_macs(&mut pkt, &b, Some(&cookie));
-        assert_eq!(g.check(t0, &mut rng, b"addr-1", b"host", &pkt), Verdict::Proceed);
+        assert_eq!(g.check(t0, &mut rng, b"addr-1", b"host", &pkt, false), Verdict::Proceed);
         // The same cookie from another address is worth nothing.
-        assert!(matches!(g.check(t0, &mut rng, b"addr-2", b"host", &pkt), Verdict::Cookie(_)));
+        assert!(matches!(g.check(t0, &mut rng, b"addr-2", b"host", &pkt, false), Verdict::Cookie(_)));
         // Still valid after one rotation, not after two.
         let t1 = t0 + SECRET_LIFETIME;
-        assert_eq!(g.check(t1, &mut rng, b"addr-1", b"host", &pkt), Verdict::Proceed);
+        assert_eq!(g.check(t1, &mut rng, b"addr-1", b"host", &pkt, false), Verdict::Proceed);
         let t2 = t1 + SECRET_LIFETIME;
-        assert!(matches!(g.check(t2, &mut rng, b"addr-1", b"host", &pkt), Verdict::Cookie(_)));
+        assert!(matches!(g.check(t2, &mut rng, b"addr-1", b"host", &pkt, false), Verdict::Cookie(_)));
         // Two replies never share a key and nonce: each nonce is fresh.
-        let Verdict::Cookie(r1) = g.check(t2, &mut rng, b"addr-3", b"host", &other) else { panic!() };
-        let Verdict::Cookie(r2) = g.check(t2, &mut rng, b"addr-3", b"host", &other) else { panic!() };
+        let Verdict::Cookie(r1) = g.check(t2, &mut rng, b"addr-3", b"host", &other, false) else { panic!() };
+        let Verdict::Cookie(r2) = g.check(t2, &mut rng, b"addr-3", b"host", &other, false) else { panic!() };
         assert_ne!(r1[8..24], r2[8..24]);
     }
 
@@ -382,27 +387,27 @@ mod tests {
         let pkt = init_to(&mut rng, &b);
         // Below the threshold: no cookie asked.
         for _ in 0..10 {
-            assert_eq!(g.check(t0, &mut rng, b"a", b"h", &pkt), Verdict::Proceed);
+            assert_eq!(g.check(t0, &mut rng, b"a", b"h", &pkt, false), Verdict::Proceed);
         }
         // Past it: cookies.
-        let Verdict::Cookie(reply) = g.check(t0, &mut rng, b"a", b"h", &pkt) else { panic!("not under load") };
+        let Verdict::Cookie(reply) = g.check(t0, &mut rng, b"a", b"h", &pkt, false) else { panic!("not under load") };
         let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) else { panic!() };
         let cookie = open_reply(&b, &mac1_of(&pkt).unwrap(), &r).unwrap();
         let mut with = pkt.clone();
         seal_macs(&mut with, &b, Some(&cookie));
         // A host's burst, then its rate.
-        let ok = (0..10).filter(|_| g.check(t0, &mut rng, b"a", b"h", &with) == Verdict::Proceed).count();
+        let ok = (0..10).filter(|_| g.check(t0, &mut rng, b"a", b"h", &with, false) == Verdict::Proceed).count();
         assert_eq!(ok, 3);
         let later = t0 + Duration::from_millis(100);
-        assert_eq!(g.check(later, &mut rng, b"a", b"h", &with), Verdict::Proceed, "20/s refills one in 50 ms");
+        assert_eq!(g.check(later, &mut rng, b"a", b"h", &with, false), Verdict::Proceed, "20/s refills one in 50 ms");
         // Load ends two quiet seconds later.
         let quiet = t0 + Duration::from_secs(3);
-        assert_eq!(g.check(quiet, &mut rng, b"z", b"z", &pkt), Verdict::Proceed);
+        assert_eq!(g.check(quiet, &mut rng, b"z", b"z", &pkt, false), Verdict::Proceed);
 
         // The node's cap holds whatever the load.
         let config = GuardConfig { load_threshold: 1_000_000, max_per_s: 50, ..GuardConfig::default() };
         let mut g = Guard::new(config, &b);
-        let ok = (0..100).filter(|_| g.check(t0, &mut rng, b"a", b"h", &pkt) == Verdict::Proceed).count();
+        let ok = (0..100).filter(|_| g.check(t0, &mut rng, b"a", b"h", &pkt, false) == Verdict::Proceed).count();
         assert_eq!(ok, 5, "burst of a tenth of a second");
         assert_eq!(g.stats.rate_limited, 95);
     }
@@ -416,11 +421,11 @@ mod tests {
         let mut g = Guard::new(config, &b);
         let pkt = init_to(&mut rng, &b);
         let cookies =
-            (0..100).filter(|_| matches!(g.check(t0, &mut rng, b"a:1", b"a", &pkt), Verdict::Cookie(_))).count();
+            (0..100).filter(|_| matches!(g.check(t0, &mut rng, b"a:1", b"a", &pkt, false), Verdict::Cookie(_))).count();
         assert_eq!(cookies, 10);
-        assert!(matches!(g.check(t0, &mut rng, b"b:1", b"b", &pkt), Verdict::Cookie(_)), "another host's own");
+        assert!(matches!(g.check(t0, &mut rng, b"b:1", b"b", &pkt, false), Verdict::Cookie(_)), "another host's own");
         let later = t0 + Duration::from_millis(100);
-        assert!(matches!(g.check(later, &mut rng, b"a:2", b"a", &pkt), Verdict::Cookie(_)), "refilled");
+        assert!(matches!(g.check(later, &mut rng, b"a:2", b"a", &pkt, false), Verdict::Cookie(_)), "refilled");
     }
 
     #[test]
@@ -433,7 +438,7 @@ mod tests {
         let pkt = init_to(&mut rng, &b);
         for i in 0..100u32 {
             let src = i.to_be_bytes();
-            let Verdict::Cookie(reply) = g.check(t0, &mut rng, &src, &src, &pkt) else {
+            let Verdict::Cookie(reply) = g.check(t0, &mut rng, &src, &src, &pkt, false) else {
                 assert!(i >= 8, "host {i} got no cookie");
                 continue;
             };
@@ -441,19 +446,19 @@ mod tests {
             let cookie = open_reply(&b, &mac1_of(&pkt).unwrap(), &r).unwrap();
             let mut with = pkt.clone();
             seal_macs(&mut with, &b, Some(&cookie));
-            let v = g.check(t0, &mut rng, &src, &src, &with);
+            let v = g.check(t0, &mut rng, &src, &src, &with, false);
             assert_eq!(v == Verdict::Proceed, i < 8, "host {i}");
         }
         assert_eq!(g.hosts_tracked(), 8);
         // Idle hosts are forgotten once their buckets are full again.
         let later = t0 + Duration::from_secs(1);
         let src = 500u32.to_be_bytes();
-        let Verdict::Cookie(reply) = g.check(later, &mut rng, &src, &src, &pkt) else { panic!() };
+        let Verdict::Cookie(reply) = g.check(later, &mut rng, &src, &src, &pkt, false) else { panic!() };
         let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) else { panic!() };
         let cookie = open_reply(&b, &mac1_of(&pkt).unwrap(), &r).unwrap();
         let mut with = pkt.clone();
         seal_macs(&mut with, &b, Some(&cookie));
-        assert_eq!(g.check(later, &mut rng, &src, &src, &with), Verdict::Proceed);
+        assert_eq!(g.check(later, &mut rng, &src, &src, &with, false), Verdict::Proceed);
         assert_eq!(g.hosts_tracked(), 1);
     }
 }

@@ -673,8 +673,9 @@ impl Router {
         match *frame {
             Frame::RouteSetup { route, ephemeral, direct } => {
                 // A retransmitted setup (its ack was lost): answer again, never join twice.
-                if let Some(Entry::Relay(r)) = self.by_prev.get(&(from, route)).and_then(|id| self.routes.get(id)) {
-                    let (proof, id) = (r.proof, self.by_prev[&(from, route)]);
+                let again = self.by_prev.get(&(from, route)).copied();
+                if let Some((id, Entry::Relay(r))) = again.and_then(|id| Some((id, self.routes.get(&id)?))) {
+                    let proof = r.proof;
                     let _ = links.send(from, &Frame::RouteSetupOk { route, hop_route: id, proof: &proof });
                     return Ok(());
                 }
