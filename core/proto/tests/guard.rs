@@ -129,6 +129,15 @@ impl Net {
         outcome.expect("the route is ready or failed")
     }
 
+    /// The honest neighbour sends `msg` on `r`; the victim's count of messages delivered is
+    /// then `expect`.
+    fn still_carries(&mut self, r: RouteId, msg: &[u8], expect: usize) {
+        let now = self.now;
+        self.nodes[1].send(now, r, Class::Bulk, msg).unwrap();
+        self.drive_for(Duration::from_millis(10));
+        assert_eq!(self.delivered_to_victim(), expect);
+    }
+
     fn delivered_to_victim(&self) -> usize {
         self.events[0].iter().filter(|e| matches!(e, Event::Route(RouteEvent::Data { .. }))).count()
     }
@@ -151,10 +160,7 @@ fn under_load_a_stranger_proves_its_address_then_connects() {
     assert_eq!(n.nodes[1].links()[0].stats.cookies, 1, "one cookie reply, one init again");
     assert_eq!(n.rejected(Reject::Cookie), 1);
     assert_eq!((n.nodes[0].links()[0].state, n.nodes[1].links()[0].state), (LinkState::Up, LinkState::Up));
-    let now = n.now;
-    n.nodes[1].send(now, r, Class::Bulk, b"through").unwrap();
-    n.drive_for(Duration::from_millis(10));
-    assert_eq!(n.delivered_to_victim(), 1);
+    n.still_carries(r, b"through", 1);
 }
 
 #[test]
@@ -224,10 +230,7 @@ fn strangers_half_open_links_are_bounded() {
     assert!(n.nodes[0].links().len() <= 9, "{} links", n.nodes[0].links().len());
     assert_eq!(n.rejected(Reject::HalfOpen), 32);
     assert_eq!(n.nodes[0].stats().guard.half_open_dropped, 32);
-    let now = n.now;
-    n.nodes[1].send(now, r, Class::Bulk, b"still here").unwrap();
-    n.drive_for(Duration::from_millis(10));
-    assert_eq!(n.delivered_to_victim(), 1);
+    n.still_carries(r, b"still here", 1);
 }
 
 #[test]
@@ -283,10 +286,7 @@ fn junk_and_misdirected_inits_cost_one_hmac_and_get_nothing() {
     assert_eq!(n.rejected(Reject::BadMac), 400);
     assert!(n.to_attacker.is_empty());
     assert_eq!(n.nodes[0].links().len(), 1);
-    let now = n.now;
-    n.nodes[1].send(now, r, Class::Bulk, b"fine").unwrap();
-    n.drive_for(Duration::from_millis(10));
-    assert_eq!(n.delivered_to_victim(), 1);
+    n.still_carries(r, b"fine", 1);
 }
 
 /// A neighbour that takes all it may of one resource, then every other neighbour sets up its

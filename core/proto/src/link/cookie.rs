@@ -319,6 +319,15 @@ mod tests {
     use crate::wire::Packet;
     use rand_chacha::rand_core::SeedableRng;
 
+    /// What an initiator does with a cookie reply: `init` again with the cookie in `mac2`.
+    fn echo(responder: &PublicKey, init: &[u8], reply: &[u8]) -> Vec<u8> {
+        let Ok(Packet::CookieReply(r)) = Packet::parse(reply) else { panic!("not a cookie reply") };
+        let cookie = open_reply(responder, &mac1_of(init).unwrap(), &r).expect("opens with the init's mac1");
+        let mut with = init.to_vec();
+        seal_macs(&mut with, responder, Some(&cookie));
+        with
+    }
+
     fn init_to(rng: &mut rand_chacha::ChaCha20Rng, to: &PublicKey) -> Vec<u8> {
         let a = SecretKey::generate(rng);
         let (_, mut pkt) = noise::initiate(noise::LINK_PROLOGUE, rng, &a, to, 7, 0, noise::timestamp(1));
@@ -391,10 +400,7 @@ mod tests {
         }
         // Past it: cookies.
         let Verdict::Cookie(reply) = g.check(t0, &mut rng, b"a", b"h", &pkt, false) else { panic!("not under load") };
-        let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) else { panic!() };
-        let cookie = open_reply(&b, &mac1_of(&pkt).unwrap(), &r).unwrap();
-        let mut with = pkt.clone();
-        seal_macs(&mut with, &b, Some(&cookie));
+        let with = echo(&b, &pkt, &reply);
         // A host's burst, then its rate.
         let ok = (0..10).filter(|_| g.check(t0, &mut rng, b"a", b"h", &with, false) == Verdict::Proceed).count();
         assert_eq!(ok, 3);
@@ -442,10 +448,7 @@ mod tests {
                 assert!(i >= 8, "host {i} got no cookie");
                 continue;
             };
-            let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) else { panic!() };
-            let cookie = open_reply(&b, &mac1_of(&pkt).unwrap(), &r).unwrap();
-            let mut with = pkt.clone();
-            seal_macs(&mut with, &b, Some(&cookie));
+            let with = echo(&b, &pkt, &reply);
             let v = g.check(t0, &mut rng, &src, &src, &with, false);
             assert_eq!(v == Verdict::Proceed, i < 8, "host {i}");
         }
@@ -454,10 +457,7 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let src = 500u32.to_be_bytes();
         let Verdict::Cookie(reply) = g.check(later, &mut rng, &src, &src, &pkt, false) else { panic!() };
-        let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) else { panic!() };
-        let cookie = open_reply(&b, &mac1_of(&pkt).unwrap(), &r).unwrap();
-        let mut with = pkt.clone();
-        seal_macs(&mut with, &b, Some(&cookie));
+        let with = echo(&b, &pkt, &reply);
         assert_eq!(g.check(later, &mut rng, &src, &src, &with, false), Verdict::Proceed);
         assert_eq!(g.hosts_tracked(), 1);
     }
