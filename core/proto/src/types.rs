@@ -144,26 +144,26 @@ pub(crate) fn copies_for_even_chance(loss: f64, max: u32) -> u32 {
 /// A token bucket: `rate` tokens a second, at most `burst` at once (rate limits on handshakes,
 /// route setups and DHT requests).
 #[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
+struct TokenBucket {
     tokens: f64,
     at: std::time::Instant,
 }
 
 impl TokenBucket {
     /// A full bucket.
-    pub(crate) fn full(burst: f64, now: std::time::Instant) -> Self {
+    fn full(burst: f64, now: std::time::Instant) -> Self {
         TokenBucket { tokens: burst, at: now }
     }
 
     /// Adds what `rate` earned since the last call, up to `burst`.
-    pub(crate) fn refill(&mut self, now: std::time::Instant, rate: f64, burst: f64) {
+    fn refill(&mut self, now: std::time::Instant, rate: f64, burst: f64) {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + dt * rate).min(burst);
         self.at = now;
     }
 
     /// Takes a token if there is one.
-    pub(crate) fn take(&mut self, now: std::time::Instant, rate: f64, burst: f64) -> bool {
+    fn take(&mut self, now: std::time::Instant, rate: f64, burst: f64) -> bool {
         self.refill(now, rate, burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -174,19 +174,25 @@ impl TokenBucket {
     }
 
     /// Whether the bucket is full (its owner has been idle long enough to be forgotten).
-    pub(crate) fn is_full(&self, burst: f64) -> bool {
+    fn is_full(&self, burst: f64) -> bool {
         self.tokens >= burst
     }
 }
 
+/// How often a full table of buckets looks for idle keys to forget (a flood of new keys must
+/// not cost a walk over the table each).
+const BUCKET_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A token bucket per key (a source host, a neighbour), bounded: a new key beyond `max`
-/// first forgets keys whose buckets are full again, and is refused if none is.
+/// first forgets keys whose buckets are full again (at most every 100 ms), and is refused if
+/// none is.
 #[derive(Debug, Clone)]
 pub(crate) struct Buckets<K> {
     map: std::collections::BTreeMap<K, TokenBucket>,
     rate: f64,
     burst: f64,
     max: usize,
+    swept: Option<std::time::Instant>,
 }
 
 impl<K: Ord + Clone> Buckets<K> {
@@ -197,6 +203,7 @@ impl<K: Ord + Clone> Buckets<K> {
             rate: f64::from(rate.max(1)),
             burst: f64::from(burst.max(1)),
             max: max.max(1),
+            swept: None,
         }
     }
 
@@ -204,6 +211,10 @@ impl<K: Ord + Clone> Buckets<K> {
     pub(crate) fn take(&mut self, now: std::time::Instant, key: &K) -> bool {
         let (rate, burst) = (self.rate, self.burst);
         if !self.map.contains_key(key) && self.map.len() >= self.max {
+            if self.swept.is_some_and(|t| now.saturating_duration_since(t) < BUCKET_SWEEP_EVERY) {
+                return false;
+            }
+            self.swept = Some(now);
             self.map.retain(|_, b| {
                 b.refill(now, rate, burst);
                 !b.is_full(burst)
@@ -218,5 +229,28 @@ impl<K: Ord + Clone> Buckets<K> {
     /// Keys with a bucket now.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn buckets_are_bounded_and_a_full_table_is_swept_at_most_every_100_ms() {
+        let t0 = Instant::now(); // test-only clock
+        let mut b: Buckets<u32> = Buckets::new(10, 2, 2);
+        assert!(b.take(t0, &1) && b.take(t0, &1) && !b.take(t0, &1), "a burst of 2, then the rate");
+        assert!(b.take(t0, &2));
+        assert!(!b.take(t0, &3), "full, and nobody idle");
+        // Key 2 is full again after 100 ms (10 a second, it spent 1 of 2), but the table was
+        // swept at t0: a new key waits for the next sweep.
+        let t1 = t0 + Duration::from_millis(99);
+        assert!(!b.take(t1, &3));
+        let t2 = t0 + Duration::from_millis(150);
+        assert!(b.take(t2, &3), "key 2 forgotten");
+        assert_eq!(b.len(), 2);
+        assert!(b.take(t2 + Duration::from_millis(100), &1), "key 1 refilled");
     }
 }

@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, hkdf, AeadKey};
 use crate::identity::PublicKey;
-use crate::types::{Buckets, TokenBucket};
+use crate::types::Buckets;
 use crate::wire::{
     self, CookieReply, COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, HANDSHAKE_INIT_LEN, INIT_MAC1_AT, INIT_MAC2_AT,
     MAC_LEN,
@@ -167,7 +167,8 @@ pub struct Guard {
     window: Option<(Instant, u32, u32)>,
     hosts: Buckets<Vec<u8>>,
     cookie_hosts: Buckets<Vec<u8>>,
-    node_bucket: Option<TokenBucket>,
+    /// The node's init ECDHs (a tenth of a second's worth at once).
+    node_bucket: Buckets<()>,
     /// Counters.
     pub stats: GuardStats,
 }
@@ -183,7 +184,7 @@ impl Guard {
             window: None,
             hosts: Buckets::new(config.per_host_rate, config.per_host_burst, config.max_hosts),
             cookie_hosts: Buckets::new(config.cookies_per_host, config.cookies_per_host, config.max_hosts),
-            node_bucket: None,
+            node_bucket: Buckets::new(config.max_per_s, (config.max_per_s / 10).max(1), 1),
             config,
             stats: GuardStats::default(),
         }
@@ -281,10 +282,7 @@ impl Guard {
                 return Verdict::RateLimited;
             }
         }
-        let rate = f64::from(self.config.max_per_s.max(1));
-        let burst = (rate / 10.0).max(1.0);
-        let b = self.node_bucket.get_or_insert_with(|| TokenBucket::full(burst, now));
-        if !b.take(now, rate, burst) {
+        if !self.node_bucket.take(now, &()) {
             self.stats.rate_limited += 1;
             return Verdict::RateLimited;
         }
