@@ -384,10 +384,11 @@ async fn bench(full: bool) {
                     };
                     let mut p = vec![0u8; len];
                     rng.fill_bytes(&mut p);
-                    if k % 3 != 2 {
-                        p[0] = if k % 3 == 0 { 0x11 } else { 0x13 };
-                        p[2] = 0;
-                        p[3] = 0;
+                    // Shaped as an init or a data packet (version, type, zero reserved bytes).
+                    let first = [Some(0x11), Some(0x13), None][(k % 3) as usize];
+                    if let Some(b) = first {
+                        p[0] = b;
+                        p[2..4].fill(0);
                     }
                     p
                 };
