@@ -270,6 +270,19 @@ mod tests {
         }
 
         #[test]
+        fn mutated_cookie_reply_never_panics(pos in 0usize..COOKIE_REPLY_LEN, val in any::<u8>(), cut in 0usize..COOKIE_REPLY_LEN + 4) {
+            let mut b = vec![0u8; COOKIE_REPLY_LEN];
+            b[0] = VERSION << 4 | TYPE_COOKIE_REPLY;
+            b[pos] = val;
+            b.resize(cut, 0);
+            match Packet::parse(&b) {
+                Ok(Packet::CookieReply(r)) => prop_assert_eq!(r.receiver_index, be32(&b[4..8])),
+                Ok(_) => prop_assert!(pos == 0, "only the type byte changes the kind"),
+                Err(_) => prop_assert!(cut != COOKIE_REPLY_LEN || pos < 4, "a whole reply with zero reserved bytes parses"),
+            }
+        }
+
+        #[test]
         fn mutated_handshake_never_panics(pos in 0usize..HANDSHAKE_INIT_LEN, val in any::<u8>(), cut in 0usize..HANDSHAKE_INIT_LEN + 4) {
             let mut b = vec![0u8; HANDSHAKE_INIT_LEN];
             b[0] = VERSION << 4 | TYPE_HANDSHAKE_INIT;

@@ -432,6 +432,23 @@ mod tests {
         assert!(matches!(g.check(later, &mut rng, b"a:2", b"a", &pkt, false), Verdict::Cookie(_)), "refilled");
     }
 
+    proptest::proptest! {
+        /// Random bytes as a cookie reply: a typed refusal, never a cookie, never a panic.
+        #[test]
+        fn random_cookie_replies_never_open(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), seed in 0u64..4) {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+            let b = SecretKey::generate(&mut rng).public_key();
+            let init = init_to(&mut rng, &b);
+            let mut reply = bytes;
+            if reply.len() >= 4 {
+                reply[..4].copy_from_slice(&[0x14, 0, 0, 0]);
+            }
+            if let Ok(Packet::CookieReply(r)) = Packet::parse(&reply) {
+                proptest::prop_assert!(open_reply(&b, &mac1_of(&init).unwrap(), &r).is_none());
+            }
+        }
+    }
+
     #[test]
     fn host_table_is_bounded() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
