@@ -37,7 +37,7 @@
 //! handshakes_per_host_s = 20      # under load: handshakes one IPv4 host or IPv6 /64 may cost [20]
 //! cookies_per_host_s = 50         # under load: cookie replies one host gets a second [50]
 //! handshakes_per_s = 250          # init ECDHs a second, load or not [250]
-//! max_half_open = 256             # strangers' links not yet up, kept at once [256]
+//! max_half_open = 256             # strangers' links not yet up, kept at once (a host: 1/8) [256]
 //! route_setups_per_s = 500        # route setups one neighbour may ask a second [500]
 //! [gateway]                       # serve as an IPv4 gateway (VPN exit); needs root
 //! allow = ["02ab..."]             # client keys allowed; or `open = true` for any key

@@ -647,7 +647,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         let id = match existing {
             Some(id) => id,
             None if self.config.accept_incoming => {
-                self.make_room_half_open();
+                self.make_room_half_open(&host);
                 self.add_link(now, peer, from.clone(), slot, false)
             }
             None => return Err(Reject::Handshake),
@@ -672,19 +672,31 @@ impl<A: crate::link::Endpoint> Node<A> {
         Ok(())
     }
 
-    /// Links strangers' inits made that have not come up; beyond the limit the oldest is
-    /// forgotten before a new one is made.
-    fn make_room_half_open(&mut self) {
-        let half_open: Vec<LinkId> = self
-            .links
-            .values()
-            .filter(|l| !l.dialled() && !l.is_up() && l.stats.handshakes == 0)
-            .map(|l| l.id)
-            .collect();
-        if half_open.len() < self.config.guard.max_half_open.max(1) {
-            return;
+    /// Links strangers' inits made that have not come up: a source host (`host`, as
+    /// [`Endpoint::write_host`](crate::link::Endpoint::write_host) writes it) may keep an eighth
+    /// of `max_half_open`, beyond which its own oldest is forgotten; beyond the limit in all,
+    /// the oldest of anyone's. A flood of valid inits from one host so evicts only its own.
+    fn make_room_half_open(&mut self, host: &[u8]) {
+        let max = self.config.guard.max_half_open.max(1);
+        let mut all = Vec::new();
+        let mut mine = Vec::new();
+        let mut buf = Vec::new();
+        for l in self.links.values().filter(|l| !l.dialled() && !l.is_up() && l.stats.handshakes == 0) {
+            all.push(l.id);
+            buf.clear();
+            l.addr.write_host(&mut buf);
+            if buf == host {
+                mine.push(l.id);
+            }
         }
-        if let Some(&oldest) = half_open.first() {
+        let victim = if mine.len() >= (max / 8).max(1) {
+            mine.first()
+        } else if all.len() >= max {
+            all.first()
+        } else {
+            None
+        };
+        if let Some(&oldest) = victim {
             self.forget_link(oldest);
             self.guard.stats.half_open_dropped += 1;
             self.stats.rejected.add(Reject::HalfOpen);

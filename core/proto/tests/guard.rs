@@ -228,9 +228,33 @@ fn strangers_half_open_links_are_bounded() {
         n.drive_for(Duration::from_millis(50));
     }
     assert!(n.nodes[0].links().len() <= 9, "{} links", n.nodes[0].links().len());
-    assert_eq!(n.rejected(Reject::HalfOpen), 32);
-    assert_eq!(n.nodes[0].stats().guard.half_open_dropped, 32);
+    // One host keeps an eighth of the half-open links (1 of 8): each new one evicts its own.
+    assert_eq!(n.rejected(Reject::HalfOpen), 39);
+    assert_eq!(n.nodes[0].stats().guard.half_open_dropped, 39);
     n.still_carries(r, b"still here", 1);
+}
+
+#[test]
+fn a_flood_of_valid_inits_from_one_host_evicts_only_its_own_half_open_links() {
+    let victim =
+        NodeConfig { guard: GuardConfig { max_half_open: 16, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let mut n = Net::new(9, victim);
+    let v = n.victim_key();
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    // A stranger at another address is half-way through its handshake...
+    let k = SecretKey::generate(&mut rng);
+    let (_, mut init) = noise::initiate(noise::LINK_PROLOGUE, &mut rng, &k, &v, 77, 0, noise::timestamp(1));
+    cookie::seal_macs(&mut init, &v, None);
+    let now = n.now;
+    n.nodes[0].handle_datagram(now, 7, &mut init);
+    // ...when one host sends valid inits from 100 fresh keys.
+    for i in 0..100 {
+        n.attack(fresh_init(&mut rng, &v, 900 + i));
+        n.drive_for(Duration::from_millis(10));
+    }
+    let links = n.nodes[0].links();
+    assert!(links.iter().any(|l| l.peer == k.public_key()), "the other host's half-open link is kept");
+    assert_eq!(links.iter().filter(|l| l.addr == ATTACKER).count(), 2, "the flooding host keeps 16 / 8");
 }
 
 #[test]

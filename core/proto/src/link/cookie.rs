@@ -62,7 +62,8 @@ pub struct GuardConfig {
     /// bucket is full again and can be forgotten.
     pub max_hosts: usize,
     /// Links strangers' inits made that have not yet come up, kept at once: beyond, the oldest
-    /// is forgotten (a flood of valid inits from fresh keys holds bounded memory).
+    /// is forgotten (a flood of valid inits from fresh keys holds bounded memory). One source
+    /// host keeps at most an eighth of them (beyond, its own oldest goes).
     pub max_half_open: usize,
 }
 
