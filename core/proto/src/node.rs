@@ -127,8 +127,6 @@ pub struct LinkInfo<A> {
 pub struct NodeStats {
     /// Refused packets that could not be tied to a link (unknown source, unknown index).
     pub rejected: RejectCounts,
-    /// The handshake guard's counters (cookies sent, rate limits, half-open links dropped).
-    pub guard: GuardStats,
 }
 
 /// A mesh node: its links, routes and store-and-forward buffers, fed datagrams and timer
@@ -359,6 +357,12 @@ impl<A: crate::link::Endpoint> Node<A> {
         self.router.neighbour_of(route)
     }
 
+    /// The handshake guard's counters, node-wide (cookies sent, rate limits, half-open links
+    /// dropped; `rejected` splits the same refusals between the node and its links).
+    pub fn guard_stats(&self) -> GuardStats {
+        self.guard.stats
+    }
+
     /// Neighbours with an up link (a neighbour over two radios, or a physical and a virtual
     /// link, counts once): what fair shares of routes, buffers and sessions divide by.
     pub fn neighbour_count(&self) -> usize {
@@ -564,9 +568,7 @@ impl<A: crate::link::Endpoint> Node<A> {
         match packet {
             Packet::HandshakeInit(init) => {
                 let Some(from) = from else { return Err(Reject::Handshake) };
-                let r = self.on_init(now, from, &init, &init_copy);
-                self.stats.guard = self.guard.stats;
-                r
+                self.on_init(now, from, &init, &init_copy)
             }
             Packet::CookieReply(reply) => {
                 let id = *self.by_index.get(&reply.receiver_index).ok_or(Reject::UnknownIndex)?;

@@ -195,7 +195,7 @@ pub(crate) struct Buckets<K> {
     swept: Option<std::time::Instant>,
 }
 
-impl<K: Ord + Clone> Buckets<K> {
+impl<K: Ord> Buckets<K> {
     /// Buckets of `rate` a second, `burst` at once, for at most `max` keys.
     pub(crate) fn new(rate: u32, burst: u32, max: usize) -> Self {
         Buckets {
@@ -207,10 +207,17 @@ impl<K: Ord + Clone> Buckets<K> {
         }
     }
 
-    /// Takes a token from `key`'s bucket.
-    pub(crate) fn take(&mut self, now: std::time::Instant, key: &K) -> bool {
+    /// Takes a token from `key`'s bucket (borrowed: a known key costs no allocation).
+    pub(crate) fn take<Q>(&mut self, now: std::time::Instant, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
         let (rate, burst) = (self.rate, self.burst);
-        if !self.map.contains_key(key) && self.map.len() >= self.max {
+        if let Some(b) = self.map.get_mut(key) {
+            return b.take(now, rate, burst);
+        }
+        if self.map.len() >= self.max {
             if self.swept.is_some_and(|t| now.saturating_duration_since(t) < BUCKET_SWEEP_EVERY) {
                 return false;
             }
@@ -223,7 +230,7 @@ impl<K: Ord + Clone> Buckets<K> {
                 return false;
             }
         }
-        self.map.entry(key.clone()).or_insert_with(|| TokenBucket::full(burst, now)).take(now, rate, burst)
+        self.map.entry(key.to_owned()).or_insert_with(|| TokenBucket::full(burst, now)).take(now, rate, burst)
     }
 
     /// Keys with a bucket now.

@@ -143,6 +143,11 @@ impl Net {
     }
 }
 
+/// The victim's settings with `guard`.
+fn guarded(guard: GuardConfig) -> NodeConfig {
+    NodeConfig { guard, ..NodeConfig::default() }
+}
+
 /// A valid init to `to` from a fresh key (what a flood of strangers sends).
 fn fresh_init(rng: &mut ChaCha20Rng, to: &skyroute_proto::PublicKey, index: u32) -> Vec<u8> {
     let k = SecretKey::generate(rng);
@@ -153,8 +158,7 @@ fn fresh_init(rng: &mut ChaCha20Rng, to: &skyroute_proto::PublicKey, index: u32)
 
 #[test]
 fn under_load_a_stranger_proves_its_address_then_connects() {
-    let victim =
-        NodeConfig { guard: GuardConfig { load_threshold: 0, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let victim = guarded(GuardConfig { load_threshold: 0, ..GuardConfig::default() });
     let mut n = Net::new(1, victim);
     let r = n.honest_link();
     assert_eq!(n.nodes[1].links()[0].stats.cookies, 1, "one cookie reply, one init again");
@@ -217,8 +221,7 @@ fn a_flood_of_inits_costs_bounded_work_breaks_nothing_and_never_amplifies() {
 
 #[test]
 fn strangers_half_open_links_are_bounded() {
-    let victim =
-        NodeConfig { guard: GuardConfig { max_half_open: 8, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let victim = guarded(GuardConfig { max_half_open: 8, ..GuardConfig::default() });
     let mut n = Net::new(3, victim);
     let r = n.honest_link();
     let v = n.victim_key();
@@ -230,14 +233,13 @@ fn strangers_half_open_links_are_bounded() {
     assert!(n.nodes[0].links().len() <= 9, "{} links", n.nodes[0].links().len());
     // One host keeps an eighth of the half-open links (1 of 8): each new one evicts its own.
     assert_eq!(n.rejected(Reject::HalfOpen), 39);
-    assert_eq!(n.nodes[0].stats().guard.half_open_dropped, 39);
+    assert_eq!(n.nodes[0].guard_stats().half_open_dropped, 39);
     n.still_carries(r, b"still here", 1);
 }
 
 #[test]
 fn a_flood_of_valid_inits_from_one_host_evicts_only_its_own_half_open_links() {
-    let victim =
-        NodeConfig { guard: GuardConfig { max_half_open: 16, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let victim = guarded(GuardConfig { max_half_open: 16, ..GuardConfig::default() });
     let mut n = Net::new(9, victim);
     let v = n.victim_key();
     let mut rng = ChaCha20Rng::seed_from_u64(10);
@@ -389,8 +391,7 @@ fn route_setups_beyond_a_neighbours_rate_are_refused_and_counted() {
 fn an_existing_link_handshakes_again_without_a_cookie() {
     // Under load all the time: a stranger needs a cookie, the same peer's link, once up and
     // idle past its key's age, handshakes again from its address without one.
-    let victim =
-        NodeConfig { guard: GuardConfig { load_threshold: 0, ..GuardConfig::default() }, ..NodeConfig::default() };
+    let victim = guarded(GuardConfig { load_threshold: 0, ..GuardConfig::default() });
     let mut n = Net::new(8, victim);
     let r = n.honest_link();
     assert_eq!(n.nodes[1].links()[0].stats.cookies, 1);

@@ -266,7 +266,7 @@ impl Guard {
                     bool::from(mac(&c, &[&init[..INIT_MAC2_AT]]).ct_eq(&init[INIT_MAC2_AT..]))
                 });
             if !valid {
-                if !self.cookie_hosts.take(now, &host.to_vec()) {
+                if !self.cookie_hosts.take(now, host) {
                     self.stats.rate_limited += 1;
                     return Verdict::RateLimited;
                 }
@@ -278,7 +278,7 @@ impl Guard {
                     None => Verdict::RateLimited,
                 };
             }
-            if !self.hosts.take(now, &host.to_vec()) {
+            if !self.hosts.take(now, host) {
                 self.stats.rate_limited += 1;
                 return Verdict::RateLimited;
             }
@@ -327,6 +327,14 @@ mod tests {
         with
     }
 
+    /// A seeded RNG, a responder's key and an init to it.
+    fn responder(seed: u64) -> (rand_chacha::ChaCha20Rng, PublicKey, Vec<u8>) {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let b = SecretKey::generate(&mut rng).public_key();
+        let pkt = init_to(&mut rng, &b);
+        (rng, b, pkt)
+    }
+
     fn init_to(rng: &mut rand_chacha::ChaCha20Rng, to: &PublicKey) -> Vec<u8> {
         let a = SecretKey::generate(rng);
         let (_, mut pkt) = noise::initiate(noise::LINK_PROLOGUE, rng, &a, to, 7, 0, noise::timestamp(1));
@@ -336,11 +344,9 @@ mod tests {
 
     #[test]
     fn mac1_binds_the_responder_and_the_bytes() {
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-        let b = SecretKey::generate(&mut rng).public_key();
+        let (mut rng, b, pkt) = responder(1);
         let c = SecretKey::generate(&mut rng).public_key();
         let mut g = Guard::new(GuardConfig::default(), &b);
-        let pkt = init_to(&mut rng, &b);
         assert!(g.mac1_ok(&pkt));
         let mut flipped = pkt.clone();
         flipped[50] ^= 1;
@@ -352,12 +358,10 @@ mod tests {
 
     #[test]
     fn under_load_a_cookie_round_trip_proves_the_address() {
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
-        let b = SecretKey::generate(&mut rng).public_key();
+        let (mut rng, b, mut pkt) = responder(2);
         let t0 = Instant::now(); // test-only clock
         let config = GuardConfig { load_threshold: 0, ..GuardConfig::default() };
         let mut g = Guard::new(config, &b);
-        let mut pkt = init_to(&mut rng, &b);
         let Verdict::Cookie(reply) = g.check(t0, &mut rng, b"addr-1", b"host", &pkt, false) else {
             panic!("no cookie")
         };
@@ -387,12 +391,10 @@ mod tests {
 
     #[test]
     fn load_threshold_host_buckets_and_node_cap() {
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
-        let b = SecretKey::generate(&mut rng).public_key();
+        let (mut rng, b, pkt) = responder(3);
         let t0 = Instant::now(); // test-only clock
         let config = GuardConfig { load_threshold: 10, per_host_burst: 3, max_per_s: 1000, ..GuardConfig::default() };
         let mut g = Guard::new(config, &b);
-        let pkt = init_to(&mut rng, &b);
         // Below the threshold: no cookie asked.
         for _ in 0..10 {
             assert_eq!(g.check(t0, &mut rng, b"a", b"h", &pkt, false), Verdict::Proceed);
@@ -419,12 +421,10 @@ mod tests {
 
     #[test]
     fn cookie_replies_per_host_are_limited() {
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
-        let b = SecretKey::generate(&mut rng).public_key();
+        let (mut rng, b, pkt) = responder(5);
         let t0 = Instant::now(); // test-only clock
         let config = GuardConfig { load_threshold: 0, cookies_per_host: 10, ..GuardConfig::default() };
         let mut g = Guard::new(config, &b);
-        let pkt = init_to(&mut rng, &b);
         let cookies =
             (0..100).filter(|_| matches!(g.check(t0, &mut rng, b"a:1", b"a", &pkt, false), Verdict::Cookie(_))).count();
         assert_eq!(cookies, 10);
@@ -437,9 +437,7 @@ mod tests {
         /// Random bytes as a cookie reply: a typed refusal, never a cookie, never a panic.
         #[test]
         fn random_cookie_replies_never_open(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), seed in 0u64..4) {
-            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-            let b = SecretKey::generate(&mut rng).public_key();
-            let init = init_to(&mut rng, &b);
+            let (_, b, init) = responder(seed);
             let mut reply = bytes;
             if reply.len() >= 4 {
                 reply[..4].copy_from_slice(&[0x14, 0, 0, 0]);
@@ -452,12 +450,10 @@ mod tests {
 
     #[test]
     fn host_table_is_bounded() {
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
-        let b = SecretKey::generate(&mut rng).public_key();
+        let (mut rng, b, pkt) = responder(4);
         let t0 = Instant::now(); // test-only clock
         let config = GuardConfig { load_threshold: 0, max_hosts: 8, max_per_s: 100_000, ..GuardConfig::default() };
         let mut g = Guard::new(config, &b);
-        let pkt = init_to(&mut rng, &b);
         for i in 0..100u32 {
             let src = i.to_be_bytes();
             let Verdict::Cookie(reply) = g.check(t0, &mut rng, &src, &src, &pkt, false) else {
